@@ -1,0 +1,3 @@
+from mobilenets.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""The ``mobilenets`` command line: argument parsing and printing only.
+
+Every command calls a library function; errors a user can cause (``MobileNetsError``) become one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from mobilenets import __version__
+from mobilenets.cost import CostReport, cost
+from mobilenets.errors import MobileNetsError
+from mobilenets.registry import get_entry, list_models
+from mobilenets.spec import format_alpha
+
+FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
+NUMBER = re.compile(r"^(-|[-+]?[\d,.]+[%MKx]?)$")  # a cell to right-align
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake prints one line instead of the usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _millions(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value / 1e6:.{digits}f}"
+
+
+def _published(value: float | None, spec: str = "g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain text table; columns whose cells look numeric are right-aligned."""
+    cells = [headers, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def numeric(i: int) -> bool:
+        return all(NUMBER.match(row[i]) for row in rows)
+
+    right = [numeric(i) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [
+            cell.rjust(w) if r else cell.ljust(w)
+            for cell, w, r in zip(row, widths, right, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --- zoo ----------------------------------------------------------------------------------------
+
+
+def zoo_rows(family: str | None = None) -> list[dict]:
+    """One record per registered variant: our exact cost beside the published figures."""
+    pattern = f"{FAMILIES[family]}_*" if family else "*"
+    rows = []
+    for name in list_models(pattern):
+        entry = get_entry(name)
+        report = cost(name)
+        reference = entry.reference
+        rows.append(
+            {
+                "name": name,
+                "arch": entry.arch,
+                "alpha": entry.alpha,
+                "resolution": entry.resolution,
+                "params": report.params,
+                "macs": report.macs,
+                "reference": None if reference is None else vars(reference),
+                "paper": [vars(row) for row in entry.paper],
+            }
+        )
+    return rows
+
+
+def print_zoo(rows: list[dict]) -> None:
+    headers = ["name", "alpha", "res", "params M", "MACs M", "ref params M", "ref MACs M",
+               "top-1", "top-5", "source"]  # fmt: skip
+    table = []
+    for row in rows:
+        ref = row["reference"] or {}
+        table.append(
+            [row["name"], format_alpha(row["alpha"]), str(row["resolution"]),
+             _millions(row["params"]), _millions(row["macs"], 1),
+             _published(ref.get("params_m"), ".2f"), _published(ref.get("macs_m")),
+             _published(ref.get("top1"), ".1f"), _published(ref.get("top5"), ".1f"),
+             ref.get("source", "no published checkpoint")]
+        )  # fmt: skip
+    print(format_table(headers, table))
+    print(
+        "\nparams and MACs are exact counts for 1000 classes (params: conv and linear weights,"
+        "\nclassifier bias, BN scale and shift; MACs: convs and classifier). The ref columns"
+        "\nare the published checkpoint's figures: TF-slim counts 1001 classes, and its V2"
+        "\nparams leave out BN. top-1/top-5: ImageNet, single crop, as published."
+    )
+
+
+def plot_zoo(rows: list[dict], path: str) -> None:
+    """Published top-1 against MACs (log scale), one line per family and alpha (V1 Figure 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        if row["reference"] and row["reference"]["top1"] is not None:
+            lines.setdefault((row["arch"], row["alpha"]), []).append(row)
+    if not lines:
+        raise MobileNetsError("no variant in this selection has a published top-1 to plot")
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    for (arch, alpha), points in sorted(lines.items()):
+        points.sort(key=lambda row: row["macs"])
+        macs = [row["macs"] / 1e6 for row in points]
+        top1 = [row["reference"]["top1"] for row in points]
+        marker = "o" if arch == "mobilenet_v1" else "s"
+        style = "--" if arch == "mobilenet_v1" else "-"
+        axes.plot(macs, top1, style, marker=marker, label=f"{arch} {format_alpha(alpha)}")
+        for row, x, y in zip(points, macs, top1, strict=True):
+            axes.annotate(str(row["resolution"]), (x, y), fontsize=6, xytext=(3, -8),
+                          textcoords="offset points")  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_xlabel("multiply-adds (millions, log scale)")
+    axes.set_ylabel("ImageNet top-1 (%), as published")
+    axes.set_title("MobileNets: accuracy against mult-adds (labels: input resolution)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise MobileNetsError(f"cannot write plot {path!r}: {error}") from error
+    finally:
+        plt.close(figure)
+
+
+def run_zoo(args: argparse.Namespace) -> None:
+    rows = zoo_rows(args.family)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_zoo(rows)
+    if args.plot:
+        plot_zoo(rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+
+
+# --- cost ---------------------------------------------------------------------------------------
+
+
+def _shape(shape: tuple[int, int, int]) -> str:
+    channels, height, width = shape
+    return f"{channels}" if height == width == 1 else f"{channels}x{height}x{width}"
+
+
+def print_cost(report: CostReport, *, by_kind: bool, standard: bool) -> None:
+    print(
+        f"{report.name}: alpha {format_alpha(report.alpha)}, {report.resolution}x"
+        f"{report.resolution} input, {report.num_classes} classes\n"
+    )
+    rows = [
+        [layer.name, layer.kind, _shape(layer.in_shape), _shape(layer.out_shape),
+         f"{layer.params:,}", f"{layer.macs:,}", f"{layer.activation_bytes / 1000:.1f}"]
+        for layer in report.layers
+    ]  # fmt: skip
+    headers = ["layer", "kind", "input", "output", "params", "MACs", "act KB"]
+    print(format_table(headers, rows))
+    print(
+        f"\ntotal: {report.params:,} params, {report.macs:,} MACs ({report.macs / 1e6:.1f}M)"
+        f"\nbody (conv weights only, no BN, no classifier): {report.body_params:,} params, "
+        f"{report.body_macs:,} MACs"
+        f"\nBN running statistics (buffers, not params): {report.bn_buffers:,}"
+        f"\npeak activation (V2 Table 3, 16-bit): {report.peak_activation_bytes:,} bytes "
+        f"({report.peak_activation_bytes / 1000:.0f}K), output of {report.peak_activation_tensor}"
+    )
+    if by_kind:
+        rows = [
+            [row.label, f"{row.macs:,}", f"{row.macs_percent:.2f}%", f"{row.weights:,}",
+             f"{row.weights_percent:.2f}%"]
+            for row in report.by_kind()
+        ]  # fmt: skip
+        print("\nby layer kind (V1 Table 2: weights without bias or BN):")
+        print(format_table(["type", "MACs", "MACs %", "weights", "weights %"], rows))
+    if standard:
+        print(
+            "\nwith full convolutions instead of depthwise separable ones (V1 Table 4):"
+            f"\n  params {report.standard_params:,} ({report.standard_params / 1e6:.1f}M, "
+            f"{report.standard_params / report.params:.1f}x)"
+            f"\n  MACs   {report.standard_macs:,} ({report.standard_macs / 1e6:.0f}M, "
+            f"{report.standard_macs / report.macs:.1f}x)"
+        )
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    report = cost(
+        args.name,
+        resolution=args.resolution,
+        rho=args.rho,
+        alpha=args.alpha,
+        num_classes=args.num_classes,
+        expansion=args.expansion,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(by_kind=args.by_kind), indent=2))
+    else:
+        print_cost(report, by_kind=args.by_kind, standard=args.standard)
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mobilenets", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    zoo = commands.add_parser(
+        "zoo", help="the named variants with their cost and published figures"
+    )
+    zoo.add_argument("--family", choices=sorted(FAMILIES), help="only v1 or only v2")
+    zoo.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    zoo.add_argument("--plot", metavar="FILE.png", help="draw published top-1 against MACs")
+    zoo.set_defaults(run=run_zoo)
+
+    costs = commands.add_parser("cost", help="per-layer params, MACs and activation memory")
+    costs.add_argument("name", help="a variant (mobilenet_v2_1.0_224) or family (mobilenet_v1)")
+    costs.add_argument("--alpha", type=float, help="width multiplier (overrides the name's)")
+    size = costs.add_mutually_exclusive_group()
+    size.add_argument("--resolution", type=int, help="input side in pixels (>= 32)")
+    size.add_argument("--rho", type=float, help="resolution multiplier in (0, 1]: 224*rho")
+    costs.add_argument("--num-classes", type=int, help="classifier outputs (0: none)")
+    costs.add_argument("--expansion", type=int, help="V2 expansion factor t (default 6)")
+    costs.add_argument("--by-kind", action="store_true", help="V1 Table 2 breakdown")
+    costs.add_argument(
+        "--standard", action="store_true", help="V1 Table 4 full-conv counterfactual"
+    )
+    costs.add_argument("--json", action="store_true", help="print one JSON object")
+    costs.set_defaults(run=run_cost)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except MobileNetsError as error:
+        print(f"mobilenets {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,129 @@
+"""Reading and writing our own weights files, safely.
+
+Files are read with safetensors, or with ``torch.load(weights_only=True)`` for ``.pt``/``.pth``:
+never arbitrary pickle. A file that does not fit the model is refused with a report of every
+missing, unexpected and mis-shaped key; nothing is loaded with ``strict=False``. Files are
+written atomically (a temporary file in the same folder, then a rename), so an interrupted
+save never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mobilenets.errors import MobileNetsError
+
+CONFIG_METADATA_KEY = "mobilenets.config"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+SHOWN = 5  # keys listed per category in a mismatch report
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file; a checkpoint dict's ``state_dict``/``model`` entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise MobileNetsError(
+            f"weights file {str(path)!r} does not exist (weights= takes a path to a "
+            f".safetensors file or a {'/'.join(TORCH_SUFFIXES)} state dict)"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        if path.suffix not in TORCH_SUFFIXES:
+            raise MobileNetsError(
+                f"weights file {str(path)!r} has suffix {path.suffix!r}; allowed: "
+                f".safetensors, {', '.join(TORCH_SUFFIXES)}"
+            )
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except MobileNetsError:
+        raise
+    except pickle.UnpicklingError as error:
+        # weights_only=True refuses anything but tensors and plain containers: never unpickle
+        # arbitrary objects from a file.
+        raise MobileNetsError(
+            f"cannot read weights file {str(path)!r}: it holds pickled objects other than "
+            "tensors, which are not loaded (save model.state_dict() instead)"
+        ) from error
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as error:
+        raise MobileNetsError(f"cannot read weights file {str(path)!r}: {error}") from error
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise MobileNetsError(f"weights file {str(path)!r} holds no state dict of tensors")
+    return data
+
+
+def mismatch_report(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Every way ``state`` fails to fit ``model``, one phrase per category; empty if it fits."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    problems = []
+    for label, items in (
+        ("missing keys", missing), ("unexpected keys", unexpected),
+        ("keys with another shape", shapes),
+    ):  # fmt: skip
+        if items:
+            shown = "; ".join(items[:SHOWN]) + ("; ..." if len(items) > SHOWN else "")
+            problems.append(f"{len(items)} {label} ({shown})")
+    return problems
+
+
+def load_weights(model, path: str | os.PathLike) -> None:
+    """Load a weights file into ``model`` after checking that every key and shape fits."""
+    state = read_state_dict(path)
+    problems = mismatch_report(model, state)
+    if problems:
+        saved_as = _saved_config_name(path)
+        origin = f" (saved from {saved_as})" if saved_as else ""
+        raise MobileNetsError(
+            f"weights file {str(path)!r}{origin} does not fit {model.name}: " + ", ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def save_weights(model, path: str | os.PathLike) -> Path:
+    """Write the model's state dict as safetensors, with its config in the metadata, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def _saved_config_name(path) -> str | None:
+    """The model name recorded in a safetensors file we wrote, if any."""
+    from safetensors import safe_open
+
+    from mobilenets.spec import ModelConfig
+
+    if Path(path).suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(CONFIG_METADATA_KEY)
+        return ModelConfig.from_dict(json.loads(raw)).name if raw else None
+    except (SafetensorError, OSError, ValueError):
+        return None
