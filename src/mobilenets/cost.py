@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mobilenets.models import MobileNet
+from mobilenets.registry import resolve_config
 from mobilenets.spec import LayerSpec, NetSpec, resolve
 
 ACTIVATION_BYTES = 2  # V2 Table 3 counts activations at 16 bits
@@ -201,8 +203,5 @@ def cost(name_or_model, resolution: int | None = None, **overrides) -> CostRepor
     ``cost("mobilenet_v1_1.0_224")``, ``cost("mobilenet_v2", alpha=0.5, rho=0.571)``,
     ``cost(model)``, ``cost(model, resolution=160)``. No model is built for a name.
     """
-    from mobilenets.models import MobileNet
-    from mobilenets.registry import resolve_config
-
     base = name_or_model.config if isinstance(name_or_model, MobileNet) else name_or_model
     return cost_of_spec(resolve(resolve_config(base, resolution=resolution, **overrides)))

@@ -12,7 +12,9 @@ import fnmatch
 from dataclasses import dataclass
 
 from mobilenets.errors import MobileNetsError
+from mobilenets.models import MobileNet, build_model
 from mobilenets.spec import ARCHS, ModelConfig, format_alpha, pick_resolution
+from mobilenets.weights import load_weights
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
@@ -196,16 +198,13 @@ def create_model(
     in_chans: int = 3,
     weights: str | None = None,
     **overrides,
-):
+) -> MobileNet:
     """Build a registered model: ``create_model("mobilenet_v2_1.0_224")``,
     ``create_model("mobilenet_v1", alpha=0.5, rho=0.714)``.
 
     ``weights`` is a path to a state dict (``.safetensors``, or ``.pt``/``.pth`` read with
     ``torch.load(weights_only=True)``) saved from a model of the same configuration.
     """
-    from mobilenets.models import build_model
-    from mobilenets.weights import load_weights
-
     config = resolve_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
     model = build_model(config)
     if weights is not None:

@@ -16,10 +16,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mobilenets.errors import MobileNetsError
+from mobilenets.spec import ModelConfig
 
 CONFIG_METADATA_KEY = "mobilenets.config"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -115,10 +116,6 @@ def save_weights(model, path: str | os.PathLike) -> Path:
 
 def _saved_config_name(path) -> str | None:
     """The model name recorded in a safetensors file we wrote, if any."""
-    from safetensors import safe_open
-
-    from mobilenets.spec import ModelConfig
-
     if Path(path).suffix != ".safetensors":
         return None
     try:
