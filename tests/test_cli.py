@@ -86,6 +86,11 @@ def test_cost_table_with_alpha_rho_breakdown_and_counterfactual(capsys):
         ),
         (["cost", "mobilenet_v1", "--expansion", "4"], "expansion applies to mobilenet_v2 only"),
         (["zoo", "--plot", "/nonexistent/dir/zoo.png"], "cannot write plot"),
+        (
+            ["zoo", "--plot", "zoo.txt"],
+            "--plot takes a file ending in .png, .pdf, .svg, got 'zoo.txt'",
+        ),
+        (["zoo", "--plot", ""], "--plot takes a file ending in .png, .pdf, .svg, got ''"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(capsys, argv, message):

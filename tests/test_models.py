@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenets import MobileNetsError, MobileNetV1, MobileNetV2, create_model
+from mobilenets import MobileNetsError, MobileNetV1, MobileNetV2, create_model, list_models
 from mobilenets.models import Conv2dSame, InvertedResidual
 
 SMALL = [("mobilenet_v1", 0.25), ("mobilenet_v2", 0.35)]
@@ -26,9 +26,23 @@ def test_last_feature_map_side(arch, alpha, resolution, side):
     assert model.spec.feature_blocks[-1].out_size == side
 
 
-@pytest.mark.parametrize("arch, alpha", SMALL)
-def test_every_parameter_gets_a_gradient(arch, alpha):
-    model = create_model(arch, alpha=alpha, num_classes=5, dropout=0.0).train()
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_at_its_resolution(name):
+    """Logits and every named tap have the shapes the spec gives, at the nominal resolution."""
+    model = create_model(name).eval()
+    side = model.resolution
+    with torch.inference_mode():
+        taps = model.forward_taps(torch.randn(1, 3, side, side))
+        logits = model.forward_head(taps["C5"])
+    assert logits.shape == (1, 1000)
+    for tap in model.spec.taps:
+        assert taps[tap.name].shape == (1, tap.channels, tap.size, tap.size), tap.name
+    assert taps["C5"].shape[-1] == {224: 7, 192: 6, 160: 5, 128: 4, 96: 3}[side]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_parameter_gets_a_gradient(name):
+    model = create_model(name, resolution=64, num_classes=4, dropout=0.0).train()
     loss = F.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
@@ -92,7 +106,6 @@ def test_projection_is_linear():
     with torch.no_grad():
         out = block(torch.randn(1, 16, 16, 16))
     assert out.min() < 0  # no ReLU6 after the projection
-    assert not hasattr(block, "act3")
 
 
 def test_num_classes_zero_gives_pooled_features():
@@ -111,6 +124,10 @@ def test_in_chans_and_num_classes():
 
 
 def test_reset_classifier():
+    model = MobileNetV2(alpha=0.35).double()
+    model.reset_classifier(3)  # follows the model's dtype
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 3)
     model = MobileNetV2(alpha=0.35)
     model.reset_classifier(7)
     assert model.classifier.out_features == 7 and model.config.num_classes == 7
@@ -135,6 +152,34 @@ def test_forward_taps_have_the_spec_shapes():
         assert torch.equal(only["C4_expansion"], taps["C4_expansion"])
     with pytest.raises(MobileNetsError, match="unknown feature tap"):
         model.forward_taps(x, ["P3"])
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+@pytest.mark.parametrize("side", [33, 97])
+def test_odd_inputs_give_the_spec_sizes(arch, padding, side):
+    model = create_model(arch, alpha=0.5, resolution=side, padding=padding).eval()
+    with torch.no_grad():
+        taps = model.forward_taps(torch.randn(1, 3, side, side))
+    for tap in model.spec.taps:
+        assert taps[tap.name].shape[1:] == (tap.channels, tap.size, tap.size), tap.name
+    assert model.spec.tap("C5").size == -(-side // 32)
+
+
+def test_wrong_inputs_are_named():
+    model = MobileNetV2(alpha=0.35).eval()
+    with pytest.raises(
+        MobileNetsError,
+        match="takes a \\(batch, 3, height, width\\) tensor, got shape \\(1, 1, 32, 32\\)",
+    ):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(MobileNetsError, match="got shape \\(3, 32, 32\\)"):
+        model.forward_taps(torch.randn(3, 32, 32))
+    with pytest.raises(MobileNetsError, match="names lists no feature tap"):
+        model.forward_taps(torch.randn(1, 3, 32, 32), [])
+    with torch.no_grad():
+        single = model.forward_taps(torch.randn(1, 3, 32, 32), "C3")
+    assert list(single) == ["C3"]
 
 
 def test_same_padding_pads_bottom_right_at_stride_2():

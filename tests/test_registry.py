@@ -4,9 +4,18 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from mobilenets import MobileNetsError, create_model, list_models, load_weights, save_weights
+from mobilenets import (
+    MobileNetsError,
+    create_model,
+    list_models,
+    load_model,
+    load_weights,
+    save_weights,
+)
 from mobilenets.registry import ModelEntry, register
+from mobilenets.weights import CONFIG_METADATA_KEY
 
 
 def test_the_tfslim_grid_is_registered():
@@ -121,3 +130,55 @@ def test_an_interrupted_save_keeps_the_old_file(tmp_path, small, monkeypatch):
         save_weights(small, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["w.safetensors"]
+
+
+def test_a_file_keeps_its_numerics(tmp_path):
+    torch.manual_seed(0)
+    tf_style = create_model("mobilenet_v2", alpha=0.35, padding="same", bn_eps=1e-3).eval()
+    path = save_weights(tf_style, tmp_path / "tf.safetensors")
+    # Without overrides, create_model takes padding and BN epsilon from the file ...
+    adopted = create_model("mobilenet_v2", alpha=0.35, weights=path).eval()
+    assert (adopted.config.padding, adopted.config.bn_eps) == ("same", 1e-3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(adopted(x), tf_style(x))
+    # ... and refuses a contradiction instead of computing something else.
+    with pytest.raises(MobileNetsError, match="other numerics: padding 'same' in the file"):
+        create_model("mobilenet_v2", alpha=0.35, weights=path, padding="symmetric")
+    with pytest.raises(MobileNetsError, match="bn_eps 0.001 in the file, 1e-05 in the model"):
+        load_weights(create_model("mobilenet_v2", alpha=0.35, padding="same"), path)
+
+
+def test_load_model_rebuilds_from_the_file_alone(tmp_path, small):
+    path = save_weights(small, tmp_path / "small.safetensors")
+    rebuilt = load_model(path).eval()
+    assert rebuilt.config == small.config
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), small(x))
+    plain = tmp_path / "plain.pt"
+    torch.save(small.state_dict(), plain)
+    with pytest.raises(MobileNetsError, match="records no mobilenets model config"):
+        load_model(plain)
+    with pytest.raises(MobileNetsError, match="does not exist"):
+        load_model(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("record", ["{}", "5", '{"alpha": 1.0}', "not json"])
+def test_a_broken_config_record_still_gives_the_key_report(tmp_path, small, record):
+    path = tmp_path / "odd.safetensors"
+    state = {k: v.contiguous() for k, v in small.state_dict().items()}
+    save_file(state, str(path), metadata={CONFIG_METADATA_KEY: record})
+    with pytest.raises(MobileNetsError, match="does not fit mobilenet_v2_0.5_224: \\d+ keys"):
+        create_model("mobilenet_v2", alpha=0.5, num_classes=4, weights=path)
+
+
+def test_save_weights_writes_safetensors_only(tmp_path, small):
+    with pytest.raises(MobileNetsError, match="writes .safetensors files, got '.*w.pt'"):
+        save_weights(small, tmp_path / "w.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_must_be_a_string():
+    with pytest.raises(MobileNetsError, match="a model name is a string .* got \\['x'\\]"):
+        create_model(["x"])

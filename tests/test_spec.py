@@ -1,7 +1,5 @@
 """The tables as data, the width and resolution rules, and the resolved spec."""
 
-import math
-
 import pytest
 
 from mobilenets import MobileNetsError, ModelConfig, resolve
@@ -57,6 +55,11 @@ def test_v2_head_stays_1280_unless_alpha_above_one():
 )
 def test_rho_gives_224_rho_rounded_to_multiple_of_32(rho, resolution):
     assert resolution_from_rho(rho) == resolution
+
+
+@pytest.mark.parametrize("side, resolution", [(112, 128), (144, 160), (80, 96), (208, 224)])
+def test_rho_halfway_rounds_up(side, resolution):
+    assert resolution_from_rho(side / 224) == resolution
 
 
 @pytest.mark.parametrize("rho", [0, -0.5, 1.5, "0.5", True, 0.05])
@@ -133,11 +136,6 @@ def test_resolve_is_pure_and_rho_never_changes_channels():
     ]
 
 
-def test_odd_resolution_rounds_up_like_same_padding():
-    spec = resolve(ModelConfig(arch="mobilenet_v1", resolution=97))
-    assert [b.out_size for b in spec.feature_blocks][-1] == math.ceil(97 / 32)
-
-
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -170,3 +168,6 @@ def test_config_round_trips_through_a_dict_and_names_itself():
     assert ModelConfig(arch="mobilenet_v2").dropout == 0.2
     with pytest.raises(MobileNetsError, match="unknown model config keys \\['width'\\]"):
         ModelConfig.from_dict({**config.to_dict(), "width": 1})
+    for bad in ({}, 5, {"alpha": 1.0}):
+        with pytest.raises(MobileNetsError, match="a model config is a dict with at least 'arch'"):
+            ModelConfig.from_dict(bad)

@@ -5,7 +5,7 @@ from mobilenets.errors import MobileNetsError
 from mobilenets.models import InvertedResidual, MobileNet, MobileNetV1, MobileNetV2
 from mobilenets.registry import create_model, get_entry, list_models
 from mobilenets.spec import ModelConfig, NetSpec, resolve
-from mobilenets.weights import load_weights, save_weights
+from mobilenets.weights import load_model, load_weights, save_weights
 
 __all__ = [
     "CostReport",
@@ -20,6 +20,7 @@ __all__ = [
     "create_model",
     "get_entry",
     "list_models",
+    "load_model",
     "load_weights",
     "resolve",
     "save_weights",

@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 from mobilenets import __version__
 from mobilenets.cost import CostReport, cost
@@ -18,6 +19,7 @@ from mobilenets.registry import get_entry, list_models
 from mobilenets.spec import format_alpha
 
 FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 NUMBER = re.compile(r"^(-|[-+]?[\d,.]+[%MKx]?)$")  # a cell to right-align
 
 
@@ -145,12 +147,16 @@ def plot_zoo(rows: list[dict], path: str) -> None:
 
 
 def run_zoo(args: argparse.Namespace) -> None:
+    if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise MobileNetsError(
+            f"--plot takes a file ending in {', '.join(PLOT_SUFFIXES)}, got {args.plot!r}"
+        )
     rows = zoo_rows(args.family)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print_zoo(rows)
-    if args.plot:
+    if args.plot is not None:
         plot_zoo(rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
 

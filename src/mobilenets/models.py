@@ -211,16 +211,25 @@ class MobileNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier (e.g. to fine-tune on another dataset); 0 removes it."""
-        device = next(self.parameters()).device
+        reference = next(self.parameters())
         self.config = self.config.replace(num_classes=num_classes)
         self.spec = resolve(self.config)
-        self.classifier = self._make_classifier().to(device)
+        self.classifier = self._make_classifier().to(reference.device, reference.dtype)
         if isinstance(self.classifier, nn.Linear):
             nn.init.normal_(self.classifier.weight, 0, 0.01)
             nn.init.zeros_(self.classifier.bias)
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """A clear error for an input of the wrong rank or channel count (any size >= 1 runs)."""
+        if x.dim() != 4 or x.shape[1] != self.config.in_chans:
+            raise MobileNetsError(
+                f"{self.name} takes a (batch, {self.config.in_chans}, height, width) tensor, "
+                f"got shape {tuple(x.shape)}"
+            )
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map (C5): 1024 x 7 x 7 for V1 1.0/224, 1280 x 7 x 7 for V2."""
+        self.check_input(x)
         x = self.blocks(self.stem(x))
         return x if self.head is None else self.head(x)
 
@@ -235,8 +244,16 @@ class MobileNet(nn.Module):
         self, x: torch.Tensor, names: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         """The named feature maps (all of ``feature_info`` by default), running only as far as
-        the deepest one requested."""
-        names = [t.name for t in self.spec.taps] if names is None else list(names)
+        the deepest one requested. ``names`` may also be a single name."""
+        self.check_input(x)
+        if names is None:
+            names = [t.name for t in self.spec.taps]
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            raise MobileNetsError(
+                f"names lists no feature tap; {self.name} has "
+                f"{', '.join(t.name for t in self.spec.taps)}"
+            )
         wanted = [self.spec.tap(name) for name in names]
         taps: dict[str, torch.Tensor] = {}
         last = max(tap.block for tap in wanted)

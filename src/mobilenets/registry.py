@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import MobileNet, build_model
 from mobilenets.spec import ARCHS, ModelConfig, format_alpha, pick_resolution
-from mobilenets.weights import load_weights
+from mobilenets.weights import PARITY_FIELDS, load_weights, saved_config
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
@@ -181,6 +181,10 @@ def resolve_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfi
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if isinstance(name_or_config, ModelConfig):
         base = name_or_config
+    elif not isinstance(name_or_config, str):
+        raise MobileNetsError(
+            f"a model name is a string such as 'mobilenet_v2_1.0_224', got {name_or_config!r}"
+        )
     elif name_or_config in ARCHS:
         base = ModelConfig(arch=name_or_config)
     else:
@@ -202,9 +206,16 @@ def create_model(
     """Build a registered model: ``create_model("mobilenet_v2_1.0_224")``,
     ``create_model("mobilenet_v1", alpha=0.5, rho=0.714)``.
 
-    ``weights`` is a path to a state dict (``.safetensors``, or ``.pt``/``.pth`` read with
-    ``torch.load(weights_only=True)``) saved from a model of the same configuration.
+    ``weights`` is a path to a state dict (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read
+    with ``torch.load(weights_only=True)``) saved from a model of the same configuration. A
+    file written by save_weights also sets the padding and BN epsilon it was trained with,
+    unless they are given here.
     """
+    if weights is not None:
+        saved = saved_config(weights)
+        for key in PARITY_FIELDS:
+            if saved is not None and overrides.get(key) is None:
+                overrides[key] = getattr(saved, key)
     config = resolve_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
     model = build_model(config)
     if weights is not None:

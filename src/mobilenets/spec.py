@@ -22,7 +22,9 @@ from mobilenets.errors import MobileNetsError
 
 ARCHS = ("mobilenet_v1", "mobilenet_v2")
 PADDINGS = ("symmetric", "same")
-MIN_RESOLUTION = 32  # five stride-2 stages; below this the last feature map is under 1x1
+# Five stride-2 stages take 32 pixels to 1x1. Smaller inputs would still run (sizes round up),
+# but the last stages would read mostly padding.
+MIN_RESOLUTION = 32
 DEFAULT_RESOLUTION = 224
 
 
@@ -121,7 +123,8 @@ def resolution_from_rho(rho: float) -> int:
     """The input side for a resolution multiplier: 224 * rho, to the nearest multiple of 32."""
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
         raise MobileNetsError(f"rho must be a number in (0, 1], got {rho!r}")
-    resolution = round(DEFAULT_RESOLUTION * rho / 32) * 32
+    # Halves round up (224 * 0.5 = 112 gives 128), unlike Python's round-half-to-even.
+    resolution = math.floor(DEFAULT_RESOLUTION * rho / 32 + 0.5) * 32
     if resolution < MIN_RESOLUTION:
         raise MobileNetsError(
             f"rho={rho} gives resolution {resolution}, below the minimum {MIN_RESOLUTION}"
@@ -223,6 +226,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        if not isinstance(data, dict) or "arch" not in data:
+            raise MobileNetsError(f"a model config is a dict with at least 'arch', got {data!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -20,9 +20,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mobilenets.errors import MobileNetsError
+from mobilenets.models import build_model
 from mobilenets.spec import ModelConfig
 
 CONFIG_METADATA_KEY = "mobilenets.config"
+PARITY_FIELDS = ("padding", "bn_eps")  # settings that change what the weights compute
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SHOWN = 5  # keys listed per category in a mismatch report
 
@@ -85,21 +87,37 @@ def mismatch_report(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> l
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
-    """Load a weights file into ``model`` after checking that every key and shape fits."""
+    """Load a weights file into ``model`` after checking that every key and shape fits, and
+    that a file which records its padding and BN epsilon was saved with the model's."""
     state = read_state_dict(path)
+    saved = saved_config(path)
     problems = mismatch_report(model, state)
     if problems:
-        saved_as = _saved_config_name(path)
-        origin = f" (saved from {saved_as})" if saved_as else ""
+        origin = f" (saved from {saved.name})" if saved else ""
         raise MobileNetsError(
             f"weights file {str(path)!r}{origin} does not fit {model.name}: " + ", ".join(problems)
         )
+    if saved is not None:
+        differ = [
+            f"{key} {theirs!r} in the file, {ours!r} in the model"
+            for key in PARITY_FIELDS
+            if (theirs := getattr(saved, key)) != (ours := getattr(model.config, key))
+        ]
+        if differ:
+            raise MobileNetsError(
+                f"weights file {str(path)!r} was trained with other numerics: "
+                + "; ".join(differ)
+                + " (build the model with the file's settings, or use mobilenets.load_model)"
+            )
     model.load_state_dict(state, strict=True)
 
 
 def save_weights(model, path: str | os.PathLike) -> Path:
-    """Write the model's state dict as safetensors, with its config in the metadata, atomically."""
+    """Write the model's state dict as safetensors, with its config in the metadata, atomically
+    (a temporary file in the same folder, then a rename)."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        raise MobileNetsError(f"save_weights writes .safetensors files, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
@@ -114,13 +132,28 @@ def save_weights(model, path: str | os.PathLike) -> Path:
     return path
 
 
-def _saved_config_name(path) -> str | None:
-    """The model name recorded in a safetensors file we wrote, if any."""
+def saved_config(path: str | os.PathLike) -> ModelConfig | None:
+    """The model config recorded in a safetensors file that save_weights wrote; None for other
+    files, or when the record is absent or unreadable (the keys are still checked on load)."""
     if Path(path).suffix != ".safetensors":
         return None
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(CONFIG_METADATA_KEY)
-        return ModelConfig.from_dict(json.loads(raw)).name if raw else None
-    except (SafetensorError, OSError, ValueError):
+        return ModelConfig.from_dict(json.loads(raw)) if raw else None
+    except (SafetensorError, OSError, ValueError):  # MobileNetsError is a ValueError
         return None
+
+
+def load_model(path: str | os.PathLike):
+    """Rebuild a model from a safetensors file that save_weights wrote: config and weights."""
+    config = saved_config(path)
+    if config is None:
+        read_state_dict(path)  # reports a missing or unreadable file as such
+        raise MobileNetsError(
+            f"weights file {str(path)!r} records no mobilenets model config; use "
+            "create_model(NAME, weights=PATH) with the model it was saved from"
+        )
+    model = build_model(config)
+    load_weights(model, path)
+    return model
