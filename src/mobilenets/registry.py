@@ -211,10 +211,10 @@ def create_model(
     file written by save_weights also sets the padding and BN epsilon it was trained with,
     unless they are given here.
     """
-    if weights is not None:
-        saved = saved_config(weights)
+    saved = saved_config(weights) if weights is not None else None
+    if saved is not None:
         for key in PARITY_FIELDS:
-            if saved is not None and overrides.get(key) is None:
+            if overrides.get(key) is None:
                 overrides[key] = getattr(saved, key)
     config = resolve_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
     model = build_model(config)

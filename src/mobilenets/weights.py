@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mobilenets.errors import MobileNetsError
-from mobilenets.models import build_model
+from mobilenets.models import MobileNet, build_model
 from mobilenets.spec import ModelConfig
 
 CONFIG_METADATA_KEY = "mobilenets.config"
@@ -145,7 +145,7 @@ def saved_config(path: str | os.PathLike) -> ModelConfig | None:
         return None
 
 
-def load_model(path: str | os.PathLike):
+def load_model(path: str | os.PathLike) -> MobileNet:
     """Rebuild a model from a safetensors file that save_weights wrote: config and weights."""
     config = saved_config(path)
     if config is None:
