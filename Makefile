@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-# The main job. Until training lands, it prints the model zoo and one cost table.
+# The main job: train a MobileNetV2 on the real Fashion-MNIST (about 9 minutes on 2 CPU cores,
+# about 90% test top-1) into a new folder under runs/.
+DEMO_OUT ?= runs/fashion-mnist-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(BIN)/mobilenets zoo
-	@echo
-	$(BIN)/mobilenets cost mobilenet_v2_1.0_224 --by-kind --standard
+	$(BIN)/mobilenets train --data fashion-mnist --model mobilenet_v2 --alpha 0.5 --epochs 2 \
+		--augment basic --random-erasing 0 --ema-decay 0 --warmup-epochs 0.3 --workers 1 \
+		--out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -21,6 +23,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference_cpu.py
+	$(BIN)/python benchmarks/train_cpu.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -33,6 +33,8 @@ def test_readme_python_example_runs():
     assert list(namespace["taps"]) == ["C4_expansion", "C5"]
     assert (namespace["report"].params, namespace["report"].macs) == (4_231_976, 568_740_352)
     assert namespace["report"].peak_activation_bytes == 1_605_632
+    assert namespace["evaluation"].top1 == namespace["result"].final.top1
+    assert len(namespace["evaluation"].per_class) == 10
 
 
 MARKER = "<!-- lines of: "

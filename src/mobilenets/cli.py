@@ -7,14 +7,17 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from pathlib import Path
 
 from mobilenets import __version__
+from mobilenets import train as training
 from mobilenets.cost import CostReport, cost
 from mobilenets.errors import MobileNetsError
+from mobilenets.inference import evaluate_checkpoint, load_checkpoint, predict
 from mobilenets.registry import get_entry, list_models
 from mobilenets.spec import format_alpha
 
@@ -172,7 +175,13 @@ def _shape(shape: tuple[int, int, int]) -> str:
 def print_cost(report: CostReport, *, by_kind: bool, standard: bool) -> None:
     print(
         f"{report.name}: alpha {format_alpha(report.alpha)}, {report.resolution}x"
-        f"{report.resolution} input, {report.num_classes} classes\n"
+        f"{report.resolution} input, {report.num_classes} classes"
+        + (
+            "\nsmall-input variant: stride-1 stem and first stride-2 stage (output stride 8)"
+            if report.name.endswith("_small")
+            else ""
+        )
+        + "\n"
     )
     rows = [
         [layer.name, layer.kind, _shape(layer.in_shape), _shape(layer.out_shape),
@@ -215,11 +224,157 @@ def run_cost(args: argparse.Namespace) -> None:
         alpha=args.alpha,
         num_classes=args.num_classes,
         expansion=args.expansion,
+        small_input=args.small_input,
     )
     if args.json:
         print(json.dumps(report.to_dict(by_kind=args.by_kind), indent=2))
     else:
         print_cost(report, by_kind=args.by_kind, standard=args.standard)
+
+
+# --- train, eval, predict ------------------------------------------------------------------------
+
+# Flags of `train` that map one to one onto TrainConfig fields: (flag, type, help).
+TRAIN_FLAGS = (
+    ("--epochs", int, "passes over the training set"),
+    ("--batch-size", int, "images per step and process"),
+    ("--lr", float, "peak learning rate"),
+    ("--optimizer", str, f"one of {', '.join(training.OPTIMIZERS)}"),
+    ("--momentum", float, "SGD / RMSProp momentum"),
+    ("--weight-decay", float, "L2 on conv and linear weights"),
+    ("--schedule", str, f"one of {', '.join(training.SCHEDULES)}"),
+    ("--lr-decay", float, "per-epoch factor of the exponential schedule"),
+    ("--warmup-epochs", float, "linear warmup length"),
+    ("--label-smoothing", float, "label smoothing in [0, 1)"),
+    ("--ema-decay", float, "weight EMA decay (0: off)"),
+    ("--augment", str, f"one of {', '.join(training.AUGMENTS)}"),
+    ("--random-erasing", float, "random erasing probability"),
+    ("--alpha", float, "width multiplier"),
+    ("--resolution", int, "input side in pixels"),
+    ("--dropout", float, "classifier dropout"),
+    ("--amp", str, f"mixed precision: {', '.join(training.AMPS)}"),
+    ("--seed", int, "seed of initialisation, data order and augmentation"),
+    ("--workers", int, "data loader processes"),
+    ("--checkpoint-every", int, "steps between mid-epoch state saves"),
+    ("--checkpoint-minutes", float, "minutes between mid-epoch state saves"),
+    ("--device", str, "auto, cpu or cuda[:N]"),
+)
+
+
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train a MobileNet on a dataset")
+    parser.add_argument("--model", default=None, help="a variant or family (mobilenet_v2)")
+    parser.add_argument("--data", default=None, help=training.datasets.SPEC_HELP)
+    parser.add_argument("--preset", default="modern", help=f"recipe: {', '.join(training.PRESETS)}")
+    parser.add_argument("--out", required=True, help="run folder for checkpoints and plots")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    for flag, kind, text in TRAIN_FLAGS:
+        parser.add_argument(flag, type=kind, help=text)
+    for flag, text in (
+        ("--small-input", "the output-stride-8 variant (default: on for images <= 64 px)"),
+        ("--channels-last", "channels_last memory format (default on)"),
+        ("--nesterov", "nesterov momentum for SGD"),
+    ):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="skip unreadable image files (counted and reported) instead of stopping",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    fields = {flag.lstrip("-").replace("-", "_") for flag, _, _ in TRAIN_FLAGS}
+    fields |= {"model", "data", "small_input", "channels_last", "nesterov", "compile"}
+    fields |= {"skip_bad_images"}
+    overrides = {name: getattr(args, name) for name in fields}
+    if args.resume:
+        given = sorted(name for name, value in overrides.items() if value is not None)
+        if given:
+            raise MobileNetsError(
+                f"--resume continues the saved run with its own settings; drop {given}"
+            )
+        config = training.TrainConfig()
+    else:
+        config = training.train_config(args.preset, **overrides)
+    result = training.fit(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if not result.main_process:
+        return
+    out = result.out
+    print(
+        f"\nbest val top-1 {100 * result.best_top1:.2f}%, final {100 * result.final.top1:.2f}% "
+        f"after {result.epochs} epochs"
+        f"\ncheckpoint: {out / 'best.safetensors'} (last: {out / 'last.safetensors'})"
+        f"\nplots: {out / 'curves.png'}, {out / 'confusion.png'}"
+        f"\nmetrics: {out / 'metrics.jsonl'}, {out / 'eval.json'}"
+    )
+
+
+def add_eval_parser(commands) -> None:
+    parser = commands.add_parser("eval", help="top-1, top-5, per-class accuracy of a checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors file or run folder")
+    parser.add_argument("--data", required=True, help=training.datasets.SPEC_HELP)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    checkpoint = load_checkpoint(args.checkpoint)
+    result = evaluate_checkpoint(
+        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+        device=args.device,
+    )  # fmt: skip
+    report = cost(checkpoint.model)
+    summary = [[
+        checkpoint.model.name, f"{report.params:,}", f"{report.macs / 1e6:.1f}M",
+        f"{100 * result.top1:.2f}", f"{100 * result.top5:.2f}", f"{result.count:,}",
+    ]]  # fmt: skip
+    print(format_table(["model", "params", "MACs", "top-1 %", "top-5 %", "images"], summary))
+    rows = [
+        [name, f"{100 * accuracy:.2f}", f"{int(total):,}"]
+        for name, accuracy, total in zip(
+            checkpoint.classes, result.per_class, result.confusion.sum(1).tolist(), strict=True
+        )
+    ]
+    print()
+    print(format_table(["class", "top-1 %", "images"], rows))
+    if args.json:
+        record = {
+            "checkpoint": str(checkpoint.path), "data": args.data, "model": checkpoint.model.name,
+            "params": report.params, "macs": report.macs,
+            **result.to_dict(list(checkpoint.classes)),
+        }  # fmt: skip
+        training.write_json(Path(args.json), record)
+        print(f"\nwrote {args.json}")
+
+
+def add_predict_parser(commands) -> None:
+    parser = commands.add_parser("predict", help="class probabilities for image files")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors file or run folder")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    checkpoint = load_checkpoint(args.checkpoint)
+    predictions = predict(checkpoint, args.images, args.topk, args.device)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(prediction) for prediction in predictions]))
+        return
+    for prediction in predictions:
+        print(prediction.path)
+        for name, probability in zip(prediction.classes, prediction.probabilities, strict=True):
+            print(f"  {probability:7.2%}  {name}")
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -250,8 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_argument(
         "--standard", action="store_true", help="V1 Table 4 full-conv counterfactual"
     )
+    costs.add_argument(
+        "--small-input",
+        action="store_true",
+        default=None,
+        help="the variant for 28-32 px images: output stride 8 instead of 32",
+    )
     costs.add_argument("--json", action="store_true", help="print one JSON object")
     costs.set_defaults(run=run_cost)
+
+    add_train_parser(commands)
+    add_eval_parser(commands)
+    add_predict_parser(commands)
     return parser
 
 
@@ -260,6 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except MobileNetsError as error:
-        print(f"mobilenets {args.command}: error: {error}", file=sys.stderr)
+        print(f"mobilenets {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def one_line(error: Exception) -> str:
+    """The message of an error, on one line. An error raised in a DataLoader worker arrives
+    wrapped with the worker's traceback; its last line holds the original message."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(error):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.startswith("mobilenets.") else last
+    return " ".join(line.strip() for line in lines)

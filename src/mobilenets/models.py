@@ -228,7 +228,8 @@ class MobileNet(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map (C5): 1024 x 7 x 7 for V1 1.0/224, 1280 x 7 x 7 for V2."""
+        """The last feature map: 1024 x 7 x 7 for V1 1.0/224, 1280 x 7 x 7 for V2 (C5; C3 for
+        the small-input variant, whose taps are named by their stride as well)."""
         self.check_input(x)
         x = self.blocks(self.stem(x))
         return x if self.head is None else self.head(x)
@@ -275,6 +276,7 @@ class MobileNet(nn.Module):
 class MobileNetV1(MobileNet):
     """MobileNetV1 (Howard et al. 2017, Table 1) with width multiplier alpha.
 
+    ``small_input=True`` is the variant for 28-32 px images (see ``ModelConfig``).
     ``padding``, ``bn_eps`` and ``bn_momentum`` may be passed too (numerical-parity settings).
     """
 
@@ -286,15 +288,23 @@ class MobileNetV1(MobileNet):
         dropout: float | None = None,
         resolution: int | None = None,
         rho: float | None = None,
+        small_input: bool = False,
         **parity,
     ) -> None:
-        fields = dict(alpha=alpha, num_classes=num_classes, in_chans=in_chans, dropout=dropout)
+        fields = dict(
+            alpha=alpha,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            small_input=small_input,
+        )
         super().__init__(_config("mobilenet_v1", resolution, rho, parity, fields))
 
 
 class MobileNetV2(MobileNet):
     """MobileNetV2 (Sandler et al. 2018, Table 2) with width multiplier alpha and expansion t.
 
+    ``small_input=True`` is the variant for 28-32 px images (see ``ModelConfig``).
     ``padding``, ``bn_eps`` and ``bn_momentum`` may be passed too (numerical-parity settings).
     """
 
@@ -307,6 +317,7 @@ class MobileNetV2(MobileNet):
         expansion: int = 6,
         resolution: int | None = None,
         rho: float | None = None,
+        small_input: bool = False,
         **parity,
     ) -> None:
         fields = dict(
@@ -315,6 +326,7 @@ class MobileNetV2(MobileNet):
             in_chans=in_chans,
             dropout=dropout,
             expansion=expansion,
+            small_input=small_input,
         )
         super().__init__(_config("mobilenet_v2", resolution, rho, parity, fields))
 

@@ -164,7 +164,7 @@ def _unknown_name_message(name) -> str:
 
 CONFIG_OVERRIDES = (
     "alpha", "resolution", "rho", "num_classes", "in_chans", "dropout", "expansion",
-    "padding", "bn_eps", "bn_momentum",
+    "padding", "bn_eps", "bn_momentum", "small_input",
 )  # fmt: skip
 
 

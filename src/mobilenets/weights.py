@@ -9,10 +9,12 @@ save never leaves a partial file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -112,24 +114,47 @@ def load_weights(model, path: str | os.PathLike) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save_weights(model, path: str | os.PathLike) -> Path:
-    """Write the model's state dict as safetensors, with its config in the metadata, atomically
-    (a temporary file in the same folder, then a rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``. An
+    interrupted write leaves the previous file, never a partial one under the final name."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise MobileNetsError(f"save_weights writes .safetensors files, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-    metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
     try:
-        save_file(state, temporary, metadata=metadata)
+        yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's state dict as safetensors, with its config in the metadata, atomically
+    (a temporary file in the same folder, then a rename). ``metadata`` adds string entries."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise MobileNetsError(f"save_weights writes .safetensors files, got {str(path)!r}")
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    metadata = {**(metadata or {}), CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    with atomic_path(path) as temporary:
+        save_file(state, temporary, metadata=metadata)
     return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty for a file without any)."""
+    if not Path(path).is_file():
+        read_state_dict(path)  # raises the missing-file error
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise MobileNetsError(f"cannot read weights file {str(path)!r}: {error}") from error
 
 
 def saved_config(path: str | os.PathLike) -> ModelConfig | None:

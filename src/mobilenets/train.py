@@ -1,0 +1,699 @@
+"""Training and evaluation as plain functions of (model, loader, config).
+
+:class:`TrainConfig` holds every setting; :data:`PRESETS` are named recipes that flags override.
+:func:`fit` runs a whole training job into an output folder; :func:`train_epoch` and
+:func:`evaluate` are its parts and work on any model and loader.
+
+What a run leaves in its folder::
+
+    train_config.json        the resolved config, model config, preprocessing and classes
+    metrics.jsonl            one JSON line per epoch
+    last.safetensors         weights after the last epoch (EMA weights when EMA is on)
+    best.safetensors         weights of the epoch with the best validation top-1
+    checkpoints/state.pt     everything --resume needs (torch.load(weights_only=True) reads it)
+    curves.png, confusion.png, eval.json   written at the end
+
+Every file is written atomically. The state file is also written mid-epoch (every
+``checkpoint_every`` steps or ``checkpoint_minutes``), with the RNG state and the position in
+the epoch, and the data order and augmentation of an epoch are fixed by (seed, epoch, index): a
+run killed at any point and resumed finishes with the same weights and metrics as one that was
+never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mobilenets import data as datasets
+from mobilenets.errors import MobileNetsError
+from mobilenets.models import build_model
+from mobilenets.plots import plot_confusion, plot_curves
+from mobilenets.registry import resolve_config
+from mobilenets.spec import ModelConfig
+from mobilenets.weights import atomic_path, save_weights
+
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+SCHEDULES = ("cosine", "exponential")
+AUGMENTS = ("basic", "trivial")
+AMPS = ("auto", "off", "bf16", "fp16")
+STATE_FILE = Path("checkpoints") / "state.pt"
+METADATA_PREFIX = "mobilenets."
+
+
+class TrainingDiverged(MobileNetsError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --- Configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting. Stored beside the outputs and inside every checkpoint."""
+
+    model: str = "mobilenet_v2"
+    data: str = "fashion-mnist"
+    preset: str = "modern"
+    alpha: float | None = None  # None: the registered model's
+    resolution: int | None = None  # None: the dataset's image side (small) or the model's
+    small_input: bool | None = None  # None: on for images of at most 64 px
+    dropout: float | None = None
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # on conv and linear weights; BN and biases are not decayed
+    rmsprop_decay: float = 0.9
+    rmsprop_eps: float = 1.0  # TF-slim's opt_epsilon; keeps RMSProp's first steps bounded
+    schedule: str = "cosine"
+    lr_decay: float = 0.98  # per epoch, for the exponential schedule
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # 0 turns weight EMA off
+    augment: str = "basic"
+    random_erasing: float = 0.0
+    amp: str = "auto"  # auto: bf16 on a CUDA GPU that has it, off on CPU
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    workers: int = 0
+    skip_bad_images: bool = False
+    checkpoint_every: int = 0  # steps between mid-epoch state saves; 0: time-based only
+    checkpoint_minutes: float = 10.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS, "amp": AMPS,
+            "preset": tuple(PRESETS),
+        }  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise MobileNetsError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        positive = ("epochs", "batch_size", "lr")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise MobileNetsError(f"{name} must be positive, got {value!r}")
+        unit = ("momentum", "rmsprop_decay", "label_smoothing", "ema_decay", "random_erasing")
+        for name in (*unit, "lr_decay"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1 or (name != "lr_decay" and value == 1):
+                raise MobileNetsError(f"{name} must be in [0, 1), got {value!r}")
+        for name in ("weight_decay", "warmup_epochs", "workers", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise MobileNetsError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    # V2 paper section 6.1: RMSProp with decay and momentum 0.9, weight decay 4e-5, lr 0.045
+    # decayed 0.98 per epoch; TF-slim's training adds label smoothing 0.1 and weight EMA 0.9999.
+    "paper": dict(
+        optimizer="rmsprop", lr=0.045, momentum=0.9, rmsprop_decay=0.9, weight_decay=4e-5,
+        schedule="exponential", lr_decay=0.98, warmup_epochs=0.0, label_smoothing=0.1,
+        ema_decay=0.9999, augment="basic", random_erasing=0.0,
+    ),
+    # Current practice for small nets: SGD with nesterov, warmup then cosine, label smoothing,
+    # EMA, TrivialAugment and random erasing.
+    "modern": dict(
+        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+        schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, ema_decay=0.999,
+        augment="trivial", random_erasing=0.25,
+    ),
+}  # fmt: skip
+
+
+def train_config(preset: str = "modern", **overrides) -> TrainConfig:
+    """A preset's settings with ``overrides`` on top (None values are ignored)."""
+    if preset not in PRESETS:
+        raise MobileNetsError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise MobileNetsError(f"unknown training settings {unknown}; allowed: {sorted(known)}")
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(preset=preset, **settings)
+
+
+# --- Parts: optimizer, schedule, EMA, precision ----------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer; weight decay on conv and linear weights only (not BN, bias)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        nesterov = config.nesterov and config.momentum > 0
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            groups, lr=config.lr, alpha=config.rmsprop_decay, eps=config.rmsprop_eps,
+            momentum=config.momentum,
+        )  # fmt: skip
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """The learning rate at ``step`` as a fraction of ``config.lr``: linear warmup, then cosine
+    to zero or the paper's staircase decay of ``lr_decay`` per epoch."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "exponential":
+        return config.lr_decay ** (step // steps_per_epoch)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """Weight EMA as TF's ExponentialMovingAverage with num_updates: the decay starts low,
+    (1 + n) / (10 + n), and rises to ``decay``. Buffers (BN statistics) are averaged too."""
+
+    def average(averaged, current, num_averaged):
+        rate = min(decay, (1 + num_averaged.item()) / (10 + num_averaged.item()))
+        return averaged * rate + current * (1 - rate)
+
+    return AveragedModel(model, avg_fn=average, use_buffers=True)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``; None runs in fp32."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise MobileNetsError(f"device must be auto, cpu or cuda[:N], got {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MobileNetsError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+# --- Distributed --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Distributed:
+    """Join the process group that ``torchrun`` describes in the environment (if any): NCCL
+    on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def all_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:
+    if distributed.enabled:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+# --- Evaluation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """Top-1/top-5 and per-class accuracy from a confusion matrix (rows: true class)."""
+
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: torch.Tensor
+
+    @property
+    def per_class(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return (self.confusion.diagonal() / totals).tolist()
+
+    def to_dict(self, classes=None) -> dict:
+        classes = classes or [str(i) for i in range(len(self.confusion))]
+        return {
+            "loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count,
+            "per_class": dict(zip(classes, self.per_class, strict=True)),
+            "confusion": self.confusion.tolist(),
+        }  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    num_classes: int,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    distributed: Distributed = Distributed(),
+    progress: bool = False,
+) -> Evaluation:
+    """Loss, top-1, top-5 and the confusion matrix of ``model`` over ``loader``; with several
+    processes, each evaluates its share and the sums are all-reduced."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-5 hits, count
+    k = min(5, num_classes)
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        images = to_device(images, device, channels_last)
+        labels = labels.to(device)
+        with autocast(device, dtype):
+            logits = model(images)
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[1] += (logits.topk(k, 1).indices == labels[:, None]).any(1).sum()
+        sums[2] += len(labels)
+        confusion += torch.bincount(
+            labels * num_classes + logits.argmax(1), minlength=num_classes**2
+        ).view(num_classes, num_classes)
+    model.train(was_training)
+    all_sum(confusion, distributed)
+    all_sum(sums, distributed)
+    count = int(sums[2].item())
+    if count == 0:
+        raise MobileNetsError("evaluation data is empty")
+    return Evaluation(
+        loss=sums[0].item() / count,
+        top1=confusion.diagonal().sum().item() / count,
+        top5=sums[1].item() / count,
+        count=count,
+        confusion=confusion.cpu(),
+    )
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=memory_format)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --- One epoch ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochState:
+    """Running sums of the epoch in progress: saved with mid-epoch checkpoints."""
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Trainer:
+    """What a training step needs besides the model: built by :func:`fit`, usable alone."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: TrainConfig
+    device: torch.device
+    dtype: torch.dtype | None = None
+    ema: AveragedModel | None = None
+    distributed: Distributed = field(default_factory=Distributed)
+    step: int = 0
+
+
+def train_epoch(model, loader, trainer: Trainer, state: EpochState, *, on_step=None,
+                progress: bool = True, description: str = "train") -> EpochState:  # fmt: skip
+    """Train over ``loader`` (which starts at ``state.batch``), updating ``state``.
+
+    ``on_step(state)`` runs after every optimizer step (checkpointing hooks in here). A NaN or
+    infinite loss raises :class:`TrainingDiverged` before the step is applied.
+    """
+    config, device = trainer.config, trainer.device
+    model.train()
+    total = state.batch + len(loader)
+    bar = tqdm(loader, desc=description, total=total, initial=state.batch, disable=not progress,
+               unit="batch", dynamic_ncols=True)  # fmt: skip
+    started = time.perf_counter()
+    for images, labels in bar:
+        images = to_device(images, device, config.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, trainer.dtype):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        loss_value = all_sum(loss.detach().clone(), trainer.distributed).item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"loss is {loss_value} at step {trainer.step} (epoch batch {state.batch}); "
+                "stopped before applying it, the last good checkpoint is kept "
+                "(try a lower --lr)"
+            )
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.scheduler.step()
+        if trainer.ema is not None:
+            trainer.ema.update_parameters(unwrap(model))
+        trainer.step += 1
+        state.batch += 1
+        state.loss_sum += loss.item() * len(labels)
+        state.correct += int((logits.argmax(1) == labels).sum())
+        state.seen += len(labels)
+        state.seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        bar.set_postfix(
+            loss=f"{state.loss_sum / state.seen:.4f}",
+            lr=f"{trainer.optimizer.param_groups[0]['lr']:.4g}",
+            img_s=f"{state.seen * trainer.distributed.world_size / state.seconds:.0f}",
+        )
+        if on_step is not None:
+            on_step(state)
+    bar.close()
+    return state
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+# --- Checkpoints --------------------------------------------------------------------------------
+
+
+def write_json(path: Path, value) -> None:
+    with atomic_path(path) as temporary:
+        Path(temporary).write_text(json.dumps(value, indent=2) + "\n")
+
+
+def weights_metadata(run: dict, extra: dict | None = None) -> dict[str, str]:
+    """String metadata for a weights file: classes, preprocessing, training config, metrics."""
+    values = {
+        "classes": run["classes"], "preprocessing": run["preprocessing"],
+        "train_config": run["train_config"], **(extra or {}),
+    }  # fmt: skip
+    return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
+
+
+def save_state(path: Path, state: dict) -> None:
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling raises many types; all mean the same here
+        raise MobileNetsError(f"cannot read training state {str(path)!r}: {error}") from error
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- A whole run ------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    out: Path
+    best_top1: float
+    final: Evaluation
+    epochs: int
+    history: list[dict]
+    main_process: bool = True  # False on the other ranks of a torchrun job
+
+
+def model_config_for(config: TrainConfig, splits: datasets.Splits) -> ModelConfig:
+    """The model for a dataset: its classes and channels; small images get the small-input
+    variant at their own side unless the config says otherwise."""
+    small = splits.small if config.small_input is None else config.small_input
+    resolution = config.resolution
+    if resolution is None and splits.small:
+        resolution = splits.preprocessing.resolution
+    overrides = dict(
+        num_classes=len(splits.classes), in_chans=splits.preprocessing.channels,
+        small_input=small, alpha=config.alpha, dropout=config.dropout, resolution=resolution,
+    )  # fmt: skip
+    return resolve_config(config.model, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def make_loader(dataset, sampler, config: TrainConfig, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        # A private generator: creating the loader must not draw from the global RNG, or a
+        # resumed run's dropout masks would shift.
+        generator=torch.Generator().manual_seed(config.seed),
+    )  # fmt: skip
+
+
+def fit(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
+        progress: bool = True, log=print) -> FitResult:  # fmt: skip
+    """Train ``config`` into the folder ``out``; with ``resume``, continue the run there."""
+    out = Path(out)
+    state_path = out / STATE_FILE
+    saved = None
+    if resume:
+        if not state_path.is_file():
+            raise MobileNetsError(f"--resume: no training state at {str(state_path)!r}")
+        saved = load_state(state_path)
+        config = TrainConfig(**saved["run"]["train_config"])
+    elif state_path.is_file():
+        raise MobileNetsError(
+            f"{str(out)!r} already holds a run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    distributed = init_distributed(config.device)
+    device = pick_device(config.device)
+    if distributed.enabled and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
+    dtype = autocast_dtype(config.amp, device)
+    torch.manual_seed(config.seed)
+
+    splits = datasets.load_splits(config.data, config.resolution or 224, config.skip_bad_images)
+    model_config = model_config_for(config, splits)
+    if saved is not None and saved["run"]["model_config"] != model_config.to_dict():
+        raise MobileNetsError(
+            f"--resume: the data {config.data!r} gives model {model_config.name} with "
+            f"{model_config.num_classes} classes; the saved run has "
+            f"{ModelConfig.from_dict(saved['run']['model_config']).name} with "
+            f"{saved['run']['model_config']['num_classes']} classes"
+        )
+    preprocessing = splits.preprocessing.replace(resolution=model_config.resolution)
+    if not splits.small:
+        preprocessing = datasets.imagenet_preprocessing(model_config.resolution)
+    datasets.with_transforms(
+        splits,
+        preprocessing.train_transform(config.augment, config.random_erasing, splits.small),
+        preprocessing.eval_transform(),
+    )
+    run = {
+        "train_config": config.to_dict(), "model_config": model_config.to_dict(),
+        "preprocessing": preprocessing.to_dict(), "classes": list(splits.classes),
+        "world_size": distributed.world_size,
+    }  # fmt: skip
+
+    model = build_model(model_config)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = make_optimizer(model, config)
+    train_sampler = datasets.EpochSampler(
+        len(splits.train), seed=config.seed, batch_size=config.batch_size, drop_last=True,
+        rank=distributed.rank, world_size=distributed.world_size,
+    )  # fmt: skip
+    steps_per_epoch = train_sampler.num_batches()
+    if steps_per_epoch == 0:
+        raise MobileNetsError(
+            f"the training set has {len(splits.train)} images, fewer than one batch of "
+            f"{config.batch_size} x {distributed.world_size} processes; lower --batch-size"
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
+    )
+    ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    trainer = Trainer(
+        optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        config, device, dtype, ema, distributed,
+    )  # fmt: skip
+
+    epoch, epoch_state, history, best_top1 = 0, EpochState(), [], -1.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        trainer.scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        trainer.step = saved["step"]
+        epoch, history, best_top1 = saved["epoch"], saved["history"], saved["best_top1"]
+        epoch_state = EpochState(**saved["epoch_state"])
+        restore_rng(saved["rng"])
+        if distributed.main:
+            log(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}")
+
+    if distributed.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", run)
+    trained = model
+    if config.compile:
+        trained = torch.compile(trained)
+    if distributed.enabled:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            trained, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    shipped = ema.module if ema is not None else model  # the weights we evaluate and save
+
+    def snapshot() -> dict:
+        return {
+            "run": run, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else {}, "step": trainer.step,
+            "epoch": epoch, "epoch_state": dataclasses.asdict(epoch_state),
+            "history": history, "best_top1": best_top1, "rng": rng_state(),
+        }  # fmt: skip
+
+    last_save = time.monotonic()
+
+    def on_step(state: EpochState) -> None:
+        nonlocal last_save
+        every = config.checkpoint_every and trainer.step % config.checkpoint_every == 0
+        late = time.monotonic() - last_save > 60 * config.checkpoint_minutes
+        if distributed.main and (every or late) and state.batch < steps_per_epoch:
+            save_state(state_path, snapshot())
+            last_save = time.monotonic()
+
+    val_loader = make_loader(
+        splits.val,
+        datasets.EpochSampler(len(splits.val), shuffle=False, batch_size=config.batch_size,
+                              rank=distributed.rank, world_size=distributed.world_size),
+        config, device,
+    )  # fmt: skip
+    evaluation = None
+    while epoch < config.epochs:
+        train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
+        loader = make_loader(splits.train, train_sampler, config, device)
+        train_epoch(trained, loader, trainer, epoch_state, on_step=on_step,
+                    progress=progress and distributed.main,
+                    description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
+        evaluation = evaluate(
+            shipped, val_loader, model_config.num_classes, device=device, dtype=dtype,
+            channels_last=config.channels_last, distributed=distributed,
+        )  # fmt: skip
+        row = epoch_metrics(epoch, trainer, epoch_state, evaluation, distributed)
+        history.append(row)
+        epoch += 1
+        epoch_state = EpochState()
+        if distributed.main:
+            log(format_metrics(row, config.epochs))
+            with open(out / "metrics.jsonl", "a") as handle:  # appended rows survive a crash
+                handle.write(json.dumps(row) + "\n")
+            metadata = weights_metadata(run, {"epoch": epoch, "metrics": row})
+            save_weights(shipped, out / "last.safetensors", metadata)
+            if evaluation.top1 > best_top1:
+                best_top1 = evaluation.top1
+                save_weights(shipped, out / "best.safetensors", metadata)
+            save_state(state_path, snapshot())
+            last_save = time.monotonic()
+    if evaluation is None:  # resumed a finished run: evaluate what it left
+        evaluation = evaluate(
+            shipped, val_loader, model_config.num_classes, device=device, dtype=dtype,
+            channels_last=config.channels_last, distributed=distributed,
+        )  # fmt: skip
+    if distributed.main:
+        write_json(out / "eval.json", evaluation.to_dict(run["classes"]))
+        plot_curves(history, out / "curves.png")
+        plot_confusion(evaluation.confusion, run["classes"], out / "confusion.png")
+    if distributed.enabled:
+        dist.barrier()
+    best = max(best_top1, evaluation.top1)
+    return FitResult(out, best, evaluation, epoch, history, distributed.main)
+
+
+def epoch_metrics(epoch, trainer: Trainer, state: EpochState, evaluation: Evaluation,
+                  distributed: Distributed) -> dict:  # fmt: skip
+    seen = all_sum(torch.tensor([state.seen, state.correct], dtype=torch.float64), distributed)
+    loss = all_sum(torch.tensor(state.loss_sum, dtype=torch.float64), distributed).item()
+    return {
+        "epoch": epoch + 1, "step": trainer.step,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "train_loss": loss / seen[0].item(), "train_top1": seen[1].item() / seen[0].item(),
+        "val_loss": evaluation.loss, "val_top1": evaluation.top1, "val_top5": evaluation.top5,
+        "images_per_s": seen[0].item() / max(state.seconds, 1e-9),
+        "epoch_seconds": state.seconds,
+    }  # fmt: skip
+
+
+def format_metrics(row: dict, epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
+        f"val loss {row['val_loss']:.4f}, top-1 {100 * row['val_top1']:.2f}%, "
+        f"top-5 {100 * row['val_top5']:.2f}%, {row['images_per_s']:.0f} images/s"
+    )
