@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from test_cost import measured  # built-model params and torch's FLOP count, on meta
 
 from mobilenets import MobileNetsError, ModelConfig, cost, create_model, resolve
 from mobilenets.cli import main
@@ -19,19 +19,6 @@ ARCHS = ("mobilenet_v1", "mobilenet_v2")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def measured(arch, **overrides):
-    """Parameters of the built model and MACs counted by torch (FLOPs / 2), on the meta device
-    (as in test_cost.py)."""
-    with torch.device("meta"):
-        model = create_model(arch, **overrides).eval()
-        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        side = model.resolution
-        x = torch.empty(1, model.config.in_chans, side, side)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    return params, counter.get_total_flops() // 2
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -272,3 +272,11 @@ def test_torchrun_trains_on_two_cpu_processes_with_gloo(tmp_path):
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["count"] == 32  # the two halves of the validation set, all-reduced
     assert finished.stdout.count("checkpoint:") == 1
+
+
+def test_resume_with_other_settings_is_refused_and_none_takes_the_saved_ones(finished_run):
+    out, _ = finished_run
+    with pytest.raises(MobileNetsError, match=r"other settings: epochs=5 \(saved 3\)"):
+        training.fit(tiny_config(epochs=5), out, resume=True, progress=False)
+    with pytest.raises(MobileNetsError, match="needs a TrainConfig"):
+        training.fit(None, out / "elsewhere", progress=False)

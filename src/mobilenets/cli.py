@@ -225,6 +225,7 @@ def run_cost(args: argparse.Namespace) -> None:
         num_classes=args.num_classes,
         expansion=args.expansion,
         small_input=args.small_input,
+        in_chans=args.in_chans,
     )
     if args.json:
         print(json.dumps(report.to_dict(by_kind=args.by_kind), indent=2))
@@ -298,7 +299,7 @@ def run_train(args: argparse.Namespace) -> None:
             raise MobileNetsError(
                 f"--resume continues the saved run with its own settings; drop {given}"
             )
-        config = training.TrainConfig()
+        config = None  # the saved run's own
     else:
         config = training.train_config(args.preset, **overrides)
     result = training.fit(config, args.out, resume=args.resume, progress=not args.no_progress)
@@ -401,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--rho", type=float, help="resolution multiplier in (0, 1]: 224*rho")
     costs.add_argument("--num-classes", type=int, help="classifier outputs (0: none)")
     costs.add_argument("--expansion", type=int, help="V2 expansion factor t (default 6)")
+    costs.add_argument("--in-chans", type=int, help="input channels (default 3; 1 for gray)")
     costs.add_argument("--by-kind", action="store_true", help="V1 Table 2 breakdown")
     costs.add_argument(
         "--standard", action="store_true", help="V1 Table 4 full-conv counterfactual"

@@ -515,9 +515,10 @@ def make_loader(dataset, sampler, config: TrainConfig, device: torch.device) -> 
     )  # fmt: skip
 
 
-def fit(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
+def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
         progress: bool = True, log=print) -> FitResult:  # fmt: skip
-    """Train ``config`` into the folder ``out``; with ``resume``, continue the run there."""
+    """Train ``config`` into the folder ``out``. With ``resume``, continue the run saved there
+    with its own config (``config`` may then be None; if given, it must be the saved one)."""
     out = Path(out)
     state_path = out / STATE_FILE
     saved = None
@@ -525,7 +526,18 @@ def fit(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if not state_path.is_file():
             raise MobileNetsError(f"--resume: no training state at {str(state_path)!r}")
         saved = load_state(state_path)
-        config = TrainConfig(**saved["run"]["train_config"])
+        saved_config = TrainConfig(**saved["run"]["train_config"])
+        if config is not None and config != saved_config:
+            differ = [
+                f"{key}={value!r} (saved {getattr(saved_config, key)!r})"
+                for key, value in config.to_dict().items()
+                if value != getattr(saved_config, key)
+            ]
+            raise MobileNetsError(f"--resume: the run in {str(out)!r} was started with other "
+                                  f"settings: {', '.join(differ)}")  # fmt: skip
+        config = saved_config
+    elif config is None:
+        raise MobileNetsError("fit needs a TrainConfig unless it resumes a saved run")
     elif state_path.is_file():
         raise MobileNetsError(
             f"{str(out)!r} already holds a run; pass --resume to continue it or choose "

@@ -1,0 +1,72 @@
+"""Report on a Fashion-MNIST recipe run: its settings, cost, per-epoch metrics and status.
+
+Reads only what the run wrote (train_config.json, metrics.jsonl), so it can report a run that is
+still going. Prints markdown; the result is kept in benchmarks/results/fashion_mnist_recipe.md.
+
+    .venv/bin/python benchmarks/fashion_mnist_recipe.py RUN_DIR [--goal 0.955]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import mobilenets
+from mobilenets import ModelConfig
+
+RECIPE_FLAGS = (
+    "--data fashion-mnist --model mobilenet_v2 --preset modern --epochs 30 --batch-size 128 "
+    "--lr 0.1 --workers 1"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--goal", type=float, default=0.955)
+    args = parser.parse_args()
+    run = json.loads((args.run / "train_config.json").read_text())
+    metrics_path = args.run / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] if (
+        metrics_path.is_file()
+    ) else []  # fmt: skip
+    config, model = run["train_config"], ModelConfig.from_dict(run["model_config"])
+    report = mobilenets.cost(
+        model.arch, **{k: v for k, v in model.to_dict().items() if k != "arch"}
+    )
+    best = max(rows, key=lambda row: row["val_top1"]) if rows else None
+    done = len(rows) >= config["epochs"]
+
+    print(f"model: {model.name}, {report.params:,} params, {report.macs:,} MACs")
+    print(f"command: mobilenets train {RECIPE_FLAGS} --out {args.run.name}")
+    settings = ", ".join(
+        f"{key} {config[key]}"
+        for key in ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",
+                    "label_smoothing", "ema_decay", "augment", "random_erasing", "batch_size")
+    )  # fmt: skip
+    print(f"settings: {settings}")
+    status = "finished" if done else "in progress"
+    print(f"status: {status}, {len(rows)} of {config['epochs']} epochs")
+    if best is not None:
+        verdict = "reached" if best["val_top1"] >= args.goal else "not reached (yet)"
+        print(
+            f"best test top-1: {100 * best['val_top1']:.2f}% at epoch {best['epoch']}; "
+            f"goal {100 * args.goal:.1f}% {verdict}"
+        )
+        hours = sum(row["epoch_seconds"] for row in rows) / 3600
+        print(f"training time so far (sum of epoch times, shared CPU): {hours:.2f} h")
+    print()
+    print("| epoch | lr | train loss | train top-1 | test loss | test top-1 | test top-5 | s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['epoch']} | {row['lr']:.4f} | {row['train_loss']:.4f} | "
+            f"{100 * row['train_top1']:.2f} | {row['val_loss']:.4f} | "
+            f"{100 * row['val_top1']:.2f} | {100 * row['val_top5']:.2f} | "
+            f"{row['epoch_seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
