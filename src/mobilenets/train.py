@@ -548,6 +548,9 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     if distributed.enabled and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
     dtype = autocast_dtype(config.amp, device)
+    if dtype is not None and device.type == "cpu" and distributed.main:
+        log(f"note: --amp {config.amp} on CPU runs through autocast emulation on most CPUs, "
+            "often many times slower than fp32 (--amp auto keeps CPU runs in fp32)")  # fmt: skip
     torch.manual_seed(config.seed)
 
     splits = datasets.load_splits(config.data, config.resolution or 224, config.skip_bad_images)
