@@ -15,9 +15,18 @@ from pathlib import Path
 
 from mobilenets import __version__
 from mobilenets import train as training
+from mobilenets.convert import SOURCES, convert_file
 from mobilenets.cost import CostReport, cost
 from mobilenets.errors import MobileNetsError
-from mobilenets.inference import evaluate_checkpoint, load_checkpoint, predict
+from mobilenets.inference import (
+    Checkpoint,
+    evaluate_checkpoint,
+    evaluate_imagenet,
+    load_checkpoint,
+    predict,
+    pretrained_checkpoint,
+)
+from mobilenets.pretrained import list_weights
 from mobilenets.registry import get_entry, list_models
 from mobilenets.spec import format_alpha
 
@@ -317,8 +326,12 @@ def run_train(args: argparse.Namespace) -> None:
 
 def add_eval_parser(commands) -> None:
     parser = commands.add_parser("eval", help="top-1, top-5, per-class accuracy of a checkpoint")
-    parser.add_argument("--checkpoint", required=True, help="a .safetensors file or run folder")
-    parser.add_argument("--data", required=True, help=training.datasets.SPEC_HELP)
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--data", required=True,
+        help=f"{training.datasets.SPEC_HELP}; for ImageNet weights, a validation folder with "
+        "one WordNet-id folder per class (n01440764/...)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -326,8 +339,33 @@ def add_eval_parser(commands) -> None:
     parser.set_defaults(run=run_eval)
 
 
+def add_model_arguments(parser) -> None:
+    """--checkpoint, or --model with --weights: what eval and predict run."""
+    parser.add_argument("--checkpoint", help="a .safetensors file or run folder")
+    parser.add_argument("--model", help="a registered name, e.g. mobilenet_v2_1.0_224")
+    parser.add_argument(
+        "--weights", help="published ImageNet weights for --model: keras, torchvision, timm "
+        "(or SOURCE:TAG, e.g. torchvision:IMAGENET1K_V2)",
+    )  # fmt: skip
+
+
+def checkpoint_from(args: argparse.Namespace) -> Checkpoint:
+    if args.checkpoint and (args.model or args.weights):
+        raise MobileNetsError("give --checkpoint, or --model with --weights, not both")
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint)
+    if not (args.model and args.weights):
+        raise MobileNetsError(
+            "give --checkpoint CKPT, or --model NAME --weights keras|torchvision|timm"
+        )
+    return pretrained_checkpoint(args.model, args.weights)
+
+
 def run_eval(args: argparse.Namespace) -> None:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = checkpoint_from(args)
+    if checkpoint.class_ids is not None:
+        run_imagenet_eval(args, checkpoint)
+        return
     result = evaluate_checkpoint(
         checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
         device=args.device,
@@ -356,10 +394,43 @@ def run_eval(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.json}")
 
 
+def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
+    """ImageNet weights on a validation folder, printed as the blog's table (name, params,
+    top-1, top-5) beside the figures the weights were published with."""
+    result = evaluate_imagenet(
+        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+        device=args.device,
+    )  # fmt: skip
+    report = cost(checkpoint.model)
+    published = checkpoint.metrics or {}
+    record = getattr(checkpoint.model, "weights_record", None)
+    label = checkpoint.model.name + (f" ({record.source})" if record else "")
+
+    def fraction(percent: float | None) -> str:
+        return "-" if percent is None else f"{percent / 100:.3f}"
+
+    print("| Model | Params | Top-1 | Top-5 | Published top-1 | Published top-5 | Images |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {label} | {report.params / 1e6:.2f}M | {result.top1:.3f} | {result.top5:.3f} "
+        f"| {fraction(published.get('top1'))} | {fraction(published.get('top5'))} "
+        f"| {result.count:,} |"
+    )
+    if args.json:
+        record_dict = {
+            "model": checkpoint.model.name, "weights": record.to_dict() if record else None,
+            "checkpoint": str(checkpoint.path), "data": args.data, "params": report.params,
+            "macs": report.macs, "top1": result.top1, "top5": result.top5,
+            "count": result.count, "published": published,
+        }  # fmt: skip
+        training.write_json(Path(args.json), record_dict)
+        print(f"\nwrote {args.json}")
+
+
 def add_predict_parser(commands) -> None:
     parser = commands.add_parser("predict", help="class probabilities for image files")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--checkpoint", required=True, help="a .safetensors file or run folder")
+    add_model_arguments(parser)
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -367,7 +438,7 @@ def add_predict_parser(commands) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = checkpoint_from(args)
     predictions = predict(checkpoint, args.images, args.topk, args.device)
     if args.json:
         print(json.dumps([dataclasses.asdict(prediction) for prediction in predictions]))
@@ -376,6 +447,82 @@ def run_predict(args: argparse.Namespace) -> None:
         print(prediction.path)
         for name, probability in zip(prediction.classes, prediction.probabilities, strict=True):
             print(f"  {probability:7.2%}  {name}")
+
+
+# --- convert and weights ---------------------------------------------------------------------
+
+
+def add_convert_parser(commands) -> None:
+    parser = commands.add_parser(
+        "convert", help="convert torchvision, timm or Keras weights into a .safetensors file"
+    )
+    parser.add_argument("source_file", metavar="SRC", help=".pth/.safetensors or Keras .h5")
+    parser.add_argument("--from", dest="source", required=True, choices=SOURCES)
+    parser.add_argument("--model", required=True, help="the variant, e.g. mobilenet_v2_1.0_224")
+    parser.add_argument("--out", required=True, help="FILE.safetensors to write")
+    parser.set_defaults(run=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from mobilenets import pretrained
+    from mobilenets.models import build_model
+    from mobilenets.registry import resolve_config
+    from mobilenets.train import METADATA_PREFIX
+    from mobilenets.weights import save_weights
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise MobileNetsError(f"--out must be a .safetensors file, got {args.out!r}")
+    config = resolve_config(args.model)
+    state, config, report = convert_file(args.source_file, args.source, config)
+    model = build_model(config)
+    model.load_state_dict(state, strict=True)
+    metadata = {"source": args.source, "source_file": Path(args.source_file).name}
+    if config.num_classes == 1000:  # an ImageNet classifier: keep its classes and inputs
+        try:
+            preprocessing = pretrained.find_record(config, args.source).preprocessing_for(
+                config.resolution
+            )
+        except MobileNetsError:  # no published record: the ecosystem's usual evaluation
+            preprocessing = pretrained.default_preprocessing(args.source, config.resolution)
+        metadata |= {
+            "classes": list(pretrained.imagenet_categories()),
+            "class_ids": list(pretrained.imagenet_synsets()),
+            "preprocessing": preprocessing.to_dict(),
+        }
+    save_weights(
+        model, out, {METADATA_PREFIX + key: json.dumps(value) for key, value in metadata.items()}
+    )
+    print(f"{report.summary()}\nwrote {out} (padding {config.padding}, bn_eps {config.bn_eps:g})")
+
+
+def add_weights_parser(commands) -> None:
+    parser = commands.add_parser("weights", help="the published ImageNet weights we can load")
+    parser.add_argument("--source", choices=SOURCES, help="only this ecosystem")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_weights)
+
+
+def run_weights(args: argparse.Namespace) -> None:
+    records = list_weights(args.source)
+    if args.json:
+        print(json.dumps([record.to_dict() for record in records], indent=1))
+        return
+    rows = [
+        [r.model_name, r.source, r.tag, _published(r.top1, ".1f"), _published(r.top5, ".1f"),
+         f"{r.preprocessing.resize}/{r.preprocessing.resolution} {r.preprocessing.interpolation}",
+         "[-1, 1]" if r.preprocessing.mean == (0.5, 0.5, 0.5) else "ImageNet mean/std",
+         r.padding, f"{r.bn_eps:g}"]
+        for r in records
+    ]  # fmt: skip
+    headers = ["model", "source", "tag", "top-1", "top-5", "resize/crop", "inputs", "padding",
+               "bn_eps"]  # fmt: skip
+    print(format_table(headers, rows))
+    print(
+        "\nuse: create_model(NAME, weights=SOURCE), or mobilenets predict IMAGE --model NAME "
+        "--weights SOURCE.\ntorchvision and timm weights load at any resolution; Keras has one "
+        "file per resolution."
+    )
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -419,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_eval_parser(commands)
     add_predict_parser(commands)
+    add_convert_parser(commands)
+    add_weights_parser(commands)
     return parser
 
 

@@ -29,11 +29,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets as tv_datasets
-from torchvision.datasets.utils import download_url
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from mobilenets.download import download
 from mobilenets.errors import MobileNetsError
 
 DATA_ENV = "MOBILENETS_DATA"
@@ -295,25 +295,8 @@ def find_fashion_mnist(download: bool = True) -> Path:
 
 def fetch(url: str, path: Path, md5: str) -> Path:
     """Download ``url`` to ``path`` with a progress bar; the file appears under its final name
-    only after its MD5 matches."""
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    # download_url skips any file already present, so a .part left by an interrupted run would
-    # be "downloaded" instantly and then fail the MD5 check: start afresh.
-    partial.unlink(missing_ok=True)
-    try:
-        download_url(url, str(partial.parent), partial.name)
-    except Exception as error:  # urllib raises several unrelated types
-        partial.unlink(missing_ok=True)
-        raise MobileNetsError(f"download of {url} failed: {error}") from error
-    actual = hashlib.md5(partial.read_bytes()).hexdigest()
-    if actual != md5:
-        partial.unlink(missing_ok=True)
-        raise MobileNetsError(f"download of {url} is corrupt: MD5 {actual}, expected {md5}")
-    os.replace(partial, path)
-    return path
+    only after its MD5 matches, and an interrupted download resumes on the next run."""
+    return download(url, path, md5=md5)
 
 
 def read_idx(path: Path, expected_dims: int) -> torch.Tensor:

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torchvision import datasets as tv_datasets
 
 from mobilenets import data as datasets
+from mobilenets import pretrained
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import MobileNet
+from mobilenets.registry import resolve_config
 from mobilenets.train import (
     METADATA_PREFIX,
     STATE_FILE,
@@ -37,6 +40,9 @@ class Checkpoint:
     path: Path
     train_config: dict | None = None
     metrics: dict | None = None
+    # ImageNet models: the WordNet id of each class, which names the folders of ImageNet's
+    # validation set; None for a model trained on its own classes.
+    class_ids: tuple[str, ...] | None = None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -68,9 +74,22 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise MobileNetsError(
             f"{str(path)!r} names {len(classes)} classes for a {model.num_classes}-class model"
         )
+    class_ids = values.get("class_ids")
     return Checkpoint(
         model.eval(), classes, preprocessing, path, values.get("train_config"),
-        values.get("metrics"),
+        values.get("metrics"), tuple(class_ids) if class_ids else None,
+    )  # fmt: skip
+
+
+def pretrained_checkpoint(name: str, weights: str, progress: bool = True) -> Checkpoint:
+    """Published ImageNet weights as a Checkpoint: the model, the 1000 class names and WordNet
+    ids, and the preprocessing of the weights record."""
+    config = resolve_config(name)
+    model, record, path = pretrained.load_pretrained(config, weights, progress=progress)
+    return Checkpoint(
+        model, pretrained.imagenet_categories(), record.preprocessing_for(config.resolution),
+        path, metrics={"top1": record.top1, "top5": record.top5},
+        class_ids=pretrained.imagenet_synsets(),
     )  # fmt: skip
 
 
@@ -99,6 +118,48 @@ def evaluate_checkpoint(checkpoint: Checkpoint, data: str, *, batch_size: int = 
     config = TrainConfig(batch_size=batch_size, workers=workers)
     sampler = datasets.EpochSampler(len(splits.val), shuffle=False, batch_size=batch_size)
     loader = make_loader(splits.val, sampler, config, target)
+    model = checkpoint.model.to(target)
+    return evaluate(model, loader, len(checkpoint.classes), device=target, progress=progress)
+
+
+def imagenet_samples(folder: str | os.PathLike, class_ids: tuple[str, ...]) -> list:
+    """(path, class index) of every image of an ImageNet-layout validation folder: one
+    sub-folder per class, named by WordNet id (``n01440764/*.JPEG``). A subset of the classes
+    is fine; ``folder/val`` is used when it exists."""
+    root = Path(folder)
+    if (root / "val").is_dir():
+        root = root / "val"
+    if not root.is_dir():
+        raise MobileNetsError(f"--data {str(folder)!r} is not a folder")
+    try:
+        found = tv_datasets.ImageFolder(str(root), loader=datasets.open_image)
+    except FileNotFoundError as error:
+        raise MobileNetsError(f"--data {str(root)!r}: {error}") from error
+    index = {class_id: i for i, class_id in enumerate(class_ids)}
+    unknown = [name for name in found.classes if name not in index]
+    if unknown:
+        raise MobileNetsError(
+            f"--data {str(root)!r}: class folders must be ImageNet WordNet ids such as "
+            f"{class_ids[0]}; found {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}"
+        )
+    return [(path, index[found.classes[label]]) for path, label in found.samples]
+
+
+def evaluate_imagenet(checkpoint: Checkpoint, folder: str | os.PathLike, *,
+                      batch_size: int = 256, workers: int = 0, device: str = "auto",
+                      progress: bool = True) -> Evaluation:  # fmt: skip
+    """Top-1 and top-5 of an ImageNet model on an ImageNet-layout validation folder, with the
+    checkpoint's own preprocessing (for published weights: their record's)."""
+    if checkpoint.class_ids is None:
+        raise MobileNetsError(
+            f"{str(checkpoint.path)!r} is not an ImageNet model (it records no WordNet ids)"
+        )
+    samples = imagenet_samples(folder, checkpoint.class_ids)
+    images = datasets.ImageFiles(samples, checkpoint.preprocessing.eval_transform())
+    target = pick_device(device)
+    config = TrainConfig(batch_size=batch_size, workers=workers)
+    sampler = datasets.EpochSampler(len(images), shuffle=False, batch_size=batch_size)
+    loader = make_loader(images, sampler, config, target)
     model = checkpoint.model.to(target)
     return evaluate(model, loader, len(checkpoint.classes), device=target, progress=progress)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from dataclasses import dataclass
 
 from mobilenets.errors import MobileNetsError
@@ -201,22 +202,45 @@ def create_model(
     num_classes: int = 1000,
     in_chans: int = 3,
     weights: str | None = None,
+    progress: bool = True,
     **overrides,
 ) -> MobileNet:
     """Build a registered model: ``create_model("mobilenet_v2_1.0_224")``,
     ``create_model("mobilenet_v1", alpha=0.5, rho=0.714)``.
 
-    ``weights`` is a path to a state dict (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read
-    with ``torch.load(weights_only=True)``) saved from a model of the same configuration. A
-    file written by save_weights also sets the padding and BN epsilon it was trained with,
-    unless they are given here.
+    ``weights`` is one of:
+
+    - ``"keras"``, ``"torchvision"`` or ``"timm"`` (optionally ``"torchvision:IMAGENET1K_V2"``):
+      that ecosystem's published ImageNet weights, downloaded once to the cache, verified,
+      converted, with the padding and BN epsilon they were trained with. The model's
+      ``weights_record`` then holds the file's record (preprocessing, license, accuracy).
+    - a path to our own weights (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with
+      ``torch.load(weights_only=True)``); a file written by save_weights also sets the padding
+      and BN epsilon it was trained with, unless they are given here.
+    - a path to a foreign file: a Keras ``.h5`` or a torchvision/timm state dict, converted.
     """
+    from mobilenets import pretrained
+    from mobilenets.convert import convert_file, detect_source
+
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise MobileNetsError(
+            f"weights must be 'keras', 'torchvision', 'timm' or a file path, got {weights!r}"
+        )
+    if isinstance(weights, str) and pretrained.looks_like_source(weights):
+        config = resolve_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
+        return pretrained.load_pretrained(config, weights, progress=progress)[0]
     saved = saved_config(weights) if weights is not None else None
     if saved is not None:
         for key in PARITY_FIELDS:
             if overrides.get(key) is None:
                 overrides[key] = getattr(saved, key)
     config = resolve_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
+    source = detect_source(weights) if weights is not None and saved is None else None
+    if source is not None:
+        state, config, _report = convert_file(weights, source, config)
+        model = build_model(config)
+        model.load_state_dict(state, strict=True)
+        return model
     model = build_model(config)
     if weights is not None:
         load_weights(model, weights)
