@@ -15,10 +15,19 @@ from pathlib import Path
 import mobilenets
 from mobilenets import ModelConfig
 
-RECIPE_FLAGS = (
-    "--data fashion-mnist --model mobilenet_v2 --preset modern --epochs 30 --batch-size 128 "
-    "--lr 0.1 --workers 1"
-)
+# The settings a recipe command spells out; the rest come from its preset.
+COMMAND_KEYS = ("model", "alpha", "data", "preset", "augment", "epochs", "batch_size", "lr",
+                "workers")  # fmt: skip
+
+
+def command_line(config: dict) -> str:
+    """The train command that produced a run, rebuilt from its saved config."""
+    flags = [
+        f"--{key.replace('_', '-')} {config[key]}"
+        for key in COMMAND_KEYS
+        if config.get(key) is not None
+    ]
+    return "mobilenets train " + " ".join(flags)
 
 
 def main() -> None:
@@ -39,7 +48,7 @@ def main() -> None:
     done = len(rows) >= config["epochs"]
 
     print(f"model: {model.name}, {report.params:,} params, {report.macs:,} MACs")
-    print(f"command: mobilenets train {RECIPE_FLAGS} --out {args.run.name}")
+    print(f"command: {command_line(config)} --out {args.run.name}")
     settings = ", ".join(
         f"{key} {config[key]}"
         for key in ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",

@@ -1,6 +1,8 @@
 """Architecture parity: with a reference model's weights copied in tensor by tensor, our models
 compute the same logits as torchvision's and timm's."""
 
+import math
+
 import pytest
 import timm
 import torch
@@ -20,6 +22,19 @@ def randomize_batch_norm(model: nn.Module) -> None:
             nn.init.normal_(module.bias, 0.0, 0.3)
 
 
+def randomize_torch(model: nn.Module) -> nn.Module:
+    """He-normal convs (fan-in), a random classifier bias, random BN statistics. torch's fan-out
+    init counts a depthwise conv's fan as 9C, which with random BN statistics makes the logits
+    almost independent of the input, so a mis-mapped conv would hardly show."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.weight[0].numel()))
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.bias, 0.0, 0.1)
+    randomize_batch_norm(model)
+    return model.eval()
+
+
 def copy_by_position(source: nn.Module, target: nn.Module) -> None:
     """Copy every state tensor in order; the two architectures must agree tensor by tensor."""
     theirs, ours = source.state_dict(), target.state_dict()
@@ -33,13 +48,15 @@ def copy_by_position(source: nn.Module, target: nn.Module) -> None:
 
 def assert_same_logits(reference: nn.Module, ours: nn.Module, resolution: int = 224) -> None:
     torch.manual_seed(0)
-    randomize_batch_norm(reference)
+    randomize_torch(reference)
     copy_by_position(reference, ours)
     reference.eval(), ours.eval()
     x = torch.randn(2, 3, resolution, resolution)
     with torch.no_grad():
         expected, actual = reference(x), ours(x)
     assert actual.shape == expected.shape
+    # The weights carry the input through: two images give different logits.
+    assert (expected[0] - expected[1]).abs().max().item() > 1e-2
     assert (actual - expected).abs().max().item() <= 1e-5
 
 

@@ -280,4 +280,3 @@ def test_resume_with_other_settings_is_refused_and_none_takes_the_saved_ones(fin
         training.fit(tiny_config(epochs=5), out, resume=True, progress=False)
     with pytest.raises(MobileNetsError, match="needs a TrainConfig"):
         training.fit(None, out / "elsewhere", progress=False)
-

@@ -277,6 +277,7 @@ def convert_state_dict(
     """
     from mobilenets.models import build_model  # models imports spec only; keep the graph flat
 
+    check_source(source)
     config = config.replace(**SOURCE_NUMERICS[source])
     expected = build_model(config).state_dict()
     entries = key_map(config, source)
