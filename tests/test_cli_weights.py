@@ -37,6 +37,8 @@ WEIGHTS_KEYS = set(
     "model source tag url sha256 license preprocessing padding bn_eps top1 top5 reference".split()
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def run(capsys, command: str, **paths) -> tuple[int, str, str]:
     """``main`` on ``command`` split at spaces, each ``{name}`` token replaced by ``paths[name]``
@@ -72,15 +74,6 @@ def keras_top(model, image_path, k: int) -> list[str]:
     with torch.no_grad():
         logits = model.eval()(pixels.float()[None] / 127.5 - 1)
     return [imagenet_categories()[i] for i in logits[0].topk(k).indices.tolist()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are small: several threads only fight over a loaded machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -43,19 +43,12 @@ V1_KERAS_ALPHAS = (1.0, 0.75, 0.5, 0.25)
 V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 # Keras's torch backend converts tensors with numpy 2's deprecated __array__ signature.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny at 64 px: intra-op threads only add synchronisation (on a loaded
-    machine, 100x), so the module runs on one thread and restores the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def config_for(arch: str, alpha: float):

@@ -40,6 +40,8 @@ from mobilenets.pretrained import (
 )
 from mobilenets.registry import TFSLIM_V1, TFSLIM_V2, resolve_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOLERANCE = 1e-4  # max abs logit difference against the reference implementation
 
 
@@ -266,15 +268,6 @@ def write_imagenet_folder(root: Path, class_indices, per_class: int = 2) -> list
 
 
 # --- Fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are small: several threads only fight over a loaded machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
