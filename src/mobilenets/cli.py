@@ -525,6 +525,56 @@ def run_weights(args: argparse.Namespace) -> None:
     )
 
 
+# --- export ------------------------------------------------------------------------------------
+
+
+def add_export_parser(commands) -> None:
+    parser = commands.add_parser(
+        "export", help="export a checkpoint or a registered model to ONNX, BN folded, checked"
+    )
+    parser.add_argument(
+        "model", metavar="CKPT_OR_NAME",
+        help="a .safetensors checkpoint or run folder, or a registered name (mobilenet_v2_1.0_224)",
+    )  # fmt: skip
+    parser.add_argument("--format", required=True, choices=("onnx",), help="the file format")
+    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
+    parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 18 to 23 (default 18)")
+    parser.add_argument(
+        "--resolution", type=int, metavar="N", help="input side (default: the model's own)"
+    )
+    parser.add_argument(
+        "--dynamic-batch", action="store_true", help="a dynamic batch axis (default: batch 1)"
+    )
+    parser.add_argument(
+        "--weights", metavar="SRC",
+        help="published ImageNet weights for a registered name: keras, torchvision, "
+        "timm (or SOURCE:TAG); without it the weights are random",
+    )  # fmt: skip
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from mobilenets import export
+
+    opset = export.DEFAULT_OPSET if args.opset is None else args.opset
+    export.check_options(args.out, opset)  # before loading or downloading anything
+    source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
+    report = export.export_onnx(
+        source.model, args.out, resolution=source.resolution, opset=opset,
+        dynamic_batch=args.dynamic_batch, metadata=source.metadata,
+    )  # fmt: skip
+    print(
+        f"wrote {report.path} ({report.model_name} with {source.weights}; opset {report.opset}, "
+        f"input {export.format_shape(report.input_shape)}, {report.file_bytes / 1e6:.1f} MB, "
+        f"{report.bn_folded} BN folded)"
+    )
+    for shape, difference in report.max_abs_diff.items():
+        print(
+            f"onnxruntime {report.onnxruntime_version} vs PyTorch: max abs diff "
+            f"{difference:.2g} at {export.format_shape(shape)}"
+        )
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
@@ -568,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(commands)
     add_convert_parser(commands)
     add_weights_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
