@@ -575,6 +575,127 @@ def run_export(args: argparse.Namespace) -> None:
         )
 
 
+# --- quantize ----------------------------------------------------------------------------------
+
+
+# quantize.py's defaults and choices, repeated so that the other commands need not import
+# onnxruntime (test_quantize checks that they agree)
+QUANTIZE_CALIBRATE = ("minmax", "entropy", "percentile")
+QUANTIZE_ACTIVATIONS = ("u8", "s8")
+
+
+def add_quantize_parser(commands) -> None:
+    parser = commands.add_parser(
+        "quantize", help="int8 ONNX by post-training static quantization (onnxruntime, QDQ)"
+    )
+    parser.add_argument(
+        "checkpoint", metavar="CKPT", help="a .safetensors checkpoint or run folder"
+    )
+    parser.add_argument("--data", required=True, metavar="SPEC", help=training.datasets.SPEC_HELP)
+    parser.add_argument(
+        "--method", required=True, choices=("ptq",),
+        help="ptq: post-training static quantization (quantization-aware training comes next)",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the int8 file to write")
+    parser.add_argument(
+        "--calibration-images", type=int, default=512,
+        metavar="N", help="training images that set the activation ranges (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibrate", choices=QUANTIZE_CALIBRATE, default="minmax",
+        help="how ranges are set from them (default minmax)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--activations", choices=QUANTIZE_ACTIVATIONS, default="u8",
+        help="activation type; weights are s8 per channel (default u8: fast on x86)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int, default=64, metavar="B",
+        help="calibration and evaluation batch size (default %(default)s)",
+    )  # fmt: skip
+    parser.set_defaults(run=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace) -> None:
+    from mobilenets import quantize
+
+    quantize.check_options(args.out, args.calibrate, args.activations)
+    checkpoint = load_checkpoint(args.checkpoint)
+    result = quantize.quantize_checkpoint(
+        checkpoint, args.data, args.out, calibration_images=args.calibration_images,
+        method=args.calibrate, activation_type=args.activations, batch_size=args.batch_size,
+        progress=True,
+    )  # fmt: skip
+    report = result.report
+    drop = 100 * (result.int8_top1 - result.fp32_top1)
+    print(
+        f"fp32 top-1 {100 * result.fp32_top1:.2f}%, int8 top-1 {100 * result.int8_top1:.2f}% "
+        f"({drop:+.2f} points) on {result.count:,} validation images; int8 file "
+        f"{report.int8_bytes / 1e6:.1f} MB (fp32 {report.fp32_bytes / 1e6:.1f} MB)"
+    )
+    print(f"wrote {report.path}")
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+
+def add_bench_parser(commands) -> None:
+    parser = commands.add_parser(
+        "bench", help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8"
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="MODEL_OR_FILE",
+        help="a registered name (random weights), a checkpoint or run folder, or an .onnx file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 32], metavar="B",
+        help="batch sizes (default 1 32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="threads of both runtimes (default: torch's)"
+    )
+    parser.add_argument("--warmup", type=int, default=5, metavar="W", help="untimed runs (5)")
+    parser.add_argument("--iterations", type=int, default=30, metavar="K", help="timed runs (30)")
+    parser.add_argument(
+        "--resolution", type=int, metavar="R", help="input side (default: the model's own)"
+    )
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also an int8 file of each model, calibrated on random inputs (speed only)",
+    )  # fmt: skip
+    parser.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
+    parser.add_argument("--markdown", metavar="FILE", help="write the table in markdown")
+    parser.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from mobilenets import bench
+
+    records = bench.run_benchmarks(
+        args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
+        iterations=args.iterations, resolution=args.resolution, int8=args.int8,
+        progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
+    )  # fmt: skip
+    head = (
+        f"{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
+        f"{args.warmup} warm-up"
+    )
+    print(head)
+    print(format_table(bench.HEADERS, bench.table_rows(records)))
+    print("\n" + "\n".join(bench.notes(records)))
+    markdown = "\n\n".join([head, bench.markdown_table(records), *bench.notes(records)])
+    for path, write in (
+        (args.json, lambda: training.write_json(Path(args.json), [r.to_dict() for r in records])),
+        (args.markdown, lambda: Path(args.markdown).write_text(markdown + "\n")),
+    ):
+        if path:
+            try:
+                write()
+            except OSError as error:
+                raise MobileNetsError(f"cannot write {path!r}: {error}") from error
+            print(f"wrote {path}")
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
@@ -619,6 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(commands)
     add_weights_parser(commands)
     add_export_parser(commands)
+    add_quantize_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
