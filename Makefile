@@ -24,6 +24,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference_cpu.py
 	$(BIN)/python benchmarks/train_cpu.py
+	$(BIN)/python benchmarks/deploy_cpu.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
