@@ -22,7 +22,7 @@ from mobilenets.export import read_onnx_metadata
 from mobilenets.inference import load_checkpoint
 from mobilenets.models import build_model
 from mobilenets.spec import ModelConfig
-from mobilenets.train import METADATA_PREFIX
+from mobilenets.train import METADATA_PREFIX, ordered_loader
 from mobilenets.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,7 +188,7 @@ def test_percentile_from_a_tensor_keeps_the_accuracy(checkpoint, tmp_path):
     assert report.float_convs == () and report.int8_bytes < report.fp32_bytes / 2
     assert read_onnx_metadata(out)["quantization"]["calibrate"] == "percentile"
     splits.val.transform = transform
-    loader = quantize.evaluation_loader(splits.val, 32)
+    loader = ordered_loader(splits.val, 32)
     int8_top1, int8_top5, count = quantize.evaluate_onnx(out, loader)
     with torch.no_grad():
         x = torch.stack([transform(image) for image in splits.val.images])

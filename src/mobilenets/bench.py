@@ -116,23 +116,6 @@ class _Target:
     fixed_batch: int | None = None  # an .onnx file exported without a dynamic batch
 
 
-def _onnx_session(path: Path, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not path.is_file():
-        raise MobileNetsError(f"ONNX file {str(path)!r} does not exist")
-    try:
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MobileNetsError(f"onnxruntime cannot load {str(path)!r}: {first}") from error
-
-
 def onnx_precision(path: Path) -> str:
     """int8 when the graph has quantization ops (QDQ or QOperator), else fp32."""
     import onnx
@@ -147,11 +130,11 @@ def onnx_precision(path: Path) -> str:
 def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
     """An .onnx file; its eager reference is rebuilt (random weights) from the model config
     export_onnx writes into its metadata."""
-    from mobilenets.export import read_onnx_metadata
+    from mobilenets.export import onnx_session, read_onnx_metadata
     from mobilenets.models import build_model
     from mobilenets.spec import ModelConfig
 
-    session = _onnx_session(path, threads)  # the load error names the file first
+    session = onnx_session(path, threads)  # the load error names the file first
     (graph_input,) = session.get_inputs()
     shape = graph_input.shape
     if len(shape) != 4 or not all(isinstance(dim, int) for dim in shape[1:]):
@@ -292,12 +275,14 @@ def run_benchmarks(
 
 
 def _bench_target(target: _Target, batches, threads, warmup, iterations, say) -> list[BenchRecord]:
+    from mobilenets.export import onnx_session
+
     if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
         raise MobileNetsError(
             f"{target.name} has a fixed batch of {target.fixed_batch}; measure it with --batch "
             f"{target.fixed_batch} or export it with --dynamic-batch"
         )
-    sessions = [(_onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
+    sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
     eager = None
     size = None
     if target.model is not None:

@@ -94,6 +94,13 @@ class Preprocessing:
     def replace(self, **changes) -> Preprocessing:
         return dataclasses.replace(self, **changes)
 
+    def at(self, resolution: int) -> Preprocessing:
+        """The same pipeline for another input size: resize and crop scale together."""
+        if resolution == self.resolution:
+            return self
+        scaled = None if self.resize is None else round(self.resize * resolution / self.resolution)
+        return self.replace(resolution=resolution, resize=scaled)
+
     def eval_transform(self) -> Callable:
         """PIL image or uint8 CHW tensor -> normalized float tensor of the model's input size."""
         steps = [T.ToImage()]

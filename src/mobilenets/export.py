@@ -24,7 +24,6 @@ from google.protobuf.message import DecodeError
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from mobilenets.data import Preprocessing
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import ConvBNAct, DepthwiseSeparable, InvertedResidual, MobileNet
 from mobilenets.spec import ModelConfig
@@ -216,9 +215,7 @@ def verify_onnx(
     """The max abs difference of onnxruntime's output (CPU) and ``reference``'s (run in eval
     mode, then put back as it was) on the same random input, per input shape; raises when one
     exceeds TOLERANCE."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # what torch is allowed, no more
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     generator = torch.Generator().manual_seed(0)
     differences = {}
     training = reference.training
@@ -239,6 +236,25 @@ def verify_onnx(
             )
         differences[shape] = difference
     return differences
+
+
+def onnx_session(
+    path: str | os.PathLike, threads: int | None = None
+) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session on ``threads`` intra-op threads (default: what torch is
+    allowed, no more), all graph optimizations; a missing or unloadable file is named."""
+    if not Path(path).is_file():
+        raise MobileNetsError(f"ONNX file {str(path)!r} does not exist")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MobileNetsError(f"onnxruntime cannot load {str(path)!r}: {first}") from error
 
 
 def _read_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -266,15 +282,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
 
 
 # --- What the CLI exports ------------------------------------------------------------------------
-
-
-def preprocessing_at(preprocessing: Preprocessing, resolution: int) -> Preprocessing:
-    """The evaluation preprocessing at another input size: resize and crop scale together."""
-    if resolution == preprocessing.resolution:
-        return preprocessing
-    resize = preprocessing.resize
-    scaled = None if resize is None else round(resize * resolution / preprocessing.resolution)
-    return preprocessing.replace(resolution=resolution, resize=scaled)
 
 
 def export_source(
@@ -316,9 +323,7 @@ def export_source(
     metadata = {
         **extra,
         "classes": json.dumps(list(checkpoint.classes)),
-        "preprocessing": json.dumps(
-            preprocessing_at(checkpoint.preprocessing, resolution).to_dict()
-        ),
+        "preprocessing": json.dumps(checkpoint.preprocessing.at(resolution).to_dict()),
     }
     if checkpoint.class_ids:
         metadata["class_ids"] = json.dumps(list(checkpoint.class_ids))

@@ -24,9 +24,8 @@ from mobilenets.train import (
     METADATA_PREFIX,
     STATE_FILE,
     Evaluation,
-    TrainConfig,
     evaluate,
-    make_loader,
+    ordered_loader,
     pick_device,
 )
 from mobilenets.weights import load_model, read_metadata
@@ -115,9 +114,7 @@ def evaluate_checkpoint(checkpoint: Checkpoint, data: str, *, batch_size: int = 
     check_classes(checkpoint, splits.classes, data)
     splits.val.transform = preprocessing.eval_transform()
     target = pick_device(device)
-    config = TrainConfig(batch_size=batch_size, workers=workers)
-    sampler = datasets.EpochSampler(len(splits.val), shuffle=False, batch_size=batch_size)
-    loader = make_loader(splits.val, sampler, config, target)
+    loader = ordered_loader(splits.val, batch_size, workers, target)
     model = checkpoint.model.to(target)
     return evaluate(model, loader, len(checkpoint.classes), device=target, progress=progress)
 
@@ -157,9 +154,7 @@ def evaluate_imagenet(checkpoint: Checkpoint, folder: str | os.PathLike, *,
     samples = imagenet_samples(folder, checkpoint.class_ids)
     images = datasets.ImageFiles(samples, checkpoint.preprocessing.eval_transform())
     target = pick_device(device)
-    config = TrainConfig(batch_size=batch_size, workers=workers)
-    sampler = datasets.EpochSampler(len(images), shuffle=False, batch_size=batch_size)
-    loader = make_loader(images, sampler, config, target)
+    loader = ordered_loader(images, batch_size, workers, target)
     model = checkpoint.model.to(target)
     return evaluate(model, loader, len(checkpoint.classes), device=target, progress=progress)
 

@@ -76,11 +76,7 @@ class WeightsRecord:
 
     def preprocessing_for(self, resolution: int) -> Preprocessing:
         """The evaluation preprocessing at another input size: resize and crop scale together."""
-        if resolution == self.resolution:
-            return self.preprocessing
-        resize = self.preprocessing.resize
-        scaled = None if resize is None else round(resize * resolution / self.resolution)
-        return self.preprocessing.replace(resolution=resolution, resize=scaled)
+        return self.preprocessing.at(resolution)
 
     def config(self, **overrides) -> ModelConfig:
         fields = dict(arch=self.arch, alpha=self.alpha, resolution=self.resolution)

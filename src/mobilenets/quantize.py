@@ -36,9 +36,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from mobilenets import data as datasets
 from mobilenets.errors import MobileNetsError
-from mobilenets.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from mobilenets.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session
 from mobilenets.inference import Checkpoint, check_classes
-from mobilenets.train import TrainConfig, evaluate, make_loader
+from mobilenets.train import evaluate, ordered_loader
 from mobilenets.weights import atomic_path
 
 CALIBRATE_METHODS = {
@@ -221,18 +221,12 @@ def conv_weight_sources(model: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
 def _check_runs(path: str | os.PathLike, in_chans: int, resolution: int) -> None:
     """Fail before the file takes its name if onnxruntime cannot load and run it."""
     try:
-        session = ort_session(path)
+        session = onnx_session(path)
         session.run(
             [OUTPUT_NAME], {INPUT_NAME: np.zeros((1, in_chans, resolution, resolution), np.float32)}
         )
     except Exception as error:  # onnxruntime raises its own exception types
         raise MobileNetsError(f"onnxruntime cannot run the int8 model: {error}") from error
-
-
-def ort_session(path: str | os.PathLike) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # what torch is allowed, no more
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --- Data: calibration from the training split, evaluation on the validation split -----------
@@ -258,13 +252,6 @@ def calibration_batches(dataset, indices: list[int], batch_size: int) -> Iterato
         yield torch.stack([dataset[(index, 0)][0] for index in chunk])
 
 
-def evaluation_loader(dataset, batch_size: int):
-    """The dataset in order, in batches, on the CPU (what onnxruntime reads)."""
-    config = TrainConfig(batch_size=batch_size, workers=0)
-    sampler = datasets.EpochSampler(len(dataset), shuffle=False, batch_size=batch_size)
-    return make_loader(dataset, sampler, config, torch.device("cpu"))
-
-
 def evaluate_onnx(
     path: str | os.PathLike, loader, *, progress: bool = False
 ) -> tuple[float, float, int]:
@@ -272,7 +259,7 @@ def evaluate_onnx(
     (batches of (images, labels)), run by onnxruntime on the CPU."""
     from tqdm import tqdm
 
-    session = ort_session(path)
+    session = onnx_session(path)
     top1 = top5 = count = 0
     for images, labels in tqdm(loader, desc="int8 eval", leave=False, disable=not progress):
         (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy().astype(np.float32)})
@@ -310,7 +297,7 @@ def quantize_checkpoint(
         checkpoint, calibration_batches(splits.train, indices, batch_size), out_path,
         method=method, activation_type=activation_type, batch_size=batch_size,
     )  # fmt: skip
-    loader = evaluation_loader(splits.val, batch_size)
+    loader = ordered_loader(splits.val, batch_size)
     fp32 = evaluate(checkpoint.model.cpu(), loader, len(checkpoint.classes), progress=progress)
     int8_top1, int8_top5, count = evaluate_onnx(out_path, loader, progress=progress)
     return QuantizeResult(report, fp32.top1, int8_top1, int8_top5, count)

@@ -515,6 +515,14 @@ def make_loader(dataset, sampler, config: TrainConfig, device: torch.device) -> 
     )  # fmt: skip
 
 
+def ordered_loader(dataset, batch_size: int, workers: int = 0,
+                   device: torch.device | str = "cpu") -> DataLoader:  # fmt: skip
+    """The whole dataset once, in order, in batches: what an evaluation reads."""
+    config = TrainConfig(batch_size=batch_size, workers=workers)
+    sampler = datasets.EpochSampler(len(dataset), shuffle=False, batch_size=batch_size)
+    return make_loader(dataset, sampler, config, torch.device(device))
+
+
 def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
         progress: bool = True, log=print) -> FitResult:  # fmt: skip
     """Train ``config`` into the folder ``out``. With ``resume``, continue the run saved there
