@@ -6,7 +6,10 @@ onnxruntime runs the fp32 export (:func:`mobilenets.export.export_onnx`, dynamic
 a temporary folder), optionally an int8 file made on the fly by
 :func:`mobilenets.quantize.quantize_ptq`, and any ``.onnx`` file given (an int8 file written by
 ``mobilenets quantize``, say). The int8 file made here is calibrated on random normal inputs: its
-speed is real, its accuracy means nothing.
+speed is real, its accuracy means nothing. With ``pte`` (and for any ``.pte`` file given)
+ExecuTorch runs a program whose layers are in the XNNPACK delegate
+(:func:`mobilenets.mobile.export_executorch`): a .pte program has a fixed batch, so one is
+exported per batch size.
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
 ones; median and 90th percentile are reported. No argparse here: ``mobilenets bench`` and
@@ -21,7 +24,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from mobilenets.models import MobileNet
 
 EAGER = "pytorch eager"
 ORT = "onnxruntime"
+PTE = "executorch xnnpack"
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger")
 SYNTHETIC_NOTE = "synthetic calibration: speed only, accuracy meaningless"
 DEFAULT_BATCHES = (1, 32)
@@ -51,8 +55,8 @@ class Timing:
 
 @dataclass(frozen=True)
 class BenchRecord:
-    model: str  # the model's name at the measured resolution, or the .onnx file's name
-    runtime: str  # "pytorch eager" or "onnxruntime"
+    model: str  # the model's name at the measured resolution, or the .onnx / .pte file's name
+    runtime: str  # "pytorch eager", "onnxruntime" or "executorch xnnpack"
     precision: str  # "fp32" or "int8"
     batch: int
     resolution: int
@@ -105,7 +109,8 @@ def check_count(label: str, value, *, minimum: int = 1) -> None:
 
 @dataclass
 class _Target:
-    """One input of the benchmark: the eager reference model and the ONNX files to run."""
+    """One input of the benchmark: the eager reference model and the ONNX and .pte files to
+    run."""
 
     name: str
     model: torch.nn.Module | None  # None: an .onnx file whose metadata has no model config
@@ -113,7 +118,8 @@ class _Target:
     in_chans: int
     onnx_files: list[tuple[Path, str, str, str]]  # (path, precision, source, note)
     eager_source: str  # how the eager model's weights came about
-    fixed_batch: int | None = None  # an .onnx file exported without a dynamic batch
+    fixed_batch: int | None = None  # an .onnx file exported without a dynamic batch, a .pte
+    pte_files: dict[int, tuple[Path, str]] = field(default_factory=dict)  # batch: (path, source)
 
 
 def onnx_precision(path: Path) -> str:
@@ -157,12 +163,47 @@ def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
     return _Target(path.name, model, height, in_chans, files, eager, fixed_batch=fixed)
 
 
+def _pte_file_target(path: Path, resolution: int | None) -> _Target:
+    """A .pte file; its eager reference is rebuilt (random weights) from the model config
+    export_executorch stores in it."""
+    from mobilenets.mobile import load_pte, pte_input_shape, read_pte_metadata
+    from mobilenets.models import build_model
+    from mobilenets.spec import ModelConfig
+
+    shape = pte_input_shape(load_pte(path))  # the load error names the file first
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise MobileNetsError(
+            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image classifier is expected"
+        )
+    batch, in_chans, height, _ = shape
+    if resolution is not None and resolution != height:
+        raise MobileNetsError(
+            f"{str(path)!r} takes {height}x{height} inputs; --resolution {resolution} cannot "
+            "change a .pte file (export it again at that size)"
+        )
+    config = read_pte_metadata(path).get("model_config")
+    model = None
+    if isinstance(config, dict):
+        model = build_model(ModelConfig.from_dict(config).replace(resolution=height))
+    eager = "random weights, from the file's model_config (speed does not depend on them)"
+    return _Target(
+        path.name, model, height, in_chans, [], eager, fixed_batch=batch,
+        pte_files={batch: (path, f"file {path}")},
+    )  # fmt: skip
+
+
 def _model_target(
-    item: str | MobileNet, resolution: int | None, folder: Path, int8: bool, calibration_images: int
+    item: str | MobileNet,
+    resolution: int | None,
+    folder: Path,
+    int8: bool,
+    calibration_images: int,
+    pte_batches: tuple[int, ...] = (),
 ) -> _Target:
-    """A model, a registered name or a checkpoint: exported to fp32 ONNX (and int8) in
-    ``folder``."""
+    """A model, a registered name or a checkpoint: exported to fp32 ONNX (and int8, and a .pte
+    per batch in ``pte_batches``) in ``folder``."""
     from mobilenets.export import ExportSource, export_onnx, export_source
+    from mobilenets.mobile import export_executorch
 
     if isinstance(item, MobileNet):
         size = item.resolution if resolution is None else resolution
@@ -182,7 +223,12 @@ def _model_target(
                                  calibration_images),
              "int8", f"quantize_ptq of {source.weights}", SYNTHETIC_NOTE)
         )  # fmt: skip
-    return _Target(name, model, resolution, in_chans, files, source.weights)
+    pte_files = {}
+    for batch in pte_batches:
+        path = folder / f"{stem}.batch{batch}.pte"
+        export_executorch(model, path, resolution=resolution, batch=batch)
+        pte_files[batch] = (path, f"export_executorch of {source.weights}")
+    return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files)
 
 
 def _quantize_synthetic(model, resolution: int, path: Path, count: int) -> Path:
@@ -224,6 +270,7 @@ def run_benchmarks(
     resolution: int | None = None,
     int8: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
+    pte: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRecord]:
     """Time each input at each batch size: PyTorch eager fp32, then onnxruntime on each ONNX file.
@@ -231,9 +278,12 @@ def run_benchmarks(
     An input is a MobileNet, a registered name or a checkpoint (a .safetensors file or run
     folder), exported to fp32 ONNX with a dynamic batch (and, with ``int8``, quantized on
     synthetic calibration), or an ``.onnx`` file, whose eager reference is built from the model
-    config in its metadata.
-    ``threads`` (default: torch's current setting) applies to both runtimes; torch's setting is
-    restored afterwards. ``progress`` receives a line before each measurement.
+    config in its metadata. With ``pte`` each model is also exported to an ExecuTorch program
+    (XNNPACK delegate), one per batch size; a ``.pte`` file is run with ExecuTorch at its own
+    batch, beside eager built from the model config stored in it.
+    ``threads`` (default: torch's current setting) applies to every runtime; torch's and
+    ExecuTorch's settings are restored afterwards. ``progress`` receives a line before each
+    measurement.
     """
     inputs = [item if isinstance(item, MobileNet) else str(item) for item in inputs]
     batches = list(dict.fromkeys(batches))  # in order, without repeats
@@ -250,6 +300,10 @@ def run_benchmarks(
     check_count("calibration images", calibration_images)
     if resolution is not None:
         check_count("resolution", resolution)
+    if pte or any(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
+        from mobilenets.mobile import require_executorch
+
+        require_executorch("measuring ExecuTorch")  # before any export
     say = progress or (lambda line: None)
 
     saved_threads = torch.get_num_threads()
@@ -261,11 +315,17 @@ def run_benchmarks(
             for item in inputs:
                 if isinstance(item, str) and Path(item).suffix == ".onnx":
                     targets.append(_file_target(Path(item), resolution, threads))
+                elif isinstance(item, str) and Path(item).suffix == ".pte":
+                    targets.append(_pte_file_target(Path(item), resolution))
                 else:
                     label = item.name if isinstance(item, MobileNet) else item
-                    say(f"exporting {label}" + (" (fp32 and int8)" if int8 else ""))
+                    made = ["fp32"] + ["int8"] * int8 + ["ExecuTorch fp32"] * pte
+                    say(f"exporting {label}" + (f" ({', '.join(made)})" if len(made) > 1 else ""))
+                    pte_batches = tuple(batches) if pte else ()
                     targets.append(
-                        _model_target(item, resolution, Path(folder), int8, calibration_images)
+                        _model_target(
+                            item, resolution, Path(folder), int8, calibration_images, pte_batches
+                        )
                     )
             for target in targets:
                 records += _bench_target(target, batches, threads, warmup, iterations, say)
@@ -278,11 +338,24 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
     from mobilenets.export import onnx_session
 
     if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
+        again = (
+            "export it with --dynamic-batch"
+            if target.onnx_files
+            else "export a .pte per batch size (its batch is fixed at export)"
+        )
         raise MobileNetsError(
             f"{target.name} has a fixed batch of {target.fixed_batch}; measure it with --batch "
-            f"{target.fixed_batch} or export it with --dynamic-batch"
+            f"{target.fixed_batch} or {again}"
         )
     sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
+    programs = {}
+    if target.pte_files:
+        from mobilenets.mobile import load_method, load_pte
+
+        programs = {
+            batch: (load_method(load_pte(path)), path, source)
+            for batch, (path, source) in target.pte_files.items()
+        }
     eager = None
     size = None
     if target.model is not None:
@@ -314,6 +387,17 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
             records.append(
                 _record(common, ORT, precision, batch, timing, size_mb, reference, source, note)
             )
+        if batch in programs:
+            from mobilenets.mobile import pte_threads, run_pte
+
+            method, path, source = programs[batch]
+            say(f"{target.name}: {PTE} fp32, batch {batch}")
+            x = images.contiguous()
+            with pte_threads(threads):
+                run_pte(method, x)  # a wrong input raises here, readably, not inside measure
+                timing = measure(partial(method.execute, [x]), warmup, iterations)
+            size_mb = os.path.getsize(path) / 1e6
+            records.append(_record(common, PTE, "fp32", batch, timing, size_mb, reference, source))
     return records
 
 
@@ -330,14 +414,19 @@ def _record(common, runtime, precision, batch, timing, size_mb, reference, sourc
 
 
 def environment(threads: int | None = None) -> str:
-    """One line naming the machine and the libraries, for the head of a results table."""
+    """One line naming the machine and the libraries (executorch when installed), for the head
+    of a results table."""
     import onnxruntime
+
+    from mobilenets.mobile import executorch_version
 
     threads = torch.get_num_threads() if threads is None else threads
     processor = platform.processor() or platform.machine()
+    executorch = executorch_version()
     return (
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {processor}, "
-        f"{os.cpu_count()} CPUs, {threads} thread{'' if threads == 1 else 's'}"
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+        + (f", executorch {executorch}" if executorch else "")
+        + f", {processor}, {os.cpu_count()} CPUs, {threads} thread{'' if threads == 1 else 's'}"
     )
 
 

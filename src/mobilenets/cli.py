@@ -240,6 +240,21 @@ def run_cost(args: argparse.Namespace) -> None:
         print(json.dumps(report.to_dict(by_kind=args.by_kind), indent=2))
     else:
         print_cost(report, by_kind=args.by_kind, standard=args.standard)
+        print_detector_paper(args.name, report)
+
+
+def print_detector_paper(name: str, report: CostReport) -> None:
+    """For a detector: our totals beside the paper's (V2 Table 6 counts at 320x320)."""
+    from mobilenets.detection.spec import get_detector_entry, is_detector
+
+    if not is_detector(name):
+        return
+    paper = get_detector_entry(name).paper
+    print(
+        f"\npaper ({paper.source}): {paper.params_m}M params, {paper.macs_m / 1000:.1f}B MAdds"
+        f"\nours / paper: params {report.params / (paper.params_m * 1e6):.3f}, "
+        f"MACs {report.macs / (paper.macs_m * 1e6):.3f}"
+    )
 
 
 # --- train, eval, predict ------------------------------------------------------------------------
@@ -530,14 +545,18 @@ def run_weights(args: argparse.Namespace) -> None:
 
 def add_export_parser(commands) -> None:
     parser = commands.add_parser(
-        "export", help="export a checkpoint or a registered model to ONNX, BN folded, checked"
+        "export",
+        help="export a checkpoint or a registered model to ONNX or ExecuTorch, BN folded, checked",
     )
     parser.add_argument(
         "model", metavar="CKPT_OR_NAME",
         help="a .safetensors checkpoint or run folder, or a registered name (mobilenet_v2_1.0_224)",
     )  # fmt: skip
-    parser.add_argument("--format", required=True, choices=("onnx",), help="the file format")
-    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
+    parser.add_argument(
+        "--format", required=True, choices=("onnx", "pte"),
+        help="onnx, or pte: ExecuTorch with the XNNPACK delegate (needs mobilenets[mobile])",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE", help="the .onnx or .pte to write")
     parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 18 to 23 (default 18)")
     parser.add_argument(
         "--resolution", type=int, metavar="N", help="input side (default: the model's own)"
@@ -556,6 +575,9 @@ def add_export_parser(commands) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from mobilenets import export
 
+    if args.format == "pte":
+        run_export_pte(args)
+        return
     opset = export.DEFAULT_OPSET if args.opset is None else args.opset
     export.check_options(args.out, opset)  # before loading or downloading anything
     source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
@@ -575,6 +597,32 @@ def run_export(args: argparse.Namespace) -> None:
         )
 
 
+def run_export_pte(args: argparse.Namespace) -> None:
+    from mobilenets import export, mobile
+
+    if args.opset is not None or args.dynamic_batch:
+        option = "--opset" if args.opset is not None else "--dynamic-batch"
+        raise MobileNetsError(f"{option} applies to --format onnx only, not to --format pte")
+    mobile.check_pte_options(args.out)  # before loading or downloading anything
+    mobile.require_executorch("--format pte")
+    source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
+    report = mobile.export_executorch(
+        source.model, args.out, resolution=source.resolution, metadata=source.metadata
+    )
+    outside = ", ".join(report.outside_delegate) or "none"
+    print(
+        f"wrote {report.path} ({report.model_name} with {source.weights}; ExecuTorch "
+        f"{report.executorch_version}, input {export.format_shape(report.input_shape)}, "
+        f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded, "
+        f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}, "
+        f"ops outside it: {outside})"
+    )
+    print(
+        f"ExecuTorch {report.executorch_version} vs PyTorch: max abs diff "
+        f"{report.max_abs_diff:.2g} at {export.format_shape(report.input_shape)}"
+    )
+
+
 # --- quantize ----------------------------------------------------------------------------------
 
 
@@ -582,19 +630,23 @@ def run_export(args: argparse.Namespace) -> None:
 # onnxruntime (test_quantize checks that they agree)
 QUANTIZE_CALIBRATE = ("minmax", "entropy", "percentile")
 QUANTIZE_ACTIVATIONS = ("u8", "s8")
+QUANTIZE_METHODS = ("ptq", "qat")
 
 
 def add_quantize_parser(commands) -> None:
     parser = commands.add_parser(
-        "quantize", help="int8 ONNX by post-training static quantization (onnxruntime, QDQ)"
+        "quantize",
+        help="int8 ONNX (onnxruntime QDQ) by post-training quantization or quantization-aware "
+        "fine-tuning",
     )
     parser.add_argument(
         "checkpoint", metavar="CKPT", help="a .safetensors checkpoint or run folder"
     )
     parser.add_argument("--data", required=True, metavar="SPEC", help=training.datasets.SPEC_HELP)
     parser.add_argument(
-        "--method", required=True, choices=("ptq",),
-        help="ptq: post-training static quantization (quantization-aware training comes next)",
+        "--method", required=True, choices=QUANTIZE_METHODS,
+        help="ptq: post-training static quantization; qat: fine-tune through simulated int8 "
+        "first, then quantize the same way",
     )  # fmt: skip
     parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the int8 file to write")
     parser.add_argument(
@@ -611,20 +663,35 @@ def add_quantize_parser(commands) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--batch-size", type=int, default=64, metavar="B",
-        help="calibration and evaluation batch size (default %(default)s)",
+        help="calibration, evaluation and QAT batch size (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--qat-epochs", type=float, default=1.0, metavar="E",
+        help="QAT: passes over the training split, fractions allowed (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--qat-lr", type=float, default=1e-3, metavar="LR",
+        help="QAT: SGD learning rate, cosine to zero (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="QAT: data order (default 0)")
     parser.set_defaults(run=run_quantize)
 
 
 def run_quantize(args: argparse.Namespace) -> None:
     from mobilenets import quantize
+    from mobilenets.qat import QatConfig
 
     quantize.check_options(args.out, args.calibrate, args.activations)
+    qat = None
+    if args.method == "qat":
+        qat = QatConfig(
+            epochs=args.qat_epochs, lr=args.qat_lr, batch_size=args.batch_size, seed=args.seed
+        )
     checkpoint = load_checkpoint(args.checkpoint)
     result = quantize.quantize_checkpoint(
         checkpoint, args.data, args.out, calibration_images=args.calibration_images,
         method=args.calibrate, activation_type=args.activations, batch_size=args.batch_size,
-        progress=True,
+        qat=qat, progress=True, log=print,
     )  # fmt: skip
     report = result.report
     drop = 100 * (result.int8_top1 - result.fp32_top1)
@@ -641,11 +708,12 @@ def run_quantize(args: argparse.Namespace) -> None:
 
 def add_bench_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench", help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8"
+        "bench", help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8, ExecuTorch"
     )
     parser.add_argument(
         "inputs", nargs="+", metavar="MODEL_OR_FILE",
-        help="a registered name (random weights), a checkpoint or run folder, or an .onnx file",
+        help="a registered name (random weights), a checkpoint or run folder, an .onnx file or "
+        "a .pte file (ExecuTorch, at the batch it was exported with)",
     )  # fmt: skip
     parser.add_argument(
         "--batch", type=int, nargs="+", default=[1, 32], metavar="B",
@@ -663,6 +731,11 @@ def add_bench_parser(commands) -> None:
         "--int8", action="store_true",
         help="also an int8 file of each model, calibrated on random inputs (speed only)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pte", action="store_true",
+        help="also ExecuTorch (XNNPACK delegate) fp32: one .pte per batch size (needs "
+        "mobilenets[mobile]; each export takes a while)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
     parser.add_argument("--markdown", metavar="FILE", help="write the table in markdown")
     parser.set_defaults(run=run_bench)
@@ -673,7 +746,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
     records = bench.run_benchmarks(
         args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
-        iterations=args.iterations, resolution=args.resolution, int8=args.int8,
+        iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
         progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
     )  # fmt: skip
     head = (
@@ -696,6 +769,200 @@ def run_bench(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
+# --- detect ------------------------------------------------------------------------------------
+
+# Flags of `detect train` that map one to one onto DetectionTrainConfig fields.
+DETECT_TRAIN_FLAGS = (
+    ("--alpha", float, "backbone width multiplier"),
+    ("--resolution", int, "square input side in pixels (default: the detector's, 320)"),
+    ("--epochs", int, "passes over the training set"),
+    ("--batch-size", int, "images per step and process"),
+    ("--lr", float, "peak learning rate"),
+    ("--optimizer", str, f"one of {', '.join(training.OPTIMIZERS)}"),
+    ("--momentum", float, "SGD / RMSProp momentum"),
+    ("--weight-decay", float, "L2 on conv weights"),
+    ("--schedule", str, f"one of {', '.join(training.SCHEDULES)}"),
+    ("--warmup-epochs", float, "linear warmup length"),
+    ("--ema-decay", float, "weight EMA decay (0: off)"),
+    ("--loss", str, "softmax (SSD, 3:1 hard negative mining) or focal"),
+    ("--match-iou", float, "IoU at which a default box matches an object (SSD: 0.5)"),
+    ("--augment", str, "ssd (SSD paper section 2.2) or flip (flips only)"),
+    ("--backbone-weights", str, "torchvision, timm, keras or a classification .safetensors"),
+    ("--amp", str, f"mixed precision: {', '.join(training.AMPS)}"),
+    ("--seed", int, "seed of initialisation, data order and augmentation"),
+    ("--workers", int, "data loader processes"),
+    ("--checkpoint-every", int, "steps between mid-epoch state saves"),
+    ("--checkpoint-minutes", float, "minutes between mid-epoch state saves"),
+    ("--device", str, "auto, cpu or cuda[:N]"),
+)
+
+
+def add_detect_parser(commands) -> None:
+    from mobilenets.detection.train import DATA_HELP
+
+    detect = commands.add_parser(
+        "detect", help="SSDLite object detection: train, eval (COCO mAP), predict, export"
+    )
+    actions = detect.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    train = actions.add_parser("train", help="train an SSDLite detector")
+    train.add_argument("--data", help=DATA_HELP)
+    train.add_argument("--model", help="a detector (default ssdlite_mobilenet_v2)")
+    train.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    for flag, kind, text in DETECT_TRAIN_FLAGS:
+        train.add_argument(flag, type=kind, help=text)
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       help="channels_last memory format (default on)")  # fmt: skip
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(run=run_detect_train)
+
+    evaluate = actions.add_parser("eval", help="COCO AP, AP50, AP75, APs, APm, APl on val")
+    evaluate.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file or run folder")
+    evaluate.add_argument("--data", required=True, help=DATA_HELP)
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--workers", type=int, default=0)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the results here")
+    evaluate.set_defaults(run=run_detect_eval)
+
+    predict = actions.add_parser("predict", help="draw the detections of an image and save it")
+    predict.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file or run folder")
+    predict.add_argument("image", help="an image file")
+    predict.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the annotated image (default: IMAGE_STEM_detections.png here)",
+    )
+    predict.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="lowest score drawn and printed (default %(default)s)",
+    )
+    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--json", action="store_true", help="print the detections as JSON")
+    predict.set_defaults(run=run_detect_predict)
+
+    export = actions.add_parser(
+        "export", help="ONNX with BN folded and the box decoding inside (NMS outside)"
+    )
+    export.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file or run folder")
+    export.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
+    export.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 18 to 23 (default 18)")
+    export.add_argument("--dynamic-batch", action="store_true",
+                        help="a dynamic batch axis (default: batch 1)")  # fmt: skip
+    export.set_defaults(run=run_detect_export)
+
+
+def run_detect_train(args: argparse.Namespace) -> None:
+    from mobilenets.detection import train as detection
+
+    fields = {flag.lstrip("-").replace("-", "_") for flag, _, _ in DETECT_TRAIN_FLAGS}
+    fields |= {"data", "model", "channels_last"}
+    overrides = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    if args.resume:
+        if overrides:
+            raise MobileNetsError(
+                f"--resume continues the saved run with its own settings; drop {sorted(overrides)}"
+            )
+        config = None
+    else:
+        if "data" not in overrides:
+            raise MobileNetsError(f"--data is required (one of: {detection.DATA_HELP})")
+        config = detection.DetectionTrainConfig(**overrides)
+    result = detection.fit_detector(config, args.out, resume=args.resume,
+                                    progress=not args.no_progress)  # fmt: skip
+    if not result.main_process:
+        return
+    final, out = result.final, result.out
+    print(
+        f"\nval AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} after "
+        f"{result.epochs} epochs (best AP {result.best_ap:.3f})"
+        f"\ncheckpoint: {out / 'best.safetensors'} (last: {out / 'last.safetensors'})"
+        f"\nmetrics: {out / 'metrics.jsonl'}, {out / 'eval.json'}"
+    )
+
+
+def run_detect_eval(args: argparse.Namespace) -> None:
+    from mobilenets.detection import train as detection
+
+    checkpoint = detection.load_detection_checkpoint(args.checkpoint)
+    metrics = detection.evaluate_checkpoint(
+        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+        device=args.device,
+    )  # fmt: skip
+    report = cost(checkpoint.model)
+    names = detection.METRIC_NAMES
+    headers = ["model", "params", "MACs", *names]
+    row = [checkpoint.model.name, f"{report.params:,}", f"{report.macs / 1e6:.1f}M",
+           *(f"{metrics[name]:.3f}" for name in names)]  # fmt: skip
+    print(format_table(headers, [row]))
+    print(
+        "\nCOCO box metrics (pycocotools): AP at IoU 0.50:0.95, 0.50 and 0.75; AP of small,"
+        "\nmedium and large objects (-1: none of that size); AR100: recall at 100 detections"
+    )
+    if args.json:
+        record = {"checkpoint": str(checkpoint.path), "data": args.data,
+                  "model": checkpoint.model.name, "params": report.params, "macs": report.macs,
+                  **metrics}  # fmt: skip
+        training.write_json(Path(args.json), record)
+        print(f"\nwrote {args.json}")
+
+
+def run_detect_predict(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from mobilenets.detection import train as detection
+
+    out = Path(args.out or f"{Path(args.image).stem}_detections.png")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise MobileNetsError(f"--out must end in .png, .jpg or .jpeg, got {str(out)!r}")
+    checkpoint = detection.load_detection_checkpoint(args.checkpoint)
+    image, found = detection.detect_image(checkpoint, args.image,
+                                          score_threshold=args.score_threshold,
+                                          device=args.device)  # fmt: skip
+    drawn = detection.draw_detections(image, found, checkpoint.classes)
+    try:
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out)
+    except OSError as error:
+        raise MobileNetsError(f"cannot write {str(out)!r}: {error}") from error
+    records = [
+        {"class": checkpoint.classes[label], "score": round(score, 4),
+         "box": [round(value, 1) for value in box]}
+        for label, score, box in zip(found["labels"].tolist(), found["scores"].tolist(),
+                                     found["boxes"].tolist(), strict=True)
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps({"image": args.image, "out": str(out), "detections": records}))
+        return
+    print(f"{args.image}: {len(records)} detections with score >= {args.score_threshold}")
+    for record in records:
+        box = ", ".join(f"{value:.0f}" for value in record["box"])
+        print(f"  {record['score']:.3f}  {record['class']:<16} ({box})")
+    print(f"wrote {out}")
+
+
+def run_detect_export(args: argparse.Namespace) -> None:
+    from mobilenets import export
+    from mobilenets.detection import export as detection_export
+    from mobilenets.detection.train import load_detection_checkpoint
+
+    opset = export.DEFAULT_OPSET if args.opset is None else args.opset
+    export.check_options(args.out, opset)
+    checkpoint = load_detection_checkpoint(args.checkpoint)
+    report = detection_export.export_detector(checkpoint, args.out, opset=opset,
+                                              dynamic_batch=args.dynamic_batch)  # fmt: skip
+    print(
+        f"wrote {report.path} ({report.model_name}; opset {report.opset}, input "
+        f"{export.format_shape(report.input_shape)}, outputs boxes [N, {report.num_boxes}, 4] "
+        f"and scores [N, {report.num_boxes}, {report.num_classes}], {report.file_bytes / 1e6:.1f}"
+        f" MB, {report.bn_folded} BN folded)\nonnxruntime {report.onnxruntime_version} vs "
+        f"PyTorch: max abs diff {report.max_abs_diff:.2g}\nNMS is left to the caller: keep "
+        "scores above a threshold per class, then torchvision.ops.batched_nms or the runtime's"
+    )
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
@@ -713,12 +980,18 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.set_defaults(run=run_zoo)
 
     costs = commands.add_parser("cost", help="per-layer params, MACs and activation memory")
-    costs.add_argument("name", help="a variant (mobilenet_v2_1.0_224) or family (mobilenet_v1)")
+    costs.add_argument(
+        "name",
+        help="a variant (mobilenet_v2_1.0_224), family (mobilenet_v1) or detector "
+        "(ssdlite_mobilenet_v2)",
+    )
     costs.add_argument("--alpha", type=float, help="width multiplier (overrides the name's)")
     size = costs.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=int, help="input side in pixels (>= 32)")
     size.add_argument("--rho", type=float, help="resolution multiplier in (0, 1]: 224*rho")
-    costs.add_argument("--num-classes", type=int, help="classifier outputs (0: none)")
+    costs.add_argument(
+        "--num-classes", type=int, help="classifier outputs (0: none); detectors: with background"
+    )
     costs.add_argument("--expansion", type=int, help="V2 expansion factor t (default 6)")
     costs.add_argument("--in-chans", type=int, help="input channels (default 3; 1 for gray)")
     costs.add_argument("--by-kind", action="store_true", help="V1 Table 2 breakdown")
@@ -742,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(commands)
     add_quantize_parser(commands)
     add_bench_parser(commands)
+    add_detect_parser(commands)
     return parser
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from mobilenets.models import MobileNet
+from torch import nn
+
 from mobilenets.registry import resolve_config
 from mobilenets.spec import LayerSpec, NetSpec, resolve
 
@@ -172,6 +173,8 @@ def _total_macs(spec: NetSpec) -> int:
 
 
 def cost_of_spec(spec: NetSpec) -> CostReport:
+    """The report of a resolved spec: a classification NetSpec or a detection DetectionSpec
+    (which has the same ``config``, ``blocks`` and ``layers``)."""
     config = spec.config
     convs = [layer for layer in spec.layers if layer.kind != "linear"]
     standard_params, standard_macs = standard_counterfactual(spec)
@@ -202,6 +205,15 @@ def cost(name_or_model, resolution: int | None = None, **overrides) -> CostRepor
 
     ``cost("mobilenet_v1_1.0_224")``, ``cost("mobilenet_v2", alpha=0.5, rho=0.571)``,
     ``cost(model)``, ``cost(model, resolution=160)``. No model is built for a name.
+
+    A detector name (``cost("ssdlite_mobilenet_v2", resolution=300)``) or an SSDLite model gets
+    the cost of the whole detector: backbone, extra layers and heads.
     """
-    base = name_or_model.config if isinstance(name_or_model, MobileNet) else name_or_model
+    # Imported here: the detection package builds on this module's neighbours, not the reverse.
+    from mobilenets.detection import spec as detection
+
+    base = name_or_model.config if isinstance(name_or_model, nn.Module) else name_or_model
+    if detection.is_detector(base) or isinstance(base, detection.DetectionConfig):
+        config = detection.resolve_detection_config(base, resolution=resolution, **overrides)
+        return cost_of_spec(detection.resolve_detection(config))
     return cost_of_spec(resolve(resolve_config(base, resolution=resolution, **overrides)))

@@ -97,7 +97,9 @@ def fold_batch_norm(model: MobileNet) -> tuple[MobileNet, int]:
     for block in folded.modules():
         for conv_name, bn_name in FOLD_PAIRS.get(type(block), ()):
             conv, bn = getattr(block, conv_name), getattr(block, bn_name)
-            if conv is None:  # InvertedResidual with t == 1 has no expansion layer
+            # InvertedResidual with t == 1 has no expansion layer; an Identity is a BN folded
+            # already (quantization-aware training fine-tunes the folded model)
+            if conv is None or isinstance(bn, nn.Identity):
                 continue
             setattr(block, conv_name, fuse_conv_bn_eval(conv, bn))
             setattr(block, bn_name, nn.Identity())
@@ -218,24 +220,37 @@ def verify_onnx(
     session = onnx_session(path)
     generator = torch.Generator().manual_seed(0)
     differences = {}
-    training = reference.training
     for shape in shapes:
-        shape = tuple(shape)
-        x = torch.randn(shape, generator=generator)
+        x = torch.randn(tuple(shape), generator=generator)
         (ours,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
-        try:
-            with torch.no_grad():
-                expected = reference.eval()(x).numpy()
-        finally:
-            reference.train(training)
-        difference = float(np.abs(ours.astype(np.float64) - expected).max())
-        if not difference <= TOLERANCE:  # catches NaN too
-            raise MobileNetsError(
-                f"the ONNX model disagrees with PyTorch: max abs difference {difference:.3g} at "
-                f"input {format_shape(shape)} (allowed {TOLERANCE:g})"
-            )
-        differences[shape] = difference
+        differences[tuple(shape)] = check_agreement(ours, reference, x, "the ONNX model")
     return differences
+
+
+def check_agreement(
+    ours: np.ndarray,
+    reference: nn.Module,
+    x: torch.Tensor,
+    what: str,
+    tolerance: float | None = None,
+) -> float:
+    """The max abs difference of an exported program's output ``ours`` and ``reference``'s on
+    ``x`` (run in eval mode, then put back as it was); raises above ``tolerance`` (default
+    TOLERANCE), naming ``what`` disagrees."""
+    tolerance = TOLERANCE if tolerance is None else tolerance
+    training = reference.training
+    try:
+        with torch.no_grad():
+            expected = reference.eval()(x).numpy()
+    finally:
+        reference.train(training)
+    difference = float(np.abs(ours.astype(np.float64) - expected).max())
+    if not difference <= tolerance:  # catches NaN too
+        raise MobileNetsError(
+            f"{what} disagrees with PyTorch: max abs difference {difference:.3g} at input "
+            f"{format_shape(tuple(x.shape))} (allowed {tolerance:g})"
+        )
+    return difference
 
 
 def onnx_session(

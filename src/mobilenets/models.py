@@ -11,6 +11,8 @@ checkpoint keys (``blocks.3.conv_dw.weight``, ``blocks.3.bn1.running_var``):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,6 +132,21 @@ BLOCK_CLASSES = {
 }
 
 
+def init_weights(modules: Iterable[nn.Module]) -> None:
+    """He init (fan out) for convs, BN as identity, N(0, 0.01) for linear layers; zero biases."""
+    for module in modules:
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
 class MobileNet(nn.Module):
     """A MobileNet built from a ModelConfig; MobileNetV1 and MobileNetV2 fix the architecture.
 
@@ -169,17 +186,7 @@ class MobileNet(nn.Module):
         return nn.Linear(self.spec.num_features, self.config.num_classes)
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self.modules())
 
     @property
     def name(self) -> str:

@@ -14,6 +14,8 @@ onnxruntime runs U8S8 through its VNNI/AVX2 kernels; S8S8 (``activation_type="s8
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -38,6 +40,7 @@ from mobilenets import data as datasets
 from mobilenets.errors import MobileNetsError
 from mobilenets.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session
 from mobilenets.inference import Checkpoint, check_classes
+from mobilenets.qat import QatConfig, fine_tune
 from mobilenets.train import evaluate, ordered_loader
 from mobilenets.weights import atomic_path
 
@@ -146,6 +149,7 @@ def quantize_ptq(
     activation_type: str = "u8",
     batch_size: int = DEFAULT_BATCH_SIZE,
     pre_process: bool = True,
+    recorded: dict | None = None,
 ) -> QuantizeReport:
     """Write ``checkpoint``'s model as a static int8 ONNX file (QDQ format, dynamic batch).
 
@@ -153,7 +157,8 @@ def quantize_ptq(
     batches of ``batch_size``, or an iterable of such batches. ``method`` picks how activation
     ranges are set from them (minmax, entropy, percentile); ``activation_type`` is u8 (the
     default, fast on x86) or s8. ``pre_process`` runs onnxruntime's quant_pre_process (shape
-    inference and graph optimization) first, as its documentation recommends.
+    inference and graph optimization) first, as its documentation recommends. ``recorded``
+    adds entries to the settings stored in the file (QAT records its own there).
     """
     check_options(out_path, method, activation_type)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -184,7 +189,7 @@ def quantize_ptq(
             "method": "ptq", "calibrate": method, "calibration_images": reader.count,
             "activations": activation_type, "weights": "s8 per-channel", "format": "QDQ",
             "onnxruntime_version": onnxruntime.__version__,
-        }  # fmt: skip
+        } | (recorded or {})  # fmt: skip
         copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model)
         model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings))
         quantized, floating = conv_weight_sources(model)
@@ -281,21 +286,42 @@ def quantize_checkpoint(
     method: str = "minmax",
     activation_type: str = "u8",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    qat: QatConfig | None = None,
     progress: bool = False,
+    log=None,
 ) -> QuantizeResult:
     """Quantize ``checkpoint`` with ``calibration_images`` training images of ``data``, then
     measure the fp32 checkpoint (PyTorch) and the int8 file (onnxruntime) on the validation
-    split, both with the checkpoint's evaluation preprocessing."""
+    split, both with the checkpoint's evaluation preprocessing.
+
+    With ``qat``, the model is first fine-tuned through simulated int8 (:mod:`mobilenets.qat`)
+    on the training split with the basic augmentation (crop and flip), and activation ranges
+    are then calibrated with minmax, the range the fine-tuning simulated.
+    """
     check_options(out_path, method, activation_type)
+    if qat is not None and method != "minmax":
+        raise MobileNetsError(
+            f"quantization-aware training simulates minmax ranges; got calibration {method!r}"
+        )
     preprocessing = checkpoint.preprocessing
     splits = datasets.load_splits(data, preprocessing.resolution)
     check_classes(checkpoint, splits.classes, data)
     indices = calibration_indices(len(splits.train), calibration_images)
     transform = preprocessing.eval_transform()
+    train_set = copy.copy(splits.train)  # the same images, with the training augmentation
     splits.train.transform = splits.val.transform = transform
+    quantized, recorded = checkpoint, None
+    if qat is not None:
+        train_set.transform = preprocessing.train_transform("basic", 0.0, splits.small)
+        tuned = fine_tune(
+            checkpoint.model.cpu(), train_set, qat,
+            calibration_batches(splits.train, indices, batch_size), progress=progress, log=log,
+        )  # fmt: skip
+        quantized = dataclasses.replace(checkpoint, model=tuned)
+        recorded = {"method": "qat", "qat": dataclasses.asdict(qat)}
     report = quantize_ptq(
-        checkpoint, calibration_batches(splits.train, indices, batch_size), out_path,
-        method=method, activation_type=activation_type, batch_size=batch_size,
+        quantized, calibration_batches(splits.train, indices, batch_size), out_path,
+        method=method, activation_type=activation_type, batch_size=batch_size, recorded=recorded,
     )  # fmt: skip
     loader = ordered_loader(splits.val, batch_size)
     fp32 = evaluate(checkpoint.model.cpu(), loader, len(checkpoint.classes), progress=progress)

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -481,6 +482,90 @@ def restore_rng(state: dict) -> None:
 # --- A whole run ------------------------------------------------------------------------------
 
 
+def open_run(out: Path, config, resume: bool, saved_config: Callable[[dict], object], caller: str,
+             config_name: str):  # fmt: skip
+    """The config of the run in ``out`` and, with ``resume``, its saved training state.
+
+    ``saved_config`` rebuilds the config from the state's ``run`` entry (raising for a run of
+    another kind). A resumed run must be given its own config or none; a new run needs one and
+    an ``out`` that holds no run yet.
+    """
+    state_path = out / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise MobileNetsError(f"--resume: no training state at {str(state_path)!r}")
+        saved = load_state(state_path)
+        restored = saved_config(saved["run"])
+        if config is not None and config != restored:
+            differ = [
+                f"{key}={value!r} (saved {getattr(restored, key)!r})"
+                for key, value in config.to_dict().items()
+                if value != getattr(restored, key)
+            ]
+            raise MobileNetsError(f"--resume: the run in {str(out)!r} was started with other "
+                                  f"settings: {', '.join(differ)}")  # fmt: skip
+        return restored, saved
+    if config is None:
+        raise MobileNetsError(f"{caller} needs a {config_name} unless it resumes a saved run")
+    if state_path.is_file():
+        raise MobileNetsError(
+            f"{str(out)!r} already holds a run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    return config, None
+
+
+def make_trainer(
+    model: torch.nn.Module, train_size: int, config, device: torch.device,
+    dtype: torch.dtype | None, distributed: Distributed,
+) -> tuple[Trainer, datasets.EpochSampler]:  # fmt: skip
+    """The optimizer, schedule (per step), EMA and grad scaler of a run, and the sampler of its
+    training split (``config`` is a TrainConfig or any config with the same training fields)."""
+    optimizer = make_optimizer(model, config)
+    sampler = datasets.EpochSampler(
+        train_size, seed=config.seed, batch_size=config.batch_size, drop_last=True,
+        rank=distributed.rank, world_size=distributed.world_size,
+    )  # fmt: skip
+    steps_per_epoch = sampler.num_batches()
+    if steps_per_epoch == 0:
+        raise MobileNetsError(
+            f"the training set has {train_size} images, fewer than one batch of "
+            f"{config.batch_size} x {distributed.world_size} processes; lower --batch-size"
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
+    )
+    ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    trainer = Trainer(
+        optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        config, device, dtype, ema, distributed,
+    )  # fmt: skip
+    return trainer, sampler
+
+
+def trainer_state(model: torch.nn.Module, trainer: Trainer) -> dict:
+    """What a resumed run needs of the model and trainer: the entries of the state file that
+    :func:`restore_trainer` reads back (RNG state included)."""
+    return {
+        "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+        "ema": trainer.ema.state_dict() if trainer.ema is not None else {},
+        "step": trainer.step, "rng": rng_state(),
+    }  # fmt: skip
+
+
+def restore_trainer(model: torch.nn.Module, trainer: Trainer, saved: dict) -> None:
+    """Put a state file's model, optimizer, schedule, scaler, EMA, step and RNG state back."""
+    model.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scheduler.load_state_dict(saved["scheduler"])
+    trainer.scaler.load_state_dict(saved["scaler"])
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(saved["ema"])
+    trainer.step = saved["step"]
+    restore_rng(saved["rng"])
+
+
 @dataclass
 class FitResult:
     out: Path
@@ -505,10 +590,11 @@ def model_config_for(config: TrainConfig, splits: datasets.Splits) -> ModelConfi
     return resolve_config(config.model, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def make_loader(dataset, sampler, config: TrainConfig, device: torch.device) -> DataLoader:
+def make_loader(dataset, sampler, config: TrainConfig, device: torch.device,
+                collate_fn=None) -> DataLoader:  # fmt: skip
     return DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda", collate_fn=collate_fn,
         # A private generator: creating the loader must not draw from the global RNG, or a
         # resumed run's dropout masks would shift.
         generator=torch.Generator().manual_seed(config.seed),
@@ -529,28 +615,9 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     with its own config (``config`` may then be None; if given, it must be the saved one)."""
     out = Path(out)
     state_path = out / STATE_FILE
-    saved = None
-    if resume:
-        if not state_path.is_file():
-            raise MobileNetsError(f"--resume: no training state at {str(state_path)!r}")
-        saved = load_state(state_path)
-        saved_config = TrainConfig(**saved["run"]["train_config"])
-        if config is not None and config != saved_config:
-            differ = [
-                f"{key}={value!r} (saved {getattr(saved_config, key)!r})"
-                for key, value in config.to_dict().items()
-                if value != getattr(saved_config, key)
-            ]
-            raise MobileNetsError(f"--resume: the run in {str(out)!r} was started with other "
-                                  f"settings: {', '.join(differ)}")  # fmt: skip
-        config = saved_config
-    elif config is None:
-        raise MobileNetsError("fit needs a TrainConfig unless it resumes a saved run")
-    elif state_path.is_file():
-        raise MobileNetsError(
-            f"{str(out)!r} already holds a run; pass --resume to continue it or choose "
-            "another --out"
-        )
+    config, saved = open_run(
+        out, config, resume, lambda run: TrainConfig(**run["train_config"]), "fit", "TrainConfig"
+    )
     distributed = init_distributed(config.device)
     device = pick_device(config.device)
     if distributed.enabled and device.type == "cuda":
@@ -587,38 +654,16 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     model = build_model(model_config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = make_optimizer(model, config)
-    train_sampler = datasets.EpochSampler(
-        len(splits.train), seed=config.seed, batch_size=config.batch_size, drop_last=True,
-        rank=distributed.rank, world_size=distributed.world_size,
-    )  # fmt: skip
+    trainer, train_sampler = make_trainer(model, len(splits.train), config, device, dtype,
+                                          distributed)  # fmt: skip
     steps_per_epoch = train_sampler.num_batches()
-    if steps_per_epoch == 0:
-        raise MobileNetsError(
-            f"the training set has {len(splits.train)} images, fewer than one batch of "
-            f"{config.batch_size} x {distributed.world_size} processes; lower --batch-size"
-        )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
-    )
-    ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
-    trainer = Trainer(
-        optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        config, device, dtype, ema, distributed,
-    )  # fmt: skip
+    ema = trainer.ema
 
     epoch, epoch_state, history, best_top1 = 0, EpochState(), [], -1.0
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        trainer.scaler.load_state_dict(saved["scaler"])
-        if ema is not None:
-            ema.load_state_dict(saved["ema"])
-        trainer.step = saved["step"]
+        restore_trainer(model, trainer, saved)
         epoch, history, best_top1 = saved["epoch"], saved["history"], saved["best_top1"]
         epoch_state = EpochState(**saved["epoch_state"])
-        restore_rng(saved["rng"])
         if distributed.main:
             log(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}")
 
@@ -636,11 +681,9 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
 
     def snapshot() -> dict:
         return {
-            "run": run, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else {}, "step": trainer.step,
-            "epoch": epoch, "epoch_state": dataclasses.asdict(epoch_state),
-            "history": history, "best_top1": best_top1, "rng": rng_state(),
+            "run": run, **trainer_state(model, trainer), "epoch": epoch,
+            "epoch_state": dataclasses.asdict(epoch_state), "history": history,
+            "best_top1": best_top1,
         }  # fmt: skip
 
     last_save = time.monotonic()
