@@ -34,7 +34,7 @@ from mobilenets.detection.spec import DetectionConfig
 # The demo recipe: the flags after `mobilenets detect train`.
 RECIPE = (
     "--data", "synthetic-shapes:4000", "--alpha", "0.35", "--resolution", "128",
-    "--epochs", "5", "--batch-size", "8", "--lr", "0.015", "--warmup-epochs", "0.3",
+    "--epochs", "7", "--batch-size", "8", "--lr", "0.015", "--warmup-epochs", "0.3",
     "--match-iou", "0.4", "--augment", "flip", "--workers", "1",
 )  # fmt: skip
 GOAL_AP50, GOAL_SECONDS = 0.8, 15 * 60

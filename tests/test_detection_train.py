@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from mobilenets import train as training
 from mobilenets.cli import main
 from mobilenets.detection import train as detection
-from mobilenets.detection.boxes import decode
+from mobilenets.detection.boxes import assign_batch, decode
 from mobilenets.detection.datasets import collate_detections
 from mobilenets.detection.loss import MultiBoxLoss
 from mobilenets.detection.transforms import eval_transform
@@ -70,9 +70,9 @@ def test_a_few_steps_of_training_lower_the_loss():
     data = detection.load_detection_data(DATA)
     preprocessing = detection.detection_preprocessing(64, None)
     data.train.transform = eval_transform(preprocessing)
-    batch = collate_detections([data.train[i] for i in range(4)])
     torch.manual_seed(0)
     model = detection.SSDLite(detection.detection_config_for(config, len(data.class_names)))
+    batch = detection.AssignTargets(model.anchors())([data.train[i] for i in range(4)])
     optimizer = training.make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -80,12 +80,30 @@ def test_a_few_steps_of_training_lower_the_loss():
     losses = []
     for _ in range(12):  # the same batch again and again: the loss must fall
         state = detection.DetectionEpochState()
-        detection.train_detection_epoch(model, [batch], trainer, MultiBoxLoss(), model.anchors(),
-                                        state, progress=False)  # fmt: skip
+        loss_fn = detection.detection_loss(MultiBoxLoss())
+        training.train_epoch(model, [batch], trainer, state, loss_fn=loss_fn, progress=False)
         losses.append(state.loss_sum / state.seen)
     assert trainer.step == 12
     assert all(math.isfinite(value) for value in losses)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_loader_workers_match_boxes_to_anchors_as_the_main_process_would():
+    config = tiny_config()
+    data = detection.load_detection_data(DATA)
+    data.train.transform = eval_transform(detection.detection_preprocessing(64, None))
+    model = detection.SSDLite(detection.detection_config_for(config, len(data.class_names)))
+    collate = detection.AssignTargets(model.anchors(), iou_threshold=0.4)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=3, num_workers=1,
+                                         collate_fn=collate)  # fmt: skip
+    images, targets, labels, box_targets = next(iter(loader))
+    expected_images, expected_targets = collate_detections([data.train[i] for i in range(3)])
+    expected_labels, expected_boxes = assign_batch(model.anchors(), expected_targets, 0.4)
+    assert torch.equal(images, expected_images)
+    assert torch.equal(labels, expected_labels) and torch.equal(box_targets, expected_boxes)
+    assert labels.shape == (3, model.anchors().shape[0]) and box_targets.shape[-1] == 4
+    objects = sum(len(target["labels"]) for target in targets)
+    assert objects > 0 and (labels > 0).sum() >= objects  # every object has a positive anchor
 
 
 def test_a_run_leaves_config_metrics_checkpoints_and_coco_metrics(finished_run):
@@ -138,22 +156,22 @@ def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
     config = tiny_config(checkpoint_every=1, augment="ssd")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     detection.fit_detector(config, straight, progress=False, log=lambda _: None)
-    original = detection.train_detection_epoch
+    original = training.train_epoch
 
-    def stop_at_step_3(model, loader, trainer, criterion, anchors, state, on_step=None, **kw):
+    def stop_at_step_3(model, loader, trainer, state, on_step=None, **kw):
         def hook(epoch_state):
             on_step(epoch_state)  # saves the state after every step
             if trainer.step == 3:
                 raise Interrupted
 
-        return original(model, loader, trainer, criterion, anchors, state, on_step=hook, **kw)
+        return original(model, loader, trainer, state, on_step=hook, **kw)
 
-    monkeypatch.setattr(detection, "train_detection_epoch", stop_at_step_3)
+    monkeypatch.setattr(training, "train_epoch", stop_at_step_3)
     with pytest.raises(Interrupted):
         detection.fit_detector(config, stopped, progress=False, log=lambda _: None)
     state = torch.load(stopped / training.STATE_FILE, weights_only=True)
     assert (state["epoch"], state["epoch_state"]["batch"], state["step"]) == (1, 1, 3)
-    monkeypatch.setattr(detection, "train_detection_epoch", original)
+    monkeypatch.setattr(training, "train_epoch", original)
     torch.manual_seed(1234)  # the resumed run restores its own RNG state
     detection.fit_detector(None, stopped, resume=True, progress=False, log=lambda _: None)
     assert without_timing(read_metrics(stopped)) == without_timing(read_metrics(straight))
@@ -164,7 +182,7 @@ def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    original = detection.train_detection_epoch
+    original = training.train_epoch
 
     def poisoned(model, loader, trainer, *args, **kwargs):
         handle = None
@@ -177,7 +195,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
             if handle is not None:
                 handle.remove()
 
-    monkeypatch.setattr(detection, "train_detection_epoch", poisoned)
+    monkeypatch.setattr(training, "train_epoch", poisoned)
     with pytest.raises(training.TrainingDiverged, match=r"loss is nan at step 2.*last good"):
         detection.fit_detector(tiny_config(epochs=3), tmp_path, progress=False, log=lambda _: 0)
     assert len(read_metrics(tmp_path)) == 1

@@ -75,6 +75,15 @@ class ExportSource:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def graph_input_shape(model: onnx.ModelProto) -> tuple[int | str, ...]:
+    """The shape of a one-input graph's input as it declares it: a name for a dynamic axis."""
+    (graph_input,) = model.graph.input
+    return tuple(
+        dim.dim_value if dim.HasField("dim_value") else dim.dim_param
+        for dim in graph_input.type.tensor_type.shape.dim
+    )
+
+
 def format_shape(shape: tuple[int | str, ...]) -> str:
     """``(1, 3, 224, 224)`` -> ``1x3x224x224``; a dynamic axis shows as N."""
     return "x".join(str(dim) if isinstance(dim, int) else "N" for dim in shape)
@@ -187,13 +196,8 @@ def export_onnx(
         shapes = [(batch, config.in_chans, resolution, resolution) for batch in check_sizes]
         differences = verify_onnx(temporary, reference, shapes)
         file_bytes = os.path.getsize(temporary)
-    (graph_input,) = written.graph.input
-    input_shape = tuple(
-        dim.dim_value if dim.HasField("dim_value") else dim.dim_param
-        for dim in graph_input.type.tensor_type.shape.dim
-    )
     return ExportReport(
-        path, config.name, opset, input_shape, file_bytes, differences, bn_folded,
+        path, config.name, opset, graph_input_shape(written), file_bytes, differences, bn_folded,
         onnxruntime.__version__,
     )  # fmt: skip
 

@@ -137,14 +137,9 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
                                                                       else (1,))]  # fmt: skip
         difference = verify_detector_onnx(temporary, reference, shapes)
         file_bytes = os.path.getsize(temporary)
-    (graph_input,) = written.graph.input
-    input_shape = tuple(
-        dim.dim_value if dim.HasField("dim_value") else dim.dim_param
-        for dim in graph_input.type.tensor_type.shape.dim
-    )
     return DetectionExportReport(
-        path, config.name, opset, input_shape, model.anchors().shape[0], config.num_classes,
-        file_bytes, difference, bn_folded, onnxruntime.__version__,
+        path, config.name, opset, export.graph_input_shape(written), model.anchors().shape[0],
+        config.num_classes, file_bytes, difference, bn_folded, onnxruntime.__version__,
     )  # fmt: skip
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -64,7 +63,7 @@ from mobilenets.detection.spec import DetectionConfig, resolve_detection_config
 from mobilenets.detection.synthetic import make_synthetic_coco
 from mobilenets.detection.transforms import DetectionTransform, eval_transform, train_transform
 from mobilenets.errors import MobileNetsError
-from mobilenets.train import Distributed, TrainingDiverged
+from mobilenets.train import Distributed
 from mobilenets.weights import read_metadata, save_weights
 
 AUGMENTS = ("ssd", "flip")
@@ -404,60 +403,38 @@ class DetectionEpochState:
     seconds: float = 0.0
 
 
-def train_detection_epoch(model, loader, trainer: training.Trainer, criterion: MultiBoxLoss,
-                          anchors: torch.Tensor, state: DetectionEpochState, *, on_step=None,
-                          iou_threshold: float = 0.5, progress: bool = True,
-                          description: str = "train") -> DetectionEpochState:  # fmt: skip
-    """Train over ``loader`` (which starts at ``state.batch``), updating ``state``: targets are
-    assigned to ``anchors`` (SSD matching at ``iou_threshold``), then ``criterion`` and one
-    optimizer step.
-    ``on_step(state)`` runs after every step; a NaN or infinite loss raises
-    :class:`~mobilenets.train.TrainingDiverged` before the step is applied."""
-    config, device = trainer.config, trainer.device
-    model.train()
-    bar = tqdm(loader, desc=description, total=state.batch + len(loader), initial=state.batch,
-               disable=not progress, unit="batch", dynamic_ncols=True)  # fmt: skip
-    started = time.perf_counter()
-    for images, targets in bar:
-        labels, box_targets = assign_batch(anchors, targets, iou_threshold)
-        images = training.to_device(images, device, config.channels_last)
-        labels, box_targets = labels.to(device), box_targets.to(device)
+class AssignTargets:
+    """A collate function that also matches: stacked images, the targets, and each image's
+    anchor labels ``[N, A]`` and box offsets ``[N, A, 4]`` (:func:`assign_batch`). Run in the
+    loader's workers, the matching overlaps the training step instead of preceding it."""
+
+    def __init__(self, anchors: torch.Tensor, iou_threshold: float = 0.5) -> None:
+        self.anchors, self.iou_threshold = anchors.detach().cpu(), iou_threshold
+
+    def __call__(self, batch):
+        images, targets = collate_detections(batch)
+        return images, targets, *assign_batch(self.anchors, targets, self.iou_threshold)
+
+
+def detection_loss(criterion: MultiBoxLoss):
+    """The ``loss_fn`` of :func:`mobilenets.train.train_epoch` for the batches of
+    :class:`AssignTargets`; the epoch also adds up the box and class parts
+    (:class:`DetectionEpochState`)."""
+
+    def loss_fn(model, batch, trainer: training.Trainer):
+        images, targets, labels, box_targets = batch
+        device = trainer.device
+        images = training.to_device(images, device, trainer.config.channels_last)
         with training.autocast(device, trainer.dtype):
             out = model(images)
-        loss = criterion(out["cls_logits"], out["box_regression"], labels, box_targets)
-        parts = torch.stack([loss.total.detach(), loss.box.detach(), loss.cls.detach()])
-        parts = training.all_sum(parts, trainer.distributed) / trainer.distributed.world_size
-        total, box, cls = parts.tolist()
-        if not math.isfinite(total):
-            raise TrainingDiverged(
-                f"loss is {total} at step {trainer.step} (epoch batch {state.batch}); "
-                "stopped before applying it, the last good checkpoint is kept "
-                "(try a lower --lr)"
-            )
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss.total).backward()
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-        trainer.scheduler.step()
-        if trainer.ema is not None:
-            trainer.ema.update_parameters(training.unwrap(model))
-        trainer.step += 1
-        state.batch += 1
-        state.loss_sum += total * len(targets)
-        state.box_sum += box * len(targets)
-        state.cls_sum += cls * len(targets)
-        state.seen += len(targets)
-        state.seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        bar.set_postfix(
-            loss=f"{state.loss_sum / state.seen:.4f}",
-            lr=f"{trainer.optimizer.param_groups[0]['lr']:.4g}",
-            img_s=f"{state.seen * trainer.distributed.world_size / state.seconds:.1f}",
-        )
-        if on_step is not None:
-            on_step(state)
-    bar.close()
-    return state
+        loss = criterion(out["cls_logits"], out["box_regression"],
+                         labels.to(device, non_blocking=True),
+                         box_targets.to(device, non_blocking=True))  # fmt: skip
+        count = len(targets)
+        sums = {"box_sum": loss.box.detach() * count, "cls_sum": loss.cls.detach() * count}
+        return loss.total, count, sums
+
+    return loss_fn
 
 
 # --- A whole run --------------------------------------------------------------------------------
@@ -539,6 +516,8 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
     model = model.to(device, memory_format=memory_format)
     anchors = model.anchors()
     criterion = MultiBoxLoss(neg_pos_ratio=config.neg_pos_ratio, classification=config.loss)
+    loss_fn = detection_loss(criterion)
+    collate = AssignTargets(anchors, config.match_iou)
     trainer, train_sampler = training.make_trainer(
         model, len(data.train), config, device, dtype, distributed
     )
@@ -590,12 +569,10 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
     metrics = None
     while epoch < config.epochs:
         train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
-        loader = training.make_loader(data.train, train_sampler, config, device,
-                                      collate_detections)  # fmt: skip
-        train_detection_epoch(trained, loader, trainer, criterion, anchors, epoch_state,
-                              on_step=on_step, iou_threshold=config.match_iou,
-                              progress=progress and distributed.main,
-                              description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
+        loader = training.make_loader(data.train, train_sampler, config, device, collate)
+        training.train_epoch(trained, loader, trainer, epoch_state, loss_fn=loss_fn,
+                             on_step=on_step, progress=progress and distributed.main,
+                             description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         evaluated = time.perf_counter()
         metrics = evaluate()
         row = epoch_metrics(epoch, trainer, epoch_state, metrics, distributed)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Fashion-MNIST recipe runs on one GPU machine, one after another, packed into $OUT.
+#
+# Every run is MobileNetV2 1.0 small-input, --preset modern, batch 128, lr 0.1, bf16 autocast:
+#   recipe-30: the README recipe as written (TrivialAugment + random erasing 0.25), 30 epochs
+#   basic-30:  --augment basic (pad-and-crop + flip) + random erasing 0.25, 30 epochs
+#   basic-60:  the same for 60 epochs
+# Name the runs to make as arguments (default: recipe-30). They run one at a time with 14 loader
+# workers each: on 2026-11-28 three runs side by side on one H200 time-sliced the GPU between
+# three processes and each trained at 760 images/s, a ninth of a lone step's rate
+# (benchmarks/results/fashion_mnist_recipe.md). Before them, two one-epoch smoke runs check the
+# CUDA paths that a CPU machine cannot: fp16 with the grad scaler, and the detector in bf16.
+#
+#   OUT=results bash benchmarks/fashion_mnist_gpu.sh [recipe-30 basic-30 basic-60]
+#   DATA=synthetic:256 DEVICE=cpu EPOCHS=1 EPOCHS_LONG=1 ... for a dry run
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/runs/gpu-out}
+RUNS=${RUNS:-/tmp/fmnist-runs}
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-fashion-mnist}
+LIMIT=${LIMIT:-540}  # seconds each run may take before it is stopped
+PY=${PYTHON:-python3}
+export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export MOBILENETS_DATA=${MOBILENETS_DATA:-$ROOT/.data}
+mkdir -p "$OUT" "$RUNS"
+
+{
+    date -u
+    nvidia-smi -L 2>/dev/null
+    lscpu | grep -E "Model name|^CPU\(s\)"
+    $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+} | tee "$OUT/machine.txt"
+
+smoke() {
+    local name=$1
+    shift
+    echo "== smoke $name"
+    if ! "$@" --device "$DEVICE" --epochs 1 --workers 2 --no-progress --out "$RUNS/$name" \
+        >"$RUNS/$name.log" 2>&1; then
+        tail -n 30 "$RUNS/$name.log"
+        exit 1
+    fi
+    tail -n 3 "$RUNS/$name.log"
+}
+smoke smoke-fp16 $PY -m mobilenets train --data synthetic:512 --amp fp16
+smoke smoke-detect-bf16 $PY -m mobilenets detect train --data synthetic-shapes:128 \
+    --alpha 0.35 --resolution 128 --batch-size 16 --amp bf16
+cat "$RUNS"/smoke-*.log >"$OUT/smoke.log"
+
+flags() {
+    case $1 in
+    recipe-30) echo --epochs "${EPOCHS:-30}" ;;
+    basic-30) echo --epochs "${EPOCHS:-30}" --augment basic ;;
+    basic-60) echo --epochs "${EPOCHS_LONG:-60}" --augment basic ;;
+    *) echo "unknown run $1 (allowed: recipe-30 basic-30 basic-60)" >&2 && exit 2 ;;
+    esac
+}
+NAMES=${*:-recipe-30}
+for name in $NAMES; do flags "$name" >/dev/null || exit 2; done
+
+for name in $NAMES; do
+    # shellcheck disable=SC2046  # the flags are words
+    echo "== run $name: $(flags "$name")"
+    timeout "$LIMIT" $PY -m mobilenets train --data "$DATA" --model mobilenet_v2 --preset modern \
+        --batch-size 128 --lr 0.1 --device "$DEVICE" --workers "${WORKERS:-14}" --no-progress \
+        --out "$RUNS/$name" $(flags "$name") >"$RUNS/$name.log" 2>&1 &
+    start=$(date +%s)
+    while [ -n "$(jobs -r)" ]; do
+        sleep 30
+        metrics=$RUNS/$name/metrics.jsonl
+        [ -f "$metrics" ] && echo "t+$(($(date +%s) - start))s $name: $(wc -l <"$metrics") epochs," \
+            "$(tail -n 1 "$metrics" | cut -c1-160)"
+    done
+    wait
+done
+
+for name in $NAMES; do
+    echo "== $name (exit log tail)"
+    tail -n 4 "$RUNS/$name.log"
+    $PY "$ROOT/benchmarks/fashion_mnist_recipe.py" "$RUNS/$name" >"$RUNS/$name.md" 2>&1
+    head -n 6 "$RUNS/$name.md"
+    tar czf "$OUT/$name.tar.gz" -C "$RUNS" --exclude checkpoints --exclude best.safetensors \
+        "$name" "$name.log" "$name.md"
+done
