@@ -259,13 +259,25 @@ def print_detector_paper(name: str, report: CostReport) -> None:
 
 # --- train, eval, predict ------------------------------------------------------------------------
 
-# Flags of `train` that map one to one onto TrainConfig fields: (flag, type, help).
-TRAIN_FLAGS = (
+# Flags of `train` and `detect train` that map one to one onto their configs' fields: (flag,
+# type, help). The optimizer's come first in both, the run's last.
+OPTIMIZER_FLAGS = (
     ("--epochs", int, "passes over the training set"),
     ("--batch-size", int, "images per step and process"),
     ("--lr", float, "peak learning rate"),
     ("--optimizer", str, f"one of {', '.join(training.OPTIMIZERS)}"),
     ("--momentum", float, "SGD / RMSProp momentum"),
+)
+RUN_FLAGS = (
+    ("--amp", str, f"mixed precision: {', '.join(training.AMPS)}"),
+    ("--seed", int, "seed of initialisation, data order and augmentation"),
+    ("--workers", int, "data loader processes"),
+    ("--checkpoint-every", int, "steps between mid-epoch state saves"),
+    ("--checkpoint-minutes", float, "minutes between mid-epoch state saves"),
+    ("--device", str, "auto, cpu or cuda[:N]"),
+)
+TRAIN_FLAGS = (
+    *OPTIMIZER_FLAGS,
     ("--weight-decay", float, "L2 on conv and linear weights"),
     ("--schedule", str, f"one of {', '.join(training.SCHEDULES)}"),
     ("--lr-decay", float, "per-epoch factor of the exponential schedule"),
@@ -277,12 +289,7 @@ TRAIN_FLAGS = (
     ("--alpha", float, "width multiplier"),
     ("--resolution", int, "input side in pixels"),
     ("--dropout", float, "classifier dropout"),
-    ("--amp", str, f"mixed precision: {', '.join(training.AMPS)}"),
-    ("--seed", int, "seed of initialisation, data order and augmentation"),
-    ("--workers", int, "data loader processes"),
-    ("--checkpoint-every", int, "steps between mid-epoch state saves"),
-    ("--checkpoint-minutes", float, "minutes between mid-epoch state saves"),
-    ("--device", str, "auto, cpu or cuda[:N]"),
+    *RUN_FLAGS,
 )
 
 
@@ -775,11 +782,7 @@ def run_bench(args: argparse.Namespace) -> None:
 DETECT_TRAIN_FLAGS = (
     ("--alpha", float, "backbone width multiplier"),
     ("--resolution", int, "square input side in pixels (default: the detector's, 320)"),
-    ("--epochs", int, "passes over the training set"),
-    ("--batch-size", int, "images per step and process"),
-    ("--lr", float, "peak learning rate"),
-    ("--optimizer", str, f"one of {', '.join(training.OPTIMIZERS)}"),
-    ("--momentum", float, "SGD / RMSProp momentum"),
+    *OPTIMIZER_FLAGS,
     ("--weight-decay", float, "L2 on conv weights"),
     ("--schedule", str, f"one of {', '.join(training.SCHEDULES)}"),
     ("--warmup-epochs", float, "linear warmup length"),
@@ -788,12 +791,7 @@ DETECT_TRAIN_FLAGS = (
     ("--match-iou", float, "IoU at which a default box matches an object (SSD: 0.5)"),
     ("--augment", str, "ssd (SSD paper section 2.2) or flip (flips only)"),
     ("--backbone-weights", str, "torchvision, timm, keras or a classification .safetensors"),
-    ("--amp", str, f"mixed precision: {', '.join(training.AMPS)}"),
-    ("--seed", int, "seed of initialisation, data order and augmentation"),
-    ("--workers", int, "data loader processes"),
-    ("--checkpoint-every", int, "steps between mid-epoch state saves"),
-    ("--checkpoint-minutes", float, "minutes between mid-epoch state saves"),
-    ("--device", str, "auto, cpu or cuda[:N]"),
+    *RUN_FLAGS,
 )
 
 

@@ -383,6 +383,31 @@ class Trainer:
     step: int = 0
 
 
+@dataclass
+class StateSaver:
+    """Writes a run's state (``snapshot()``) to ``path``: :meth:`write` at an epoch's end, and,
+    as the ``on_step`` of :func:`train_epoch`, mid-epoch every ``checkpoint_every`` steps and
+    every ``checkpoint_minutes`` of the trainer's config. Only the main process writes."""
+
+    path: Path
+    snapshot: Callable[[], dict]
+    trainer: Trainer
+    steps_per_epoch: int
+    last: float = field(default_factory=time.monotonic)
+
+    def __call__(self, state) -> None:
+        config = self.trainer.config
+        every = config.checkpoint_every and self.trainer.step % config.checkpoint_every == 0
+        late = time.monotonic() - self.last > 60 * config.checkpoint_minutes
+        if (every or late) and state.batch < self.steps_per_epoch:  # the epoch's end writes
+            self.write()
+
+    def write(self) -> None:
+        if self.trainer.distributed.main:
+            save_state(self.path, self.snapshot())
+            self.last = time.monotonic()
+
+
 def classification_loss(model, batch, trainer: Trainer) -> tuple[torch.Tensor, int, dict]:
     """Cross-entropy with the config's label smoothing over one ``(images, labels)`` batch;
     the epoch also adds up the correct top-1 predictions."""
@@ -701,15 +726,7 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
             "best_top1": best_top1,
         }  # fmt: skip
 
-    last_save = time.monotonic()
-
-    def on_step(state: EpochState) -> None:
-        nonlocal last_save
-        every = config.checkpoint_every and trainer.step % config.checkpoint_every == 0
-        late = time.monotonic() - last_save > 60 * config.checkpoint_minutes
-        if distributed.main and (every or late) and state.batch < steps_per_epoch:
-            save_state(state_path, snapshot())
-            last_save = time.monotonic()
+    saver = StateSaver(state_path, snapshot, trainer, steps_per_epoch)
 
     val_loader = make_loader(
         splits.val,
@@ -721,7 +738,7 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     while epoch < config.epochs:
         train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
         loader = make_loader(splits.train, train_sampler, config, device)
-        train_epoch(trained, loader, trainer, epoch_state, on_step=on_step,
+        train_epoch(trained, loader, trainer, epoch_state, on_step=saver,
                     progress=progress and distributed.main,
                     description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         evaluation = evaluate(
@@ -741,8 +758,7 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
             if evaluation.top1 > best_top1:
                 best_top1 = evaluation.top1
                 save_weights(shipped, out / "best.safetensors", metadata)
-            save_state(state_path, snapshot())
-            last_save = time.monotonic()
+            saver.write()
     if evaluation is None:  # resumed a finished run: evaluate what it left
         evaluation = evaluate(
             shipped, val_loader, model_config.num_classes, device=device, dtype=dtype,

@@ -549,15 +549,7 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
             "best_ap": best_ap,
         }  # fmt: skip
 
-    last_save = time.monotonic()
-
-    def on_step(state: DetectionEpochState) -> None:
-        nonlocal last_save
-        every = config.checkpoint_every and trainer.step % config.checkpoint_every == 0
-        late = time.monotonic() - last_save > 60 * config.checkpoint_minutes
-        if distributed.main and (every or late) and state.batch < steps_per_epoch:
-            training.save_state(state_path, snapshot())
-            last_save = time.monotonic()
+    saver = training.StateSaver(state_path, snapshot, trainer, steps_per_epoch)
 
     def evaluate() -> dict[str, float]:
         return evaluate_detector(
@@ -571,7 +563,7 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
         train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
         loader = training.make_loader(data.train, train_sampler, config, device, collate)
         training.train_epoch(trained, loader, trainer, epoch_state, loss_fn=loss_fn,
-                             on_step=on_step, progress=progress and distributed.main,
+                             on_step=saver, progress=progress and distributed.main,
                              description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         evaluated = time.perf_counter()
         metrics = evaluate()
@@ -591,8 +583,7 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
             if metrics["AP"] > best_ap:
                 best_ap = metrics["AP"]
                 save_weights(shipped, out / "best.safetensors", metadata)
-            training.save_state(state_path, snapshot())
-            last_save = time.monotonic()
+            saver.write()
     if metrics is None:  # resumed a finished run: evaluate what it left
         metrics = evaluate()
     if distributed.main:
