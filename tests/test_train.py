@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -240,6 +241,25 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert state["step"] == 10 and all(v.isfinite().all() for v in state["model"].values())
     weights = load_file(tmp_path / "last.safetensors")
     assert all(v.isfinite().all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path, capsys, monkeypatch,
+                                                                  terminal):  # fmt: skip
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)  # a line after every step
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    training.fit(tiny_config(epochs=1), tmp_path, log=lambda _: None)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("epoch 1/1: ")]
+    if terminal:  # tqdm's bar, redrawn in place, and no plain lines
+        assert "\r" in err and not [line for line in lines if " batch [" in line]
+    else:  # one line per step (10 batches of 16), with position, ETA, rate and the postfix
+        assert "\r" not in err
+        assert [line.split(" batch [")[0] for line in lines] == [
+            f"epoch 1/1: {n}/10" for n in range(1, 11)
+        ]
+        assert all(re.search(r"<\d\d:\d\d, .*loss=\d\.\d{4}, lr=.*, img_s=", line)
+                   for line in lines)  # fmt: skip
 
 
 def test_resume_refuses_data_with_another_number_of_classes(finished_run, tmp_path):

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -433,8 +434,12 @@ def train_epoch(model, loader, trainer: Trainer, state, *, loss_fn=classificatio
     """
     model.train()
     total = state.batch + len(loader)
-    bar = tqdm(loader, desc=description, total=total, initial=state.batch, disable=not progress,
-               unit="batch", dynamic_ncols=True)  # fmt: skip
+    # A bar redraws itself with carriage returns: right on a terminal, but in a log file (a run
+    # under nohup) every redraw would stay. There, tqdm's meter is written as a line instead.
+    terminal = sys.stderr.isatty()
+    bar = tqdm(loader, desc=description, total=total, initial=state.batch, unit="batch",
+               disable=not (progress and terminal), dynamic_ncols=True)  # fmt: skip
+    lines = ProgressLines(description, total, state.batch) if progress and not terminal else None
     started = time.perf_counter()
     for batch in bar:
         loss, count, sums = loss_fn(model, batch, trainer)
@@ -460,15 +465,43 @@ def train_epoch(model, loader, trainer: Trainer, state, *, loss_fn=classificatio
         state.seen += count
         state.seconds += time.perf_counter() - started
         started = time.perf_counter()
-        bar.set_postfix(
-            loss=f"{state.loss_sum / state.seen:.4f}",
-            lr=f"{trainer.optimizer.param_groups[0]['lr']:.4g}",
-            img_s=f"{state.seen * trainer.distributed.world_size / state.seconds:.1f}",
-        )
+        postfix = {
+            "loss": f"{state.loss_sum / state.seen:.4f}",
+            "lr": f"{trainer.optimizer.param_groups[0]['lr']:.4g}",
+            "img_s": f"{state.seen * trainer.distributed.world_size / state.seconds:.1f}",
+        }
+        bar.set_postfix(postfix)
+        if lines is not None:
+            lines.update(state.batch, postfix)
         if on_step is not None:
             on_step(state)
     bar.close()
     return state
+
+
+PROGRESS_LINE_SECONDS = 60.0
+
+
+class ProgressLines:
+    """Progress for a stderr that is not a terminal: tqdm's meter (position, elapsed, ETA, rate
+    and the postfix) as one plain line at most every :data:`PROGRESS_LINE_SECONDS`."""
+
+    def __init__(self, description: str, total: int, initial: int):
+        self.description, self.total, self.initial = description, total, initial
+        self.started = self.written = time.monotonic()
+
+    def update(self, batch: int, postfix: dict[str, str]) -> None:
+        now = time.monotonic()
+        if now - self.written < PROGRESS_LINE_SECONDS and batch < self.total:
+            return
+        self.written = now
+        meter = tqdm.format_meter(
+            batch, self.total, now - self.started, prefix=self.description, unit="batch",
+            initial=self.initial, postfix=", ".join(f"{k}={v}" for k, v in postfix.items()),
+            bar_format="{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, "
+                       "{rate_fmt}{postfix}]",
+        )  # fmt: skip
+        print(meter, file=sys.stderr, flush=True)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
