@@ -8,8 +8,9 @@
 # Name the runs to make as arguments (default: basic-60, the run the CPU has under way since
 # session 8, after basic-30 finished at 94.70%). At about 10 s an epoch on an H200, basic-60
 # needs more than the default LIMIT of 540 s: raise LIMIT where a command may run that long.
-# They run one at a time with 14 loader workers each: on 2026-11-28 three runs side by side on one H200 time-sliced the GPU between
-# three processes and each trained at 760 images/s, a ninth of a lone step's rate
+# They run one at a time with 14 loader workers each: on 2026-11-28 three runs side by side on
+# one H200 time-sliced the GPU between three processes and each trained at 760 images/s, a
+# ninth of a lone step's rate
 # (benchmarks/results/fashion_mnist_recipe.md). Before them, two one-epoch smoke runs check the
 # CUDA paths that a CPU machine cannot: fp16 with the grad scaler, and the detector in bf16.
 #
