@@ -217,6 +217,46 @@ def test_sigkill_mid_epoch_then_resume_finishes_exactly_as_an_uninterrupted_run(
         assert all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
+def test_resume_may_move_a_run_to_other_workers_and_finishes_exactly(tmp_path, monkeypatch):
+    # As when a run started on one machine carries on on another: the same run, resumed with
+    # other loader workers and save interval, ends with the uninterrupted run's weights.
+    config = tiny_config(epochs=2, dropout=0.5, random_erasing=0.5)
+    straight, moved = tmp_path / "straight", tmp_path / "moved"
+    training.fit(config, straight, progress=False, log=lambda _: None)
+    original = training.train_epoch
+
+    def stopped(model, loader, trainer, state, on_step=None, **kwargs):
+        def hook(epoch_state):
+            on_step(epoch_state)
+            if trainer.step == 13:  # mid-epoch 2; the last save was the end of epoch 1
+                raise KeyboardInterrupt
+
+        return original(model, loader, trainer, state, on_step=hook, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "train_epoch", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            training.fit(config, moved, progress=False, log=lambda _: None)
+    assert torch.load(moved / training.STATE_FILE, weights_only=True)["step"] == 10
+    lines = []
+    placement = {"workers": 2, "checkpoint_every": 3}
+    training.fit(None, moved, resume=True, placement=placement, progress=False, log=lines.append)
+    assert "resuming" in lines[0] and lines[0].endswith(
+        ", with workers 2 (saved 0), checkpoint_every 3 (saved 0)"
+    )
+    saved = json.loads((moved / "train_config.json").read_text())["train_config"]
+    assert (saved["workers"], saved["checkpoint_every"]) == (2, 3)
+    assert without_timing(read_metrics(moved)) == without_timing(read_metrics(straight))
+    ours, theirs = load_file(moved / "last.safetensors"), load_file(straight / "last.safetensors")
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
+def test_resume_may_change_only_where_the_run_executes(finished_run):
+    out, _ = finished_run
+    with pytest.raises(MobileNetsError, match="may change only device, workers, .*; not epochs"):
+        training.fit(None, out, resume=True, placement={"epochs": 5}, progress=False)
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     original = training.train_epoch
 

@@ -319,21 +319,34 @@ def add_train_parser(commands) -> None:
     parser.set_defaults(run=run_train)
 
 
+def resume_placement(given: dict) -> dict:
+    """Of the settings given with --resume, those it may change (where the run executes); any
+    other is an error, as the saved run keeps its own."""
+    other = sorted(flag_name(name) for name in given if name not in training.PLACEMENT)
+    if other:
+        allowed = ", ".join(flag_name(name) for name in training.PLACEMENT)
+        raise MobileNetsError(f"--resume continues the saved run with its own settings; drop "
+                              f"{', '.join(other)} (it may change only {allowed})")  # fmt: skip
+    return given
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def run_train(args: argparse.Namespace) -> None:
     fields = {flag.lstrip("-").replace("-", "_") for flag, _, _ in TRAIN_FLAGS}
     fields |= {"model", "data", "small_input", "channels_last", "nesterov", "compile"}
     fields |= {"skip_bad_images"}
     overrides = {name: getattr(args, name) for name in fields}
+    placement = None
     if args.resume:
-        given = sorted(name for name, value in overrides.items() if value is not None)
-        if given:
-            raise MobileNetsError(
-                f"--resume continues the saved run with its own settings; drop {given}"
-            )
+        placement = resume_placement({k: v for k, v in overrides.items() if v is not None})
         config = None  # the saved run's own
     else:
         config = training.train_config(args.preset, **overrides)
-    result = training.fit(config, args.out, resume=args.resume, progress=not args.no_progress)
+    result = training.fit(config, args.out, resume=args.resume, placement=placement,
+                          progress=not args.no_progress)  # fmt: skip
     if not result.main_process:
         return
     out = result.out
@@ -859,17 +872,15 @@ def run_detect_train(args: argparse.Namespace) -> None:
     fields = {flag.lstrip("-").replace("-", "_") for flag, _, _ in DETECT_TRAIN_FLAGS}
     fields |= {"data", "model", "channels_last"}
     overrides = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    placement = None
     if args.resume:
-        if overrides:
-            raise MobileNetsError(
-                f"--resume continues the saved run with its own settings; drop {sorted(overrides)}"
-            )
+        placement = resume_placement(overrides)
         config = None
     else:
         if "data" not in overrides:
             raise MobileNetsError(f"--data is required (one of: {detection.DATA_HELP})")
         config = detection.DetectionTrainConfig(**overrides)
-    result = detection.fit_detector(config, args.out, resume=args.resume,
+    result = detection.fit_detector(config, args.out, resume=args.resume, placement=placement,
                                     progress=not args.no_progress)  # fmt: skip
     if not result.main_process:
         return

@@ -539,6 +539,16 @@ def load_state(path: Path) -> dict:
         raise MobileNetsError(f"cannot read training state {str(path)!r}: {error}") from error
 
 
+def moved(saved: dict, config) -> str:
+    """What a resumed run changed of the saved run's placement, as words for the log."""
+    changes = [
+        f"{name} {getattr(config, name)!r} (saved {saved[name]!r})"
+        for name in PLACEMENT
+        if saved[name] != getattr(config, name)
+    ]
+    return f", with {', '.join(changes)}" if changes else ""
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -555,13 +565,20 @@ def restore_rng(state: dict) -> None:
 # --- A whole run ------------------------------------------------------------------------------
 
 
+# Settings that say where a run executes, not what it learns: a resumed run may change them, to
+# carry on on another machine. Augmentation does not depend on the workers, so a resumed run
+# stays bit for bit the same on the same kind of device (not from a GPU to a CPU).
+PLACEMENT = ("device", "workers", "checkpoint_every", "checkpoint_minutes")
+
+
 def open_run(out: Path, config, resume: bool, saved_config: Callable[[dict], object], caller: str,
-             config_name: str):  # fmt: skip
+             config_name: str, placement: dict | None = None):  # fmt: skip
     """The config of the run in ``out`` and, with ``resume``, its saved training state.
 
     ``saved_config`` rebuilds the config from the state's ``run`` entry (raising for a run of
-    another kind). A resumed run must be given its own config or none; a new run needs one and
-    an ``out`` that holds no run yet.
+    another kind). A resumed run must be given its own config or none, and may change the
+    ``placement`` settings (PLACEMENT) of the saved one; a new run needs a config and an ``out``
+    that holds no run yet.
     """
     state_path = out / STATE_FILE
     if resume:
@@ -569,6 +586,12 @@ def open_run(out: Path, config, resume: bool, saved_config: Callable[[dict], obj
             raise MobileNetsError(f"--resume: no training state at {str(state_path)!r}")
         saved = load_state(state_path)
         restored = saved_config(saved["run"])
+        if placement:
+            other = sorted(set(placement) - set(PLACEMENT))
+            if other:
+                raise MobileNetsError(f"--resume may change only {', '.join(PLACEMENT)}; "
+                                      f"not {', '.join(other)}")  # fmt: skip
+            restored = dataclasses.replace(restored, **placement)
         if config is not None and config != restored:
             differ = [
                 f"{key}={value!r} (saved {getattr(restored, key)!r})"
@@ -683,14 +706,16 @@ def ordered_loader(dataset, batch_size: int, workers: int = 0,
 
 
 def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
-        progress: bool = True, log=print) -> FitResult:  # fmt: skip
+        placement: dict | None = None, progress: bool = True, log=print) -> FitResult:  # fmt: skip
     """Train ``config`` into the folder ``out``. With ``resume``, continue the run saved there
-    with its own config (``config`` may then be None; if given, it must be the saved one)."""
+    with its own config (``config`` may then be None; if given, it must be the saved one), on
+    the device and workers that ``placement`` may change (see PLACEMENT)."""
     out = Path(out)
     state_path = out / STATE_FILE
     config, saved = open_run(
-        out, config, resume, lambda run: TrainConfig(**run["train_config"]), "fit", "TrainConfig"
-    )
+        out, config, resume, lambda run: TrainConfig(**run["train_config"]), "fit", "TrainConfig",
+        placement,
+    )  # fmt: skip
     distributed = init_distributed(config.device)
     device = pick_device(config.device)
     if distributed.enabled and device.type == "cuda":
@@ -738,7 +763,8 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
         epoch, history, best_top1 = saved["epoch"], saved["history"], saved["best_top1"]
         epoch_state = EpochState(**saved["epoch_state"])
         if distributed.main:
-            log(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}")
+            log(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}"
+                f"{moved(saved['run']['train_config'], config)}")  # fmt: skip
 
     if distributed.main:
         out.mkdir(parents=True, exist_ok=True)

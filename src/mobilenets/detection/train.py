@@ -464,17 +464,19 @@ def saved_detection_config(run: dict) -> DetectionTrainConfig:
 
 
 def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
-                 resume: bool = False, progress: bool = True,
+                 resume: bool = False, placement: dict | None = None, progress: bool = True,
                  log=print) -> DetectionFitResult:  # fmt: skip
     """Train ``config`` into the folder ``out``. With ``resume``, continue the run saved there
-    with its own config (``config`` may then be None; if given, it must be the saved one)."""
+    with its own config (``config`` may then be None; if given, it must be the saved one), on
+    the device and workers that ``placement`` may change (see ``training.PLACEMENT``)."""
     started = time.monotonic()
     out = Path(out)
     state_path = out / training.STATE_FILE
     saved = None
     config, saved = training.open_run(
-        out, config, resume, saved_detection_config, "fit_detector", "DetectionTrainConfig"
-    )
+        out, config, resume, saved_detection_config, "fit_detector", "DetectionTrainConfig",
+        placement,
+    )  # fmt: skip
     distributed = training.init_distributed(config.device)
     device = training.pick_device(config.device)
     if distributed.enabled and device.type == "cuda":
@@ -530,7 +532,8 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
         epoch, history, best_ap = saved["epoch"], saved["history"], saved["best_ap"]
         epoch_state = DetectionEpochState(**saved["epoch_state"])
         if distributed.main:
-            log(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}")
+            log(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}"
+                f"{training.moved(saved['run']['train_config'], config)}")  # fmt: skip
 
     if distributed.main:
         out.mkdir(parents=True, exist_ok=True)
