@@ -95,7 +95,7 @@ def main() -> None:
             f"goal {100 * args.goal:.1f}% {verdict}"
         )
         hours = sum(row["epoch_seconds"] for row in rows) / 3600
-        print(f"training time so far (sum of epoch times, shared CPU): {hours:.2f} h")
+        print(f"training time{'' if done else ' so far'} (sum of epoch times): {hours:.2f} h")
     print()
     print("| epoch | lr | train loss | train top-1 | test loss | test top-1 | test top-5 | s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
