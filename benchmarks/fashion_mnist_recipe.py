@@ -20,8 +20,8 @@ import mobilenets
 from mobilenets import ModelConfig
 
 # The settings a recipe command spells out; the rest come from its preset.
-COMMAND_KEYS = ("model", "alpha", "data", "preset", "augment", "epochs", "batch_size", "lr",
-                "workers")  # fmt: skip
+COMMAND_KEYS = ("model", "alpha", "data", "preset", "augment", "weights", "epochs", "batch_size",
+                "lr", "workers")  # fmt: skip
 
 
 def command_line(config: dict) -> str:

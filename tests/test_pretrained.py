@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import json
 import os
 import re
 import threading
@@ -493,6 +494,38 @@ def test_published_weights_for_another_classifier_point_to_reset_classifier(serv
     with pytest.raises(MobileNetsError, match=r"num_classes=10.*reset_classifier"):
         create_model("mobilenet_v2_0.35_96", num_classes=10, weights="keras", progress=False)
     assert server.requests == []
+
+
+def test_a_run_fine_tunes_published_weights_with_their_numerics_and_input_scaling(
+    server, references, keras_served, tmp_path
+):
+    from mobilenets import train as training
+
+    for split, per_class in (("train", 4), ("val", 2)):
+        for label in range(3):
+            folder = tmp_path / "data" / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                write_image(folder / f"{index}.png", (110, 100), seed=100 * label + index)
+    config = training.train_config(
+        "modern", model="mobilenet_v2", alpha=0.35, resolution=96, data=str(tmp_path / "data"),
+        weights="keras", epochs=1, batch_size=4, lr=1e-12, warmup_epochs=0.0, ema_decay=0.0,
+        augment="basic", random_erasing=0.0,
+    )  # fmt: skip
+    lines = []
+    training.fit(config, tmp_path / "run", progress=False, log=lines.append)
+    assert lines[0] == "starting from the weights 'keras'; a new classifier for 3 classes (the " \
+        "weights have 1000)"  # fmt: skip
+    assert len(server.requests) == 1
+    run = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert (run["model_config"]["padding"], run["model_config"]["bn_eps"]) == ("same", 1e-3)
+    # Keras's models read [-1, 1], not ImageNet's mean and std.
+    assert run["preprocessing"]["mean"] == run["preprocessing"]["std"] == [0.5, 0.5, 0.5]
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "state.pt", weights_only=True)
+    published = create_model("mobilenet_v2_0.35_96", weights="keras", progress=False)
+    for key, value in published.state_dict().items():
+        if value.ndim == 4:  # conv weights; one epoch at lr 1e-12 leaves them in place
+            assert torch.allclose(trained["model"][key], value, atol=1e-6), key
 
 
 # --- Foreign files given by path ---------------------------------------------------------------

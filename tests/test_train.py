@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mobilenets import create_model, save_weights
 from mobilenets import train as training
 from mobilenets.errors import MobileNetsError
 from mobilenets.inference import load_checkpoint
@@ -314,12 +315,14 @@ def test_resume_refuses_data_with_another_number_of_classes(finished_run, tmp_pa
 
 def test_torchrun_trains_on_two_cpu_processes_with_gloo(tmp_path):
     out = tmp_path / "ddp"
+    # Started from weights, which the main process reads first and the other after it.
+    weights = save_weights(create_model("mobilenet_v2", alpha=0.35), tmp_path / "w.safetensors")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
         "--standalone", "-m", "mobilenets", "train", "--data", "synthetic:128",
         "--model", "mobilenet_v2", "--alpha", "0.35", "--epochs", "1", "--batch-size", "16",
         "--lr", "0.05", "--augment", "basic", "--random-erasing", "0", "--no-progress",
-        "--out", str(out),
+        "--weights", str(weights), "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -332,6 +335,7 @@ def test_torchrun_trains_on_two_cpu_processes_with_gloo(tmp_path):
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["count"] == 32  # the two halves of the validation set, all-reduced
     assert finished.stdout.count("checkpoint:") == 1
+    assert finished.stdout.count("starting from the weights") == 1
 
 
 def test_resume_with_other_settings_is_refused_and_none_takes_the_saved_ones(finished_run):

@@ -298,6 +298,12 @@ def add_train_parser(commands) -> None:
     parser.add_argument("--model", default=None, help="a variant or family (mobilenet_v2)")
     parser.add_argument("--data", default=None, help=training.datasets.SPEC_HELP)
     parser.add_argument("--preset", default="modern", help=f"recipe: {', '.join(training.PRESETS)}")
+    parser.add_argument(
+        "--weights", default=None, metavar="SRC",
+        help="start from these weights (fine-tuning): keras, torchvision, timm (or SOURCE:TAG) "
+        "or a weights file, such as a run's best.safetensors; the classifier is new where the "
+        "class count differs",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="run folder for checkpoints and plots")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     for flag, kind, text in TRAIN_FLAGS:
@@ -337,7 +343,7 @@ def flag_name(field: str) -> str:
 def run_train(args: argparse.Namespace) -> None:
     fields = {flag.lstrip("-").replace("-", "_") for flag, _, _ in TRAIN_FLAGS}
     fields |= {"model", "data", "small_input", "channels_last", "nesterov", "compile"}
-    fields |= {"skip_bad_images"}
+    fields |= {"skip_bad_images", "weights"}
     overrides = {name: getattr(args, name) for name in fields}
     placement = None
     if args.resume:

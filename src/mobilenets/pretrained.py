@@ -269,7 +269,8 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
         raise MobileNetsError(
             f"{source} weights are for the ImageNet model (1000 classes, 3 channels, standard "
             f"strides); got {settings}. Load them into the standard model, then call "
-            "model.reset_classifier(N) to fine-tune on N classes"
+            "model.reset_classifier(N) to fine-tune on N classes, or let mobilenets train "
+            f"--weights {source} (mobilenets.transfer) adapt them"
         )
     return candidates[0]
 

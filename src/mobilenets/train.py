@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,9 +45,11 @@ from mobilenets import data as datasets
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import build_model
 from mobilenets.plots import plot_confusion, plot_curves
+from mobilenets.pretrained import default_preprocessing, looks_like_source
 from mobilenets.registry import resolve_config
-from mobilenets.spec import ModelConfig
-from mobilenets.weights import atomic_path, save_weights
+from mobilenets.spec import DEFAULT_RESOLUTION, ModelConfig
+from mobilenets.transfer import source_model, transfer_weights
+from mobilenets.weights import PARITY_FIELDS, atomic_path, save_weights
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("cosine", "exponential")
@@ -74,6 +77,9 @@ class TrainConfig:
     resolution: int | None = None  # None: the dataset's image side (small) or the model's
     small_input: bool | None = None  # None: on for images of at most 64 px
     dropout: float | None = None
+    # Start from these weights (fine-tuning): keras, torchvision, timm (SOURCE:TAG) or a file;
+    # None: from scratch. See mobilenets.transfer.
+    weights: str | None = None
     epochs: int = 10
     batch_size: int = 128  # per process
     optimizer: str = "sgd"
@@ -120,6 +126,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1 or (name != "lr_decay" and value == 1):
                 raise MobileNetsError(f"{name} must be in [0, 1), got {value!r}")
+        if isinstance(self.weights, os.PathLike):  # stored as text, for train_config.json
+            object.__setattr__(self, "weights", os.fspath(self.weights))
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise MobileNetsError(
+                "weights must be 'keras', 'torchvision', 'timm' (or SOURCE:TAG) or a file path, "
+                f"got {self.weights!r}"
+            )
         for name in ("weight_decay", "warmup_epochs", "workers", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise MobileNetsError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -686,6 +699,27 @@ def model_config_for(config: TrainConfig, splits: datasets.Splits) -> ModelConfi
     return resolve_config(config.model, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def starting_weights(weights: str, model_config: ModelConfig, distributed: Distributed,
+                     progress: bool):  # fmt: skip
+    """The model that ``weights`` holds (see :func:`mobilenets.transfer.source_model`). In a
+    torchrun job the main process reads it first, so that only it downloads published ones."""
+    # Keras publishes one file per input size: the model's, or 224 for small images.
+    resolution = DEFAULT_RESOLUTION if model_config.small_input else model_config.resolution
+    load = functools.partial(
+        source_model, weights, model_config.arch, alpha=model_config.alpha,
+        expansion=model_config.expansion, resolution=resolution,
+        progress=progress and distributed.main,
+    )  # fmt: skip
+    if not distributed.enabled:
+        return load()
+    if not distributed.main:
+        dist.barrier()  # until the main process has it in the cache
+    source = load()
+    if distributed.main:
+        dist.barrier()
+    return source
+
+
 def make_loader(dataset, sampler, config: TrainConfig, device: torch.device,
                 collate_fn=None) -> DataLoader:  # fmt: skip
     return DataLoader(
@@ -728,6 +762,15 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
 
     splits = datasets.load_splits(config.data, config.resolution or 224, config.skip_bad_images)
     model_config = model_config_for(config, splits)
+    source = None
+    if saved is not None:  # the numerics of the weights it started from, if any
+        saved_model = saved["run"]["model_config"]
+        model_config = model_config.replace(**{key: saved_model[key] for key in PARITY_FIELDS})
+    elif config.weights is not None:
+        source = starting_weights(config.weights, model_config, distributed, progress)
+        model_config = model_config.replace(
+            **{key: getattr(source.config, key) for key in PARITY_FIELDS}
+        )
     if saved is not None and saved["run"]["model_config"] != model_config.to_dict():
         raise MobileNetsError(
             f"--resume: the data {config.data!r} gives model {model_config.name} with "
@@ -738,6 +781,10 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     preprocessing = splits.preprocessing.replace(resolution=model_config.resolution)
     if not splits.small:
         preprocessing = datasets.imagenet_preprocessing(model_config.resolution)
+        if config.weights is not None and looks_like_source(config.weights):
+            # Published weights expect their own input scaling (Keras: [-1, 1]).
+            published = default_preprocessing(config.weights.partition(":")[0], 224)
+            preprocessing = preprocessing.replace(mean=published.mean, std=published.std)
     datasets.with_transforms(
         splits,
         preprocessing.train_transform(config.augment, config.random_erasing, splits.small),
@@ -750,6 +797,11 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     }  # fmt: skip
 
     model = build_model(model_config)
+    if source is not None:
+        notes = transfer_weights(model, source)
+        if distributed.main:
+            log(f"starting from the weights {config.weights!r}"
+                + "".join(f"; {note}" for note in notes))  # fmt: skip
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     trainer, train_sampler = make_trainer(model, len(splits.train), config, device, dtype,

@@ -23,7 +23,6 @@ import os
 import torch
 from torch import nn
 
-from mobilenets import registry
 from mobilenets.detection.spec import (
     BOX_CODE_SIZE,
     DetectionConfig,
@@ -33,17 +32,15 @@ from mobilenets.detection.spec import (
 )
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import MobileNet, build_model, init_weights, make_bn, make_conv
-from mobilenets.pretrained import looks_like_source
-from mobilenets.spec import DEFAULT_RESOLUTION, BlockSpec, ModelConfig
+from mobilenets.spec import BlockSpec, ModelConfig
+from mobilenets.transfer import source_model
 from mobilenets.weights import (
     CONFIG_METADATA_KEY,
     PARITY_FIELDS,
-    load_model,
     load_weights,
     mismatch_report,
     read_metadata,
     read_state_dict,
-    saved_config,
 )
 
 # What a classification model must share with the detector's backbone for its tensors to mean
@@ -213,35 +210,16 @@ def copy_backbone(detector: SSDLite, classifier: MobileNet) -> None:
     detector.backbone.load_state_dict(state, strict=True)
 
 
-def _classifier_outputs(path) -> int:
-    """The classifier size of one of our own state-dict files without a recorded config."""
-    if str(path).endswith((".h5", ".hdf5", ".keras")):
-        return 1000
-    weight = read_state_dict(path).get("classifier.weight")
-    return 1000 if weight is None else weight.shape[0]
-
-
 def load_classifier(config: DetectionConfig, weights, progress: bool = True) -> MobileNet:
     """The classification model whose backbone ``weights`` name, for a detector of ``config``:
     a built MobileNet, ``"torchvision"``/``"timm"``/``"keras"`` (``source:tag``), or a file
-    (ours from ``mobilenets train``/``convert``, or a foreign one that ``create_model`` reads)."""
-    if isinstance(weights, MobileNet):
-        return weights
-    if not isinstance(weights, (str, os.PathLike)):
-        raise MobileNetsError(
-            "backbone_weights must be a MobileNet, 'torchvision', 'timm', 'keras' or a file "
-            f"path, got {weights!r}"
-        )
+    (ours from ``mobilenets train``/``convert``, or a foreign one); see
+    :func:`mobilenets.transfer.source_model`. :func:`copy_backbone` checks that it fits."""
     backbone = config.backbone
-    # The classification input size: weights do not depend on it, and Keras publishes 224 files.
-    common = dict(alpha=backbone.alpha, expansion=backbone.expansion,
-                  in_chans=backbone.in_chans, resolution=DEFAULT_RESOLUTION)  # fmt: skip
-    if isinstance(weights, str) and looks_like_source(weights):
-        return registry.create_model(backbone.arch, weights=weights, progress=progress, **common)
-    if saved_config(weights) is not None:
-        return load_model(weights)  # copy_backbone compares its architecture with ours
-    num_classes = _classifier_outputs(weights)
-    return registry.create_model(backbone.arch, num_classes=num_classes, weights=weights, **common)
+    # At the classification input size: Keras publishes 224 files for every alpha.
+    return source_model(weights, backbone.arch, alpha=backbone.alpha,
+                        expansion=backbone.expansion, progress=progress,
+                        argument="backbone_weights")  # fmt: skip
 
 
 def saved_detection_config(path: str | os.PathLike) -> DetectionConfig | None:
