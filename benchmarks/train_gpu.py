@@ -8,7 +8,11 @@ Fashion-MNIST model's step costs there.
    128) with and without channels_last and bf16 autocast: the ceiling a run's data pipeline
    has to feed.
 
-Bare steps over one ready-made batch: no data loading, EMA or bookkeeping.
+3. The recipe's width-1.4 model at batch 256, bf16: the bare step against our
+   ``train_epoch`` (weight EMA, the loss check, the epoch's sums) over the same ready-made
+   batches, and their ratio: what a run's bookkeeping costs on the GPU.
+
+Parts 1 and 2 are bare steps over one ready-made batch: no data loading, EMA or bookkeeping.
 
     python benchmarks/train_gpu.py [--resolution 224] [--batch 128] [--steps 20]
 """
@@ -90,6 +94,40 @@ def main() -> None:
             images_per_second(model, x, y, dtype, 5)
             rate = images_per_second(model, x, y, dtype, args.steps)
             print(f"| {channels_last} | {dtype or 'off'} | {rate:.0f} |")
+
+    print("\nFashion-MNIST recipe model (V2 1.4 small-input, 28x28x1), batch 256, bf16")
+    bare, full = recipe_step_rates(256, args.steps * 5)
+    print("| step | images/s |\n|---|---:|")
+    print(f"| bare | {bare:.0f} |\n| train_epoch (EMA, checks, sums) | {full:.0f} |")
+    print(f"train_epoch / bare: {full / bare:.3f}")
+
+
+def recipe_step_rates(batch_size: int, steps: int) -> tuple[float, float]:
+    """images/s of a bare step and of ``train_epoch``, alternating, medians of three rounds."""
+    from mobilenets import train as training
+
+    config = training.train_config("modern", alpha=1.4, batch_size=batch_size, amp="bf16")
+    model = create_model("mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1, small_input=True,
+                         resolution=28).cuda().to(memory_format=torch.channels_last)  # fmt: skip
+    device = torch.device("cuda")
+    trainer, _ = training.make_trainer(model, batch_size * steps, config, device, torch.bfloat16,
+                                       training.Distributed())  # fmt: skip
+    x, y = batch(batch_size, 1, 28, 10, channels_last=True)
+    batches = [(x, y)] * steps
+
+    def full_rate() -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        training.train_epoch(model, batches, trainer, training.EpochState(), progress=False)
+        torch.cuda.synchronize()
+        return batch_size * steps / (time.perf_counter() - start)
+
+    full_rate()  # warm-up, cudnn's search
+    bare, full = [], []
+    for _ in range(3):
+        bare.append(images_per_second(model, x, y, torch.bfloat16, steps))
+        full.append(full_rate())
+    return statistics.median(bare), statistics.median(full)
 
 
 if __name__ == "__main__":

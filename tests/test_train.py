@@ -115,6 +115,13 @@ def test_ema_follows_tfs_num_updates_warmup():
         expected = value if expected is None else expected * rate + value * (1 - rate)
     assert ema.module.weight.item() == pytest.approx(expected)
     assert ema.module.weight.item() != module.weight.item()
+    norm = torch.nn.BatchNorm1d(2)
+    ema = training.make_ema(norm, decay=0.9)
+    for _ in range(3):
+        norm.train()(torch.randn(4, 2))
+        ema.update_parameters(norm)
+    assert ema.module.num_batches_tracked.item() == norm.num_batches_tracked.item() == 3
+    assert not torch.equal(ema.module.running_mean, norm.running_mean)
 
 
 def test_autocast_is_off_on_cpu_unless_asked():

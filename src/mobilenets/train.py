@@ -214,13 +214,23 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
     """Weight EMA as TF's ExponentialMovingAverage with num_updates: the decay starts low,
-    (1 + n) / (10 + n), and rises to ``decay``. Buffers (BN statistics) are averaged too."""
+    (1 + n) / (10 + n), and rises to ``decay``. BN statistics are averaged too; BN's update
+    counters are copied.
 
-    def average(averaged, current, num_averaged):
-        rate = min(decay, (1 + num_averaged.item()) / (10 + num_averaged.item()))
-        return averaged * rate + current * (1 - rate)
+    One update is a few multi-tensor operations, with the rate computed where the weights are:
+    reading ``n`` back for every tensor would make a GPU wait for each of them in turn.
+    """
 
-    return AveragedModel(model, avg_fn=average, use_buffers=True)
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor],
+                num_averaged: torch.Tensor) -> None:  # fmt: skip
+        if not averaged[0].is_floating_point():  # one group per dtype: the counters
+            torch._foreach_copy_(averaged, current)
+            return
+        rate = torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
+        torch._foreach_mul_(averaged, rate.to(averaged[0].dtype))
+        torch._foreach_add_(averaged, torch._foreach_mul(current, (1 - rate).to(averaged[0].dtype)))
+
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -456,15 +466,21 @@ def train_epoch(model, loader, trainer: Trainer, state, *, loss_fn=classificatio
     started = time.perf_counter()
     for batch in bar:
         loss, count, sums = loss_fn(model, batch, trainer)
-        loss_value = all_sum(loss.detach().clone(), trainer.distributed).item()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        # The step's one read from the device, once backward is queued (a GPU need not idle
+        # while this process waits): the loss summed over the ranks, so that all of them stop
+        # together, then this rank's loss and sums.
+        values = (loss.detach(), *sums.values())
+        numbers = torch.stack([torch.as_tensor(v, device=loss.device).double() for v in values])
+        total = all_sum(numbers[:1].clone(), trainer.distributed)
+        loss_value, local_loss, *sum_values = torch.cat([total, numbers]).tolist()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"loss is {loss_value} at step {trainer.step} (epoch batch {state.batch}); "
                 "stopped before applying it, the last good checkpoint is kept "
                 "(try a lower --lr)"
             )
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
         trainer.scheduler.step()
@@ -472,9 +488,10 @@ def train_epoch(model, loader, trainer: Trainer, state, *, loss_fn=classificatio
             trainer.ema.update_parameters(unwrap(model))
         trainer.step += 1
         state.batch += 1
-        state.loss_sum += loss.item() * count
-        for name, value in sums.items():
-            setattr(state, name, getattr(state, name) + value.item())
+        state.loss_sum += local_loss * count
+        for name, number in zip(sums, sum_values, strict=True):
+            before = getattr(state, name)
+            setattr(state, name, before + type(before)(number))  # counts stay integers
         state.seen += count
         state.seconds += time.perf_counter() - started
         started = time.perf_counter()
