@@ -13,8 +13,8 @@
 #   a14-120-b256: a14-60-b256 for 120 epochs
 #   a14-ft20:   a second cosine cycle: 20 epochs at width 1.4, batch 128, lr 0.02, started
 #               (--weights) from a14-60-b256's final weights, kept in benchmarks/results
-# Name the runs to make as arguments (default: a14-ft20, started on the CPU in session 16 after
-# basic-30 finished at 94.70%, basic-60 at 95.04% and a14-60-b256 at 95.36%). On an H200 in
+# Name the runs to make as arguments (default: a14-120-b256; basic-30 finished at 94.70%,
+# basic-60 at 95.04%, a14-60-b256 at 95.36% and a14-ft20, on the CPU, at 95.27%). On an H200 in
 # session 15, before session 16 took the waits out of the EMA update and the training step,
 # a14-60-b256 trained at 2,600 to 5,800 images/s, 10 to 23 s an epoch: 32 of its 60 epochs fitted
 # in a LIMIT of 555 s. A 60-epoch run needs more than the default LIMIT of 540 s: raise LIMIT
@@ -85,7 +85,7 @@ flags() {
     *) echo "unknown run $1 (allowed: $ALLOWED)" >&2 && exit 2 ;;
     esac
 }
-NAMES=${*:-a14-ft20}
+NAMES=${*:-a14-120-b256}
 for name in $NAMES; do flags "$name" >/dev/null || exit 2; done
 
 for name in $NAMES; do
