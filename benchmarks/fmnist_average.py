@@ -3,6 +3,7 @@ the uniform mean of the two Fashion-MNIST cycles' final weights, BN statistics r
 the training set without augmentation, one test evaluation. Measured 95.15%."""
 
 import time
+from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import update_bn
@@ -11,9 +12,10 @@ from mobilenets import data as datasets
 from mobilenets.inference import load_checkpoint
 from mobilenets.train import evaluate, ordered_loader
 
+RESULTS = Path(__file__).resolve().parent / "results"
 torch.set_num_threads(2)
-a = load_checkpoint("benchmarks/results/fmnist-a14-60-b256/last.safetensors")
-b = load_checkpoint("benchmarks/results/fmnist-a14-ft20/last.safetensors")
+a = load_checkpoint(RESULTS / "fmnist-a14-60-b256" / "last.safetensors")
+b = load_checkpoint(RESULTS / "fmnist-a14-ft20" / "last.safetensors")
 model = a.model
 sb = b.model.state_dict()
 with torch.no_grad():
