@@ -2,6 +2,7 @@
 checkpoint evaluated and used for prediction; every user error is one line and exit status 2."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -14,7 +15,7 @@ from PIL import Image
 from mobilenets import cost, load_model
 from mobilenets.cli import main
 from mobilenets.data import load_synthetic
-from mobilenets.inference import load_checkpoint
+from mobilenets.inference import evaluate_checkpoint, load_checkpoint, predict
 
 # The run: a 0.35-wide small-input V2 on 32x32 synthetic images, ten steps of 16.
 TRAIN = ["train", "--data", "synthetic:160", "--model", "mobilenet_v2", "--alpha", "0.35",
@@ -134,6 +135,32 @@ def test_eval_prints_the_tables_and_matches_the_run(run, capsys, tmp_path):
     assert data["checkpoint"] == str(out / "best.safetensors")
 
 
+def test_eval_with_flip_tta_scores_the_images_and_their_mirrors(run, capsys, tmp_path):
+    out, _ = run
+    record = tmp_path / "eval.json"
+    code, printed, _ = run_cli(capsys, "eval", "--checkpoint", out, "--data", "synthetic:160",
+                               "--tta", "flip", "--json", record)  # fmt: skip
+    assert code == 0
+    data = json.loads(record.read_text())
+    assert data["tta"] == "flip"
+    checkpoint = load_checkpoint(out)
+    expected = evaluate_checkpoint(checkpoint, "synthetic:160", progress=False, tta="flip")
+    assert (data["top1"], data["top5"], data["confusion"]) == (
+        expected.top1, expected.top5, expected.confusion.tolist(),
+    )  # fmt: skip
+    plain = json.loads((out / "eval.json").read_text())
+    assert data["loss"] != plain["loss"]  # the mirrors were scored too
+    row = printed.split("\n\n")[0].splitlines()[2]
+    assert row.startswith(f"{checkpoint.model.name} + flip TTA ")
+    assert f"{100 * expected.top1:.2f}" in row.split()
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main(["eval", "--checkpoint", str(out), "--data", "synthetic:160", "--tta", "crop"])
+    _, err = capsys.readouterr()
+    assert_one_line_error(exit_info.value.code, err, "eval")
+    assert "--tta: invalid choice: 'crop' (choose from 'none', 'flip')" in err
+
+
 def test_eval_on_data_with_other_classes(run, capsys, tmp_path):
     for split in ("train", "val"):
         for name in ("cat", "dog", "fox"):
@@ -185,6 +212,31 @@ def test_predict_json_equals_the_model_on_the_same_pixels(run, images, capsys):
         assert sum(probabilities) == pytest.approx(1, abs=1e-5)
         indices = [checkpoint.classes.index(name) for name in prediction["classes"]]
         assert torch.allclose(torch.tensor(probabilities), row[indices], atol=1e-6)
+
+
+def test_predict_with_flip_tta_gives_the_mean_of_the_image_and_its_mirror(run, images, capsys):
+    paths, tensors = images
+    code, out, _ = run_cli(capsys, "predict", *paths, "--checkpoint", run[0], "--json",
+                           "--topk", "10", "--tta", "flip")  # fmt: skip
+    assert code == 0
+    library = predict(load_checkpoint(run[0]), paths, 10, tta="flip")
+    assert out.strip() == json.dumps([dataclasses.asdict(p) for p in library])
+
+    # Ten steps leave the run's scores nearly alike for every image: a linear model of the
+    # pixels, which a mirror image moves, stands in for it.
+    torch.manual_seed(0)
+    checkpoint = dataclasses.replace(
+        load_checkpoint(run[0]),
+        model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)),
+    )
+    batch = torch.stack([checkpoint.preprocessing.eval_transform()(t) for t in tensors])
+    with torch.no_grad():
+        plain = checkpoint.model(batch).softmax(1)
+        expected = (plain + checkpoint.model(batch.flip(-1)).softmax(1)) / 2
+    assert not torch.allclose(expected, plain, atol=1e-2)
+    for prediction, row in zip(predict(checkpoint, paths, 10, tta="flip"), expected, strict=True):
+        indices = [checkpoint.classes.index(name) for name in prediction.classes]
+        assert torch.allclose(torch.tensor(prediction.probabilities), row[indices], atol=1e-6)
 
 
 def test_predict_corrupt_image_names_its_path(run, images, capsys, tmp_path):

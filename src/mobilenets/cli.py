@@ -376,8 +376,17 @@ def add_eval_parser(commands) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    add_tta_argument(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.set_defaults(run=run_eval)
+
+
+def add_tta_argument(parser) -> None:
+    parser.add_argument(
+        "--tta", choices=training.TTA_MODES, default="none",
+        help="test-time augmentation: flip scores each image by the mean of its and its mirror "
+        "image's probabilities (twice the cost; default %(default)s)",
+    )  # fmt: skip
 
 
 def add_model_arguments(parser) -> None:
@@ -409,11 +418,12 @@ def run_eval(args: argparse.Namespace) -> None:
         return
     result = evaluate_checkpoint(
         checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
-        device=args.device,
+        device=args.device, tta=args.tta,
     )  # fmt: skip
     report = cost(checkpoint.model)
     summary = [[
-        checkpoint.model.name, f"{report.params:,}", f"{report.macs / 1e6:.1f}M",
+        checkpoint.model.name + tta_label(args.tta), f"{report.params:,}",
+        f"{report.macs / 1e6:.1f}M",
         f"{100 * result.top1:.2f}", f"{100 * result.top5:.2f}", f"{result.count:,}",
     ]]  # fmt: skip
     print(format_table(["model", "params", "MACs", "top-1 %", "top-5 %", "images"], summary))
@@ -428,11 +438,15 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.json:
         record = {
             "checkpoint": str(checkpoint.path), "data": args.data, "model": checkpoint.model.name,
-            "params": report.params, "macs": report.macs,
+            "params": report.params, "macs": report.macs, "tta": args.tta,
             **result.to_dict(list(checkpoint.classes)),
         }  # fmt: skip
         training.write_json(Path(args.json), record)
         print(f"\nwrote {args.json}")
+
+
+def tta_label(tta: str) -> str:
+    return "" if tta == "none" else f" + {tta} TTA"
 
 
 def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
@@ -440,12 +454,12 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
     top-1, top-5) beside the figures the weights were published with."""
     result = evaluate_imagenet(
         checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
-        device=args.device,
+        device=args.device, tta=args.tta,
     )  # fmt: skip
     report = cost(checkpoint.model)
     published = checkpoint.metrics or {}
     record = getattr(checkpoint.model, "weights_record", None)
-    label = checkpoint.model.name + (f" ({record.source})" if record else "")
+    label = checkpoint.model.name + (f" ({record.source})" if record else "") + tta_label(args.tta)
 
     def fraction(percent: float | None) -> str:
         return "-" if percent is None else f"{percent / 100:.3f}"
@@ -461,7 +475,7 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
         record_dict = {
             "model": checkpoint.model.name, "weights": record.to_dict() if record else None,
             "checkpoint": str(checkpoint.path), "data": args.data, "params": report.params,
-            "macs": report.macs, "top1": result.top1, "top5": result.top5,
+            "macs": report.macs, "tta": args.tta, "top1": result.top1, "top5": result.top5,
             "count": result.count, "published": published,
         }  # fmt: skip
         training.write_json(Path(args.json), record_dict)
@@ -474,13 +488,14 @@ def add_predict_parser(commands) -> None:
     add_model_arguments(parser)
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    add_tta_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> None:
     checkpoint = checkpoint_from(args)
-    predictions = predict(checkpoint, args.images, args.topk, args.device)
+    predictions = predict(checkpoint, args.images, args.topk, args.device, args.tta)
     if args.json:
         print(json.dumps([dataclasses.asdict(prediction) for prediction in predictions]))
         return

@@ -24,9 +24,11 @@ from mobilenets.train import (
     METADATA_PREFIX,
     STATE_FILE,
     Evaluation,
+    check_tta,
     evaluate,
     ordered_loader,
     pick_device,
+    tta_log_probabilities,
 )
 from mobilenets.weights import load_model, read_metadata
 
@@ -105,10 +107,11 @@ def check_classes(checkpoint: Checkpoint, classes: tuple[str, ...], data: str) -
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, data: str, *, batch_size: int = 256,
-                        workers: int = 0, device: str = "auto",
-                        progress: bool = True) -> Evaluation:  # fmt: skip
+                        workers: int = 0, device: str = "auto", progress: bool = True,
+                        tta: str = "none") -> Evaluation:  # fmt: skip
     """Top-1, top-5 and the confusion matrix on the validation split of ``data``, with the
-    checkpoint's own preprocessing."""
+    checkpoint's own preprocessing; ``tta="flip"`` also scores each mirror image (see
+    ``train.evaluate``)."""
     preprocessing = checkpoint.preprocessing
     splits = datasets.load_splits(data, preprocessing.resolution)
     check_classes(checkpoint, splits.classes, data)
@@ -116,7 +119,9 @@ def evaluate_checkpoint(checkpoint: Checkpoint, data: str, *, batch_size: int = 
     target = pick_device(device)
     loader = ordered_loader(splits.val, batch_size, workers, target)
     model = checkpoint.model.to(target)
-    return evaluate(model, loader, len(checkpoint.classes), device=target, progress=progress)
+    return evaluate(
+        model, loader, len(checkpoint.classes), device=target, progress=progress, tta=tta
+    )
 
 
 def imagenet_samples(folder: str | os.PathLike, class_ids: tuple[str, ...]) -> list:
@@ -144,7 +149,7 @@ def imagenet_samples(folder: str | os.PathLike, class_ids: tuple[str, ...]) -> l
 
 def evaluate_imagenet(checkpoint: Checkpoint, folder: str | os.PathLike, *,
                       batch_size: int = 256, workers: int = 0, device: str = "auto",
-                      progress: bool = True) -> Evaluation:  # fmt: skip
+                      progress: bool = True, tta: str = "none") -> Evaluation:  # fmt: skip
     """Top-1 and top-5 of an ImageNet model on an ImageNet-layout validation folder, with the
     checkpoint's own preprocessing (for published weights: their record's)."""
     if checkpoint.class_ids is None:
@@ -156,7 +161,9 @@ def evaluate_imagenet(checkpoint: Checkpoint, folder: str | os.PathLike, *,
     target = pick_device(device)
     loader = ordered_loader(images, batch_size, workers, target)
     model = checkpoint.model.to(target)
-    return evaluate(model, loader, len(checkpoint.classes), device=target, progress=progress)
+    return evaluate(
+        model, loader, len(checkpoint.classes), device=target, progress=progress, tta=tta
+    )
 
 
 @dataclass(frozen=True)
@@ -168,16 +175,19 @@ class Prediction:
 
 @torch.no_grad()
 def predict(checkpoint: Checkpoint, paths: list[str | os.PathLike], topk: int = 5,
-            device: str = "cpu") -> list[Prediction]:  # fmt: skip
-    """The ``topk`` classes and probabilities for each image file."""
+            device: str = "cpu", tta: str = "none") -> list[Prediction]:  # fmt: skip
+    """The ``topk`` classes and probabilities for each image file; ``tta="flip"`` gives the
+    mean probabilities of each image and its mirror (see ``train.evaluate``)."""
     if not isinstance(topk, int) or topk < 1:
         raise MobileNetsError(f"topk must be a positive integer, got {topk!r}")
+    check_tta(tta)
     topk = min(topk, len(checkpoint.classes))
     transform = checkpoint.preprocessing.eval_transform()
     images = torch.stack([transform(datasets.open_image(path)) for path in paths])
     target = pick_device(device)
     model = checkpoint.model.to(target).eval()
-    probabilities = model(images.to(target)).float().softmax(1).cpu()
+    with torch.no_grad():
+        probabilities = tta_log_probabilities(model, images.to(target), tta).exp().cpu()
     values, indices = probabilities.topk(topk, 1)
     return [
         Prediction(

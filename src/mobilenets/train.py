@@ -55,6 +55,7 @@ OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("cosine", "exponential")
 AUGMENTS = ("basic", "trivial")
 AMPS = ("auto", "off", "bf16", "fp16")
+TTA_MODES = ("none", "flip")
 STATE_FILE = Path("checkpoints") / "state.pt"
 METADATA_PREFIX = "mobilenets."
 
@@ -331,9 +332,13 @@ def evaluate(
     channels_last: bool = False,
     distributed: Distributed = Distributed(),
     progress: bool = False,
+    tta: str = "none",
 ) -> Evaluation:
     """Loss, top-1, top-5 and the confusion matrix of ``model`` over ``loader``; with several
-    processes, each evaluates its share and the sums are all-reduced."""
+    processes, each evaluates its share and the sums are all-reduced. ``tta="flip"`` scores
+    each image by the mean of the class probabilities of it and its mirror image (test-time
+    augmentation, for models trained with horizontal flips; twice the inference cost)."""
+    check_tta(tta)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -344,13 +349,12 @@ def evaluate(
         images = to_device(images, device, channels_last)
         labels = labels.to(device)
         with autocast(device, dtype):
-            logits = model(images)
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
-        sums[1] += (logits.topk(k, 1).indices == labels[:, None]).any(1).sum()
+            scores = tta_log_probabilities(model, images, tta)
+        sums[0] += F.nll_loss(scores, labels, reduction="sum")
+        sums[1] += (scores.topk(k, 1).indices == labels[:, None]).any(1).sum()
         sums[2] += len(labels)
         confusion += torch.bincount(
-            labels * num_classes + logits.argmax(1), minlength=num_classes**2
+            labels * num_classes + scores.argmax(1), minlength=num_classes**2
         ).view(num_classes, num_classes)
     model.train(was_training)
     all_sum(confusion, distributed)
@@ -365,6 +369,20 @@ def evaluate(
         count=count,
         confusion=confusion.cpu(),
     )
+
+
+def check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise MobileNetsError(f"tta {tta!r} is not one of {', '.join(TTA_MODES)}")
+
+
+def tta_log_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
+    """Log of the mean class probabilities of ``images`` and, with ``tta="flip"``, of their
+    mirror images. One view is its own log_softmax, so without TTA the loss is plain
+    cross-entropy and the ranking that of the logits."""
+    views = [images, images.flip(-1)] if tta == "flip" else [images]
+    log_probabilities = torch.stack([model(view).float().log_softmax(1) for view in views])
+    return torch.logsumexp(log_probabilities, 0) - math.log(len(views))
 
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
