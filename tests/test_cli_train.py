@@ -130,7 +130,7 @@ def test_eval_prints_the_tables_and_matches_the_run(run, capsys, tmp_path):
         saved["top1"], saved["top5"], saved["count"],
     )  # fmt: skip
     assert data["confusion"] == saved["confusion"]
-    assert (data["params"], data["macs"]) == (report.params, report.macs)
+    assert (data["params"], data["macs"], data["passes"]) == (report.params, report.macs, 1)
     assert (data["model"], data["data"]) == (model.name, "synthetic:160")
     assert data["checkpoint"] == str(out / "best.safetensors")
 
@@ -142,7 +142,7 @@ def test_eval_with_flip_tta_scores_the_images_and_their_mirrors(run, capsys, tmp
                                "--tta", "flip", "--json", record)  # fmt: skip
     assert code == 0
     data = json.loads(record.read_text())
-    assert data["tta"] == "flip"
+    assert (data["tta"], data["passes"]) == ("flip", 2)
     checkpoint = load_checkpoint(out)
     expected = evaluate_checkpoint(checkpoint, "synthetic:160", progress=False, tta="flip")
     assert (data["top1"], data["top5"], data["confusion"]) == (
@@ -151,8 +151,11 @@ def test_eval_with_flip_tta_scores_the_images_and_their_mirrors(run, capsys, tmp
     plain = json.loads((out / "eval.json").read_text())
     assert data["loss"] != plain["loss"]  # the mirrors were scored too
     row = printed.split("\n\n")[0].splitlines()[2]
-    assert row.startswith(f"{checkpoint.model.name} + flip TTA ")
-    assert f"{100 * expected.top1:.2f}" in row.split()
+    report = cost(checkpoint.model)
+    assert row.split()[:9] == [
+        checkpoint.model.name, "+", "flip", "TTA", f"{report.params:,}",
+        "2", "x", f"{report.macs / 1e6:.1f}M", f"{100 * expected.top1:.2f}",
+    ]  # fmt: skip
 
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main(["eval", "--checkpoint", str(out), "--data", "synthetic:160", "--tta", "crop"])

@@ -293,6 +293,13 @@ def test_eval_with_keras_weights_prints_a_table_row(
         "mobilenet_v2_0.35_96 (keras)", f"{params / 1e6:.2f}M", f"{saved['top1']:.3f}",
         f"{saved['top5']:.3f}", "0.455", "0.704", "6",
     ]  # fmt: skip
+    assert (saved["tta"], saved["passes"]) == ("none", 1)
+
+    code, out, _ = run(capsys, command + " --tta flip", data=data, results=results)
+    assert code == 0
+    assert out.splitlines()[2].startswith("| mobilenet_v2_0.35_96 (keras) + flip TTA |")
+    flipped = json.loads(results.read_text())
+    assert (flipped["tta"], flipped["passes"], flipped["count"]) == ("flip", 2, 6)
 
 
 @pytest.mark.parametrize(

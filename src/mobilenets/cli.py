@@ -423,7 +423,7 @@ def run_eval(args: argparse.Namespace) -> None:
     report = cost(checkpoint.model)
     summary = [[
         checkpoint.model.name + tta_label(args.tta), f"{report.params:,}",
-        f"{report.macs / 1e6:.1f}M",
+        tta_passes_label(args.tta) + f"{report.macs / 1e6:.1f}M",
         f"{100 * result.top1:.2f}", f"{100 * result.top5:.2f}", f"{result.count:,}",
     ]]  # fmt: skip
     print(format_table(["model", "params", "MACs", "top-1 %", "top-5 %", "images"], summary))
@@ -439,6 +439,7 @@ def run_eval(args: argparse.Namespace) -> None:
         record = {
             "checkpoint": str(checkpoint.path), "data": args.data, "model": checkpoint.model.name,
             "params": report.params, "macs": report.macs, "tta": args.tta,
+            "passes": training.TTA_PASSES[args.tta],
             **result.to_dict(list(checkpoint.classes)),
         }  # fmt: skip
         training.write_json(Path(args.json), record)
@@ -447,6 +448,12 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def tta_label(tta: str) -> str:
     return "" if tta == "none" else f" + {tta} TTA"
+
+
+def tta_passes_label(tta: str) -> str:
+    """The MACs of an image are the model's times its forward passes: "2 x " with flip TTA."""
+    passes = training.TTA_PASSES[tta]
+    return "" if passes == 1 else f"{passes} x "
 
 
 def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
@@ -475,7 +482,8 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
         record_dict = {
             "model": checkpoint.model.name, "weights": record.to_dict() if record else None,
             "checkpoint": str(checkpoint.path), "data": args.data, "params": report.params,
-            "macs": report.macs, "tta": args.tta, "top1": result.top1, "top5": result.top5,
+            "macs": report.macs, "tta": args.tta, "passes": training.TTA_PASSES[args.tta],
+            "top1": result.top1, "top5": result.top5,
             "count": result.count, "published": published,
         }  # fmt: skip
         training.write_json(Path(args.json), record_dict)

@@ -55,7 +55,8 @@ OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("cosine", "exponential")
 AUGMENTS = ("basic", "trivial")
 AMPS = ("auto", "off", "bf16", "fp16")
-TTA_MODES = ("none", "flip")
+TTA_PASSES = {"none": 1, "flip": 2}  # test-time augmentation: forward passes per image
+TTA_MODES = tuple(TTA_PASSES)
 STATE_FILE = Path("checkpoints") / "state.pt"
 METADATA_PREFIX = "mobilenets."
 
