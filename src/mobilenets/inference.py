@@ -186,8 +186,7 @@ def predict(checkpoint: Checkpoint, paths: list[str | os.PathLike], topk: int = 
     images = torch.stack([transform(datasets.open_image(path)) for path in paths])
     target = pick_device(device)
     model = checkpoint.model.to(target).eval()
-    with torch.no_grad():
-        probabilities = tta_log_probabilities(model, images.to(target), tta).exp().cpu()
+    probabilities = tta_log_probabilities(model, images.to(target), tta).exp().cpu()
     values, indices = probabilities.topk(topk, 1)
     return [
         Prediction(
