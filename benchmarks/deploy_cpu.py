@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from mobilenets import bench
+from mobilenets.deploy import bench
 
 MODEL = "mobilenet_v2_1.0_224"
 BATCHES = (1, 32)

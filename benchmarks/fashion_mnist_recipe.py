@@ -62,7 +62,7 @@ def main() -> None:
         metrics_path.is_file()
     ) else []  # fmt: skip
     config, model = run["train_config"], ModelConfig.from_dict(run["model_config"])
-    report = mobilenets.cost(
+    report = mobilenets.core.cost(
         model.arch, **{k: v for k, v in model.to_dict().items() if k != "arch"}
     )
     best = max(rows, key=lambda row: row["val_top1"]) if rows else None

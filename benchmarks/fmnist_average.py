@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import update_bn
 
-from mobilenets import data as datasets
-from mobilenets.inference import load_checkpoint
-from mobilenets.train import evaluate, ordered_loader
+from mobilenets.data import classification as datasets
+from mobilenets.tasks.classification.inference import load_checkpoint
+from mobilenets.engine.loop import evaluate, ordered_loader
 
 RESULTS = Path(__file__).resolve().parent / "results"
 torch.set_num_threads(2)

@@ -4,7 +4,7 @@ Three configurations, timed in alternation so that machine noise hits them alike
 
 - reference: torchvision's mobilenet_v2 in a plain loop over ready-made tensors (SGD, cross-
   entropy, channels_last): the floor any training loop pays;
-- torchvision model, our step: the same model through ``mobilenets.train.train_epoch`` with
+- torchvision model, our step: the same model through ``mobilenets.engine.loop.train_epoch`` with
   our data pipeline (EpochSampler, per-sample seeded transforms, DataLoader) and bookkeeping;
 - ours: our MobileNetV2 through the same step.
 
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 import torchvision
 
 from mobilenets import MobileNetV2
-from mobilenets import data as datasets
-from mobilenets import train as training
+from mobilenets.data import classification as datasets
+from mobilenets.engine import loop as training
 
 
 def reference_seconds(model, images, labels, batch: int, steps: int) -> float:

@@ -104,7 +104,7 @@ def main() -> None:
 
 def recipe_step_rates(batch_size: int, steps: int) -> tuple[float, float]:
     """images/s of a bare step and of ``train_epoch``, alternating, medians of three rounds."""
-    from mobilenets import train as training
+    from mobilenets.engine import loop as training
 
     config = training.train_config("modern", alpha=1.4, batch_size=batch_size, amp="bf16")
     model = create_model("mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1, small_input=True,

@@ -1,11 +1,28 @@
-"""mobilenets: the MobileNet family (V1, V2), exact to the papers, end to end."""
+"""mobilenets: the MobileNet family (V1, V2), exact to the papers, end to end.
 
-from mobilenets.cost import CostReport, cost
-from mobilenets.errors import MobileNetsError
-from mobilenets.models import InvertedResidual, MobileNet, MobileNetV1, MobileNetV2
-from mobilenets.registry import create_model, get_entry, list_models
-from mobilenets.spec import ModelConfig, NetSpec, resolve
-from mobilenets.weights import load_model, load_weights, save_weights
+The package is layered; each layer imports only the ones above it in this list:
+
+- ``core``: the papers' tables, resolved specs, blocks, the cost model, weights files;
+- ``zoo``: the registry of named models, published weights, conversion, the factories;
+- ``data``: datasets and their augmentation;
+- ``engine``: the training loop, evaluation, checkpoints and run state;
+- ``deploy``: BN folding, ONNX and ExecuTorch export, int8 quantization, latency;
+- ``tasks``: classification and detection, each plugged into the engine;
+- ``cli``: the ``mobilenets`` command.
+
+This module gathers the everyday entry points; ``import mobilenets`` loads ``core`` and
+``zoo`` only.
+"""
+
+from mobilenets.core.cost import CostReport
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.models import InvertedResidual, MobileNet, MobileNetV1, MobileNetV2
+from mobilenets.core.spec import ModelConfig, NetSpec, resolve
+from mobilenets.core.version import __version__
+from mobilenets.core.weights import load_model, load_weights, save_weights
+from mobilenets.zoo.detectors import create_detector
+from mobilenets.zoo.factory import cost, create_model
+from mobilenets.zoo.registry import get_entry, list_models
 
 __all__ = [
     "CostReport",
@@ -16,7 +33,9 @@ __all__ = [
     "MobileNetsError",
     "ModelConfig",
     "NetSpec",
+    "__version__",
     "cost",
+    "create_detector",
     "create_model",
     "get_entry",
     "list_models",
@@ -25,4 +44,3 @@ __all__ = [
     "resolve",
     "save_weights",
 ]
-__version__ = "0.1.0"

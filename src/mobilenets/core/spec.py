@@ -1,0 +1,542 @@
+"""The papers' architecture tables as data, and the one function that resolves them into layers.
+
+V1 Table 1 (Howard et al. 2017) and V2 Table 2 (Sandler et al. 2018) appear below as typed rows in
+the papers' notation. :func:`resolve` turns a :class:`ModelConfig` (architecture, alpha,
+resolution, ...) into a :class:`NetSpec`: one record per block and per layer, with channels,
+kernel, stride, groups and spatial sizes. The nn.Module builder (``models.py``) and the analytic
+cost model (``cost.py``) both read that record; nothing discovers a shape by running a forward
+pass.
+
+alpha (the width multiplier, V1 section 3.3) and rho (the resolution multiplier, section 3.4) are
+applied here and nowhere else: alpha through each architecture's channel-rounding rule, rho only
+by choosing the input resolution, so it changes MACs and never parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from mobilenets.core.errors import MobileNetsError
+
+ARCHS = ("mobilenet_v1", "mobilenet_v2")
+PADDINGS = ("symmetric", "same")
+# Five stride-2 stages take 32 pixels to 1x1. Smaller inputs would still run (sizes round up),
+# but the last stages would read mostly padding.
+MIN_RESOLUTION = 32
+# The small-input variant (ModelConfig.small_input) keeps three stride-2 stages: 8 pixels to 1x1.
+MIN_SMALL_RESOLUTION = 8
+DEFAULT_RESOLUTION = 224
+
+
+# --- Paper rows --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A full convolution with BN and ReLU6: the stem (k=3, s=2) or V2's last 1x1 conv."""
+
+    c: int
+    k: int = 3
+    s: int = 1
+
+
+@dataclass(frozen=True)
+class DW:
+    """V1 Table 1 row pair: 3x3 depthwise conv with stride s, then a 1x1 conv to c; n repeats."""
+
+    s: int
+    c: int
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class IR:
+    """V2 Table 2 row: n inverted residual blocks, expansion t, c outputs, first stride s."""
+
+    t: int
+    c: int
+    n: int
+    s: int
+
+
+# V1 Table 1. The classifier row (avg pool 7x7, FC 1024x1000) is added by resolve().
+V1_TABLE = (
+    Conv(c=32, k=3, s=2),  # 224x224x3 in, stem
+    DW(s=1, c=64),  # 112x112x32 in, C1
+    DW(s=2, c=128),  # 112x112x64 in, C2
+    DW(s=1, c=128),  # 56x56x128 in, C2
+    DW(s=2, c=256),  # 56x56x128 in, C3
+    DW(s=1, c=256),  # 28x28x256 in, C3
+    DW(s=2, c=512),  # 28x28x256 in, C4
+    DW(s=1, c=512, n=5),  # 14x14x512 in, C4: the table's "5x" row
+    DW(s=2, c=1024),  # 14x14x512 in, C5
+    DW(s=1, c=1024),  # 7x7x1024 in, C5: Table 1 prints s2; every released model uses s1
+)
+
+# V2 Table 2. The last row (conv2d 1x1 to k classes after the pool) is added by resolve().
+V2_TABLE = (
+    Conv(c=32, k=3, s=2),  # 224x224x3 in, stem
+    IR(t=1, c=16, n=1, s=1),  # 112x112x32 in, C1
+    IR(t=6, c=24, n=2, s=2),  # 112x112x16 in, C2
+    IR(t=6, c=32, n=3, s=2),  # 56x56x24 in, C3
+    IR(t=6, c=64, n=4, s=2),  # 28x28x32 in, C4
+    IR(t=6, c=96, n=3, s=1),  # 14x14x64 in, C4
+    IR(t=6, c=160, n=3, s=2),  # 14x14x96 in, C5
+    IR(t=6, c=320, n=1, s=1),  # 7x7x160 in, C5
+    Conv(c=1280, k=1, s=1),  # 7x7x320 in, C5: the head conv
+)
+
+# Classifier dropout as released: TF-slim V1 keeps 0.999 of units; torchvision and TF-slim V2
+# drop 0.2.
+DEFAULT_DROPOUT = {"mobilenet_v1": 0.001, "mobilenet_v2": 0.2}
+DEFAULT_EXPANSION = 6  # V2 section 4: "we use expansion factor of 6 throughout"
+DEPTHWISE_KERNEL = 3  # every depthwise conv of both papers' tables is 3x3
+
+
+# --- Width and resolution rules -----------------------------------------------------------------
+
+
+def v1_width(channels: int, alpha: float) -> int:
+    """V1 channel rule as TF-slim and Keras apply it: truncate, never below 8."""
+    return max(int(channels * alpha), 8)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round to the nearest multiple of divisor, never below 90% of value (TF-slim V2 rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def v2_width(channels: int, alpha: float) -> int:
+    """V2 channel rule: alpha-scaled channels rounded to a multiple of 8."""
+    return make_divisible(channels * alpha)
+
+
+def v2_head_width(channels: int, alpha: float) -> int:
+    """V2 keeps its last conv at 1280 channels unless alpha > 1 (paper section 6.1)."""
+    return make_divisible(channels * max(1.0, alpha))
+
+
+def resolution_from_rho(rho: float) -> int:
+    """The input side for a resolution multiplier: 224 * rho, to the nearest multiple of 32."""
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+        raise MobileNetsError(f"rho must be a number in (0, 1], got {rho!r}")
+    # Halves round up (224 * 0.5 = 112 gives 128), unlike Python's round-half-to-even.
+    resolution = math.floor(DEFAULT_RESOLUTION * rho / 32 + 0.5) * 32
+    if resolution < MIN_RESOLUTION:
+        raise MobileNetsError(
+            f"rho={rho} gives resolution {resolution}, below the minimum {MIN_RESOLUTION}"
+        )
+    return resolution
+
+
+def pick_resolution(resolution: int | None = None, rho: float | None = None) -> int:
+    """The input resolution from either argument (224 when neither is given)."""
+    if resolution is not None and rho is not None:
+        raise MobileNetsError(
+            f"give resolution or rho, not both (got resolution={resolution!r}, rho={rho!r})"
+        )
+    if rho is not None:
+        return resolution_from_rho(rho)
+    return DEFAULT_RESOLUTION if resolution is None else resolution
+
+
+def format_alpha(alpha: float) -> str:
+    """alpha as TF-slim names spell it: 1.0, 0.75, 0.5, 0.35."""
+    text = f"{alpha:g}"
+    return text if "." in text else f"{text}.0"
+
+
+# --- The configuration a model is built from ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: stored in every checkpoint (nanoGPT's model_args).
+
+    ``padding`` and ``bn_eps``/``bn_momentum`` are numerical-parity settings: PyTorch-trained
+    weights use symmetric padding and eps 1e-5; weights imported from TF/Keras need TF "SAME"
+    padding (bottom/right only at stride 2) and eps 1e-3.
+    """
+
+    arch: str
+    alpha: float = 1.0
+    resolution: int = DEFAULT_RESOLUTION
+    num_classes: int = 1000
+    in_chans: int = 3
+    dropout: float | None = None  # None: the architecture's released default
+    expansion: int | None = None  # V2 only; None: 6, the paper's t
+    padding: str = "symmetric"
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    # For 28-32 px inputs (Fashion-MNIST, CIFAR): a stride-1 stem and a stride-1 first
+    # stride-2 row, so the net downsamples 8x instead of 32x (32x32 in, 4x4 at the end). Same
+    # parameters as the standard net, about 16x its MACs at the same resolution.
+    small_input: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise MobileNetsError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if not _is_number(self.alpha) or not self.alpha > 0 or not math.isfinite(self.alpha):
+            raise MobileNetsError(f"alpha must be a positive number, got {self.alpha!r}")
+        if not isinstance(self.small_input, bool):
+            raise MobileNetsError(f"small_input must be True or False, got {self.small_input!r}")
+        minimum = MIN_SMALL_RESOLUTION if self.small_input else MIN_RESOLUTION
+        if not _is_int(self.resolution) or self.resolution < minimum:
+            hint = "" if self.small_input else " (small_input=True allows down to 8)"
+            raise MobileNetsError(
+                f"resolution must be an integer >= {minimum}, got {self.resolution!r}{hint}"
+            )
+        if not _is_int(self.num_classes) or self.num_classes < 0:
+            raise MobileNetsError(
+                f"num_classes must be an integer >= 0 (0 gives pooled features), "
+                f"got {self.num_classes!r}"
+            )
+        if not _is_int(self.in_chans) or self.in_chans < 1:
+            raise MobileNetsError(f"in_chans must be an integer >= 1, got {self.in_chans!r}")
+        if self.dropout is None:
+            object.__setattr__(self, "dropout", DEFAULT_DROPOUT[self.arch])
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise MobileNetsError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.arch == "mobilenet_v1" and self.expansion is not None:
+            raise MobileNetsError(
+                f"expansion applies to mobilenet_v2 only, got expansion={self.expansion!r} "
+                "for mobilenet_v1"
+            )
+        if self.arch == "mobilenet_v2":
+            if self.expansion is None:
+                object.__setattr__(self, "expansion", DEFAULT_EXPANSION)
+            if not _is_int(self.expansion) or self.expansion < 1:
+                raise MobileNetsError(f"expansion must be an integer >= 1, got {self.expansion!r}")
+        if self.padding not in PADDINGS:
+            raise MobileNetsError(
+                f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}"
+            )
+        if not _is_number(self.bn_eps) or not self.bn_eps > 0:
+            raise MobileNetsError(f"bn_eps must be a positive number, got {self.bn_eps!r}")
+        if not _is_number(self.bn_momentum) or not 0 <= self.bn_momentum <= 1:
+            raise MobileNetsError(
+                f"bn_momentum must be a number in [0, 1], got {self.bn_momentum!r}"
+            )
+
+    @property
+    def name(self) -> str:
+        """The TF-slim style name of this width and resolution, e.g. ``mobilenet_v2_1.0_224``."""
+        suffix = "_small" if self.small_input else ""
+        return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}{suffix}"
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        if not isinstance(data, dict) or "arch" not in data:
+            raise MobileNetsError(f"a model config is a dict with at least 'arch', got {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MobileNetsError(
+                f"unknown model config keys {unknown}; allowed: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --- Resolved records ---------------------------------------------------------------------------
+
+LAYER_KINDS = ("conv", "depthwise", "pointwise", "linear")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One convolution or linear layer, with its BN and activation.
+
+    ``name`` is the module path, so ``f"{name}.weight"`` is the checkpoint key. Sizes are the
+    side of the square feature map at the config's nominal resolution (1 for the classifier).
+    """
+
+    name: str
+    kind: str  # one of LAYER_KINDS
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    in_size: int
+    out_size: int
+    bias: bool
+    norm: bool  # followed by BatchNorm (affine)
+    act: bool  # followed by ReLU6; False for V2's linear bottleneck and for the classifier
+
+    @property
+    def weights(self) -> int:
+        """Elements of the weight tensor alone (what V1 Table 2 counts)."""
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel * self.kernel
+
+    @property
+    def params(self) -> int:
+        """Trainable parameters: weight, bias, and the BN scale and shift."""
+        return self.weights + self.bias * self.out_channels + self.norm * 2 * self.out_channels
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds: one per weight per output position (bias, BN and ReLU not counted)."""
+        return self.weights * self.out_size * self.out_size
+
+    @property
+    def out_elements(self) -> int:
+        return self.out_channels * self.out_size * self.out_size
+
+
+BLOCK_KINDS = ("conv", "depthwise_separable", "inverted_residual", "classifier")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block: the stem, a V1 separable block, a V2 inverted residual, the head, or the
+    classifier."""
+
+    name: str  # module path: "stem", "blocks.3", "head", "classifier"
+    kind: str  # one of BLOCK_KINDS
+    layers: tuple[LayerSpec, ...]
+    residual: bool  # V2: stride 1 and equal channels in and out (section 3.3)
+    expansion: int  # t for an inverted residual, else 1
+    out_stride: int  # output stride of this block's output relative to the input image
+
+    @property
+    def in_channels(self) -> int:
+        return self.layers[0].in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.layers[-1].out_channels
+
+    @property
+    def stride(self) -> int:
+        return math.prod(layer.stride for layer in self.layers)
+
+    @property
+    def in_size(self) -> int:
+        return self.layers[0].in_size
+
+    @property
+    def out_size(self) -> int:
+        return self.layers[-1].out_size
+
+    @property
+    def level(self) -> int:
+        """Feature level k of the output (output stride 2**k), the C_k of detection papers."""
+        return int(math.log2(self.out_stride))
+
+
+@dataclass(frozen=True)
+class FeatureTap:
+    """A named intermediate output: where it is, and its channels and stride."""
+
+    name: str  # "C1".."C5", or "C4_expansion" for the expansion inside the next stage's first block
+    module: str  # module path that produces it, e.g. "blocks.12" or "blocks.13.act1"
+    block: int  # index into NetSpec.blocks
+    channels: int
+    stride: int
+    size: int  # spatial side at the nominal resolution
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A resolved network: the single source every consumer reads."""
+
+    config: ModelConfig
+    blocks: tuple[BlockSpec, ...]
+    taps: tuple[FeatureTap, ...]
+
+    @property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return tuple(layer for block in self.blocks for layer in block.layers)
+
+    @property
+    def feature_blocks(self) -> tuple[BlockSpec, ...]:
+        """Every block before the pool: what forward_features runs."""
+        return tuple(block for block in self.blocks if block.kind != "classifier")
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the final feature map, which the pool hands to the classifier."""
+        return self.feature_blocks[-1].out_channels
+
+    def tap(self, name: str) -> FeatureTap:
+        for tap in self.taps:
+            if tap.name == name:
+                return tap
+        raise MobileNetsError(
+            f"unknown feature tap {name!r}; {self.config.arch} has "
+            f"{', '.join(t.name for t in self.taps)}"
+        )
+
+
+# --- Resolution ---------------------------------------------------------------------------------
+
+
+def conv_out_size(size: int, stride: int) -> int:
+    """Output side of a conv with odd kernel and "same"-style padding: ceil(size / stride).
+
+    Symmetric padding of kernel // 2 and TF "SAME" padding give the same output size; they
+    differ only in where the zeros go.
+    """
+    return -(-size // stride)
+
+
+class _Builder:
+    """Walks a table, tracking channels, spatial size and output stride, emitting LayerSpecs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.channels = config.in_chans
+        self.size = config.resolution
+        self.out_stride = 1
+        self.blocks: list[BlockSpec] = []
+
+    def layer(self, name, kind, out_channels, kernel, stride, *, depthwise=False, act=True):
+        groups = self.channels if depthwise else 1
+        out_size = conv_out_size(self.size, stride)
+        spec = LayerSpec(
+            name=name, kind=kind, in_channels=self.channels, out_channels=out_channels,
+            kernel=kernel, stride=stride, groups=groups, in_size=self.size, out_size=out_size,
+            bias=False, norm=True, act=act,
+        )  # fmt: skip
+        self.channels, self.size = out_channels, out_size
+        self.out_stride *= stride
+        return spec
+
+    def block(self, name, kind, layers, *, residual=False, expansion=1) -> None:
+        self.blocks.append(
+            BlockSpec(name, kind, tuple(layers), residual, expansion, self.out_stride)
+        )
+
+    def conv_block(self, name: str, out_channels: int, kernel: int, stride: int) -> None:
+        kind = "pointwise" if kernel == 1 else "conv"
+        self.block(name, "conv", [self.layer(f"{name}.conv", kind, out_channels, kernel, stride)])
+
+    def classifier(self) -> None:
+        if self.config.num_classes == 0:
+            return
+        fc = LayerSpec(
+            name="classifier", kind="linear", in_channels=self.channels,
+            out_channels=self.config.num_classes, kernel=1, stride=1, groups=1,
+            in_size=1, out_size=1, bias=True, norm=False, act=False,
+        )  # fmt: skip
+        self.block("classifier", "classifier", [fc])
+
+
+def _small_input_table(table: tuple, small_input: bool) -> tuple:
+    """The small-input variant: stride 1 in the stem and in the first stride-2 row after it."""
+    if not small_input:
+        return table
+    stem, *rows = table
+    first = next(i for i, row in enumerate(rows) if row.s == 2)
+    rows[first] = dataclasses.replace(rows[first], s=1)
+    return (dataclasses.replace(stem, s=1), *rows)
+
+
+def _resolve_v1(config: ModelConfig) -> list[BlockSpec]:
+    build = _Builder(config)
+    stem, *rows = _small_input_table(V1_TABLE, config.small_input)
+    build.conv_block("stem", v1_width(stem.c, config.alpha), stem.k, stem.s)
+    index = 0
+    for row in rows:
+        for _ in range(row.n):
+            name = f"blocks.{index}"
+            depthwise = build.layer(
+                f"{name}.conv_dw",
+                "depthwise",
+                build.channels,
+                DEPTHWISE_KERNEL,
+                row.s,
+                depthwise=True,
+            )
+            pointwise = build.layer(
+                f"{name}.conv_pw", "pointwise", v1_width(row.c, config.alpha), 1, 1
+            )
+            build.block(name, "depthwise_separable", [depthwise, pointwise])
+            index += 1
+    build.classifier()
+    return build.blocks
+
+
+def _resolve_v2(config: ModelConfig) -> list[BlockSpec]:
+    build = _Builder(config)
+    stem, *rows, head = _small_input_table(V2_TABLE, config.small_input)
+    build.conv_block("stem", v2_width(stem.c, config.alpha), stem.k, stem.s)
+    index = 0
+    for row in rows:
+        # The t=1 row stays t=1: the paper's first bottleneck has no expansion layer.
+        expansion = 1 if row.t == 1 else config.expansion
+        out_channels = v2_width(row.c, config.alpha)
+        for repeat in range(row.n):
+            name = f"blocks.{index}"
+            in_channels = build.channels
+            stride = row.s if repeat == 0 else 1
+            layers = []
+            if expansion != 1:
+                hidden = in_channels * expansion
+                layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
+            layers.append(
+                build.layer(
+                    f"{name}.conv_dw",
+                    "depthwise",
+                    build.channels,
+                    DEPTHWISE_KERNEL,
+                    stride,
+                    depthwise=True,
+                )
+            )
+            layers.append(
+                build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False)
+            )
+            residual = stride == 1 and in_channels == out_channels
+            build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
+            index += 1
+    build.conv_block("head", v2_head_width(head.c, config.alpha), head.k, head.s)
+    build.classifier()
+    return build.blocks
+
+
+def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
+    """C_k: the last block output at output stride 2**k. C_k_expansion: the expansion output of
+    the block that leaves level k (the V2 paper's "layer 15" for k=4, which SSDLite taps)."""
+    taps: dict[str, FeatureTap] = {}
+    for index, block in enumerate(blocks):
+        if block.kind == "classifier":
+            continue
+        if block.kind == "inverted_residual" and block.expansion != 1 and block.stride > 1:
+            expand = block.layers[0]
+            level = block.level - int(math.log2(block.stride))
+            name = f"C{level}_expansion"
+            module = f"{block.name}.act1"  # after the expansion's BN and ReLU6
+            taps[name] = FeatureTap(
+                name, module, index, expand.out_channels, 2**level, expand.out_size
+            )
+        name = f"C{block.level}"
+        taps[name] = FeatureTap(
+            name, block.name, index, block.out_channels, block.out_stride, block.out_size
+        )
+    return tuple(sorted(taps.values(), key=lambda tap: (tap.block, "expansion" not in tap.name)))
+
+
+def resolve(config: ModelConfig) -> NetSpec:
+    """Resolve a config into one record per block and layer. Pure: same config, same spec."""
+    blocks = _resolve_v1(config) if config.arch == "mobilenet_v1" else _resolve_v2(config)
+    return NetSpec(config=config, blocks=tuple(blocks), taps=_taps(blocks))

@@ -1,0 +1,1 @@
+"""Datasets for every task, named by a data spec, with seeded augmentation."""

@@ -1,0 +1,464 @@
+"""CPU inference latency across runtimes, against PyTorch eager measured in the same run.
+
+Every model is measured in PyTorch eager fp32 (channels_last, ``torch.inference_mode``): the
+reference each other runtime's median is divided by, at the same batch size. Beside it
+onnxruntime runs the fp32 export (:func:`mobilenets.deploy.onnx_export.export_onnx`, dynamic batch, written to
+a temporary folder), optionally an int8 file made on the fly by
+:func:`mobilenets.deploy.quantize.quantize_ptq`, and any ``.onnx`` file given (an int8 file written by
+``mobilenets quantize``, say). The int8 file made here is calibrated on random normal inputs: its
+speed is real, its accuracy means nothing. With ``pte`` (and for any ``.pte`` file given)
+ExecuTorch runs a program whose layers are in the XNNPACK delegate
+(:func:`mobilenets.deploy.executorch_export.export_executorch`): a .pte program has a fixed batch, so one is
+exported per batch size.
+
+Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
+ones; median and 90th percentile are reported. No argparse here: ``mobilenets bench`` and
+``benchmarks/deploy_cpu.py`` call :func:`run_benchmarks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.models import MobileNet, build_model
+from mobilenets.core.spec import ModelConfig
+from mobilenets.deploy.executorch_export import (
+    executorch_version,
+    export_executorch,
+    load_method,
+    load_pte,
+    pte_input_shape,
+    pte_threads,
+    read_pte_metadata,
+    require_executorch,
+    run_pte,
+)
+from mobilenets.deploy.onnx_export import (
+    ExportSource,
+    export_onnx,
+    export_source,
+    onnx_session,
+    read_onnx_metadata,
+)
+from mobilenets.deploy.quantize import quantize_ptq
+from mobilenets.engine.checkpoint import Checkpoint
+from mobilenets.zoo.pretrained import default_preprocessing
+
+EAGER = "pytorch eager"
+ORT = "onnxruntime"
+PTE = "executorch xnnpack"
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger")
+SYNTHETIC_NOTE = "synthetic calibration: speed only, accuracy meaningless"
+DEFAULT_BATCHES = (1, 32)
+DEFAULT_WARMUP = 5
+DEFAULT_ITERATIONS = 30
+CALIBRATION_IMAGES = 32  # random normal images for --int8: enough for ranges, speed is all we use
+HEADERS = ["model", "runtime", "precision", "batch", "median ms", "p90 ms", "images/s", "size MB",
+           "latency / eager", "x faster"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p90_ms: float
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    model: str  # the model's name at the measured resolution, or the .onnx / .pte file's name
+    runtime: str  # "pytorch eager", "onnxruntime" or "executorch xnnpack"
+    precision: str  # "fp32" or "int8"
+    batch: int
+    resolution: int
+    threads: int
+    median_ms: float
+    p90_ms: float
+    images_per_s: float  # batch / median
+    size_mb: float | None  # the ONNX file; eager: the fp32 state dict as safetensors
+    latency_vs_eager: float | None  # median / eager fp32 median, same model and batch
+    source: str  # where the measured graph came from
+    note: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        """How many times faster than eager: the inverse of latency_vs_eager."""
+        return None if not self.latency_vs_eager else 1 / self.latency_vs_eager
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"speedup": self.speedup}
+
+
+def measure(
+    fn: Callable[[], object],
+    warmup: int,
+    iterations: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Median and 90th percentile (linear interpolation) in ms of ``iterations`` timed calls of
+    ``fn``, after ``warmup`` untimed ones."""
+    check_count("warmup", warmup, minimum=0)
+    check_count("iterations", iterations)
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iterations):
+        start = clock()
+        fn()
+        samples.append((clock() - start) * 1e3)
+    return Timing(float(np.median(samples)), float(np.percentile(samples, 90)))
+
+
+def check_count(label: str, value, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MobileNetsError(f"{label} must be an integer >= {minimum}, got {value!r}")
+
+
+# --- What is measured --------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    """One input of the benchmark: the eager reference model and the ONNX and .pte files to
+    run."""
+
+    name: str
+    model: torch.nn.Module | None  # None: an .onnx file whose metadata has no model config
+    resolution: int
+    in_chans: int
+    onnx_files: list[tuple[Path, str, str, str]]  # (path, precision, source, note)
+    eager_source: str  # how the eager model's weights came about
+    fixed_batch: int | None = None  # an .onnx file exported without a dynamic batch, a .pte
+    pte_files: dict[int, tuple[Path, str]] = field(default_factory=dict)  # batch: (path, source)
+
+
+def onnx_precision(path: Path) -> str:
+    """int8 when the graph has quantization ops (QDQ or QOperator), else fp32."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as error:  # a file onnxruntime loaded but onnx cannot parse is not ours
+        raise MobileNetsError(f"cannot read ONNX file {str(path)!r}: {error}") from error
+    return "int8" if any(node.op_type in QUANTIZED_OPS for node in graph.node) else "fp32"
+
+
+def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
+    """An .onnx file; its eager reference is rebuilt (random weights) from the model config
+    export_onnx writes into its metadata."""
+    session = onnx_session(path, threads)  # the load error names the file first
+    (graph_input,) = session.get_inputs()
+    shape = graph_input.shape
+    if len(shape) != 4 or not all(isinstance(dim, int) for dim in shape[1:]):
+        raise MobileNetsError(
+            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image classifier is expected"
+        )
+    _, in_chans, height, width = shape
+    if resolution is not None and resolution != height:
+        raise MobileNetsError(
+            f"{str(path)!r} takes {height}x{width} inputs; --resolution {resolution} cannot "
+            "change an ONNX file (export it again at that size)"
+        )
+    config = read_onnx_metadata(path).get("model_config")
+    model = None
+    if isinstance(config, dict):
+        model = build_model(ModelConfig.from_dict(config).replace(resolution=height))
+    fixed = shape[0] if isinstance(shape[0], int) else None
+    files = [(path, onnx_precision(path), f"file {path}", "")]
+    eager = "random weights, from the file's model_config (speed does not depend on them)"
+    return _Target(path.name, model, height, in_chans, files, eager, fixed_batch=fixed)
+
+
+def _pte_file_target(path: Path, resolution: int | None) -> _Target:
+    """A .pte file; its eager reference is rebuilt (random weights) from the model config
+    export_executorch stores in it."""
+    shape = pte_input_shape(load_pte(path))  # the load error names the file first
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise MobileNetsError(
+            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image classifier is expected"
+        )
+    batch, in_chans, height, _ = shape
+    if resolution is not None and resolution != height:
+        raise MobileNetsError(
+            f"{str(path)!r} takes {height}x{height} inputs; --resolution {resolution} cannot "
+            "change a .pte file (export it again at that size)"
+        )
+    config = read_pte_metadata(path).get("model_config")
+    model = None
+    if isinstance(config, dict):
+        model = build_model(ModelConfig.from_dict(config).replace(resolution=height))
+    eager = "random weights, from the file's model_config (speed does not depend on them)"
+    return _Target(
+        path.name, model, height, in_chans, [], eager, fixed_batch=batch,
+        pte_files={batch: (path, f"file {path}")},
+    )  # fmt: skip
+
+
+def _model_target(
+    item: str | MobileNet,
+    resolution: int | None,
+    folder: Path,
+    int8: bool,
+    calibration_images: int,
+    pte_batches: tuple[int, ...] = (),
+) -> _Target:
+    """A model, a registered name or a checkpoint: exported to fp32 ONNX (and int8, and a .pte
+    per batch in ``pte_batches``) in ``folder``."""
+    if isinstance(item, MobileNet):
+        size = item.resolution if resolution is None else resolution
+        source = ExportSource(item, size, "the given model's weights")
+    else:
+        source = export_source(item, resolution=resolution)
+    model, resolution = source.model, source.resolution
+    name = model.config.replace(resolution=resolution).name
+    in_chans = model.config.in_chans
+    stem = f"{len(list(folder.iterdir()))}-{name}"  # two inputs may share a name
+    fp32 = folder / f"{stem}.fp32.onnx"
+    export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
+    files = [(fp32, "fp32", f"export_onnx of {source.weights}", "")]
+    if int8:
+        files.append(
+            (_quantize_synthetic(model, resolution, folder / f"{stem}.int8.onnx",
+                                 calibration_images),
+             "int8", f"quantize_ptq of {source.weights}", SYNTHETIC_NOTE)
+        )  # fmt: skip
+    pte_files = {}
+    for batch in pte_batches:
+        path = folder / f"{stem}.batch{batch}.pte"
+        export_executorch(model, path, resolution=resolution, batch=batch)
+        pte_files[batch] = (path, f"export_executorch of {source.weights}")
+    return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files)
+
+
+def _quantize_synthetic(model, resolution: int, path: Path, count: int) -> Path:
+    """An int8 file of ``model`` calibrated on ``count`` seeded standard-normal images (what a
+    normalized image roughly looks like): real speed, meaningless accuracy."""
+    config = model.config
+    checkpoint = Checkpoint(
+        model, tuple(str(i) for i in range(config.num_classes)),
+        default_preprocessing("torchvision", resolution), path,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, config.in_chans, resolution, resolution, generator=generator)
+    quantize_ptq(checkpoint, images, path, batch_size=min(count, 16))
+    return path
+
+
+def state_dict_mb(model: torch.nn.Module) -> float:
+    """The fp32 state dict's size as a safetensors file, in MB."""
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    return len(safetensors_bytes(state)) / 1e6
+
+
+# --- Running ---------------------------------------------------------------------------------
+
+
+def run_benchmarks(
+    inputs: Iterable[str | os.PathLike | MobileNet],
+    *,
+    batches: Iterable[int] = DEFAULT_BATCHES,
+    threads: int | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    iterations: int = DEFAULT_ITERATIONS,
+    resolution: int | None = None,
+    int8: bool = False,
+    calibration_images: int = CALIBRATION_IMAGES,
+    pte: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRecord]:
+    """Time each input at each batch size: PyTorch eager fp32, then onnxruntime on each ONNX file.
+
+    An input is a MobileNet, a registered name or a checkpoint (a .safetensors file or run
+    folder), exported to fp32 ONNX with a dynamic batch (and, with ``int8``, quantized on
+    synthetic calibration), or an ``.onnx`` file, whose eager reference is built from the model
+    config in its metadata. With ``pte`` each model is also exported to an ExecuTorch program
+    (XNNPACK delegate), one per batch size; a ``.pte`` file is run with ExecuTorch at its own
+    batch, beside eager built from the model config stored in it.
+    ``threads`` (default: torch's current setting) applies to every runtime; torch's and
+    ExecuTorch's settings are restored afterwards. ``progress`` receives a line before each
+    measurement.
+    """
+    inputs = [item if isinstance(item, MobileNet) else str(item) for item in inputs]
+    batches = list(dict.fromkeys(batches))  # in order, without repeats
+    if not inputs:
+        raise MobileNetsError("give at least one model name, checkpoint or .onnx file")
+    if not batches:
+        raise MobileNetsError("give at least one batch size")
+    for batch in batches:
+        check_count("batch size", batch)
+    threads = torch.get_num_threads() if threads is None else threads
+    check_count("threads", threads)
+    check_count("warmup", warmup, minimum=0)
+    check_count("iterations", iterations)
+    check_count("calibration images", calibration_images)
+    if resolution is not None:
+        check_count("resolution", resolution)
+    if pte or any(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
+        require_executorch("measuring ExecuTorch")  # before any export
+    say = progress or (lambda line: None)
+
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    records = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as folder:
+            targets = []
+            for item in inputs:
+                if isinstance(item, str) and Path(item).suffix == ".onnx":
+                    targets.append(_file_target(Path(item), resolution, threads))
+                elif isinstance(item, str) and Path(item).suffix == ".pte":
+                    targets.append(_pte_file_target(Path(item), resolution))
+                else:
+                    label = item.name if isinstance(item, MobileNet) else item
+                    made = ["fp32"] + ["int8"] * int8 + ["ExecuTorch fp32"] * pte
+                    say(f"exporting {label}" + (f" ({', '.join(made)})" if len(made) > 1 else ""))
+                    pte_batches = tuple(batches) if pte else ()
+                    targets.append(
+                        _model_target(
+                            item, resolution, Path(folder), int8, calibration_images, pte_batches
+                        )
+                    )
+            for target in targets:
+                records += _bench_target(target, batches, threads, warmup, iterations, say)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return records
+
+
+def _bench_target(target: _Target, batches, threads, warmup, iterations, say) -> list[BenchRecord]:
+    if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
+        again = (
+            "export it with --dynamic-batch"
+            if target.onnx_files
+            else "export a .pte per batch size (its batch is fixed at export)"
+        )
+        raise MobileNetsError(
+            f"{target.name} has a fixed batch of {target.fixed_batch}; measure it with --batch "
+            f"{target.fixed_batch} or {again}"
+        )
+    sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
+    programs = {}
+    if target.pte_files:
+        programs = {
+            batch: (load_method(load_pte(path)), path, source)
+            for batch, (path, source) in target.pte_files.items()
+        }
+    eager = None
+    size = None
+    if target.model is not None:
+        size = state_dict_mb(target.model)
+        eager = target.model.eval().to(memory_format=torch.channels_last)
+    common = {"model": target.name, "resolution": target.resolution, "threads": threads}
+    generator = torch.Generator().manual_seed(0)
+    records = []
+    for batch in batches:
+        shape = (batch, target.in_chans, target.resolution, target.resolution)
+        images = torch.randn(shape, generator=generator)
+        reference = None
+        if eager is not None:
+            say(f"{target.name}: {EAGER} fp32, batch {batch}")
+            x = images.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                timing = measure(partial(eager, x), warmup, iterations)
+            reference = timing.median_ms
+            records.append(
+                _record(common, EAGER, "fp32", batch, timing, size, reference, target.eager_source)
+            )
+        array = np.ascontiguousarray(images.numpy(), np.float32)
+        for session, path, precision, source, note in sessions:
+            say(f"{target.name}: {ORT} {precision}, batch {batch}")
+            feed = {session.get_inputs()[0].name: array}
+            output_names = [output.name for output in session.get_outputs()]
+            timing = measure(partial(session.run, output_names, feed), warmup, iterations)
+            size_mb = os.path.getsize(path) / 1e6
+            records.append(
+                _record(common, ORT, precision, batch, timing, size_mb, reference, source, note)
+            )
+        if batch in programs:
+            method, path, source = programs[batch]
+            say(f"{target.name}: {PTE} fp32, batch {batch}")
+            x = images.contiguous()
+            with pte_threads(threads):
+                run_pte(method, x)  # a wrong input raises here, readably, not inside measure
+                timing = measure(partial(method.execute, [x]), warmup, iterations)
+            size_mb = os.path.getsize(path) / 1e6
+            records.append(_record(common, PTE, "fp32", batch, timing, size_mb, reference, source))
+    return records
+
+
+def _record(common, runtime, precision, batch, timing, size_mb, reference, source, note=""):
+    return BenchRecord(
+        runtime=runtime, precision=precision, batch=batch, median_ms=timing.median_ms,
+        p90_ms=timing.p90_ms, images_per_s=batch / (timing.median_ms / 1e3), size_mb=size_mb,
+        latency_vs_eager=None if reference is None else timing.median_ms / reference,
+        source=source, note=note, **common,
+    )  # fmt: skip
+
+
+# --- Reporting -------------------------------------------------------------------------------
+
+
+def environment(threads: int | None = None) -> str:
+    """One line naming the machine and the libraries (executorch when installed), for the head
+    of a results table."""
+    threads = torch.get_num_threads() if threads is None else threads
+    processor = platform.processor() or platform.machine()
+    executorch = executorch_version()
+    return (
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+        + (f", executorch {executorch}" if executorch else "")
+        + f", {processor}, {os.cpu_count()} CPUs, {threads} thread{'' if threads == 1 else 's'}"
+    )
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table_rows(records: list[BenchRecord]) -> list[list[str]]:
+    """One row of HEADERS per record."""
+    return [
+        [r.model, r.runtime, r.precision, str(r.batch), f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}",
+         f"{r.images_per_s:.1f}", _number(r.size_mb, ".1f"), _number(r.latency_vs_eager, ".3f"),
+         _number(r.speedup, ".2f") + ("x" if r.speedup else "")]
+        for r in records
+    ]  # fmt: skip
+
+
+def notes(records: list[BenchRecord]) -> list[str]:
+    """The footnotes a table needs: which rows are synthetic-calibration int8."""
+    synthetic = sorted({r.model for r in records if r.note == SYNTHETIC_NOTE})
+    lines = []
+    if synthetic:
+        lines.append(
+            f"int8 of {', '.join(synthetic)}: calibrated on random normal inputs "
+            "(synthetic), so only its speed means something, not its accuracy."
+        )
+    lines.append(
+        "latency / eager: median over the PyTorch eager fp32 median of the same model and "
+        "batch; x faster is its inverse."
+    )
+    return lines
+
+
+def markdown_table(records: list[BenchRecord]) -> str:
+    right = {"batch", "median ms", "p90 ms", "images/s", "size MB", "latency / eager", "x faster"}
+    lines = [
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join("---:" if h in right else "---" for h in HEADERS) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(records)]
+    return "\n".join(lines)

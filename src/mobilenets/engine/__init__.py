@@ -1,0 +1,1 @@
+"""The one training engine: settings, the epoch loop, evaluation, checkpoints, the run."""

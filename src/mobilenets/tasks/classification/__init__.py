@@ -1,0 +1,1 @@
+"""Image classification: training recipes, evaluation and prediction of a checkpoint."""

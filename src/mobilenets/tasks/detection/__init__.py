@@ -1,0 +1,2 @@
+"""SSDLite object detection (Sandler et al. 2018, section 6.2): training, COCO evaluation,
+prediction and export."""

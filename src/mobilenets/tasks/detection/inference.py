@@ -1,0 +1,107 @@
+"""Using a detector checkpoint: rebuild it from the file alone, score it on COCO metrics,
+detect the objects of an image and draw them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision import tv_tensors
+
+from mobilenets.core.detector import SSDLite, load_detector
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.preprocessing import Preprocessing
+from mobilenets.data.common import open_image
+from mobilenets.data.detection import load_detection_data
+from mobilenets.data.detection_transforms import eval_transform
+from mobilenets.engine.checkpoint import checkpoint_path, read_checkpoint_info
+from mobilenets.engine.device import pick_device
+from mobilenets.tasks.detection.evaluate import detect_batch, evaluate_detector
+
+# --- Checkpoints --------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectionCheckpoint:
+    """A trained detector with what reading its inputs and naming its outputs needs."""
+
+    model: SSDLite
+    classes: tuple[str, ...]  # classes[0] is background
+    category_ids: tuple[int, ...]
+    preprocessing: Preprocessing
+    path: Path
+    loss: str = "softmax"  # how its class logits become scores (see class_scores)
+    train_config: dict | None = None
+    metrics: dict | None = field(default=None)
+
+
+def load_detection_checkpoint(path: str | os.PathLike) -> DetectionCheckpoint:
+    """A detector checkpoint (best/last.safetensors of a run, or the run folder: best)."""
+    path = checkpoint_path(path)
+    model = load_detector(path)
+    info = read_checkpoint_info(path, model.num_classes, "mobilenets detect train")
+    classes = info["classes"]
+    category_ids = tuple(info.get("category_ids") or range(len(classes)))
+    train_config = info.get("train_config")
+    loss = (train_config or {}).get("loss", "softmax")
+    return DetectionCheckpoint(model.eval(), classes, category_ids, info["preprocessing"], path,
+                               loss, train_config, info.get("metrics"))  # fmt: skip
+
+
+def evaluate_checkpoint(checkpoint: DetectionCheckpoint, data: str, *, batch_size: int = 32,
+                        workers: int = 0, device: str = "auto",
+                        progress: bool = False) -> dict[str, float]:  # fmt: skip
+    """COCO metrics of a checkpoint on the validation split of ``data``."""
+    dataset = load_detection_data(data, splits=("val",)).val
+    if tuple(dataset.class_names) != checkpoint.classes:
+        raise MobileNetsError(
+            f"{str(checkpoint.path)!r} detects {', '.join(checkpoint.classes[1:])}; --data "
+            f"{data} has {', '.join(dataset.class_names[1:])}"
+        )
+    dataset.transform = eval_transform(checkpoint.preprocessing)
+    device = pick_device(device)
+    model = checkpoint.model.to(device)
+    return evaluate_detector(model, dataset, loss=checkpoint.loss, batch_size=batch_size,
+                             workers=workers, device=device, progress=progress)  # fmt: skip
+
+
+def detect_image(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
+                 score_threshold: float = 0.3, device: str = "cpu"):  # fmt: skip
+    """The image at ``path`` (PIL, RGB) and its detections: pixel boxes, scores, labels."""
+    if not 0 <= score_threshold < 1:
+        raise MobileNetsError(f"score threshold must be in [0, 1), got {score_threshold!r}")
+    image = open_image(path).convert("RGB")
+    width, height = image.size
+    empty = {
+        "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
+                                          canvas_size=(height, width)),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }  # fmt: skip
+    inputs, _ = eval_transform(checkpoint.preprocessing)(image, empty)
+    model = checkpoint.model.to(pick_device(device))
+    (found,) = detect_batch(model, inputs[None], [(height, width)], loss=checkpoint.loss,
+                            score_threshold=score_threshold)  # fmt: skip
+    return image, {key: value.cpu() for key, value in found.items()}
+
+
+def draw_detections(image, detections: dict, classes: tuple[str, ...]) -> torch.Tensor:
+    """The image as a uint8 ``[3, H, W]`` tensor with each box, its class name and score drawn
+    (torchvision's draw_bounding_boxes), one colour per class."""
+    from torchvision.transforms.functional import pil_to_tensor
+    from torchvision.utils import draw_bounding_boxes
+
+    pixels = pil_to_tensor(image)
+    if len(detections["boxes"]) == 0:
+        return pixels
+    palette = ["red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "white"]
+    labels = detections["labels"].tolist()
+    captions = [
+        f"{classes[label]} {score:.2f}"
+        for label, score in zip(labels, detections["scores"].tolist(), strict=True)
+    ]
+    width = max(1, round(max(image.size) / 160))
+    return draw_bounding_boxes(pixels, detections["boxes"], captions,
+                               colors=[palette[label % len(palette)] for label in labels],
+                               width=width)  # fmt: skip

@@ -1,0 +1,1 @@
+"""The named models: the registry, published figures and weights, conversion, the factories."""

@@ -1,0 +1,328 @@
+"""Official ImageNet weights of torchvision, timm and Keras: records, download, loading.
+
+We host no weights. Each file the three ecosystems publish has a :class:`WeightsRecord`: where
+it is, how to check it, under which license, how its images were preprocessed, the numerics
+it was trained with (padding, BN epsilon) and its published accuracy. ``create_model(name,
+weights="keras")`` finds the record, downloads the file once into the cache
+(:func:`mobilenets.zoo.download.cache_dir`), converts it (:mod:`mobilenets.zoo.convert`) and loads it.
+
+Digests: torchvision and timm's GitHub releases publish the first 8 hex digits of each file's
+sha256 in its name, and the download verifies them. Keras and the Hugging Face hub publish no
+digest; for those files the first download's sha256 is pinned in a ``.sha256`` file beside the
+cached copy, and every later load verifies the copy against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.models import build_model
+from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from mobilenets.core.spec import ModelConfig, format_alpha
+from mobilenets.zoo import download as downloads
+from mobilenets.zoo.convert import SOURCE_NUMERICS, SOURCES, check_source, convert_file
+from mobilenets.zoo.registry import TFSLIM_V1, TFSLIM_V2
+
+LICENSES = {
+    "torchvision": "BSD-3-Clause (torchvision); ImageNet terms of access apply",
+    "timm": "Apache-2.0 (timm); ImageNet terms of access apply",
+    "keras": "Apache-2.0 (Keras applications, from TF-slim); ImageNet terms of access apply",
+}
+# Keras and TF-slim models read x / 127.5 - 1: mean and std 0.5 on the [0, 1] scale.
+TF_RANGE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """One published weights file and everything needed to use and trust it."""
+
+    arch: str
+    alpha: float
+    resolution: int  # the input size it was trained and evaluated at
+    source: str  # torchvision, timm or keras
+    tag: str  # the publisher's name for this file (IMAGENET1K_V1, ra_in1k, ...)
+    url: str
+    sha256: str | None  # full digest or the publisher's prefix; None when none is published
+    license: str
+    preprocessing: Preprocessing  # mean/std, resize then center crop, interpolation
+    top1: float | None  # published ImageNet-1k validation accuracy, %
+    top5: float | None
+    reference: str  # where top1/top5 were published
+    num_classes: int = 1000
+
+    @property
+    def padding(self) -> str:
+        return SOURCE_NUMERICS[self.source]["padding"]
+
+    @property
+    def bn_eps(self) -> float:
+        return SOURCE_NUMERICS[self.source]["bn_eps"]
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}"
+
+    @property
+    def file_name(self) -> str:
+        name = self.url.rsplit("/", 1)[-1]
+        if self.source == "timm" and name == "model.safetensors":  # one name for every hub repo
+            name = f"{self.url.split('/')[-4]}.safetensors"
+        return name
+
+    def preprocessing_for(self, resolution: int) -> Preprocessing:
+        """The evaluation preprocessing at another input size: resize and crop scale together."""
+        return self.preprocessing.at(resolution)
+
+    def config(self, **overrides) -> ModelConfig:
+        fields = dict(arch=self.arch, alpha=self.alpha, resolution=self.resolution)
+        return ModelConfig(**fields, padding=self.padding, bn_eps=self.bn_eps, **overrides)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name, "source": self.source, "tag": self.tag, "url": self.url,
+            "sha256": self.sha256, "license": self.license,
+            "preprocessing": self.preprocessing.to_dict(), "padding": self.padding,
+            "bn_eps": self.bn_eps, "top1": self.top1, "top5": self.top5,
+            "reference": self.reference,
+        }  # fmt: skip
+
+
+def _eval_preprocessing(resolution: int, mean, std, crop_pct: float, interpolation: str):
+    return Preprocessing(
+        resolution, tuple(mean), tuple(std), resize=round(resolution / crop_pct),
+        interpolation=interpolation,
+    )  # fmt: skip
+
+
+def _torchvision_records() -> list[WeightsRecord]:
+    """torchvision.models.MobileNet_V2_Weights; the hex in each file name is its sha256 prefix."""
+    base = "https://download.pytorch.org/models/"
+    rows = (
+        ("IMAGENET1K_V1", "mobilenet_v2-b0353104.pth", 256, 71.878, 90.286),
+        ("IMAGENET1K_V2", "mobilenet_v2-7ebf99e0.pth", 232, 72.154, 90.822),
+    )
+    return [
+        WeightsRecord(
+            "mobilenet_v2",
+            1.0,
+            224,
+            "torchvision",
+            tag,
+            base + file,
+            file.rsplit("-", 1)[1].split(".")[0],
+            LICENSES["torchvision"],
+            Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD, resize=resize),
+            top1,
+            top5,
+            "torchvision MobileNet_V2_Weights",
+        )  # fmt: skip
+        for tag, file, resize, top1, top5 in rows
+    ]
+
+
+# timm's pretrained configs (timm.models.get_pretrained_cfg) and results-imagenet.csv.
+TIMM_ROWS = (
+    # arch, alpha, tag, url, crop_pct, mean/std, top1, top5
+    ("mobilenet_v1", 1.0, "mobilenetv1_100.ra4_e3600_r224_in1k",
+     "https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+     0.875, TF_RANGE, 75.384, 92.312),
+    ("mobilenet_v1", 1.25, "mobilenetv1_125.ra4_e3600_r224_in1k",
+     "https://huggingface.co/timm/mobilenetv1_125.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+     0.9, TF_RANGE, 76.928, 93.216),
+    ("mobilenet_v2", 0.5, "mobilenetv2_050.lamb_in1k",
+     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_050-3d30d450.pth",
+     0.875, (IMAGENET_MEAN, IMAGENET_STD), 65.930, 86.102),
+    ("mobilenet_v2", 1.0, "mobilenetv2_100.ra_in1k",
+     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_100_ra-b33bc2c4.pth",
+     0.875, (IMAGENET_MEAN, IMAGENET_STD), 72.936, 91.002),
+    ("mobilenet_v2", 1.4, "mobilenetv2_140.ra_in1k",
+     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_140_ra-21a4e913.pth",
+     0.875, (IMAGENET_MEAN, IMAGENET_STD), 76.528, 93.008),
+)  # fmt: skip
+
+
+def _timm_records() -> list[WeightsRecord]:
+    records = []
+    for arch, alpha, tag, url, crop_pct, (mean, std), top1, top5 in TIMM_ROWS:
+        prefix = re.search(r"-([0-9a-f]{8})\.pth$", url)
+        records.append(
+            WeightsRecord(
+                arch,
+                alpha,
+                224,
+                "timm",
+                tag,
+                url,
+                prefix.group(1) if prefix else None,
+                LICENSES["timm"],
+                _eval_preprocessing(224, mean, std, crop_pct, "bicubic"),
+                top1,
+                top5,
+                "timm results/results-imagenet.csv @7479d451",
+            )  # fmt: skip
+        )
+    return records
+
+
+KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
+KERAS_V1_ALPHA = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}
+
+
+def _keras_records() -> list[WeightsRecord]:
+    """keras.applications MobileNet and MobileNetV2: one file per (alpha, resolution), the
+    TF-slim checkpoints converted. Their accuracy is TF-slim's table (the blog's figures)."""
+    records = []
+    for arch, table in (("mobilenet_v1", TFSLIM_V1), ("mobilenet_v2", TFSLIM_V2)):
+        for alpha, resolution, _macs, _params, top1, top5 in table:
+            if arch == "mobilenet_v1":
+                file = f"mobilenet/mobilenet_{KERAS_V1_ALPHA[alpha]}_{resolution}_tf.h5"
+                reference = "TF-slim mobilenet_v1.md"
+            else:
+                file = (
+                    "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels"
+                    f"_{float(alpha)}_{resolution}.h5"
+                )
+                reference = "TF-slim mobilenet/README.md"
+            records.append(
+                WeightsRecord(
+                    arch,
+                    alpha,
+                    resolution,
+                    "keras",
+                    "imagenet",
+                    KERAS_BASE + file,
+                    None,
+                    LICENSES["keras"],
+                    _eval_preprocessing(resolution, *TF_RANGE, 0.875, "bilinear"),
+                    top1,
+                    top5,
+                    reference,
+                )  # fmt: skip
+            )
+    return records
+
+
+RECORDS: tuple[WeightsRecord, ...] = (
+    *_torchvision_records(),
+    *_timm_records(),
+    *_keras_records(),
+)
+
+
+def default_preprocessing(source: str, resolution: int) -> Preprocessing:
+    """How a source's ImageNet models read images, for a file without a published record."""
+    mean, std = TF_RANGE if source == "keras" else (IMAGENET_MEAN, IMAGENET_STD)
+    interpolation = "bicubic" if source == "timm" else "bilinear"
+    return _eval_preprocessing(resolution, mean, std, 0.875, interpolation)
+
+
+def list_weights(source: str | None = None) -> list[WeightsRecord]:
+    if source is not None:
+        check_source(source)
+    return [record for record in RECORDS if source in (None, record.source)]
+
+
+def parse_weights(weights: str) -> tuple[str, str | None]:
+    """``"keras"`` -> ("keras", None); ``"torchvision:IMAGENET1K_V2"`` -> (source, tag)."""
+    source, _, tag = weights.partition(":")
+    check_source(source)
+    return source, tag or None
+
+
+def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
+    """The record of ``weights`` (a source, or source:tag) for the model ``config`` describes.
+
+    torchvision and timm files serve any input resolution (the net is fully convolutional, and
+    the preprocessing scales with it); Keras publishes one file per resolution.
+    """
+    source, tag = parse_weights(weights)
+    candidates = [
+        record
+        for record in list_weights(source)
+        if (record.arch, record.alpha) == (config.arch, config.alpha)
+        and (source != "keras" or record.resolution == config.resolution)
+        and (tag is None or record.tag == tag)
+    ]
+    if not candidates:
+        available = list_weights(source)
+        if source != "keras":
+            names = sorted({f"{r.arch} alpha {r.alpha:g} [{r.tag}]" for r in available})
+        else:
+            names = sorted({r.model_name for r in available})
+        wanted = f"{config.name}" + ("" if tag is None else f" with tag {tag!r}")
+        raise MobileNetsError(
+            f"{source} publishes no weights for {wanted}; it has {', '.join(names)}"
+        )
+    differ = {
+        key: getattr(config, key)
+        for key, want in (("num_classes", 1000), ("in_chans", 3), ("small_input", False),
+                          ("expansion", 6 if config.arch == "mobilenet_v2" else None))
+        if getattr(config, key) != want
+    }  # fmt: skip
+    if differ:
+        settings = ", ".join(f"{key}={value!r}" for key, value in differ.items())
+        raise MobileNetsError(
+            f"{source} weights are for the ImageNet model (1000 classes, 3 channels, standard "
+            f"strides); got {settings}. Load them into the standard model, then call "
+            "model.reset_classifier(N) to fine-tune on N classes, or let mobilenets train "
+            f"--weights {source} (mobilenets.zoo.transfer) adapt them"
+        )
+    return candidates[0]
+
+
+def fetch_weights(record: WeightsRecord, progress: bool = True) -> Path:
+    """The cached file of ``record``, downloaded and verified on first use."""
+    path = downloads.cache_dir() / record.source / record.file_name
+    pin = path.with_name(path.name + ".sha256")
+    if record.sha256 is not None:
+        return downloads.download(record.url, path, sha256=record.sha256, progress=progress)
+    pinned = pin.read_text().strip() if pin.is_file() else None
+    if pinned is not None and path.is_file():
+        actual = downloads.file_digest(path)
+        if actual != pinned:
+            raise MobileNetsError(
+                f"cached weights {str(path)!r} changed since they were downloaded: sha256 "
+                f"{actual}, pinned {pinned}; delete the file to download it again"
+            )
+        return path
+    path = downloads.download(record.url, path, progress=progress)
+    pin.write_text(downloads.file_digest(path) + "\n")
+    return path
+
+
+def load_pretrained(config: ModelConfig, weights: str, progress: bool = True):
+    """A model of ``config`` with the published weights ``weights`` names (in eval mode), its
+    record and the cached file it was read from."""
+    record = find_record(config, weights)
+    path = fetch_weights(record, progress=progress)
+    state, config, _report = convert_file(path, record.source, config)
+    model = build_model(config)
+    model.load_state_dict(state, strict=True)
+    model.weights_record = record
+    return model.eval(), record, path
+
+
+def looks_like_source(weights: str) -> bool:
+    """True for ``"keras"`` or ``"timm:ra_in1k"``; False for a file path."""
+    return weights.partition(":")[0] in SOURCES and not os.path.exists(weights)
+
+
+@functools.cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k WordNet ids in class-index order (n01440764 is class 0)."""
+    text = resources.files("mobilenets.zoo").joinpath("imagenet_synsets.txt").read_text()
+    return tuple(text.split())
+
+
+@functools.cache
+def imagenet_categories() -> tuple[str, ...]:
+    """Human-readable names of the 1000 classes, in class-index order (the names torchvision
+    publishes with its ImageNet weights; one per line in ``imagenet_classes.txt``)."""
+    text = resources.files("mobilenets.zoo").joinpath("imagenet_classes.txt").read_text()
+    return tuple(text.splitlines())

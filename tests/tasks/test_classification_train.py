@@ -1,0 +1,416 @@
+"""Training: presets, schedule, EMA, a real run's outputs, exact resume after SIGKILL, NaN stop,
+torchrun with two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilenets import create_model, save_weights
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.engine import loop, run
+from mobilenets.engine.checkpoint import STATE_FILE, load_checkpoint, save_state
+from mobilenets.engine.device import autocast_dtype, unwrap
+from mobilenets.engine.evaluate import evaluate
+from mobilenets.engine.loop import TrainingDiverged
+from mobilenets.engine.optim import lr_factor, make_ema, make_optimizer
+from mobilenets.tasks.classification.train import TrainConfig, fit, train_config
+
+# A tiny, learnable run: 0.35-wide small-input V2 on 32x32 synthetic images.
+TINY = dict(
+    model="mobilenet_v2", data="synthetic:160", alpha=0.35, epochs=2, batch_size=16, lr=0.05,
+    warmup_epochs=0.0, augment="basic", random_erasing=0.0, workers=0,
+)  # fmt: skip
+TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return train_config("modern", **{**TINY, **changes})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = fit(tiny_config(epochs=3), out, progress=False)
+    return out, result
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- Configuration ------------------------------------------------------------------------------
+
+
+def test_presets_hold_the_papers_settings_and_flags_override_them():
+    paper = train_config("paper")
+    assert (paper.optimizer, paper.lr, paper.weight_decay) == ("rmsprop", 0.045, 4e-5)
+    assert (paper.rmsprop_decay, paper.momentum, paper.lr_decay) == (0.9, 0.9, 0.98)
+    assert (paper.label_smoothing, paper.ema_decay, paper.schedule) == (0.1, 0.9999, "exponential")
+    modern = train_config("modern", lr=0.3, epochs=None)
+    assert (modern.optimizer, modern.nesterov, modern.schedule) == ("sgd", True, "cosine")
+    assert modern.augment == "trivial" and modern.random_erasing > 0 and modern.ema_decay > 0
+    assert modern.lr == 0.3 and modern.epochs == TrainConfig().epochs
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(preset="fast"), "preset must be one of paper, modern"),
+        (dict(optimizer="adam"), "optimizer must be one of sgd, rmsprop, adamw"),
+        (dict(lr=0), "lr must be positive"),
+        (dict(label_smoothing=1.0), "label_smoothing must be in [0, 1)"),
+        (dict(amp="int8"), "amp must be one of"),
+        (dict(lr_rate=0.1), "unknown training settings ['lr_rate']"),
+    ],
+)
+def test_bad_settings_are_refused_with_what_is_allowed(changes, message):
+    with pytest.raises(MobileNetsError) as error:
+        train_config(**changes)
+    assert message in str(error.value)
+
+
+def test_schedule_warms_up_then_follows_cosine_or_the_papers_staircase():
+    cosine = train_config("modern", epochs=10, warmup_epochs=1)
+    assert lr_factor(0, 100, cosine) == pytest.approx(0.01)
+    assert lr_factor(99, 100, cosine) == pytest.approx(1.0)
+    assert lr_factor(100, 100, cosine) == pytest.approx(1.0)
+    assert lr_factor(550, 100, cosine) == pytest.approx(0.5)
+    assert lr_factor(1000, 100, cosine) == pytest.approx(0.0)
+    paper = train_config("paper", epochs=10)
+    assert lr_factor(99, 100, paper) == 1.0
+    assert lr_factor(100, 100, paper) == pytest.approx(0.98)
+    assert lr_factor(350, 100, paper) == pytest.approx(0.98**3)
+
+
+def test_weight_decay_skips_batch_norm_and_biases():
+    from mobilenets import create_model
+
+    model = create_model("mobilenet_v2", alpha=0.35, num_classes=10, resolution=32)
+    decayed, plain = make_optimizer(model, tiny_config(weight_decay=1e-4)).param_groups
+    assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"])
+    assert {p.ndim for p in plain["params"]} == {1}
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_ema_follows_tfs_num_updates_warmup():
+    module = torch.nn.Linear(1, 1, bias=False)
+    ema = make_ema(module, decay=0.9)
+    expected = None
+    for n, value in enumerate([1.0, 2.0, 3.0, 4.0]):
+        module.weight.data.fill_(value)
+        ema.update_parameters(module)
+        rate = min(0.9, (1 + n) / (10 + n))  # n earlier updates
+        expected = value if expected is None else expected * rate + value * (1 - rate)
+    assert ema.module.weight.item() == pytest.approx(expected)
+    assert ema.module.weight.item() != module.weight.item()
+    norm = torch.nn.BatchNorm1d(2)
+    ema = make_ema(norm, decay=0.9)
+    for _ in range(3):
+        norm.train()(torch.randn(4, 2))
+        ema.update_parameters(norm)
+    assert ema.module.num_batches_tracked.item() == norm.num_batches_tracked.item() == 3
+    assert not torch.equal(ema.module.running_mean, norm.running_mean)
+
+
+def test_autocast_is_off_on_cpu_unless_asked():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp16", cpu) == torch.float16
+
+
+class LeftRightHalves(torch.nn.Module):
+    """Three classes scored from where an image is bright: its left half (with a bias of 0.5),
+    its right half, and (a constant) neither; mirroring an image swaps the halves."""
+
+    def forward(self, images):
+        width = images.shape[-1]
+        left = images[..., : width // 2].mean((1, 2, 3))
+        right = images[..., width // 2 :].mean((1, 2, 3))
+        return torch.stack([4 * left + 0.5, 4 * right, torch.full_like(left, 1.0)], 1)
+
+
+def test_flip_tta_scores_by_the_mean_probability_of_an_image_and_its_mirror():
+    images = torch.zeros(4, 1, 4, 4)
+    images[0, ..., :2] = 1.0  # left: class 0
+    images[1, ..., 2:] = 1.0  # right: class 1
+    images[3, ..., :2] = 0.3  # left, faintly: class 0; image 2 is dark: class 2
+    labels = torch.tensor([0, 1, 2, 0])
+    loader = [(images[:3], labels[:3]), (images[3:], labels[3:])]
+    model = LeftRightHalves()
+
+    plain = evaluate(model, loader, 3, tta="none")
+    logits = model(images)
+    assert plain.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+    assert plain.top1 == 1.0
+
+    flipped = evaluate(model, loader, 3, tta="flip")
+    probs = (logits.softmax(1) + model(images.flip(-1)).softmax(1)) / 2
+    expected = torch.nn.functional.nll_loss(probs.log(), labels).item()
+    assert flipped.loss == pytest.approx(expected, rel=1e-6)
+    # The mirror of the right-bright image reads as left-bright, and the bias makes the mean
+    # of the two views class 0: the one image that TTA gets wrong.
+    assert probs.argmax(1).tolist() == [0, 0, 2, 0]
+    assert flipped.confusion.tolist() == [[2, 0, 0], [1, 0, 0], [0, 0, 1]]
+    assert (flipped.top1, flipped.top5, flipped.count) == (0.75, 1.0, 4)
+
+
+def test_flip_tta_of_a_mirror_invariant_model_changes_nothing():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    images, labels = torch.randn(8, 1, 5, 5), torch.randint(0, 3, (8,))
+    plain = evaluate(model, [(images, labels)], 3)
+    flipped = evaluate(model, [(images, labels)], 3, tta="flip")
+    assert flipped.loss == pytest.approx(plain.loss, rel=1e-5)
+    assert torch.equal(flipped.confusion, plain.confusion)
+
+
+def test_unknown_tta_is_refused_with_what_is_allowed():
+    with pytest.raises(MobileNetsError, match="tta 'crop' is not one of none, flip"):
+        evaluate(LeftRightHalves(), [], 3, tta="crop")
+
+
+# --- A run and what it leaves -------------------------------------------------------------------
+
+
+def test_a_run_learns_and_leaves_config_metrics_checkpoints_and_plots(finished_run):
+    out, result = finished_run
+    rows = read_metrics(out)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    # 10 classes: chance is 0.1. (Validation accuracy lags in so short a run: BN's running
+    # statistics trail the weights for the first steps, in torchvision's V2 as in ours.)
+    assert rows[-1]["train_top1"] >= 0.3
+    assert result.final.top1 == pytest.approx(rows[-1]["val_top1"])
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["train_config"]["alpha"] == 0.35 and saved["train_config"]["preset"] == "modern"
+    assert saved["model_config"]["small_input"] is True  # 32 px images get the small variant
+    assert saved["model_config"]["num_classes"] == 10 and len(saved["classes"]) == 10
+    for name in ("curves.png", "confusion.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["top1"] == pytest.approx(result.final.top1)
+    assert sum(map(sum, evaluation["confusion"])) == evaluation["count"] == 40  # 160 / 4
+
+
+def test_checkpoint_rebuilds_the_model_from_the_file_alone(finished_run):
+    out, result = finished_run
+    checkpoint = load_checkpoint(out / "last.safetensors")
+    assert checkpoint.model.config.alpha == 0.35 and checkpoint.model.config.small_input
+    assert checkpoint.classes == tuple(f"class_{i}" for i in range(10))
+    assert checkpoint.preprocessing.resolution == 32 and checkpoint.train_config["epochs"] == 3
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    assert state["epoch"] == 3 and state["step"] == 3 * (160 // 16)
+    assert load_checkpoint(out).path.name == "best.safetensors"
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(finished_run):
+    out, _ = finished_run
+    with pytest.raises(MobileNetsError, match="already holds a run; pass resume=True"):
+        fit(tiny_config(), out, progress=False)
+
+
+def test_resume_of_a_missing_run_is_refused(tmp_path):
+    with pytest.raises(MobileNetsError, match="no training state"):
+        fit(tiny_config(), tmp_path / "none", resume=True, progress=False)
+
+
+KILLER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from mobilenets.engine import run
+    from mobilenets.tasks.classification.train import fit, train_config
+
+    out, kill_at, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
+    original = run.train_epoch
+
+    def train_epoch(model, loader, trainer, state, on_step=None, **kwargs):
+        def hook(epoch_state):
+            on_step(epoch_state)
+            if trainer.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(model, loader, trainer, state, on_step=hook, **kwargs)
+
+    run.train_epoch = train_epoch
+    config = train_config("modern", **json.loads(os.environ["CONFIG"]))
+    fit(config, out, resume=resume, progress=False)
+    """
+)
+
+
+def run_killable(out: Path, kill_at: int, resume: bool, config: dict) -> int:
+    env = {**os.environ, "CONFIG": json.dumps(config)}
+    command = [sys.executable, "-c", KILLER, str(out), str(kill_at), "resume" if resume else "-"]
+    return subprocess.run(command, env=env, capture_output=True, text=True).returncode
+
+
+def test_sigkill_mid_epoch_then_resume_finishes_exactly_as_an_uninterrupted_run(tmp_path):
+    # Dropout and random erasing draw randomness inside the epoch: the resumed run must
+    # replay both exactly.
+    config = {**TINY, "epochs": 2, "state_every": 2, "dropout": 0.5, "random_erasing": 0.5}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert run_killable(straight, 0, False, config) == 0
+    # 10 steps per epoch; saves after steps 2, 4, 6, 8 (mid-epoch), 10 (end of epoch 1), 12.
+    # The kill lands at step 13, mid-epoch 2, after the save at step 12.
+    assert run_killable(killed, 13, False, config) == -signal.SIGKILL
+    state = torch.load(killed / STATE_FILE, weights_only=True)
+    assert (state["epoch"], state["epoch_state"]["batch"], state["step"]) == (1, 2, 12)
+    assert len(read_metrics(killed)) == 1
+    assert run_killable(killed, 0, True, config) == 0
+    assert without_timing(read_metrics(killed)) == without_timing(read_metrics(straight))
+    for name in ("last.safetensors", "best.safetensors"):
+        ours, theirs = load_file(killed / name), load_file(straight / name)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_resume_may_move_a_run_to_other_workers_and_finishes_exactly(tmp_path, monkeypatch,
+                                                                    caplog):  # fmt: skip
+    # As when a run started on one machine carries on on another: the same run, resumed with
+    # other loader workers and save interval, ends with the uninterrupted run's weights.
+    config = tiny_config(epochs=2, dropout=0.5, random_erasing=0.5)
+    straight, moved = tmp_path / "straight", tmp_path / "moved"
+    fit(config, straight, progress=False)
+    original = run.train_epoch
+
+    def stopped(model, loader, trainer, state, on_step=None, **kwargs):
+        def hook(epoch_state):
+            on_step(epoch_state)
+            if trainer.step == 13:  # mid-epoch 2; the last save was the end of epoch 1
+                raise KeyboardInterrupt
+
+        return original(model, loader, trainer, state, on_step=hook, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "train_epoch", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            fit(config, moved, progress=False)
+    assert torch.load(moved / STATE_FILE, weights_only=True)["step"] == 10
+    placement = {"workers": 2, "state_every": 3}
+    with caplog.at_level(logging.INFO, logger="mobilenets"):
+        fit(None, moved, resume=True, placement=placement, progress=False)
+    lines = [record.getMessage() for record in caplog.records]
+    assert "resuming" in lines[0] and lines[0].endswith(
+        ", with workers 2 (saved 0), state_every 3 (saved 0)"
+    )
+    saved = json.loads((moved / "train_config.json").read_text())["train_config"]
+    assert (saved["workers"], saved["state_every"]) == (2, 3)
+    assert without_timing(read_metrics(moved)) == without_timing(read_metrics(straight))
+    ours, theirs = load_file(moved / "last.safetensors"), load_file(straight / "last.safetensors")
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
+def test_resume_may_change_only_where_the_run_executes(finished_run):
+    out, _ = finished_run
+    with pytest.raises(MobileNetsError, match="may change only device, workers, .*; not epochs"):
+        fit(None, out, resume=True, placement={"epochs": 5}, progress=False)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = run.train_epoch
+
+    def poisoned(model, loader, trainer, state, **kwargs):
+        if trainer.step >= 10:  # the second epoch: its first forward returns NaN
+            handle = unwrap(model).classifier.register_forward_hook(
+                lambda module, inputs, output: output * math.nan
+            )
+        else:
+            handle = None
+        try:
+            return original(model, loader, trainer, state, **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    monkeypatch.setattr(run, "train_epoch", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 10.*last good"):
+        fit(tiny_config(epochs=3), tmp_path, progress=False)
+    assert len(read_metrics(tmp_path)) == 1
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    assert state["step"] == 10 and all(v.isfinite().all() for v in state["model"].values())
+    weights = load_file(tmp_path / "last.safetensors")
+    assert all(v.isfinite().all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path, capsys, monkeypatch,
+                                                                  caplog, terminal):  # fmt: skip
+    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)  # a line after every step
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    with caplog.at_level(logging.INFO, logger="mobilenets.progress"):
+        fit(tiny_config(epochs=1), tmp_path)
+    err = capsys.readouterr().err
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1: ")]
+    if terminal:  # tqdm's bar, redrawn in place, and no plain lines
+        assert "\r" in err and not [line for line in lines if " batch [" in line]
+    else:  # one line per step (10 batches of 16), with position, ETA, rate and the postfix
+        assert "\r" not in err
+        assert [line.split(" batch [")[0] for line in lines] == [
+            f"epoch 1/1: {n}/10" for n in range(1, 11)
+        ]
+        assert all(re.search(r"<\d\d:\d\d, .*loss=\d\.\d{4}, lr=.*, img_s=", line)
+                   for line in lines)  # fmt: skip
+
+
+def test_resume_refuses_data_with_another_number_of_classes(finished_run, tmp_path):
+    out, _ = finished_run
+    copy = tmp_path / "copy"
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    state["run"]["model_config"]["num_classes"] = 7
+    save_state(copy / STATE_FILE, state)
+    with pytest.raises(MobileNetsError, match="saved run has .* with 7 classes"):
+        fit(None, copy, resume=True, progress=False)
+
+
+def test_torchrun_trains_on_two_cpu_processes_with_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    # Started from weights, which the main process reads first and the other after it.
+    weights = save_weights(create_model("mobilenet_v2", alpha=0.35), tmp_path / "w.safetensors")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+        "--standalone", "-m", "mobilenets", "train", "--data", "synthetic:128",
+        "--model", "mobilenet_v2", "--alpha", "0.35", "--epochs", "1", "--batch-size", "16",
+        "--lr", "0.05", "--augment", "basic", "--random-erasing", "0", "--no-progress",
+        "--weights", str(weights), "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    run = json.loads((out / "train_config.json").read_text())
+    assert run["world_size"] == 2
+    rows = read_metrics(out)
+    assert len(rows) == 1  # only rank 0 writes
+    assert rows[0]["step"] == 128 // (16 * 2)  # each process trains on its half
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["count"] == 32  # the two halves of the validation set, all-reduced
+    assert finished.stdout.count("checkpoint:") == 1
+    assert finished.stdout.count("starting from the weights") == 1
+
+
+def test_resume_with_other_settings_is_refused_and_none_takes_the_saved_ones(finished_run):
+    out, _ = finished_run
+    with pytest.raises(MobileNetsError, match=r"other settings: epochs=5 \(saved 3\)"):
+        fit(tiny_config(epochs=5), out, resume=True, progress=False)
+    with pytest.raises(MobileNetsError, match="needs a TrainConfig"):
+        fit(None, out / "elsewhere", progress=False)
