@@ -262,16 +262,16 @@ def test_unreachable_server_fails_after_retries(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_file_with_the_wrong_digest_is_replaced(server, tmp_path, capsys):
+def test_existing_file_with_the_wrong_digest_is_replaced(server, tmp_path, caplog):
     target = tmp_path / NAME
     target.write_bytes(b"an older version")
     download(server.url, target, sha256=SHA256, progress=False)
     assert target.read_bytes() == PAYLOAD
     assert len(server.ranges) == 1
     stale = hashlib.sha256(b"an older version").hexdigest()
-    assert capsys.readouterr().err == (
-        f"{target} does not match: SHA-256 {stale}, expected {SHA256}; downloading it again\n"
-    )
+    assert caplog.messages == [
+        f"{target} does not match: SHA-256 {stale}, expected {SHA256}; downloading it again"
+    ]
 
 
 def test_existing_file_is_kept_when_the_replacement_is_corrupt(server, tmp_path):

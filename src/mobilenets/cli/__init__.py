@@ -43,7 +43,7 @@ NUMBER = re.compile(r"^(-|[-+]?[\d,.]+[%MKx]?)$")  # a cell to right-align
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake prints one line instead of the usage block; the parsed
     arguments remember the (sub)parser that read them, whose flags name errors (see
-    :func:`as_flags`)."""
+    [`as_flags`][mobilenets.cli.as_flags])."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -727,7 +727,7 @@ def run_quantize(args: argparse.Namespace) -> None:
     result = quantize.quantize_checkpoint(
         checkpoint, args.data, args.out, calibration_images=args.calibration_images,
         method=args.calibrate, activation_type=args.activations, batch_size=args.batch_size,
-        qat=qat, progress=True, log=print,
+        qat=qat, progress=True,
     )  # fmt: skip
     report = result.report
     drop = 100 * (result.int8_top1 - result.fp32_top1)
@@ -1048,14 +1048,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _StreamHandler(logging.Handler):
     """Writes each record's message, as the library logs it, to the stream ``sys.stdout`` or
-    ``sys.stderr`` is at the time (so that a caller's redirection is followed)."""
+    ``sys.stderr`` is at the time (so that a caller's redirection is followed); warnings go to
+    stderr."""
 
     def __init__(self, stream_name: str) -> None:
         super().__init__()
         self.stream_name = stream_name
 
     def emit(self, record: logging.LogRecord) -> None:
-        stream = getattr(sys, self.stream_name)
+        name = "stderr" if record.levelno >= logging.WARNING else self.stream_name
+        stream = getattr(sys, name)
         stream.write(record.getMessage() + "\n")
         stream.flush()
 

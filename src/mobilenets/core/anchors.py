@@ -9,7 +9,7 @@ Order, which the heads' outputs follow: map by map, then row-major over location
 then anchor type within a location. This is TF's ``MultipleGridAnchorGenerator`` order and the
 order of reshaping a head output ``(N, anchors * k, H, W)`` to ``(N, H * W * anchors, k)``.
 
-Scales, as TF's ``create_ssd_anchors`` and SSD eq. 4 give them for m maps::
+Scales, as TF's ``create_ssd_anchors`` and SSD eq. 4 give them for m maps:
 
     s_k = min_scale + (max_scale - min_scale) * k / (m - 1),   k = 0 .. m - 1
     s_m = 1.0                                                   (for the extra box of the last map)

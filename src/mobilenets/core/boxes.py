@@ -4,7 +4,7 @@ Conventions shared by the whole detection package:
 
 - default boxes (anchors) are a tensor ``[A, 4]`` of ``(cx, cy, w, h)`` normalized to [0, 1];
 - ground-truth and predicted boxes are ``(x1, y1, x2, y2)``, normalized to [0, 1] until
-  :func:`postprocess` scales them to pixels;
+  [`postprocess`][mobilenets.core.boxes.postprocess] scales them to pixels;
 - class index 0 is background, object classes are 1..C-1;
 - box offsets are the SSD / TF object-detection coding (SSD paper, eq. 2, with the variances
   of the released Caffe model): ``tx = (cx - acx) / aw / 0.1``, ``ty = (cy - acy) / ah / 0.1``,
@@ -125,8 +125,8 @@ def assign_targets(
 def assign_batch(
     anchors: torch.Tensor, targets: Sequence[dict], iou_threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`assign_targets` for each image's ``{"boxes", "labels"}``: stacked labels
-    ``[N, A]`` and offsets ``[N, A, 4]``, the inputs :class:`MultiBoxLoss` takes."""
+    """[`assign_targets`][mobilenets.core.boxes.assign_targets] for each image's ``{"boxes", "labels"}``: stacked labels
+    ``[N, A]`` and offsets ``[N, A, 4]``, the inputs [`MultiBoxLoss`][mobilenets.tasks.detection.loss.MultiBoxLoss] takes."""
     pairs = [
         assign_targets(
             anchors, t["boxes"].to(anchors), t["labels"].to(anchors.device), iou_threshold

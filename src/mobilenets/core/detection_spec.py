@@ -1,6 +1,6 @@
 """SSDLite on MobileNetV2 (Sandler et al. 2018, section 6.2) as data, resolved into layers.
 
-:func:`resolve_detection` turns a :class:`DetectionConfig` into a :class:`DetectionSpec`: the
+[`resolve_detection`][mobilenets.core.detection_spec.resolve_detection] turns a [`DetectionConfig`][mobilenets.core.detection_spec.DetectionConfig] into a [`DetectionSpec`][mobilenets.core.detection_spec.DetectionSpec]: the
 classification backbone's own records (``mobilenets.core.spec.resolve`` with no classifier), then one
 record per layer of the extra feature layers and of the prediction heads, and one record per
 feature map with its size, channels and default-box shapes. The nn.Module (``model.py``), the

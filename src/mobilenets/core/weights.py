@@ -121,7 +121,7 @@ def save_weights(model, path: str | os.PathLike, info: Mapping[str, Any] | None 
     (a temporary file in the same folder, then a rename).
 
     ``info`` adds entries (class names, preprocessing, a training config, metrics: any value
-    JSON can write), each stored as ``mobilenets.<name>``; :func:`read_info` reads them back.
+    JSON can write), each stored as ``mobilenets.<name>``; [`read_info`][mobilenets.core.weights.read_info] reads them back.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -138,7 +138,7 @@ def save_weights(model, path: str | os.PathLike, info: Mapping[str, Any] | None 
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The entries :func:`save_weights` wrote into a safetensors file (the model config under
+    """The entries [`save_weights`][mobilenets.core.weights.save_weights] wrote into a safetensors file (the model config under
     ``"config"``), decoded; empty for a file written by another program."""
     info = {}
     for key, value in read_metadata(path).items():

@@ -11,6 +11,7 @@ class templates plus noise, for tests and benchmarks.
 from __future__ import annotations
 
 import gzip
+import logging
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from mobilenets.core.preprocessing import (
 )
 from mobilenets.data.common import ImageFiles, TensorImages, data_dirs, open_image
 from mobilenets.zoo.download import download
+
+log = logging.getLogger("mobilenets")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -268,7 +271,7 @@ def drop_unreadable(samples: list[tuple[str, int]], split: str) -> list[tuple[st
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             bad.append(path)
     if bad:
-        print(f"skipped {len(bad)} unreadable {split} images (first: {bad[0]})")
+        log.warning(f"skipped {len(bad)} unreadable {split} images (first: {bad[0]})")
     if not kept:
         raise MobileNetsError(f"no readable {split} images left after skipping {len(bad)}")
     return kept

@@ -3,9 +3,9 @@
 Both return ``(image, target)``: a PIL RGB image and a dict with ``boxes`` (a
 ``tv_tensors.BoundingBoxes``, pixel (x1, y1, x2, y2)), ``labels`` (int64, 1..C-1; 0 is
 background), ``image_id`` (int) and ``orig_size`` ((height, width)); VOC adds ``difficult``
-(bool). Passed through a transform from :mod:`mobilenets.data.detection_transforms`, the image
+(bool). Passed through a transform from [`mobilenets.data.detection_transforms`][mobilenets.data.detection_transforms], the image
 becomes the model's input and the boxes become normalized. An item may be asked for as
-``index`` or as ``(index, seed)`` (what :class:`mobilenets.data.classification.EpochSampler` yields): the seed
+``index`` or as ``(index, seed)`` (what [`EpochSampler`][mobilenets.data.common.EpochSampler] yields): the seed
 fixes the augmentation.
 
 ``class_names[label]`` names a label (``class_names[0]`` is ``"__background__"``);
@@ -188,7 +188,7 @@ class VocDetection(_DetectionDataset):
     ``ImageSets/Main/{split}.txt``.
 
     VOC's 1-based inclusive pixel boxes become (xmin - 1, ymin - 1, xmax, ymax), detectron2's
-    reading. Difficult objects are kept with ``difficult=True``: :meth:`coco` marks them as
+    reading. Difficult objects are kept with ``difficult=True``: `coco` marks them as
     crowd regions, so COCOeval ignores them, as the VOC protocol does.
     """
 
@@ -351,7 +351,7 @@ def _coco_folder(root: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def load_detection_data(spec: str, splits: tuple[str, ...] = ("train", "val")) -> DetectionData:
-    """The datasets a ``--data`` spec names (see :data:`DATA_HELP`), without transforms. Only
+    """The datasets a ``--data`` spec names (see [`DATA_HELP`][mobilenets.data.detection.DATA_HELP]), without transforms. Only
     the ``splits`` asked for are read: evaluation need not parse a large training file."""
     if not isinstance(spec, str) or not spec:
         raise MobileNetsError(f"--data must be one of: {DATA_HELP}; got {spec!r}")

@@ -2,7 +2,7 @@
 
 Both take ``(image, target)``: a PIL image (or uint8 tensor) and a dict whose ``boxes`` are a
 ``tv_tensors.BoundingBoxes`` in pixel (x1, y1, x2, y2), as the datasets in
-:mod:`mobilenets.data.detection` return them; both give a float image ``[3, H, W]``
+[`mobilenets.data.detection`][mobilenets.data.detection] return them; both give a float image ``[3, H, W]``
 normalized with the backbone's mean and std, and ``boxes`` as a plain float tensor ``[K, 4]``
 (x1, y1, x2, y2) normalized to [0, 1]. Per-box fields (``labels``, and ``difficult`` or
 ``iscrowd`` when present) are filtered together with the boxes; other keys pass unchanged.
@@ -44,7 +44,7 @@ class _NormalizeBoxes(T.Transform):
 
 class DetectionTransform:
     """A v2 pipeline called as ``transform(image, target)`` or ``transform((image, target))``
-    (the second form lets :func:`mobilenets.data.classification.seeded` fix its randomness)."""
+    (the second form lets [`seeded`][mobilenets.data.common.seeded] fix its randomness)."""
 
     def __init__(self, steps: list) -> None:
         self.pipeline = T.Compose(steps)

@@ -2,7 +2,7 @@
 
 Each image is a textured background (a two-colour gradient, stripes at a random angle and
 period, or smooth colour blobs, plus pixel noise) with 1..``max_objects`` filled shapes of
-:data:`SHAPES`, each in a random saturated colour picked to stand out from the background under
+[`SHAPES`][mobilenets.data.shapes.SHAPES], each in a random saturated colour picked to stand out from the background under
 it. A shape's box side is drawn log-uniformly between ``min_size`` and ``max_size`` of the image
 side (by default 0.12 to 0.5: 15 to 64 px at 128 px, so COCO's small, medium and large all
 occur). Shapes may overlap, but no more than ``max_overlap`` of either box's area is shared, so
@@ -141,8 +141,8 @@ def make_synthetic_coco(
     """Write ``root/{train,val}/*.jpg`` and ``root/annotations/instances_{train,val}.json``.
 
     Returns ``{split: (images folder, annotation file)}``, the arguments of
-    :class:`mobilenets.data.detection.CocoDetection`. Category ids are 1..len(SHAPES) in
-    the order of :data:`SHAPES`.
+    [`mobilenets.data.detection.CocoDetection`][mobilenets.data.detection.CocoDetection]. Category ids are 1..len(SHAPES) in
+    the order of [`SHAPES`][mobilenets.data.shapes.SHAPES].
     """
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise MobileNetsError(

@@ -1,4 +1,4 @@
-"""The image transforms that carry out a :class:`~mobilenets.core.preprocessing.Preprocessing`:
+"""The image transforms that carry out a [`Preprocessing`][mobilenets.core.preprocessing.Preprocessing]:
 evaluation (resize, crop, normalise) and the classification training augmentation."""
 
 from __future__ import annotations

@@ -2,18 +2,18 @@
 
 Every model is measured in PyTorch eager fp32 (channels_last, ``torch.inference_mode``): the
 reference each other runtime's median is divided by, at the same batch size. Beside it
-onnxruntime runs the fp32 export (:func:`mobilenets.deploy.onnx_export.export_onnx`, dynamic batch, written to
+onnxruntime runs the fp32 export ([`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx], dynamic batch, written to
 a temporary folder), optionally an int8 file made on the fly by
-:func:`mobilenets.deploy.quantize.quantize_ptq`, and any ``.onnx`` file given (an int8 file written by
+[`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq], and any ``.onnx`` file given (an int8 file written by
 ``mobilenets quantize``, say). The int8 file made here is calibrated on random normal inputs: its
 speed is real, its accuracy means nothing. With ``pte`` (and for any ``.pte`` file given)
 ExecuTorch runs a program whose layers are in the XNNPACK delegate
-(:func:`mobilenets.deploy.executorch_export.export_executorch`): a .pte program has a fixed batch, so one is
+([`mobilenets.deploy.executorch_export.export_executorch`][mobilenets.deploy.executorch_export.export_executorch]): a .pte program has a fixed batch, so one is
 exported per batch size.
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
 ones; median and 90th percentile are reported. No argparse here: ``mobilenets bench`` and
-``benchmarks/deploy_cpu.py`` call :func:`run_benchmarks`.
+``benchmarks/deploy_cpu.py`` call [`run_benchmarks`][mobilenets.deploy.bench.run_benchmarks].
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 XNNPACK delegate (the CPU kernels ExecuTorch uses on Android and iOS), checked with ExecuTorch's
 own Python runtime.
 
-The same transform as the ONNX export (:func:`mobilenets.deploy.folding.fold_batch_norm` on a copy), then
+The same transform as the ONNX export ([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] on a copy), then
 ``torch.export`` and ``executorch.exir.to_edge_transform_and_lower`` with the XNNPACK
 partitioner. A ``.pte`` program has fixed shapes, so the batch is fixed at export (1 by
 default). The model config, preprocessing, classes and source are stored in the program as

@@ -1,6 +1,6 @@
 """BN folding: each BatchNorm merged into the conv before it, for export and quantization.
 
-The (conv, BN) pairs are found by the part names the blocks give them (:data:`FOLD_PAIRS`), in
+The (conv, BN) pairs are found by the part names the blocks give them ([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in
 classifiers and detectors alike: a transform of the same modules, not a parallel class tree.
 """
 

@@ -1,8 +1,8 @@
 """Export to ONNX: fold BN into the convs, export with torch.onnx, check with onnxruntime.
 
 Export is a transform on our own modules, not a parallel model tree:
-:func:`~mobilenets.deploy.folding.fold_batch_norm` folds each block's BN into the conv before it,
-found by the parts' names, on a deep copy (the caller's model is never changed). :func:`export_onnx` exports that copy with the torch.export
+[`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] folds each block's BN into the conv before it,
+found by the parts' names, on a deep copy (the caller's model is never changed). [`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] exports that copy with the torch.export
 based exporter (``torch.onnx.export(dynamo=True)``), writes the file atomically with the model's
 config, classes and preprocessing in its ``metadata_props``, and runs it with onnxruntime against
 the unfolded PyTorch model before the file takes its final name.
@@ -304,7 +304,7 @@ def export_source(
 
 
 def metadata_props(info: dict) -> dict[str, str]:
-    """Checkpoint metadata (:func:`mobilenets.engine.checkpoint.checkpoint_info`) as an exported
+    """Checkpoint metadata ([`mobilenets.engine.checkpoint.checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info]) as an exported
     file's string entries: strings as they are, other values as JSON (which
-    :func:`read_onnx_metadata` decodes)."""
+    [`read_onnx_metadata`][mobilenets.deploy.onnx_export.read_onnx_metadata] decodes)."""
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in info.items()}

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning: simulate the int8 model of :mod:`mobilenets.deploy.quantize` in
+"""Quantization-aware fine-tuning: simulate the int8 model of [`mobilenets.deploy.quantize`][mobilenets.deploy.quantize] in
 PyTorch, fine-tune through it, then hand the weights to the same onnxruntime QDQ export.
 
 The transform works on the modules the checkpoint already has (STYLE: no ``Quantizable*``
@@ -8,7 +8,7 @@ that ships. Then:
 - every conv and the classifier get a weight parametrization that rounds the weight to the
   int8 grid onnxruntime uses: symmetric, per output channel, scale = max|w| / 127, range
   [-127, 127] (``quant_utils.get_qmin_qmax_for_qType`` with ``symmetric=True``);
-- every tensor onnxruntime stores in uint8 gets a :class:`FakeQuantize` on it: the model input,
+- every tensor onnxruntime stores in uint8 gets a [`FakeQuantize`][mobilenets.deploy.qat.FakeQuantize] on it: the model input,
   each ReLU6 output (onnxruntime drops the Clip and quantizes the conv output with its range),
   each linear projection, each residual sum, the pooled features and the logits.
 
@@ -22,8 +22,9 @@ by min/max on the same training images.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,8 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import InvertedResidual, MobileNet
 from mobilenets.data.common import EpochSampler
 from mobilenets.deploy.folding import fold_batch_norm
+
+log = logging.getLogger("mobilenets")
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127  # onnxruntime's symmetric int8 range
 ACTIVATION_QMIN, ACTIVATION_QMAX = 0, 255  # uint8, asymmetric (zero point from the range)
@@ -122,7 +125,7 @@ class WeightFakeQuantize(nn.Module):
 class QuantSimulation:
     """``model`` (a folded copy of a MobileNet) with int8 simulated: weight parametrizations on
     every conv and the classifier, FakeQuantize modules on the activations through hooks.
-    :meth:`finish` takes the simulation off and leaves the rounded weights in place."""
+    `finish` takes the simulation off and leaves the rounded weights in place."""
 
     def __init__(self, model: MobileNet) -> None:
         if not isinstance(model, MobileNet):
@@ -199,12 +202,11 @@ def fine_tune(
     calibration_batches: Iterable[torch.Tensor],
     *,
     progress: bool = False,
-    log: Callable[[str], None] | None = None,
 ) -> MobileNet:
     """Quantization-aware fine-tuning of a copy of ``model`` (left unchanged) on
     ``train_dataset`` (items indexed by (index, seed), the training augmentation as its
     transform). Activation ranges start from ``calibration_batches``. Returns the folded model
-    with int8-rounded weights, ready for :func:`mobilenets.deploy.quantize.quantize_ptq`."""
+    with int8-rounded weights, ready for [`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq]."""
     device = next(model.parameters()).device
     simulation = QuantSimulation(model)
     net = simulation.model
@@ -249,7 +251,6 @@ def fine_tune(
                 break
         epoch += 1
     bar.close()
-    if log is not None:
-        log(f"QAT: {total} steps ({config.epochs:g} epochs) of {config.batch_size}, "
-            f"final loss {running:.4f}")  # fmt: skip
+    log.info(f"QAT: {total} steps ({config.epochs:g} epochs) of {config.batch_size}, "
+             f"final loss {running:.4f}")  # fmt: skip
     return simulation.finish()

@@ -1,7 +1,7 @@
 """Post-training static int8 quantization with onnxruntime.
 
 Quantization is a transform on the exported graph, not a parallel model tree: the checkpoint is
-exported with :func:`mobilenets.deploy.onnx_export.export_onnx` (BN folded, dynamic batch), onnxruntime's
+exported with [`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx] (BN folded, dynamic batch), onnxruntime's
 ``quantize_static`` inserts QuantizeLinear/DequantizeLinear pairs (the QDQ format) around every
 conv and the classifier, with activation ranges calibrated on training images run through the
 checkpoint's evaluation preprocessing. The int8 file keeps the fp32 file's metadata_props and
@@ -282,13 +282,12 @@ def quantize_checkpoint(
     batch_size: int = DEFAULT_BATCH_SIZE,
     qat: QatConfig | None = None,
     progress: bool = False,
-    log=None,
 ) -> QuantizeResult:
     """Quantize ``checkpoint`` with ``calibration_images`` training images of ``data``, then
     measure the fp32 checkpoint (PyTorch) and the int8 file (onnxruntime) on the validation
     split, both with the checkpoint's evaluation preprocessing.
 
-    With ``qat``, the model is first fine-tuned through simulated int8 (:mod:`mobilenets.deploy.qat`)
+    With ``qat``, the model is first fine-tuned through simulated int8 ([`mobilenets.deploy.qat`][mobilenets.deploy.qat])
     on the training split with the basic augmentation (crop and flip), and activation ranges
     are then calibrated with minmax, the range the fine-tuning simulated.
     """
@@ -309,7 +308,7 @@ def quantize_checkpoint(
         train_set.transform = train_transform(preprocessing, "basic", 0.0, splits.small)
         tuned = fine_tune(
             checkpoint.model.cpu(), train_set, qat,
-            calibration_batches(splits.train, indices, batch_size), progress=progress, log=log,
+            calibration_batches(splits.train, indices, batch_size), progress=progress,
         )  # fmt: skip
         quantized = dataclasses.replace(checkpoint, model=tuned)
         recorded = {"method": "qat", "qat": dataclasses.asdict(qat)}

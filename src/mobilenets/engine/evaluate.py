@@ -1,7 +1,7 @@
 """Classification evaluation: loss, top-1, top-5 and the confusion matrix of a model on a loader.
 
 Training reports it after every epoch; the checkpoint commands and the int8 deployment check
-(:mod:`mobilenets.deploy.quantize`) score models with the same function.
+([`mobilenets.deploy.quantize`][mobilenets.deploy.quantize]) score models with the same function.
 """
 
 from __future__ import annotations

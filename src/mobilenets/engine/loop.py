@@ -1,8 +1,8 @@
 """One epoch of training, for any model, loader and loss.
 
-:class:`Trainer` holds what a step needs besides the model (optimizer, per-step schedule, grad
-scaler, weight EMA); :func:`train_epoch` runs the steps of one epoch and keeps its running sums in
-an :class:`EpochState`, which a run's state saves mid-epoch. A task plugs in through its
+[`Trainer`][mobilenets.engine.loop.Trainer] holds what a step needs besides the model (optimizer, per-step schedule, grad
+scaler, weight EMA); [`train_epoch`][mobilenets.engine.loop.train_epoch] runs the steps of one epoch and keeps its running sums in
+an [`EpochState`][mobilenets.engine.loop.EpochState], which a run's state saves mid-epoch. A task plugs in through its
 ``loss_fn(model, batch, trainer) -> (loss, count, sums)``.
 """
 
@@ -51,7 +51,7 @@ class EpochState:
 
 @dataclass
 class Trainer:
-    """What a training step needs besides the model: built by :func:`make_trainer`."""
+    """What a training step needs besides the model: built by [`make_trainer`][mobilenets.engine.loop.make_trainer]."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -140,7 +140,7 @@ def train_epoch(model, loader, trainer: Trainer, state: EpochState, *, loss_fn: 
     ``loss_fn(model, batch, trainer)`` runs the forward pass and returns the batch's loss, its
     number of samples and the sums that ``state.sums`` adds up, by name.
     ``on_step(state)`` runs after every optimizer step (state saving hooks in here). A NaN or
-    infinite loss raises :class:`TrainingDiverged` before the step is applied.
+    infinite loss raises [`TrainingDiverged`][mobilenets.engine.loop.TrainingDiverged] before the step is applied.
     """
     model.train()
     total = state.batch + len(loader)
@@ -200,7 +200,7 @@ PROGRESS_LINE_SECONDS = 60.0
 
 class ProgressLines:
     """Progress for a stderr that is not a terminal: tqdm's meter (position, elapsed, ETA, rate
-    and the postfix) as one plain line at most every :data:`PROGRESS_LINE_SECONDS`, logged to
+    and the postfix) as one plain line at most every [`PROGRESS_LINE_SECONDS`][mobilenets.engine.loop.PROGRESS_LINE_SECONDS], logged to
     ``mobilenets.progress``."""
 
     def __init__(self, description: str, total: int, initial: int):

@@ -1,6 +1,6 @@
 """The training run: one loop for every task.
 
-:func:`fit` trains a task's model into an output folder and leaves::
+[`fit`][mobilenets.engine.run.fit] trains a task's model into an output folder and leaves:
 
     train_config.json        the task, the resolved config, model config, preprocessing, classes
     metrics.jsonl            one JSON line per epoch
@@ -14,7 +14,7 @@ steps or ``state_minutes``), with the RNG state and the position in the epoch, a
 order and augmentation of an epoch are fixed by (seed, epoch, index): a run killed at any point
 and resumed finishes with the same weights and metrics as one that was never interrupted.
 
-A task plugs in with a :class:`Task`: it builds the model and data of a run (a :class:`Job`:
+A task plugs in with a [`Task`][mobilenets.engine.run.Task]: it builds the model and data of a run (a [`Job`][mobilenets.engine.run.Job]:
 the model, the training split, the loss function, the evaluation), names the metric that picks
 the best checkpoint, and writes its final files. The loop, the state, DDP and the checkpoints
 are the same for every task.
@@ -78,7 +78,7 @@ class RunContext:
 
 @dataclass
 class Job:
-    """What a task sets up for one run (see :class:`Task`)."""
+    """What a task sets up for one run (see [`Task`][mobilenets.engine.run.Task])."""
 
     model: torch.nn.Module  # built and initialised, on the CPU
     train: torch.utils.data.Dataset  # the training split, with its augmentation
@@ -92,7 +92,7 @@ class Job:
 
 
 class Task(Protocol):
-    """What a task brings to :func:`fit`."""
+    """What a task brings to [`fit`][mobilenets.engine.run.fit]."""
 
     name: str  # "classification", "detection": recorded in the run
     command: str  # the command that trains it, for messages ("mobilenets train")
@@ -130,7 +130,7 @@ def open_run(out: Path, config: TrainSettings | None, resume: bool, task: Task,
     """The config of the run in ``out`` and, with ``resume``, its saved state.
 
     A resumed run must be given its own config or none, and may change the ``placement``
-    settings (:data:`PLACEMENT`) of the saved one; a new run needs a config and an ``out``
+    settings ([`PLACEMENT`][mobilenets.engine.run.PLACEMENT]) of the saved one; a new run needs a config and an ``out``
     that holds no run yet.
     """
     state_path = out / STATE_FILE
@@ -181,8 +181,8 @@ def moved(saved: dict, config: TrainSettings) -> str:
 
 @dataclass
 class StateSaver:
-    """Writes a run's state (``snapshot()``) to ``path``: :meth:`write` at an epoch's end, and,
-    as the ``on_step`` of :func:`train_epoch`, mid-epoch every ``state_every`` steps and every
+    """Writes a run's state (``snapshot()``) to ``path``: `write` at an epoch's end, and,
+    as the ``on_step`` of [`train_epoch`][mobilenets.engine.run.train_epoch], mid-epoch every ``state_every`` steps and every
     ``state_minutes`` of the trainer's config. Only the main process writes."""
 
     path: Path

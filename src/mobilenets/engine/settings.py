@@ -1,6 +1,6 @@
 """The training settings every task shares, validated in one place.
 
-:class:`TrainSettings` holds the fields of the optimizer, the schedule, the weight EMA, the
+[`TrainSettings`][mobilenets.engine.settings.TrainSettings] holds the fields of the optimizer, the schedule, the weight EMA, the
 precision and the run (seed, loader workers, state saving, device). A task's config subclasses it,
 changes the defaults that suit the task and adds its own fields (classification: augmentation,
 label smoothing, starting weights; detection: the SSD loss and matching).
@@ -118,7 +118,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: dict):
-        """A config from its :meth:`to_dict`; unknown fields are refused, naming the allowed."""
+        """A config from its `to_dict`; unknown fields are refused, naming the allowed."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

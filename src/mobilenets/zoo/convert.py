@@ -3,7 +3,7 @@
 A conversion is a pure function from a foreign mapping of tensors to our state dict plus a
 report. The key map is generated from the resolved spec (one entry per conv, BN and classifier
 tensor), so every variant the spec can express maps without a hand-written table. Every layout
-change lives in :data:`LAYOUTS`:
+change lives in [`LAYOUTS`][mobilenets.zoo.convert.LAYOUTS]:
 
 - Keras/TF conv kernels are HWIO ``(kh, kw, in, out)``; ours are OIHW ``(out, in, kh, kw)``.
 - Keras depthwise kernels are ``(kh, kw, channels, 1)``; ours ``(channels, 1, kh, kw)``.

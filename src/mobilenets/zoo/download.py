@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import ssl
@@ -23,6 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mobilenets.core.errors import MobileNetsError
+
+log = logging.getLogger("mobilenets")
 
 CACHE_ENV = "MOBILENETS_CACHE"
 # Seconds before the first retry, doubled before each next one: 0.5, 1, 2 for retries=3.
@@ -93,7 +96,7 @@ def download(
         mismatch = digest_mismatch(path, expected)
         if mismatch is None:
             return path
-        print(f"{path} does not match: {mismatch}; downloading it again", file=sys.stderr)
+        log.warning(f"{path} does not match: {mismatch}; downloading it again")
     try:
         request = urllib.request.Request(url)
     except ValueError as error:  # not a URL urllib can open

@@ -1,7 +1,7 @@
 """Building named models, and their cost before they are built.
 
-:func:`create_model` builds a registered classifier with any weights we can read (published
-ImageNet weights, our own files, foreign state dicts); :func:`cost` gives the analytic cost of a
+[`create_model`][mobilenets.zoo.factory.create_model] builds a registered classifier with any weights we can read (published
+ImageNet weights, our own files, foreign state dicts); [`cost`][mobilenets.zoo.factory.cost] gives the analytic cost of a
 name, a config or a built model, classifier or detector, without building anything.
 """
 

@@ -1,10 +1,10 @@
 """Official ImageNet weights of torchvision, timm and Keras: records, download, loading.
 
-We host no weights. Each file the three ecosystems publish has a :class:`WeightsRecord`: where
+We host no weights. Each file the three ecosystems publish has a [`WeightsRecord`][mobilenets.zoo.pretrained.WeightsRecord]: where
 it is, how to check it, under which license, how its images were preprocessed, the numerics
 it was trained with (padding, BN epsilon) and its published accuracy. ``create_model(name,
 weights="keras")`` finds the record, downloads the file once into the cache
-(:func:`mobilenets.zoo.download.cache_dir`), converts it (:mod:`mobilenets.zoo.convert`) and loads it.
+([`mobilenets.zoo.download.cache_dir`][mobilenets.zoo.download.cache_dir]), converts it ([`mobilenets.zoo.convert`][mobilenets.zoo.convert]) and loads it.
 
 Digests: torchvision and timm's GitHub releases publish the first 8 hex digits of each file's
 sha256 in its name, and the download verifies them. Keras and the Hugging Face hub publish no

@@ -1,6 +1,6 @@
 """Using a classifier checkpoint: evaluate it on a dataset or an ImageNet folder, predict with it.
 
-A checkpoint (:func:`mobilenets.engine.checkpoint.load_checkpoint`) rebuilds from the file alone:
+A checkpoint ([`mobilenets.engine.checkpoint.load_checkpoint`][mobilenets.engine.checkpoint.load_checkpoint]) rebuilds from the file alone:
 the weights, and in the metadata the model config, class names and preprocessing.
 """
 

@@ -1,9 +1,9 @@
 """Training a classifier: the settings, the recipes, and the task that plugs into the engine.
 
-:class:`TrainConfig` holds every setting (the shared ones of
-:class:`~mobilenets.engine.settings.TrainSettings` and the classifier's own); :data:`PRESETS`
-are named recipes that arguments override. :func:`fit` runs a whole job into an output folder
-through :func:`mobilenets.engine.run.fit` (what a run leaves is described there; a classifier
+[`TrainConfig`][mobilenets.tasks.classification.train.TrainConfig] holds every setting (the shared ones of
+[`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the classifier's own); [`PRESETS`][mobilenets.tasks.classification.train.PRESETS]
+are named recipes that arguments override. [`fit`][mobilenets.tasks.classification.train.fit] runs a whole job into an output folder
+through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit] (what a run leaves is described there; a classifier
 also leaves ``curves.png``, ``confusion.png`` and the final ``eval.json``).
 """
 
@@ -190,8 +190,8 @@ class Classification:
 def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
         placement: dict | None = None, progress: bool = True) -> FitResult:  # fmt: skip
     """Train a classifier with ``config`` into the folder ``out`` (see
-    :func:`mobilenets.engine.run.fit`); ``result.best`` is the best validation top-1 and
-    ``result.final`` the :class:`~mobilenets.engine.evaluate.Evaluation` of the shipped weights."""
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best validation top-1 and
+    ``result.final`` the [`Evaluation`][mobilenets.engine.evaluate.Evaluation] of the shipped weights."""
     return fit_task(Classification(), config, out, resume=resume, placement=placement,
                     progress=progress)  # fmt: skip
 
@@ -211,7 +211,7 @@ def model_config_for(config: TrainConfig, splits: Splits) -> ModelConfig:
 
 
 def starting_weights(weights: str, model_config: ModelConfig, context: RunContext):
-    """The model that ``weights`` holds (see :func:`mobilenets.zoo.transfer.source_model`). In
+    """The model that ``weights`` holds (see [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model]). In
     a torchrun job the main process reads it first, so that only it downloads published ones."""
     distributed: Distributed = context.distributed
     # Keras publishes one file per input size: the model's, or 224 for small images.

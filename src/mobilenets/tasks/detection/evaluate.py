@@ -68,7 +68,7 @@ def evaluate_coco(
     ``{image_id: {"boxes" [K, 4] pixel (x1, y1, x2, y2), "scores" [K], "labels" [K]}}`` with an
     entry for every evaluated image, also those with no detections: the images evaluated are
     exactly its keys. ``category_ids[label]`` maps labels to category ids; by default labels
-    number the ground truth's categories sorted by id (as :class:`CocoDetection` does).
+    number the ground truth's categories sorted by id (as [`CocoDetection`][mobilenets.tasks.detection.evaluate.CocoDetection] does).
     No detections at all scores 0.0 everywhere.
     """
     if isinstance(coco_gt, (str, os.PathLike)):
@@ -113,7 +113,7 @@ def class_scores(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
 
 
 def score_logits(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Logits whose softmax (what :func:`postprocess` takes) gives :func:`class_scores`: the
+    """Logits whose softmax (what [`postprocess`][mobilenets.tasks.detection.evaluate.postprocess] takes) gives [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]: the
     identity for softmax; for focal, the log of the scores (when their object classes sum to
     more than 1, softmax renormalizes them, which keeps their order)."""
     if loss == "softmax":

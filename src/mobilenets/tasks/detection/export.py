@@ -7,14 +7,14 @@ metadata says) and returns, per default box,
   image's width and height for pixels);
 - ``scores`` ``[N, A, C]``: class probabilities, column 0 background (softmax, or for a
   focal-loss model the per-class sigmoids, see
-  :func:`~mobilenets.tasks.detection.evaluate.class_scores`).
+  [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]).
 
 NMS is not in the graph: keep (box, class) pairs above a score threshold and run class-wise NMS
-(``torchvision.ops.batched_nms``, IoU 0.6, as :func:`~mobilenets.core.boxes.postprocess`
+(``torchvision.ops.batched_nms``, IoU 0.6, as [`postprocess`][mobilenets.core.boxes.postprocess]
 does). Data-dependent output sizes would tie the file to one runtime's NonMaxSuppression
 semantics; this way the file is plain tensors in, plain tensors out, and checked exactly.
 
-BN is folded into the convs first (:func:`mobilenets.deploy.folding.fold_batch_norm`, by the
+BN is folded into the convs first ([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the
 parts' names), and the written file is run with onnxruntime against the unfolded PyTorch model.
 """
 

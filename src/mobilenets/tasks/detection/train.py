@@ -1,13 +1,13 @@
 """Training an SSDLite detector: the settings and the task that plugs into the engine.
 
-:class:`DetectionTrainConfig` holds every setting (the shared ones of
-:class:`~mobilenets.engine.settings.TrainSettings` and the detector's own); :func:`fit_detector`
-runs a whole job into an output folder through :func:`mobilenets.engine.run.fit`, with the
+[`DetectionTrainConfig`][mobilenets.tasks.detection.train.DetectionTrainConfig] holds every setting (the shared ones of
+[`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the detector's own); [`fit_detector`][mobilenets.tasks.detection.train.fit_detector]
+runs a whole job into an output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit], with the
 guarantees of every run there (atomic files, exact resume, torchrun). Its metrics rows hold the
 train losses and COCO metrics on the validation split; ``best.safetensors`` is the epoch with the
 best AP; ``eval.json`` holds the final COCO metrics.
 
-``data`` specs: see :data:`mobilenets.data.detection.DATA_HELP` (``synthetic-shapes[:N]``,
+``data`` specs: see [`mobilenets.data.detection.DATA_HELP`][mobilenets.data.detection.DATA_HELP] (``synthetic-shapes[:N]``,
 ``coco:DIR``, ``coco:TRAIN_IMAGES,TRAIN_JSON,VAL_IMAGES,VAL_JSON``, ``voc:ROOT``).
 """
 
@@ -81,7 +81,7 @@ class DetectionTrainConfig(TrainSettings):
 
 class AssignTargets:
     """A collate function that also matches: stacked images, the targets, and each image's
-    anchor labels ``[N, A]`` and box offsets ``[N, A, 4]`` (:func:`assign_batch`). Run in the
+    anchor labels ``[N, A]`` and box offsets ``[N, A, 4]`` ([`assign_batch`][mobilenets.tasks.detection.train.assign_batch]). Run in the
     loader's workers, the matching overlaps the training step instead of preceding it."""
 
     def __init__(self, anchors: torch.Tensor, iou_threshold: float = 0.5) -> None:
@@ -93,8 +93,8 @@ class AssignTargets:
 
 
 def detection_loss(criterion: MultiBoxLoss):
-    """The ``loss_fn`` of :func:`mobilenets.engine.loop.train_epoch` for the batches of
-    :class:`AssignTargets`; the epoch also adds up the box and class parts."""
+    """The ``loss_fn`` of [`mobilenets.engine.loop.train_epoch`][mobilenets.engine.loop.train_epoch] for the batches of
+    [`AssignTargets`][mobilenets.tasks.detection.train.AssignTargets]; the epoch also adds up the box and class parts."""
 
     def loss_fn(model, batch, trainer: Trainer):
         images, targets, labels, box_targets = batch
@@ -193,7 +193,7 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
                  resume: bool = False, placement: dict | None = None,
                  progress: bool = True) -> FitResult:  # fmt: skip
     """Train a detector with ``config`` into the folder ``out`` (see
-    :func:`mobilenets.engine.run.fit`); ``result.best`` is the best validation AP and
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best validation AP and
     ``result.final`` the COCO metrics of the shipped weights."""
     return fit_task(Detection(), config, out, resume=resume, placement=placement,
                     progress=progress)  # fmt: skip
