@@ -1,7 +1,15 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures and markers shared by several test modules."""
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: starts subprocesses (torchrun, a killed run, the console script, mkdocs) or lowers "
+        "to ExecuTorch; `make test` and CI run them too, `pytest -m 'not slow'` leaves them out",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,8 @@ from mobilenets import create_model, save_weights
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.engine import loop, run
 from mobilenets.engine.checkpoint import STATE_FILE, load_checkpoint, save_state
-from mobilenets.engine.device import autocast_dtype, unwrap
-from mobilenets.engine.evaluate import evaluate
+from mobilenets.engine.device import unwrap
 from mobilenets.engine.loop import TrainingDiverged
-from mobilenets.engine.optim import lr_factor, make_ema, make_optimizer
 from mobilenets.tasks.classification.train import TrainConfig, fit, train_config
 
 # A tiny, learnable run: 0.35-wide small-input V2 on 32x32 synthetic images.
@@ -84,111 +82,6 @@ def test_bad_settings_are_refused_with_what_is_allowed(changes, message):
     with pytest.raises(MobileNetsError) as error:
         train_config(**changes)
     assert message in str(error.value)
-
-
-def test_schedule_warms_up_then_follows_cosine_or_the_papers_staircase():
-    cosine = train_config("modern", epochs=10, warmup_epochs=1)
-    assert lr_factor(0, 100, cosine) == pytest.approx(0.01)
-    assert lr_factor(99, 100, cosine) == pytest.approx(1.0)
-    assert lr_factor(100, 100, cosine) == pytest.approx(1.0)
-    assert lr_factor(550, 100, cosine) == pytest.approx(0.5)
-    assert lr_factor(1000, 100, cosine) == pytest.approx(0.0)
-    paper = train_config("paper", epochs=10)
-    assert lr_factor(99, 100, paper) == 1.0
-    assert lr_factor(100, 100, paper) == pytest.approx(0.98)
-    assert lr_factor(350, 100, paper) == pytest.approx(0.98**3)
-
-
-def test_weight_decay_skips_batch_norm_and_biases():
-    from mobilenets import create_model
-
-    model = create_model("mobilenet_v2", alpha=0.35, num_classes=10, resolution=32)
-    decayed, plain = make_optimizer(model, tiny_config(weight_decay=1e-4)).param_groups
-    assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
-    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"])
-    assert {p.ndim for p in plain["params"]} == {1}
-    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
-
-
-def test_ema_follows_tfs_num_updates_warmup():
-    module = torch.nn.Linear(1, 1, bias=False)
-    ema = make_ema(module, decay=0.9)
-    expected = None
-    for n, value in enumerate([1.0, 2.0, 3.0, 4.0]):
-        module.weight.data.fill_(value)
-        ema.update_parameters(module)
-        rate = min(0.9, (1 + n) / (10 + n))  # n earlier updates
-        expected = value if expected is None else expected * rate + value * (1 - rate)
-    assert ema.module.weight.item() == pytest.approx(expected)
-    assert ema.module.weight.item() != module.weight.item()
-    norm = torch.nn.BatchNorm1d(2)
-    ema = make_ema(norm, decay=0.9)
-    for _ in range(3):
-        norm.train()(torch.randn(4, 2))
-        ema.update_parameters(norm)
-    assert ema.module.num_batches_tracked.item() == norm.num_batches_tracked.item() == 3
-    assert not torch.equal(ema.module.running_mean, norm.running_mean)
-
-
-def test_autocast_is_off_on_cpu_unless_asked():
-    cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None
-    assert autocast_dtype("off", cpu) is None
-    assert autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert autocast_dtype("fp16", cpu) == torch.float16
-
-
-class LeftRightHalves(torch.nn.Module):
-    """Three classes scored from where an image is bright: its left half (with a bias of 0.5),
-    its right half, and (a constant) neither; mirroring an image swaps the halves."""
-
-    def forward(self, images):
-        width = images.shape[-1]
-        left = images[..., : width // 2].mean((1, 2, 3))
-        right = images[..., width // 2 :].mean((1, 2, 3))
-        return torch.stack([4 * left + 0.5, 4 * right, torch.full_like(left, 1.0)], 1)
-
-
-def test_flip_tta_scores_by_the_mean_probability_of_an_image_and_its_mirror():
-    images = torch.zeros(4, 1, 4, 4)
-    images[0, ..., :2] = 1.0  # left: class 0
-    images[1, ..., 2:] = 1.0  # right: class 1
-    images[3, ..., :2] = 0.3  # left, faintly: class 0; image 2 is dark: class 2
-    labels = torch.tensor([0, 1, 2, 0])
-    loader = [(images[:3], labels[:3]), (images[3:], labels[3:])]
-    model = LeftRightHalves()
-
-    plain = evaluate(model, loader, 3, tta="none")
-    logits = model(images)
-    assert plain.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
-    assert plain.top1 == 1.0
-
-    flipped = evaluate(model, loader, 3, tta="flip")
-    probs = (logits.softmax(1) + model(images.flip(-1)).softmax(1)) / 2
-    expected = torch.nn.functional.nll_loss(probs.log(), labels).item()
-    assert flipped.loss == pytest.approx(expected, rel=1e-6)
-    # The mirror of the right-bright image reads as left-bright, and the bias makes the mean
-    # of the two views class 0: the one image that TTA gets wrong.
-    assert probs.argmax(1).tolist() == [0, 0, 2, 0]
-    assert flipped.confusion.tolist() == [[2, 0, 0], [1, 0, 0], [0, 0, 1]]
-    assert (flipped.top1, flipped.top5, flipped.count) == (0.75, 1.0, 4)
-
-
-def test_flip_tta_of_a_mirror_invariant_model_changes_nothing():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
-    )
-    images, labels = torch.randn(8, 1, 5, 5), torch.randint(0, 3, (8,))
-    plain = evaluate(model, [(images, labels)], 3)
-    flipped = evaluate(model, [(images, labels)], 3, tta="flip")
-    assert flipped.loss == pytest.approx(plain.loss, rel=1e-5)
-    assert torch.equal(flipped.confusion, plain.confusion)
-
-
-def test_unknown_tta_is_refused_with_what_is_allowed():
-    with pytest.raises(MobileNetsError, match="tta 'crop' is not one of none, flip"):
-        evaluate(LeftRightHalves(), [], 3, tta="crop")
 
 
 # --- A run and what it leaves -------------------------------------------------------------------

@@ -126,13 +126,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def pretrained_checkpoint(name: str, weights: str, progress: bool = True) -> Checkpoint:
-    """Published ImageNet weights as a Checkpoint: the model, the 1000 class names and WordNet
-    ids, and the preprocessing of the weights record."""
+    """Published weights as a Checkpoint: the model, its class names (ImageNet's 1000 with their
+    WordNet ids, or those our own file records) and the preprocessing of the weights record."""
     config = resolve_config(name)
     model, record, path = pretrained.load_pretrained(config, weights, progress=progress)
+    metrics = {"top1": record.top1, "top5": record.top5}
+    preprocessing = record.preprocessing_for(model.config.resolution)
+    if record.source == pretrained.OURS:  # a checkpoint of ours: its own classes
+        info = read_checkpoint_info(path, model.num_classes, "mobilenets train")
+        return Checkpoint(model, info["classes"], preprocessing, path, metrics=metrics)
     return Checkpoint(
-        model, pretrained.imagenet_categories(), record.preprocessing_for(config.resolution),
-        path, metrics={"top1": record.top1, "top5": record.top5},
+        model, pretrained.imagenet_categories(), preprocessing, path, metrics=metrics,
         class_ids=pretrained.imagenet_synsets(),
     )  # fmt: skip
 

@@ -1,10 +1,16 @@
-"""Official ImageNet weights of torchvision, timm and Keras: records, download, loading.
+"""Published weights: the official ImageNet weights of torchvision, timm and Keras, and ours.
 
-We host no weights. Each file the three ecosystems publish has a [`WeightsRecord`][mobilenets.zoo.pretrained.WeightsRecord]: where
-it is, how to check it, under which license, how its images were preprocessed, the numerics
-it was trained with (padding, BN epsilon) and its published accuracy. ``create_model(name,
+Each published file has a [`WeightsRecord`][mobilenets.zoo.pretrained.WeightsRecord]: where it
+is, how to check it, under which license, how its images were preprocessed, the numerics it was
+trained with (padding, BN epsilon) and its published accuracy. ``create_model(name,
 weights="keras")`` finds the record, downloads the file once into the cache
-([`mobilenets.zoo.download.cache_dir`][mobilenets.zoo.download.cache_dir]), converts it ([`mobilenets.zoo.convert`][mobilenets.zoo.convert]) and loads it.
+([`cache_dir`][mobilenets.zoo.download.cache_dir]), converts it
+([`mobilenets.zoo.convert`][mobilenets.zoo.convert]) and loads it.
+
+We publish one file of our own, ``weights="mobilenets:fashion-mnist"``: MobileNetV2 1.4
+(small-input, one channel, 10 classes) trained on Fashion-MNIST to 95.40% test top-1 (95.58%
+with flip TTA). It ships in the source repository (``weights/``), verified by its full sha256;
+it is a checkpoint of ours, so it brings its own classes, input channels and input size.
 
 Digests: torchvision and timm's GitHub releases publish the first 8 hex digits of each file's
 sha256 in its name, and the download verifies them. Keras and the Hugging Face hub publish no
@@ -22,14 +28,22 @@ from importlib import resources
 from pathlib import Path
 
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.models import build_model
+from mobilenets.core.models import MobileNet, build_model
 from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mobilenets.core.spec import ModelConfig, format_alpha
+from mobilenets.core.weights import load_weights
 from mobilenets.zoo import download as downloads
-from mobilenets.zoo.convert import SOURCE_NUMERICS, SOURCES, check_source, convert_file
+from mobilenets.zoo.convert import SOURCE_NUMERICS, SOURCES, convert_file
 from mobilenets.zoo.registry import TFSLIM_V1, TFSLIM_V2
 
+# Who publishes weights: the three ecosystems whose files we convert, and this project.
+OURS = "mobilenets"
+PUBLISHERS = (*SOURCES, OURS)
+NUMERICS = {**SOURCE_NUMERICS, OURS: {"padding": "symmetric", "bn_eps": 1e-5}}
+# Where our files are: the source checkout the package runs from (src/mobilenets/zoo/ here).
+REPOSITORY = Path(__file__).resolve().parents[3]
 LICENSES = {
+    OURS: "Apache-2.0 (mobilenets); trained on Fashion-MNIST (MIT, Zalando Research)",
     "torchvision": "BSD-3-Clause (torchvision); ImageNet terms of access apply",
     "timm": "Apache-2.0 (timm); ImageNet terms of access apply",
     "keras": "Apache-2.0 (Keras applications, from TF-slim); ImageNet terms of access apply",
@@ -45,24 +59,33 @@ class WeightsRecord:
     arch: str
     alpha: float
     resolution: int  # the input size it was trained and evaluated at
-    source: str  # torchvision, timm or keras
+    source: str  # torchvision, timm, keras, or mobilenets (ours)
     tag: str  # the publisher's name for this file (IMAGENET1K_V1, ra_in1k, ...)
-    url: str
+    url: str  # ours: the file's path in the source repository
     sha256: str | None  # full digest or the publisher's prefix; None when none is published
     license: str
     preprocessing: Preprocessing  # mean/std, resize then center crop, interpolation
-    top1: float | None  # published ImageNet-1k validation accuracy, %
+    top1: float | None  # published validation accuracy (ImageNet-1k, or the record's data), %
     top5: float | None
     reference: str  # where top1/top5 were published
     num_classes: int = 1000
+    in_chans: int = 3
+    small_input: bool = False
 
     @property
     def padding(self) -> str:
-        return SOURCE_NUMERICS[self.source]["padding"]
+        return NUMERICS[self.source]["padding"]
 
     @property
     def bn_eps(self) -> float:
-        return SOURCE_NUMERICS[self.source]["bn_eps"]
+        return NUMERICS[self.source]["bn_eps"]
+
+    @property
+    def any_resolution(self) -> bool:
+        """torchvision's and timm's files serve any input size (the net is fully convolutional
+        and the preprocessing scales with it); Keras publishes one file per size, and ours
+        serves the size it was trained at."""
+        return self.source in ("torchvision", "timm")
 
     @property
     def model_name(self) -> str:
@@ -89,7 +112,8 @@ class WeightsRecord:
             "sha256": self.sha256, "license": self.license,
             "preprocessing": self.preprocessing.to_dict(), "padding": self.padding,
             "bn_eps": self.bn_eps, "top1": self.top1, "top5": self.top5,
-            "reference": self.reference,
+            "reference": self.reference, "num_classes": self.num_classes,
+            "in_chans": self.in_chans, "small_input": self.small_input,
         }  # fmt: skip
 
 
@@ -208,10 +232,27 @@ def _keras_records() -> list[WeightsRecord]:
     return records
 
 
+def _our_records() -> list[WeightsRecord]:
+    """The Fashion-MNIST model of docs/results/fashion-mnist.md: MobileNetV2 1.4, small-input,
+    120 epochs. Its normalisation is Fashion-MNIST's (the data's mean and std)."""
+    return [
+        WeightsRecord(
+            "mobilenet_v2", 1.4, 28, OURS, "fashion-mnist",
+            "weights/mobilenet_v2_1.4_fashion-mnist.safetensors",
+            "fc2afaeee2c3e4f53f7e34657a23f0ce0dad75980cc3264cede2fcec4dec7b12", LICENSES[OURS],
+            Preprocessing(28, (0.286,), (0.353,), channels=1), 95.40, 99.89,
+            "docs/results/fashion-mnist.md: Fashion-MNIST test set, one pass (95.58 with flip "
+            "TTA)",
+            num_classes=10, in_chans=1, small_input=True,
+        )
+    ]  # fmt: skip
+
+
 RECORDS: tuple[WeightsRecord, ...] = (
     *_torchvision_records(),
     *_timm_records(),
     *_keras_records(),
+    *_our_records(),
 )
 
 
@@ -222,16 +263,23 @@ def default_preprocessing(source: str, resolution: int) -> Preprocessing:
     return _eval_preprocessing(resolution, mean, std, 0.875, interpolation)
 
 
+def check_publisher(source: str) -> None:
+    if source not in PUBLISHERS:
+        raise MobileNetsError(
+            f"weights source must be one of {', '.join(PUBLISHERS)}, got {source!r}"
+        )
+
+
 def list_weights(source: str | None = None) -> list[WeightsRecord]:
     if source is not None:
-        check_source(source)
+        check_publisher(source)
     return [record for record in RECORDS if source in (None, record.source)]
 
 
 def parse_weights(weights: str) -> tuple[str, str | None]:
     """``"keras"`` -> ("keras", None); ``"torchvision:IMAGENET1K_V2"`` -> (source, tag)."""
     source, _, tag = weights.partition(":")
-    check_source(source)
+    check_publisher(source)
     return source, tag or None
 
 
@@ -239,7 +287,10 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
     """The record of ``weights`` (a source, or source:tag) for the model ``config`` describes.
 
     torchvision and timm files serve any input resolution (the net is fully convolutional, and
-    the preprocessing scales with it); Keras publishes one file per resolution.
+    the preprocessing scales with it); Keras publishes one file per resolution. A record's
+    classes, input channels and strides must be the config's, unless the config leaves them at
+    the ImageNet model's (1000, 3, standard): then the weights bring theirs (see
+    [`published_config`][mobilenets.zoo.pretrained.published_config]).
     """
     source, tag = parse_weights(weights)
     candidates = [
@@ -259,25 +310,46 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
         raise MobileNetsError(
             f"{source} publishes no weights for {wanted}; it has {', '.join(names)}"
         )
+    record = candidates[0]
+    imagenet = {"num_classes": 1000, "in_chans": 3, "small_input": False}
+    wanted = {"num_classes": record.num_classes, "in_chans": record.in_chans,
+              "small_input": record.small_input,
+              "expansion": 6 if config.arch == "mobilenet_v2" else None}  # fmt: skip
     differ = {
         key: getattr(config, key)
-        for key, want in (("num_classes", 1000), ("in_chans", 3), ("small_input", False),
-                          ("expansion", 6 if config.arch == "mobilenet_v2" else None))
-        if getattr(config, key) != want
-    }  # fmt: skip
+        for key, want in wanted.items()
+        if getattr(config, key) not in (want, imagenet.get(key, want))
+    }
     if differ:
         settings = ", ".join(f"{key}={value!r}" for key, value in differ.items())
+        model = ("the ImageNet model (1000 classes, 3 channels, standard strides)"
+                 if record.num_classes == 1000 else f"a {record.num_classes}-class, "
+                 f"{record.in_chans}-channel model")  # fmt: skip
         raise MobileNetsError(
-            f"{source} weights are for the ImageNet model (1000 classes, 3 channels, standard "
-            f"strides); got {settings}. Load them into the standard model, then call "
-            "model.reset_classifier(N) to fine-tune on N classes, or let mobilenets train "
-            f"--weights {source} (mobilenets.zoo.transfer) adapt them"
+            f"{source} weights are for {model}; got {settings}. Load them into that model, "
+            "then call model.reset_classifier(N) to fine-tune on N classes, or train from them "
+            f"with weights={source!r}, which adapts them (mobilenets.zoo.transfer)"
         )
-    return candidates[0]
+    return record
+
+
+def published_config(config: ModelConfig, record: WeightsRecord) -> ModelConfig:
+    """The config of the model ``record``'s weights fill: ``config``'s architecture and width
+    with the record's classes, channels, strides and numerics, and its input size unless the
+    file serves any
+    ([`any_resolution`][mobilenets.zoo.pretrained.WeightsRecord.any_resolution])."""
+    resolution = config.resolution if record.any_resolution else record.resolution
+    return config.replace(
+        num_classes=record.num_classes, in_chans=record.in_chans,
+        small_input=record.small_input, resolution=resolution, **NUMERICS[record.source],
+    )  # fmt: skip
 
 
 def fetch_weights(record: WeightsRecord, progress: bool = True) -> Path:
-    """The cached file of ``record``, downloaded and verified on first use."""
+    """The cached file of ``record``, downloaded and verified on first use; ours, the file in
+    the source repository, verified."""
+    if record.source == OURS:
+        return repository_file(record)
     path = downloads.cache_dir() / record.source / record.file_name
     pin = path.with_name(path.name + ".sha256")
     if record.sha256 is not None:
@@ -296,21 +368,46 @@ def fetch_weights(record: WeightsRecord, progress: bool = True) -> Path:
     return path
 
 
-def load_pretrained(config: ModelConfig, weights: str, progress: bool = True):
+def repository_file(record: WeightsRecord) -> Path:
+    """Our published file, in the source repository, checked against its sha256."""
+    path = REPOSITORY / record.url
+    if not path.is_file():
+        raise MobileNetsError(
+            f"the {record.source}:{record.tag} weights ship in the mobilenets source repository "
+            f"({record.url}), which this installation does not come from; install from a clone "
+            "of it, or pass that file as weights=PATH"
+        )
+    actual = downloads.file_digest(path)
+    if actual != record.sha256:
+        raise MobileNetsError(
+            f"{str(path)!r} does not match its record: sha256 {actual}, published "
+            f"{record.sha256}"
+        )
+    return path
+
+
+def load_pretrained(config: ModelConfig, weights: str,
+                    progress: bool = True) -> tuple[MobileNet, WeightsRecord, Path]:  # fmt: skip
     """A model of ``config`` with the published weights ``weights`` names (in eval mode), its
     record and the cached file it was read from."""
     record = find_record(config, weights)
     path = fetch_weights(record, progress=progress)
-    state, config, _report = convert_file(path, record.source, config)
-    model = build_model(config)
-    model.load_state_dict(state, strict=True)
+    config = published_config(config, record)
+    if record.source == OURS:
+        model = build_model(config)
+        load_weights(model, path)
+    else:
+        state, config, _report = convert_file(path, record.source, config)
+        model = build_model(config)
+        model.load_state_dict(state, strict=True)
     model.weights_record = record
     return model.eval(), record, path
 
 
 def looks_like_source(weights: str) -> bool:
-    """True for ``"keras"`` or ``"timm:ra_in1k"``; False for a file path."""
-    return weights.partition(":")[0] in SOURCES and not os.path.exists(weights)
+    """True for ``"keras"``, ``"timm:ra_in1k"`` or ``"mobilenets:fashion-mnist"``; False for a
+    file path."""
+    return weights.partition(":")[0] in PUBLISHERS and not os.path.exists(weights)
 
 
 @functools.cache
