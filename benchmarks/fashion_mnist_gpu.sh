@@ -7,27 +7,22 @@
 #   basic-30:  --augment basic (pad-and-crop + flip) + random erasing 0.25, 30 epochs
 #   basic-60:  the same for 60 epochs
 #   basic-60-a14: basic-60 with width multiplier 1.4 (1.94 times the MACs)
-#   a14-60-b256: basic-60-a14 at batch 256 and lr 0.2 (twice both): half as many steps, for a
-#                15-minute GPU lease (a bare step of the 1.0 model at batch 128 was bound by
-#                kernel launches in session 5)
-#   a14-120-b256: a14-60-b256 for 120 epochs
+#   a14-60-b256: basic-60-a14 at batch 256 and lr 0.2 (twice both): half as many steps
+#   a14-120-b256: a14-60-b256 for 120 epochs (the published weights' recipe)
 #   a14-ft20:   a second cosine cycle: 20 epochs at width 1.4, batch 128, lr 0.02, started
-#               (--weights) from a14-60-b256's final weights, kept in benchmarks/results
-# Name the runs to make as arguments (default: a14-120-b256; basic-30 finished at 94.70%,
-# basic-60 at 95.04%, a14-60-b256 at 95.36% and a14-ft20, on the CPU, at 95.27%). On an H200 in
-# session 15, before session 16 took the waits out of the EMA update and the training step,
-# a14-60-b256 trained at 2,600 to 5,800 images/s, 10 to 23 s an epoch: 32 of its 60 epochs fitted
-# in a LIMIT of 555 s. A 60-epoch run needs more than the default LIMIT of 540 s: raise LIMIT
-# where a command may run that long, or resume the state it leaves (below) elsewhere.
-# They run one at a time with 14 loader workers each: on 2026-11-28 three runs side by side on
-# one H200 time-sliced the GPU between three processes and each trained at 760 images/s, a
-# ninth of a lone step's rate
-# (benchmarks/results/fashion_mnist_recipe.md). Before them, two one-epoch smoke runs check the
-# CUDA paths that a CPU machine cannot: fp16 with the grad scaler, and the detector in bf16.
+#               (--weights) from a14-60-b256's final weights, given as FT_WEIGHTS=FILE
+# Name the runs to make as arguments (default: a14-120-b256). Their results are in
+# benchmarks/results/fashion_mnist_recipe.md. On an H200, a14-60-b256 trained at 2,600 to 5,800
+# images/s, 10 to 23 s an epoch; a 60-epoch run needs more than the default LIMIT of 540 s:
+# raise LIMIT, or resume the state it leaves (below) elsewhere. Runs go one at a time with 14
+# loader workers each: three runs side by side on one H200 trained at 760 images/s each.
+# Before them, two one-epoch smoke runs check the CUDA paths that a CPU machine cannot: fp16
+# with the grad scaler, and the detector in bf16.
 #
 # Each run's final weights come back under $OUT as NAME.last.safetensors.part-aa, -ab, ...
 # (`cat` them back together); a run stopped by LIMIT leaves its last saved state instead, as
-# NAME.state.pt.part-*, to be resumed elsewhere. SMOKE=0 skips the smoke runs.
+# NAME.state.pt.part-*, to be resumed elsewhere with `mobilenets train --out DIR --resume`.
+# SMOKE=0 skips the smoke runs.
 #
 #   OUT=results bash benchmarks/fashion_mnist_gpu.sh [NAME...]
 #   (NAME: basic-30 recipe-30 basic-60 basic-60-a14 a14-60-b256 a14-120-b256 a14-ft20)
@@ -81,7 +76,7 @@ flags() {
     a14-120-b256) echo --epochs "${EPOCHS_LONG:-120}" --augment basic --alpha 1.4 \
         --batch-size 256 --lr 0.2 ;;
     a14-ft20) echo --epochs "${EPOCHS:-20}" --augment basic --alpha 1.4 --lr 0.02 --weights \
-        "$ROOT/benchmarks/results/fmnist-a14-60-b256/last.safetensors" ;;
+        "${FT_WEIGHTS:?a14-ft20 starts from a14-60-b256/last.safetensors: set FT_WEIGHTS}" ;;
     *) echo "unknown run $1 (allowed: $ALLOWED)" >&2 && exit 2 ;;
     esac
 }
@@ -109,12 +104,12 @@ for name in $NAMES; do
     tail -n 4 "$RUNS/$name.log"
     $PY "$ROOT/benchmarks/fashion_mnist_recipe.py" "$RUNS/$name" >"$RUNS/$name.md" 2>&1
     head -n 6 "$RUNS/$name.md"
-    tar czf "$OUT/$name.tar.gz" -C "$RUNS" --exclude checkpoints --exclude '*.safetensors' \
+    tar czf "$OUT/$name.tar.gz" -C "$RUNS" --exclude state --exclude '*.safetensors' \
         "$name" "$name.log" "$name.md"
     # Files come back in pieces of at most 16 MiB: the final weights, or the state to resume.
     if [ -f "$RUNS/$name/eval.json" ]; then
         split -b 15M "$RUNS/$name/last.safetensors" "$OUT/$name.last.safetensors.part-"
-    elif [ -f "$RUNS/$name/checkpoints/state.pt" ]; then
-        split -b 15M "$RUNS/$name/checkpoints/state.pt" "$OUT/$name.state.pt.part-"
+    elif [ -f "$RUNS/$name/state/last.pt" ]; then
+        split -b 15M "$RUNS/$name/state/last.pt" "$OUT/$name.state.pt.part-"
     fi
 done

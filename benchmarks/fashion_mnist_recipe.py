@@ -1,8 +1,8 @@
 """Report on a Fashion-MNIST recipe run: its settings, cost, per-epoch metrics and status.
 
 Reads only what the run wrote (train_config.json, metrics.jsonl, and the position inside the
-current epoch from checkpoints/state.pt), so it can report a run that is still going. Prints
-markdown; the result is kept in benchmarks/results/fashion_mnist_recipe.md.
+current epoch from its state, state/last.pt), so it can report a run that is still going.
+Prints markdown; the results are kept in benchmarks/results/fashion_mnist_recipe.md.
 
     .venv/bin/python benchmarks/fashion_mnist_recipe.py RUN_DIR [--goal 0.955]
 """
@@ -18,6 +18,7 @@ import torch
 
 import mobilenets
 from mobilenets import ModelConfig
+from mobilenets.engine.checkpoint import STATE_FILE
 
 # The settings a recipe command spells out; the rest come from its preset.
 COMMAND_KEYS = ("model", "alpha", "data", "preset", "augment", "weights", "epochs", "batch_size",
@@ -36,7 +37,7 @@ def command_line(config: dict) -> str:
 
 def position(run: Path) -> str | None:
     """Where an unfinished run's last saved state stands inside its current epoch."""
-    path = run / "checkpoints" / "state.pt"
+    path = run / STATE_FILE
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -62,7 +63,7 @@ def main() -> None:
         metrics_path.is_file()
     ) else []  # fmt: skip
     config, model = run["train_config"], ModelConfig.from_dict(run["model_config"])
-    report = mobilenets.core.cost(
+    report = mobilenets.cost(
         model.arch, **{k: v for k, v in model.to_dict().items() if k != "arch"}
     )
     best = max(rows, key=lambda row: row["val_top1"]) if rows else None

@@ -25,8 +25,12 @@ import torch.nn.functional as F
 import torchvision
 
 from mobilenets import MobileNetV2
-from mobilenets.data import classification as datasets
-from mobilenets.engine import loop as training
+from mobilenets.data.classification import load_synthetic
+from mobilenets.data.common import EpochSampler
+from mobilenets.data.transforms import eval_transform, train_transform
+from mobilenets.engine.loop import EpochState, Trainer, make_loader, train_epoch
+from mobilenets.engine.optim import make_optimizer
+from mobilenets.tasks.classification.train import TrainConfig, classification_loss, train_config
 
 
 def reference_seconds(model, images, labels, batch: int, steps: int) -> float:
@@ -42,17 +46,19 @@ def reference_seconds(model, images, labels, batch: int, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def our_step_seconds(model, splits, config: training.TrainConfig, epoch: int) -> float:
-    optimizer = training.make_optimizer(model, config)
+def our_step_seconds(model, splits, config: TrainConfig, epoch: int) -> float:
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    trainer = training.Trainer(optimizer, scheduler, scaler, config, torch.device("cpu"))
-    sampler = datasets.EpochSampler(
+    trainer = Trainer(optimizer, scheduler, scaler, config, torch.device("cpu"))
+    sampler = EpochSampler(
         len(splits.train), seed=0, epoch=epoch, batch_size=config.batch_size, drop_last=True
     )
-    loader = training.make_loader(splits.train, sampler, config, torch.device("cpu"))
+    loader = make_loader(splits.train, sampler, config.batch_size, config.workers,
+                         torch.device("cpu"))  # fmt: skip
     start = time.perf_counter()
-    training.train_epoch(model, loader, trainer, training.EpochState(), progress=False)
+    train_epoch(model, loader, trainer, EpochState(), loss_fn=classification_loss,
+                progress=False)  # fmt: skip
     return time.perf_counter() - start
 
 
@@ -68,15 +74,15 @@ def main() -> None:
     torch.manual_seed(0)
 
     count = args.batch * args.steps
-    splits = datasets.load_synthetic(count)
+    splits = load_synthetic(count)
     preprocessing = splits.preprocessing.replace(resolution=args.resolution)
     # The same light augmentation in our pipeline as a user's basic recipe: crop and flip.
-    splits.train.transform = preprocessing.train_transform("basic", 0.0, small=True)
-    config = training.train_config(
+    splits.train.transform = train_transform(preprocessing, "basic", 0.0, small=True)
+    config = train_config(
         "modern", batch_size=args.batch, lr=0.01, weight_decay=0.0, label_smoothing=0.0,
         ema_decay=0.0, augment="basic", random_erasing=0.0, workers=0,
     )  # fmt: skip
-    transform = preprocessing.eval_transform()
+    transform = eval_transform(preprocessing)
     images = torch.stack([transform(image) for image in splits.train.images])
     labels = splits.train.labels
 

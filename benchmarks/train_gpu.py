@@ -28,6 +28,9 @@ import torch.nn.functional as F
 import torchvision
 
 from mobilenets import create_model
+from mobilenets.engine.device import Distributed
+from mobilenets.engine.loop import EpochState, make_trainer, train_epoch
+from mobilenets.tasks.classification.train import classification_loss, train_config
 
 
 def images_per_second(model, x, y, dtype, steps: int) -> float:
@@ -104,21 +107,20 @@ def main() -> None:
 
 def recipe_step_rates(batch_size: int, steps: int) -> tuple[float, float]:
     """images/s of a bare step and of ``train_epoch``, alternating, medians of three rounds."""
-    from mobilenets.engine import loop as training
-
-    config = training.train_config("modern", alpha=1.4, batch_size=batch_size, amp="bf16")
+    config = train_config("modern", alpha=1.4, batch_size=batch_size, amp="bf16")
     model = create_model("mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1, small_input=True,
                          resolution=28).cuda().to(memory_format=torch.channels_last)  # fmt: skip
     device = torch.device("cuda")
-    trainer, _ = training.make_trainer(model, batch_size * steps, config, device, torch.bfloat16,
-                                       training.Distributed())  # fmt: skip
+    trainer, _ = make_trainer(model, batch_size * steps, config, device, torch.bfloat16,
+                              Distributed())  # fmt: skip
     x, y = batch(batch_size, 1, 28, 10, channels_last=True)
     batches = [(x, y)] * steps
 
     def full_rate() -> float:
         torch.cuda.synchronize()
         start = time.perf_counter()
-        training.train_epoch(model, batches, trainer, training.EpochState(), progress=False)
+        train_epoch(model, batches, trainer, EpochState(), loss_fn=classification_loss,
+                    progress=False)  # fmt: skip
         torch.cuda.synchronize()
         return batch_size * steps / (time.perf_counter() - start)
 
