@@ -276,7 +276,7 @@ def test_training_state_is_not_a_checkpoint(run, images, capsys, command):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--data", "nope"], "--data must be one of: fashion-mnist, cifar10:DIR"),
+        (["--data", "nope"], "--data 'nope' is not one of: fashion-mnist, cifar10:DIR"),
         (["--data", "synthetic:160", "--preset", "fast"],
          "preset must be one of paper, modern, got 'fast'"),
         (["--data", "synthetic:160", "--lr", "-1"], "lr must be positive, got -1.0"),

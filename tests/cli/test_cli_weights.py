@@ -34,7 +34,8 @@ from mobilenets.zoo.pretrained import RECORDS, imagenet_categories
 from mobilenets.zoo.registry import TFSLIM_V2
 
 WEIGHTS_KEYS = set(
-    "model source tag url sha256 license preprocessing padding bn_eps top1 top5 reference".split()
+    "model source tag url sha256 license preprocessing padding bn_eps top1 top5 reference "
+    "num_classes in_chans small_input".split()
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,11 +121,13 @@ def test_weights_lists_every_record(capsys):
     )
     rows = [line.split() for line in lines[2 : lines.index("")]]
     assert len(rows) == len(RECORDS)
-    assert {row[1] for row in rows} == {"keras", "torchvision", "timm"}
+    assert {row[1] for row in rows} == {"keras", "torchvision", "timm", "mobilenets"}
     torchvision = "mobilenet_v2_1.0_224 torchvision IMAGENET1K_V1 71.9 90.3 256/224 bilinear"
     assert f"{torchvision} ImageNet mean/std symmetric 1e-05".split() in rows
     keras = "mobilenet_v2_0.35_96 keras imagenet 45.5 70.4 110/96 bilinear [-1, 1] same 0.001"
     assert keras.split() in rows
+    ours = "mobilenet_v2_1.4_224 mobilenets fashion-mnist 95.4 99.9 -/28 bilinear mean 0.286, std "
+    assert f"{ours}0.353 symmetric 1e-05".split() in rows  # the name to load; 28 px, gray
 
 
 def test_weights_json_for_one_source(capsys):
@@ -142,6 +145,13 @@ def test_weights_json_for_one_source(capsys):
         assert record["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     (row,) = [r for r in records if r["model"] == "mobilenet_v2_0.35_96"]
     assert (row["top1"], row["top5"]) == (45.5, 70.4)
+
+
+def test_weights_of_our_own(capsys):
+    code, out, _ = run(capsys, "weights --source mobilenets --json")
+    (record,) = json.loads(out)
+    assert code == 0 and (record["source"], record["tag"]) == ("mobilenets", "fashion-mnist")
+    assert (record["num_classes"], record["in_chans"], record["small_input"]) == (10, 1, True)
 
 
 def test_weights_rejects_an_unknown_source(capsys):

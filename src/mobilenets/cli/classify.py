@@ -1,0 +1,286 @@
+"""``train``, ``eval`` and ``predict``: image classification."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from mobilenets.cli.common import (
+    CHECKPOINT_HELP,
+    PUBLISHED_WEIGHTS,
+    add_command,
+    add_device_argument,
+    add_json_file_argument,
+    add_json_switch,
+    add_loader_arguments,
+    format_table,
+    save_json,
+)
+from mobilenets.cli.training import (
+    OPTIMIZER_SETTINGS,
+    RUN_SETTINGS,
+    SCHEDULE_SETTING,
+    Setting,
+    add_training_arguments,
+    default_text,
+    field_defaults,
+    fit_from,
+    run_files,
+)
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.data.classification import SPEC_HELP
+from mobilenets.engine.checkpoint import Checkpoint, load_checkpoint, pretrained_checkpoint
+from mobilenets.engine.evaluate import TTA_MODES, TTA_PASSES
+from mobilenets.tasks.classification import train as training
+from mobilenets.tasks.classification.inference import (
+    evaluate_checkpoint,
+    evaluate_imagenet,
+    predict,
+)
+from mobilenets.zoo.factory import cost
+from mobilenets.zoo.pretrained import PUBLISHERS
+
+TRAIN_SETTINGS = (
+    Setting("--model", str, "a registered variant, or a family (mobilenet_v1, mobilenet_v2) "
+            "sized by --alpha and --resolution", "NAME"),
+    Setting("--data", str, SPEC_HELP, "SPEC"),
+    Setting("--preset", str, f"the recipe the other settings override: "
+            f"{', '.join(training.PRESETS)}"),
+    Setting("--weights", str, f"start from these weights (fine-tuning): {PUBLISHED_WEIGHTS}, "
+            "or a checkpoint such as a run's best.safetensors; the classifier is new where the "
+            "class count differs (default: from scratch)", "SRC"),
+    *OPTIMIZER_SETTINGS,
+    Setting("--nesterov", argparse.BooleanOptionalAction, "nesterov momentum for SGD"),
+    Setting("--weight-decay", float, "L2 on conv and linear weights", "WD"),
+    SCHEDULE_SETTING,
+    Setting("--lr-decay", float, "per-epoch factor of the exponential schedule", "F"),
+    Setting("--warmup-epochs", float, "linear warmup length", "E"),
+    Setting("--label-smoothing", float, "label smoothing in [0, 1)", "S"),
+    Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D"),
+    Setting("--augment", str, f"one of {', '.join(training.AUGMENTS)}"),
+    Setting("--random-erasing", float, "random erasing probability", "P"),
+    Setting("--alpha", float, "width multiplier (default: the model's)", "A"),
+    Setting("--resolution", int, "input side in pixels (default: the model's, or the images' "
+            "own for small images)", "N"),
+    Setting("--small-input", argparse.BooleanOptionalAction,
+            "the output-stride-8 variant (default: on for images of at most 64 px)"),
+    Setting("--dropout", float, "classifier dropout (default: the architecture's)", "P"),
+    Setting("--compile", "store_true", "torch.compile the model for training"),
+    Setting("--skip-bad-images", "store_true",
+            "skip unreadable image files (counted and reported) instead of stopping"),
+    *RUN_SETTINGS,
+)  # fmt: skip
+
+
+def add_commands(commands) -> None:
+    add_train(commands)
+    add_eval(commands)
+    add_predict(commands)
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def train_defaults() -> dict[str, str]:
+    """Each setting's default as help text: the default preset's value, then another preset's
+    where it differs."""
+    base = field_defaults(training.TrainConfig)
+    preset = base["preset"]
+    texts = {}
+    for name, value in {**base, **training.PRESETS[preset]}.items():
+        if value is None or value == "":
+            continue
+        text = [default_text(value)]
+        for other, settings in training.PRESETS.items():
+            other_value = settings.get(name, base[name])
+            if other != preset and other_value != value:
+                text.append(f"{default_text(other_value)} with --preset {other}")
+        texts[name] = "; ".join(text)
+    return texts
+
+
+def add_train(commands) -> None:
+    parser = add_command(
+        commands, "train", run_train,
+        help="train a MobileNet classifier on a dataset",
+        description="Train a MobileNet on a dataset into a run folder: checkpoints (best and "
+        "last), metrics, curves and the confusion matrix. An interrupted run continues with "
+        "--resume; torchrun runs it on several GPUs.",
+    )  # fmt: skip
+    out_help = "the run folder for checkpoints, metrics and plots"
+    add_training_arguments(parser, TRAIN_SETTINGS, train_defaults(), out_help=out_help)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    result = fit_from(args, training.TrainConfig, training.train_config, training.fit)
+    if result is None:
+        return
+    out = result.out
+    print(
+        f"\nbest val top-1 {100 * result.best:.2f}%, final {100 * result.final.top1:.2f}% "
+        f"after {result.epochs} epochs\n"
+        + run_files(out, f"plots: {out / 'curves.png'}, {out / 'confusion.png'}")
+    )
+
+
+# --- eval and predict ---------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, or --model with --weights: the model eval and predict run."""
+    parser.add_argument("--checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
+    parser.add_argument(
+        "--model", metavar="NAME", help="a registered variant, e.g. mobilenet_v2_1.0_224"
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="SRC",
+        help=f"published weights for --model: {PUBLISHED_WEIGHTS}",
+    )
+
+
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default="none",
+        help="test-time augmentation, none or flip (default %(default)s): flip scores each image "
+        "by the mean of its and its mirror image's probabilities, at twice the cost",
+    )  # fmt: skip
+
+
+def checkpoint_from(args: argparse.Namespace) -> Checkpoint:
+    if args.checkpoint and (args.model or args.weights):
+        raise MobileNetsError("give --checkpoint, or --model with --weights, not both")
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint)
+    if not (args.model and args.weights):
+        raise MobileNetsError(
+            f"give --checkpoint CKPT, or --model NAME --weights {'|'.join(PUBLISHERS)}"
+        )
+    return pretrained_checkpoint(args.model, args.weights)
+
+
+def add_eval(commands) -> None:
+    parser = add_command(
+        commands, "eval", run_eval,
+        help="top-1, top-5 and per-class accuracy of a checkpoint",
+        description="Evaluate a checkpoint on the validation split of a dataset (top-1, top-5, "
+        "per class), or published ImageNet weights on an ImageNet validation folder beside the "
+        "accuracy they were published with.",
+    )  # fmt: skip
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--data", required=True, metavar="SPEC",
+        help=f"{SPEC_HELP}; for ImageNet weights, a validation folder with one WordNet-id "
+        "folder per class (n01440764/...)",
+    )  # fmt: skip
+    add_loader_arguments(parser, batch_size=256)
+    add_tta_argument(parser)
+    add_json_file_argument(parser)
+
+
+def tta_label(tta: str) -> str:
+    return "" if tta == "none" else f" + {tta} TTA"
+
+
+def tta_passes_label(tta: str) -> str:
+    """The MACs of an image are the model's times its forward passes: "2 x " with flip TTA."""
+    passes = TTA_PASSES[tta]
+    return "" if passes == 1 else f"{passes} x "
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    checkpoint = checkpoint_from(args)
+    if checkpoint.class_ids is not None:
+        run_imagenet_eval(args, checkpoint)
+        return
+    result = evaluate_checkpoint(
+        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, tta=args.tta,
+    )  # fmt: skip
+    report = cost(checkpoint.model)
+    summary = [[
+        checkpoint.model.name + tta_label(args.tta), f"{report.params:,}",
+        tta_passes_label(args.tta) + f"{report.macs / 1e6:.1f}M",
+        f"{100 * result.top1:.2f}", f"{100 * result.top5:.2f}", f"{result.count:,}",
+    ]]  # fmt: skip
+    print(format_table(["model", "params", "MACs", "top-1 %", "top-5 %", "images"], summary))
+    rows = [
+        [name, f"{100 * accuracy:.2f}", f"{int(total):,}"]
+        for name, accuracy, total in zip(
+            checkpoint.classes, result.per_class, result.confusion.sum(1).tolist(), strict=True
+        )
+    ]
+    print()
+    print(format_table(["class", "top-1 %", "images"], rows))
+    if args.json:
+        record = {
+            "checkpoint": str(checkpoint.path), "data": args.data, "model": checkpoint.model.name,
+            "params": report.params, "macs": report.macs, "tta": args.tta,
+            "passes": TTA_PASSES[args.tta],
+            **result.to_dict(list(checkpoint.classes)),
+        }  # fmt: skip
+        print()
+        save_json(args.json, record)
+
+
+def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
+    """ImageNet weights on a validation folder, printed as the blog's table (name, params,
+    top-1, top-5) beside the figures the weights were published with."""
+    result = evaluate_imagenet(
+        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, tta=args.tta,
+    )  # fmt: skip
+    report = cost(checkpoint.model)
+    published = checkpoint.metrics or {}
+    record = getattr(checkpoint.model, "weights_record", None)
+    label = checkpoint.model.name + (f" ({record.source})" if record else "") + tta_label(args.tta)
+
+    def fraction(percent: float | None) -> str:
+        return "-" if percent is None else f"{percent / 100:.3f}"
+
+    print("| Model | Params | Top-1 | Top-5 | Published top-1 | Published top-5 | Images |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {label} | {report.params / 1e6:.2f}M | {result.top1:.3f} | {result.top5:.3f} "
+        f"| {fraction(published.get('top1'))} | {fraction(published.get('top5'))} "
+        f"| {result.count:,} |"
+    )
+    if args.json:
+        values = {
+            "model": checkpoint.model.name, "weights": record.to_dict() if record else None,
+            "checkpoint": str(checkpoint.path), "data": args.data, "params": report.params,
+            "macs": report.macs, "tta": args.tta, "passes": TTA_PASSES[args.tta],
+            "top1": result.top1, "top5": result.top5,
+            "count": result.count, "published": published,
+        }  # fmt: skip
+        print()
+        save_json(args.json, values)
+
+
+def add_predict(commands) -> None:
+    parser = add_command(
+        commands, "predict", run_predict,
+        help="the top classes of image files, with their probabilities",
+        description="The most probable classes of each image, by a checkpoint or by published "
+        "weights, each image preprocessed as the model was evaluated.",
+    )  # fmt: skip
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_model_arguments(parser)
+    parser.add_argument("--topk", type=int, default=5, metavar="K",
+                        help="classes shown per image (default %(default)s)")  # fmt: skip
+    add_device_argument(parser, "cpu")
+    add_tta_argument(parser)
+    add_json_switch(parser, "the predictions as JSON")
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    checkpoint = checkpoint_from(args)
+    predictions = predict(checkpoint, args.images, args.topk, args.device, args.tta)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(prediction) for prediction in predictions]))
+        return
+    for prediction in predictions:
+        print(prediction.path)
+        for name, probability in zip(prediction.classes, prediction.probabilities, strict=True):
+            print(f"  {probability:7.2%}  {name}")

@@ -1,0 +1,186 @@
+"""What every command shares: the parser, tables, error lines, the library's log as output, and
+the arguments several commands take."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.files import write_json
+from mobilenets.zoo.pretrained import PUBLISHERS
+
+NUMBER = re.compile(r"^(-|[-+]?[\d,.]+[%MKx]?)$")  # a cell to right-align
+PUBLISHED_WEIGHTS = (
+    f"{', '.join(PUBLISHERS)} (or SOURCE:TAG, e.g. torchvision:IMAGENET1K_V2, "
+    "mobilenets:fashion-mnist)"
+)
+DEVICE_HELP = "auto (a GPU if there is one), cpu or cuda[:N]"
+CHECKPOINT_HELP = "a .safetensors checkpoint, or a run folder (its best.safetensors)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake prints one line instead of the usage block; the parsed
+    arguments remember the (sub)parser that read them, whose flags name errors (see
+    [`as_flags`][mobilenets.cli.common.as_flags])."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(parser=self)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_command(commands, name: str, run, help: str, description: str | None = None) -> Parser:
+    """A sub-command that ``run(args)`` carries out: ``help`` is its line in the list of
+    commands; ``description`` (else ``help``) heads its own --help."""
+    parser = commands.add_parser(name, help=help, description=description or help)
+    parser.set_defaults(run=run)
+    return parser
+
+
+# --- arguments several commands take ------------------------------------------------------------
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
+
+
+def add_loader_arguments(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """--batch-size, --workers and --device of a command that evaluates on a dataset."""
+    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="B",
+                        help="images per batch (default %(default)s)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=0, metavar="W",
+                        help="data loader processes (default %(default)s: none)")  # fmt: skip
+    add_device_argument(parser, "auto")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default %(default)s)")
+
+
+def add_json_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+
+
+def add_json_switch(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain text table; columns whose cells look numeric are right-aligned."""
+    cells = [headers, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    right = [all(NUMBER.match(row[i]) for row in rows) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [
+            cell.rjust(w) if r else cell.ljust(w)
+            for cell, w, r in zip(row, widths, right, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def millions(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value / 1e6:.{digits}f}"
+
+
+def published(value: float | None, spec: str = "g") -> str:
+    """A published figure, or "-" where none was published."""
+    return "-" if value is None else format(value, spec)
+
+
+@contextlib.contextmanager
+def output_file(path: str | Path) -> Iterator[Path]:
+    """A file a command writes where the user said: a path it cannot write is the user's error,
+    one line, not a traceback."""
+    try:
+        yield Path(path)
+    except OSError as error:
+        raise MobileNetsError(f"cannot write {str(path)!r}: {error}") from error
+
+
+def save_json(path: str | Path, value) -> None:
+    """Write ``value`` as JSON to a path the user gave, and say so."""
+    with output_file(path) as target:
+        write_json(target, value)
+    print(f"wrote {path}")
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message in the command's words: a parameter it names (``data='x'``,
+    ``resume=True``) becomes the flag that sets it (``--data 'x'``, ``--resume``)."""
+    for action in parser._actions:
+        flags = [flag for flag in action.option_strings if flag.startswith("--")]
+        if not flags or action.dest in ("help", "version"):
+            continue
+        flag = flags[0]
+        if action.nargs == 0:  # a switch: name=True is the flag itself
+            message = re.sub(rf"\b{action.dest}=True\b", flag, message)
+        message = re.sub(rf"(?<![\w-]){action.dest}=", f"{flag} ", message)
+    return message
+
+
+def one_line(error: Exception) -> str:
+    """The message of an error, on one line. An error raised in a DataLoader worker arrives
+    wrapped with the worker's traceback; its last line holds the original message."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(error):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.startswith("mobilenets.") else last
+    return " ".join(line.strip() for line in lines)
+
+
+# --- the library's log as the command's output ---------------------------------------------------
+
+
+class StreamHandler(logging.Handler):
+    """Writes each record's message, as the library logs it, to the stream ``sys.stdout`` or
+    ``sys.stderr`` is at the time (so that a caller's redirection is followed); warnings go to
+    stderr."""
+
+    def __init__(self, stream_name: str) -> None:
+        super().__init__()
+        self.stream_name = stream_name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = "stderr" if record.levelno >= logging.WARNING else self.stream_name
+        stream = getattr(sys, name)
+        stream.write(record.getMessage() + "\n")
+        stream.flush()
+
+
+@contextlib.contextmanager
+def log_handlers() -> Iterator[None]:
+    """The library's messages as the command's output while it runs: ``mobilenets`` on stdout,
+    the progress lines of ``mobilenets.progress`` on stderr. The loggers are as they were
+    afterwards (a program that calls main keeps its own logging set-up)."""
+    saved = []
+    for name, stream in (("mobilenets", "stdout"), ("mobilenets.progress", "stderr")):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(StreamHandler(stream))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, level, propagate in saved:
+            logger.handlers = [h for h in logger.handlers if not isinstance(h, StreamHandler)]
+            logger.setLevel(level)
+            logger.propagate = propagate

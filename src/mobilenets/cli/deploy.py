@@ -1,0 +1,265 @@
+"""``export``, ``quantize`` and ``bench``: from a trained model to a device.
+
+Their library modules need the onnx extra (and ExecuTorch for .pte), so each command imports
+them when it runs (see the package's docstring); the defaults and choices its flags show are
+repeated here, and tests/cli checks that they are the library's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mobilenets.cli.common import (
+    CHECKPOINT_HELP,
+    PUBLISHED_WEIGHTS,
+    add_checkpoint_argument,
+    add_command,
+    format_table,
+    output_file,
+    save_json,
+)
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.data.classification import SPEC_HELP
+from mobilenets.deploy.qat import QatConfig
+from mobilenets.engine.checkpoint import load_checkpoint
+
+EXPORT_FORMATS = ("onnx", "pte")
+OPSET_HELP = "ONNX opset, 18 to 23 (default 18)"
+QUANTIZE_METHODS = ("ptq", "qat")
+QUANTIZE_CALIBRATE = ("minmax", "entropy", "percentile")
+QUANTIZE_ACTIVATIONS = ("u8", "s8")
+QUANTIZE_CALIBRATION_IMAGES = 512
+QUANTIZE_BATCH_SIZE = 64
+BENCH_BATCHES = (1, 32)
+BENCH_WARMUP = 5
+BENCH_ITERATIONS = 30
+
+
+def add_commands(commands) -> None:
+    add_export(commands)
+    add_quantize(commands)
+    add_bench(commands)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def add_export(commands) -> None:
+    parser = add_command(
+        commands, "export", run_export,
+        help="export a checkpoint or a registered model to ONNX or ExecuTorch, BN folded, checked",
+        description="Export a model to ONNX or to an ExecuTorch program with BN folded into the "
+        "convolutions, then run the file and compare its outputs with PyTorch's.",
+    )  # fmt: skip
+    parser.add_argument(
+        "model", metavar="CKPT_OR_NAME",
+        help=f"{CHECKPOINT_HELP}, or a registered name (mobilenet_v2_1.0_224)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS,
+        help="onnx, or pte: ExecuTorch with the XNNPACK delegate (needs mobilenets[mobile])",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the .onnx or .pte file to write")  # fmt: skip
+    parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
+    parser.add_argument("--resolution", type=int, metavar="N",
+                        help="input side in pixels (default: the model's own)")  # fmt: skip
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="a dynamic batch axis (default: batch 1); onnx only")  # fmt: skip
+    parser.add_argument(
+        "--weights", metavar="SRC",
+        help=f"published weights for a registered name: {PUBLISHED_WEIGHTS}; without it the "
+        "weights are random",
+    )  # fmt: skip
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from mobilenets.deploy import onnx_export as export
+
+    if args.format == "pte":
+        run_export_pte(args)
+        return
+    opset = export.DEFAULT_OPSET if args.opset is None else args.opset
+    export.check_options(args.out, opset)  # before loading or downloading anything
+    source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
+    report = export.export_onnx(
+        source.model, args.out, resolution=source.resolution, opset=opset,
+        dynamic_batch=args.dynamic_batch, metadata=source.metadata,
+    )  # fmt: skip
+    print(
+        f"wrote {report.path} ({report.model_name} with {source.weights}; opset {report.opset}, "
+        f"input {export.format_shape(report.input_shape)}, {report.file_bytes / 1e6:.1f} MB, "
+        f"{report.bn_folded} BN folded)"
+    )
+    for shape, difference in report.max_abs_diff.items():
+        print(
+            f"onnxruntime {report.onnxruntime_version} vs PyTorch: max abs diff "
+            f"{difference:.2g} at {export.format_shape(shape)}"
+        )
+
+
+def run_export_pte(args: argparse.Namespace) -> None:
+    from mobilenets.deploy import executorch_export as mobile
+    from mobilenets.deploy import onnx_export as export
+
+    if args.opset is not None or args.dynamic_batch:
+        option = "--opset" if args.opset is not None else "--dynamic-batch"
+        raise MobileNetsError(f"{option} applies to --format onnx only, not to --format pte")
+    mobile.check_pte_options(args.out)  # before loading or downloading anything
+    mobile.require_executorch("--format pte")
+    source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
+    report = mobile.export_executorch(
+        source.model, args.out, resolution=source.resolution, metadata=source.metadata
+    )
+    outside = ", ".join(report.outside_delegate) or "none"
+    print(
+        f"wrote {report.path} ({report.model_name} with {source.weights}; ExecuTorch "
+        f"{report.executorch_version}, input {export.format_shape(report.input_shape)}, "
+        f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded, "
+        f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}, "
+        f"ops outside it: {outside})"
+    )
+    print(
+        f"ExecuTorch {report.executorch_version} vs PyTorch: max abs diff "
+        f"{report.max_abs_diff:.2g} at {export.format_shape(report.input_shape)}"
+    )
+
+
+# --- quantize -----------------------------------------------------------------------------------
+
+
+def add_quantize(commands) -> None:
+    parser = add_command(
+        commands, "quantize", run_quantize,
+        help="int8 ONNX (onnxruntime QDQ) by post-training quantization or quantization-aware "
+        "fine-tuning",
+        description="Quantize a checkpoint to an int8 ONNX file (onnxruntime QDQ, weights s8 "
+        "per channel) and report its top-1 beside the fp32 model's on the validation split.",
+    )  # fmt: skip
+    add_checkpoint_argument(parser)
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help=f"the dataset the checkpoint was trained on: {SPEC_HELP}")  # fmt: skip
+    parser.add_argument(
+        "--method", required=True, choices=QUANTIZE_METHODS,
+        help="ptq: post-training static quantization; qat: fine-tune through simulated int8 "
+        "first, then quantize the same way",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the int8 file to write")
+    parser.add_argument(
+        "--calibration-images", type=int, default=QUANTIZE_CALIBRATION_IMAGES, metavar="N",
+        help="training images that set the activation ranges (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibrate", choices=QUANTIZE_CALIBRATE, default="minmax",
+        help="how the ranges are set from them: %(choices)s (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--activations", choices=QUANTIZE_ACTIVATIONS, default="u8",
+        help="activation type, u8 or s8 (default %(default)s, fast on x86); weights are s8 per "
+        "channel",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int, default=QUANTIZE_BATCH_SIZE, metavar="B",
+        help="calibration, evaluation and QAT batch size (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--qat-epochs", type=float, default=QatConfig.epochs, metavar="E",
+        help="QAT: passes over the training split, fractions allowed (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--qat-lr", type=float, default=QatConfig.lr, metavar="LR",
+        help="QAT: SGD learning rate, cosine to zero (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=QatConfig.seed,
+                        help="QAT: seed of the data order (default %(default)s)")  # fmt: skip
+
+
+def run_quantize(args: argparse.Namespace) -> None:
+    from mobilenets.deploy import quantize
+
+    quantize.check_options(args.out, args.calibrate, args.activations)
+    qat = None
+    if args.method == "qat":
+        qat = QatConfig(
+            epochs=args.qat_epochs, lr=args.qat_lr, batch_size=args.batch_size, seed=args.seed
+        )
+    checkpoint = load_checkpoint(args.checkpoint)
+    result = quantize.quantize_checkpoint(
+        checkpoint, args.data, args.out, calibration_images=args.calibration_images,
+        method=args.calibrate, activation_type=args.activations, batch_size=args.batch_size,
+        qat=qat, progress=True,
+    )  # fmt: skip
+    report = result.report
+    drop = 100 * (result.int8_top1 - result.fp32_top1)
+    print(
+        f"fp32 top-1 {100 * result.fp32_top1:.2f}%, int8 top-1 {100 * result.int8_top1:.2f}% "
+        f"({drop:+.2f} points) on {result.count:,} validation images; int8 file "
+        f"{report.int8_bytes / 1e6:.1f} MB (fp32 {report.fp32_bytes / 1e6:.1f} MB)"
+    )
+    print(f"wrote {report.path}")
+
+
+# --- bench --------------------------------------------------------------------------------------
+
+
+def add_bench(commands) -> None:
+    parser = add_command(
+        commands, "bench", run_bench,
+        help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8, ExecuTorch",
+        description="Time models on the CPU, the median and 90th percentile per batch, in "
+        "PyTorch eager and in each runtime, in one process on the same inputs.",
+    )  # fmt: skip
+    parser.add_argument(
+        "inputs", nargs="+", metavar="MODEL_OR_FILE",
+        help="a registered name (random weights), a checkpoint or run folder, an .onnx file or "
+        "a .pte file (ExecuTorch, at the batch it was exported with)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=list(BENCH_BATCHES), metavar="B",
+        help=f"batch sizes (default {' '.join(map(str, BENCH_BATCHES))})",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads of every runtime (default: torch's)")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=BENCH_WARMUP, metavar="W",
+                        help="untimed runs first (default %(default)s)")  # fmt: skip
+    parser.add_argument("--iterations", type=int, default=BENCH_ITERATIONS, metavar="K",
+                        help="timed runs (default %(default)s)")  # fmt: skip
+    parser.add_argument("--resolution", type=int, metavar="R",
+                        help="input side in pixels (default: the model's own)")  # fmt: skip
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also an int8 file of each model, calibrated on random inputs (speed only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pte", action="store_true",
+        help="also ExecuTorch (XNNPACK delegate) fp32: one .pte per batch size (needs "
+        "mobilenets[mobile]; each export takes a while)",
+    )  # fmt: skip
+    parser.add_argument("--json", metavar="FILE", help="also write the records to FILE as JSON")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="also write the table to FILE in Markdown")  # fmt: skip
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from mobilenets.deploy import bench
+
+    records = bench.run_benchmarks(
+        args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
+        iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
+        progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
+    )  # fmt: skip
+    head = (
+        f"{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
+        f"{args.warmup} warm-up"
+    )
+    print(head)
+    print(format_table(bench.HEADERS, bench.table_rows(records)))
+    print("\n" + "\n".join(bench.notes(records)))
+    if args.json:
+        save_json(args.json, [record.to_dict() for record in records])
+    if args.markdown:
+        markdown = "\n\n".join([head, bench.markdown_table(records), *bench.notes(records)])
+        with output_file(args.markdown) as path:
+            path.write_text(markdown + "\n")
+        print(f"wrote {args.markdown}")

@@ -1,0 +1,281 @@
+"""``zoo``, ``cost``, ``weights`` and ``convert``: the named models, what they cost, and the
+published weights they load."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mobilenets.cli.common import (
+    add_command,
+    add_json_switch,
+    format_table,
+    millions,
+    published,
+)
+from mobilenets.core.cost import CostReport
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from mobilenets.core.spec import format_alpha
+from mobilenets.engine.checkpoint import convert_to_checkpoint
+from mobilenets.zoo.convert import SOURCES
+from mobilenets.zoo.factory import cost
+from mobilenets.zoo.pretrained import PUBLISHERS, list_weights
+from mobilenets.zoo.registry import get_entry, is_detector
+from mobilenets.zoo.table import FAMILIES, plot_zoo, zoo_rows
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def add_commands(commands) -> None:
+    add_zoo(commands)
+    add_cost(commands)
+    add_weights(commands)
+    add_convert(commands)
+
+
+# --- zoo ----------------------------------------------------------------------------------------
+
+
+def add_zoo(commands) -> None:
+    parser = add_command(
+        commands, "zoo", run_zoo,
+        help="the named variants with their exact cost and published figures",
+        description="Every registered classifier (V1 and V2 at each width and resolution the "
+        "papers give) with our exact params and MACs beside the published checkpoint's "
+        "figures and ImageNet accuracy.",
+    )  # fmt: skip
+    parser.add_argument("--family", choices=sorted(FAMILIES),
+                        help="only V1 (v1) or only V2 (v2) variants (default: both)")  # fmt: skip
+    add_json_switch(parser, "the rows as JSON instead of a table")
+    parser.add_argument(
+        "--plot", metavar="FILE",
+        help="also draw published top-1 against MACs (V1 Figure 4) into FILE, which ends in "
+        f"{', '.join(PLOT_SUFFIXES)}",
+    )  # fmt: skip
+
+
+def run_zoo(args: argparse.Namespace) -> None:
+    if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise MobileNetsError(
+            f"--plot takes a file ending in {', '.join(PLOT_SUFFIXES)}, got {args.plot!r}"
+        )
+    rows = zoo_rows(args.family)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_zoo(rows)
+    if args.plot is not None:
+        plot_zoo(rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+
+
+def print_zoo(rows: list[dict]) -> None:
+    headers = ["name", "alpha", "res", "params M", "MACs M", "ref params M", "ref MACs M",
+               "top-1", "top-5", "source"]  # fmt: skip
+    table = []
+    for row in rows:
+        ref = row["reference"] or {}
+        table.append(
+            [row["name"], format_alpha(row["alpha"]), str(row["resolution"]),
+             millions(row["params"]), millions(row["macs"], 1),
+             published(ref.get("params_m"), ".2f"), published(ref.get("macs_m")),
+             published(ref.get("top1"), ".1f"), published(ref.get("top5"), ".1f"),
+             ref.get("source", "no published checkpoint")]
+        )  # fmt: skip
+    print(format_table(headers, table))
+    print(
+        "\nparams and MACs are exact counts for 1000 classes (params: conv and linear weights,"
+        "\nclassifier bias, BN scale and shift; MACs: convs and classifier). The ref columns"
+        "\nare the published checkpoint's figures: TF-slim counts 1001 classes, and its V2"
+        "\nparams leave out BN. top-1/top-5: ImageNet, single crop, as published."
+    )
+
+
+# --- cost ---------------------------------------------------------------------------------------
+
+
+def add_cost(commands) -> None:
+    parser = add_command(
+        commands, "cost", run_cost,
+        help="per-layer params, MACs and activation memory of a model",
+        description="The analytic cost of a model, layer by layer, from its resolved spec (no "
+        "model is built): params, multiply-adds, activation memory, and the papers' breakdowns.",
+    )  # fmt: skip
+    parser.add_argument(
+        "name", metavar="NAME",
+        help="a variant (mobilenet_v2_1.0_224), a family (mobilenet_v1, alpha 1.0 at 224 unless "
+        "given) or a detector (ssdlite_mobilenet_v2)",
+    )  # fmt: skip
+    parser.add_argument("--alpha", type=float, metavar="A",
+                        help="width multiplier (default: the name's)")  # fmt: skip
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--resolution", type=int, metavar="N",
+                      help="input side in pixels, >= 32 (default: the name's)")  # fmt: skip
+    size.add_argument("--rho", type=float, metavar="R",
+                      help="resolution multiplier in (0, 1]: an input side of 224*rho")  # fmt: skip
+    parser.add_argument(
+        "--num-classes", type=int, metavar="K",
+        help="classifier outputs, 0 for none (default 1000); a detector's count includes the "
+        "background (default 91, COCO)",
+    )  # fmt: skip
+    parser.add_argument("--expansion", type=int, metavar="T",
+                        help="V2 expansion factor t (default 6)")  # fmt: skip
+    parser.add_argument("--in-chans", type=int, metavar="C",
+                        help="input channels (default 3; 1 for grayscale)")  # fmt: skip
+    parser.add_argument("--by-kind", action="store_true",
+                        help="add V1 Table 2: MACs and weights by layer kind")  # fmt: skip
+    parser.add_argument("--standard", action="store_true",
+                        help="add V1 Table 4: the same network with full convolutions")  # fmt: skip
+    parser.add_argument(
+        "--small-input", action="store_true", default=None,
+        help="the variant for 28-32 px images: output stride 8 instead of 32",
+    )  # fmt: skip
+    add_json_switch(parser, "one JSON object instead of the tables")
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    report = cost(
+        args.name, resolution=args.resolution, rho=args.rho, alpha=args.alpha,
+        num_classes=args.num_classes, expansion=args.expansion, small_input=args.small_input,
+        in_chans=args.in_chans,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report.to_dict(by_kind=args.by_kind), indent=2))
+        return
+    print_cost(report, by_kind=args.by_kind, standard=args.standard)
+    if is_detector(args.name):
+        print_detector_paper(args.name, report)
+
+
+def shape_text(shape: tuple[int, int, int]) -> str:
+    channels, height, width = shape
+    return f"{channels}" if height == width == 1 else f"{channels}x{height}x{width}"
+
+
+def print_cost(report: CostReport, *, by_kind: bool, standard: bool) -> None:
+    small = report.name.endswith("_small")
+    print(
+        f"{report.name}: alpha {format_alpha(report.alpha)}, {report.resolution}x"
+        f"{report.resolution} input, {report.num_classes} classes"
+        + ("\nsmall-input variant: stride-1 stem and first stride-2 stage (output stride 8)"
+           if small else "")
+        + "\n"
+    )  # fmt: skip
+    rows = [
+        [layer.name, layer.kind, shape_text(layer.in_shape), shape_text(layer.out_shape),
+         f"{layer.params:,}", f"{layer.macs:,}", f"{layer.activation_bytes / 1000:.1f}"]
+        for layer in report.layers
+    ]  # fmt: skip
+    print(format_table(["layer", "kind", "input", "output", "params", "MACs", "act KB"], rows))
+    print(
+        f"\ntotal: {report.params:,} params, {report.macs:,} MACs ({report.macs / 1e6:.1f}M)"
+        f"\nbody (conv weights only, no BN, no classifier): {report.body_params:,} params, "
+        f"{report.body_macs:,} MACs"
+        f"\nBN running statistics (buffers, not params): {report.bn_buffers:,}"
+        f"\npeak activation (V2 Table 3, 16-bit): {report.peak_activation_bytes:,} bytes "
+        f"({report.peak_activation_bytes / 1000:.0f}K), output of {report.peak_activation_tensor}"
+    )
+    if by_kind:
+        rows = [
+            [row.label, f"{row.macs:,}", f"{row.macs_percent:.2f}%", f"{row.weights:,}",
+             f"{row.weights_percent:.2f}%"]
+            for row in report.by_kind()
+        ]  # fmt: skip
+        print("\nby layer kind (V1 Table 2: weights without bias or BN):")
+        print(format_table(["type", "MACs", "MACs %", "weights", "weights %"], rows))
+    if standard:
+        print(
+            "\nwith full convolutions instead of depthwise separable ones (V1 Table 4):"
+            f"\n  params {report.standard_params:,} ({report.standard_params / 1e6:.1f}M, "
+            f"{report.standard_params / report.params:.1f}x)"
+            f"\n  MACs   {report.standard_macs:,} ({report.standard_macs / 1e6:.0f}M, "
+            f"{report.standard_macs / report.macs:.1f}x)"
+        )
+
+
+def print_detector_paper(name: str, report: CostReport) -> None:
+    """A detector's totals beside the paper's (V2 Table 6 counts at 320x320)."""
+    (paper,) = get_entry(name).paper
+    print(
+        f"\npaper ({paper.source}): {paper.params_m}M params, {paper.macs_m / 1000:.1f}B MAdds"
+        f"\nours / paper: params {report.params / (paper.params_m * 1e6):.3f}, "
+        f"MACs {report.macs / (paper.macs_m * 1e6):.3f}"
+    )
+
+
+# --- weights and convert ------------------------------------------------------------------------
+
+
+def add_weights(commands) -> None:
+    parser = add_command(
+        commands, "weights", run_weights,
+        help="the published weights we can load",
+        description="The published weights that load into our models: torchvision's, timm's "
+        "and Keras's for ImageNet, and ours, with their preprocessing, padding, BN epsilon and "
+        "published accuracy.",
+    )  # fmt: skip
+    parser.add_argument("--source", choices=PUBLISHERS,
+                        help="only this publisher: %(choices)s (default: all)")  # fmt: skip
+    add_json_switch(parser, "the weights records as JSON instead of a table")
+
+
+def run_weights(args: argparse.Namespace) -> None:
+    records = list_weights(args.source)
+    if args.json:
+        print(json.dumps([record.to_dict() for record in records], indent=1))
+        return
+    rows = [
+        [r.model_name, r.source, r.tag, published(r.top1, ".1f"), published(r.top5, ".1f"),
+         f"{r.preprocessing.resize or '-'}/{r.preprocessing.resolution} "
+         f"{r.preprocessing.interpolation}",
+         inputs_text(r.preprocessing), r.padding, f"{r.bn_eps:g}"]
+        for r in records
+    ]  # fmt: skip
+    headers = ["model", "source", "tag", "top-1", "top-5", "resize/crop", "inputs", "padding",
+               "bn_eps"]  # fmt: skip
+    print(format_table(headers, rows))
+    print(
+        "\nuse: create_model(NAME, weights=SOURCE), or mobilenets predict IMAGE --model NAME "
+        "--weights SOURCE.\ntorchvision and timm weights load at any resolution; Keras has one "
+        "file per resolution."
+    )
+
+
+def inputs_text(preprocessing: Preprocessing) -> str:
+    """How pixels in [0, 1] are normalized: to [-1, 1], with ImageNet's mean and std, or other."""
+    mean, std = preprocessing.mean, preprocessing.std
+    if set(mean) == set(std) == {0.5}:
+        return "[-1, 1]"
+    if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD):
+        return "ImageNet mean/std"
+    return f"mean {'/'.join(f'{m:g}' for m in mean)}, std {'/'.join(f'{s:g}' for s in std)}"
+
+
+def add_convert(commands) -> None:
+    parser = add_command(
+        commands, "convert", run_convert,
+        help="convert torchvision, timm or Keras weights into a .safetensors checkpoint",
+        description="Convert a weights file of torchvision, timm or Keras into a checkpoint of "
+        "ours: every tensor mapped by the spec and shape-checked, the source's padding and BN "
+        "epsilon recorded.",
+    )  # fmt: skip
+    parser.add_argument(
+        "source_file", metavar="SRC", help="the file to convert: .pth or .safetensors, or Keras .h5"
+    )
+    parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
+                        help="the ecosystem SRC comes from: %(choices)s")  # fmt: skip
+    parser.add_argument("--model", required=True, metavar="NAME",
+                        help="the variant of the weights, e.g. mobilenet_v2_1.0_224")  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE.safetensors",
+                        help="the checkpoint to write")  # fmt: skip
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise MobileNetsError(f"--out must be a .safetensors file, got {args.out!r}")
+    config, report = convert_to_checkpoint(args.source_file, args.source, args.model, out)
+    print(f"{report.summary()}\nwrote {out} (padding {config.padding}, bn_eps {config.bn_eps:g})")
