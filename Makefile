@@ -1,4 +1,6 @@
-# Set-up on a fresh machine is part of each target: the first run creates .venv with pip.
+# Set-up on a fresh machine is part of each target: the first run creates .venv with pip and
+# installs the package with its dev extra, which holds every optional extra: the demo's training
+# plots need [plots], bench needs [onnx], the tests need all of them (and the docs build).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -256,5 +256,3 @@ def write_imagenet_folder(root: Path, class_indices, per_class: int = 2) -> list
 
 
 # --- Fixtures ------------------------------------------------------------------------------------
-
-

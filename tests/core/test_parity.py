@@ -1,7 +1,6 @@
 """Architecture parity: with a reference model's weights copied in tensor by tensor, our models
 compute the same logits as torchvision's and timm's."""
 
-
 import pytest
 import timm
 import torch

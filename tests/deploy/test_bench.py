@@ -136,5 +136,14 @@ def test_a_fixed_batch_file_refuses_other_batches(onnx_file, tmp_path):
     graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # as without dynamic_batch
     path = tmp_path / "fixed.onnx"
     onnx.save(graph, str(path))
-    with pytest.raises(MobileNetsError, match="fixed batch of 1"):
+    again = "measure it at batch 1 only, or export it again with a dynamic batch axis"
+    with pytest.raises(MobileNetsError, match=f"fixed batch of 1; {again}"):
         bench.run_benchmarks([path], batches=(1, 2), iterations=1, threads=1)
+
+
+def test_a_file_keeps_its_resolution(capsys, onnx_file):
+    with pytest.raises(MobileNetsError, match=r"takes 32x32 inputs; resolution=64 cannot change "):
+        bench.run_benchmarks([onnx_file], resolution=64, iterations=1, threads=1)
+    assert main(["bench", str(onnx_file), "--resolution", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "takes 32x32 inputs; --resolution 64 cannot change an ONNX file" in err

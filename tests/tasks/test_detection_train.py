@@ -88,9 +88,14 @@ def test_a_few_steps_of_training_lower_the_loss():
     preprocessing = detection_preprocessing(64, None)
     data.train.transform = eval_transform(preprocessing)
     torch.manual_seed(0)
-    model = SSDLite(resolve_detection_config(config.model, alpha=config.alpha,
-                                     resolution=config.resolution,
-                                     num_classes=len(data.class_names)))
+    model = SSDLite(
+        resolve_detection_config(
+            config.model,
+            alpha=config.alpha,
+            resolution=config.resolution,
+            num_classes=len(data.class_names),
+        )
+    )
     batch = AssignTargets(model.anchors())([data.train[i] for i in range(4)])
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -111,9 +116,14 @@ def test_the_loader_workers_match_boxes_to_anchors_as_the_main_process_would():
     config = tiny_config()
     data = load_detection_data(DATA)
     data.train.transform = eval_transform(detection_preprocessing(64, None))
-    model = SSDLite(resolve_detection_config(config.model, alpha=config.alpha,
-                                     resolution=config.resolution,
-                                     num_classes=len(data.class_names)))
+    model = SSDLite(
+        resolve_detection_config(
+            config.model,
+            alpha=config.alpha,
+            resolution=config.resolution,
+            num_classes=len(data.class_names),
+        )
+    )
     collate = AssignTargets(model.anchors(), iou_threshold=0.4)
     loader = torch.utils.data.DataLoader(data.train, batch_size=3, num_workers=1,
                                          collate_fn=collate)  # fmt: skip
@@ -309,7 +319,7 @@ def test_data_specs_synthetic_coco_folder_and_voc(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("imagenet", r"--data must be one of: synthetic-shapes\[:N\].*got 'imagenet'"),
+        ("imagenet", r"data='imagenet' is not one of: synthetic-shapes\[:N\].*voc:ROOT"),
         ("synthetic-shapes:zero", r"positive number of training images, got 'zero'"),
         ("coco:/no/such/dir", r"coco:/no/such/dir needs train/ and val/ image folders"),
         ("coco:a,b", r"coco: takes DIR or TRAIN_IMAGES,TRAIN_JSON,VAL_IMAGES,VAL_JSON"),
@@ -383,7 +393,8 @@ def test_export_with_decoding_matches_pytorch(finished_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--data", "nope:1", "--out", "{tmp}/x"], "--data must be one of"),
+        (["train", "--data", "nope:1", "--out", "{tmp}/x"],
+         "--data 'nope:1' is not one of: synthetic-shapes[:N]"),
         (["train", "--data", DATA, "--loss", "hinge", "--out", "{tmp}/x"],
          "loss must be one of softmax, focal, got 'hinge'"),
         (["train", "--resume", "--epochs", "3", "--out", "{tmp}/x"], "drop --epochs (it may"),

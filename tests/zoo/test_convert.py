@@ -1,6 +1,6 @@
-"""Weight conversion: torchvision, timm and Keras weights files, converted by mobilenets.zoo.convert,
-compute the reference model's logits in our models; a file that does not fit fails loudly, naming
-the keys and shapes.
+"""Weight conversion: torchvision, timm and Keras weights files, converted by
+mobilenets.zoo.convert, compute the reference model's logits in our models; a file that does not fit
+fails loudly, naming the keys and shapes.
 
 Every reference gets random weights that make its logits depend on the input (checked), with
 non-trivial BN statistics, so that a mis-mapped or mis-laid-out tensor shows in the logits. Each

@@ -65,9 +65,12 @@ def test_as_a_checkpoint_it_names_the_fashion_mnist_classes():
 def test_other_classes_or_another_width_are_refused():
     with pytest.raises(MobileNetsError, match=r"10-class, 1-channel model; got num_classes=5"):
         create_model(NAME, num_classes=5, weights=WEIGHTS)
-    with pytest.raises(MobileNetsError, match=r"publishes no weights for mobilenet_v2_1.0_224 "
-                                              r"with tag 'fashion-mnist'; it has mobilenet_v2 "
-                                              r"alpha 1.4 \[fashion-mnist\]"):
+    with pytest.raises(
+        MobileNetsError,
+        match=r"publishes no weights for mobilenet_v2_1.0_224 "
+        r"with tag 'fashion-mnist'; it has mobilenet_v2 "
+        r"alpha 1.4 \[fashion-mnist\]",
+    ):
         create_model("mobilenet_v2_1.0_224", weights=WEIGHTS)
 
 
@@ -81,8 +84,9 @@ def test_a_changed_or_missing_file_is_refused(record, tmp_path, monkeypatch):
         handle.seek(-1, 2)
         handle.write(bytes([last[0] ^ 1]))
     monkeypatch.setattr(pretrained, "REPOSITORY", tmp_path)
-    with pytest.raises(MobileNetsError, match=f"does not match its record: sha256 .*, published "
-                                              f"{record.sha256}"):
+    with pytest.raises(
+        MobileNetsError, match=f"does not match its record: sha256 .*, published {record.sha256}"
+    ):
         create_model(NAME, weights=WEIGHTS)
     copy.unlink()
     with pytest.raises(MobileNetsError, match="ship in the mobilenets source repository"):

@@ -107,8 +107,9 @@ def test_weights_for_another_model_or_numerics_are_refused_and_nothing_loads(tmp
         train_config(weights=3)
 
 
-def test_a_run_starts_from_the_weights_with_their_numerics_and_resumes_without_them(tmp_path,
-                                                                                     caplog):
+def test_a_run_starts_from_the_weights_with_their_numerics_and_resumes_without_them(
+    tmp_path, caplog
+):
     source = scrambled(create_model("mobilenet_v2", alpha=0.35, num_classes=4, padding="same",
                                     bn_eps=1e-3))  # fmt: skip
     weights = save_weights(source, tmp_path / "start.safetensors")

@@ -125,8 +125,9 @@ def assign_targets(
 def assign_batch(
     anchors: torch.Tensor, targets: Sequence[dict], iou_threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[`assign_targets`][mobilenets.core.boxes.assign_targets] for each image's ``{"boxes", "labels"}``: stacked labels
-    ``[N, A]`` and offsets ``[N, A, 4]``, the inputs [`MultiBoxLoss`][mobilenets.tasks.detection.loss.MultiBoxLoss] takes."""
+    """[`assign_targets`][mobilenets.core.boxes.assign_targets] for each image's
+    ``{"boxes", "labels"}``: stacked labels ``[N, A]`` and offsets ``[N, A, 4]``, the inputs
+    [`MultiBoxLoss`][mobilenets.tasks.detection.loss.MultiBoxLoss] takes."""
     pairs = [
         assign_targets(
             anchors, t["boxes"].to(anchors), t["labels"].to(anchors.device), iou_threshold

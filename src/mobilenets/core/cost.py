@@ -1,8 +1,8 @@
 """The analytic cost model: parameters, multiply-adds and activation memory from the spec alone.
 
-Everything here reads the resolved [`NetSpec`][mobilenets.core.spec.NetSpec]; no model is built and no
-forward pass runs, so the cost of a network is known before it exists. The tests hold it equal
-to the built model's parameter count and to torch's FLOP counter.
+Everything here reads the resolved [`NetSpec`][mobilenets.core.spec.NetSpec]; no model is built and
+no forward pass runs, so the cost of a network is known before it exists. The tests hold it equal to
+the built model's parameter count and to torch's FLOP counter.
 
 What each figure counts (the published figures count differently, see the README):
 

@@ -1,11 +1,13 @@
 """SSDLite on MobileNetV2 (Sandler et al. 2018, section 6.2) as data, resolved into layers.
 
-[`resolve_detection`][mobilenets.core.detection_spec.resolve_detection] turns a [`DetectionConfig`][mobilenets.core.detection_spec.DetectionConfig] into a [`DetectionSpec`][mobilenets.core.detection_spec.DetectionSpec]: the
-classification backbone's own records (``mobilenets.core.spec.resolve`` with no classifier), then one
-record per layer of the extra feature layers and of the prediction heads, and one record per
-feature map with its size, channels and default-box shapes. The nn.Module (``model.py``), the
-cost model (``mobilenets.core.cost``) and the default boxes (``anchors.py``) all read it; sizes come
-from ``conv_out_size``, never from a forward pass.
+[`resolve_detection`][mobilenets.core.detection_spec.resolve_detection] turns a
+[`DetectionConfig`][mobilenets.core.detection_spec.DetectionConfig] into a
+[`DetectionSpec`][mobilenets.core.detection_spec.DetectionSpec]: the classification backbone's own
+records (``mobilenets.core.spec.resolve`` with no classifier), then one record per layer of the
+extra feature layers and of the prediction heads, and one record per feature map with its size,
+channels and default-box shapes. The nn.Module (``model.py``), the cost model
+(``mobilenets.core.cost``) and the default boxes (``anchors.py``) all read it; sizes come from
+``conv_out_size``, never from a forward pass.
 
 The design is TF object detection API's ``ssdlite_mobilenet_v2_coco``:
 

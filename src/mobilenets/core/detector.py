@@ -5,10 +5,11 @@ Module paths are the spec's names and the checkpoint keys:
 - ``backbone``: the classification [`MobileNet`][mobilenets.core.models.MobileNet] itself, without a
   classifier (``backbone.blocks.13.conv_pw.weight``), so a classification checkpoint's tensors
   copy in under the same names.
-- ``extras.{i}``: [`ExtraLayer`][mobilenets.core.detector.ExtraLayer], 1x1 ``conv_reduce``, 3x3 stride-2 ``conv_dw``, 1x1
-  ``conv_pw``, each with BN and ReLU6.
-- ``box_heads.{k}`` and ``class_heads.{k}``: [`PredictionHead`][mobilenets.core.detector.PredictionHead], 3x3 ``conv_dw`` with BN
-  and ReLU6, then a 1x1 ``conv_pw`` with bias.
+- ``extras.{i}``: [`ExtraLayer`][mobilenets.core.detector.ExtraLayer], 1x1 ``conv_reduce``, 3x3
+  stride-2 ``conv_dw``, 1x1 ``conv_pw``, each with BN and ReLU6.
+- ``box_heads.{k}`` and ``class_heads.{k}``:
+  [`PredictionHead`][mobilenets.core.detector.PredictionHead], 3x3 ``conv_dw`` with BN and ReLU6,
+  then a 1x1 ``conv_pw`` with bias.
 
 ``forward(images)`` returns ``{"cls_logits": [N, A, num_classes], "box_regression": [N, A, 4]}``
 (class 0 is background), in the order of ``model.anchors()``: map by map, locations row-major,

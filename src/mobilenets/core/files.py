@@ -1,7 +1,8 @@
 """Files written atomically: a temporary file in the same folder, then a rename.
 
-An interrupted write leaves the previous file, never a partial one under the final name. Every
-file the library writes (weights, run state, metrics, exports) goes through [`atomic_path`][mobilenets.core.files.atomic_path].
+An interrupted write leaves the previous file, never a partial one under the final name. Every file
+the library writes (weights, run state, metrics, exports) goes through
+[`atomic_path`][mobilenets.core.files.atomic_path].
 """
 
 from __future__ import annotations

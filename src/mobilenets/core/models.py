@@ -3,10 +3,13 @@
 One block class per paper figure, with named parts that read as the figure and become the
 checkpoint keys (``blocks.3.conv_dw.weight``, ``blocks.3.bn1.running_var``):
 
-- [`ConvBNAct`][mobilenets.core.models.ConvBNAct]: a full conv, BN, ReLU6 (the stem, and V2's last 1x1 "head" conv).
-- [`DepthwiseSeparable`][mobilenets.core.models.DepthwiseSeparable]: V1 Figure 3 (right): 3x3 depthwise, BN, ReLU6, 1x1, BN, ReLU6.
-- [`InvertedResidual`][mobilenets.core.models.InvertedResidual]: V2 Table 1 / Figure 3b: 1x1 expansion with ReLU6, 3x3 depthwise
-  with ReLU6, 1x1 linear projection, and a residual when stride is 1 and channels match.
+- [`ConvBNAct`][mobilenets.core.models.ConvBNAct]: a full conv, BN, ReLU6 (the stem, and V2's last
+  1x1 "head" conv).
+- [`DepthwiseSeparable`][mobilenets.core.models.DepthwiseSeparable]: V1 Figure 3 (right): 3x3
+  depthwise, BN, ReLU6, 1x1, BN, ReLU6.
+- [`InvertedResidual`][mobilenets.core.models.InvertedResidual]: V2 Table 1 / Figure 3b: 1x1
+  expansion with ReLU6, 3x3 depthwise with ReLU6, 1x1 linear projection, and a residual when stride
+  is 1 and channels match.
 """
 
 from __future__ import annotations

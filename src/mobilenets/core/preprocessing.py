@@ -1,9 +1,10 @@
 """How an image becomes a model's input tensor, recorded with every weights file.
 
-A [`Preprocessing`][mobilenets.core.preprocessing.Preprocessing] travels with the weights it belongs to: the published weights records
-([`mobilenets.zoo.pretrained`][mobilenets.zoo.pretrained]) carry their publisher's, and every checkpoint a run writes
-carries its training data's, so that evaluation and prediction read images as training did. It
-is a record; the transforms that carry it out are built by [`mobilenets.data.transforms`][mobilenets.data.transforms].
+A [`Preprocessing`][mobilenets.core.preprocessing.Preprocessing] travels with the weights it belongs
+to: the published weights records ([`mobilenets.zoo.pretrained`][mobilenets.zoo.pretrained]) carry
+their publisher's, and every checkpoint a run writes carries its training data's, so that evaluation
+and prediction read images as training did. It is a record; the transforms that carry it out are
+built by [`mobilenets.data.transforms`][mobilenets.data.transforms].
 """
 
 from __future__ import annotations

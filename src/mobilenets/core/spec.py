@@ -1,11 +1,11 @@
 """The papers' architecture tables as data, and the one function that resolves them into layers.
 
 V1 Table 1 (Howard et al. 2017) and V2 Table 2 (Sandler et al. 2018) appear below as typed rows in
-the papers' notation. [`resolve`][mobilenets.core.spec.resolve] turns a [`ModelConfig`][mobilenets.core.spec.ModelConfig] (architecture, alpha,
-resolution, ...) into a [`NetSpec`][mobilenets.core.spec.NetSpec]: one record per block and per layer, with channels,
+the papers' notation. [`resolve`][mobilenets.core.spec.resolve] turns a
+[`ModelConfig`][mobilenets.core.spec.ModelConfig] (architecture, alpha, resolution, ...) into a
+[`NetSpec`][mobilenets.core.spec.NetSpec]: one record per block and per layer, with channels,
 kernel, stride, groups and spatial sizes. The nn.Module builder (``models.py``) and the analytic
-cost model (``cost.py``) both read that record; nothing discovers a shape by running a forward
-pass.
+cost model (``cost.py``) both read that record; nothing discovers a shape by running a forward pass.
 
 alpha (the width multiplier, V1 section 3.3) and rho (the resolution multiplier, section 3.4) are
 applied here and nowhere else: alpha through each architecture's channel-rounding rule, rho only

@@ -120,15 +120,18 @@ def save_weights(model, path: str | os.PathLike, info: Mapping[str, Any] | None 
     """Write the model's state dict as safetensors, with its config in the metadata, atomically
     (a temporary file in the same folder, then a rename).
 
-    ``info`` adds entries (class names, preprocessing, a training config, metrics: any value
-    JSON can write), each stored as ``mobilenets.<name>``; [`read_info`][mobilenets.core.weights.read_info] reads them back.
+    ``info`` adds entries (class names, preprocessing, a training config, metrics: any value JSON
+    can write), each stored as ``mobilenets.<name>``;
+    [`read_info`][mobilenets.core.weights.read_info] reads them back.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise MobileNetsError(f"save_weights writes .safetensors files, got {str(path)!r}")
     info = dict(info or {})
     if CONFIG_KEY in info:
-        raise MobileNetsError(f"info key {CONFIG_KEY!r} is the model config, written from the model")
+        raise MobileNetsError(
+            f"info key {CONFIG_KEY!r} is the model config, written from the model"
+        )
     info[CONFIG_KEY] = model.config.to_dict()
     metadata = {METADATA_PREFIX + key: json.dumps(value) for key, value in info.items()}
     state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
@@ -138,8 +141,9 @@ def save_weights(model, path: str | os.PathLike, info: Mapping[str, Any] | None 
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The entries [`save_weights`][mobilenets.core.weights.save_weights] wrote into a safetensors file (the model config under
-    ``"config"``), decoded; empty for a file written by another program."""
+    """The entries [`save_weights`][mobilenets.core.weights.save_weights] wrote into a safetensors
+    file (the model config under ``"config"``), decoded; empty for a file written by another
+    program."""
     info = {}
     for key, value in read_metadata(path).items():
         if key.startswith(METADATA_PREFIX):

@@ -1,4 +1,4 @@
-"""Datasets for training and evaluation, named by a ``--data`` spec.
+"""Datasets for training and evaluation, named by a ``data`` spec.
 
 ``fashion-mnist``: the real Fashion-MNIST, found in ``$MOBILENETS_DATA``, the user cache or
 ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``), else downloaded from
@@ -236,13 +236,13 @@ def load_image_folder(root: Path, resolution: int, skip_bad_images: bool = False
         folder = root / split
         if not folder.is_dir():
             raise MobileNetsError(
-                f"--data {str(root)!r}: no {split}/ folder (an ImageFolder dataset has "
+                f"data={str(root)!r}: no {split}/ folder (an ImageFolder dataset has "
                 "train/CLASS/*.jpg and val/CLASS/*.jpg)"
             )
         try:
             found = tv_datasets.ImageFolder(str(folder), loader=open_image)
         except FileNotFoundError as error:
-            raise MobileNetsError(f"--data {str(folder)!r}: {error}") from error
+            raise MobileNetsError(f"data={str(folder)!r}: {error}") from error
         samples = found.samples
         if skip_bad_images:
             samples = drop_unreadable(samples, split)
@@ -251,7 +251,7 @@ def load_image_folder(root: Path, resolution: int, skip_bad_images: bool = False
     if val_classes != classes:
         differ = sorted(set(classes) ^ set(val_classes))
         raise MobileNetsError(
-            f"--data {str(root)!r}: train/ and val/ have different classes ({', '.join(differ)})"
+            f"data={str(root)!r}: train/ and val/ have different classes ({', '.join(differ)})"
         )
     small = False
     preprocessing = imagenet_preprocessing(resolution)
@@ -296,26 +296,26 @@ def load_synthetic(train_size: int = SYNTHETIC_TRAIN, seed: int = 0) -> Splits:
     return in_memory_splits("synthetic", make(train_size), make(max(train_size // 4, 10)), classes)
 
 
-# --- The --data spec ---------------------------------------------------------------------------
+# --- The data spec -----------------------------------------------------------------------------
 
 
 def load_splits(spec: str, resolution: int, skip_bad_images: bool = False) -> Splits:
-    """The dataset a ``--data`` spec names (see the module docstring for the forms)."""
+    """The dataset a ``data`` spec names (see the module docstring for the forms)."""
     if not isinstance(spec, str) or not spec:
-        raise MobileNetsError(f"--data must be one of: {SPEC_HELP}; got {spec!r}")
+        raise MobileNetsError(f"data={spec!r} is not one of: {SPEC_HELP}")
     kind, _, argument = spec.partition(":")
     if kind == "fashion-mnist" and not argument:
         return load_fashion_mnist()
     if kind in CIFAR_LAYOUT:
         if not argument:
-            raise MobileNetsError(f"--data {spec!r}: give the folder, as {kind}:DIR")
+            raise MobileNetsError(f"data={spec!r}: give the folder, as {kind}:DIR")
         return load_cifar(kind, Path(argument))
     if kind == "synthetic":
         if argument and not (argument.isdigit() and int(argument) >= SYNTHETIC_CLASSES):
             raise MobileNetsError(
-                f"--data {spec!r}: synthetic:N takes a training-set size N >= {SYNTHETIC_CLASSES}"
+                f"data={spec!r}: synthetic:N takes a training-set size N >= {SYNTHETIC_CLASSES}"
             )
         return load_synthetic(int(argument) if argument else SYNTHETIC_TRAIN)
     if Path(spec).is_dir():
         return load_image_folder(Path(spec), resolution, skip_bad_images)
-    raise MobileNetsError(f"--data must be one of: {SPEC_HELP}; got {spec!r}")
+    raise MobileNetsError(f"data={spec!r} is not one of: {SPEC_HELP}")

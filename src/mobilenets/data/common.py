@@ -31,7 +31,6 @@ def data_dirs() -> list[Path]:
     return dirs
 
 
-
 class TensorImages(Dataset):
     """In-memory uint8 images (N, C, H, W) and labels; items are looked up by (index, seed)."""
 

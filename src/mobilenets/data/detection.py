@@ -1,11 +1,12 @@
 """Detection datasets: COCO JSON and Pascal VOC XML, with contiguous labels.
 
 Both return ``(image, target)``: a PIL RGB image and a dict with ``boxes`` (a
-``tv_tensors.BoundingBoxes``, pixel (x1, y1, x2, y2)), ``labels`` (int64, 1..C-1; 0 is
-background), ``image_id`` (int) and ``orig_size`` ((height, width)); VOC adds ``difficult``
-(bool). Passed through a transform from [`mobilenets.data.detection_transforms`][mobilenets.data.detection_transforms], the image
-becomes the model's input and the boxes become normalized. An item may be asked for as
-``index`` or as ``(index, seed)`` (what [`EpochSampler`][mobilenets.data.common.EpochSampler] yields): the seed
+``tv_tensors.BoundingBoxes``, pixel (x1, y1, x2, y2)), ``labels`` (int64, 1..C-1; 0 is background),
+``image_id`` (int) and ``orig_size`` ((height, width)); VOC adds ``difficult`` (bool). Passed
+through a transform from
+[`mobilenets.data.detection_transforms`][mobilenets.data.detection_transforms], the image becomes
+the model's input and the boxes become normalized. An item may be asked for as ``index`` or as
+``(index, seed)`` (what [`EpochSampler`][mobilenets.data.common.EpochSampler] yields): the seed
 fixes the augmentation.
 
 ``class_names[label]`` names a label (``class_names[0]`` is ``"__background__"``);
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mobilenets.data.common import data_dirs, open_image, seeded
 from mobilenets.data.shapes import make_synthetic_coco
@@ -58,12 +60,11 @@ VOC_CLASSES = (
 
 def load_coco_api(annotations: str | os.PathLike):
     """A ``pycocotools.coco.COCO`` for an annotation file, quietly (it prints progress)."""
-    from pycocotools.coco import COCO
-
+    coco_api = require("pycocotools.coco", "reading COCO annotations")
     path = Path(annotations)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
+            return coco_api.COCO(str(path))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise MobileNetsError(f"cannot read COCO annotations {str(path)!r}: {error}") from error
     except (KeyError, TypeError, AssertionError) as error:
@@ -266,8 +267,7 @@ class VocDetection(_DetectionDataset):
         """The split as a ``pycocotools.coco.COCO`` ground truth (image ids are indices,
         category ids are labels, difficult objects are crowd regions)."""
         if self._coco is None:
-            from pycocotools.coco import COCO
-
+            coco_api = require("pycocotools.coco", "scoring VOC data by COCO mAP")
             images, annotations = [], []
             for index, record in enumerate(self.records):
                 images.append(dict(id=index, file_name=record["image"].name,
@@ -280,7 +280,7 @@ class VocDetection(_DetectionDataset):
                                             category_id=label, bbox=[box[0], box[1], w, h],
                                             area=w * h, iscrowd=int(hard)))  # fmt: skip
             categories = [dict(id=i, name=n) for i, n in enumerate(self.class_names) if i]
-            coco = COCO()
+            coco = coco_api.COCO()
             coco.dataset = dict(images=images, annotations=annotations, categories=categories)
             with contextlib.redirect_stdout(io.StringIO()):
                 coco.createIndex()
@@ -294,7 +294,7 @@ def collate_detections(batch):
     return torch.stack(list(images)), list(targets)
 
 
-# --- --data specs ---------------------------------------------------------------------------------
+# --- data specs -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -351,10 +351,11 @@ def _coco_folder(root: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def load_detection_data(spec: str, splits: tuple[str, ...] = ("train", "val")) -> DetectionData:
-    """The datasets a ``--data`` spec names (see [`DATA_HELP`][mobilenets.data.detection.DATA_HELP]), without transforms. Only
-    the ``splits`` asked for are read: evaluation need not parse a large training file."""
+    """The datasets a ``data`` spec names (see [`DATA_HELP`][mobilenets.data.detection.DATA_HELP]),
+    without transforms. Only the ``splits`` asked for are read: evaluation need not parse a large
+    training file."""
     if not isinstance(spec, str) or not spec:
-        raise MobileNetsError(f"--data must be one of: {DATA_HELP}; got {spec!r}")
+        raise MobileNetsError(f"data={spec!r} is not one of: {DATA_HELP}")
     kind, _, rest = spec.partition(":")
     if kind == SYNTHETIC_SHAPES:
         count = SYNTHETIC_SHAPES_TRAIN
@@ -394,13 +395,13 @@ def load_detection_data(spec: str, splits: tuple[str, ...] = ("train", "val")) -
         return DetectionData(spec, found.get("train"), found.get("val"), first.class_names,
                              first.category_ids)  # fmt: skip
     else:
-        raise MobileNetsError(f"--data must be one of: {DATA_HELP}; got {spec!r}")
+        raise MobileNetsError(f"data={spec!r} is not one of: {DATA_HELP}")
     found = {split: CocoDetection(*paths[split]) for split in splits}
     first = next(iter(found.values()))
     for split, dataset in found.items():
         if dataset.category_ids != first.category_ids:
             raise MobileNetsError(
-                f"--data {spec}: the {split} split has categories {list(dataset.category_ids[1:])}"
+                f"data={spec!r}: the {split} split has categories {list(dataset.category_ids[1:])}"
                 f", the other split {list(first.category_ids[1:])}"
             )
     return DetectionData(spec, found.get("train"), found.get("val"), first.class_names,

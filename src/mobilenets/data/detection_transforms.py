@@ -2,9 +2,9 @@
 
 Both take ``(image, target)``: a PIL image (or uint8 tensor) and a dict whose ``boxes`` are a
 ``tv_tensors.BoundingBoxes`` in pixel (x1, y1, x2, y2), as the datasets in
-[`mobilenets.data.detection`][mobilenets.data.detection] return them; both give a float image ``[3, H, W]``
-normalized with the backbone's mean and std, and ``boxes`` as a plain float tensor ``[K, 4]``
-(x1, y1, x2, y2) normalized to [0, 1]. Per-box fields (``labels``, and ``difficult`` or
+[`mobilenets.data.detection`][mobilenets.data.detection] return them; both give a float image
+``[3, H, W]`` normalized with the backbone's mean and std, and ``boxes`` as a plain float tensor
+``[K, 4]`` (x1, y1, x2, y2) normalized to [0, 1]. Per-box fields (``labels``, and ``difficult`` or
 ``iscrowd`` when present) are filtered together with the boxes; other keys pass unchanged.
 
 The training pipeline is the SSD paper's section 2.2 augmentation, composed from

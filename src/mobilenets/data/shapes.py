@@ -1,12 +1,13 @@
 """A synthetic detection dataset in COCO format, for training and evaluating without downloads.
 
-Each image is a textured background (a two-colour gradient, stripes at a random angle and
-period, or smooth colour blobs, plus pixel noise) with 1..``max_objects`` filled shapes of
-[`SHAPES`][mobilenets.data.shapes.SHAPES], each in a random saturated colour picked to stand out from the background under
-it. A shape's box side is drawn log-uniformly between ``min_size`` and ``max_size`` of the image
-side (by default 0.12 to 0.5: 15 to 64 px at 128 px, so COCO's small, medium and large all
-occur). Shapes may overlap, but no more than ``max_overlap`` of either box's area is shared, so
-every shape stays recognizable. Boxes are tight around the drawn shape and inside the image.
+Each image is a textured background (a two-colour gradient, stripes at a random angle and period, or
+smooth colour blobs, plus pixel noise) with 1..``max_objects`` filled shapes of
+[`SHAPES`][mobilenets.data.shapes.SHAPES], each in a random saturated colour picked to stand out
+from the background under it. A shape's box side is drawn log-uniformly between ``min_size`` and
+``max_size`` of the image side (by default 0.12 to 0.5: 15 to 64 px at 128 px, so COCO's small,
+medium and large all occur). Shapes may overlap, but no more than ``max_overlap`` of either box's
+area is shared, so every shape stays recognizable. Boxes are tight around the drawn shape and inside
+the image.
 
 The same seed writes the same files: each image draws from its own generator seeded by (seed,
 split, index), so the validation images do not depend on how many training images there are.
@@ -141,8 +142,8 @@ def make_synthetic_coco(
     """Write ``root/{train,val}/*.jpg`` and ``root/annotations/instances_{train,val}.json``.
 
     Returns ``{split: (images folder, annotation file)}``, the arguments of
-    [`mobilenets.data.detection.CocoDetection`][mobilenets.data.detection.CocoDetection]. Category ids are 1..len(SHAPES) in
-    the order of [`SHAPES`][mobilenets.data.shapes.SHAPES].
+    [`mobilenets.data.detection.CocoDetection`][mobilenets.data.detection.CocoDetection]. Category
+    ids are 1..len(SHAPES) in the order of [`SHAPES`][mobilenets.data.shapes.SHAPES].
     """
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise MobileNetsError(

@@ -1,5 +1,6 @@
-"""The image transforms that carry out a [`Preprocessing`][mobilenets.core.preprocessing.Preprocessing]:
-evaluation (resize, crop, normalise) and the classification training augmentation."""
+"""The image transforms that carry out a
+[`Preprocessing`][mobilenets.core.preprocessing.Preprocessing]: evaluation (resize, crop, normalise)
+and the classification training augmentation."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ def eval_transform(preprocessing: Preprocessing) -> Callable:
     steps = [T.ToImage()]
     interpolation = InterpolationMode(preprocessing.interpolation)
     if preprocessing.resize is None:
-        steps.append(
-            T.Resize((preprocessing.resolution, preprocessing.resolution), interpolation, antialias=True)
-        )
+        side = preprocessing.resolution
+        steps.append(T.Resize((side, side), interpolation, antialias=True))
     else:
         steps += [T.Resize(preprocessing.resize, interpolation, antialias=True)]
         steps += [T.CenterCrop(preprocessing.resolution)]
@@ -50,5 +50,8 @@ def train_transform(preprocessing: Preprocessing, augment: str, random_erasing: 
 def float_steps(preprocessing: Preprocessing) -> list:
     """The steps after the geometry: channels, float in [0, 1], normalisation."""
     steps = [T.Grayscale(1) if preprocessing.channels == 1 else T.RGB()]
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(preprocessing.mean, preprocessing.std)]
+    steps += [
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(preprocessing.mean, preprocessing.std),
+    ]
     return steps

@@ -1,15 +1,16 @@
 """CPU inference latency across runtimes, against PyTorch eager measured in the same run.
 
 Every model is measured in PyTorch eager fp32 (channels_last, ``torch.inference_mode``): the
-reference each other runtime's median is divided by, at the same batch size. Beside it
-onnxruntime runs the fp32 export ([`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx], dynamic batch, written to
-a temporary folder), optionally an int8 file made on the fly by
-[`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq], and any ``.onnx`` file given (an int8 file written by
-``mobilenets quantize``, say). The int8 file made here is calibrated on random normal inputs: its
-speed is real, its accuracy means nothing. With ``pte`` (and for any ``.pte`` file given)
-ExecuTorch runs a program whose layers are in the XNNPACK delegate
-([`mobilenets.deploy.executorch_export.export_executorch`][mobilenets.deploy.executorch_export.export_executorch]): a .pte program has a fixed batch, so one is
-exported per batch size.
+reference each other runtime's median is divided by, at the same batch size. Beside it onnxruntime
+runs the fp32 export
+([`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx], dynamic
+batch, written to a temporary folder), optionally an int8 file made on the fly by
+[`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq], and any
+``.onnx`` file given (an int8 file written by ``mobilenets quantize``, say). The int8 file made here
+is calibrated on random normal inputs: its speed is real, its accuracy means nothing. With ``pte``
+(and for any ``.pte`` file given) ExecuTorch runs a program whose layers are in the XNNPACK delegate
+([`export_executorch`][mobilenets.deploy.executorch_export.export_executorch]): a .pte program has a
+fixed batch, so one is exported per batch size.
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
 ones; median and 90th percentile are reported. No argparse here: ``mobilenets bench`` and
@@ -29,12 +30,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
 from safetensors.torch import save as safetensors_bytes
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import installed_version, require
 from mobilenets.core.models import MobileNet, build_model
 from mobilenets.core.spec import ModelConfig
 from mobilenets.deploy.executorch_export import (
@@ -54,6 +54,7 @@ from mobilenets.deploy.onnx_export import (
     export_source,
     onnx_session,
     read_onnx_metadata,
+    require_onnx,
 )
 from mobilenets.deploy.quantize import quantize_ptq
 from mobilenets.engine.checkpoint import Checkpoint
@@ -67,7 +68,7 @@ SYNTHETIC_NOTE = "synthetic calibration: speed only, accuracy meaningless"
 DEFAULT_BATCHES = (1, 32)
 DEFAULT_WARMUP = 5
 DEFAULT_ITERATIONS = 30
-CALIBRATION_IMAGES = 32  # random normal images for --int8: enough for ranges, speed is all we use
+CALIBRATION_IMAGES = 32  # random normal images for int8: enough for ranges, speed is all we use
 HEADERS = ["model", "runtime", "precision", "batch", "median ms", "p90 ms", "images/s", "size MB",
            "latency / eager", "x faster"]  # fmt: skip
 
@@ -149,6 +150,7 @@ class _Target:
 
 def onnx_precision(path: Path) -> str:
     """int8 when the graph has quantization ops (QDQ or QOperator), else fp32."""
+    onnx = require("onnx", "reading an ONNX file")
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as error:  # a file onnxruntime loaded but onnx cannot parse is not ours
@@ -169,7 +171,7 @@ def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
     _, in_chans, height, width = shape
     if resolution is not None and resolution != height:
         raise MobileNetsError(
-            f"{str(path)!r} takes {height}x{width} inputs; --resolution {resolution} cannot "
+            f"{str(path)!r} takes {height}x{width} inputs; resolution={resolution} cannot "
             "change an ONNX file (export it again at that size)"
         )
     config = read_onnx_metadata(path).get("model_config")
@@ -193,7 +195,7 @@ def _pte_file_target(path: Path, resolution: int | None) -> _Target:
     batch, in_chans, height, _ = shape
     if resolution is not None and resolution != height:
         raise MobileNetsError(
-            f"{str(path)!r} takes {height}x{height} inputs; --resolution {resolution} cannot "
+            f"{str(path)!r} takes {height}x{height} inputs; resolution={resolution} cannot "
             "change a .pte file (export it again at that size)"
         )
     config = read_pte_metadata(path).get("model_config")
@@ -308,6 +310,8 @@ def run_benchmarks(
         check_count("resolution", resolution)
     if pte or any(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
         require_executorch("measuring ExecuTorch")  # before any export
+    if not all(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
+        require_onnx("measuring onnxruntime")
     say = progress or (lambda line: None)
 
     saved_threads = torch.get_num_threads()
@@ -341,13 +345,13 @@ def run_benchmarks(
 def _bench_target(target: _Target, batches, threads, warmup, iterations, say) -> list[BenchRecord]:
     if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
         again = (
-            "export it with --dynamic-batch"
+            "export it again with a dynamic batch axis"
             if target.onnx_files
             else "export a .pte per batch size (its batch is fixed at export)"
         )
         raise MobileNetsError(
-            f"{target.name} has a fixed batch of {target.fixed_batch}; measure it with --batch "
-            f"{target.fixed_batch} or {again}"
+            f"{target.name} has a fixed batch of {target.fixed_batch}; measure it at batch "
+            f"{target.fixed_batch} only, or {again}"
         )
     sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
     programs = {}
@@ -412,13 +416,14 @@ def _record(common, runtime, precision, batch, timing, size_mb, reference, sourc
 
 
 def environment(threads: int | None = None) -> str:
-    """One line naming the machine and the libraries (executorch when installed), for the head
-    of a results table."""
+    """One line naming the machine and the libraries (onnxruntime and executorch when
+    installed), for the head of a results table."""
     threads = torch.get_num_threads() if threads is None else threads
     processor = platform.processor() or platform.machine()
-    executorch = executorch_version()
+    onnxruntime, executorch = installed_version("onnxruntime"), executorch_version()
     return (
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+        f"torch {torch.__version__}"
+        + (f", onnxruntime {onnxruntime}" if onnxruntime else "")
         + (f", executorch {executorch}" if executorch else "")
         + f", {processor}, {os.cpu_count()} CPUs, {threads} thread{'' if threads == 1 else 's'}"
     )

@@ -2,13 +2,13 @@
 XNNPACK delegate (the CPU kernels ExecuTorch uses on Android and iOS), checked with ExecuTorch's
 own Python runtime.
 
-The same transform as the ONNX export ([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] on a copy), then
-``torch.export`` and ``executorch.exir.to_edge_transform_and_lower`` with the XNNPACK
-partitioner. A ``.pte`` program has fixed shapes, so the batch is fixed at export (1 by
-default). The model config, preprocessing, classes and source are stored in the program as
-constant methods that return JSON strings (``read_pte_metadata`` decodes them). The file is
-written under a temporary name, run with ``executorch.runtime`` against the unfolded PyTorch
-model, and only then renamed.
+The same transform as the ONNX export
+([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] on a
+copy), then ``torch.export`` and ``executorch.exir.to_edge_transform_and_lower`` with the XNNPACK
+partitioner. A ``.pte`` program has fixed shapes, so the batch is fixed at export (1 by default).
+The model config, preprocessing, classes and source are stored in the program as constant methods
+that return JSON strings (``read_pte_metadata`` decodes them). The file is written under a temporary
+name, run with ``executorch.runtime`` against the unfolded PyTorch model, and only then renamed.
 
 ExecuTorch is optional: ``pip install 'mobilenets[mobile]'`` (tested with executorch 1.5.1 on
 torch 2.14.1). Importing it takes several seconds, so nothing here imports it at module level.
@@ -33,8 +33,10 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import installed_version, require
 from mobilenets.core.files import atomic_path
 from mobilenets.core.models import MobileNet
+from mobilenets.core.version import __version__
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import check_agreement, format_shape
 
@@ -43,7 +45,6 @@ TOLERANCE = 1e-4  # max abs difference of logits, ExecuTorch (XNNPACK) against P
 METHOD = "forward"
 # constant methods export_executorch writes itself; other metadata keys must differ from these
 RESERVED_KEYS = ("model_config", "mobilenets_version", METHOD)
-INSTALL_HINT = "pip install 'mobilenets[mobile]'"
 LOG_PREFIX = re.compile(r"^\[[\w.]+:\d+\] ")  # "[method.cpp:1243] " before a runtime log line
 
 
@@ -62,16 +63,12 @@ class PteReport:
 
 def executorch_version() -> str | None:
     """The installed executorch version, or None; without importing it (that takes seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("executorch")
-    except PackageNotFoundError:
-        return None
+    return installed_version("executorch")
 
 
 def require_executorch(purpose: str):
-    """The executorch modules this file uses, or an error that says how to install them.
+    """The executorch modules this file uses, or the error that says to install the mobile
+    extra (``{purpose} needs executorch: pip install 'mobilenets[mobile]'``).
 
     Their first import logs a deprecation notice from torchao (an Enum registered with
     torch's pytree) and warns that the runtime bindings are experimental: nothing a user of
@@ -83,20 +80,17 @@ def require_executorch(purpose: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from executorch import exir, runtime
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-                XnnpackPartitioner,
+            exir = require("executorch.exir", purpose)
+            runtime = require("executorch.runtime", purpose)
+            partitioner = require(
+                "executorch.backends.xnnpack.partition.xnnpack_partitioner", purpose
             )
-            from executorch.exir.delegate import executorch_call_delegate
-            from executorch.extension.pybindings import portable_lib
-    except ImportError as error:
-        raise MobileNetsError(
-            f"{purpose} needs the executorch package, which is not installed ({error}); install "
-            f"it with: {INSTALL_HINT}"
-        ) from error
+            delegate = require("executorch.exir.delegate", purpose)
+            portable_lib = require("executorch.extension.pybindings.portable_lib", purpose)
     finally:
         pytree_log.setLevel(level)
-    return exir, runtime, XnnpackPartitioner, executorch_call_delegate, portable_lib
+    return (exir, runtime, partitioner.XnnpackPartitioner, delegate.executorch_call_delegate,
+            portable_lib)  # fmt: skip
 
 
 def check_pte_options(path: str | os.PathLike, batch: int = 1) -> None:
@@ -126,8 +120,6 @@ def export_executorch(
     ``metadata`` (string to string, as for export_onnx) is stored beside the model config and the
     mobilenets version as constant methods of the program; keys must be Python identifiers.
     """
-    from mobilenets.core.version import __version__
-
     check_pte_options(path, batch)
     if not isinstance(model, MobileNet):
         raise MobileNetsError(

@@ -1,7 +1,8 @@
 """BN folding: each BatchNorm merged into the conv before it, for export and quantization.
 
-The (conv, BN) pairs are found by the part names the blocks give them ([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in
-classifiers and detectors alike: a transform of the same modules, not a parallel class tree.
+The (conv, BN) pairs are found by the part names the blocks give them
+([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in classifiers and detectors alike: a
+transform of the same modules, not a parallel class tree.
 """
 
 from __future__ import annotations

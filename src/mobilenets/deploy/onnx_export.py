@@ -1,11 +1,15 @@
 """Export to ONNX: fold BN into the convs, export with torch.onnx, check with onnxruntime.
 
 Export is a transform on our own modules, not a parallel model tree:
-[`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] folds each block's BN into the conv before it,
-found by the parts' names, on a deep copy (the caller's model is never changed). [`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] exports that copy with the torch.export
+[`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] folds each block's BN into the conv
+before it, found by the parts' names, on a deep copy (the caller's model is never changed).
+[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] exports that copy with the torch.export
 based exporter (``torch.onnx.export(dynamo=True)``), writes the file atomically with the model's
 config, classes and preprocessing in its ``metadata_props``, and runs it with onnxruntime against
 the unfolded PyTorch model before the file takes its final name.
+
+onnx, onnxscript and onnxruntime are the ``onnx`` extra (``pip install 'mobilenets[onnx]'``):
+they are imported where they are used, so this module imports without them.
 """
 
 from __future__ import annotations
@@ -15,25 +19,29 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
-from google.protobuf.message import DecodeError
 from torch import nn
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
 from mobilenets.core.models import (
     MobileNet,
     build_model,
 )
 from mobilenets.core.spec import ModelConfig
+from mobilenets.core.version import __version__
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.engine.checkpoint import load_checkpoint, pretrained_checkpoint
 from mobilenets.zoo import pretrained
 from mobilenets.zoo.registry import resolve_config
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
 
 # torch's ONNX ops are written for opset 18: a lower target goes through a version converter
 # that fails on our graph (Reduce* axes) and then silently keeps 18. 23 is the highest opset
@@ -47,6 +55,10 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 DYNAMIC_CHECK_BATCHES = (1, 3)
+
+# the onnx extra: torch.onnx.export(dynamo=True) builds and saves the graph with onnxscript and
+# onnx; onnxruntime runs the written file
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 # metadata_props keys export_onnx writes itself; values that are JSON lists or objects are
 # decoded by read_onnx_metadata, the others are plain strings.
@@ -92,8 +104,16 @@ def format_shape(shape: tuple[int | str, ...]) -> str:
 # --- Export --------------------------------------------------------------------------------------
 
 
+def require_onnx(purpose: str) -> None:
+    """Raise the one-line error that says to install the onnx extra unless all of its packages
+    import; ``purpose`` starts the sentence (``exporting to ONNX needs onnx: pip install ...``)."""
+    for package in ONNX_PACKAGES:
+        require(package, purpose)
+
+
 def check_options(path: str | os.PathLike, opset: int) -> None:
-    """The errors a caller can make before anything is loaded: the file name and the opset."""
+    """The errors a caller can make before anything is loaded: the file name, the opset, and
+    the onnx extra not installed."""
     if Path(path).suffix != ".onnx":
         raise MobileNetsError(f"the output must be a .onnx file, got {str(path)!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
@@ -101,6 +121,7 @@ def check_options(path: str | os.PathLike, opset: int) -> None:
             f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET} (the torch.onnx "
             f"exporter's range), got {opset!r}"
         )
+    require_onnx("exporting to ONNX")
 
 
 def export_onnx(
@@ -122,8 +143,6 @@ def export_onnx(
     leaves no file. ``metadata`` adds string entries to the file's metadata_props, beside the
     model config (at the export resolution) and the mobilenets version.
     """
-    from mobilenets.core.version import __version__
-
     check_options(path, opset)
     try:
         config = model.config.replace(resolution=resolution)
@@ -165,7 +184,7 @@ def export_onnx(
         file_bytes = os.path.getsize(temporary)
     return ExportReport(
         path, config.name, opset, graph_input_shape(written), file_bytes, differences, bn_folded,
-        onnxruntime.__version__,
+        require("onnxruntime", "exporting to ONNX").__version__,
     )  # fmt: skip
 
 
@@ -231,6 +250,7 @@ def onnx_session(
     allowed, no more), all graph optimizations; a missing or unloadable file is named."""
     if not Path(path).is_file():
         raise MobileNetsError(f"ONNX file {str(path)!r} does not exist")
+    onnxruntime = require("onnxruntime", "running an ONNX file")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
     options.inter_op_num_threads = 1
@@ -246,9 +266,10 @@ def onnx_session(
 def _read_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not Path(path).is_file():
         raise MobileNetsError(f"ONNX file {str(path)!r} does not exist")
+    onnx = require("onnx", "reading an ONNX file")
     try:
         return onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError) as error:
+    except Exception as error:  # OSError, or protobuf's DecodeError for a file that is not ONNX
         raise MobileNetsError(f"cannot read ONNX file {str(path)!r}: {error}") from error
 
 
@@ -280,7 +301,8 @@ def export_source(
     if Path(text).exists() or os.sep in text or Path(text).suffix in (".safetensors", ".pt"):
         if weights is not None:
             raise MobileNetsError(
-                f"--weights applies to a registered model name, not to the checkpoint {text!r}"
+                f"weights={weights!r} applies to a registered model name, not to the checkpoint "
+                f"{text!r}"
             )
         checkpoint = load_checkpoint(text)
         described = f"checkpoint {checkpoint.path}"
@@ -296,7 +318,7 @@ def export_source(
         # no weights, so no classes; inputs as torchvision's ImageNet models read them
         preprocessing = pretrained.default_preprocessing("torchvision", resolution)
         info = {"source": "random initialisation", "preprocessing": preprocessing.to_dict()}
-        return ExportSource(model, resolution, "random weights (no --weights given)",
+        return ExportSource(model, resolution, "random weights (no published weights asked for)",
                             metadata_props(info))  # fmt: skip
     resolution = checkpoint.preprocessing.resolution if resolution is None else resolution
     metadata = metadata_props(checkpoint.info(resolution, **extra))
@@ -304,7 +326,9 @@ def export_source(
 
 
 def metadata_props(info: dict) -> dict[str, str]:
-    """Checkpoint metadata ([`mobilenets.engine.checkpoint.checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info]) as an exported
-    file's string entries: strings as they are, other values as JSON (which
+    """Checkpoint metadata ([`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info]) as
+    an exported file's string entries: strings as they are, other values as JSON (which
     [`read_onnx_metadata`][mobilenets.deploy.onnx_export.read_onnx_metadata] decodes)."""
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in info.items()}
+    return {
+        key: value if isinstance(value, str) else json.dumps(value) for key, value in info.items()
+    }

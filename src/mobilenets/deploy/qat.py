@@ -1,5 +1,6 @@
-"""Quantization-aware fine-tuning: simulate the int8 model of [`mobilenets.deploy.quantize`][mobilenets.deploy.quantize] in
-PyTorch, fine-tune through it, then hand the weights to the same onnxruntime QDQ export.
+"""Quantization-aware fine-tuning: simulate the int8 model of
+[`mobilenets.deploy.quantize`][mobilenets.deploy.quantize] in PyTorch, fine-tune through it, then
+hand the weights to the same onnxruntime QDQ export.
 
 The transform works on the modules the checkpoint already has (STYLE: no ``Quantizable*``
 class tree). BN is folded first, as onnxruntime runs it, so the network that trains is the one
@@ -8,9 +9,10 @@ that ships. Then:
 - every conv and the classifier get a weight parametrization that rounds the weight to the
   int8 grid onnxruntime uses: symmetric, per output channel, scale = max|w| / 127, range
   [-127, 127] (``quant_utils.get_qmin_qmax_for_qType`` with ``symmetric=True``);
-- every tensor onnxruntime stores in uint8 gets a [`FakeQuantize`][mobilenets.deploy.qat.FakeQuantize] on it: the model input,
-  each ReLU6 output (onnxruntime drops the Clip and quantizes the conv output with its range),
-  each linear projection, each residual sum, the pooled features and the logits.
+- every tensor onnxruntime stores in uint8 gets a
+  [`FakeQuantize`][mobilenets.deploy.qat.FakeQuantize] on it: the model input, each ReLU6 output
+  (onnxruntime drops the Clip and quantizes the conv output with its range), each linear projection,
+  each residual sum, the pooled features and the logits.
 
 Rounding passes gradients straight through (``torch.fake_quantize_*``; Jacob et al. 2018,
 Krishnamoorthi 2018 section 3). Activation ranges follow a moving min/max for the first half of
@@ -203,10 +205,10 @@ def fine_tune(
     *,
     progress: bool = False,
 ) -> MobileNet:
-    """Quantization-aware fine-tuning of a copy of ``model`` (left unchanged) on
-    ``train_dataset`` (items indexed by (index, seed), the training augmentation as its
-    transform). Activation ranges start from ``calibration_batches``. Returns the folded model
-    with int8-rounded weights, ready for [`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq]."""
+    """Quantization-aware fine-tuning of a copy of ``model`` (left unchanged) on ``train_dataset``
+    (items indexed by (index, seed), the training augmentation as its transform). Activation ranges
+    start from ``calibration_batches``. Returns the folded model with int8-rounded weights, ready
+    for [`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq]."""
     device = next(model.parameters()).device
     simulation = QuantSimulation(model)
     net = simulation.model
@@ -236,8 +238,8 @@ def fine_tune(
             loss = F.cross_entropy(net(images.to(device)), labels.to(device))
             if not torch.isfinite(loss):
                 raise MobileNetsError(
-                    f"QAT loss became {loss.item()} at step {step + 1}; lower --lr "
-                    f"(now {config.lr:g})"
+                    f"QAT loss became {loss.item()} at step {step + 1}; lower the QAT learning "
+                    f"rate (now {config.lr:g})"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,15 +1,19 @@
 """Post-training static int8 quantization with onnxruntime.
 
 Quantization is a transform on the exported graph, not a parallel model tree: the checkpoint is
-exported with [`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx] (BN folded, dynamic batch), onnxruntime's
-``quantize_static`` inserts QuantizeLinear/DequantizeLinear pairs (the QDQ format) around every
-conv and the classifier, with activation ranges calibrated on training images run through the
-checkpoint's evaluation preprocessing. The int8 file keeps the fp32 file's metadata_props and
-adds the quantization settings.
+exported with
+[`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx] (BN folded,
+dynamic batch), onnxruntime's ``quantize_static`` inserts QuantizeLinear/DequantizeLinear pairs (the
+QDQ format) around every conv and the classifier, with activation ranges calibrated on training
+images run through the checkpoint's evaluation preprocessing. The int8 file keeps the fp32 file's
+metadata_props and adds the quantization settings.
 
 Types: int8 weights, per output channel, symmetric; uint8 activations by default. On x86
 onnxruntime runs U8S8 through its VNNI/AVX2 kernels; S8S8 (``activation_type="s8"``) measured
 2x slower there (4.37 ms against 2.17 ms for V2 1.0/224 at batch 1), and is what ARM prefers.
+
+onnx and onnxruntime are the ``onnx`` extra (``pip install 'mobilenets[onnx]'``), imported when a
+file is quantized: this module imports without them.
 """
 
 from __future__ import annotations
@@ -22,21 +26,14 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
 from mobilenets.data.classification import load_splits
 from mobilenets.data.transforms import eval_transform, train_transform
@@ -46,18 +43,20 @@ from mobilenets.deploy.onnx_export import (
     export_onnx,
     metadata_props,
     onnx_session,
+    require_onnx,
 )
 from mobilenets.deploy.qat import QatConfig, fine_tune
 from mobilenets.engine.checkpoint import Checkpoint, check_classes
 from mobilenets.engine.evaluate import evaluate
 from mobilenets.engine.loop import ordered_loader
 
-CALIBRATE_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
-ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+if TYPE_CHECKING:
+    import onnx
+
+QUANTIZING = "int8 quantization"
+# our names of onnxruntime.quantization's CalibrationMethod and QuantType members
+CALIBRATE_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ACTIVATION_TYPES = {"u8": "QUInt8", "s8": "QInt8"}
 DEFAULT_CALIBRATION_IMAGES = 512
 DEFAULT_BATCH_SIZE = 64
 CALIBRATION_SEED = 0  # the permutation of the training split the calibration images come from
@@ -88,9 +87,10 @@ class QuantizeResult:
     count: int
 
 
-class ImageBatches(CalibrationDataReader):
+class ImageBatches:
     """Feeds float32 batches (N, C, R, R) to onnxruntime's calibrator as ``{"input": batch}``
-    and counts the images it handed over."""
+    and counts the images it handed over. onnxruntime's ``CalibrationDataReader`` is an ABC
+    that takes any class with ``get_next`` as a subclass, so this one need not import it."""
 
     def __init__(self, batches: Iterable[torch.Tensor]) -> None:
         self._batches = iter(batches)
@@ -110,7 +110,8 @@ class ImageBatches(CalibrationDataReader):
 
 
 def check_options(out_path: str | os.PathLike, method: str, activation_type: str) -> None:
-    """The errors a caller can make before anything is loaded."""
+    """The errors a caller can make before anything is loaded, the onnx extra not installed
+    among them."""
     if Path(out_path).suffix != ".onnx":
         raise MobileNetsError(f"the output must be a .onnx file, got {str(out_path)!r}")
     if method not in CALIBRATE_METHODS:
@@ -121,6 +122,7 @@ def check_options(out_path: str | os.PathLike, method: str, activation_type: str
         raise MobileNetsError(
             f"activation type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation_type!r}"
         )
+    require_onnx(QUANTIZING)
 
 
 def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator:
@@ -157,6 +159,10 @@ def quantize_ptq(
     check_options(out_path, method, activation_type)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MobileNetsError(f"batch size must be a positive integer, got {batch_size!r}")
+    onnx = require("onnx", QUANTIZING)
+    onnxruntime = require("onnxruntime", QUANTIZING)
+    quantization = require("onnxruntime.quantization", QUANTIZING)
+    shape_inference = require("onnxruntime.quantization.shape_inference", QUANTIZING)
     out_path = Path(out_path)
     resolution = checkpoint.preprocessing.resolution
     reader = ImageBatches(_batches(calibration_images, batch_size))
@@ -170,11 +176,13 @@ def quantize_ptq(
         source = fp32_path
         if pre_process:
             source = Path(folder) / "preprocessed.onnx"
-            quant_pre_process(str(fp32_path), str(source))
-        quantize_static(
-            str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=ACTIVATION_TYPES[activation_type],
-            calibrate_method=CALIBRATE_METHODS[method],
+            shape_inference.quant_pre_process(str(fp32_path), str(source))
+        types, methods = quantization.QuantType, quantization.CalibrationMethod
+        quantization.quantize_static(
+            str(source), str(int8_path), reader, quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True, weight_type=types.QInt8,
+            activation_type=getattr(types, ACTIVATION_TYPES[activation_type]),
+            calibrate_method=getattr(methods, CALIBRATE_METHODS[method]),
         )  # fmt: skip
         if reader.count == 0:
             raise MobileNetsError("no calibration images were given")
@@ -256,8 +264,6 @@ def evaluate_onnx(
 ) -> tuple[float, float, int]:
     """Top-1 and top-5 (fractions) and the image count of an ONNX classifier over ``loader``
     (batches of (images, labels)), run by onnxruntime on the CPU."""
-    from tqdm import tqdm
-
     session = onnx_session(path)
     top1 = top5 = count = 0
     for images, labels in tqdm(loader, desc="int8 eval", leave=False, disable=not progress):
@@ -287,9 +293,10 @@ def quantize_checkpoint(
     measure the fp32 checkpoint (PyTorch) and the int8 file (onnxruntime) on the validation
     split, both with the checkpoint's evaluation preprocessing.
 
-    With ``qat``, the model is first fine-tuned through simulated int8 ([`mobilenets.deploy.qat`][mobilenets.deploy.qat])
-    on the training split with the basic augmentation (crop and flip), and activation ranges
-    are then calibrated with minmax, the range the fine-tuning simulated.
+    With ``qat``, the model is first fine-tuned through simulated int8
+    ([`mobilenets.deploy.qat`][mobilenets.deploy.qat]) on the training split with the basic
+    augmentation (crop and flip), and activation ranges are then calibrated with minmax, the range
+    the fine-tuning simulated.
     """
     check_options(out_path, method, activation_type)
     if qat is not None and method != "minmax":

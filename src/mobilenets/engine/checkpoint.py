@@ -1,11 +1,13 @@
 """Checkpoints and run state: the writer beside the reader.
 
 A **checkpoint** is a safetensors file of weights whose metadata says how to use them: the model
-config (written by [`mobilenets.core.weights.save_weights`][mobilenets.core.weights.save_weights]), the class names and the
-preprocessing, and, for a file a run wrote, its training config, epoch and metrics.
-[`save_checkpoint`][mobilenets.engine.checkpoint.save_checkpoint] writes one; [`load_checkpoint`][mobilenets.engine.checkpoint.load_checkpoint] rebuilds a classifier from the file
-alone (the detection task reads its own through [`read_checkpoint_info`][mobilenets.engine.checkpoint.read_checkpoint_info]). A run folder
-stands for its ``best.safetensors``.
+config (written by [`mobilenets.core.weights.save_weights`][mobilenets.core.weights.save_weights]),
+the class names and the preprocessing, and, for a file a run wrote, its training config, epoch and
+metrics. [`save_checkpoint`][mobilenets.engine.checkpoint.save_checkpoint] writes one;
+[`load_checkpoint`][mobilenets.engine.checkpoint.load_checkpoint] rebuilds a classifier from the
+file alone (the detection task reads its own through
+[`read_checkpoint_info`][mobilenets.engine.checkpoint.read_checkpoint_info]). A run folder stands
+for its ``best.safetensors``.
 
 The **state** of a run (``state/last.pt`` in its folder) is what ``resume`` needs: model,
 optimizer, schedule, EMA, grad scaler, RNG state and the position in the epoch. It is written
@@ -50,7 +52,9 @@ def checkpoint_info(classes, preprocessing: Preprocessing, **extra: Any) -> dict
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, classes,
                     preprocessing: Preprocessing, **extra: Any) -> Path:  # fmt: skip
-    """Write ``model``'s weights with [`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info] in the metadata, atomically."""
+    """Write ``model``'s weights with
+    [`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info] in the metadata,
+    atomically."""
     return save_weights(model, path, checkpoint_info(classes, preprocessing, **extra))
 
 
@@ -69,9 +73,9 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint_info(path: str | os.PathLike, num_classes: int, writer: str) -> dict:
-    """A checkpoint's metadata ([`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info]) with the class names checked against
-    the model's ``num_classes``; ``writer`` names the command that writes such files, for the
-    error about a file without them."""
+    """A checkpoint's metadata ([`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info])
+    with the class names checked against the model's ``num_classes``; ``writer`` names the command
+    that writes such files, for the error about a file without them."""
     info = read_info(path)
     try:
         info["classes"] = tuple(info["classes"])
@@ -103,10 +107,11 @@ class Checkpoint:
     class_ids: tuple[str, ...] | None = None
 
     def info(self, resolution: int | None = None, **extra: Any) -> dict[str, Any]:
-        """The checkpoint's metadata ([`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info]) for a file made from it, with the
-        preprocessing at ``resolution`` when given."""
-        preprocessing = self.preprocessing if resolution is None else self.preprocessing.at(
-            resolution
+        """The checkpoint's metadata
+        ([`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info]) for a file made from it,
+        with the preprocessing at ``resolution`` when given."""
+        preprocessing = (
+            self.preprocessing if resolution is None else self.preprocessing.at(resolution)
         )
         class_ids = list(self.class_ids) if self.class_ids else None
         return checkpoint_info(self.classes, preprocessing, class_ids=class_ids,
@@ -141,8 +146,9 @@ def pretrained_checkpoint(name: str, weights: str, progress: bool = True) -> Che
     )  # fmt: skip
 
 
-def convert_to_checkpoint(source_file: str | os.PathLike, source: str, name: str,
-                          out: str | os.PathLike) -> tuple[ModelConfig, ConversionReport]:  # fmt: skip
+def convert_to_checkpoint(
+    source_file: str | os.PathLike, source: str, name: str, out: str | os.PathLike
+) -> tuple[ModelConfig, ConversionReport]:
     """Convert a torchvision, timm or Keras weights file into our weights file ``out`` for the
     registered model ``name``; an ImageNet classifier (1000 classes) becomes a checkpoint with
     the ImageNet class names and WordNet ids and the preprocessing of the publisher's record

@@ -1,9 +1,10 @@
 """One epoch of training, for any model, loader and loss.
 
-[`Trainer`][mobilenets.engine.loop.Trainer] holds what a step needs besides the model (optimizer, per-step schedule, grad
-scaler, weight EMA); [`train_epoch`][mobilenets.engine.loop.train_epoch] runs the steps of one epoch and keeps its running sums in
-an [`EpochState`][mobilenets.engine.loop.EpochState], which a run's state saves mid-epoch. A task plugs in through its
-``loss_fn(model, batch, trainer) -> (loss, count, sums)``.
+[`Trainer`][mobilenets.engine.loop.Trainer] holds what a step needs besides the model (optimizer,
+per-step schedule, grad scaler, weight EMA); [`train_epoch`][mobilenets.engine.loop.train_epoch]
+runs the steps of one epoch and keeps its running sums in an
+[`EpochState`][mobilenets.engine.loop.EpochState], which a run's state saves mid-epoch. A task plugs
+in through its ``loss_fn(model, batch, trainer) -> (loss, count, sums)``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class EpochState:
 
 @dataclass
 class Trainer:
-    """What a training step needs besides the model: built by [`make_trainer`][mobilenets.engine.loop.make_trainer]."""
+    """What a training step needs besides the model: built by
+    [`make_trainer`][mobilenets.engine.loop.make_trainer]."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -134,13 +136,14 @@ def ordered_loader(dataset, batch_size: int, workers: int = 0,
 
 
 def train_epoch(model, loader, trainer: Trainer, state: EpochState, *, loss_fn: LossFn,
-                on_step=None, progress: bool = True, description: str = "train") -> EpochState:  # fmt: skip
+                on_step=None, progress: bool = True,
+                description: str = "train") -> EpochState:  # fmt: skip
     """Train over ``loader`` (which starts at ``state.batch``), updating ``state``.
 
     ``loss_fn(model, batch, trainer)`` runs the forward pass and returns the batch's loss, its
-    number of samples and the sums that ``state.sums`` adds up, by name.
-    ``on_step(state)`` runs after every optimizer step (state saving hooks in here). A NaN or
-    infinite loss raises [`TrainingDiverged`][mobilenets.engine.loop.TrainingDiverged] before the step is applied.
+    number of samples and the sums that ``state.sums`` adds up, by name. ``on_step(state)`` runs
+    after every optimizer step (state saving hooks in here). A NaN or infinite loss raises
+    [`TrainingDiverged`][mobilenets.engine.loop.TrainingDiverged] before the step is applied.
     """
     model.train()
     total = state.batch + len(loader)
@@ -199,8 +202,9 @@ PROGRESS_LINE_SECONDS = 60.0
 
 
 class ProgressLines:
-    """Progress for a stderr that is not a terminal: tqdm's meter (position, elapsed, ETA, rate
-    and the postfix) as one plain line at most every [`PROGRESS_LINE_SECONDS`][mobilenets.engine.loop.PROGRESS_LINE_SECONDS], logged to
+    """Progress for a stderr that is not a terminal: tqdm's meter (position, elapsed, ETA, rate and
+    the postfix) as one plain line at most every
+    [`PROGRESS_LINE_SECONDS`][mobilenets.engine.loop.PROGRESS_LINE_SECONDS], logged to
     ``mobilenets.progress``."""
 
     def __init__(self, description: str, total: int, initial: int):

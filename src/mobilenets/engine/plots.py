@@ -1,18 +1,32 @@
 """Training curves and the confusion matrix as PNG files.
 
 matplotlib's object-oriented Figure is used directly: no pyplot, so no global backend is chosen
-or left behind.
+or left behind. matplotlib is the ``plots`` extra (``pip install 'mobilenets[plots]'``),
+imported when a figure is made.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PLOTTING = "plotting the training curves and the confusion matrix"
+
+
+def figure_class() -> type[Figure]:
+    """matplotlib's Figure, or the error that says to install the plots extra. A training run
+    asks for it before its first epoch, so that a missing matplotlib fails then, not after the
+    last one."""
+    return require("matplotlib.figure", PLOTTING).Figure
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
@@ -28,7 +42,7 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 def plot_curves(history: list[dict], path: str | Path) -> Path:
     """Loss (train and validation) and top-1 accuracy per epoch, side by side."""
     epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4))
+    figure = figure_class()(figsize=(10, 4))
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
     loss_axes.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
@@ -51,7 +65,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     confusion = confusion.double()
     rates = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
     size = max(5.0, 0.45 * len(classes) + 2)
-    figure = Figure(figsize=(size + 1, size))
+    figure = figure_class()(figsize=(size + 1, size))
     axes = figure.subplots()
     image = axes.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, label="fraction of the true class")

@@ -14,10 +14,10 @@ steps or ``state_minutes``), with the RNG state and the position in the epoch, a
 order and augmentation of an epoch are fixed by (seed, epoch, index): a run killed at any point
 and resumed finishes with the same weights and metrics as one that was never interrupted.
 
-A task plugs in with a [`Task`][mobilenets.engine.run.Task]: it builds the model and data of a run (a [`Job`][mobilenets.engine.run.Job]:
-the model, the training split, the loss function, the evaluation), names the metric that picks
-the best checkpoint, and writes its final files. The loop, the state, DDP and the checkpoints
-are the same for every task.
+A task plugs in with a [`Task`][mobilenets.engine.run.Task]: it builds the model and data of a run
+(a [`Job`][mobilenets.engine.run.Job]: the model, the training split, the loss function, the
+evaluation), names the metric that picks the best checkpoint, and writes its final files. The loop,
+the state, DDP and the checkpoints are the same for every task.
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ def open_run(out: Path, config: TrainSettings | None, resume: bool, task: Task,
              placement: dict | None = None) -> tuple[TrainSettings, dict | None]:  # fmt: skip
     """The config of the run in ``out`` and, with ``resume``, its saved state.
 
-    A resumed run must be given its own config or none, and may change the ``placement``
-    settings ([`PLACEMENT`][mobilenets.engine.run.PLACEMENT]) of the saved one; a new run needs a config and an ``out``
-    that holds no run yet.
+    A resumed run must be given its own config or none, and may change the ``placement`` settings
+    ([`PLACEMENT`][mobilenets.engine.run.PLACEMENT]) of the saved one; a new run needs a config and
+    an ``out`` that holds no run yet.
     """
     state_path = out / STATE_FILE
     if resume:
@@ -181,9 +181,10 @@ def moved(saved: dict, config: TrainSettings) -> str:
 
 @dataclass
 class StateSaver:
-    """Writes a run's state (``snapshot()``) to ``path``: `write` at an epoch's end, and,
-    as the ``on_step`` of [`train_epoch`][mobilenets.engine.run.train_epoch], mid-epoch every ``state_every`` steps and every
-    ``state_minutes`` of the trainer's config. Only the main process writes."""
+    """Writes a run's state (``snapshot()``) to ``path``: `write` at an epoch's end, and, as the
+    ``on_step`` of [`train_epoch`][mobilenets.engine.run.train_epoch], mid-epoch every
+    ``state_every`` steps and every ``state_minutes`` of the trainer's config. Only the main process
+    writes."""
 
     path: Path
     snapshot: Callable[[], dict]
@@ -217,7 +218,8 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
     dtype = autocast_dtype(config.amp, device)
     if dtype is not None and device.type == "cpu" and distributed.main:
         log.warning(f"note: amp={config.amp} on CPU runs through autocast emulation on most "
-                    "CPUs, often many times slower than fp32 (amp='auto' keeps CPU runs in fp32)")  # fmt: skip
+                    "CPUs, often many times slower than fp32 (amp='auto' keeps CPU runs in "
+                    "fp32)")  # fmt: skip
     torch.manual_seed(config.seed)
 
     context = RunContext(device, dtype, distributed, progress)

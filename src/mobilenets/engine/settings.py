@@ -1,9 +1,10 @@
 """The training settings every task shares, validated in one place.
 
-[`TrainSettings`][mobilenets.engine.settings.TrainSettings] holds the fields of the optimizer, the schedule, the weight EMA, the
-precision and the run (seed, loader workers, state saving, device). A task's config subclasses it,
-changes the defaults that suit the task and adds its own fields (classification: augmentation,
-label smoothing, starting weights; detection: the SSD loss and matching).
+[`TrainSettings`][mobilenets.engine.settings.TrainSettings] holds the fields of the optimizer, the
+schedule, the weight EMA, the precision and the run (seed, loader workers, state saving, device). A
+task's config subclasses it, changes the defaults that suit the task and adds its own fields
+(classification: augmentation, label smoothing, starting weights; detection: the SSD loss and
+matching).
 """
 
 from __future__ import annotations

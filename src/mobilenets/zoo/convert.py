@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.models import build_model
 from mobilenets.core.spec import V1_TABLE, V2_TABLE, BlockSpec, LayerSpec, ModelConfig, resolve
 from mobilenets.core.weights import read_state_dict
@@ -352,13 +353,13 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
     - Either inside a ``model_weights`` group (a whole model saved with ``model.save``).
     - Keras 3's ``.weights.h5``: ``layers/<class>/vars/<i>`` with the layer name in an attribute.
 
-    ``depthwise_kernel`` is read as ``kernel``: the key map names one kernel per layer.
+    ``depthwise_kernel`` is read as ``kernel``: the key map names one kernel per layer. h5py is
+    the ``keras`` extra.
     """
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise MobileNetsError(f"Keras weights file {str(path)!r} does not exist")
+    h5py = require("h5py", "reading Keras .h5 weights")
     try:
         with h5py.File(path, "r") as handle:
             if "layers" in handle and "layer_names" not in handle.attrs:

@@ -1,8 +1,9 @@
 """Building named detectors, with their backbone initialised from a classifier's weights.
 
-[`create_detector`][mobilenets.zoo.detectors.create_detector] builds a registered detector; ``backbone_weights`` copies a
-classification model's tensors into its backbone ([`copy_backbone`][mobilenets.zoo.detectors.copy_backbone]), from published
-ImageNet weights or any file [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model] reads.
+[`create_detector`][mobilenets.zoo.detectors.create_detector] builds a registered detector;
+``backbone_weights`` copies a classification model's tensors into its backbone
+([`copy_backbone`][mobilenets.zoo.detectors.copy_backbone]), from published ImageNet weights or any
+file [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model] reads.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ def copy_backbone(detector: SSDLite, classifier: MobileNet) -> None:
 
 
 def load_classifier(config: DetectionConfig, weights, progress: bool = True) -> MobileNet:
-    """The classification model whose backbone ``weights`` name, for a detector of ``config``:
-    a built MobileNet, ``"torchvision"``/``"timm"``/``"keras"`` (``source:tag``), or a file
-    (ours from ``mobilenets train``/``convert``, or a foreign one); see
-    [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model]. [`copy_backbone`][mobilenets.zoo.detectors.copy_backbone] checks that it fits."""
+    """The classification model whose backbone ``weights`` name, for a detector of ``config``: a
+    built MobileNet, ``"torchvision"``/``"timm"``/``"keras"`` (``source:tag``), or a file (ours from
+    ``mobilenets train``/``convert``, or a foreign one); see
+    [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model].
+    [`copy_backbone`][mobilenets.zoo.detectors.copy_backbone] checks that it fits."""
     backbone = config.backbone
     # At the classification input size: Keras publishes 224 files for every alpha.
     return source_model(weights, backbone.arch, alpha=backbone.alpha,
@@ -74,9 +76,10 @@ def create_detector(
     resolution=300, backbone_weights="torchvision")``.
 
     - ``backbone_weights``: initialize the backbone from a classification model (see
-      [`load_classifier`][mobilenets.zoo.detectors.load_classifier]). The detector takes the padding and BN epsilon those weights were
-      trained with (unless given here), and [`copy_backbone`][mobilenets.zoo.detectors.copy_backbone] copies every backbone tensor
-      or raises.
+      [`load_classifier`][mobilenets.zoo.detectors.load_classifier]). The detector takes the padding
+      and BN epsilon those weights were trained with (unless given here), and
+      [`copy_backbone`][mobilenets.zoo.detectors.copy_backbone] copies every backbone tensor or
+      raises.
     - ``weights``: a whole detector's weights file (``save_weights(detector, path)``); a file
       that records its config sets the padding and BN epsilon, unless given here.
     """
@@ -111,5 +114,3 @@ def create_detector(
         load_weights(model, weights)
         return model
     return SSDLite(config)
-
-

@@ -1,8 +1,9 @@
 """Building named models, and their cost before they are built.
 
-[`create_model`][mobilenets.zoo.factory.create_model] builds a registered classifier with any weights we can read (published
-ImageNet weights, our own files, foreign state dicts); [`cost`][mobilenets.zoo.factory.cost] gives the analytic cost of a
-name, a config or a built model, classifier or detector, without building anything.
+[`create_model`][mobilenets.zoo.factory.create_model] builds a registered classifier with any
+weights we can read (published ImageNet weights, our own files, foreign state dicts);
+[`cost`][mobilenets.zoo.factory.cost] gives the analytic cost of a name, a config or a built model,
+classifier or detector, without building anything.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from mobilenets.core.spec import ModelConfig, format_alpha
 from mobilenets.core.weights import load_weights
 from mobilenets.zoo import download as downloads
 from mobilenets.zoo.convert import SOURCE_NUMERICS, SOURCES, convert_file
-from mobilenets.zoo.registry import TFSLIM_V1, TFSLIM_V2
+from mobilenets.zoo.registry import TFSLIM_V1, TFSLIM_V2, list_models
 
 # Who publishes weights: the three ecosystems whose files we convert, and this project.
 OURS = "mobilenets"
@@ -89,7 +89,12 @@ class WeightsRecord:
 
     @property
     def model_name(self) -> str:
-        return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}"
+        """The registered name that loads these weights: the file's own size when the grid has
+        it, else the width's 224 name (our 28 px file: the file brings its own input size)."""
+        name = f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}"
+        if name in list_models(task=None):
+            return name
+        return f"{self.arch}_{format_alpha(self.alpha)}_224"
 
     @property
     def file_name(self) -> str:
@@ -380,8 +385,7 @@ def repository_file(record: WeightsRecord) -> Path:
     actual = downloads.file_digest(path)
     if actual != record.sha256:
         raise MobileNetsError(
-            f"{str(path)!r} does not match its record: sha256 {actual}, published "
-            f"{record.sha256}"
+            f"{str(path)!r} does not match its record: sha256 {actual}, published {record.sha256}"
         )
     return path
 

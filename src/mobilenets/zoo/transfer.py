@@ -1,10 +1,11 @@
 """Starting a model from other weights: fine-tuning a classifier, or a detector's backbone.
 
-[`source_model`][mobilenets.zoo.transfer.source_model] reads the weights a user names (published ImageNet weights, a run of ours,
-a torchvision/timm/Keras file) as the classification model they were saved from.
-[`transfer_weights`][mobilenets.zoo.transfer.transfer_weights] then loads them into a model for another task: a new classifier where
-the class count differs, and the stem's filters folded onto another number of input channels
-(a grayscale dataset from RGB weights). Every other tensor must fit exactly, or nothing loads.
+[`source_model`][mobilenets.zoo.transfer.source_model] reads the weights a user names (published
+ImageNet weights, a run of ours, a torchvision/timm/Keras file) as the classification model they
+were saved from. [`transfer_weights`][mobilenets.zoo.transfer.transfer_weights] then loads them into
+a model for another task: a new classifier where the class count differs, and the stem's filters
+folded onto another number of input channels (a grayscale dataset from RGB weights). Every other
+tensor must fit exactly, or nothing loads.
 """
 
 from __future__ import annotations
@@ -97,10 +98,10 @@ def fold_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 def transfer_weights(model: MobileNet, source: MobileNet) -> list[str]:
     """Load ``source``'s weights into ``model`` to fine-tune it; returns what was adapted.
 
-    The classifier stays as ``model`` initialised it where the class counts differ, and the
-    stem's filters are folded ([`fold_input_channels`][mobilenets.zoo.transfer.fold_input_channels]) where the input channels differ.
-    Any other difference (another architecture, alpha, expansion, or padding and BN epsilon
-    than ``model`` was built with) raises, naming it, and loads nothing.
+    The classifier stays as ``model`` initialised it where the class counts differ, and the stem's
+    filters are folded ([`fold_input_channels`][mobilenets.zoo.transfer.fold_input_channels]) where
+    the input channels differ. Any other difference (another architecture, alpha, expansion, or
+    padding and BN epsilon than ``model`` was built with) raises, naming it, and loads nothing.
     """
     ours, theirs = model.config, source.config
     differ = [

@@ -1,7 +1,9 @@
 """Using a classifier checkpoint: evaluate it on a dataset or an ImageNet folder, predict with it.
 
-A checkpoint ([`mobilenets.engine.checkpoint.load_checkpoint`][mobilenets.engine.checkpoint.load_checkpoint]) rebuilds from the file alone:
-the weights, and in the metadata the model config, class names and preprocessing.
+A checkpoint
+([`mobilenets.engine.checkpoint.load_checkpoint`][mobilenets.engine.checkpoint.load_checkpoint])
+rebuilds from the file alone: the weights, and in the metadata the model config, class names and
+preprocessing.
 """
 
 from __future__ import annotations
@@ -49,16 +51,16 @@ def imagenet_samples(folder: str | os.PathLike, class_ids: tuple[str, ...]) -> l
     if (root / "val").is_dir():
         root = root / "val"
     if not root.is_dir():
-        raise MobileNetsError(f"--data {str(folder)!r} is not a folder")
+        raise MobileNetsError(f"data={str(folder)!r} is not a folder")
     try:
         found = tv_datasets.ImageFolder(str(root), loader=open_image)
     except FileNotFoundError as error:
-        raise MobileNetsError(f"--data {str(root)!r}: {error}") from error
+        raise MobileNetsError(f"data={str(root)!r}: {error}") from error
     index = {class_id: i for i, class_id in enumerate(class_ids)}
     unknown = [name for name in found.classes if name not in index]
     if unknown:
         raise MobileNetsError(
-            f"--data {str(root)!r}: class folders must be ImageNet WordNet ids such as "
+            f"data={str(root)!r}: class folders must be ImageNet WordNet ids such as "
             f"{class_ids[0]}; found {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}"
         )
     return [(path, index[found.classes[label]]) for path, label in found.samples]

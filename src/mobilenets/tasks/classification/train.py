@@ -1,10 +1,11 @@
 """Training a classifier: the settings, the recipes, and the task that plugs into the engine.
 
-[`TrainConfig`][mobilenets.tasks.classification.train.TrainConfig] holds every setting (the shared ones of
-[`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the classifier's own); [`PRESETS`][mobilenets.tasks.classification.train.PRESETS]
-are named recipes that arguments override. [`fit`][mobilenets.tasks.classification.train.fit] runs a whole job into an output folder
-through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit] (what a run leaves is described there; a classifier
-also leaves ``curves.png``, ``confusion.png`` and the final ``eval.json``).
+[`TrainConfig`][mobilenets.tasks.classification.train.TrainConfig] holds every setting (the shared
+ones of [`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the classifier's own);
+[`PRESETS`][mobilenets.tasks.classification.train.PRESETS] are named recipes that arguments
+override. [`fit`][mobilenets.tasks.classification.train.fit] runs a whole job into an output folder
+through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit] (what a run leaves is described
+there; a classifier also leaves ``curves.png``, ``confusion.png`` and the final ``eval.json``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.engine.device import Distributed, autocast, to_device
 from mobilenets.engine.evaluate import Evaluation, evaluate
 from mobilenets.engine.loop import Trainer, ordered_loader
-from mobilenets.engine.plots import plot_confusion, plot_curves
+from mobilenets.engine.plots import figure_class, plot_confusion, plot_curves
 from mobilenets.engine.run import FitResult, Job, RunContext, log
 from mobilenets.engine.run import fit as fit_task
 from mobilenets.engine.settings import TrainSettings
@@ -122,6 +123,7 @@ class Classification:
     score = "val_top1"
 
     def prepare(self, config: TrainConfig, saved_run: dict | None, context: RunContext) -> Job:
+        figure_class()  # the run ends with plots: without matplotlib, fail before it starts
         splits = load_splits(config.data, config.resolution or 224, config.skip_bad_images)
         model_config = model_config_for(config, splits)
         source = None
@@ -190,8 +192,9 @@ class Classification:
 def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
         placement: dict | None = None, progress: bool = True) -> FitResult:  # fmt: skip
     """Train a classifier with ``config`` into the folder ``out`` (see
-    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best validation top-1 and
-    ``result.final`` the [`Evaluation`][mobilenets.engine.evaluate.Evaluation] of the shipped weights."""
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
+    validation top-1 and ``result.final`` the [`Evaluation`][mobilenets.engine.evaluate.Evaluation]
+    of the shipped weights."""
     return fit_task(Classification(), config, out, resume=resume, placement=placement,
                     progress=progress)  # fmt: skip
 
@@ -211,8 +214,9 @@ def model_config_for(config: TrainConfig, splits: Splits) -> ModelConfig:
 
 
 def starting_weights(weights: str, model_config: ModelConfig, context: RunContext):
-    """The model that ``weights`` holds (see [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model]). In
-    a torchrun job the main process reads it first, so that only it downloads published ones."""
+    """The model that ``weights`` holds (see
+    [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model]). In a torchrun
+    job the main process reads it first, so that only it downloads published ones."""
     distributed: Distributed = context.distributed
     # Keras publishes one file per input size: the model's, or 224 for small images.
     resolution = DEFAULT_RESOLUTION if model_config.small_input else model_config.resolution

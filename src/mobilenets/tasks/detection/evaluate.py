@@ -4,6 +4,7 @@ Detections are ours (pixel (x1, y1, x2, y2) boxes, contiguous labels 1..C-1); th
 results (``[x, y, width, height]``, original category ids) here. The summary keeps COCOeval's
 numbers: AP at IoU 0.50:0.95, AP50, AP75, AP for small / medium / large objects and AR at 100
 detections, each in [0, 1], or -1 where the ground truth has no object of that size.
+pycocotools is the ``detection`` extra (``pip install 'mobilenets[detection]'``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from mobilenets.core.boxes import postprocess
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.data.detection import CocoDetection, VocDetection, collate_detections, load_coco_api
 from mobilenets.engine.device import Distributed, autocast, to_device
 from mobilenets.engine.loop import ordered_loader
@@ -28,6 +30,7 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 SCORE_THRESHOLD = 0.01  # COCO evaluation keeps low-scoring detections: they only add recall
 # COCOeval.stats positions of the metrics reported.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
+SCORING = "scoring COCO mAP"  # what needs pycocotools' COCOeval
 
 
 def coco_results(
@@ -66,10 +69,11 @@ def evaluate_coco(
 
     ``coco_gt``: an annotation file path or a ``pycocotools.coco.COCO``. ``detections``:
     ``{image_id: {"boxes" [K, 4] pixel (x1, y1, x2, y2), "scores" [K], "labels" [K]}}`` with an
-    entry for every evaluated image, also those with no detections: the images evaluated are
-    exactly its keys. ``category_ids[label]`` maps labels to category ids; by default labels
-    number the ground truth's categories sorted by id (as [`CocoDetection`][mobilenets.tasks.detection.evaluate.CocoDetection] does).
-    No detections at all scores 0.0 everywhere.
+    entry for every evaluated image, also those with no detections: the images evaluated are exactly
+    its keys. ``category_ids[label]`` maps labels to category ids; by default labels number the
+    ground truth's categories sorted by id (as
+    [`CocoDetection`][mobilenets.tasks.detection.evaluate.CocoDetection] does). No detections at all
+    scores 0.0 everywhere.
     """
     if isinstance(coco_gt, (str, os.PathLike)):
         coco_gt = load_coco_api(coco_gt)
@@ -83,11 +87,10 @@ def evaluate_coco(
     results = coco_results(detections, category_ids)
     if not results:
         return {name: 0.0 for name in METRICS}
-    from pycocotools.cocoeval import COCOeval
-
+    cocoeval = require("pycocotools.cocoeval", SCORING)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = cocoeval.COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = sorted(int(i) for i in detections)
         evaluator.evaluate()
         evaluator.accumulate()
@@ -113,9 +116,10 @@ def class_scores(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
 
 
 def score_logits(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Logits whose softmax (what [`postprocess`][mobilenets.tasks.detection.evaluate.postprocess] takes) gives [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]: the
-    identity for softmax; for focal, the log of the scores (when their object classes sum to
-    more than 1, softmax renormalizes them, which keeps their order)."""
+    """Logits whose softmax (what [`postprocess`][mobilenets.tasks.detection.evaluate.postprocess]
+    takes) gives [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]: the identity
+    for softmax; for focal, the log of the scores (when their object classes sum to more than 1,
+    softmax renormalizes them, which keeps their order)."""
     if loss == "softmax":
         return cls_logits
     return class_scores(cls_logits, loss).clamp(min=1e-12).log()

@@ -14,7 +14,8 @@ NMS is not in the graph: keep (box, class) pairs above a score threshold and run
 does). Data-dependent output sizes would tie the file to one runtime's NonMaxSuppression
 semantics; this way the file is plain tensors in, plain tensors out, and checked exactly.
 
-BN is folded into the convs first ([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the
+BN is folded into the convs first
+([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the
 parts' names), and the written file is run with onnxruntime against the unfolded PyTorch model.
 """
 
@@ -27,14 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import torch
 from torch import nn
 
 from mobilenets.core.boxes import decode
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
+from mobilenets.core.version import __version__
 from mobilenets.deploy import onnx_export as export
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.tasks.detection.evaluate import class_scores
@@ -79,9 +81,7 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
     onnxruntime (batches 1 and 3 with ``dynamic_batch``, else 1; a difference above 1e-4
     raises and leaves no file) and record classes, category ids, preprocessing and the
     detection config in its metadata_props."""
-    from mobilenets.core.version import __version__
-
-    export.check_options(path, opset)
+    export.check_options(path, opset)  # the onnx extra too
     model = checkpoint.model.to("cpu", torch.float32)
     reference = DecodedDetector(copy.deepcopy(model).eval(), checkpoint.loss)
     folded, bn_folded = fold_batch_norm(model)
@@ -118,7 +118,8 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
         file_bytes = os.path.getsize(temporary)
     return DetectionExportReport(
         path, config.name, opset, export.graph_input_shape(written), model.anchors().shape[0],
-        config.num_classes, file_bytes, difference, bn_folded, onnxruntime.__version__,
+        config.num_classes, file_bytes, difference, bn_folded,
+        require("onnxruntime", "exporting to ONNX").__version__,
     )  # fmt: skip
 
 

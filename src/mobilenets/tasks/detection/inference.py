@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms.functional import pil_to_tensor
+from torchvision.utils import draw_bounding_boxes
 
 from mobilenets.core.detector import SSDLite, load_detector
 from mobilenets.core.errors import MobileNetsError
@@ -57,8 +59,8 @@ def evaluate_checkpoint(checkpoint: DetectionCheckpoint, data: str, *, batch_siz
     dataset = load_detection_data(data, splits=("val",)).val
     if tuple(dataset.class_names) != checkpoint.classes:
         raise MobileNetsError(
-            f"{str(checkpoint.path)!r} detects {', '.join(checkpoint.classes[1:])}; --data "
-            f"{data} has {', '.join(dataset.class_names[1:])}"
+            f"{str(checkpoint.path)!r} detects {', '.join(checkpoint.classes[1:])}; "
+            f"data={data!r} has {', '.join(dataset.class_names[1:])}"
         )
     dataset.transform = eval_transform(checkpoint.preprocessing)
     device = pick_device(device)
@@ -89,9 +91,6 @@ def detect_image(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
 def draw_detections(image, detections: dict, classes: tuple[str, ...]) -> torch.Tensor:
     """The image as a uint8 ``[3, H, W]`` tensor with each box, its class name and score drawn
     (torchvision's draw_bounding_boxes), one colour per class."""
-    from torchvision.transforms.functional import pil_to_tensor
-    from torchvision.utils import draw_bounding_boxes
-
     pixels = pil_to_tensor(image)
     if len(detections["boxes"]) == 0:
         return pixels

@@ -53,10 +53,12 @@ def hard_negatives(
 
 
 class MultiBoxLoss(nn.Module):
-    """SSD loss over assigned targets (see [`mobilenets.core.boxes.assign_batch`][mobilenets.core.boxes.assign_batch]).
+    """SSD loss over assigned targets (see
+    [`mobilenets.core.boxes.assign_batch`][mobilenets.core.boxes.assign_batch]).
 
     ``forward(cls_logits [N, A, C], box_regression [N, A, 4], labels [N, A] int64 in 0..C-1,
-    box_targets [N, A, 4])`` returns a [`DetectionLoss`][mobilenets.tasks.detection.loss.DetectionLoss].
+    box_targets [N, A, 4])`` returns a
+    [`DetectionLoss`][mobilenets.tasks.detection.loss.DetectionLoss].
     """
 
     def __init__(

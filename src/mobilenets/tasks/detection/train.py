@@ -1,14 +1,16 @@
 """Training an SSDLite detector: the settings and the task that plugs into the engine.
 
-[`DetectionTrainConfig`][mobilenets.tasks.detection.train.DetectionTrainConfig] holds every setting (the shared ones of
-[`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the detector's own); [`fit_detector`][mobilenets.tasks.detection.train.fit_detector]
-runs a whole job into an output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit], with the
-guarantees of every run there (atomic files, exact resume, torchrun). Its metrics rows hold the
-train losses and COCO metrics on the validation split; ``best.safetensors`` is the epoch with the
-best AP; ``eval.json`` holds the final COCO metrics.
+[`DetectionTrainConfig`][mobilenets.tasks.detection.train.DetectionTrainConfig] holds every setting
+(the shared ones of [`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the detector's
+own); [`fit_detector`][mobilenets.tasks.detection.train.fit_detector] runs a whole job into an
+output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit], with the guarantees
+of every run there (atomic files, exact resume, torchrun). Its metrics rows hold the train losses
+and COCO metrics on the validation split; ``best.safetensors`` is the epoch with the best AP;
+``eval.json`` holds the final COCO metrics.
 
-``data`` specs: see [`mobilenets.data.detection.DATA_HELP`][mobilenets.data.detection.DATA_HELP] (``synthetic-shapes[:N]``,
-``coco:DIR``, ``coco:TRAIN_IMAGES,TRAIN_JSON,VAL_IMAGES,VAL_JSON``, ``voc:ROOT``).
+``data`` specs: see [`mobilenets.data.detection.DATA_HELP`][mobilenets.data.detection.DATA_HELP]
+(``synthetic-shapes[:N]``, ``coco:DIR``, ``coco:TRAIN_IMAGES,TRAIN_JSON,VAL_IMAGES,VAL_JSON``,
+``voc:ROOT``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mobilenets.core.boxes import assign_batch
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
 from mobilenets.core.files import write_json
 from mobilenets.data.detection import (
     SYNTHETIC_SHAPES,
@@ -38,7 +41,7 @@ from mobilenets.engine.loop import Trainer
 from mobilenets.engine.run import FitResult, Job, RunContext, log
 from mobilenets.engine.run import fit as fit_task
 from mobilenets.engine.settings import TrainSettings
-from mobilenets.tasks.detection.evaluate import METRIC_NAMES, evaluate_detector
+from mobilenets.tasks.detection.evaluate import METRIC_NAMES, SCORING, evaluate_detector
 from mobilenets.tasks.detection.loss import CLASSIFICATION_LOSSES, MultiBoxLoss
 from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.registry import resolve_detection_config
@@ -80,9 +83,10 @@ class DetectionTrainConfig(TrainSettings):
 
 
 class AssignTargets:
-    """A collate function that also matches: stacked images, the targets, and each image's
-    anchor labels ``[N, A]`` and box offsets ``[N, A, 4]`` ([`assign_batch`][mobilenets.tasks.detection.train.assign_batch]). Run in the
-    loader's workers, the matching overlaps the training step instead of preceding it."""
+    """A collate function that also matches: stacked images, the targets, and each image's anchor
+    labels ``[N, A]`` and box offsets ``[N, A, 4]``
+    ([`assign_batch`][mobilenets.tasks.detection.train.assign_batch]). Run in the loader's workers,
+    the matching overlaps the training step instead of preceding it."""
 
     def __init__(self, anchors: torch.Tensor, iou_threshold: float = 0.5) -> None:
         self.anchors, self.iou_threshold = anchors.detach().cpu(), iou_threshold
@@ -93,8 +97,9 @@ class AssignTargets:
 
 
 def detection_loss(criterion: MultiBoxLoss):
-    """The ``loss_fn`` of [`mobilenets.engine.loop.train_epoch`][mobilenets.engine.loop.train_epoch] for the batches of
-    [`AssignTargets`][mobilenets.tasks.detection.train.AssignTargets]; the epoch also adds up the box and class parts."""
+    """The ``loss_fn`` of [`mobilenets.engine.loop.train_epoch`][mobilenets.engine.loop.train_epoch]
+    for the batches of [`AssignTargets`][mobilenets.tasks.detection.train.AssignTargets]; the epoch
+    also adds up the box and class parts."""
 
     def loss_fn(model, batch, trainer: Trainer):
         images, targets, labels, box_targets = batch
@@ -126,6 +131,7 @@ class Detection:
 
     def prepare(self, config: DetectionTrainConfig, saved_run: dict | None,
                 context: RunContext) -> Job:  # fmt: skip
+        require("pycocotools.cocoeval", SCORING)  # every epoch is scored: fail before the first
         data = load_detection_data(config.data)
         detection_config = resolve_detection_config(
             config.model, alpha=config.alpha, resolution=config.resolution,
@@ -193,7 +199,7 @@ def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
                  resume: bool = False, placement: dict | None = None,
                  progress: bool = True) -> FitResult:  # fmt: skip
     """Train a detector with ``config`` into the folder ``out`` (see
-    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best validation AP and
-    ``result.final`` the COCO metrics of the shipped weights."""
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
+    validation AP and ``result.final`` the COCO metrics of the shipped weights."""
     return fit_task(Detection(), config, out, resume=resume, placement=placement,
                     progress=progress)  # fmt: skip
