@@ -216,6 +216,7 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path, capsys):
 BLOCKED = ("onnx", "onnxruntime", "onnxscript", "pycocotools", "h5py", "matplotlib", "executorch")
 
 
+@pytest.mark.slow
 def test_import_and_cost_need_no_extra():
     """In a fresh interpreter where every optional package is unimportable, the package and each
     of its modules import, and the cost model runs."""

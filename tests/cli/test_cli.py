@@ -115,6 +115,7 @@ def test_usage_errors_are_one_line_too(capsys, argv, message):
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_installed_console_script_and_module():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("mobilenets") == "mobilenets.cli:main"

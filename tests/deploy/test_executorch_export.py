@@ -27,7 +27,7 @@ from mobilenets.deploy import bench
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.engine.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # lowering takes seconds
 needs_executorch = pytest.mark.skipif(
     mobile.executorch_version() is None,
     reason="executorch is not installed (pip install 'mobilenets[mobile]')",

@@ -158,6 +158,7 @@ def run_killable(out: Path, kill_at: int, resume: bool, config: dict) -> int:
     return subprocess.run(command, env=env, capture_output=True, text=True).returncode
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_finishes_exactly_as_an_uninterrupted_run(tmp_path):
     # Dropout and random erasing draw randomness inside the epoch: the resumed run must
     # replay both exactly.
@@ -276,6 +277,7 @@ def test_resume_refuses_data_with_another_number_of_classes(finished_run, tmp_pa
         fit(None, copy, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_on_two_cpu_processes_with_gloo(tmp_path):
     out = tmp_path / "ddp"
     # Started from weights, which the main process reads first and the other after it.

@@ -236,6 +236,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert all(v.isfinite().all() for v in weights.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_torchrun_trains_on_two_cpu_processes_and_gathers_the_evaluation(tmp_path):
     out = tmp_path / "ddp"
     command = [

@@ -30,7 +30,7 @@ def evaluate_checkpoint(checkpoint: Checkpoint, data: str, *, batch_size: int = 
                         tta: str = "none") -> Evaluation:  # fmt: skip
     """Top-1, top-5 and the confusion matrix on the validation split of ``data``, with the
     checkpoint's own preprocessing; ``tta="flip"`` also scores each mirror image (see
-    ``train.evaluate``)."""
+    [`evaluate`][mobilenets.engine.evaluate.evaluate])."""
     preprocessing = checkpoint.preprocessing
     splits = load_splits(data, preprocessing.resolution)
     check_classes(checkpoint, splits.classes, data)
@@ -96,7 +96,8 @@ class Prediction:
 def predict(checkpoint: Checkpoint, paths: list[str | os.PathLike], topk: int = 5,
             device: str = "cpu", tta: str = "none") -> list[Prediction]:  # fmt: skip
     """The ``topk`` classes and probabilities for each image file; ``tta="flip"`` gives the
-    mean probabilities of each image and its mirror (see ``train.evaluate``)."""
+    mean probabilities of each image and its mirror (see
+    [`evaluate`][mobilenets.engine.evaluate.evaluate])."""
     if not isinstance(topk, int) or topk < 1:
         raise MobileNetsError(f"topk must be a positive integer, got {topk!r}")
     check_tta(tta)

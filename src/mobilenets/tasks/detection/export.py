@@ -22,7 +22,6 @@ parts' names), and the written file is run with onnxruntime against the unfolded
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from mobilenets.core.files import atomic_path
 from mobilenets.core.version import __version__
 from mobilenets.deploy import onnx_export as export
 from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.engine.checkpoint import checkpoint_info
 from mobilenets.tasks.detection.evaluate import class_scores
 from mobilenets.tasks.detection.inference import DetectionCheckpoint
 
@@ -97,17 +97,14 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
             input_names=[export.INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_shapes=dynamic_shapes, verbose=False,
         )  # fmt: skip
-    program.model.metadata_props.update({
-        "detection_config": json.dumps(config.to_dict()),
-        "classes": json.dumps(list(checkpoint.classes)),
-        "category_ids": json.dumps(list(checkpoint.category_ids)),
-        "preprocessing": json.dumps(checkpoint.preprocessing.to_dict()),
-        "scores": checkpoint.loss,
-        "outputs": "boxes [N, A, 4] normalized x1 y1 x2 y2; scores [N, A, C], column 0 "
-                   "background; NMS not included",
-        "source": f"checkpoint {checkpoint.path.name}",
-        "mobilenets_version": __version__,
-    })  # fmt: skip
+    info = checkpoint_info(
+        checkpoint.classes, checkpoint.preprocessing, category_ids=list(checkpoint.category_ids),
+        detection_config=config.to_dict(), scores=checkpoint.loss,
+        outputs="boxes [N, A, 4] normalized x1 y1 x2 y2; scores [N, A, C], column 0 "
+                "background; NMS not included",
+        source=f"checkpoint {checkpoint.path.name}", mobilenets_version=__version__,
+    )  # fmt: skip
+    program.model.metadata_props.update(export.metadata_props(info))
     path = Path(path)
     with atomic_path(path) as temporary:
         program.save(temporary, external_data=False)
