@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fashion_mnist_files import fashion_arrays, fashion_files, idx_gz, idx_header, write_files
 from PIL import Image
 
 import mobilenets.zoo.download
@@ -41,36 +42,6 @@ from mobilenets.data.transforms import eval_transform, train_transform
 # --- Fashion-MNIST -----------------------------------------------------------------------------
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
-
-
-def idx_gz(array: np.ndarray) -> bytes:
-    """The IDX encoding of a uint8 array: 00 00 08 ndim, big-endian dims, the bytes; gzipped."""
-    return gzip.compress(idx_header(*array.shape) + array.astype(np.uint8).tobytes(), mtime=0)
-
-
-def idx_header(*shape: int) -> bytes:
-    return bytes([0, 0, 8, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
-
-
-def fashion_arrays(train: int = 20, test: int = 10) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {
-        "train_images": rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
-        "train_labels": (np.arange(train) * 3 % 10).astype(np.uint8),
-        "test_images": rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
-        "test_labels": (np.arange(test) % 10).astype(np.uint8),
-    }
-
-
-def fashion_files(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """File name -> contents of the four gzipped IDX files."""
-    return {name: idx_gz(arrays[key]) for key, (name, _) in data.FASHION_MNIST_FILES.items()}
-
-
-def write_files(folder: Path, files: dict[str, bytes]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (folder / name).write_bytes(content)
 
 
 @pytest.fixture
