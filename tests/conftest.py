@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+from published_files import start_server
+
+import mobilenets.zoo.download as download_module
 
 
 def pytest_configure(config):
@@ -21,3 +24,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def file_server():
+    """A local HTTP server for published weights files (published_files.FileServer)."""
+    state, stop = start_server()
+    yield state
+    stop()
+
+
+@pytest.fixture
+def server(file_server, monkeypatch, tmp_path):
+    """The module's server, reset; an empty cache; no backoff between retries."""
+    file_server.files.clear()
+    file_server.requests.clear()
+    file_server.drops = 0
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("no_proxy", "*")  # a proxy in the environment must not see 127.0.0.1
+    monkeypatch.setattr(download_module, "BACKOFF", 0)
+    return file_server

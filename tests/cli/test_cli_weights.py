@@ -18,7 +18,6 @@ from published_files import (
     max_difference,
     record_of,
     serve,
-    start_server,
     torchvision_reference,
     use_records,
     write_image,
@@ -27,7 +26,6 @@ from published_files import (
 from torchvision.models import MobileNet_V2_Weights
 from torchvision.transforms.v2 import functional as TF
 
-import mobilenets.zoo.download as download_module
 from mobilenets import create_model, load_model
 from mobilenets.cli import main
 from mobilenets.zoo.pretrained import RECORDS, imagenet_categories
@@ -89,24 +87,6 @@ def image(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "photo.png"
     write_image(path, (300, 240), seed=3)
     return path
-
-
-@pytest.fixture(scope="module")
-def file_server():
-    state, stop = start_server()
-    yield state
-    stop()
-
-
-@pytest.fixture
-def server(file_server, monkeypatch, tmp_path):
-    file_server.files.clear()
-    file_server.requests.clear()
-    file_server.drops = 0
-    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setattr(download_module, "BACKOFF", 0)
-    return file_server
 
 
 # --- weights -----------------------------------------------------------------------------------

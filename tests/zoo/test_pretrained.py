@@ -26,7 +26,6 @@ from published_files import (
     max_difference,
     record_of,
     serve,
-    start_server,
     torchvision_reference,
     use_records,
     write_image,
@@ -57,25 +56,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def references(tmp_path_factory):
     folder = tmp_path_factory.mktemp("references")
     return {"torchvision": torchvision_reference(folder), "keras": keras_reference(folder)}
-
-
-@pytest.fixture(scope="module")
-def file_server():
-    state, stop = start_server()
-    yield state
-    stop()
-
-
-@pytest.fixture
-def server(file_server, monkeypatch, tmp_path):
-    """The module's server, reset; an empty cache; no backoff between retries."""
-    file_server.files.clear()
-    file_server.requests.clear()
-    file_server.drops = 0
-    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("no_proxy", "*")  # a proxy in the environment must not see 127.0.0.1
-    monkeypatch.setattr(download_module, "BACKOFF", 0)
-    return file_server
 
 
 @pytest.fixture
