@@ -31,6 +31,7 @@ from mobilenets.engine.checkpoint import STATE_FILE
 from mobilenets.engine.device import unwrap
 from mobilenets.engine.loop import EpochState, Trainer, TrainingDiverged, train_epoch
 from mobilenets.engine.optim import make_optimizer
+from mobilenets.tasks.classification.train import fit as fit_classifier
 from mobilenets.tasks.detection.evaluate import class_scores, score_logits
 from mobilenets.tasks.detection.inference import evaluate_checkpoint, load_detection_checkpoint
 from mobilenets.tasks.detection.loss import MultiBoxLoss
@@ -174,6 +175,9 @@ def test_an_existing_run_is_not_overwritten_and_resume_needs_a_run(finished_run,
         fit_detector(None, tmp_path, resume=True, progress=False)
     with pytest.raises(MobileNetsError, match=r"other settings: epochs=5 \(saved 2\)"):
         fit_detector(tiny_config(epochs=5), out, resume=True, progress=False)
+    # The one engine resumes a run only as the task that started it.
+    with pytest.raises(MobileNetsError, match="holds a detection run, not a classification run"):
+        fit_classifier(None, out, resume=True, progress=False)
 
 
 class Interrupted(Exception):

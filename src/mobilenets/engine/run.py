@@ -95,7 +95,6 @@ class Task(Protocol):
     """What a task brings to [`fit`][mobilenets.engine.run.fit]."""
 
     name: str  # "classification", "detection": recorded in the run
-    command: str  # the command that trains it, for messages ("mobilenets train")
     config_type: type[TrainSettings]
     score: str  # the metrics row key whose highest value picks best.safetensors
 
@@ -140,8 +139,8 @@ def open_run(out: Path, config: TrainSettings | None, resume: bool, task: Task,
         saved = load_state(state_path)
         kind = saved["run"].get("task")
         if kind != task.name:
-            raise MobileNetsError(f"resume=True: the folder holds a {kind} run; continue it with "
-                                  f"the {kind} task's command")  # fmt: skip
+            raise MobileNetsError(f"resume=True: {str(out)!r} holds a {kind} run, not a "
+                                  f"{task.name} run; resume it as {kind} training")  # fmt: skip
         restored = task.config_type.from_dict(saved["run"]["train_config"])
         if placement:
             other = sorted(set(placement) - set(PLACEMENT))

@@ -118,7 +118,6 @@ class Classification:
     """Classification on the engine: cross-entropy, top-1/top-5 evaluation, best by top-1."""
 
     name = "classification"
-    command = "mobilenets train"
     config_type = TrainConfig
     score = "val_top1"
 

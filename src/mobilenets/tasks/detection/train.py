@@ -122,7 +122,6 @@ class Detection:
     best by AP."""
 
     name = "detection"
-    command = "mobilenets detect train"
     config_type = DetectionTrainConfig
     score = "val_AP"
 
