@@ -94,7 +94,11 @@ class DetectionConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, ModelConfig):
             raise MobileNetsError(f"backbone must be a ModelConfig, got {self.backbone!r}")
-        if self.backbone.arch != "mobilenet_v2" or self.backbone.small_input:
+        if (
+            self.backbone.arch != "mobilenet_v2"
+            or self.backbone.small_input
+            or self.backbone.output_stride not in (None, 32)
+        ):
             raise MobileNetsError(
                 f"SSDLite reads MobileNetV2's stride-16 expansion and stride-32 outputs; the "
                 f"backbone must be the standard mobilenet_v2, got {self.backbone.name}"

@@ -48,7 +48,8 @@ class Conv2dSame(nn.Conv2d):
 
 
 def make_conv(layer: LayerSpec, padding: str) -> nn.Conv2d:
-    """The conv for one LayerSpec. Stride-1 convs with odd kernels pad the same either way."""
+    """The conv for one LayerSpec. Stride-1 convs with odd kernels pad the same either way, dilated
+    ones too (dilation * (k - 1) / 2 each side keeps the size: atrous layers run at stride 1)."""
     same = padding == "same" and layer.stride > 1
     conv_class = Conv2dSame if same else nn.Conv2d
     return conv_class(
@@ -56,7 +57,8 @@ def make_conv(layer: LayerSpec, padding: str) -> nn.Conv2d:
         layer.out_channels,
         layer.kernel,
         stride=layer.stride,
-        padding=0 if same else layer.kernel // 2,
+        padding=0 if same else layer.dilation * (layer.kernel // 2),
+        dilation=layer.dilation,
         groups=layer.groups,
         bias=layer.bias,
     )
@@ -293,8 +295,9 @@ class MobileNet(nn.Module):
 class MobileNetV1(MobileNet):
     """MobileNetV1 (Howard et al. 2017, Table 1) with width multiplier alpha.
 
-    ``small_input=True`` is the variant for 28-32 px images (see ``ModelConfig``).
-    ``padding``, ``bn_eps`` and ``bn_momentum`` may be passed too (numerical-parity settings).
+    ``small_input=True`` is the variant for 28-32 px images, ``output_stride=16`` or ``8`` the
+    atrous one of DeepLab (see ``ModelConfig``). ``padding``, ``bn_eps`` and ``bn_momentum`` may
+    be passed too (numerical-parity settings).
     """
 
     def __init__(
@@ -306,6 +309,7 @@ class MobileNetV1(MobileNet):
         resolution: int | None = None,
         rho: float | None = None,
         small_input: bool = False,
+        output_stride: int | None = None,
         **parity,
     ) -> None:
         fields = dict(
@@ -314,6 +318,7 @@ class MobileNetV1(MobileNet):
             in_chans=in_chans,
             dropout=dropout,
             small_input=small_input,
+            output_stride=output_stride,
         )
         super().__init__(_config("mobilenet_v1", resolution, rho, parity, fields))
 
@@ -321,8 +326,9 @@ class MobileNetV1(MobileNet):
 class MobileNetV2(MobileNet):
     """MobileNetV2 (Sandler et al. 2018, Table 2) with width multiplier alpha and expansion t.
 
-    ``small_input=True`` is the variant for 28-32 px images (see ``ModelConfig``).
-    ``padding``, ``bn_eps`` and ``bn_momentum`` may be passed too (numerical-parity settings).
+    ``small_input=True`` is the variant for 28-32 px images, ``output_stride=16`` or ``8`` the
+    atrous one of DeepLab (see ``ModelConfig``). ``padding``, ``bn_eps`` and ``bn_momentum`` may
+    be passed too (numerical-parity settings).
     """
 
     def __init__(
@@ -335,6 +341,7 @@ class MobileNetV2(MobileNet):
         resolution: int | None = None,
         rho: float | None = None,
         small_input: bool = False,
+        output_stride: int | None = None,
         **parity,
     ) -> None:
         fields = dict(
@@ -344,6 +351,7 @@ class MobileNetV2(MobileNet):
             dropout=dropout,
             expansion=expansion,
             small_input=small_input,
+            output_stride=output_stride,
         )
         super().__init__(_config("mobilenet_v2", resolution, rho, parity, fields))
 

@@ -28,6 +28,9 @@ MIN_RESOLUTION = 32
 # The small-input variant (ModelConfig.small_input) keeps three stride-2 stages: 8 pixels to 1x1.
 MIN_SMALL_RESOLUTION = 8
 DEFAULT_RESOLUTION = 224
+# Output strides that atrous convolution can hold the network at (DeepLab's 8 and 16; 32 is the
+# classification network as is). See _Builder.unit_stride.
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 # --- Paper rows --------------------------------------------------------------------------------
@@ -177,6 +180,11 @@ class ModelConfig:
     # stride-2 row, so the net downsamples 8x instead of 32x (32x32 in, 4x4 at the end). Same
     # parameters as the standard net, about 16x its MACs at the same resolution.
     small_input: bool = False
+    # Atrous convolution (DeepLab): None runs every stride as the table says. 8 or 16 stops the
+    # striding there, as TF-slim's mobilenet_base(output_stride=...) does: the stride-2 layer that
+    # would pass it runs at stride 1, and every later 3x3 conv is dilated by the strides skipped.
+    # Same parameters, more MACs; the segmentation backbones use it.
+    output_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -222,11 +230,25 @@ class ModelConfig:
             raise MobileNetsError(
                 f"bn_momentum must be a number in [0, 1], got {self.bn_momentum!r}"
             )
+        if self.output_stride is not None and (
+            not _is_int(self.output_stride) or self.output_stride not in OUTPUT_STRIDES
+        ):
+            raise MobileNetsError(
+                f"output_stride must be None or one of {', '.join(map(str, OUTPUT_STRIDES))}, "
+                f"got {self.output_stride!r}"
+            )
+        if self.output_stride is not None and self.small_input:
+            raise MobileNetsError(
+                f"output_stride applies to the standard network; small_input=True already "
+                f"stops at output stride 8 (got output_stride={self.output_stride!r})"
+            )
 
     @property
     def name(self) -> str:
         """The TF-slim style name of this width and resolution, e.g. ``mobilenet_v2_1.0_224``."""
         suffix = "_small" if self.small_input else ""
+        if self.output_stride is not None:
+            suffix += f"_os{self.output_stride}"
         return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}{suffix}"
 
     def replace(self, **changes) -> ModelConfig:
@@ -281,6 +303,7 @@ class LayerSpec:
     bias: bool
     norm: bool  # followed by BatchNorm (affine)
     act: bool  # followed by ReLU6; False for V2's linear bottleneck and for the classifier
+    dilation: int = 1  # atrous rate (output_stride); the size and the MACs do not change
 
     @property
     def weights(self) -> int:
@@ -407,15 +430,28 @@ class _Builder:
         self.channels = config.in_chans
         self.size = config.resolution
         self.out_stride = 1
+        self.rate = 1  # the atrous rate of 3x3 convs once output_stride is reached
         self.blocks: list[BlockSpec] = []
 
-    def layer(self, name, kind, out_channels, kernel, stride, *, depthwise=False, act=True):
+    def unit_stride(self, stride: int) -> tuple[int, int]:
+        """(stride, dilation) of one unit of the table (a conv, a separable block, an inverted
+        residual) whose 3x3 conv has ``stride``: TF-slim's mobilenet_base. Once the output stride
+        reaches ``config.output_stride``, a unit runs at stride 1 with the current rate, and the
+        rate grows by the stride it skipped, for the units after it."""
+        if self.config.output_stride is not None and self.out_stride == self.config.output_stride:
+            rate = self.rate
+            self.rate *= stride
+            return 1, rate
+        return stride, 1
+
+    def layer(self, name, kind, out_channels, kernel, stride, *, depthwise=False, act=True,
+              dilation=1):  # fmt: skip
         groups = self.channels if depthwise else 1
         out_size = conv_out_size(self.size, stride)
         spec = LayerSpec(
             name=name, kind=kind, in_channels=self.channels, out_channels=out_channels,
             kernel=kernel, stride=stride, groups=groups, in_size=self.size, out_size=out_size,
-            bias=False, norm=True, act=act,
+            bias=False, norm=True, act=act, dilation=dilation if kernel > 1 else 1,
         )  # fmt: skip
         self.channels, self.size = out_channels, out_size
         self.out_stride *= stride
@@ -428,7 +464,9 @@ class _Builder:
 
     def conv_block(self, name: str, out_channels: int, kernel: int, stride: int) -> None:
         kind = "pointwise" if kernel == 1 else "conv"
-        self.block(name, "conv", [self.layer(f"{name}.conv", kind, out_channels, kernel, stride)])
+        stride, dilation = self.unit_stride(stride)
+        layer = self.layer(f"{name}.conv", kind, out_channels, kernel, stride, dilation=dilation)
+        self.block(name, "conv", [layer])
 
     def classifier(self) -> None:
         if self.config.num_classes == 0:
@@ -459,13 +497,15 @@ def _resolve_v1(config: ModelConfig) -> list[BlockSpec]:
     for row in rows:
         for _ in range(row.n):
             name = f"blocks.{index}"
+            stride, dilation = build.unit_stride(row.s)
             depthwise = build.layer(
                 f"{name}.conv_dw",
                 "depthwise",
                 build.channels,
                 DEPTHWISE_KERNEL,
-                row.s,
+                stride,
                 depthwise=True,
+                dilation=dilation,
             )
             pointwise = build.layer(
                 f"{name}.conv_pw", "pointwise", v1_width(row.c, config.alpha), 1, 1
@@ -488,7 +528,7 @@ def _resolve_v2(config: ModelConfig) -> list[BlockSpec]:
         for repeat in range(row.n):
             name = f"blocks.{index}"
             in_channels = build.channels
-            stride = row.s if repeat == 0 else 1
+            stride, dilation = build.unit_stride(row.s if repeat == 0 else 1)
             layers = []
             if expansion != 1:
                 hidden = in_channels * expansion
@@ -501,6 +541,7 @@ def _resolve_v2(config: ModelConfig) -> list[BlockSpec]:
                     DEPTHWISE_KERNEL,
                     stride,
                     depthwise=True,
+                    dilation=dilation,
                 )
             )
             layers.append(
