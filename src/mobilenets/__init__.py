@@ -7,7 +7,7 @@ The package is layered; each layer imports only the ones above it in this list:
 - ``data``: datasets and their augmentation;
 - ``engine``: the training loop, evaluation, checkpoints and run state;
 - ``deploy``: BN folding, ONNX and ExecuTorch export, int8 quantization, latency;
-- ``tasks``: classification and detection, each plugged into the engine;
+- ``tasks``: classification, detection and segmentation, each plugged into the engine;
 - ``cli``: the ``mobilenets`` command.
 
 This module gathers the everyday entry points; ``import mobilenets`` loads ``core`` and
@@ -23,6 +23,7 @@ from mobilenets.core.weights import load_model, load_weights, save_weights
 from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.factory import cost, create_model
 from mobilenets.zoo.registry import get_entry, list_models
+from mobilenets.zoo.segmenters import create_segmenter
 
 __all__ = [
     "CostReport",
@@ -37,6 +38,7 @@ __all__ = [
     "cost",
     "create_detector",
     "create_model",
+    "create_segmenter",
     "get_entry",
     "list_models",
     "load_model",

@@ -144,19 +144,18 @@ def standard_counterfactual(spec: NetSpec) -> tuple[int, int]:
 def peak_activation(spec: NetSpec) -> tuple[int, str]:
     """The largest tensor that inference must materialize, in bytes at 16 bits (V2 Table 3).
 
-    V1 runs layer by layer, so every layer output counts. V2 counts only its bottleneck
+    V1 runs layer by layer, so every layer output counts. V2 (a network with inverted residuals)
+    counts only its bottleneck
     tensors, the block outputs between inverted residuals: section 5.1 shows that the expanded
     tensor inside a block can be computed in slices and never held whole. The stem output does
     not count either, which is how the paper arrives at 400K.
     """
-    if spec.config.arch == "mobilenet_v1":
-        candidates = [(layer.out_elements, layer.name) for layer in spec.layers]
-    else:
-        candidates = [
-            (block.out_channels * block.out_size**2, block.name)
-            for block in spec.blocks
-            if block.kind == "inverted_residual"
-        ]
+    bottlenecks = [
+        (block.out_channels * block.out_size**2, block.name)
+        for block in spec.blocks
+        if block.kind == "inverted_residual"
+    ]
+    candidates = bottlenecks or [(layer.out_elements, layer.name) for layer in spec.layers]
     elements, name = max(candidates)
     return elements * ACTIVATION_BYTES, name
 
@@ -170,8 +169,8 @@ def _total_macs(spec: NetSpec) -> int:
 
 
 def cost_of_spec(spec: NetSpec) -> CostReport:
-    """The report of a resolved spec: a classification NetSpec or a detection DetectionSpec
-    (which has the same ``config``, ``blocks`` and ``layers``)."""
+    """The report of a resolved spec: a classification NetSpec, a DetectionSpec or a
+    SegmentationSpec (which have the same ``config``, ``blocks`` and ``layers``)."""
     config = spec.config
     convs = [layer for layer in spec.layers if layer.kind != "linear"]
     standard_params, standard_macs = standard_counterfactual(spec)

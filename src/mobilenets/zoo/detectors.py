@@ -14,20 +14,24 @@ from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.detector import BACKBONE_FIELDS, SSDLite, saved_detection_config
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import MobileNet
+from mobilenets.core.segmentation_spec import SegmentationConfig
+from mobilenets.core.segmenter import DeepLabV3
 from mobilenets.core.weights import PARITY_FIELDS, load_weights, mismatch_report
 from mobilenets.zoo.registry import resolve_detection_config
 from mobilenets.zoo.transfer import source_model
 
 
-def copy_backbone(detector: SSDLite, classifier: MobileNet) -> None:
-    """Copy every tensor of a classification model but its classifier into the detector's
-    backbone: weights, BN statistics. Anything that does not fit raises, nothing is skipped."""
+def copy_backbone(model: SSDLite | DeepLabV3, classifier: MobileNet) -> None:
+    """Copy every tensor of a classification model that a detector's or segmenter's backbone has
+    into it: weights, BN statistics. The classifier is left out, and V2's last 1x1 conv where the
+    backbone does not build it (a segmenter's); anything else that does not fit raises, nothing is
+    skipped."""
     if not isinstance(classifier, MobileNet):
         raise MobileNetsError(
             f"backbone weights come from a MobileNet classification model, got "
             f"{type(classifier).__name__}"
         )
-    target = detector.config.backbone
+    target = model.config.backbone
     differ = [
         f"{key} {theirs!r} (need {ours!r})"
         for key in BACKBONE_FIELDS
@@ -35,23 +39,24 @@ def copy_backbone(detector: SSDLite, classifier: MobileNet) -> None:
     ]
     if differ:
         raise MobileNetsError(
-            f"backbone weights of {classifier.name} do not fit {detector.name}: "
-            + "; ".join(differ)
+            f"backbone weights of {classifier.name} do not fit {model.name}: " + "; ".join(differ)
         )
-    state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier.")}
-    problems = mismatch_report(detector.backbone, state)
+    left_out = ("classifier.", *(("head.",) if model.backbone.head is None else ()))
+    state = {k: v for k, v in classifier.state_dict().items() if not k.startswith(left_out)}
+    problems = mismatch_report(model.backbone, state)
     if problems:
         raise MobileNetsError(
-            f"backbone weights of {classifier.name} do not fit {detector.name}: "
-            + ", ".join(problems)
+            f"backbone weights of {classifier.name} do not fit {model.name}: " + ", ".join(problems)
         )
-    detector.backbone.load_state_dict(state, strict=True)
+    model.backbone.load_state_dict(state, strict=True)
 
 
-def load_classifier(config: DetectionConfig, weights, progress: bool = True) -> MobileNet:
-    """The classification model whose backbone ``weights`` name, for a detector of ``config``: a
-    built MobileNet, ``"torchvision"``/``"timm"``/``"keras"`` (``source:tag``), or a file (ours from
-    ``mobilenets train``/``convert``, or a foreign one); see
+def load_classifier(
+    config: DetectionConfig | SegmentationConfig, weights, progress: bool = True
+) -> MobileNet:
+    """The classification model whose backbone ``weights`` name, for a detector or segmenter of
+    ``config``: a built MobileNet, ``"torchvision"``/``"timm"``/``"keras"`` (``source:tag``), or a
+    file (ours from ``mobilenets train``/``convert``, or a foreign one); see
     [`mobilenets.zoo.transfer.source_model`][mobilenets.zoo.transfer.source_model].
     [`copy_backbone`][mobilenets.zoo.detectors.copy_backbone] checks that it fits."""
     backbone = config.backbone

@@ -16,11 +16,18 @@ from mobilenets.core.cost import CostReport, cost_of_spec
 from mobilenets.core.detection_spec import DetectionConfig, resolve_detection
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import MobileNet, build_model
+from mobilenets.core.segmentation_spec import SegmentationConfig, resolve_segmentation
 from mobilenets.core.spec import resolve
 from mobilenets.core.weights import PARITY_FIELDS, load_weights, saved_config
 from mobilenets.zoo import pretrained
 from mobilenets.zoo.convert import convert_file, detect_source
-from mobilenets.zoo.registry import is_detector, resolve_config, resolve_detection_config
+from mobilenets.zoo.registry import (
+    is_detector,
+    is_segmenter,
+    resolve_config,
+    resolve_detection_config,
+    resolve_segmentation_config,
+)
 
 
 def create_model(
@@ -78,10 +85,15 @@ def cost(name_or_model, resolution: int | None = None, **overrides) -> CostRepor
     ``cost(model)``, ``cost(model, resolution=160)``. No model is built for a name.
 
     A detector name (``cost("ssdlite_mobilenet_v2", resolution=300)``) or an SSDLite model gets
-    the cost of the whole detector: backbone, extra layers and heads.
+    the cost of the whole detector: backbone, extra layers and heads. A segmenter name
+    (``cost("deeplabv3_mobilenet_v2", output_stride=8, aspp=True)``) or a DeepLabV3 gets the cost
+    of its inference network at ``resolution`` (513 by default), single scale.
     """
     base = name_or_model.config if isinstance(name_or_model, nn.Module) else name_or_model
     if is_detector(base) or isinstance(base, DetectionConfig):
         config = resolve_detection_config(base, resolution=resolution, **overrides)
         return cost_of_spec(resolve_detection(config))
+    if is_segmenter(base) or isinstance(base, SegmentationConfig):
+        config = resolve_segmentation_config(base, resolution=resolution, **overrides)
+        return cost_of_spec(resolve_segmentation(config))
     return cost_of_spec(resolve(resolve_config(base, resolution=resolution, **overrides)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
 from mobilenets.core.spec import ARCHS, ModelConfig, format_alpha, pick_resolution
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
@@ -32,7 +33,7 @@ class Reference:
     top5: float | None = None
 
 
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,23 @@ class ModelEntry:
     """A named model: its task, its config, and the figures published for it."""
 
     name: str
-    config: ModelConfig | DetectionConfig
+    config: ModelConfig | DetectionConfig | SegmentationConfig
     reference: Reference | None = None  # the released checkpoint's figures (TF-slim READMEs)
     paper: tuple[Reference, ...] = ()  # rows of the papers' tables for this model
 
     @property
     def task(self) -> str:
-        return "detection" if isinstance(self.config, DetectionConfig) else "classification"
+        if isinstance(self.config, DetectionConfig):
+            return "detection"
+        if isinstance(self.config, SegmentationConfig):
+            return "segmentation"
+        return "classification"
 
     @property
     def backbone(self) -> ModelConfig:
-        """The classification network: the model itself, or a detector's backbone."""
-        return self.config.backbone if isinstance(self.config, DetectionConfig) else self.config
+        """The classification network: the model itself, or a detector's or segmenter's
+        backbone."""
+        return self.config if isinstance(self.config, ModelConfig) else self.config.backbone
 
     @property
     def arch(self) -> str:
@@ -173,6 +179,32 @@ register(
 )
 
 
+SOURCE_DEEPLAB_PAPER = "Sandler et al. 2018, Table 7, PASCAL VOC 2012 val at 513x513"
+
+
+def _table7_references(arch: str, aspp: bool) -> tuple[Reference, ...]:
+    """The Table 7 rows of one registered segmenter (MACs in millions, one row per output
+    stride; the OS 8 rows are multi-scale with flips)."""
+    return tuple(
+        Reference(f"{SOURCE_DEEPLAB_PAPER}, OS {row.output_stride}"
+                  f"{', MF' if row.multiscale else ''}",
+                  macs_m=row.madds_b * 1000, params_m=row.params_m)
+        for row in TABLE7
+        if (row.arch, row.aspp) == (arch, aspp)
+    )  # fmt: skip
+
+
+# V1's Table 7 rows have ASPP; V2's recommended model ("MNet V2*", 2.11M) has not.
+for _arch, _aspp in (("mobilenet_v1", True), ("mobilenet_v2", False)):
+    register(
+        ModelEntry(
+            f"deeplabv3_{_arch}",
+            SegmentationConfig(ModelConfig(arch=_arch), aspp=_aspp),
+            paper=_table7_references(_arch, _aspp),
+        )
+    )
+
+
 def list_models(pattern: str = "*", task: str | None = "classification") -> list[str]:
     """Registered names matching a shell-style pattern: ``list_models("mobilenet_v2_1.0_*")``.
 
@@ -204,6 +236,11 @@ def is_detector(name) -> bool:
     return entry is not None and entry.task == "detection"
 
 
+def is_segmenter(name) -> bool:
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    return entry is not None and entry.task == "segmentation"
+
+
 def _unknown_name_message(name, task: str | None = None) -> str:
     names = list_models(task=task)
     families = ARCHS if task in (None, "classification") else ()
@@ -211,6 +248,8 @@ def _unknown_name_message(name, task: str | None = None) -> str:
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     if task == "detection":
         return f"unknown detector {name!r}{hint}; registered: {', '.join(names)}"
+    if task == "segmentation":
+        return f"unknown segmenter {name!r}{hint}; registered: {', '.join(names)}"
     return (
         f"unknown model {name!r}{hint} (families: {', '.join(ARCHS)}; "
         f"{len(list_models())} named variants, see `mobilenets zoo`)"
@@ -219,7 +258,7 @@ def _unknown_name_message(name, task: str | None = None) -> str:
 
 CONFIG_OVERRIDES = (
     "alpha", "resolution", "rho", "num_classes", "in_chans", "dropout", "expansion",
-    "padding", "bn_eps", "bn_momentum", "small_input",
+    "padding", "bn_eps", "bn_momentum", "small_input", "output_stride",
 )  # fmt: skip
 
 
@@ -271,5 +310,33 @@ def resolve_detection_config(name_or_config: str | DetectionConfig, **overrides)
     else:
         config = get_entry(name_or_config, task="detection").config
     own = {key: overrides.pop(key) for key in ("resolution", "num_classes") if key in overrides}
+    backbone = config.backbone.replace(**overrides) if overrides else config.backbone
+    return config.replace(backbone=backbone, **own)
+
+
+# Overrides a segmenter name takes: the backbone's width and numerics, and the head's own.
+SEGMENTATION_OVERRIDES = ("alpha", "resolution", "num_classes", "output_stride", "aspp",
+                          "atrous_rates", "aux", "dropout", "expansion", "in_chans", "padding",
+                          "bn_eps", "bn_momentum")  # fmt: skip
+SEGMENTATION_OWN = ("resolution", "num_classes", "output_stride", "aspp", "atrous_rates", "aux",
+                    "dropout")  # fmt: skip
+
+
+def resolve_segmentation_config(name_or_config: str | SegmentationConfig,
+                                **overrides) -> SegmentationConfig:  # fmt: skip
+    """The SegmentationConfig of a registered name or a config, with overrides applied (those set
+    to None are ignored, so callers can pass optional arguments straight through)."""
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(overrides) - set(SEGMENTATION_OVERRIDES))
+    if unknown:
+        raise MobileNetsError(
+            f"argument(s) {unknown} do not apply to a segmenter; allowed: "
+            f"{', '.join(SEGMENTATION_OVERRIDES)}"
+        )
+    if isinstance(name_or_config, SegmentationConfig):
+        config = name_or_config
+    else:
+        config = get_entry(name_or_config, task="segmentation").config
+    own = {key: overrides.pop(key) for key in SEGMENTATION_OWN if key in overrides}
     backbone = config.backbone.replace(**overrides) if overrides else config.backbone
     return config.replace(backbone=backbone, **own)

@@ -1,0 +1,298 @@
+"""Mobile DeepLabv3 (Sandler et al. 2018, section 6.3, Table 7) as data, resolved into layers.
+
+[`resolve_segmentation`][mobilenets.core.segmentation_spec.resolve_segmentation] turns a
+[`SegmentationConfig`][mobilenets.core.segmentation_spec.SegmentationConfig] into a
+[`SegmentationSpec`][mobilenets.core.segmentation_spec.SegmentationSpec]: the classification
+backbone's own records at the config's output stride (``mobilenets.core.spec.resolve`` with atrous
+convolution, no classifier, and for MobileNetV2 no last 1x1 conv), then one record per layer of the
+DeepLabv3 head. The nn.Module (``segmenter.py``) and the cost model (``mobilenets.core.cost``) both
+read it.
+
+The design is TF DeepLab's (``research/deeplab``, ``model.py``), as the V2 paper used it:
+
+- Backbone: MobileNetV1 to its last separable block (1024 channels, TF ``Conv2d_13_pointwise``)
+  or MobileNetV2 to its last inverted residual (320 channels, TF ``layer_18``): the paper's
+  "MNet V2*". V2's 1280-channel conv is not built. Output stride 16 or 8 by atrous convolution,
+  the way TF-slim's ``mobilenet_base(output_stride=...)`` does it (``spec._Builder.unit_stride``).
+- Head: an image-pooling branch (global average pool, 1x1 conv to 256, BN, ReLU, broadcast back to
+  the feature map) and a 1x1 branch (256, BN, ReLU); with ``aspp=True`` three full 3x3 atrous
+  branches as well (rates 6, 12, 18 at output stride 16; 12, 24, 36 at 8). Concatenated, projected
+  by a 1x1 conv to 256 (BN, ReLU), dropout (TF keeps 0.9), a 1x1 classifier with bias, and bilinear
+  upsampling of the logits to the input size (not counted: it has no multiply-adds of weights).
+- ``aux=True`` adds a training-time head on the stride-8 features (3x3 conv, BN, ReLU, 1x1 to the
+  classes) for an auxiliary loss; it is not part of inference and not in the cost.
+
+The paper's figures (Table 7) are in [`TABLE7`][mobilenets.core.segmentation_spec.TABLE7]; the
+segmentation docs page sets ours beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.spec import (
+    MIN_RESOLUTION,
+    BlockSpec,
+    LayerSpec,
+    ModelConfig,
+    NetSpec,
+    conv_out_size,
+    format_alpha,
+    resolve,
+)
+
+SEGMENTATION_OUTPUT_STRIDES = (8, 16)
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}  # DeepLabv3 section 3.3: rates double at OS 8
+HEAD_CHANNELS = 256
+PAPER_RESOLUTION = 513  # TF DeepLab's PASCAL crop, the input of Table 7's MAdds
+VOC_CLASSES = 21  # PASCAL VOC 2012: background and 20 classes
+HEAD_DROPOUT = 0.1  # TF DeepLab: keep_prob 0.9 before the logits
+AUX_LEVEL = 3  # the auxiliary head reads the features at output stride 8
+SEGMENTATION_KINDS = ("image_pool", "aspp", "projection", "classifier", "aux")
+
+
+@dataclass(frozen=True)
+class Table7Row:
+    """A MobileNet row of V2 Table 7: PASCAL VOC 2012 val, 513 px crops."""
+
+    arch: str
+    output_stride: int
+    aspp: bool
+    multiscale: bool  # "MF": six scales 0.5..1.75 and their mirrors
+    miou: float
+    params_m: float
+    madds_b: float
+
+
+# V2 Table 7, the six MobileNet rows ("MNet V2*" reads the 320-channel layer; ResNet-101 omitted).
+TABLE7 = (
+    Table7Row("mobilenet_v1", 16, True, False, 75.29, 11.15, 14.25),
+    Table7Row("mobilenet_v1", 8, True, True, 78.56, 11.15, 941.9),
+    Table7Row("mobilenet_v2", 16, True, False, 75.70, 4.52, 5.8),
+    Table7Row("mobilenet_v2", 8, True, True, 78.42, 4.52, 387.0),
+    Table7Row("mobilenet_v2", 16, False, False, 75.32, 2.11, 2.75),
+    Table7Row("mobilenet_v2", 8, False, True, 77.33, 2.11, 152.6),
+)
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Everything needed to rebuild a segmenter; stored in its checkpoints.
+
+    ``backbone`` gives the architecture, alpha, expansion, input channels and the numerical parity
+    settings (padding, BN eps and momentum, which the head shares). Its resolution, output stride
+    and classifier are this config's: the backbone has no classifier (num_classes 0). The model is
+    fully convolutional: ``resolution`` is the nominal input side the cost is given at.
+    """
+
+    backbone: ModelConfig
+    num_classes: int = VOC_CLASSES
+    resolution: int = PAPER_RESOLUTION
+    output_stride: int = 16
+    aspp: bool = False
+    atrous_rates: tuple[int, ...] | None = None  # None: ASPP_RATES[output_stride]
+    head_channels: int = HEAD_CHANNELS
+    dropout: float = HEAD_DROPOUT
+    aux: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, ModelConfig):
+            raise MobileNetsError(f"backbone must be a ModelConfig, got {self.backbone!r}")
+        if self.backbone.small_input:
+            raise MobileNetsError(
+                f"DeepLabv3 sets the backbone's output stride itself; the backbone must be a "
+                f"standard MobileNet, got {self.backbone.name}"
+            )
+        if not _is_int(self.num_classes) or self.num_classes < 2:
+            raise MobileNetsError(
+                f"num_classes must be an integer >= 2 (background counts), got {self.num_classes!r}"
+            )
+        if not _is_int(self.resolution) or self.resolution < MIN_RESOLUTION:
+            raise MobileNetsError(
+                f"resolution must be an integer >= {MIN_RESOLUTION} (the paper's figures are at "
+                f"{PAPER_RESOLUTION}), got {self.resolution!r}"
+            )
+        if not _is_int(self.output_stride) or self.output_stride not in SEGMENTATION_OUTPUT_STRIDES:
+            raise MobileNetsError(
+                f"output_stride must be 8 or 16 (DeepLabv3 trains at 16 and evaluates at 16 or 8), "
+                f"got {self.output_stride!r}"
+            )
+        for name in ("aspp", "aux"):
+            if not isinstance(getattr(self, name), bool):
+                raise MobileNetsError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        rates = self.atrous_rates
+        if rates is None:
+            rates = ASPP_RATES[self.output_stride]
+        if (
+            not isinstance(rates, (list, tuple))
+            or not rates
+            or not all(_is_int(rate) and rate >= 1 for rate in rates)
+        ):
+            raise MobileNetsError(
+                f"atrous_rates must be None or a non-empty sequence of integers >= 1, "
+                f"got {self.atrous_rates!r}"
+            )
+        object.__setattr__(self, "atrous_rates", tuple(rates))
+        if not _is_int(self.head_channels) or self.head_channels < 1:
+            raise MobileNetsError(
+                f"head_channels must be an integer >= 1, got {self.head_channels!r}"
+            )
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise MobileNetsError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        backbone = self.backbone.replace(
+            resolution=self.resolution, num_classes=0, output_stride=self.output_stride
+        )
+        object.__setattr__(self, "backbone", backbone)
+
+    @property
+    def arch(self) -> str:
+        return f"deeplabv3_{self.backbone.arch}"
+
+    @property
+    def alpha(self) -> float:
+        return self.backbone.alpha
+
+    @property
+    def name(self) -> str:
+        """``deeplabv3_mobilenet_v2_1.0_513_os16``, with ``_aspp`` when the head has ASPP."""
+        aspp = "_aspp" if self.aspp else ""
+        return (
+            f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}_os{self.output_stride}{aspp}"
+        )
+
+    def replace(self, **changes) -> SegmentationConfig:
+        if "output_stride" in changes and "atrous_rates" not in changes:
+            # Default rates follow the output stride; rates given explicitly are kept.
+            if self.atrous_rates == ASPP_RATES[self.output_stride]:
+                changes["atrous_rates"] = None
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SegmentationConfig:
+        if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict):
+            raise MobileNetsError(
+                f"a segmentation config is a dict with a 'backbone' model config, got {data!r}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MobileNetsError(
+                f"unknown segmentation config keys {unknown}; allowed: {', '.join(sorted(known))}"
+            )
+        fields = {**data, "backbone": ModelConfig.from_dict(data["backbone"])}
+        if isinstance(fields.get("atrous_rates"), list):
+            fields["atrous_rates"] = tuple(fields["atrous_rates"])
+        return cls(**fields)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- Resolved records ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentationSpec:
+    """A resolved segmenter. ``blocks`` are the inference network in the order forward runs it,
+    with module paths as names (``backbone.blocks.16``, ``head.image_pool``, ``head.aspp0``,
+    ``head.project``, ``classifier``); ``aux`` is the training-time head (None without it).
+    ``backbone`` is the classification backbone's own spec at the output stride."""
+
+    config: SegmentationConfig
+    backbone: NetSpec
+    blocks: tuple[BlockSpec, ...]
+    aux: BlockSpec | None
+    aux_block: int  # index of the backbone block the auxiliary head reads (output stride 8)
+
+    @property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return tuple(layer for block in self.blocks for layer in block.layers)
+
+    @property
+    def backbone_blocks(self) -> tuple[BlockSpec, ...]:
+        return tuple(block for block in self.blocks if block.name.startswith("backbone."))
+
+    @property
+    def head_blocks(self) -> tuple[BlockSpec, ...]:
+        return tuple(block for block in self.blocks if not block.name.startswith("backbone."))
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the feature map the head reads, at the config's resolution."""
+        return self.backbone_blocks[-1].out_size
+
+    @property
+    def feature_channels(self) -> int:
+        return self.backbone_blocks[-1].out_channels
+
+
+def _layer(name, kind, in_channels, out_channels, kernel, in_size, *, dilation=1,
+           classifier=False) -> LayerSpec:  # fmt: skip
+    """A stride-1 conv of the head: BN and ReLU, or bias and linear for the classifier."""
+    return LayerSpec(
+        name=name, kind=kind, in_channels=in_channels, out_channels=out_channels, kernel=kernel,
+        stride=1, groups=1, in_size=in_size, out_size=conv_out_size(in_size, 1),
+        bias=classifier, norm=not classifier, act=not classifier, dilation=dilation,
+    )  # fmt: skip
+
+
+def _prefixed(block: BlockSpec, prefix: str) -> BlockSpec:
+    layers = tuple(
+        dataclasses.replace(layer, name=f"{prefix}.{layer.name}") for layer in block.layers
+    )
+    return dataclasses.replace(block, name=f"{prefix}.{block.name}", layers=layers)
+
+
+def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
+    """Resolve a segmentation config into one record per block and layer. Pure."""
+    backbone = resolve(config.backbone)
+    # Everything up to the last separable block or inverted residual: V2's 1x1 conv to 1280
+    # ("head") is not part of MNet V2*.
+    features = [block for block in backbone.feature_blocks if block.name != "head"]
+    channels, size, stride = features[-1].out_channels, features[-1].out_size, config.output_stride
+    width = config.head_channels
+    blocks = [_prefixed(block, "backbone") for block in features]
+
+    def block(name, kind, *layers):
+        blocks.append(BlockSpec(name, kind, tuple(layers), False, 1, stride))
+
+    # The image-pooling branch runs on the pooled 1x1 map: its conv costs channels * width.
+    pool = _layer("head.image_pool.conv", "pointwise", channels, width, 1, 1)
+    block("head.image_pool", "image_pool", pool)
+    block("head.aspp0", "aspp", _layer("head.aspp0.conv", "pointwise", channels, width, 1, size))
+    rates = config.atrous_rates if config.aspp else ()
+    for index, rate in enumerate(rates, start=1):
+        atrous = _layer(f"head.aspp{index}.conv", "conv", channels, width, 3, size, dilation=rate)
+        block(f"head.aspp{index}", "aspp", atrous)
+    branches = 2 + len(rates)
+    project = _layer("head.project.conv", "pointwise", branches * width, width, 1, size)
+    block("head.project", "projection", project)
+    classes = config.num_classes
+    block("classifier", "classifier",
+          _layer("classifier", "pointwise", width, classes, 1, size, classifier=True))  # fmt: skip
+
+    # The auxiliary head reads the last block at output stride 8 of the plain network; atrous
+    # convolution keeps the block structure, so the index is the same at any output stride.
+    plain = resolve(config.backbone.replace(output_stride=None))
+    aux_block = plain.tap(f"C{AUX_LEVEL}").block
+    aux = None
+    if config.aux:
+        source = backbone.blocks[aux_block]
+        aux_channels, aux_size = source.out_channels, source.out_size
+        aux = BlockSpec("aux", "aux", (
+            _layer("aux.conv", "conv", aux_channels, aux_channels, 3, aux_size),
+            _layer("aux.classifier", "pointwise", aux_channels, config.num_classes, 1, aux_size,
+                   classifier=True),
+        ), False, 1, source.out_stride)  # fmt: skip
+    return SegmentationSpec(config, backbone, tuple(blocks), aux, aux_block)

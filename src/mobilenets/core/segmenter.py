@@ -1,0 +1,203 @@
+"""Mobile DeepLabv3 as an nn.Module, built from a resolved SegmentationSpec.
+
+Module paths are the spec's names and the checkpoint keys:
+
+- ``backbone``: the classification [`MobileNet`][mobilenets.core.models.MobileNet] itself at the
+  config's output stride (dilated 3x3 convs), without its classifier and, for V2, without its last
+  1x1 conv, so a classification checkpoint's tensors copy in under the same names.
+- ``head.image_pool``, ``head.aspp0`` (1x1), ``head.aspp1..3`` (3x3 atrous, with ``aspp=True``),
+  ``head.project``: each a [`HeadConv`][mobilenets.core.segmenter.HeadConv], conv, BN, ReLU.
+- ``classifier``: the 1x1 conv with bias to the classes; ``aux`` the optional training head.
+
+``forward(images)`` returns logits ``[N, num_classes, H, W]`` at the input's size, any size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.models import build_model, init_weights, make_bn, make_conv
+from mobilenets.core.segmentation_spec import (
+    SegmentationConfig,
+    SegmentationSpec,
+    resolve_segmentation,
+)
+from mobilenets.core.spec import BlockSpec, ModelConfig
+from mobilenets.core.weights import (
+    CONFIG_METADATA_KEY,
+    load_weights,
+    read_metadata,
+    read_state_dict,
+)
+
+
+class HeadConv(nn.Module):
+    """A DeepLabv3 head conv: conv, BN, ReLU (TF DeepLab's head uses ReLU, not ReLU6)."""
+
+    def __init__(self, spec: BlockSpec, config: ModelConfig) -> None:
+        super().__init__()
+        (layer,) = spec.layers
+        self.conv = make_conv(layer, config.padding)
+        self.bn = make_bn(layer, config)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class DeepLabHead(nn.Module):
+    """The DeepLabv3 head without its classifier: the image-pooling branch, the 1x1 branch, the
+    atrous branches of ASPP when configured, concatenated and projected to 256 channels."""
+
+    def __init__(self, spec: SegmentationSpec, config: ModelConfig) -> None:
+        super().__init__()
+        blocks = {block.name.removeprefix("head."): block for block in spec.head_blocks}
+        self.image_pool = HeadConv(blocks["image_pool"], config)
+        self.branch_names = sorted((name for name in blocks if name.startswith("aspp")),
+                                   key=lambda name: int(name.removeprefix("aspp")))  # fmt: skip
+        for name in self.branch_names:
+            self.add_module(name, HeadConv(blocks[name], config))
+        self.project = HeadConv(blocks["project"], config)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # The pooled branch is 1x1: upsampling it bilinearly to the map is a broadcast.
+        pooled = self.image_pool(features.mean((2, 3), keepdim=True))
+        branches = [pooled.expand(-1, -1, *features.shape[-2:])]
+        branches += [getattr(self, name)(features) for name in self.branch_names]
+        return self.project(torch.cat(branches, dim=1))
+
+
+class AuxHead(nn.Module):
+    """The training-time head on the stride-8 features: 3x3 conv, BN, ReLU, 1x1 to classes."""
+
+    def __init__(self, spec: BlockSpec, config: ModelConfig) -> None:
+        super().__init__()
+        conv, classifier = spec.layers
+        self.conv = make_conv(conv, config.padding)
+        self.bn = make_bn(conv, config)
+        self.act = nn.ReLU(inplace=True)
+        self.classifier = make_conv(classifier, config.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.act(self.bn(self.conv(x))))
+
+
+class DeepLabV3(nn.Module):
+    """Mobile DeepLabv3 (Sandler et al. 2018, section 6.3) on MobileNetV1 or MobileNetV2.
+
+    Takes any input size (the logits are upsampled to it); ``config.resolution`` is the nominal
+    size the cost is given at (513, TF DeepLab's PASCAL crop). With ``config.aux``,
+    ``forward(images, with_aux=True)`` also returns the auxiliary head's logits.
+    """
+
+    def __init__(self, config: SegmentationConfig) -> None:
+        super().__init__()
+        if not isinstance(config, SegmentationConfig):
+            raise MobileNetsError(f"DeepLabV3 takes a SegmentationConfig, got {config!r}")
+        self.config = config
+        self.spec: SegmentationSpec = resolve_segmentation(config)
+        parity = config.backbone
+        self.backbone = build_model(parity)
+        # MNet V2* reads the last inverted residual (TF layer_18): V2's 1x1 conv to 1280 goes.
+        self.backbone.head = None
+        self.head = DeepLabHead(self.spec, parity)
+        self.dropout = nn.Dropout(config.dropout)
+        (classifier,) = next(b for b in self.spec.blocks if b.kind == "classifier").layers
+        self.classifier = make_conv(classifier, parity.padding)
+        self.aux = AuxHead(self.spec.aux, parity) if self.spec.aux is not None else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The backbone keeps MobileNet's initialization; the head gets He init, and the
+        classifiers N(0, 0.01) with zero bias, so training starts from near-equal class scores."""
+        heads = [self.head, self.classifier, *([self.aux] if self.aux is not None else [])]
+        init_weights(module for head in heads for module in head.modules())
+        classifiers = [self.classifier, *([self.aux.classifier] if self.aux is not None else [])]
+        for conv in classifiers:
+            nn.init.normal_(conv.weight, 0, 0.01)
+            nn.init.zeros_(conv.bias)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def check_input(self, images: torch.Tensor) -> None:
+        channels = self.config.backbone.in_chans
+        if images.dim() != 4 or images.shape[1] != channels:
+            raise MobileNetsError(
+                f"{self.name} takes a (batch, {channels}, height, width) tensor, got shape "
+                f"{tuple(images.shape)}"
+            )
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The map the head reads, and the stride-8 map the auxiliary head reads (None without
+        it)."""
+        self.check_input(images)
+        x = self.backbone.stem(images)
+        aux = None
+        # spec.aux_block counts the stem as block 0, so blocks[i] is spec block i + 1.
+        for index, block in enumerate(self.backbone.blocks, start=1):
+            x = block(x)
+            if self.aux is not None and index == self.spec.aux_block:
+                aux = x
+        return x, aux
+
+    def forward(
+        self, images: torch.Tensor, with_aux: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features, aux_features = self.forward_features(images)
+        logits = self.classifier(self.dropout(self.head(features)))
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                               align_corners=False)  # fmt: skip
+        if not with_aux:
+            return logits
+        if self.aux is None:
+            raise MobileNetsError(f"{self.name} has no auxiliary head; build it with aux=True")
+        aux = F.interpolate(self.aux(aux_features), size=images.shape[-2:], mode="bilinear",
+                            align_corners=False)  # fmt: skip
+        return logits, aux
+
+
+# --- Reading a saved segmenter ----------------------------------------------------------------
+
+
+def saved_segmentation_config(path: str | os.PathLike) -> SegmentationConfig | None:
+    """The segmentation config recorded in a safetensors file that save_weights wrote from a
+    DeepLabV3; None for other files."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    raw = read_metadata(path).get(CONFIG_METADATA_KEY)
+    try:
+        data = json.loads(raw) if raw else None
+        is_segmenter = isinstance(data, dict) and "output_stride" in data and "backbone" in data
+        return SegmentationConfig.from_dict(data) if is_segmenter else None
+    except ValueError:  # MobileNetsError is a ValueError
+        return None
+
+
+def load_segmenter(path: str | os.PathLike) -> DeepLabV3:
+    """Rebuild a segmenter from a safetensors file that save_weights wrote: config and weights."""
+    config = saved_segmentation_config(path)
+    if config is None:
+        read_state_dict(path)  # reports a missing or unreadable file as such
+        raise MobileNetsError(
+            f"weights file {str(path)!r} records no segmentation config; use "
+            "create_segmenter(NAME, weights=PATH) with the segmenter it was saved from"
+        )
+    model = DeepLabV3(config)
+    load_weights(model, path)
+    return model
