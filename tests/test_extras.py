@@ -28,7 +28,7 @@ from mobilenets.zoo.convert import read_keras_h5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUNTIME_EXTRAS = ("onnx", "keras", "detection", "plots", "mobile")
+RUNTIME_EXTRAS = ("onnx", "keras", "detection", "segmentation", "plots", "mobile")
 
 
 def hide(monkeypatch, *packages: str) -> None:

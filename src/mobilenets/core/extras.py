@@ -8,6 +8,7 @@ is used, never by ``import mobilenets``:
 - ``onnx``: onnx, onnxruntime, onnxscript (ONNX export, int8 quantization, bench);
 - ``keras``: h5py (reading Keras .h5 weights);
 - ``detection``: pycocotools (COCO data and mAP);
+- ``segmentation``: scipy (SBD's .mat masks) and pycocotools (COCO masks);
 - ``plots``: matplotlib (training curves, the confusion matrix, the zoo plot);
 - ``mobile``: executorch (the .pte export and its bench).
 """
@@ -27,6 +28,7 @@ EXTRAS = {
     "onnxscript": "onnx",
     "h5py": "keras",
     "pycocotools": "detection",
+    "scipy": "segmentation",
     "matplotlib": "plots",
     "executorch": "mobile",
 }

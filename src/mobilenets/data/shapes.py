@@ -1,4 +1,4 @@
-"""A synthetic detection dataset in COCO format, for training and evaluating without downloads.
+"""Synthetic detection and segmentation datasets, for training and evaluating without downloads.
 
 Each image is a textured background (a two-colour gradient, stripes at a random angle and period, or
 smooth colour blobs, plus pixel noise) with 1..``max_objects`` filled shapes of
@@ -9,8 +9,13 @@ medium and large all occur). Shapes may overlap, but no more than ``max_overlap`
 area is shared, so every shape stays recognizable. Boxes are tight around the drawn shape and inside
 the image.
 
-The same seed writes the same files: each image draws from its own generator seeded by (seed,
-split, index), so the validation images do not depend on how many training images there are.
+Detection data is written in COCO format
+([`make_synthetic_coco`][mobilenets.data.shapes.make_synthetic_coco]), segmentation data as a folder
+of images and class-index masks
+([`make_synthetic_segmentation`][mobilenets.data.shapes.make_synthetic_segmentation]); for the same
+seed both hold the same images. The same seed writes the same files: each image draws from its own
+generator seeded by (seed, split, index), so the validation images do not depend on how many
+training images there are.
 """
 
 from __future__ import annotations
@@ -100,8 +105,14 @@ def make_image(
     min_size: float,
     max_size: float,
     max_overlap: float,
+    mask: Image.Image | None = None,
 ) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
-    """One image and its objects as (shape index, [x1, y1, x2, y2] pixels)."""
+    """One image and its objects as (shape index, [x1, y1, x2, y2] pixels).
+
+    ``mask``, when given (a mode "L" image of the same size, all 0 for background), receives each
+    shape filled with its shape index + 1: the very pixels the shape covers in the image, later
+    shapes over earlier ones. It draws nothing from ``rng``, so the image is the same either way.
+    """
     texture = _background(rng, image_size)
     image = Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
@@ -122,9 +133,42 @@ def make_image(
             continue
         x1, y1, x2, y2 = (int(v) for v in box)
         under = texture[y1 : y2 + 1, x1 : x2 + 1].reshape(-1, 3).mean(0)
-        draw.polygon([tuple(p) for p in points.tolist()], fill=_colour(rng, under))
+        polygon = [tuple(p) for p in points.tolist()]
+        draw.polygon(polygon, fill=_colour(rng, under))
+        if mask is not None:
+            ImageDraw.Draw(mask).polygon(polygon, fill=shape + 1)
         objects.append((shape, box))
     return image, [(shape, box.tolist()) for shape, box in objects]
+
+
+def _check_settings(num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap,
+                    image_format) -> None:  # fmt: skip
+    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
+        raise MobileNetsError(
+            f"num_train and num_val must be >= 0, not both 0; got {num_train}, {num_val}"
+        )
+    if not 32 <= image_size <= 4096:
+        raise MobileNetsError(f"image_size must be in 32..4096, got {image_size!r}")
+    if not 0 < min_size <= max_size <= 1:
+        raise MobileNetsError(
+            f"need 0 < min_size <= max_size <= 1 (fractions of the image side), "
+            f"got {min_size!r}, {max_size!r}"
+        )
+    if max_objects < 1 or not 0 <= max_overlap < 1:
+        raise MobileNetsError(
+            f"need max_objects >= 1 and 0 <= max_overlap < 1, got {max_objects!r}, {max_overlap!r}"
+        )
+    if image_format not in FORMATS:
+        raise MobileNetsError(
+            f"image_format must be one of {', '.join(FORMATS)}, got {image_format!r}"
+        )
+
+
+def _save_image(image: Image.Image, path: Path, image_format: str) -> None:
+    if image_format == "jpg":
+        image.save(path, quality=92)
+    else:
+        image.save(path)
 
 
 def make_synthetic_coco(
@@ -145,25 +189,8 @@ def make_synthetic_coco(
     [`mobilenets.data.detection.CocoDetection`][mobilenets.data.detection.CocoDetection]. Category
     ids are 1..len(SHAPES) in the order of [`SHAPES`][mobilenets.data.shapes.SHAPES].
     """
-    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
-        raise MobileNetsError(
-            f"num_train and num_val must be >= 0, not both 0; got {num_train}, {num_val}"
-        )
-    if not 32 <= image_size <= 4096:
-        raise MobileNetsError(f"image_size must be in 32..4096, got {image_size!r}")
-    if not 0 < min_size <= max_size <= 1:
-        raise MobileNetsError(
-            f"need 0 < min_size <= max_size <= 1 (fractions of the image side), "
-            f"got {min_size!r}, {max_size!r}"
-        )
-    if max_objects < 1 or not 0 <= max_overlap < 1:
-        raise MobileNetsError(
-            f"need max_objects >= 1 and 0 <= max_overlap < 1, got {max_objects!r}, {max_overlap!r}"
-        )
-    if image_format not in FORMATS:
-        raise MobileNetsError(
-            f"image_format must be one of {', '.join(FORMATS)}, got {image_format!r}"
-        )
+    _check_settings(num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap,
+                    image_format)  # fmt: skip
     root = Path(root)
     categories = [
         {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)
@@ -179,10 +206,7 @@ def make_synthetic_coco(
                 rng, image_size, max_objects, min_size, max_size, max_overlap
             )
             name = f"{index:06d}.{image_format}"
-            if image_format == "jpg":
-                image.save(folder / name, quality=92)
-            else:
-                image.save(folder / name)
+            _save_image(image, folder / name, image_format)
             images.append({"id": index + 1, "file_name": name, "width": image_size,
                            "height": image_size})  # fmt: skip
             for shape, (x1, y1, x2, y2) in objects:
@@ -200,4 +224,49 @@ def make_synthetic_coco(
         with atomic_path(annotation_file) as temporary:
             Path(temporary).write_text(json.dumps(dataset))
         written[split] = (folder, annotation_file)
+    return written
+
+
+def make_synthetic_segmentation(
+    root: str | os.PathLike,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: int = 128,
+    seed: int = 0,
+    max_objects: int = 4,
+    min_size: float = 0.12,
+    max_size: float = 0.5,
+    max_overlap: float = 0.3,
+    image_format: str = "png",
+) -> dict[str, tuple[Path, Path]]:
+    """Write ``root/{train,val}/images/*.png``, ``root/{train,val}/masks/*.png`` and
+    ``root/classes.txt``: the folder layout
+    [`mobilenets.data.segmentation.FolderSegmentation`][mobilenets.data.segmentation.FolderSegmentation]
+    reads.
+
+    The images are [`make_synthetic_coco`][mobilenets.data.shapes.make_synthetic_coco]'s for the
+    same arguments. A mask holds 0 for background and shape index + 1 where a shape is drawn
+    (classes ``background`` and [`SHAPES`][mobilenets.data.shapes.SHAPES]); masks are PNG
+    (lossless). Images are PNG too by default: a JPEG's blurred edges would disagree with the
+    mask. Returns ``{split: (images folder, masks folder)}``.
+    """
+    _check_settings(num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap,
+                    image_format)  # fmt: skip
+    root = Path(root)
+    written = {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        images, masks = root / split / "images", root / split / "masks"
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+            mask = Image.new("L", (image_size, image_size), 0)
+            image, _ = make_image(
+                rng, image_size, max_objects, min_size, max_size, max_overlap, mask=mask
+            )
+            _save_image(image, images / f"{index:06d}.{image_format}", image_format)
+            mask.save(masks / f"{index:06d}.png")
+        written[split] = (images, masks)
+    with atomic_path(root / "classes.txt") as temporary:
+        Path(temporary).write_text("\n".join(("background", *SHAPES)) + "\n")
     return written
