@@ -147,3 +147,63 @@ def test_a_file_keeps_its_resolution(capsys, onnx_file):
     assert main(["bench", str(onnx_file), "--resolution", "64"]) == 2
     err = capsys.readouterr().err
     assert "takes 32x32 inputs; --resolution 64 cannot change an ONNX file" in err
+
+
+# --- segmenters ----------------------------------------------------------------------------------
+
+
+def test_a_segmenter_name_is_measured_at_its_size_output_stride_and_aspp(capsys, tmp_path):
+    json_path = tmp_path / "bench.json"
+    argv = ["bench", "deeplabv3_mobilenet_v2", "--resolution", "65", "--output-stride", "8",
+            "--aspp", "--batch", "1", "2", "--threads", "1", "--warmup", "0", "--iterations", "1",
+            "--json", str(json_path)]  # fmt: skip
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    name = "deeplabv3_mobilenet_v2_1.0_65_os8_aspp"
+    records = json.loads(json_path.read_text())
+    assert [(r["model"], r["runtime"], r["batch"], r["resolution"]) for r in records] == [
+        (name, bench.EAGER, 1, 65), (name, bench.ORT, 1, 65),
+        (name, bench.EAGER, 2, 65), (name, bench.ORT, 2, 65),
+    ]  # fmt: skip
+    assert records[1]["source"] == "export_onnx of random weights (a registered name)"
+    assert all(0 < r["median_ms"] for r in records) and name in out
+
+
+def test_a_segmenter_checkpoint_is_loaded_as_a_segmenter(tmp_path):
+    from mobilenets.core.segmenter import DeepLabV3
+    from mobilenets.core.weights import save_weights
+    from mobilenets.zoo.segmenters import create_segmenter
+
+    model = create_segmenter("deeplabv3_mobilenet_v2", alpha=0.35, num_classes=3, resolution=97)
+    save_weights(model, tmp_path / "best.safetensors")
+    source = bench.load_source(str(tmp_path))  # the run folder: its best
+    assert isinstance(source.model, DeepLabV3) and source.model.config == model.config
+    assert source.resolution == 97 and bench.load_source(str(tmp_path), 65).resolution == 65
+    assert source.weights == f"checkpoint {tmp_path / 'best.safetensors'}"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["mobilenet_v2_1.0_224", "--output-stride", "8"],
+         "apply to a registered segmenter name (such as deeplabv3_mobilenet_v2), not to "
+         "'mobilenet_v2_1.0_224'"),
+        (["deeplabv3_mobilenet_v2", "--int8"],
+         "int8 and pte measure classifiers; for the segmenter 'deeplabv3_mobilenet_v2' export a "
+         ".pte with export_segmenter"),
+        (["deeplabv3_mobilenet_v2", "--resolution", "16"], "resolution must be an integer >= 32"),
+    ],
+)  # fmt: skip
+def test_segmenter_errors_are_one_line_and_exit_2(capsys, argv, message):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mobilenets bench: error: ") and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_a_segmenters_output_stride_is_8_or_16(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "deeplabv3_mobilenet_v2", "--output-stride", "32"])
+    assert exit_info.value.code == 2
+    assert "--output-stride: invalid choice: 32 (choose from 8, 16)" in capsys.readouterr().err

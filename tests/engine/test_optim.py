@@ -21,6 +21,14 @@ def test_schedule_warms_up_then_follows_cosine_or_the_papers_staircase():
     assert lr_factor(350, 100, paper) == pytest.approx(0.98**3)
 
 
+def test_poly_schedule_is_deeplabs_power_0_9_decay():
+    poly = train_config("modern", epochs=10, warmup_epochs=0, schedule="poly")
+    assert lr_factor(0, 100, poly) == 1.0
+    assert lr_factor(500, 100, poly) == pytest.approx(0.5**0.9)
+    assert lr_factor(750, 100, poly) == pytest.approx(0.25**0.9)
+    assert lr_factor(1000, 100, poly) == 0.0
+
+
 def test_weight_decay_skips_batch_norm_and_biases():
     model = create_model("mobilenet_v2", alpha=0.35, num_classes=10, resolution=32)
     decayed, plain = make_optimizer(model, train_config("modern", weight_decay=1e-4)).param_groups

@@ -17,7 +17,7 @@ TASK_CONFIGS = (TrainConfig, DetectionTrainConfig)
     "changes, message",
     [
         (dict(optimizer="adam"), "optimizer must be one of sgd, rmsprop, adamw, got 'adam'"),
-        (dict(schedule="step"), "schedule must be one of cosine, exponential, got 'step'"),
+        (dict(schedule="step"), "schedule must be one of cosine, exponential, poly, got 'step'"),
         (dict(amp="int8"), "amp must be one of auto, off, bf16, fp16, got 'int8'"),
         (dict(epochs=0), "epochs must be positive, got 0"),
         (dict(batch_size=True), "batch_size must be positive, got True"),

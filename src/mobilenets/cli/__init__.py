@@ -1,14 +1,15 @@
 """The ``mobilenets`` command line: argument parsing and printing only.
 
-One module per group of commands (models, classify, deploy, detect), each adding its
+One module per group of commands (models, classify, deploy, detect, segment), each adding its
 sub-parsers; every command calls library functions and prints what they return. Errors a user
 can cause ([`MobileNetsError`][mobilenets.core.errors.MobileNetsError]) become one line on stderr
 and exit status 2, never a traceback.
 
 Commands that need an optional dependency (onnx and onnxruntime for export, quantize and bench;
-executorch; pycocotools for detect) import their library modules inside the command's function,
-so that ``mobilenets zoo`` or ``mobilenets cost`` never loads them. That is the one reason for a
-function-level import of our own modules, and the CLI the one place it is allowed.
+executorch; pycocotools for detect; scipy for segmentation data) import their library modules
+inside the command's function, so that ``mobilenets zoo`` or ``mobilenets cost`` never loads
+them. That is the one reason for a function-level import of our own modules, and the CLI the one
+place it is allowed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mobilenets.cli import classify, deploy, detect, models
+from mobilenets.cli import classify, deploy, detect, models, segment
 from mobilenets.cli.common import Parser, as_flags, log_handlers, one_line
 
 # re-exported: tests/deploy/test_quantize.py checks them against the library's under these names
@@ -28,8 +29,9 @@ __all__ = ["QUANTIZE_ACTIVATIONS", "QUANTIZE_CALIBRATE", "build_parser", "main"]
 
 DESCRIPTION = """\
 MobileNetV1 and V2 as the papers define them: list the named variants and their exact cost,
-train and evaluate classifiers and SSDLite detectors, load published torchvision, timm and Keras
-weights, and export to ONNX, int8 ONNX or ExecuTorch with the latency measured on this CPU."""
+train and evaluate classifiers, SSDLite detectors and Mobile DeepLabv3 segmenters, load
+published torchvision, timm and Keras weights, and export to ONNX, int8 ONNX or ExecuTorch with
+the latency measured on this CPU."""
 
 EPILOG = """\
 examples:
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                      title="commands", metavar="COMMAND")  # fmt: skip
-    for group in (models, classify, deploy, detect):
+    for group in (models, classify, deploy, detect, segment):
         group.add_commands(commands)
     return parser
 

@@ -20,6 +20,7 @@ from mobilenets.cli.common import (
     save_json,
 )
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.segmentation_spec import SEGMENTATION_OUTPUT_STRIDES
 from mobilenets.data.classification import SPEC_HELP
 from mobilenets.deploy.qat import QatConfig
 from mobilenets.engine.checkpoint import load_checkpoint
@@ -207,13 +208,14 @@ def add_bench(commands) -> None:
     parser = add_command(
         commands, "bench", run_bench,
         help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8, ExecuTorch",
-        description="Time models on the CPU, the median and 90th percentile per batch, in "
-        "PyTorch eager and in each runtime, in one process on the same inputs.",
+        description="Time classifiers and segmenters on the CPU, the median and 90th percentile "
+        "per batch, in PyTorch eager and in each runtime, in one process on the same inputs.",
     )  # fmt: skip
     parser.add_argument(
         "inputs", nargs="+", metavar="MODEL_OR_FILE",
-        help="a registered name (random weights), a checkpoint or run folder, an .onnx file or "
-        "a .pte file (ExecuTorch, at the batch it was exported with)",
+        help="a registered name (random weights: a classifier, or a segmenter such as "
+        "deeplabv3_mobilenet_v2), a checkpoint or run folder, an .onnx file or a .pte file "
+        "(ExecuTorch, at the batch it was exported with)",
     )  # fmt: skip
     parser.add_argument(
         "--batch", type=int, nargs="+", default=list(BENCH_BATCHES), metavar="B",
@@ -225,16 +227,27 @@ def add_bench(commands) -> None:
                         help="untimed runs first (default %(default)s)")  # fmt: skip
     parser.add_argument("--iterations", type=int, default=BENCH_ITERATIONS, metavar="K",
                         help="timed runs (default %(default)s)")  # fmt: skip
-    parser.add_argument("--resolution", type=int, metavar="R",
-                        help="input side in pixels (default: the model's own)")  # fmt: skip
+    parser.add_argument(
+        "--resolution", type=int, metavar="R",
+        help="input side in pixels (default: the model's own; 513 for a registered segmenter)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-stride", type=int, choices=SEGMENTATION_OUTPUT_STRIDES, metavar="OS",
+        help="a registered segmenter's output stride, 8 or 16 (default: the name's, 16)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--aspp", action=argparse.BooleanOptionalAction,
+        help="a registered segmenter with (--aspp) or without (--no-aspp) the atrous branches "
+        "(default: the name's; deeplabv3_mobilenet_v2 has none)",
+    )  # fmt: skip
     parser.add_argument(
         "--int8", action="store_true",
-        help="also an int8 file of each model, calibrated on random inputs (speed only)",
+        help="also an int8 file of each classifier, calibrated on random inputs (speed only)",
     )  # fmt: skip
     parser.add_argument(
         "--pte", action="store_true",
-        help="also ExecuTorch (XNNPACK delegate) fp32: one .pte per batch size (needs "
-        "mobilenets[mobile]; each export takes a while)",
+        help="also ExecuTorch (XNNPACK delegate) fp32 of each classifier: one .pte per batch "
+        "size (needs mobilenets[mobile]; each export takes a while)",
     )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the records to FILE as JSON")
     parser.add_argument("--markdown", metavar="FILE",
@@ -247,6 +260,7 @@ def run_bench(args: argparse.Namespace) -> None:
     records = bench.run_benchmarks(
         args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
         iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
+        output_stride=args.output_stride, aspp=args.aspp,
         progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
     )  # fmt: skip
     head = (

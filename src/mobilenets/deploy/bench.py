@@ -1,7 +1,10 @@
 """CPU inference latency across runtimes, against PyTorch eager measured in the same run.
 
 Every model is measured in PyTorch eager fp32 (channels_last, ``torch.inference_mode``): the
-reference each other runtime's median is divided by, at the same batch size. Beside it onnxruntime
+reference each other runtime's median is divided by, at the same batch size. A model is a classifier
+or a Mobile DeepLabv3 segmenter (a registered name such as ``deeplabv3_mobilenet_v2``, at its
+``output_stride`` and ``aspp`` when given, or a segmentation checkpoint), measured at its input
+size (513 for a registered segmenter unless ``resolution`` says otherwise). Beside it onnxruntime
 runs the fp32 export
 ([`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx], dynamic
 batch, written to a temporary folder), optionally an int8 file made on the fly by
@@ -10,7 +13,8 @@ batch, written to a temporary folder), optionally an int8 file made on the fly b
 is calibrated on random normal inputs: its speed is real, its accuracy means nothing. With ``pte``
 (and for any ``.pte`` file given) ExecuTorch runs a program whose layers are in the XNNPACK delegate
 ([`export_executorch`][mobilenets.deploy.executorch_export.export_executorch]): a .pte program has a
-fixed batch, so one is exported per batch size.
+fixed batch, so one is exported per batch size. int8 and ``pte`` export classifiers only; a
+segmenter's ``.pte`` file (``export_segmenter``) is measured as any ``.pte`` file is.
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
 ones; median and 90th percentile are reported. No argparse here: ``mobilenets bench`` and
@@ -19,7 +23,9 @@ ones; median and 90th percentile are reported. No argparse here: ``mobilenets be
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import os
 import platform
 import tempfile
@@ -35,7 +41,10 @@ from safetensors.torch import save as safetensors_bytes
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import installed_version, require
+from mobilenets.core.files import atomic_path
 from mobilenets.core.models import MobileNet, build_model
+from mobilenets.core.segmentation_spec import SegmentationConfig
+from mobilenets.core.segmenter import DeepLabV3, load_segmenter, saved_segmentation_config
 from mobilenets.core.spec import ModelConfig
 from mobilenets.deploy.executorch_export import (
     executorch_version,
@@ -48,17 +57,23 @@ from mobilenets.deploy.executorch_export import (
     require_executorch,
     run_pte,
 )
+from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import (
+    DEFAULT_OPSET,
     ExportSource,
+    _torch_export,
     export_onnx,
     export_source,
     onnx_session,
     read_onnx_metadata,
     require_onnx,
+    verify_onnx,
 )
 from mobilenets.deploy.quantize import quantize_ptq
-from mobilenets.engine.checkpoint import Checkpoint
+from mobilenets.engine.checkpoint import Checkpoint, checkpoint_path
 from mobilenets.zoo.pretrained import default_preprocessing
+from mobilenets.zoo.registry import is_segmenter
+from mobilenets.zoo.segmenters import create_segmenter
 
 EAGER = "pytorch eager"
 ORT = "onnxruntime"
@@ -160,13 +175,13 @@ def onnx_precision(path: Path) -> str:
 
 def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
     """An .onnx file; its eager reference is rebuilt (random weights) from the model config
-    export_onnx writes into its metadata."""
+    export_onnx (or export_segmenter) writes into its metadata."""
     session = onnx_session(path, threads)  # the load error names the file first
     (graph_input,) = session.get_inputs()
     shape = graph_input.shape
     if len(shape) != 4 or not all(isinstance(dim, int) for dim in shape[1:]):
         raise MobileNetsError(
-            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image classifier is expected"
+            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image model is expected"
         )
     _, in_chans, height, width = shape
     if resolution is not None and resolution != height:
@@ -174,10 +189,7 @@ def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
             f"{str(path)!r} takes {height}x{width} inputs; resolution={resolution} cannot "
             "change an ONNX file (export it again at that size)"
         )
-    config = read_onnx_metadata(path).get("model_config")
-    model = None
-    if isinstance(config, dict):
-        model = build_model(ModelConfig.from_dict(config).replace(resolution=height))
+    model = _model_from_config(read_onnx_metadata(path).get("model_config"), height)
     fixed = shape[0] if isinstance(shape[0], int) else None
     files = [(path, onnx_precision(path), f"file {path}", "")]
     eager = "random weights, from the file's model_config (speed does not depend on them)"
@@ -186,11 +198,11 @@ def _file_target(path: Path, resolution: int | None, threads: int) -> _Target:
 
 def _pte_file_target(path: Path, resolution: int | None) -> _Target:
     """A .pte file; its eager reference is rebuilt (random weights) from the model config
-    export_executorch stores in it."""
+    export_executorch (or export_segmenter) stores in it."""
     shape = pte_input_shape(load_pte(path))  # the load error names the file first
     if len(shape) != 4 or shape[2] != shape[3]:
         raise MobileNetsError(
-            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image classifier is expected"
+            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image model is expected"
         )
     batch, in_chans, height, _ = shape
     if resolution is not None and resolution != height:
@@ -198,10 +210,7 @@ def _pte_file_target(path: Path, resolution: int | None) -> _Target:
             f"{str(path)!r} takes {height}x{height} inputs; resolution={resolution} cannot "
             "change a .pte file (export it again at that size)"
         )
-    config = read_pte_metadata(path).get("model_config")
-    model = None
-    if isinstance(config, dict):
-        model = build_model(ModelConfig.from_dict(config).replace(resolution=height))
+    model = _model_from_config(read_pte_metadata(path).get("model_config"), height)
     eager = "random weights, from the file's model_config (speed does not depend on them)"
     return _Target(
         path.name, model, height, in_chans, [], eager, fixed_batch=batch,
@@ -209,27 +218,71 @@ def _pte_file_target(path: Path, resolution: int | None) -> _Target:
     )  # fmt: skip
 
 
+def _model_from_config(config, resolution: int) -> torch.nn.Module | None:
+    """The model (random weights) of a config an exported file records, at ``resolution``: a
+    segmenter's (it has a backbone) or a classifier's; None when the file records none."""
+    if not isinstance(config, dict):
+        return None
+    if "backbone" in config:
+        return DeepLabV3(SegmentationConfig.from_dict(config).replace(resolution=resolution))
+    return build_model(ModelConfig.from_dict(config).replace(resolution=resolution))
+
+
+def load_source(
+    item: str | MobileNet | DeepLabV3,
+    resolution: int | None = None,
+    *,
+    output_stride: int | None = None,
+    aspp: bool | None = None,
+) -> ExportSource:
+    """The model a bench input names, in eval mode, and the resolution to measure it at (default:
+    its own). A classifier (a MobileNet, a registered name or a checkpoint) comes as
+    [`export_source`][mobilenets.deploy.onnx_export.export_source] reads it; a segmenter is a
+    DeepLabV3, a registered segmenter name (random weights, at ``output_stride`` and with
+    ``aspp`` when given) or a checkpoint that records a segmentation config."""
+    if (output_stride is not None or aspp is not None) and not is_segmenter(item):
+        raise MobileNetsError(
+            f"output_stride and aspp apply to a registered segmenter name (such as "
+            f"deeplabv3_mobilenet_v2), not to {_label(item)!r}"
+        )
+    if isinstance(item, (MobileNet, DeepLabV3)):
+        size = item.resolution if resolution is None else resolution
+        return ExportSource(item.eval(), size, "the given model's weights")
+    if is_segmenter(item):
+        model = create_segmenter(item, output_stride=output_stride, aspp=aspp,
+                                 resolution=resolution)  # fmt: skip
+        return ExportSource(model.eval(), model.resolution, "random weights (a registered name)")
+    path = checkpoint_path(item) if Path(item).exists() else None
+    if path is None or saved_segmentation_config(path) is None:
+        return export_source(item, resolution=resolution)
+    model = load_segmenter(path).eval()
+    size = model.resolution if resolution is None else resolution
+    return ExportSource(model, size, f"checkpoint {path}")
+
+
+def _label(item) -> str:
+    return item.name if isinstance(item, (MobileNet, DeepLabV3)) else str(item)
+
+
 def _model_target(
-    item: str | MobileNet,
-    resolution: int | None,
+    source: ExportSource,
     folder: Path,
     int8: bool,
     calibration_images: int,
     pte_batches: tuple[int, ...] = (),
 ) -> _Target:
-    """A model, a registered name or a checkpoint: exported to fp32 ONNX (and int8, and a .pte
-    per batch in ``pte_batches``) in ``folder``."""
-    if isinstance(item, MobileNet):
-        size = item.resolution if resolution is None else resolution
-        source = ExportSource(item, size, "the given model's weights")
-    else:
-        source = export_source(item, resolution=resolution)
+    """A model to export to fp32 ONNX (and int8, and a .pte per batch in ``pte_batches``) in
+    ``folder``."""
     model, resolution = source.model, source.resolution
-    name = model.config.replace(resolution=resolution).name
-    in_chans = model.config.in_chans
+    config = model.config.replace(resolution=resolution)
+    name = config.name
+    in_chans = _in_chans(config)
     stem = f"{len(list(folder.iterdir()))}-{name}"  # two inputs may share a name
     fp32 = folder / f"{stem}.fp32.onnx"
-    export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
+    if isinstance(model, DeepLabV3):
+        _export_segmenter_onnx(model, fp32, resolution)
+    else:
+        export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
     files = [(fp32, "fp32", f"export_onnx of {source.weights}", "")]
     if int8:
         files.append(
@@ -243,6 +296,25 @@ def _model_target(
         export_executorch(model, path, resolution=resolution, batch=batch)
         pte_files[batch] = (path, f"export_executorch of {source.weights}")
     return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files)
+
+
+def _in_chans(config: ModelConfig | SegmentationConfig) -> int:
+    return config.backbone.in_chans if isinstance(config, SegmentationConfig) else config.in_chans
+
+
+def _export_segmenter_onnx(model: DeepLabV3, path: Path, resolution: int) -> None:
+    """A segmenter as export_onnx writes a classifier: BN folded, a dynamic batch, the model
+    config in the metadata, checked against PyTorch at batch 1 before the file is kept. (The
+    input side is fixed: see mobilenets.tasks.segmentation.export.)"""
+    config = model.config.replace(resolution=resolution)
+    reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    folded, _ = fold_batch_norm(reference)
+    # _torch_export reads the input's channels and side from a ModelConfig: the backbone's
+    program = _torch_export(folded, config.backbone, DEFAULT_OPSET, dynamic_batch=True)
+    program.model.metadata_props.update({"model_config": json.dumps(config.to_dict())})
+    with atomic_path(path) as temporary:
+        program.save(temporary, external_data=False)
+        verify_onnx(temporary, reference, [(1, _in_chans(config), resolution, resolution)])
 
 
 def _quantize_synthetic(model, resolution: int, path: Path, count: int) -> Path:
@@ -269,7 +341,7 @@ def state_dict_mb(model: torch.nn.Module) -> float:
 
 
 def run_benchmarks(
-    inputs: Iterable[str | os.PathLike | MobileNet],
+    inputs: Iterable[str | os.PathLike | MobileNet | DeepLabV3],
     *,
     batches: Iterable[int] = DEFAULT_BATCHES,
     threads: int | None = None,
@@ -279,21 +351,25 @@ def run_benchmarks(
     int8: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
     pte: bool = False,
+    output_stride: int | None = None,
+    aspp: bool | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRecord]:
     """Time each input at each batch size: PyTorch eager fp32, then onnxruntime on each ONNX file.
 
-    An input is a MobileNet, a registered name or a checkpoint (a .safetensors file or run
-    folder), exported to fp32 ONNX with a dynamic batch (and, with ``int8``, quantized on
-    synthetic calibration), or an ``.onnx`` file, whose eager reference is built from the model
-    config in its metadata. With ``pte`` each model is also exported to an ExecuTorch program
-    (XNNPACK delegate), one per batch size; a ``.pte`` file is run with ExecuTorch at its own
-    batch, beside eager built from the model config stored in it.
+    An input is a model, a registered name or a checkpoint (a .safetensors file or run folder),
+    classifier or segmenter ([`load_source`][mobilenets.deploy.bench.load_source];
+    ``output_stride`` and ``aspp`` set a registered segmenter's), exported to fp32 ONNX with a
+    dynamic batch (and, for a classifier with ``int8``, quantized on synthetic calibration), or
+    an ``.onnx`` file, whose eager reference is built from the model config in its metadata.
+    With ``pte`` each classifier is also exported to an ExecuTorch program (XNNPACK delegate),
+    one per batch size; a ``.pte`` file is run with ExecuTorch at its own batch, beside eager
+    built from the model config stored in it.
     ``threads`` (default: torch's current setting) applies to every runtime; torch's and
     ExecuTorch's settings are restored afterwards. ``progress`` receives a line before each
     measurement.
     """
-    inputs = [item if isinstance(item, MobileNet) else str(item) for item in inputs]
+    inputs = [item if isinstance(item, (MobileNet, DeepLabV3)) else str(item) for item in inputs]
     batches = list(dict.fromkeys(batches))  # in order, without repeats
     if not inputs:
         raise MobileNetsError("give at least one model name, checkpoint or .onnx file")
@@ -319,22 +395,39 @@ def run_benchmarks(
     records = []
     try:
         with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as folder:
+            # every model first, so that a mistake stops the run before any export
+            sources = {
+                index: load_source(item, resolution, output_stride=output_stride, aspp=aspp)
+                for index, item in enumerate(inputs)
+                if not (isinstance(item, str) and Path(item).suffix in (".onnx", ".pte"))
+            }
+            for index, source in sources.items():
+                if isinstance(source.model, DeepLabV3) and (int8 or pte):
+                    raise MobileNetsError(
+                        f"int8 and pte measure classifiers; for the segmenter "
+                        f"{_label(inputs[index])!r} export a .pte with export_segmenter "
+                        "(format='pte') and measure that file"
+                    )
+            if (output_stride is not None or aspp is not None) and not sources:
+                raise MobileNetsError(
+                    "output_stride and aspp apply to a segmenter name, not a file"
+                )
             targets = []
-            for item in inputs:
-                if isinstance(item, str) and Path(item).suffix == ".onnx":
-                    targets.append(_file_target(Path(item), resolution, threads))
-                elif isinstance(item, str) and Path(item).suffix == ".pte":
-                    targets.append(_pte_file_target(Path(item), resolution))
-                else:
-                    label = item.name if isinstance(item, MobileNet) else item
+            for index, item in enumerate(inputs):
+                if index in sources:
                     made = ["fp32"] + ["int8"] * int8 + ["ExecuTorch fp32"] * pte
-                    say(f"exporting {label}" + (f" ({', '.join(made)})" if len(made) > 1 else ""))
+                    say(f"exporting {_label(item)}"
+                        + (f" ({', '.join(made)})" if len(made) > 1 else ""))  # fmt: skip
                     pte_batches = tuple(batches) if pte else ()
                     targets.append(
                         _model_target(
-                            item, resolution, Path(folder), int8, calibration_images, pte_batches
+                            sources[index], Path(folder), int8, calibration_images, pte_batches
                         )
                     )
+                elif Path(item).suffix == ".onnx":
+                    targets.append(_file_target(Path(item), resolution, threads))
+                else:
+                    targets.append(_pte_file_target(Path(item), resolution))
             for target in targets:
                 records += _bench_target(target, batches, threads, warmup, iterations, say)
     finally:

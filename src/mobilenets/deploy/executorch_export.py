@@ -103,6 +103,27 @@ def check_pte_options(path: str | os.PathLike, batch: int = 1) -> None:
         )
 
 
+def lower_to_xnnpack(module: nn.Module, shape: tuple[int, ...],
+                     metadata: dict[str, str]) -> tuple[bytes, int, tuple[str, ...]]:  # fmt: skip
+    """``module`` (eval mode, BN folded) exported for one float32 input of ``shape`` and lowered
+    to the XNNPACK delegate, with ``metadata`` as constant methods: the program's bytes, the
+    number of delegated partitions, and the ops left outside the delegate."""
+    exir, _, XnnpackPartitioner, call_delegate, _ = require_executorch("the ExecuTorch export")
+    with torch.no_grad():
+        program = torch.export.export(module, (torch.zeros(shape),))
+    lowered = exir.to_edge_transform_and_lower(
+        program, partitioner=[XnnpackPartitioner()], constant_methods=metadata
+    )
+    nodes = [
+        node
+        for node in lowered.exported_program().graph_module.graph.nodes
+        if node.op == "call_function" and node.target is not operator.getitem
+    ]
+    partitions = sum(node.target is call_delegate for node in nodes)
+    outside = tuple(str(node.target) for node in nodes if node.target is not call_delegate)
+    return lowered.to_executorch().buffer, partitions, outside
+
+
 def export_executorch(
     model: MobileNet,
     path: str | os.PathLike,
@@ -140,24 +161,10 @@ def export_executorch(
     if reserved:
         raise MobileNetsError(f"metadata keys {reserved} are written by export_executorch itself")
     metadata |= {"model_config": json.dumps(config.to_dict()), "mobilenets_version": __version__}
-    exir, _, XnnpackPartitioner, call_delegate, _ = require_executorch("the ExecuTorch export")
-
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     folded, bn_folded = fold_batch_norm(reference)
     shape = (batch, config.in_chans, resolution, resolution)
-    with torch.no_grad():
-        program = torch.export.export(folded, (torch.zeros(shape),))
-    lowered = exir.to_edge_transform_and_lower(
-        program, partitioner=[XnnpackPartitioner()], constant_methods=metadata
-    )
-    nodes = [
-        node
-        for node in lowered.exported_program().graph_module.graph.nodes
-        if node.op == "call_function" and node.target is not operator.getitem
-    ]
-    partitions = sum(node.target is call_delegate for node in nodes)
-    outside = tuple(str(node.target) for node in nodes if node.target is not call_delegate)
-    buffer = lowered.to_executorch().buffer
+    buffer, partitions, outside = lower_to_xnnpack(folded, shape, metadata)
     path = Path(path)
     with atomic_path(path) as temporary:
         Path(temporary).write_bytes(buffer)

@@ -1,8 +1,8 @@
 """BN folding: each BatchNorm merged into the conv before it, for export and quantization.
 
 The (conv, BN) pairs are found by the part names the blocks give them
-([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in classifiers and detectors alike: a
-transform of the same modules, not a parallel class tree.
+([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in classifiers, detectors and segmenters
+alike: a transform of the same modules, not a parallel class tree.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from mobilenets.core.detector import ExtraLayer, PredictionHead
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import ConvBNAct, DepthwiseSeparable, InvertedResidual
+from mobilenets.core.segmenter import AuxHead, HeadConv
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -26,6 +27,8 @@ FOLD_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     InvertedResidual: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
     ExtraLayer: (("conv_reduce", "bn1"), ("conv_dw", "bn2"), ("conv_pw", "bn3")),
     PredictionHead: (("conv_dw", "bn"),),
+    HeadConv: (("conv", "bn"),),  # DeepLabv3's image pooling, ASPP branches and projection
+    AuxHead: (("conv", "bn"),),  # its training-time head; its classifier has a bias, no BN
 }
 
 

@@ -9,6 +9,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from mobilenets.engine.settings import TrainSettings
 
+POLY_POWER = 0.9  # DeepLab's learning_power (Chen et al. 2017, section 4)
+
 
 def make_optimizer(model: torch.nn.Module, config: TrainSettings) -> torch.optim.Optimizer:
     """The configured optimizer; weight decay on conv and linear weights only (not BN, bias)."""
@@ -34,15 +36,18 @@ def make_optimizer(model: torch.nn.Module, config: TrainSettings) -> torch.optim
 
 def lr_factor(step: int, steps_per_epoch: int, config: TrainSettings) -> float:
     """The learning rate at ``step`` as a fraction of ``config.lr``: linear warmup, then cosine
-    to zero or the paper's staircase decay of ``lr_decay`` per epoch."""
+    to zero, the paper's staircase decay of ``lr_decay`` per epoch, or DeepLab's "poly" decay,
+    ``(1 - progress) ** 0.9``."""
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
     if config.schedule == "exponential":
         return config.lr_decay ** (step // steps_per_epoch)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if config.schedule == "poly":
+        return (1 - progress) ** POLY_POWER
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:

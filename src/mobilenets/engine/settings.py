@@ -17,7 +17,7 @@ from typing import Any
 from mobilenets.core.errors import MobileNetsError
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
-SCHEDULES = ("cosine", "exponential")
+SCHEDULES = ("cosine", "exponential", "poly")
 AMPS = ("auto", "off", "bf16", "fp16")
 # Settings that say where a run executes, not what it learns: a resumed run may change them, to
 # carry on on another machine. Augmentation does not depend on the workers, so a resumed run

@@ -1,0 +1,269 @@
+"""Export of a trained segmenter to ONNX or to an ExecuTorch program, checked against PyTorch.
+
+[`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter] writes a Mobile
+DeepLabv3 with BN folded into the convs
+([`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the parts' names). The file
+takes ``input`` ``[1, 3, R, R]``, normalized as its ``preprocessing`` metadata says, and returns
+either
+
+- ``logits`` ``[1, C, R, R]`` float32, already upsampled to the input size (the default), or
+- ``labels`` ``[1, R, R]`` int64 with ``argmax=True``: the class of each pixel, the argmax over
+  classes done inside the graph, so a device gets the mask without touching C float maps.
+
+**The input size is fixed** at export: R is ``resolution``, by default the model config's. A .pte
+program has fixed shapes anyway; for ONNX the choice is deliberate. torch.export can make H and W
+symbolic, but a model with TF "SAME" padding computes its stride-2 padding from the input size,
+and that arithmetic does not survive the symbolic export (the graph ran, and was wrong by 3 in
+the logits, when tried with torch 2.14), while a check at one size says nothing about the others.
+Export once per input size you serve; resize or pad images to it.
+
+Each file is written under a temporary name, run (onnxruntime on the CPU, or ExecuTorch's own
+runtime with the XNNPACK delegate) on a seeded random input against the unfolded PyTorch model,
+and only renamed into place when it agrees: logits within 1e-4, or for ``argmax`` the same class
+on every pixel where PyTorch's two best logits are more than 1e-4 apart (a closer pair may flip
+by float rounding). A failed check raises and leaves no file, and a previous file at the path
+stays. The file records the model's name and config, its class names, preprocessing and source
+(ONNX ``metadata_props``, or constant methods of the .pte program), as the classifier exports do.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.extras import require
+from mobilenets.core.files import atomic_path
+from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.version import __version__
+from mobilenets.deploy import executorch_export as mobile
+from mobilenets.deploy import onnx_export as export
+from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.engine.checkpoint import checkpoint_info
+from mobilenets.tasks.segmentation.inference import (
+    SegmentationCheckpoint,
+    load_segmentation_checkpoint,
+)
+
+FORMATS = ("onnx", "pte")
+LOGITS = "logits"
+LABELS = "labels"
+TOLERANCE = 1e-4  # logits: max abs difference; labels: the top-2 margin above which classes agree
+OUTPUTS = {
+    LOGITS: "logits [N, C, H, W] float32 at the input size; the argmax over C is each pixel's "
+    "class",
+    LABELS: "labels [N, H, W] int64: each pixel's class index (argmax over the classes)",
+}
+
+
+@dataclass(frozen=True)
+class SegmentationExportReport:
+    """What [`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter] wrote and
+    how well it agrees with PyTorch."""
+
+    path: Path
+    format: str  # "onnx" or "pte"
+    model_name: str  # the config's name at the export resolution
+    source: str  # a phrase naming where the weights came from
+    input_shape: tuple[int, ...]
+    output_name: str  # "logits", or "labels" for an argmax export
+    output_shape: tuple[int, ...]
+    max_abs_diff: float | None  # logits against PyTorch's; None for an argmax export
+    differing_pixels: int | None  # argmax: pixels of another class, all near a tie; else None
+    bn_folded: int
+    file_bytes: int
+    runtime: str  # what ran the check: "onnxruntime 1.23.2", "executorch 1.5.1"
+    opset: int | None = None  # ONNX only
+    partitions: int | None = None  # .pte only: XNNPACK delegate calls in the program
+    outside_delegate: tuple[str, ...] = ()  # .pte only: ops left to ExecuTorch's portable kernels
+
+
+class ClassMap(nn.Module):
+    """A segmenter whose output is each pixel's class: the argmax of its logits over classes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).argmax(dim=1)
+
+
+def export_segmenter(
+    checkpoint_or_model: str | os.PathLike | SegmentationCheckpoint | DeepLabV3,
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    resolution: int | None = None,
+    argmax: bool = False,
+    opset: int | None = None,
+) -> SegmentationExportReport:
+    """Write a segmenter as a ``.onnx`` file or a ``.pte`` ExecuTorch program (XNNPACK delegate)
+    for a fixed ``[1, 3, resolution, resolution]`` input, BN folded, and check it against PyTorch
+    (see the module's docstring); a check that fails raises and leaves no file.
+
+    - ``checkpoint_or_model``: a checkpoint written by a segmentation run (a ``.safetensors`` file
+      or the run folder: its best), a loaded
+      [`SegmentationCheckpoint`][mobilenets.tasks.segmentation.inference.SegmentationCheckpoint],
+      or a [`DeepLabV3`][mobilenets.core.segmenter.DeepLabV3] (whose file then records no class
+      names or preprocessing). The model is not changed.
+    - ``format``: ``"onnx"`` (the ``onnx`` extra) or ``"pte"`` (the ``mobile`` extra); the path's
+      suffix must match.
+    - ``resolution``: the input side in pixels (default: the model config's).
+    - ``argmax``: output ``labels`` ``[1, H, W]`` int64 instead of ``logits`` ``[1, C, H, W]``.
+    - ``opset``: ONNX opset, 18 to 23 (default 18); ONNX only.
+    """
+    if format not in FORMATS:
+        raise MobileNetsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if not isinstance(argmax, bool):
+        raise MobileNetsError(f"argmax must be True or False, got {argmax!r}")
+    if format == "onnx":
+        opset = export.DEFAULT_OPSET if opset is None else opset
+        export.check_options(path, opset)  # the suffix, the opset and the onnx extra
+    else:
+        if opset is not None:
+            raise MobileNetsError(f"opset={opset!r} applies to format='onnx' only, not to 'pte'")
+        mobile.check_pte_options(path)
+        mobile.require_executorch("the ExecuTorch export")
+    checkpoint = _as_checkpoint(checkpoint_or_model)
+    model = checkpoint_or_model if checkpoint is None else checkpoint.model
+    resolution = model.resolution if resolution is None else resolution
+    try:
+        config = model.config.replace(resolution=resolution)
+    except MobileNetsError as error:
+        raise MobileNetsError(f"cannot export {model.name} at {resolution!r} px: {error}") from None
+
+    reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    folded, bn_folded = fold_batch_norm(reference)
+    graph = ClassMap(folded).eval() if argmax else folded
+    output_name = LABELS if argmax else LOGITS
+    shape = (1, config.backbone.in_chans, resolution, resolution)
+    known, source = {}, "a DeepLabV3 given to export_segmenter"
+    if checkpoint is not None:
+        known = checkpoint_info(checkpoint.classes, checkpoint.preprocessing.at(resolution),
+                                metrics=checkpoint.metrics or None)  # fmt: skip
+        source = f"checkpoint {checkpoint.path.name}"
+    metadata = export.metadata_props({
+        "model_name": config.name, "model_config": config.to_dict(), **known, "source": source,
+        "outputs": OUTPUTS[output_name], "mobilenets_version": __version__,
+    })  # fmt: skip
+    path = Path(path)
+    if format == "onnx":
+        written = _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, opset)
+    else:
+        written = _write_pte(graph, reference, path, shape, argmax, metadata)
+    return SegmentationExportReport(
+        path=path, format=format, model_name=config.name, source=source,
+        output_name=output_name, bn_folded=bn_folded, **written,
+    )  # fmt: skip
+
+
+def _as_checkpoint(item) -> SegmentationCheckpoint | None:
+    """The checkpoint export_segmenter was given (loaded from a path), or None for a model."""
+    if isinstance(item, DeepLabV3):
+        return None
+    if isinstance(item, (str, os.PathLike)):
+        return load_segmentation_checkpoint(item)
+    if isinstance(item, SegmentationCheckpoint):
+        return item
+    raise MobileNetsError(
+        "export_segmenter takes a segmentation checkpoint (a .safetensors file or run folder), "
+        f"a SegmentationCheckpoint or a DeepLabV3, got {type(item).__name__}"
+    )
+
+
+def _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, opset) -> dict:
+    """Export ``graph`` with torch.onnx, write it atomically, check it with onnxruntime; the
+    report's fields of the file and the check."""
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, (torch.zeros(shape),), dynamo=True, opset_version=opset,
+            input_names=[export.INPUT_NAME], output_names=[output_name], verbose=False,
+        )  # fmt: skip
+    program.model.metadata_props.update(metadata)
+    with atomic_path(path) as temporary:
+        program.save(temporary, external_data=False)
+        written = export._read_model(temporary)
+        found = {entry.domain: entry.version for entry in written.opset_import}.get("")
+        if found != opset:
+            raise MobileNetsError(
+                f"torch.onnx wrote opset {found} where {opset} was asked for (its version "
+                f"converter gave up); the default, {export.DEFAULT_OPSET}, needs no conversion"
+            )
+        x = _check_input(shape)
+        session = export.onnx_session(temporary)
+        (ours,) = session.run([output_name], {export.INPUT_NAME: x.numpy()})
+        difference, differing = check_output(ours, reference, x, argmax, "the ONNX model")
+        file_bytes = os.path.getsize(temporary)
+    return dict(
+        input_shape=export.graph_input_shape(written), output_shape=ours.shape,
+        max_abs_diff=difference, differing_pixels=differing, file_bytes=file_bytes,
+        runtime=f"onnxruntime {require('onnxruntime', 'exporting to ONNX').__version__}",
+        opset=opset,
+    )  # fmt: skip
+
+
+def _write_pte(graph, reference, path, shape, argmax, metadata) -> dict:
+    """Lower ``graph`` to an ExecuTorch program with the XNNPACK delegate, write it atomically,
+    check it with ExecuTorch's runtime; the report's fields of the file and the check."""
+    buffer, partitions, outside = mobile.lower_to_xnnpack(graph, shape, metadata)
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer)
+        x = _check_input(shape)
+        ours = mobile.run_pte(mobile.load_method(mobile.load_pte(temporary)), x).numpy()
+        difference, differing = check_output(ours, reference, x, argmax, "the ExecuTorch program")
+    return dict(
+        input_shape=shape, output_shape=ours.shape, max_abs_diff=difference,
+        differing_pixels=differing, file_bytes=len(buffer),
+        runtime=f"executorch {mobile.executorch_version() or '?'}", partitions=partitions,
+        outside_delegate=outside,
+    )  # fmt: skip
+
+
+def _check_input(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+# --- The check -----------------------------------------------------------------------------------
+
+
+def check_output(ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax: bool,
+                 what: str) -> tuple[float | None, int | None]:  # fmt: skip
+    """Compare an exported program's output on ``x`` with the unfolded ``reference``'s: (max abs
+    difference of the logits, None), or for ``argmax`` (None, the pixels whose class differs,
+    all of them near a tie). Raises when they disagree; ``what`` names the program."""
+    if not argmax:
+        return export.check_agreement(ours, reference, x, what, TOLERANCE), None
+    with torch.no_grad():
+        logits = reference(x)
+    return None, check_class_map(ours, logits, what)
+
+
+def check_class_map(labels: np.ndarray, logits: torch.Tensor, what: str) -> int:
+    """The number of pixels where ``labels`` ``[N, H, W]`` is not the argmax of PyTorch's
+    ``logits`` ``[N, C, H, W]``; raises if one of them is a pixel whose two best logits are more
+    than TOLERANCE apart (float rounding cannot flip those)."""
+    expected = logits.argmax(dim=1)
+    height, width = logits.shape[-2:]
+    if tuple(labels.shape) != tuple(expected.shape):
+        raise MobileNetsError(
+            f"{what} returned a class map of shape {tuple(labels.shape)}, PyTorch "
+            f"{tuple(expected.shape)}"
+        )
+    top2 = logits.topk(2, dim=1).values
+    margin = top2[:, 0] - top2[:, 1]
+    differ = torch.from_numpy(np.asarray(labels, dtype=np.int64)) != expected
+    decided = differ & (margin > TOLERANCE)
+    if decided.any():
+        raise MobileNetsError(
+            f"{what} disagrees with PyTorch: {int(decided.sum())} pixel(s) of another class "
+            f"where PyTorch's top-2 logit margin is above {TOLERANCE:g} (up to "
+            f"{float(margin[decided].max()):.3g}) on a {height}x{width} input"
+        )
+    return int(differ.sum())

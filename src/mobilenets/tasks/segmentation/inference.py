@@ -1,0 +1,263 @@
+"""Using a segmenter checkpoint: rebuild it from the file alone, score it (at its own output stride
+or another one), segment an image, and draw the result.
+
+A checkpoint a run writes (``best.safetensors``, ``last.safetensors``) records the segmenter's
+config, its class names and the input normalization; a run folder stands for its
+``best.safetensors``. Masks are written as palette PNGs (mode ``"P"``): each pixel's value is its
+class index, shown in the PASCAL VOC colours by any image viewer, and read back as class indices
+by [`mobilenets.data.segmentation.read_mask`][mobilenets.data.segmentation.read_mask].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.files import atomic_path
+from mobilenets.core.preprocessing import Preprocessing
+from mobilenets.core.segmenter import DeepLabV3, load_segmenter
+from mobilenets.data.common import open_image
+from mobilenets.data.segmentation import IGNORE_INDEX, load_segmentation_data
+from mobilenets.data.segmentation_transforms import eval_transform
+from mobilenets.engine.checkpoint import checkpoint_path, read_checkpoint_info
+from mobilenets.engine.device import autocast, pick_device
+from mobilenets.tasks.segmentation.evaluate import check_tta, evaluate_segmenter, segment_logits
+
+WRITER = "mobilenets segment train"
+OVERLAY_OPACITY = 0.5  # weight of the class colour over the image
+
+# --- Checkpoints --------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationCheckpoint:
+    """A trained segmenter with what reading its inputs and naming its outputs needs."""
+
+    model: DeepLabV3
+    classes: tuple[str, ...]  # the name of each class index of the masks
+    preprocessing: Preprocessing  # the input normalization (resolution: the training crop)
+    path: Path
+    train_config: dict | None = None
+    metrics: dict | None = None  # the metrics row of the epoch the weights are from
+
+
+def load_segmentation_checkpoint(path: str | os.PathLike) -> SegmentationCheckpoint:
+    """A segmenter checkpoint (``best``/``last.safetensors`` of a run, or the run folder: its
+    best), rebuilt from the file alone, in eval mode."""
+    path = checkpoint_path(path)
+    model = load_segmenter(path)
+    info = read_checkpoint_info(path, model.num_classes, WRITER)
+    return SegmentationCheckpoint(model.eval(), info["classes"], info["preprocessing"], path,
+                                  info.get("train_config"), info.get("metrics"))  # fmt: skip
+
+
+def with_output_stride(model: DeepLabV3, output_stride: int | None) -> DeepLabV3:
+    """``model`` at another output stride, with the same weights: atrous convolution changes no
+    tensor, only the strides and dilations (DeepLabv3 section 3.3 trains at 16 and evaluates at
+    8). The ASPP rates follow the output stride unless the config fixed them. ``None`` or the
+    model's own output stride returns ``model`` itself."""
+    if output_stride is None or output_stride == model.config.output_stride:
+        return model
+    rebuilt = DeepLabV3(model.config.replace(output_stride=output_stride))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    parameter = next(model.parameters())
+    return rebuilt.to(parameter.device).train(model.training)
+
+
+def evaluate_checkpoint(
+    checkpoint: SegmentationCheckpoint,
+    data: str,
+    *,
+    output_stride: int | None = None,
+    tta: str = "none",
+    batch_size: int = 1,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """mIoU and the other metrics of
+    [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter] of a
+    checkpoint on the validation split of ``data``, at full image size.
+
+    ``output_stride``: score the same weights rebuilt at another output stride (8 for a model
+    trained at 16; see
+    [`with_output_stride`][mobilenets.tasks.segmentation.inference.with_output_stride]).
+    ``tta``: ``"none"``, ``"flip"`` or ``"multiscale"``. ``batch_size`` 1 scores each image on its
+    own; a larger batch pads its images to the largest, which the model sees near the edges.
+    The data's classes must be the checkpoint's, in the same order.
+    """
+    check_tta(tta)
+    dataset = load_segmentation_data(data, splits=("val",)).val
+    if tuple(dataset.class_names) != checkpoint.classes:
+        raise MobileNetsError(
+            f"{str(checkpoint.path)!r} segments {len(checkpoint.classes)} classes "
+            f"({_shown(checkpoint.classes)}); data={data!r} has {len(dataset.class_names)} "
+            f"({_shown(dataset.class_names)})"
+        )
+    dataset.transform = eval_transform(checkpoint.preprocessing)
+    device = pick_device(device)
+    model = with_output_stride(checkpoint.model, output_stride).to(device)
+    return evaluate_segmenter(model, dataset, tta=tta, batch_size=batch_size, workers=workers,
+                              device=device, progress=progress)  # fmt: skip
+
+
+def _shown(names) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+# --- Segmenting images --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_mask(
+    model: torch.nn.Module,
+    image: Image.Image,
+    preprocessing: Preprocessing,
+    *,
+    tta: str = "none",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The class index of every pixel of a PIL image, int64 ``[H, W]`` on the CPU: the image at
+    its own size, normalized as ``preprocessing`` says, through
+    [`segment_logits`][mobilenets.tasks.segmentation.evaluate.segment_logits] with ``tta``.
+    ``device`` defaults to the model's; ``dtype`` runs it under autocast. The model's training
+    mode is restored afterwards."""
+    check_tta(tta)
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    blank = Image.new("L", image.size)  # the evaluation transform takes a mask too
+    inputs, _ = eval_transform(preprocessing)(image.convert("RGB"), blank)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, dtype):
+            scores = segment_logits(model, inputs[None].to(device), tta)
+    finally:
+        model.train(was_training)
+    return scores.argmax(1)[0].cpu()
+
+
+def segment_image(
+    checkpoint: SegmentationCheckpoint,
+    image: str | os.PathLike | Image.Image,
+    *,
+    tta: str = "none",
+    device: str = "cpu",
+) -> torch.Tensor:
+    """The class index of every pixel of an image file (or a PIL image), int64 ``[H, W]``, at
+    the image's own size."""
+    if not isinstance(image, Image.Image):
+        image = open_image(image)
+    model = checkpoint.model.to(pick_device(device))
+    return predict_mask(model, image, checkpoint.preprocessing, tta=tta)
+
+
+def class_shares(mask: torch.Tensor, classes: tuple[str, ...]) -> dict[str, float]:
+    """The fraction of the pixels of ``mask`` that each class present covers, largest first."""
+    counts = torch.bincount(mask.flatten().to(torch.int64), minlength=len(classes))
+    total = max(int(counts.sum()), 1)
+    shares = {
+        classes[index] if index < len(classes) else str(index): count / total
+        for index, count in enumerate(counts.tolist())
+        if count
+    }
+    return dict(sorted(shares.items(), key=lambda item: -item[1]))
+
+
+# --- Drawing ------------------------------------------------------------------------------------
+
+
+def palette() -> list[int]:
+    """The PASCAL VOC colour map as the 768 bytes of a PNG palette (index i's RGB at
+    ``3 * i``): the bits of the class index spread over the high bits of red, green and blue
+    (the VOC development kit's ``labelcolormap``), so nearby classes get distinct colours.
+    Index 0 is black and 255 (VOC's "ignore" border) is (224, 224, 192)."""
+    colours = []
+    for index in range(256):
+        red = green = blue = 0
+        code = index
+        for bit in range(8):
+            red |= (code & 1) << (7 - bit)
+            green |= ((code >> 1) & 1) << (7 - bit)
+            blue |= ((code >> 2) & 1) << (7 - bit)
+            code >>= 3
+        colours += [red, green, blue]
+    return colours
+
+
+def mask_image(mask: torch.Tensor | np.ndarray) -> Image.Image:
+    """A class-index mask ``[H, W]`` as a palette PNG image (mode ``"P"``, VOC colours): its
+    pixel values are the class indices."""
+    labels = np.asarray(mask)
+    if labels.ndim != 2:
+        raise MobileNetsError(f"a mask is [H, W], got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > IGNORE_INDEX):
+        raise MobileNetsError(
+            f"a mask holds class indices 0..{IGNORE_INDEX}, got values {labels.min()}.."
+            f"{labels.max()}"
+        )
+    image = Image.fromarray(labels.astype(np.uint8))  # mode "L"
+    image.putpalette(palette())  # "L" becomes "P" with the same values
+    return image
+
+
+def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray,
+            opacity: float = OVERLAY_OPACITY) -> Image.Image:  # fmt: skip
+    """The image with each pixel blended with its class colour (``opacity`` of the colour,
+    VOC colours, ignored pixels in VOC's border colour); an RGB image of the image's size."""
+    if not 0 <= opacity <= 1:
+        raise MobileNetsError(f"opacity must be in [0, 1], got {opacity!r}")
+    colours = mask_image(mask).convert("RGB")
+    if colours.size != image.size:
+        raise MobileNetsError(
+            f"the mask is {colours.size[0]}x{colours.size[1]}, the image "
+            f"{image.size[0]}x{image.size[1]}"
+        )
+    return Image.blend(image.convert("RGB"), colours, opacity)
+
+
+SEPARATOR = 4  # white pixels between the panels of a comparison
+
+
+def comparison(image: Image.Image, truth: torch.Tensor | np.ndarray,
+               prediction: torch.Tensor | np.ndarray) -> Image.Image:  # fmt: skip
+    """The ground truth beside the prediction, each as an
+    [`overlay`][mobilenets.tasks.segmentation.inference.overlay] of the image, with a white
+    gap between them."""
+    left, right = overlay(image, truth), overlay(image, prediction)
+    width, height = left.size
+    canvas = Image.new("RGB", (2 * width + SEPARATOR, height), (255, 255, 255))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (width + SEPARATOR, 0))
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write a PIL image as PNG atomically; a path that cannot be written is the caller's
+    error, named."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as temporary:
+            image.save(temporary, format="PNG")
+    except OSError as error:
+        raise MobileNetsError(f"cannot write {str(path)!r}: {error}") from error
+    return path
+
+
+def save_prediction(image: Image.Image, mask: torch.Tensor, folder: str | os.PathLike,
+                    name: str) -> tuple[Path, Path]:  # fmt: skip
+    """Write ``folder/NAME_mask.png`` (the class indices, a palette PNG) and
+    ``folder/NAME_overlay.png`` (the image blended with the class colours), each atomically;
+    returns their paths."""
+    folder = Path(folder)
+    mask_path = save_png(mask_image(mask), folder / f"{name}_mask.png")
+    overlay_path = save_png(overlay(image, mask), folder / f"{name}_overlay.png")
+    return mask_path, overlay_path
