@@ -176,6 +176,11 @@ def check_detection(ns: dict) -> None:
     assert ns["model"].anchors().shape == (2034, 4)
 
 
+def check_segmentation(ns: dict) -> None:
+    assert ns["logits"].shape == (1, 21, 129, 97)
+    assert (ns["report"].params, ns["report"].macs) == (2_113_557, 2_740_709_056)
+
+
 CHECKS = {
     "README.md": check_readme,
     "docs/index.md": check_index,
@@ -187,6 +192,7 @@ CHECKS = {
     "docs/quantization.md": check_quantization,
     "docs/benchmarks.md": check_benchmarks,
     "docs/detection.md": check_detection,
+    "docs/segmentation.md": check_segmentation,
 }
 
 RUN = {
