@@ -39,8 +39,6 @@ examples:
   mobilenets cost mobilenet_v1_1.0_224 --by-kind --standard
   mobilenets train --data fashion-mnist --model mobilenet_v2 --alpha 0.5 --out runs/fmnist
   mobilenets export runs/fmnist --format onnx --out fmnist.onnx
-  mobilenets cost --table7
-  mobilenets segment train --data synthetic-shapes --crop 128 --out runs/shapes
 
 Run 'mobilenets COMMAND --help' for a command's flags."""
 

@@ -56,6 +56,7 @@ from mobilenets.core.spec import (
     NetSpec,
     conv_out_size,
     format_alpha,
+    prefixed,
     resolve,
 )
 
@@ -282,13 +283,6 @@ def _conv(name, kind, in_channels, out_channels, kernel, stride, in_size, *, gro
     )  # fmt: skip
 
 
-def _prefixed(block: BlockSpec, prefix: str) -> BlockSpec:
-    layers = tuple(
-        dataclasses.replace(layer, name=f"{prefix}.{layer.name}") for layer in block.layers
-    )
-    return dataclasses.replace(block, name=f"{prefix}.{block.name}", layers=layers)
-
-
 def _extra_layer(name: str, depth: int, channels: int, size: int, alpha: float, out_stride: int):
     """1x1 to d/2, then the 3x3 stride-2 depthwise separable conv to d (TF use_depthwise)."""
     reduced, out = extra_width(depth / 2, alpha), extra_width(depth, alpha)
@@ -327,7 +321,7 @@ def resolve_detection(config: DetectionConfig) -> DetectionSpec:
         FeatureMap(1, f"backbone.{second.module}", second.name, second.channels, second.size,
                    second.stride, shapes[1]),
     ]  # fmt: skip
-    blocks = [_prefixed(block, "backbone") for block in features]
+    blocks = [prefixed(block, "backbone") for block in features]
     channels, size, stride = second.channels, second.size, second.stride
     for index, depth in enumerate(config.extra_depths):
         stride *= 2

@@ -18,7 +18,6 @@ anchor type innermost (see ``anchors.py``).
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -34,11 +33,9 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import build_model, init_weights, make_bn, make_conv
 from mobilenets.core.spec import BlockSpec, ModelConfig
 from mobilenets.core.weights import (
-    CONFIG_METADATA_KEY,
     PARITY_FIELDS,
-    load_weights,
-    read_metadata,
-    read_state_dict,
+    load_saved,
+    saved_config,
 )
 
 # What a classification model must share with the detector's backbone for its tensors to mean
@@ -182,29 +179,10 @@ class SSDLite(nn.Module):
 def saved_detection_config(path: str | os.PathLike) -> DetectionConfig | None:
     """The detection config recorded in a safetensors file that save_weights wrote from an
     SSDLite; None for other files."""
-    if not str(path).endswith(".safetensors"):
-        return None
-    raw = read_metadata(path).get(CONFIG_METADATA_KEY)
-    try:
-        data = json.loads(raw) if raw else None
-        return (
-            DetectionConfig.from_dict(data)
-            if isinstance(data, dict) and "backbone" in data
-            else None
-        )
-    except ValueError:  # MobileNetsError is a ValueError
-        return None
+    return saved_config(path, DetectionConfig)
 
 
 def load_detector(path: str | os.PathLike) -> SSDLite:
     """Rebuild a detector from a safetensors file that save_weights wrote: config and weights."""
-    config = saved_detection_config(path)
-    if config is None:
-        read_state_dict(path)  # reports a missing or unreadable file as such
-        raise MobileNetsError(
-            f"weights file {str(path)!r} records no detection config; use "
-            "create_detector(NAME, weights=PATH) with the detector it was saved from"
-        )
-    model = SSDLite(config)
-    load_weights(model, path)
-    return model
+    return load_saved(path, DetectionConfig, SSDLite, record="detection",
+                      factory="create_detector", what="detector")  # fmt: skip

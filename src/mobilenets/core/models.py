@@ -69,14 +69,16 @@ def make_bn(layer: LayerSpec, config: ModelConfig) -> nn.BatchNorm2d:
 
 
 class ConvBNAct(nn.Module):
-    """Full conv, BN, ReLU6: the stem (3x3 s2) and V2's head (1x1 to 1280)."""
+    """Full conv, BN, ReLU6: the stem (3x3 s2) and V2's head (1x1 to 1280). ``activation`` is
+    another class for the heads that use one (DeepLab's ReLU)."""
 
-    def __init__(self, spec: BlockSpec, config: ModelConfig) -> None:
+    def __init__(self, spec: BlockSpec, config: ModelConfig,
+                 activation: type[nn.Module] = nn.ReLU6) -> None:  # fmt: skip
         super().__init__()
         (layer,) = spec.layers
         self.conv = make_conv(layer, config.padding)
         self.bn = make_bn(layer, config)
-        self.act = nn.ReLU6(inplace=True)
+        self.act = activation(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))

@@ -41,6 +41,7 @@ from mobilenets.core.spec import (
     NetSpec,
     conv_out_size,
     format_alpha,
+    prefixed,
     resolve,
 )
 
@@ -247,13 +248,6 @@ def _layer(name, kind, in_channels, out_channels, kernel, in_size, *, dilation=1
     )  # fmt: skip
 
 
-def _prefixed(block: BlockSpec, prefix: str) -> BlockSpec:
-    layers = tuple(
-        dataclasses.replace(layer, name=f"{prefix}.{layer.name}") for layer in block.layers
-    )
-    return dataclasses.replace(block, name=f"{prefix}.{block.name}", layers=layers)
-
-
 def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
     """Resolve a segmentation config into one record per block and layer. Pure."""
     backbone = resolve(config.backbone)
@@ -262,7 +256,7 @@ def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
     features = [block for block in backbone.feature_blocks if block.name != "head"]
     channels, size, stride = features[-1].out_channels, features[-1].out_size, config.output_stride
     width = config.head_channels
-    blocks = [_prefixed(block, "backbone") for block in features]
+    blocks = [prefixed(block, "backbone") for block in features]
 
     def block(name, kind, *layers):
         blocks.append(BlockSpec(name, kind, tuple(layers), False, 1, stride))

@@ -14,7 +14,6 @@ Module paths are the spec's names and the checkpoint keys:
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.models import build_model, init_weights, make_bn, make_conv
+from mobilenets.core.models import ConvBNAct, build_model, init_weights, make_bn, make_conv
 from mobilenets.core.segmentation_spec import (
     SegmentationConfig,
     SegmentationSpec,
@@ -30,25 +29,16 @@ from mobilenets.core.segmentation_spec import (
 )
 from mobilenets.core.spec import BlockSpec, ModelConfig
 from mobilenets.core.weights import (
-    CONFIG_METADATA_KEY,
-    load_weights,
-    read_metadata,
-    read_state_dict,
+    load_saved,
+    saved_config,
 )
 
 
-class HeadConv(nn.Module):
+class HeadConv(ConvBNAct):
     """A DeepLabv3 head conv: conv, BN, ReLU (TF DeepLab's head uses ReLU, not ReLU6)."""
 
     def __init__(self, spec: BlockSpec, config: ModelConfig) -> None:
-        super().__init__()
-        (layer,) = spec.layers
-        self.conv = make_conv(layer, config.padding)
-        self.bn = make_bn(layer, config)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        super().__init__(spec, config, activation=nn.ReLU)
 
 
 class DeepLabHead(nn.Module):
@@ -178,26 +168,10 @@ class DeepLabV3(nn.Module):
 def saved_segmentation_config(path: str | os.PathLike) -> SegmentationConfig | None:
     """The segmentation config recorded in a safetensors file that save_weights wrote from a
     DeepLabV3; None for other files."""
-    if not str(path).endswith(".safetensors"):
-        return None
-    raw = read_metadata(path).get(CONFIG_METADATA_KEY)
-    try:
-        data = json.loads(raw) if raw else None
-        is_segmenter = isinstance(data, dict) and "output_stride" in data and "backbone" in data
-        return SegmentationConfig.from_dict(data) if is_segmenter else None
-    except ValueError:  # MobileNetsError is a ValueError
-        return None
+    return saved_config(path, SegmentationConfig)
 
 
 def load_segmenter(path: str | os.PathLike) -> DeepLabV3:
     """Rebuild a segmenter from a safetensors file that save_weights wrote: config and weights."""
-    config = saved_segmentation_config(path)
-    if config is None:
-        read_state_dict(path)  # reports a missing or unreadable file as such
-        raise MobileNetsError(
-            f"weights file {str(path)!r} records no segmentation config; use "
-            "create_segmenter(NAME, weights=PATH) with the segmenter it was saved from"
-        )
-    model = DeepLabV3(config)
-    load_weights(model, path)
-    return model
+    return load_saved(path, SegmentationConfig, DeepLabV3, record="segmentation",
+                      factory="create_segmenter", what="segmenter")  # fmt: skip

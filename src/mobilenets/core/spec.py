@@ -413,6 +413,15 @@ class NetSpec:
 # --- Resolution ---------------------------------------------------------------------------------
 
 
+def prefixed(block: BlockSpec, prefix: str) -> BlockSpec:
+    """``block`` with ``prefix.`` before its name and its layers' names: a backbone's blocks
+    inside a detector or segmenter (``backbone.blocks.3``)."""
+    layers = tuple(
+        dataclasses.replace(layer, name=f"{prefix}.{layer.name}") for layer in block.layers
+    )
+    return dataclasses.replace(block, name=f"{prefix}.{block.name}", layers=layers)
+
+
 def conv_out_size(size: int, stride: int) -> int:
     """Output side of a conv with odd kernel and "same"-style padding: ceil(size / stride).
 

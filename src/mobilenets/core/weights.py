@@ -94,7 +94,7 @@ def load_weights(model, path: str | os.PathLike) -> None:
     """Load a weights file into ``model`` after checking that every key and shape fits, and
     that a file which records its padding and BN epsilon was saved with the model's."""
     state = read_state_dict(path)
-    saved = saved_config(path)
+    saved = saved_config(path, type(model.config))
     problems = mismatch_report(model, state)
     if problems:
         origin = f" (saved from {saved.name})" if saved else ""
@@ -102,10 +102,13 @@ def load_weights(model, path: str | os.PathLike) -> None:
             f"weights file {str(path)!r}{origin} does not fit {model.name}: " + ", ".join(problems)
         )
     if saved is not None:
+        # A detector's or segmenter's numerics are its backbone's.
+        theirs_config = getattr(saved, "backbone", saved)
+        ours_config = getattr(model.config, "backbone", model.config)
         differ = [
             f"{key} {theirs!r} in the file, {ours!r} in the model"
             for key in PARITY_FIELDS
-            if (theirs := getattr(saved, key)) != (ours := getattr(model.config, key))
+            if (theirs := getattr(theirs_config, key)) != (ours := getattr(ours_config, key))
         ]
         if differ:
             raise MobileNetsError(
@@ -167,28 +170,39 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise MobileNetsError(f"cannot read weights file {str(path)!r}: {error}") from error
 
 
-def saved_config(path: str | os.PathLike) -> ModelConfig | None:
-    """The model config recorded in a safetensors file that save_weights wrote; None for other
-    files, or when the record is absent or unreadable (the keys are still checked on load)."""
+def saved_config(path: str | os.PathLike, config_type: type = ModelConfig):
+    """The config of ``config_type`` (a ModelConfig by default; a DetectionConfig or
+    SegmentationConfig for those models) recorded in a safetensors file that save_weights wrote;
+    None for other files, a record of another kind of model, or one that is absent or unreadable
+    (the keys are still checked on load)."""
     if Path(path).suffix != ".safetensors":
         return None
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(CONFIG_METADATA_KEY)
-        return ModelConfig.from_dict(json.loads(raw)) if raw else None
+        return config_type.from_dict(json.loads(raw)) if raw else None
     except (SafetensorError, OSError, ValueError):  # MobileNetsError is a ValueError
         return None
 
 
-def load_model(path: str | os.PathLike) -> MobileNet:
-    """Rebuild a model from a safetensors file that save_weights wrote: config and weights."""
-    config = saved_config(path)
+def load_saved(path: str | os.PathLike, config_type: type, build, *, record: str, factory: str,
+               what: str):  # fmt: skip
+    """Rebuild a model from a safetensors file that save_weights wrote, config and weights:
+    ``build(config)`` for the ``config_type`` the file records. The error for a file without one
+    names the ``record`` missing and the ``factory`` that loads the ``what`` it was saved from."""
+    config = saved_config(path, config_type)
     if config is None:
         read_state_dict(path)  # reports a missing or unreadable file as such
         raise MobileNetsError(
-            f"weights file {str(path)!r} records no mobilenets model config; use "
-            "create_model(NAME, weights=PATH) with the model it was saved from"
+            f"weights file {str(path)!r} records no {record} config; use "
+            f"{factory}(NAME, weights=PATH) with the {what} it was saved from"
         )
-    model = build_model(config)
+    model = build(config)
     load_weights(model, path)
     return model
+
+
+def load_model(path: str | os.PathLike) -> MobileNet:
+    """Rebuild a model from a safetensors file that save_weights wrote: config and weights."""
+    return load_saved(path, ModelConfig, build_model, record="mobilenets model",
+                      factory="create_model", what="model")  # fmt: skip

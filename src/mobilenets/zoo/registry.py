@@ -289,32 +289,12 @@ def resolve_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfi
     return base.replace(**overrides)
 
 
-# Overrides a detector name takes; the rest of the classification overrides (rho, dropout,
-# small_input) have no meaning for it.
+# Overrides each task's models take: their own (``*_OWN``), applied to the detector's or
+# segmenter's config, and the backbone's width and numerics. Classification-only ones (rho,
+# small_input) have no meaning for them.
 DETECTION_OVERRIDES = ("alpha", "resolution", "num_classes", "expansion", "in_chans", "padding",
                        "bn_eps", "bn_momentum")  # fmt: skip
-
-
-def resolve_detection_config(name_or_config: str | DetectionConfig, **overrides) -> DetectionConfig:
-    """The DetectionConfig of a registered name or a config, with overrides applied (those set
-    to None are ignored, so callers can pass optional arguments straight through)."""
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    unknown = sorted(set(overrides) - set(DETECTION_OVERRIDES))
-    if unknown:
-        raise MobileNetsError(
-            f"argument(s) {unknown} do not apply to a detector; allowed: "
-            f"{', '.join(DETECTION_OVERRIDES)}"
-        )
-    if isinstance(name_or_config, DetectionConfig):
-        config = name_or_config
-    else:
-        config = get_entry(name_or_config, task="detection").config
-    own = {key: overrides.pop(key) for key in ("resolution", "num_classes") if key in overrides}
-    backbone = config.backbone.replace(**overrides) if overrides else config.backbone
-    return config.replace(backbone=backbone, **own)
-
-
-# Overrides a segmenter name takes: the backbone's width and numerics, and the head's own.
+DETECTION_OWN = ("resolution", "num_classes")
 SEGMENTATION_OVERRIDES = ("alpha", "resolution", "num_classes", "output_stride", "aspp",
                           "atrous_rates", "aux", "dropout", "expansion", "in_chans", "padding",
                           "bn_eps", "bn_momentum")  # fmt: skip
@@ -322,21 +302,37 @@ SEGMENTATION_OWN = ("resolution", "num_classes", "output_stride", "aspp", "atrou
                     "dropout")  # fmt: skip
 
 
+def _resolve_task_config(name_or_config, config_type: type, task: str, noun: str,
+                         allowed: tuple[str, ...], own_keys: tuple[str, ...],
+                         overrides: dict):  # fmt: skip
+    """A detector's or segmenter's config from a registered name or a config, with ``overrides``
+    applied: ``own_keys`` to the config itself, the rest to its backbone (those set to None are
+    ignored, so callers can pass optional arguments straight through)."""
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise MobileNetsError(
+            f"argument(s) {unknown} do not apply to a {noun}; allowed: {', '.join(allowed)}"
+        )
+    if isinstance(name_or_config, config_type):
+        config = name_or_config
+    else:
+        config = get_entry(name_or_config, task=task).config
+    own = {key: overrides.pop(key) for key in own_keys if key in overrides}
+    backbone = config.backbone.replace(**overrides) if overrides else config.backbone
+    return config.replace(backbone=backbone, **own)
+
+
+def resolve_detection_config(name_or_config: str | DetectionConfig, **overrides) -> DetectionConfig:
+    """The DetectionConfig of a registered name or a config, with overrides applied (those set
+    to None are ignored, so callers can pass optional arguments straight through)."""
+    return _resolve_task_config(name_or_config, DetectionConfig, "detection", "detector",
+                                DETECTION_OVERRIDES, DETECTION_OWN, overrides)  # fmt: skip
+
+
 def resolve_segmentation_config(name_or_config: str | SegmentationConfig,
                                 **overrides) -> SegmentationConfig:  # fmt: skip
     """The SegmentationConfig of a registered name or a config, with overrides applied (those set
     to None are ignored, so callers can pass optional arguments straight through)."""
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    unknown = sorted(set(overrides) - set(SEGMENTATION_OVERRIDES))
-    if unknown:
-        raise MobileNetsError(
-            f"argument(s) {unknown} do not apply to a segmenter; allowed: "
-            f"{', '.join(SEGMENTATION_OVERRIDES)}"
-        )
-    if isinstance(name_or_config, SegmentationConfig):
-        config = name_or_config
-    else:
-        config = get_entry(name_or_config, task="segmentation").config
-    own = {key: overrides.pop(key) for key in SEGMENTATION_OWN if key in overrides}
-    backbone = config.backbone.replace(**overrides) if overrides else config.backbone
-    return config.replace(backbone=backbone, **own)
+    return _resolve_task_config(name_or_config, SegmentationConfig, "segmentation", "segmenter",
+                                SEGMENTATION_OVERRIDES, SEGMENTATION_OWN, overrides)  # fmt: skip

@@ -61,7 +61,6 @@ def create_segmenter(
     if weights is not None:
         saved = saved_segmentation_config(weights)
         if saved is not None:
-            _check_parity(weights, saved, overrides)
             config = _with_parity(config, saved.backbone, overrides)
         model = DeepLabV3(config)
         load_weights(model, weights)
@@ -74,15 +73,3 @@ def _with_parity(config: SegmentationConfig, source, overrides: dict) -> Segment
     given explicitly in ``overrides``."""
     parity = {key: getattr(source, key) for key in PARITY_FIELDS if overrides.get(key) is None}
     return config.replace(backbone=config.backbone.replace(**parity))
-
-
-def _check_parity(path, saved: SegmentationConfig, overrides: dict) -> None:
-    """A whole segmenter's file must be loaded with the numerics it was trained with: a padding
-    or BN epsilon given explicitly that contradicts the file's is refused, listing them."""
-    differ = [
-        f"{key} {overrides[key]!r} (the file has {getattr(saved.backbone, key)!r})"
-        for key in PARITY_FIELDS
-        if overrides.get(key) is not None and overrides[key] != getattr(saved.backbone, key)
-    ]
-    if differ:
-        raise MobileNetsError(f"weights file {str(path)!r} does not fit: " + "; ".join(differ))
