@@ -207,3 +207,25 @@ def test_a_segmenters_output_stride_is_8_or_16(capsys):
         main(["bench", "deeplabv3_mobilenet_v2", "--output-stride", "32"])
     assert exit_info.value.code == 2
     assert "--output-stride: invalid choice: 32 (choose from 8, 16)" in capsys.readouterr().err
+
+
+def test_openvino_runs_every_onnx_file_fp32_and_int8_beside_onnxruntime(model):
+    records = bench.run_benchmarks([model], batches=(1,), warmup=0, iterations=2, threads=1,
+                                   int8=True, calibration_images=4, openvino=True)  # fmt: skip
+    assert [(r.runtime, r.precision) for r in records] == [
+        (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
+        (bench.OPENVINO, "fp32"), (bench.OPENVINO, "int8"),
+    ]  # fmt: skip
+    eager = records[0].median_ms
+    for record in records[3:]:
+        assert 0 < record.median_ms <= record.p90_ms
+        assert record.latency_vs_eager == pytest.approx(record.median_ms / eager)
+    # the same files as onnxruntime's, so the same sizes
+    assert [r.size_mb for r in records[3:]] == [r.size_mb for r in records[1:3]]
+
+
+def test_openvino_refuses_a_file_it_cannot_compile(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not an onnx model")
+    with pytest.raises(MobileNetsError, match=r"OpenVINO cannot compile '.*broken\.onnx'"):
+        bench.openvino_model(path, threads=1)

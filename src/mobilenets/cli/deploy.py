@@ -249,6 +249,11 @@ def add_bench(commands) -> None:
         help="also ExecuTorch (XNNPACK delegate) fp32 of each classifier: one .pte per batch "
         "size (needs mobilenets[mobile]; each export takes a while)",
     )  # fmt: skip
+    parser.add_argument(
+        "--openvino", action="store_true",
+        help="also OpenVINO (CPU plugin) on every ONNX file, fp32 and int8 (needs "
+        "mobilenets[openvino])",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the records to FILE as JSON")
     parser.add_argument("--markdown", metavar="FILE",
                         help="also write the table to FILE in Markdown")  # fmt: skip
@@ -260,7 +265,7 @@ def run_bench(args: argparse.Namespace) -> None:
     records = bench.run_benchmarks(
         args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
         iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
-        output_stride=args.output_stride, aspp=args.aspp,
+        openvino=args.openvino, output_stride=args.output_stride, aspp=args.aspp,
         progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
     )  # fmt: skip
     head = (

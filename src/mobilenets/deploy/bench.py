@@ -78,6 +78,7 @@ from mobilenets.zoo.segmenters import create_segmenter
 EAGER = "pytorch eager"
 ORT = "onnxruntime"
 PTE = "executorch xnnpack"
+OPENVINO = "openvino"
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger")
 SYNTHETIC_NOTE = "synthetic calibration: speed only, accuracy meaningless"
 DEFAULT_BATCHES = (1, 32)
@@ -97,7 +98,7 @@ class Timing:
 @dataclass(frozen=True)
 class BenchRecord:
     model: str  # the model's name at the measured resolution, or the .onnx / .pte file's name
-    runtime: str  # "pytorch eager", "onnxruntime" or "executorch xnnpack"
+    runtime: str  # "pytorch eager", "onnxruntime", "openvino" or "executorch xnnpack"
     precision: str  # "fp32" or "int8"
     batch: int
     resolution: int
@@ -351,6 +352,7 @@ def run_benchmarks(
     int8: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
     pte: bool = False,
+    openvino: bool = False,
     output_stride: int | None = None,
     aspp: bool | None = None,
     progress: Callable[[str], None] | None = None,
@@ -364,7 +366,8 @@ def run_benchmarks(
     an ``.onnx`` file, whose eager reference is built from the model config in its metadata.
     With ``pte`` each classifier is also exported to an ExecuTorch program (XNNPACK delegate),
     one per batch size; a ``.pte`` file is run with ExecuTorch at its own batch, beside eager
-    built from the model config stored in it.
+    built from the model config stored in it. With ``openvino`` every ONNX file (fp32 and QDQ
+    int8 alike) is also run by OpenVINO's CPU plugin (the ``openvino`` extra).
     ``threads`` (default: torch's current setting) applies to every runtime; torch's and
     ExecuTorch's settings are restored afterwards. ``progress`` receives a line before each
     measurement.
@@ -388,6 +391,8 @@ def run_benchmarks(
         require_executorch("measuring ExecuTorch")  # before any export
     if not all(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
         require_onnx("measuring onnxruntime")
+    if openvino:
+        require("openvino", "measuring OpenVINO")
     say = progress or (lambda line: None)
 
     saved_threads = torch.get_num_threads()
@@ -429,13 +434,29 @@ def run_benchmarks(
                 else:
                     targets.append(_pte_file_target(Path(item), resolution))
             for target in targets:
-                records += _bench_target(target, batches, threads, warmup, iterations, say)
+                records += _bench_target(target, batches, threads, warmup, iterations, say,
+                                         openvino)  # fmt: skip
     finally:
         torch.set_num_threads(saved_threads)
     return records
 
 
-def _bench_target(target: _Target, batches, threads, warmup, iterations, say) -> list[BenchRecord]:
+def openvino_model(path: Path, threads: int):
+    """An ONNX file compiled by OpenVINO for the CPU with ``threads`` inference threads, for
+    latency (one stream): a callable of one input array."""
+    ov = require("openvino", "measuring OpenVINO")
+    try:
+        compiled = ov.Core().compile_model(
+            str(path), "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+        )  # fmt: skip
+    except Exception as error:  # OpenVINO raises its own RuntimeError kinds for a bad file
+        raise MobileNetsError(f"OpenVINO cannot compile {str(path)!r}: {error}") from error
+    return compiled.create_infer_request()
+
+
+def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
+                  openvino: bool = False) -> list[BenchRecord]:  # fmt: skip
     if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
         again = (
             "export it again with a dynamic batch axis"
@@ -447,6 +468,11 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
             f"{target.fixed_batch} only, or {again}"
         )
     sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
+    compiled = (
+        [(openvino_model(path, threads), path, *rest) for path, *rest in target.onnx_files]
+        if openvino
+        else []
+    )
     programs = {}
     if target.pte_files:
         programs = {
@@ -484,6 +510,15 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
             records.append(
                 _record(common, ORT, precision, batch, timing, size_mb, reference, source, note)
             )
+        for request, path, precision, source, note in compiled:
+            say(f"{target.name}: {OPENVINO} {precision}, batch {batch}")
+            request.infer([array])  # a wrong input raises here, readably, not inside measure
+            timing = measure(partial(request.infer, [array]), warmup, iterations)
+            size_mb = os.path.getsize(path) / 1e6
+            records.append(
+                _record(common, OPENVINO, precision, batch, timing, size_mb, reference, source,
+                        note)
+            )  # fmt: skip
         if batch in programs:
             method, path, source = programs[batch]
             say(f"{target.name}: {PTE} fp32, batch {batch}")
