@@ -544,15 +544,17 @@ def _record(common, runtime, precision, batch, timing, size_mb, reference, sourc
 
 
 def environment(threads: int | None = None) -> str:
-    """One line naming the machine and the libraries (onnxruntime and executorch when
+    """One line naming the machine and the libraries (onnxruntime, executorch and openvino when
     installed), for the head of a results table."""
     threads = torch.get_num_threads() if threads is None else threads
     processor = platform.processor() or platform.machine()
     onnxruntime, executorch = installed_version("onnxruntime"), executorch_version()
+    openvino = installed_version("openvino")
     return (
         f"torch {torch.__version__}"
         + (f", onnxruntime {onnxruntime}" if onnxruntime else "")
         + (f", executorch {executorch}" if executorch else "")
+        + (f", openvino {openvino}" if openvino else "")
         + f", {processor}, {os.cpu_count()} CPUs, {threads} thread{'' if threads == 1 else 's'}"
     )
 
