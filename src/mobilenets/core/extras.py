@@ -10,8 +10,7 @@ is used, never by ``import mobilenets``:
 - ``detection``: pycocotools (COCO data and mAP);
 - ``segmentation``: scipy (SBD's .mat masks) and pycocotools (COCO masks);
 - ``plots``: matplotlib (training curves, the confusion matrix, the zoo plot);
-- ``mobile``: executorch (the .pte export and its bench);
-- ``openvino``: openvino (``bench --openvino``).
+- ``mobile``: executorch (the .pte export and its bench).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ EXTRAS = {
     "scipy": "segmentation",
     "matplotlib": "plots",
     "executorch": "mobile",
-    "openvino": "openvino",
 }
 
 
