@@ -54,6 +54,7 @@ from mobilenets.core.spec import (
     LayerSpec,
     ModelConfig,
     NetSpec,
+    backbone_config_fields,
     conv_out_size,
     format_alpha,
     prefixed,
@@ -178,17 +179,7 @@ class DetectionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DetectionConfig:
-        if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict):
-            raise MobileNetsError(
-                f"a detection config is a dict with a 'backbone' model config, got {data!r}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MobileNetsError(
-                f"unknown detection config keys {unknown}; allowed: {', '.join(sorted(known))}"
-            )
-        return cls(**{**data, "backbone": ModelConfig.from_dict(data["backbone"])})
+        return cls(**backbone_config_fields(cls, data, "detection"))
 
 
 def _is_int(value) -> bool:

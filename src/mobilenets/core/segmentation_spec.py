@@ -39,6 +39,7 @@ from mobilenets.core.spec import (
     LayerSpec,
     ModelConfig,
     NetSpec,
+    backbone_config_fields,
     conv_out_size,
     format_alpha,
     prefixed,
@@ -176,20 +177,7 @@ class SegmentationConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> SegmentationConfig:
-        if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict):
-            raise MobileNetsError(
-                f"a segmentation config is a dict with a 'backbone' model config, got {data!r}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MobileNetsError(
-                f"unknown segmentation config keys {unknown}; allowed: {', '.join(sorted(known))}"
-            )
-        fields = {**data, "backbone": ModelConfig.from_dict(data["backbone"])}
-        if isinstance(fields.get("atrous_rates"), list):
-            fields["atrous_rates"] = tuple(fields["atrous_rates"])
-        return cls(**fields)
+        return cls(**backbone_config_fields(cls, data, "segmentation"))
 
 
 def _is_int(value) -> bool:

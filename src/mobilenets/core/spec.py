@@ -270,6 +270,23 @@ class ModelConfig:
         return cls(**data)
 
 
+def backbone_config_fields(config_type: type, data, what: str) -> dict:
+    """The fields of a detection or segmentation config from its ``to_dict``: every key known to
+    ``config_type`` and the ``backbone`` read as a ModelConfig; anything else is refused, naming
+    ``what`` config it is and the allowed keys."""
+    if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict):
+        raise MobileNetsError(
+            f"a {what} config is a dict with a 'backbone' model config, got {data!r}"
+        )
+    known = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MobileNetsError(
+            f"unknown {what} config keys {unknown}; allowed: {', '.join(sorted(known))}"
+        )
+    return {**data, "backbone": ModelConfig.from_dict(data["backbone"])}
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
