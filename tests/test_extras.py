@@ -28,7 +28,7 @@ from mobilenets.zoo.convert import read_keras_h5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUNTIME_EXTRAS = ("onnx", "keras", "detection", "segmentation", "plots", "mobile")
+RUNTIME_EXTRAS = ("onnx", "keras", "detection", "segmentation", "plots", "mobile", "openvino")
 
 
 def hide(monkeypatch, *packages: str) -> None:
@@ -245,3 +245,11 @@ def test_import_and_cost_need_no_extra():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["4231976", "568740352", "blocked"]
+
+
+def test_bench_openvino_without_openvino(monkeypatch, capsys):
+    hide(monkeypatch, "openvino")
+    with pytest.raises(MobileNetsError, match=r"pip install 'mobilenets\[openvino\]'"):
+        bench.run_benchmarks([tiny_model()], batches=(1,), iterations=1, openvino=True)
+    message = one_line_error(capsys, "bench", "mobilenet_v1_0.25_128", "--openvino")
+    assert "mobilenets[openvino]" in message

@@ -207,3 +207,128 @@ def test_a_segmenters_output_stride_is_8_or_16(capsys):
         main(["bench", "deeplabv3_mobilenet_v2", "--output-stride", "32"])
     assert exit_info.value.code == 2
     assert "--output-stride: invalid choice: 32 (choose from 8, 16)" in capsys.readouterr().err
+
+
+def test_openvino_runs_every_onnx_file_fp32_and_int8_beside_onnxruntime(model):
+    records = bench.run_benchmarks([model], batches=(1,), warmup=0, iterations=2, threads=1,
+                                   int8=True, calibration_images=4, openvino=True)  # fmt: skip
+    assert [(r.runtime, r.precision) for r in records] == [
+        (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
+        (bench.OPENVINO, "fp32"), (bench.OPENVINO, "int8"),
+    ]  # fmt: skip
+    eager = records[0].median_ms
+    for record in records[3:]:
+        assert 0 < record.median_ms <= record.p90_ms
+        assert record.latency_vs_eager == pytest.approx(record.median_ms / eager)
+    # the same files as onnxruntime's, so the same sizes
+    assert [r.size_mb for r in records[3:]] == [r.size_mb for r in records[1:3]]
+
+
+def test_openvino_refuses_a_file_it_cannot_compile(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not an onnx model")
+    with pytest.raises(MobileNetsError, match=r"OpenVINO cannot compile '.*broken\.onnx'"):
+        bench.openvino_model(path, threads=1)
+
+
+# --- detectors and the fastest mark --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from mobilenets.zoo.detectors import create_detector
+
+    torch.manual_seed(0)
+    return create_detector("ssdlite_mobilenet_v2", alpha=0.35, num_classes=3, resolution=96).eval()
+
+
+def _check_fastest(records):
+    groups = {}
+    for record in records:
+        groups.setdefault((record.model, record.batch), []).append(record)
+    for group in groups.values():
+        (fastest,) = [r for r in group if r.fastest]
+        assert fastest.median_ms == min(r.median_ms for r in group)
+
+
+def test_a_detector_name_gets_eager_and_onnxruntime_fp32_at_its_resolution():
+    records = bench.run_benchmarks(["ssdlite_mobilenet_v2"], batches=(1,), resolution=96,
+                                   warmup=0, iterations=2, threads=1)  # fmt: skip
+    name = "ssdlite_mobilenet_v2_1.0_96"
+    assert [(r.model, r.runtime, r.precision, r.batch, r.resolution) for r in records] == [
+        (name, bench.EAGER, "fp32", 1, 96), (name, bench.ORT, "fp32", 1, 96),
+    ]  # fmt: skip
+    assert records[1].source == "export_onnx of random weights (a registered name)"
+    assert all(0 < r.median_ms <= r.p90_ms and r.size_mb > 0 for r in records)
+    assert records[1].latency_vs_eager == pytest.approx(records[1].median_ms / records[0].median_ms)
+    _check_fastest(records)
+
+
+def test_a_detector_runs_in_openvino_too_and_the_fastest_row_is_marked(detector):
+    records = bench.run_benchmarks([detector], batches=(1, 2), warmup=0, iterations=2, threads=1,
+                                   openvino=True)  # fmt: skip
+    assert [(r.runtime, r.batch) for r in records] == [
+        (bench.EAGER, 1), (bench.ORT, 1), (bench.OPENVINO, 1),
+        (bench.EAGER, 2), (bench.ORT, 2), (bench.OPENVINO, 2),
+    ]  # fmt: skip
+    assert {r.model for r in records} == {"ssdlite_mobilenet_v2_0.35_96"}
+    assert records[2].size_mb == records[1].size_mb  # the same file
+    _check_fastest(records)
+    marked = [row for row in bench.table_rows(records) if row[-1].endswith(bench.FASTEST_MARK)]
+    assert len(marked) == 2 and [row[3] for row in marked] == ["1", "2"]
+    assert any("marks the fastest runtime" in line for line in bench.notes(records))
+    assert bench.markdown_table(records).count(bench.FASTEST_MARK) == 2
+    assert all("fastest" in r.to_dict() for r in records)
+
+
+def test_mark_fastest_marks_exactly_the_smallest_median_first_of_ties():
+    common = {"model": "m", "resolution": 32, "threads": 1}
+    records = [
+        bench._record(common, runtime, "fp32", 1, bench.Timing(median, median), None, 2.0, "s")
+        for runtime, median in [(bench.EAGER, 2.0), (bench.ORT, 0.5), (bench.OPENVINO, 0.5)]
+    ]
+    assert not any(r.fastest for r in records)  # BenchRecord's default: set after measuring
+    assert [r.fastest for r in bench.mark_fastest(records)] == [False, True, False]
+    assert bench.mark_fastest([]) == []
+
+
+@pytest.mark.parametrize("flag", ["--int8", "--pte"])
+def test_a_detector_refuses_int8_and_pte_in_one_line(capsys, flag):
+    if flag == "--pte":
+        pytest.importorskip("executorch")
+    assert main(["bench", "ssdlite_mobilenet_v2", flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mobilenets bench: error: ") and err.count("\n") == 1
+    assert (
+        "int8 and pte measure classifiers; the detector 'ssdlite_mobilenet_v2' is measured in "
+        "fp32 (eager, onnxruntime, openvino): leave out int8 and pte" in err
+    ), err
+
+
+def test_a_detection_checkpoint_is_measured_and_its_onnx_file_too(detector, tmp_path):
+    from mobilenets.core.detector import SSDLite
+    from mobilenets.core.weights import save_weights
+
+    path = tmp_path / "best.safetensors"
+    save_weights(detector, path)
+    source = bench.load_source(str(tmp_path))  # the run folder: its best
+    assert isinstance(source.model, SSDLite) and source.model.config == detector.config
+    assert source.resolution == 96 and source.weights == f"checkpoint {path}"
+    at_128 = bench.load_source(str(path), 128)  # rebuilt for its default boxes, same weights
+    assert at_128.resolution == 128 == at_128.model.resolution
+    torch.testing.assert_close(at_128.model.state_dict(), detector.state_dict(), rtol=0, atol=0)
+
+    records = bench.run_benchmarks([path], batches=(1,), warmup=0, iterations=2, threads=1)
+    assert [(r.model, r.runtime) for r in records] == [
+        ("ssdlite_mobilenet_v2_0.35_96", bench.EAGER), ("ssdlite_mobilenet_v2_0.35_96", bench.ORT),
+    ]  # fmt: skip
+    assert records[1].source == f"export_onnx of checkpoint {path}"
+
+    # the raw head outputs, a dynamic batch, and a detection config its eager twin rebuilds from
+    written = tmp_path / "ssdlite.onnx"
+    bench._export_dense_onnx(detector, written, 96)
+    graph = onnx.load(str(written)).graph
+    assert [output.name for output in graph.output] == list(bench.DETECTOR_OUTPUTS)
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    records = bench.run_benchmarks([written], batches=(2,), warmup=0, iterations=2, threads=1)
+    assert [(r.runtime, r.batch) for r in records] == [(bench.EAGER, 2), (bench.ORT, 2)]

@@ -73,6 +73,22 @@ def add_export(commands) -> None:
         help=f"published weights for a registered name: {PUBLISHED_WEIGHTS}; without it the "
         "weights are random",
     )  # fmt: skip
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="pte only: an int8 program (PT2E with the XNNPACK quantizer) calibrated on training "
+        "images of a checkpoint's data, with its top-1 beside the fp32 model's; int8 ONNX is "
+        "`mobilenets quantize`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", metavar="SPEC",
+        help=f"--int8: the checkpoint's dataset, {SPEC_HELP} (default: the one its training "
+        "run recorded)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-images", type=int, metavar="N",
+        help=f"--int8: training images that set the activation ranges (default "
+        f"{QUANTIZE_CALIBRATION_IMAGES}, or all if fewer)",
+    )  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -81,6 +97,12 @@ def run_export(args: argparse.Namespace) -> None:
     if args.format == "pte":
         run_export_pte(args)
         return
+    if args.int8 or args.data is not None or args.calibration_images is not None:
+        option = "--int8" if args.int8 else "--data" if args.data else "--calibration-images"
+        raise MobileNetsError(
+            f"{option} applies to --format pte only; an int8 ONNX file is written by "
+            "`mobilenets quantize CKPT --data SPEC --method ptq --out FILE.onnx`"
+        )
     opset = export.DEFAULT_OPSET if args.opset is None else args.opset
     export.check_options(args.out, opset)  # before loading or downloading anything
     source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
@@ -107,23 +129,76 @@ def run_export_pte(args: argparse.Namespace) -> None:
     if args.opset is not None or args.dynamic_batch:
         option = "--opset" if args.opset is not None else "--dynamic-batch"
         raise MobileNetsError(f"{option} applies to --format onnx only, not to --format pte")
+    if not args.int8 and (args.data is not None or args.calibration_images is not None):
+        option = "--data" if args.data is not None else "--calibration-images"
+        raise MobileNetsError(f"{option} applies to --int8 only")
     mobile.check_pte_options(args.out)  # before loading or downloading anything
     mobile.require_executorch("--format pte")
+    if args.int8:
+        run_export_pte_int8(args, mobile, export)
+        return
     source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
     report = mobile.export_executorch(
         source.model, args.out, resolution=source.resolution, metadata=source.metadata
     )
-    outside = ", ".join(report.outside_delegate) or "none"
-    print(
-        f"wrote {report.path} ({report.model_name} with {source.weights}; ExecuTorch "
-        f"{report.executorch_version}, input {export.format_shape(report.input_shape)}, "
-        f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded, "
-        f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}, "
-        f"ops outside it: {outside})"
-    )
+    print_pte_report(report, source.weights, export.format_shape)
     print(
         f"ExecuTorch {report.executorch_version} vs PyTorch: max abs diff "
         f"{report.max_abs_diff:.2g} at {export.format_shape(report.input_shape)}"
+    )
+
+
+def run_export_pte_int8(args: argparse.Namespace, mobile, export) -> None:
+    from pathlib import Path
+
+    if args.weights is not None or not Path(args.model).exists():
+        raise MobileNetsError(
+            f"--int8 calibrates a checkpoint on its training images; {args.model!r} is not a "
+            "checkpoint file or run folder"
+        )
+    checkpoint = load_checkpoint(args.model)
+    data = args.data or (checkpoint.train_config or {}).get("data")
+    if not data:
+        raise MobileNetsError(
+            f"--int8 needs the checkpoint's training images, and {str(checkpoint.path)!r} records "
+            f"no dataset: give --data SPEC ({SPEC_HELP})"
+        )
+    source = export.export_source(args.model, resolution=args.resolution)
+    result = mobile.export_checkpoint_int8(
+        checkpoint, data, args.out, resolution=source.resolution,
+        calibration_images=args.calibration_images, batch_size=QUANTIZE_BATCH_SIZE,
+        metadata=source.metadata, progress=True,
+    )  # fmt: skip
+    report, int8 = result.report, result.report.int8
+    print_pte_report(report, source.weights, export.format_shape)
+    layers = int8.quantized_layers + len(int8.float_layers)
+    floating = f" (float: {', '.join(int8.float_layers)})" if int8.float_layers else ""
+    print(
+        f"int8: {int8.quantized_layers} of {layers} layers with int8 weights{floating}, "
+        f"{int8.quantize_ops} activation quantize ops, calibrated on {int8.calibration_images:,} "
+        f"training images of {data}"
+    )
+    steps = report.max_abs_diff / int8.logits_scale
+    print(
+        f"ExecuTorch {report.executorch_version} int8 vs its PyTorch reference: max abs diff "
+        f"{report.max_abs_diff:.2g} ({steps:.1f} quantization steps of the logits, allowed "
+        f"{mobile.INT8_TOLERANCE_STEPS}); vs the fp32 model: {int8.fp32_max_abs_diff:.2g}"
+    )
+    drop = 100 * (result.int8_top1 - result.fp32_top1)
+    print(
+        f"fp32 top-1 {100 * result.fp32_top1:.2f}%, int8 top-1 {100 * result.int8_top1:.2f}% "
+        f"({drop:+.2f} points) on {result.count:,} validation images"
+    )
+
+
+def print_pte_report(report, weights: str, format_shape) -> None:
+    outside = ", ".join(report.outside_delegate) or "none"
+    print(
+        f"wrote {report.path} ({report.model_name} with {weights}; ExecuTorch "
+        f"{report.executorch_version}, input {format_shape(report.input_shape)}, "
+        f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded, "
+        f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}, "
+        f"ops outside it: {outside})"
     )
 
 
@@ -208,14 +283,15 @@ def add_bench(commands) -> None:
     parser = add_command(
         commands, "bench", run_bench,
         help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8, ExecuTorch",
-        description="Time classifiers and segmenters on the CPU, the median and 90th percentile "
-        "per batch, in PyTorch eager and in each runtime, in one process on the same inputs.",
+        description="Time classifiers, segmenters and detectors on the CPU, the median and 90th "
+        "percentile per batch, in PyTorch eager and in each runtime, in one process on the same "
+        "inputs; a * marks the fastest runtime of each model and batch.",
     )  # fmt: skip
     parser.add_argument(
         "inputs", nargs="+", metavar="MODEL_OR_FILE",
-        help="a registered name (random weights: a classifier, or a segmenter such as "
-        "deeplabv3_mobilenet_v2), a checkpoint or run folder, an .onnx file or a .pte file "
-        "(ExecuTorch, at the batch it was exported with)",
+        help="a registered name (random weights: a classifier, a segmenter such as "
+        "deeplabv3_mobilenet_v2 or the detector ssdlite_mobilenet_v2), a checkpoint or run "
+        "folder, an .onnx file or a .pte file (ExecuTorch, at the batch it was exported with)",
     )  # fmt: skip
     parser.add_argument(
         "--batch", type=int, nargs="+", default=list(BENCH_BATCHES), metavar="B",
@@ -229,7 +305,8 @@ def add_bench(commands) -> None:
                         help="timed runs (default %(default)s)")  # fmt: skip
     parser.add_argument(
         "--resolution", type=int, metavar="R",
-        help="input side in pixels (default: the model's own; 513 for a registered segmenter)",
+        help="input side in pixels (default: the model's own; 513 for a registered segmenter, "
+        "320 for a registered detector)",
     )  # fmt: skip
     parser.add_argument(
         "--output-stride", type=int, choices=SEGMENTATION_OUTPUT_STRIDES, metavar="OS",
@@ -249,6 +326,11 @@ def add_bench(commands) -> None:
         help="also ExecuTorch (XNNPACK delegate) fp32 of each classifier: one .pte per batch "
         "size (needs mobilenets[mobile]; each export takes a while)",
     )  # fmt: skip
+    parser.add_argument(
+        "--openvino", action="store_true",
+        help="also OpenVINO (CPU plugin) on every ONNX file, fp32 and int8 (needs "
+        "mobilenets[openvino])",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the records to FILE as JSON")
     parser.add_argument("--markdown", metavar="FILE",
                         help="also write the table to FILE in Markdown")  # fmt: skip
@@ -260,7 +342,7 @@ def run_bench(args: argparse.Namespace) -> None:
     records = bench.run_benchmarks(
         args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
         iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
-        output_stride=args.output_stride, aspp=args.aspp,
+        openvino=args.openvino, output_stride=args.output_stride, aspp=args.aspp,
         progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
     )  # fmt: skip
     head = (

@@ -221,36 +221,75 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+# postprocess's settings, which --nms puts in the file (tests check they are the library's)
+NMS_SETTINGS = (
+    ("--score-threshold", float, 0.01, "S", "lowest score kept, in [0, 1)"),
+    ("--nms-iou", float, 0.6, "IOU", "IoU above which NMS drops the lower-scoring box of a class"),
+    ("--max-detections", int, 100, "K", "detections per image: the outputs' second axis"),
+    ("--pre-nms-top-k", int, 1000, "K", "best (box, class) pairs that go through NMS"),
+)  # fmt: skip
+
+
 def add_export(actions) -> None:
     parser = add_command(
         actions, "export", run_export,
-        help="ONNX with BN folded and the box decoding inside (NMS outside)",
+        help="ONNX with BN folded and the box decoding inside (NMS too with --nms)",
         description="Export a detector to ONNX with BN folded and the box decoding inside: "
-        "outputs boxes [N, A, 4] and class scores [N, A, K], checked against PyTorch with "
-        "onnxruntime. Non-maximum suppression is left to the caller.",
+        "outputs boxes [N, A, 4] and class scores [N, A, C], checked against PyTorch with "
+        "onnxruntime; non-maximum suppression is left to the caller. With --nms the file also "
+        "applies the score threshold, class-wise NMS (ONNX NonMaxSuppression) and the top "
+        "--max-detections, and outputs boxes [N, K, 4], scores [N, K], classes [N, K] and count "
+        "[N], checked against the PyTorch post-processing.",
     )  # fmt: skip
     add_checkpoint_argument(parser)
     parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
     parser.add_argument("--opset", type=int, metavar="N", help=OPSET_HELP)
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="a dynamic batch axis (default: batch 1)")  # fmt: skip
+    parser.add_argument("--nms", action="store_true",
+                        help="put the score threshold, NMS and the top-k in the file")  # fmt: skip
+    for flag, kind, default, metavar, text in NMS_SETTINGS:
+        parser.add_argument(flag, type=kind, metavar=metavar,
+                            help=f"with --nms: {text} (default {default})")  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> None:
     from mobilenets.deploy import onnx_export as export
+
+    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag, *_ in NMS_SETTINGS}
+    if not args.nms:
+        stray = [flag for flag, value in given.items() if value is not None]
+        if stray:
+            raise MobileNetsError(f"{stray[0]} applies with --nms only")
+    opset = export.DEFAULT_OPSET if args.opset is None else args.opset
+    export.check_options(args.out, opset)
     from mobilenets.tasks.detection import export as detection_export
     from mobilenets.tasks.detection.inference import load_detection_checkpoint
 
-    opset = export.DEFAULT_OPSET if args.opset is None else args.opset
-    export.check_options(args.out, opset)
+    settings = {flag[2:].replace("-", "_"): value for flag, value in given.items()
+                if value is not None}  # fmt: skip
     checkpoint = load_detection_checkpoint(args.checkpoint)
     report = detection_export.export_detector(checkpoint, args.out, opset=opset,
-                                              dynamic_batch=args.dynamic_batch)  # fmt: skip
-    print(
+                                              dynamic_batch=args.dynamic_batch, nms=args.nms,
+                                              **settings)  # fmt: skip
+    header = (
         f"wrote {report.path} ({report.model_name}; opset {report.opset}, input "
-        f"{export.format_shape(report.input_shape)}, outputs boxes [N, {report.num_boxes}, 4] "
-        f"and scores [N, {report.num_boxes}, {report.num_classes}], {report.file_bytes / 1e6:.1f}"
-        f" MB, {report.bn_folded} BN folded)\nonnxruntime {report.onnxruntime_version} vs "
-        f"PyTorch: max abs diff {report.max_abs_diff:.2g}\nNMS is left to the caller: keep "
-        "scores above a threshold per class, then torchvision.ops.batched_nms or the runtime's"
+        f"{export.format_shape(report.input_shape)}, "
+    )
+    tail = f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded)"
+    if report.nms is None:
+        print(
+            f"{header}outputs boxes [N, {report.num_boxes}, 4] and scores [N, {report.num_boxes}"
+            f", {report.num_classes}], {tail}\nonnxruntime {report.onnxruntime_version} vs "
+            f"PyTorch: max abs diff {report.max_abs_diff:.2g}\nNMS is left to the caller: keep "
+            "scores above a threshold per class, then torchvision.ops.batched_nms or the runtime's"
+        )
+        return
+    nms, k = report.nms, report.nms.max_detections
+    print(
+        f"{header}outputs boxes [N, {k}, 4], scores [N, {k}], classes [N, {k}] and count [N], "
+        f"{tail}\nNMS in the graph: score > {nms.score_threshold:g}, the {nms.pre_nms_top_k} best "
+        f"through class-wise NMS at IoU {nms.nms_iou:g}, the {k} best kept\nonnxruntime "
+        f"{report.onnxruntime_version} vs PyTorch's postprocess: same detections, max abs diff "
+        f"{report.max_abs_diff:.2g}"
     )

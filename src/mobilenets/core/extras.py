@@ -10,7 +10,8 @@ is used, never by ``import mobilenets``:
 - ``detection``: pycocotools (COCO data and mAP);
 - ``segmentation``: scipy (SBD's .mat masks) and pycocotools (COCO masks);
 - ``plots``: matplotlib (training curves, the confusion matrix, the zoo plot);
-- ``mobile``: executorch (the .pte export and its bench).
+- ``mobile``: executorch (the .pte export and its bench);
+- ``openvino``: openvino (``bench --openvino``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EXTRAS = {
     "scipy": "segmentation",
     "matplotlib": "plots",
     "executorch": "mobile",
+    "openvino": "openvino",
 }
 
 

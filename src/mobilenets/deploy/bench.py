@@ -1,13 +1,16 @@
 """CPU inference latency across runtimes, against PyTorch eager measured in the same run.
 
 Every model is measured in PyTorch eager fp32 (channels_last, ``torch.inference_mode``): the
-reference each other runtime's median is divided by, at the same batch size. A model is a classifier
-or a Mobile DeepLabv3 segmenter (a registered name such as ``deeplabv3_mobilenet_v2``, at its
-``output_stride`` and ``aspp`` when given, or a segmentation checkpoint), measured at its input
-size (513 for a registered segmenter unless ``resolution`` says otherwise). Beside it onnxruntime
-runs the fp32 export
+reference each other runtime's median is divided by, at the same batch size. A model is a
+classifier, a Mobile DeepLabv3 segmenter (a registered name such as ``deeplabv3_mobilenet_v2``, at
+its ``output_stride`` and ``aspp`` when given, or a segmentation checkpoint) or an SSDLite detector
+(``ssdlite_mobilenet_v2`` or a detection checkpoint), measured at its input size (513 for a
+registered segmenter and 320 for a registered detector unless ``resolution`` says otherwise).
+Beside it onnxruntime runs the fp32 export
 ([`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx], dynamic
-batch, written to a temporary folder), optionally an int8 file made on the fly by
+batch, written to a temporary folder; a detector's file returns the raw head outputs
+``cls_logits`` and ``box_regression``, as its forward does, without box decoding), optionally an
+int8 file made on the fly by
 [`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq], and any
 ``.onnx`` file given (an int8 file written by ``mobilenets quantize``, say). The int8 file made here
 is calibrated on random normal inputs: its speed is real, its accuracy means nothing. With ``pte``
@@ -17,7 +20,8 @@ fixed batch, so one is exported per batch size. int8 and ``pte`` export classifi
 segmenter's ``.pte`` file (``export_segmenter``) is measured as any ``.pte`` file is.
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
-ones; median and 90th percentile are reported. No argparse here: ``mobilenets bench`` and
+ones; median and 90th percentile are reported. The record with the smallest median of each model
+and batch is marked ``fastest``. No argparse here: ``mobilenets bench`` and
 ``benchmarks/deploy_cpu.py`` call [`run_benchmarks`][mobilenets.deploy.bench.run_benchmarks].
 """
 
@@ -39,6 +43,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from mobilenets.core.detection_spec import DetectionConfig
+from mobilenets.core.detector import SSDLite, load_detector, saved_detection_config
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import installed_version, require
 from mobilenets.core.files import atomic_path
@@ -59,31 +65,38 @@ from mobilenets.deploy.executorch_export import (
 )
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import (
+    BATCH_AXIS,
     DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TOLERANCE,
     ExportSource,
-    _torch_export,
     export_onnx,
     export_source,
+    format_shape,
     onnx_session,
     read_onnx_metadata,
     require_onnx,
-    verify_onnx,
 )
 from mobilenets.deploy.quantize import quantize_ptq
 from mobilenets.engine.checkpoint import Checkpoint, checkpoint_path
+from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.pretrained import default_preprocessing
-from mobilenets.zoo.registry import is_segmenter
+from mobilenets.zoo.registry import is_detector, is_segmenter
 from mobilenets.zoo.segmenters import create_segmenter
 
 EAGER = "pytorch eager"
 ORT = "onnxruntime"
 PTE = "executorch xnnpack"
+OPENVINO = "openvino"
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger")
 SYNTHETIC_NOTE = "synthetic calibration: speed only, accuracy meaningless"
 DEFAULT_BATCHES = (1, 32)
 DEFAULT_WARMUP = 5
 DEFAULT_ITERATIONS = 30
 CALIBRATION_IMAGES = 32  # random normal images for int8: enough for ranges, speed is all we use
+DETECTOR_OUTPUTS = ("cls_logits", "box_regression")  # SSDLite.forward's keys, the ONNX outputs
+FASTEST_MARK = "*"  # after "x faster" on the fastest row of a model and batch
 HEADERS = ["model", "runtime", "precision", "batch", "median ms", "p90 ms", "images/s", "size MB",
            "latency / eager", "x faster"]  # fmt: skip
 
@@ -97,7 +110,7 @@ class Timing:
 @dataclass(frozen=True)
 class BenchRecord:
     model: str  # the model's name at the measured resolution, or the .onnx / .pte file's name
-    runtime: str  # "pytorch eager", "onnxruntime" or "executorch xnnpack"
+    runtime: str  # "pytorch eager", "onnxruntime", "openvino" or "executorch xnnpack"
     precision: str  # "fp32" or "int8"
     batch: int
     resolution: int
@@ -109,6 +122,7 @@ class BenchRecord:
     latency_vs_eager: float | None  # median / eager fp32 median, same model and batch
     source: str  # where the measured graph came from
     note: str = ""
+    fastest: bool = False  # the smallest median of this model (input) and batch
 
     @property
     def speedup(self) -> float | None:
@@ -220,16 +234,19 @@ def _pte_file_target(path: Path, resolution: int | None) -> _Target:
 
 def _model_from_config(config, resolution: int) -> torch.nn.Module | None:
     """The model (random weights) of a config an exported file records, at ``resolution``: a
-    segmenter's (it has a backbone) or a classifier's; None when the file records none."""
+    detector's (it has a backbone and extra layers), a segmenter's (a backbone) or a
+    classifier's; None when the file records none."""
     if not isinstance(config, dict):
         return None
+    if "backbone" in config and "extra_depths" in config:
+        return SSDLite(DetectionConfig.from_dict(config).replace(resolution=resolution))
     if "backbone" in config:
         return DeepLabV3(SegmentationConfig.from_dict(config).replace(resolution=resolution))
     return build_model(ModelConfig.from_dict(config).replace(resolution=resolution))
 
 
 def load_source(
-    item: str | MobileNet | DeepLabV3,
+    item: str | MobileNet | DeepLabV3 | SSDLite,
     resolution: int | None = None,
     *,
     output_stride: int | None = None,
@@ -239,12 +256,18 @@ def load_source(
     its own). A classifier (a MobileNet, a registered name or a checkpoint) comes as
     [`export_source`][mobilenets.deploy.onnx_export.export_source] reads it; a segmenter is a
     DeepLabV3, a registered segmenter name (random weights, at ``output_stride`` and with
-    ``aspp`` when given) or a checkpoint that records a segmentation config."""
+    ``aspp`` when given) or a checkpoint that records a segmentation config; a detector is an
+    SSDLite, a registered detector name (random weights) or a checkpoint that records a
+    detection config. A detector's default boxes are laid out for one input size, so at another
+    ``resolution`` it is rebuilt there with the same weights."""
     if (output_stride is not None or aspp is not None) and not is_segmenter(item):
         raise MobileNetsError(
             f"output_stride and aspp apply to a registered segmenter name (such as "
             f"deeplabv3_mobilenet_v2), not to {_label(item)!r}"
         )
+    if isinstance(item, SSDLite):
+        model = _detector_at(item, resolution)
+        return ExportSource(model.eval(), model.resolution, "the given model's weights")
     if isinstance(item, (MobileNet, DeepLabV3)):
         size = item.resolution if resolution is None else resolution
         return ExportSource(item.eval(), size, "the given model's weights")
@@ -252,7 +275,13 @@ def load_source(
         model = create_segmenter(item, output_stride=output_stride, aspp=aspp,
                                  resolution=resolution)  # fmt: skip
         return ExportSource(model.eval(), model.resolution, "random weights (a registered name)")
+    if is_detector(item):
+        model = create_detector(item, resolution=resolution)
+        return ExportSource(model.eval(), model.resolution, "random weights (a registered name)")
     path = checkpoint_path(item) if Path(item).exists() else None
+    if path is not None and saved_detection_config(path) is not None:
+        model = _detector_at(load_detector(path), resolution)
+        return ExportSource(model.eval(), model.resolution, f"checkpoint {path}")
     if path is None or saved_segmentation_config(path) is None:
         return export_source(item, resolution=resolution)
     model = load_segmenter(path).eval()
@@ -260,8 +289,18 @@ def load_source(
     return ExportSource(model, size, f"checkpoint {path}")
 
 
+def _detector_at(model: SSDLite, resolution: int | None) -> SSDLite:
+    """``model``, or at another ``resolution`` the same weights in an SSDLite built for it: the
+    default boxes follow the input size, the weights do not."""
+    if resolution is None or resolution == model.resolution:
+        return model
+    rebuilt = SSDLite(model.config.replace(resolution=resolution))
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt
+
+
 def _label(item) -> str:
-    return item.name if isinstance(item, (MobileNet, DeepLabV3)) else str(item)
+    return item.name if isinstance(item, (MobileNet, DeepLabV3, SSDLite)) else str(item)
 
 
 def _model_target(
@@ -279,8 +318,8 @@ def _model_target(
     in_chans = _in_chans(config)
     stem = f"{len(list(folder.iterdir()))}-{name}"  # two inputs may share a name
     fp32 = folder / f"{stem}.fp32.onnx"
-    if isinstance(model, DeepLabV3):
-        _export_segmenter_onnx(model, fp32, resolution)
+    if isinstance(model, (DeepLabV3, SSDLite)):
+        _export_dense_onnx(model, fp32, resolution)
     else:
         export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
     files = [(fp32, "fp32", f"export_onnx of {source.weights}", "")]
@@ -298,23 +337,66 @@ def _model_target(
     return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files)
 
 
-def _in_chans(config: ModelConfig | SegmentationConfig) -> int:
-    return config.backbone.in_chans if isinstance(config, SegmentationConfig) else config.in_chans
+def _in_chans(config: ModelConfig | SegmentationConfig | DetectionConfig) -> int:
+    if isinstance(config, (SegmentationConfig, DetectionConfig)):
+        return config.backbone.in_chans
+    return config.in_chans
 
 
-def _export_segmenter_onnx(model: DeepLabV3, path: Path, resolution: int) -> None:
-    """A segmenter as export_onnx writes a classifier: BN folded, a dynamic batch, the model
-    config in the metadata, checked against PyTorch at batch 1 before the file is kept. (The
-    input side is fixed: see mobilenets.tasks.segmentation.export.)"""
+class _Outputs(torch.nn.Module):
+    """A segmenter's or detector's forward as a tuple of tensors, in the ONNX outputs' order:
+    ONNX outputs are positional, a detector's forward returns a dict."""
+
+    def __init__(self, model: DeepLabV3 | SSDLite) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        return tuple(out[name] for name in DETECTOR_OUTPUTS) if isinstance(out, dict) else (out,)
+
+
+def _export_dense_onnx(model: DeepLabV3 | SSDLite, path: Path, resolution: int) -> None:
+    """A segmenter or detector as export_onnx writes a classifier: BN folded, a dynamic batch
+    (traced at batch 2, since torch.export specialises a size-1 axis), the model config in the
+    metadata, every output checked against PyTorch at batch 1 before the file is kept. Its
+    outputs are the forward's: a segmenter's ``logits``, a detector's raw ``cls_logits`` and
+    ``box_regression`` (the boxes are not decoded; mobilenets.tasks.detection.export writes a
+    detector for use). The input side is fixed, as a detector's default boxes are."""
     config = model.config.replace(resolution=resolution)
+    in_chans = _in_chans(config)
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     folded, _ = fold_batch_norm(reference)
-    # _torch_export reads the input's channels and side from a ModelConfig: the backbone's
-    program = _torch_export(folded, config.backbone, DEFAULT_OPSET, dynamic_batch=True)
+    names = list(DETECTOR_OUTPUTS) if isinstance(model, SSDLite) else [OUTPUT_NAME]
+    example = torch.zeros(2, in_chans, resolution, resolution)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            _Outputs(folded).eval(), (example,), dynamo=True, opset_version=DEFAULT_OPSET,
+            input_names=[INPUT_NAME], output_names=names,
+            dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},), verbose=False,
+        )  # fmt: skip
     program.model.metadata_props.update({"model_config": json.dumps(config.to_dict())})
     with atomic_path(path) as temporary:
         program.save(temporary, external_data=False)
-        verify_onnx(temporary, reference, [(1, _in_chans(config), resolution, resolution)])
+        _check_outputs(temporary, _Outputs(reference), (1, in_chans, resolution, resolution))
+
+
+def _check_outputs(path: Path, reference: _Outputs, shape: tuple[int, ...]) -> None:
+    """Raise when any output of the ONNX file differs from ``reference``'s by more than
+    TOLERANCE on one random input of ``shape``."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    ours = onnx_session(path).run(None, {INPUT_NAME: x.numpy()})
+    with torch.no_grad():
+        expected = reference(x)
+    difference = max(
+        float(np.abs(mine.astype(np.float64) - theirs.numpy()).max())
+        for mine, theirs in zip(ours, expected, strict=True)
+    )
+    if not difference <= TOLERANCE:  # catches NaN too
+        raise MobileNetsError(
+            f"the ONNX model disagrees with PyTorch: max abs difference {difference:.3g} at "
+            f"input {format_shape(shape)} (allowed {TOLERANCE:g})"
+        )
 
 
 def _quantize_synthetic(model, resolution: int, path: Path, count: int) -> Path:
@@ -341,7 +423,7 @@ def state_dict_mb(model: torch.nn.Module) -> float:
 
 
 def run_benchmarks(
-    inputs: Iterable[str | os.PathLike | MobileNet | DeepLabV3],
+    inputs: Iterable[str | os.PathLike | MobileNet | DeepLabV3 | SSDLite],
     *,
     batches: Iterable[int] = DEFAULT_BATCHES,
     threads: int | None = None,
@@ -351,6 +433,7 @@ def run_benchmarks(
     int8: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
     pte: bool = False,
+    openvino: bool = False,
     output_stride: int | None = None,
     aspp: bool | None = None,
     progress: Callable[[str], None] | None = None,
@@ -358,18 +441,21 @@ def run_benchmarks(
     """Time each input at each batch size: PyTorch eager fp32, then onnxruntime on each ONNX file.
 
     An input is a model, a registered name or a checkpoint (a .safetensors file or run folder),
-    classifier or segmenter ([`load_source`][mobilenets.deploy.bench.load_source];
+    classifier, segmenter or detector ([`load_source`][mobilenets.deploy.bench.load_source];
     ``output_stride`` and ``aspp`` set a registered segmenter's), exported to fp32 ONNX with a
     dynamic batch (and, for a classifier with ``int8``, quantized on synthetic calibration), or
     an ``.onnx`` file, whose eager reference is built from the model config in its metadata.
     With ``pte`` each classifier is also exported to an ExecuTorch program (XNNPACK delegate),
     one per batch size; a ``.pte`` file is run with ExecuTorch at its own batch, beside eager
-    built from the model config stored in it.
+    built from the model config stored in it. With ``openvino`` every ONNX file (fp32 and QDQ
+    int8 alike) is also run by OpenVINO's CPU plugin (the ``openvino`` extra).
     ``threads`` (default: torch's current setting) applies to every runtime; torch's and
     ExecuTorch's settings are restored afterwards. ``progress`` receives a line before each
-    measurement.
+    measurement. Of each input's records at one batch, the one with the smallest median has
+    ``fastest`` set.
     """
-    inputs = [item if isinstance(item, (MobileNet, DeepLabV3)) else str(item) for item in inputs]
+    models = (MobileNet, DeepLabV3, SSDLite)
+    inputs = [item if isinstance(item, models) else str(item) for item in inputs]
     batches = list(dict.fromkeys(batches))  # in order, without repeats
     if not inputs:
         raise MobileNetsError("give at least one model name, checkpoint or .onnx file")
@@ -388,6 +474,8 @@ def run_benchmarks(
         require_executorch("measuring ExecuTorch")  # before any export
     if not all(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
         require_onnx("measuring onnxruntime")
+    if openvino:
+        require("openvino", "measuring OpenVINO")
     say = progress or (lambda line: None)
 
     saved_threads = torch.get_num_threads()
@@ -407,6 +495,12 @@ def run_benchmarks(
                         f"int8 and pte measure classifiers; for the segmenter "
                         f"{_label(inputs[index])!r} export a .pte with export_segmenter "
                         "(format='pte') and measure that file"
+                    )
+                if isinstance(source.model, SSDLite) and (int8 or pte):
+                    raise MobileNetsError(
+                        f"int8 and pte measure classifiers; the detector "
+                        f"{_label(inputs[index])!r} is measured in fp32 (eager, onnxruntime, "
+                        "openvino): leave out int8 and pte"
                     )
             if (output_stride is not None or aspp is not None) and not sources:
                 raise MobileNetsError(
@@ -429,13 +523,29 @@ def run_benchmarks(
                 else:
                     targets.append(_pte_file_target(Path(item), resolution))
             for target in targets:
-                records += _bench_target(target, batches, threads, warmup, iterations, say)
+                records += _bench_target(target, batches, threads, warmup, iterations, say,
+                                         openvino)  # fmt: skip
     finally:
         torch.set_num_threads(saved_threads)
     return records
 
 
-def _bench_target(target: _Target, batches, threads, warmup, iterations, say) -> list[BenchRecord]:
+def openvino_model(path: Path, threads: int):
+    """An ONNX file compiled by OpenVINO for the CPU with ``threads`` inference threads, for
+    latency (one stream): a callable of one input array."""
+    ov = require("openvino", "measuring OpenVINO")
+    try:
+        compiled = ov.Core().compile_model(
+            str(path), "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+        )  # fmt: skip
+    except Exception as error:  # OpenVINO raises its own RuntimeError kinds for a bad file
+        raise MobileNetsError(f"OpenVINO cannot compile {str(path)!r}: {error}") from error
+    return compiled.create_infer_request()
+
+
+def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
+                  openvino: bool = False) -> list[BenchRecord]:  # fmt: skip
     if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
         again = (
             "export it again with a dynamic batch axis"
@@ -447,6 +557,11 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
             f"{target.fixed_batch} only, or {again}"
         )
     sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
+    compiled = (
+        [(openvino_model(path, threads), path, *rest) for path, *rest in target.onnx_files]
+        if openvino
+        else []
+    )
     programs = {}
     if target.pte_files:
         programs = {
@@ -462,6 +577,7 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
     generator = torch.Generator().manual_seed(0)
     records = []
     for batch in batches:
+        first = len(records)  # this batch's records start here
         shape = (batch, target.in_chans, target.resolution, target.resolution)
         images = torch.randn(shape, generator=generator)
         reference = None
@@ -484,6 +600,15 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
             records.append(
                 _record(common, ORT, precision, batch, timing, size_mb, reference, source, note)
             )
+        for request, path, precision, source, note in compiled:
+            say(f"{target.name}: {OPENVINO} {precision}, batch {batch}")
+            request.infer([array])  # a wrong input raises here, readably, not inside measure
+            timing = measure(partial(request.infer, [array]), warmup, iterations)
+            size_mb = os.path.getsize(path) / 1e6
+            records.append(
+                _record(common, OPENVINO, precision, batch, timing, size_mb, reference, source,
+                        note)
+            )  # fmt: skip
         if batch in programs:
             method, path, source = programs[batch]
             say(f"{target.name}: {PTE} fp32, batch {batch}")
@@ -493,7 +618,17 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say) ->
                 timing = measure(partial(method.execute, [x]), warmup, iterations)
             size_mb = os.path.getsize(path) / 1e6
             records.append(_record(common, PTE, "fp32", batch, timing, size_mb, reference, source))
+        records[first:] = mark_fastest(records[first:])
     return records
+
+
+def mark_fastest(records: list[BenchRecord]) -> list[BenchRecord]:
+    """``records`` (one model at one batch) with ``fastest`` set on the one with the smallest
+    median (the first of equal ones) and cleared on the others."""
+    if not records:
+        return []
+    best = min(range(len(records)), key=lambda i: records[i].median_ms)
+    return [dataclasses.replace(r, fastest=i == best) for i, r in enumerate(records)]
 
 
 def _record(common, runtime, precision, batch, timing, size_mb, reference, source, note=""):
@@ -509,15 +644,17 @@ def _record(common, runtime, precision, batch, timing, size_mb, reference, sourc
 
 
 def environment(threads: int | None = None) -> str:
-    """One line naming the machine and the libraries (onnxruntime and executorch when
+    """One line naming the machine and the libraries (onnxruntime, executorch and openvino when
     installed), for the head of a results table."""
     threads = torch.get_num_threads() if threads is None else threads
     processor = platform.processor() or platform.machine()
     onnxruntime, executorch = installed_version("onnxruntime"), executorch_version()
+    openvino = installed_version("openvino")
     return (
         f"torch {torch.__version__}"
         + (f", onnxruntime {onnxruntime}" if onnxruntime else "")
         + (f", executorch {executorch}" if executorch else "")
+        + (f", openvino {openvino}" if openvino else "")
         + f", {processor}, {os.cpu_count()} CPUs, {threads} thread{'' if threads == 1 else 's'}"
     )
 
@@ -527,17 +664,20 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def table_rows(records: list[BenchRecord]) -> list[list[str]]:
-    """One row of HEADERS per record."""
+    """One row of HEADERS per record; the fastest of a model and batch has FASTEST_MARK after
+    its x faster."""
     return [
         [r.model, r.runtime, r.precision, str(r.batch), f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}",
          f"{r.images_per_s:.1f}", _number(r.size_mb, ".1f"), _number(r.latency_vs_eager, ".3f"),
-         _number(r.speedup, ".2f") + ("x" if r.speedup else "")]
+         _number(r.speedup, ".2f") + ("x" if r.speedup else "")
+         + (FASTEST_MARK if r.fastest else "")]
         for r in records
     ]  # fmt: skip
 
 
 def notes(records: list[BenchRecord]) -> list[str]:
-    """The footnotes a table needs: which rows are synthetic-calibration int8."""
+    """The footnotes a table needs: which rows are synthetic-calibration int8, what the
+    columns relative to eager mean and what marks the fastest runtime."""
     synthetic = sorted({r.model for r in records if r.note == SYNTHETIC_NOTE})
     lines = []
     if synthetic:
@@ -549,6 +689,11 @@ def notes(records: list[BenchRecord]) -> list[str]:
         "latency / eager: median over the PyTorch eager fp32 median of the same model and "
         "batch; x faster is its inverse."
     )
+    if any(r.fastest for r in records):
+        lines.append(
+            f"A {FASTEST_MARK} after x faster marks the fastest runtime of that model and batch "
+            "(the smallest median)."
+        )
     return lines
 
 

@@ -10,6 +10,13 @@ The model config, preprocessing, classes and source are stored in the program as
 that return JSON strings (``read_pte_metadata`` decodes them). The file is written under a temporary
 name, run with ``executorch.runtime`` against the unfolded PyTorch model, and only then renamed.
 
+With ``int8=True`` the folded model is quantized first by PyTorch's PT2E flow (``torch.export``,
+torchao's ``prepare_pt2e`` with ExecuTorch's ``XNNPACKQuantizer``: int8 weights symmetric per
+output channel, int8 activations per tensor; calibration on images the caller gives;
+``convert_pt2e``), and the converted module, whose quantize/dequantize pairs the XNNPACK
+partitioner turns into int8 kernels, goes down the same lowering. The program is then checked
+against that converted module, the quantized PyTorch reference, not against the fp32 model.
+
 ExecuTorch is optional: ``pip install 'mobilenets[mobile]'`` (tested with executorch 1.5.1 on
 torch 2.14.1). Importing it takes several seconds, so nothing here imports it at module level.
 """
@@ -18,14 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import importlib
 import io
 import json
 import logging
+import math
 import operator
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +47,36 @@ from mobilenets.core.extras import installed_version, require
 from mobilenets.core.files import atomic_path
 from mobilenets.core.models import MobileNet
 from mobilenets.core.version import __version__
+from mobilenets.data.classification import load_splits
+from mobilenets.data.transforms import eval_transform
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import check_agreement, format_shape
+from mobilenets.deploy.quantize import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CALIBRATION_IMAGES,
+    calibration_batches,
+    calibration_indices,
+)
+from mobilenets.engine.checkpoint import Checkpoint, check_classes
+from mobilenets.engine.evaluate import evaluate
+from mobilenets.engine.loop import ordered_loader
 
 SUFFIX = ".pte"
 TOLERANCE = 1e-4  # max abs difference of logits, ExecuTorch (XNNPACK) against PyTorch
+# An int8 program against its PT2E reference, in quantization steps of the logits (their
+# calibrated range is about 255 steps). The reference rounds float results of float convolutions
+# on dequantized values; XNNPACK accumulates in int32 and requantizes with its own rounding, so an
+# activation now and then lands one step apart, and the layers after it carry that step on as they
+# carry quantization noise: a program is about as far from its reference as the reference is from
+# the fp32 model. Measured with random weights and BN statistics at 32 px: up to 2 steps for V1
+# 0.25, 11 for V2 0.35 on the check input and 25 over 64 images (its reference 26 steps from
+# fp32). A wrong scale, a dropped or misplaced op moves the logits by a large part of their range.
+INT8_TOLERANCE_STEPS = 32
 METHOD = "forward"
+QUANTIZATION_KEY = "quantization"  # the constant method an int8 program adds: its settings
 # constant methods export_executorch writes itself; other metadata keys must differ from these
-RESERVED_KEYS = ("model_config", "mobilenets_version", METHOD)
+RESERVED_KEYS = ("model_config", "mobilenets_version", QUANTIZATION_KEY, METHOD)
+QUANTIZE = "quantized_decomposed.quantize_per_tensor"  # the PT2E ops, by their names
 LOG_PREFIX = re.compile(r"^\[[\w.]+:\d+\] ")  # "[method.cpp:1243] " before a runtime log line
 
 
@@ -59,6 +91,20 @@ class PteReport:
     partitions: int  # XNNPACK delegate calls in the program
     outside_delegate: tuple[str, ...]  # ops left to ExecuTorch's portable kernels (ideally none)
     executorch_version: str
+    int8: Int8Report | None = None  # an int8 program: max_abs_diff is then against its reference
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """What PT2E quantization did, and how the int8 program compares with the fp32 model."""
+
+    calibration_images: int
+    quantized_layers: int  # convolutions and the classifier with int8 per-channel weights
+    float_layers: tuple[str, ...]  # those left in float (none expected)
+    quantize_ops: int  # activation quantize ops in the converted graph
+    logits_scale: float  # the quantization step of the logits
+    tolerance: float  # INT8_TOLERANCE_STEPS steps of the logits
+    fp32_max_abs_diff: float  # the int8 program against the fp32 model, on the same input
 
 
 def executorch_version() -> str | None:
@@ -74,23 +120,38 @@ def require_executorch(purpose: str):
     torch's pytree) and warns that the runtime bindings are experimental: nothing a user of
     this package can act on, so both are kept off the console during the import.
     """
+    with _quiet_imports():
+        exir = require("executorch.exir", purpose)
+        runtime = require("executorch.runtime", purpose)
+        partitioner = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", purpose)
+        delegate = require("executorch.exir.delegate", purpose)
+        portable_lib = require("executorch.extension.pybindings.portable_lib", purpose)
+    return (exir, runtime, partitioner.XnnpackPartitioner, delegate.executorch_call_delegate,
+            portable_lib)  # fmt: skip
+
+
+def require_pt2e(purpose: str):
+    """torchao's PT2E entry points (``prepare_pt2e``, ``convert_pt2e``, and the switch that lets
+    a converted module run in eval mode) and ExecuTorch's XNNPACK quantizer module. torchao is
+    a dependency of executorch (0.18 for executorch 1.5), which its quantizer already imported."""
+    with _quiet_imports():
+        quantizer = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", purpose)
+        pt2e = importlib.import_module("torchao.quantization.pt2e")
+        quantize_pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+    return quantize_pt2e, pt2e, quantizer
+
+
+@contextlib.contextmanager
+def _quiet_imports() -> Iterator[None]:
     pytree_log = logging.getLogger("torch.utils._pytree")
     level = pytree_log.level
     pytree_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            exir = require("executorch.exir", purpose)
-            runtime = require("executorch.runtime", purpose)
-            partitioner = require(
-                "executorch.backends.xnnpack.partition.xnnpack_partitioner", purpose
-            )
-            delegate = require("executorch.exir.delegate", purpose)
-            portable_lib = require("executorch.extension.pybindings.portable_lib", purpose)
+            yield
     finally:
         pytree_log.setLevel(level)
-    return (exir, runtime, partitioner.XnnpackPartitioner, delegate.executorch_call_delegate,
-            portable_lib)  # fmt: skip
 
 
 def check_pte_options(path: str | os.PathLike, batch: int = 1) -> None:
@@ -131,6 +192,8 @@ def export_executorch(
     resolution: int,
     batch: int = 1,
     metadata: dict[str, str] | None = None,
+    int8: bool = False,
+    calibration: Iterable[torch.Tensor] | None = None,
 ) -> PteReport:
     """Write ``model`` as an ExecuTorch program with BN folded and its layers lowered to the
     XNNPACK delegate (the report lists any op left outside it), input float32 (batch, C,
@@ -140,6 +203,13 @@ def export_executorch(
 
     ``metadata`` (string to string, as for export_onnx) is stored beside the model config and the
     mobilenets version as constant methods of the program; keys must be Python identifiers.
+
+    ``int8=True`` quantizes the program (PT2E with the XNNPACK quantizer, see the module's
+    docstring) with activation ranges calibrated on ``calibration``: float (N, C, resolution,
+    resolution) batches, preprocessed as the model's inputs (training images through the
+    evaluation transform). The program is checked against the quantized PyTorch reference, on
+    the first calibration images, within INT8_TOLERANCE_STEPS quantization steps of the logits;
+    ``report.int8`` says what was quantized and how far the program is from the fp32 model.
     """
     check_pte_options(path, batch)
     if not isinstance(model, MobileNet):
@@ -147,6 +217,11 @@ def export_executorch(
             f"export_executorch takes a MobileNet, got {type(model).__name__} (a checkpoint or "
             "name goes through mobilenets.deploy.onnx_export.export_source first)"
         )
+    if int8 != (calibration is not None):
+        raise MobileNetsError(
+            "int8=True needs calibration= (batches of preprocessed images)" if int8
+            else "calibration= applies to int8=True only"
+        )  # fmt: skip
     try:
         config = model.config.replace(resolution=resolution)
     except MobileNetsError as error:
@@ -164,15 +239,195 @@ def export_executorch(
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     folded, bn_folded = fold_batch_norm(reference)
     shape = (batch, config.in_chans, resolution, resolution)
+    int8_report = None
+    if int8:
+        folded, x, int8_report = quantize_pt2e(folded, calibration, shape)
+        metadata[QUANTIZATION_KEY] = json.dumps({
+            "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
+            "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
+            "calibration_images": int8_report.calibration_images,
+        })  # fmt: skip
     buffer, partitions, outside = lower_to_xnnpack(folded, shape, metadata)
     path = Path(path)
     with atomic_path(path) as temporary:
         Path(temporary).write_bytes(buffer)
-        difference = verify_pte(temporary, reference, shape)
+        if int8_report is None:
+            difference = verify_pte(temporary, reference, shape)
+        else:
+            difference = verify_pte(
+                temporary, QuantizedReference(folded), shape, x=x, tolerance=int8_report.tolerance,
+                what="the int8 ExecuTorch program",
+            )  # fmt: skip
+            fp32_difference = verify_pte(temporary, reference, shape, x=x, tolerance=math.inf)
+            int8_report = dataclasses.replace(int8_report, fp32_max_abs_diff=fp32_difference)
     return PteReport(
         path, config.name, shape, len(buffer), difference, bn_folded, partitions, outside,
-        executorch_version() or "?",
+        executorch_version() or "?", int8_report,
     )  # fmt: skip
+
+
+def quantize_pt2e(
+    folded: nn.Module, calibration: Iterable[torch.Tensor], shape: tuple[int, ...]
+) -> tuple[nn.Module, torch.Tensor, Int8Report]:
+    """``folded`` quantized by PT2E for XNNPACK and calibrated on ``calibration``: the converted
+    module (in eval mode), an input of ``shape`` from the first calibration images
+    (random where they are too few) and the report, its fp32 difference still to measure."""
+    quantize, pt2e, xnnpack = require_pt2e("int8 ExecuTorch export")
+    # a dynamic batch, so that calibration batches of any size run through the captured graph
+    batch = torch.export.Dim("batch", min=1)
+    example = torch.zeros((2, *shape[1:]))
+    with torch.no_grad():
+        captured = torch.export.export(folded, (example,), dynamic_shapes=({0: batch},)).module()
+    quantizer = xnnpack.XNNPACKQuantizer().set_global(
+        xnnpack.get_symmetric_quantization_config(is_per_channel=True)
+    )
+    prepared = quantize.prepare_pt2e(captured, quantizer)
+    count, first = 0, torch.empty((0, *shape[1:]))
+    with torch.no_grad():
+        for images in calibration:
+            images = torch.as_tensor(images)
+            if images.ndim != 4 or tuple(images.shape[1:]) != shape[1:]:
+                raise MobileNetsError(
+                    f"calibration batches must be float (N, {', '.join(map(str, shape[1:]))}) "
+                    f"tensors, got {images.dtype} of shape {tuple(images.shape)}"
+                )
+            if not images.is_floating_point():
+                raise MobileNetsError(f"calibration images must be float, got {images.dtype}")
+            images = images.to("cpu", torch.float32)
+            prepared(images)
+            if len(first) < shape[0]:
+                first = torch.cat([first, images[: shape[0] - len(first)]])
+            count += len(images)
+    if count == 0:
+        raise MobileNetsError("calibration= gave no images")
+    converted = pt2e.move_exported_model_to_eval(quantize.convert_pt2e(prepared))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x[: len(first)] = first
+    quantized, floating = weight_sources(converted)
+    quantize_ops = sum(str(node.target).startswith(QUANTIZE) for node in converted.graph.nodes)
+    scale = logits_scale(converted)
+    report = Int8Report(count, quantized, floating, quantize_ops, scale,
+                        INT8_TOLERANCE_STEPS * scale, math.nan)  # fmt: skip
+    return converted, x, report
+
+
+class QuantizedReference(nn.Module):
+    """A converted PT2E graph, in eval mode for good, as a module that ``check_agreement`` can
+    put in eval mode and back (the graph itself refuses ``train()`` and ``eval()``)."""
+
+    def __init__(self, converted: nn.Module) -> None:
+        super().__init__()
+        self.converted = converted
+
+    def train(self, mode: bool = True) -> QuantizedReference:
+        self.training = mode  # the graph's dropout and BN were fixed when it was converted
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.converted(x)
+
+
+def weight_sources(converted: nn.Module) -> tuple[int, tuple[str, ...]]:
+    """How many convolutions and linear layers of a converted PT2E graph take their weight from
+    a per-channel dequantize, and the names of those that do not (left in float)."""
+    layers = [
+        node
+        for node in converted.graph.nodes
+        if node.op == "call_function"
+        and node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+    ]
+    floating = tuple(
+        node.name
+        for node in layers
+        if not str(getattr(node.args[1], "target", "")).startswith(
+            "quantized_decomposed.dequantize_per_channel"
+        )
+    )
+    return len(layers) - len(floating), floating
+
+
+def logits_scale(converted: nn.Module) -> float:
+    """The quantization step of a converted graph's output, the logits."""
+    (output,) = (node for node in converted.graph.nodes if node.op == "output")
+    leaves = []
+    torch.fx.node.map_arg(output.args, leaves.append)
+    (logits,) = leaves
+    if not str(logits.target).startswith("quantized_decomposed.dequantize_per_tensor"):
+        raise MobileNetsError(f"the logits of the int8 graph are not quantized ({logits.target})")
+    return float(logits.args[1])
+
+
+# --- int8 from a checkpoint: calibration on its training split, top-1 on its validation split
+
+
+@dataclass(frozen=True)
+class PteInt8Result:
+    """What ``mobilenets export --format pte --int8`` reports: the file and both models' top-1."""
+
+    report: PteReport
+    fp32_top1: float
+    int8_top1: float
+    count: int  # validation images
+
+
+def export_checkpoint_int8(
+    checkpoint: Checkpoint,
+    data: str,
+    path: str | os.PathLike,
+    *,
+    resolution: int | None = None,
+    calibration_images: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    metadata: dict[str, str] | None = None,
+    progress: bool = False,
+) -> PteInt8Result:
+    """``checkpoint`` as an int8 ExecuTorch program (batch 1) calibrated on
+    ``calibration_images`` training images of ``data`` (the same seeded sample as ``mobilenets
+    quantize`` reads, through the checkpoint's evaluation preprocessing; default 512 or the whole
+    split if smaller), then the fp32 model (PyTorch) and the program (ExecuTorch's runtime)
+    measured on the validation split."""
+    check_pte_options(path)
+    preprocessing = checkpoint.preprocessing
+    if resolution is not None:
+        preprocessing = preprocessing.at(resolution)
+    splits = load_splits(data, preprocessing.resolution)
+    check_classes(checkpoint, splits.classes, data)
+    if calibration_images is None:
+        calibration_images = min(DEFAULT_CALIBRATION_IMAGES, len(splits.train))
+    indices = calibration_indices(len(splits.train), calibration_images)
+    splits.train.transform = splits.val.transform = eval_transform(preprocessing)
+    report = export_executorch(
+        checkpoint.model, path, resolution=preprocessing.resolution, metadata=metadata, int8=True,
+        calibration=calibration_batches(splits.train, indices, batch_size),
+    )  # fmt: skip
+    loader = ordered_loader(splits.val, batch_size)
+    classes = len(checkpoint.classes)
+    fp32 = evaluate(checkpoint.model.cpu(), loader, classes, progress=progress)
+    int8 = evaluate(PteClassifier(path), loader, classes, progress=progress)
+    return PteInt8Result(report, fp32.top1, int8.top1, int8.count)
+
+
+class PteClassifier(nn.Module):
+    """A .pte classifier as a module, for ``engine.evaluate``: a batch of any size runs through
+    the program's fixed batch, the last part padded with zeros."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        program = load_pte(path)
+        self.shape = pte_input_shape(program)
+        self.method = load_method(program)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[1:]) != self.shape[1:]:
+            raise MobileNetsError(
+                f"the program takes images {format_shape(self.shape[1:])}, got "
+                f"{format_shape(tuple(images.shape[1:]))}"
+            )
+        batch, outputs = self.shape[0], []
+        for chunk in images.split(batch):
+            padding = chunk.new_zeros((batch - len(chunk), *self.shape[1:]))
+            outputs.append(run_pte(self.method, torch.cat([chunk, padding]))[: len(chunk)])
+        return torch.cat(outputs)
 
 
 # --- Running a .pte file ---------------------------------------------------------------------
@@ -233,13 +488,23 @@ def _runtime_call(failure: str, function, *args):
         raise MobileNetsError(f"{failure}: {error}{reason}") from error
 
 
-def verify_pte(path: str | os.PathLike, reference: nn.Module, shape: tuple[int, ...]) -> float:
+def verify_pte(
+    path: str | os.PathLike,
+    reference: nn.Module,
+    shape: tuple[int, ...],
+    *,
+    x: torch.Tensor | None = None,
+    tolerance: float | None = None,
+    what: str = "the ExecuTorch program",
+) -> float:
     """The max abs difference of the ExecuTorch program's output and ``reference``'s (run in eval
-    mode, then put back as it was) on the same seeded random input; raises above TOLERANCE."""
+    mode, then put back as it was) on the same input ``x`` (default: seeded random of ``shape``);
+    raises above ``tolerance`` (default TOLERANCE), naming ``what`` disagrees."""
+    tolerance = TOLERANCE if tolerance is None else tolerance
     method = load_method(load_pte(path))
-    x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)) if x is None else x
     ours = run_pte(method, x).numpy()
-    return check_agreement(ours, reference, x, "the ExecuTorch program", TOLERANCE)
+    return check_agreement(ours, reference, x, what, tolerance)
 
 
 def read_pte_metadata(path: str | os.PathLike) -> dict:
