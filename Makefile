@@ -1,10 +1,12 @@
 # Set-up on a fresh machine is part of each target: the first run creates .venv with pip and
 # installs the package with its dev extra, which holds every optional extra: the demo's training
-# plots need [plots], bench needs [onnx], the tests need all of them (and the docs build).
+# plots need [plots], bench needs [onnx], the tests need all of them (and the docs build). The
+# tests also need onnxruntime-web for the browser demo, which npm installs into web/node_modules.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_MODULES := web/node_modules/.package-lock.json
 
 .PHONY: demo test lint bench clean
 
@@ -16,7 +18,7 @@ demo: $(STAMP)
 		--augment basic --random-erasing 0 --ema-decay 0 --warmup-epochs 0.3 --workers 1 \
 		--out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_MODULES)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -33,5 +35,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# onnxruntime-web at the version web/package-lock.json pins (its dist/ files need no install
+# scripts)
+$(NODE_MODULES): web/package.json web/package-lock.json
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund
+	touch $(NODE_MODULES)
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache web/node_modules

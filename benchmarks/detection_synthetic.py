@@ -72,7 +72,7 @@ def main() -> None:
     run = args.out / "run"
     saved = json.loads((run / "train_config.json").read_text())
     config = DetectionConfig.from_dict(saved["detection_config"])
-    report = mobilenets.core.cost(config)
+    report = mobilenets.cost(config)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     final = json.loads((run / "eval.json").read_text())
     reached = final["AP50"] >= GOAL_AP50 and wall <= GOAL_SECONDS

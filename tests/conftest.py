@@ -10,8 +10,9 @@ import mobilenets.zoo.download as download_module
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "slow: starts subprocesses (torchrun, a killed run, the console script, mkdocs) or lowers "
-        "to ExecuTorch; `make test` and CI run them too, `pytest -m 'not slow'` leaves them out",
+        "slow: starts subprocesses (torchrun, a killed run, the console script, mkdocs, headless "
+        "Chromium) or lowers to ExecuTorch; `make test` and CI run them too, `pytest -m 'not "
+        "slow'` leaves them out",
     )
 
 

@@ -23,7 +23,7 @@ from mobilenets.tasks.detection import train as detection_train
 from mobilenets.zoo.pretrained import PUBLISHERS
 
 COMMANDS = ["zoo", "cost", "weights", "convert", "train", "eval", "predict", "export",
-            "quantize", "bench", "detect", "segment"]  # fmt: skip
+            "quantize", "bench", "detect", "segment", "demo"]  # fmt: skip
 
 
 def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

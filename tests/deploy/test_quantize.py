@@ -439,4 +439,6 @@ def test_library_errors_name_the_value(checkpoint, tmp_path):
         quantize.quantize_ptq(ours, images, tmp_path / "a.onnx", activation_type="u16")
     with pytest.raises(MobileNetsError, match=r"float \(N, C, H, W\) tensor, got torch.uint8"):
         quantize.quantize_ptq(ours, images.to(torch.uint8), tmp_path / "a.onnx")
+    with pytest.raises(MobileNetsError, match="no calibration images were given"):
+        quantize.quantize_ptq(ours, [], tmp_path / "a.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,6 @@
 """The ``mobilenets`` command line: argument parsing and printing only.
 
-One module per group of commands (models, classify, deploy, detect, segment), each adding its
+One module per group of commands (models, classify, deploy, detect, segment, demo), each adding its
 sub-parsers; every command calls library functions and prints what they return. Errors a user
 can cause ([`MobileNetsError`][mobilenets.core.errors.MobileNetsError]) become one line on stderr
 and exit status 2, never a traceback.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mobilenets.cli import classify, deploy, detect, models, segment
+from mobilenets.cli import classify, demo, deploy, detect, models, segment
 from mobilenets.cli.common import Parser, as_flags, log_handlers, one_line
 
 # re-exported: tests/deploy/test_quantize.py checks them against the library's under these names
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                      title="commands", metavar="COMMAND")  # fmt: skip
-    for group in (models, classify, deploy, detect, segment):
+    for group in (models, classify, deploy, detect, segment, demo):
         group.add_commands(commands)
     return parser
 

@@ -8,7 +8,9 @@ repeated here, and tests/cli checks that they are the library's.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from pathlib import Path
 
 from mobilenets.cli.common import (
     CHECKPOINT_HELP,
@@ -35,6 +37,7 @@ QUANTIZE_BATCH_SIZE = 64
 BENCH_BATCHES = (1, 32)
 BENCH_WARMUP = 5
 BENCH_ITERATIONS = 30
+BENCH_DATA_CALIBRATION = 256  # training images for int8 when --data gives them
 
 
 def add_commands(commands) -> None:
@@ -319,12 +322,22 @@ def add_bench(commands) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--int8", action="store_true",
-        help="also an int8 file of each classifier, calibrated on random inputs (speed only)",
+        help="also an int8 ONNX file of each model (and with --pte an int8 .pte), calibrated "
+        "on random inputs (speed only) or, with --data, on training images",
     )  # fmt: skip
     parser.add_argument(
         "--pte", action="store_true",
-        help="also ExecuTorch (XNNPACK delegate) fp32 of each classifier: one .pte per batch "
-        "size (needs mobilenets[mobile]; each export takes a while)",
+        help="also ExecuTorch (XNNPACK delegate) of each model: one .pte per batch size "
+        "(needs mobilenets[mobile]; each export takes a while)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", metavar="SPEC",
+        help="fill the accuracy column: each checkpoint's validation split of SPEC scored in "
+        "every runtime (top-1, detection AP50 or mIoU), int8 calibrated on its training split",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-images", type=int, metavar="N",
+        help="int8 calibration images (default 32 random ones; with --data 256 training images)",
     )  # fmt: skip
     parser.add_argument(
         "--openvino", action="store_true",
@@ -339,10 +352,16 @@ def add_bench(commands) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     from mobilenets.deploy import bench
 
+    validation, calibration = None, args.calibration_images
+    if args.data is not None:
+        validation = functools.partial(bench_validation, data=args.data)
+        calibration = BENCH_DATA_CALIBRATION if calibration is None else calibration
     records = bench.run_benchmarks(
         args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
         iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
         openvino=args.openvino, output_stride=args.output_stride, aspp=args.aspp,
+        calibration_images=bench.CALIBRATION_IMAGES if calibration is None else calibration,
+        validation=validation,
         progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
     )  # fmt: skip
     head = (
@@ -359,3 +378,28 @@ def run_bench(args: argparse.Namespace) -> None:
         with output_file(args.markdown) as path:
             path.write_text(markdown + "\n")
         print(f"wrote {args.markdown}")
+
+
+def bench_validation(item: str, resolution: int, data: str):
+    """The accuracy column's scorer of one bench input: its task's, from its checkpoint."""
+    from mobilenets.core.detector import saved_detection_config
+    from mobilenets.core.segmenter import saved_segmentation_config
+    from mobilenets.engine.checkpoint import checkpoint_path
+
+    if not Path(item).exists():
+        raise MobileNetsError(
+            f"--data scores checkpoints, and {item!r} is a registered name (random weights): "
+            "give a checkpoint or run folder"
+        )
+    path = checkpoint_path(item)
+    if saved_detection_config(path) is not None:
+        from mobilenets.tasks.detection.validation import bench_validation as detection
+
+        return detection(str(path), resolution, data)
+    if saved_segmentation_config(path) is not None:
+        from mobilenets.tasks.segmentation.validation import bench_validation as segmentation
+
+        return segmentation(str(path), resolution, data)
+    from mobilenets.tasks.classification.validation import bench_validation as classification
+
+    return classification(str(path), resolution, data)

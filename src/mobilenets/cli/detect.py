@@ -78,7 +78,7 @@ def add_commands(commands) -> None:
     detect = commands.add_parser(
         "detect", help="SSDLite object detection: train, eval (COCO mAP), predict, export",
         description="SSDLite with a MobileNetV2 backbone (V2 paper section 6.2): train it, "
-        "measure COCO mAP, draw its detections, export it to ONNX.",
+        "measure COCO mAP, draw its detections, export it to ONNX or ExecuTorch, fp32 or int8.",
     )  # fmt: skip
     actions = detect.add_subparsers(dest="action", required=True, parser_class=Parser,
                                     title="actions", metavar="ACTION")  # fmt: skip
@@ -230,66 +230,217 @@ NMS_SETTINGS = (
 )  # fmt: skip
 
 
+FORMATS = ("onnx", "pte")
+CALIBRATE = ("minmax", "entropy", "percentile")  # deploy.quantize's calibration methods
+CALIBRATION_IMAGES = 256  # tasks.detection.quantize's default (tests check)
+
+
 def add_export(actions) -> None:
     parser = add_command(
         actions, "export", run_export,
-        help="ONNX with BN folded and the box decoding inside (NMS too with --nms)",
-        description="Export a detector to ONNX with BN folded and the box decoding inside: "
-        "outputs boxes [N, A, 4] and class scores [N, A, C], checked against PyTorch with "
-        "onnxruntime; non-maximum suppression is left to the caller. With --nms the file also "
-        "applies the score threshold, class-wise NMS (ONNX NonMaxSuppression) and the top "
-        "--max-detections, and outputs boxes [N, K, 4], scores [N, K], classes [N, K] and count "
-        "[N], checked against the PyTorch post-processing.",
+        help="ONNX or ExecuTorch with BN folded and the box decoding inside (NMS too with --nms), "
+        "fp32 or int8",
+        description="Export a detector to ONNX or to an ExecuTorch program (.pte, XNNPACK "
+        "delegate) with BN folded and the box decoding inside: outputs boxes [N, A, 4] and class "
+        "scores [N, A, C], checked against PyTorch by the file's runtime; non-maximum "
+        "suppression is left to the caller. With --nms (ONNX only) the file also applies the "
+        "score threshold, class-wise NMS (ONNX NonMaxSuppression) and the top --max-detections, "
+        "and outputs boxes [N, K, 4], scores [N, K], classes [N, K] and count [N], checked "
+        "against the PyTorch post-processing. With --int8 the network is quantized (the decoding "
+        "and NMS stay float), calibrated on training images of --data, and the COCO AP and AP50 "
+        "of the file and of the fp32 model on its validation split are printed.",
     )  # fmt: skip
     add_checkpoint_argument(parser)
-    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
-    parser.add_argument("--opset", type=int, metavar="N", help=OPSET_HELP)
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the .onnx or .pte file to write")  # fmt: skip
+    parser.add_argument(
+        "--format", choices=FORMATS,
+        help="onnx, or pte: an ExecuTorch program of batch 1 with the XNNPACK delegate (needs "
+        "mobilenets[mobile]); default: by the suffix of --out",
+    )  # fmt: skip
+    parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
     parser.add_argument("--dynamic-batch", action="store_true",
-                        help="a dynamic batch axis (default: batch 1)")  # fmt: skip
-    parser.add_argument("--nms", action="store_true",
-                        help="put the score threshold, NMS and the top-k in the file")  # fmt: skip
+                        help="a dynamic batch axis (default: batch 1); onnx only")  # fmt: skip
+    parser.add_argument(
+        "--nms", action="store_true",
+        help="put the score threshold, NMS and the top-k in the file; onnx only (ExecuTorch has "
+        "no NMS kernel: a .pte program leaves NMS to its caller)",
+    )  # fmt: skip
     for flag, kind, default, metavar, text in NMS_SETTINGS:
         parser.add_argument(flag, type=kind, metavar=metavar,
                             help=f"with --nms: {text} (default {default})")  # fmt: skip
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="an int8 network (onnx: onnxruntime QDQ; pte: PT2E with the XNNPACK quantizer), "
+        "calibrated on training images of --data, with its COCO AP beside the fp32 model's",
+    )  # fmt: skip
+    parser.add_argument("--data", metavar="SPEC",
+                        help=f"--int8: the checkpoint's dataset, {DATA_HELP}")  # fmt: skip
+    parser.add_argument(
+        "--calibration-images", type=int, metavar="N",
+        help=f"--int8: training images that set the activation ranges (default "
+        f"{CALIBRATION_IMAGES}, or all if fewer)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibrate", choices=CALIBRATE,
+        help="--int8, onnx: how the ranges are set from them, %(choices)s (default minmax)",
+    )  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> None:
     from mobilenets.deploy import onnx_export as export
 
+    pte = (args.format or ("pte" if Path(args.out).suffix == ".pte" else "onnx")) == "pte"
     given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag, *_ in NMS_SETTINGS}
     if not args.nms:
         stray = [flag for flag, value in given.items() if value is not None]
         if stray:
             raise MobileNetsError(f"{stray[0]} applies with --nms only")
+    if pte:
+        if args.nms:
+            raise MobileNetsError(
+                "--nms applies to --format onnx only: a .pte program leaves NMS to its caller, "
+                "which runs it on the program's boxes and scores (ExecuTorch has no NMS kernel)"
+            )
+        onnx_only = {"--opset": args.opset is not None, "--dynamic-batch": args.dynamic_batch,
+                     "--calibrate": args.calibrate is not None}  # fmt: skip
+        for option, used in onnx_only.items():
+            if used:
+                raise MobileNetsError(f"{option} applies to --format onnx only, not to pte")
+    if not args.int8:
+        int8_only = {"--data": args.data, "--calibration-images": args.calibration_images,
+                     "--calibrate": args.calibrate}  # fmt: skip
+        for option, value in int8_only.items():
+            if value is not None:
+                raise MobileNetsError(f"{option} applies to --int8 only")
+    elif args.data is None:
+        raise MobileNetsError(
+            "--int8 needs --data SPEC, the checkpoint's dataset: its training images calibrate "
+            f"the int8 ranges and its validation split measures the AP ({DATA_HELP})"
+        )
     opset = export.DEFAULT_OPSET if args.opset is None else args.opset
-    export.check_options(args.out, opset)
+    calibrate = args.calibrate or "minmax"
+    # the errors a user can make are reported before the checkpoint is loaded
+    if pte:
+        from mobilenets.deploy import executorch_export as mobile
+
+        mobile.check_pte_options(args.out)
+        mobile.require_executorch("--format pte")
+    else:
+        export.check_options(args.out, opset)
+        if args.int8:
+            from mobilenets.deploy import quantize
+
+            quantize.check_options(args.out, calibrate, "u8")
     from mobilenets.tasks.detection import export as detection_export
     from mobilenets.tasks.detection.inference import load_detection_checkpoint
 
     settings = {flag[2:].replace("-", "_"): value for flag, value in given.items()
                 if value is not None}  # fmt: skip
     checkpoint = load_detection_checkpoint(args.checkpoint)
+    if args.int8:
+        from mobilenets.tasks.detection.quantize import quantize_detector_checkpoint
+
+        onnx_options = {} if pte else dict(opset=opset, dynamic_batch=args.dynamic_batch,
+                                           nms=args.nms, method=calibrate, **settings)  # fmt: skip
+        result = quantize_detector_checkpoint(
+            checkpoint, args.data, args.out, calibration_images=args.calibration_images,
+            progress=True, **onnx_options,
+        )  # fmt: skip
+        print_int8(result, pte, args.data, calibrate)
+        return
+    if pte:
+        report = detection_export.export_detector_pte(checkpoint, args.out)
+        print_pte_report(report)
+        print(
+            f"ExecuTorch {report.executorch_version} vs PyTorch: max abs diff "
+            f"{report.max_abs_diff:.2g}\n{NMS_OUTSIDE}"
+        )
+        return
     report = detection_export.export_detector(checkpoint, args.out, opset=opset,
                                               dynamic_batch=args.dynamic_batch, nms=args.nms,
                                               **settings)  # fmt: skip
+    print_onnx_report(report)
+    if report.nms is None:
+        print(
+            f"onnxruntime {report.onnxruntime_version} vs PyTorch: max abs diff "
+            f"{report.max_abs_diff:.2g}\n{NMS_OUTSIDE}"
+        )
+        return
+    print(
+        f"onnxruntime {report.onnxruntime_version} vs PyTorch's postprocess: same detections, max "
+        f"abs diff {report.max_abs_diff:.2g}"
+    )
+
+
+NMS_OUTSIDE = ("NMS is left to the caller: keep scores above a threshold per class, then "
+               "torchvision.ops.batched_nms or the runtime's")  # fmt: skip
+
+
+def print_onnx_report(report) -> None:
+    from mobilenets.deploy.onnx_export import format_shape
+
     header = (
         f"wrote {report.path} ({report.model_name}; opset {report.opset}, input "
-        f"{export.format_shape(report.input_shape)}, "
+        f"{format_shape(report.input_shape)}, "
     )
     tail = f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded)"
     if report.nms is None:
-        print(
-            f"{header}outputs boxes [N, {report.num_boxes}, 4] and scores [N, {report.num_boxes}"
-            f", {report.num_classes}], {tail}\nonnxruntime {report.onnxruntime_version} vs "
-            f"PyTorch: max abs diff {report.max_abs_diff:.2g}\nNMS is left to the caller: keep "
-            "scores above a threshold per class, then torchvision.ops.batched_nms or the runtime's"
-        )
+        print(f"{header}outputs boxes [N, {report.num_boxes}, 4] and scores [N, "
+              f"{report.num_boxes}, {report.num_classes}], {tail}")  # fmt: skip
         return
     nms, k = report.nms, report.nms.max_detections
     print(
         f"{header}outputs boxes [N, {k}, 4], scores [N, {k}], classes [N, {k}] and count [N], "
         f"{tail}\nNMS in the graph: score > {nms.score_threshold:g}, the {nms.pre_nms_top_k} best "
-        f"through class-wise NMS at IoU {nms.nms_iou:g}, the {k} best kept\nonnxruntime "
-        f"{report.onnxruntime_version} vs PyTorch's postprocess: same detections, max abs diff "
-        f"{report.max_abs_diff:.2g}"
+        f"through class-wise NMS at IoU {nms.nms_iou:g}, the {k} best kept"
+    )
+
+
+def print_pte_report(report) -> None:
+    from mobilenets.deploy.onnx_export import format_shape
+
+    outside = ", ".join(report.outside_delegate) or "none"
+    partitions = f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}"
+    print(
+        f"wrote {report.path} ({report.model_name}; ExecuTorch {report.executorch_version}, input "
+        f"{format_shape(report.input_shape)}, outputs boxes [1, {report.num_boxes}, 4] and scores "
+        f"[1, {report.num_boxes}, {report.num_classes}], {report.file_bytes / 1e6:.1f} MB, "
+        f"{report.bn_folded} BN folded, {partitions}, ops outside it: {outside})"
+    )
+
+
+def print_int8(result, pte: bool, data: str, calibrate: str) -> None:
+    report = result.report
+    if not pte:
+        print_onnx_report(report)
+        quantization = report.quantization
+        convs = quantization.quantized_convs + len(quantization.float_convs)
+        print(
+            f"int8: {quantization.quantized_convs} of {convs} convs with int8 weights (QDQ, "
+            f"{quantization.activation_type} activations, {calibrate} ranges from "
+            f"{quantization.calibration_images:,} training images of {data}); decoding, scores"
+            f"{' and NMS' if report.nms else ''} float\nonnxruntime {report.onnxruntime_version}: "
+            f"the file vs its float end on its int8 network's outputs: max abs diff "
+            f"{report.max_abs_diff:.2g}"
+        )
+    else:
+        print_pte_report(report)
+        from mobilenets.tasks.detection.export import INT8_TOLERANCE_STEPS
+
+        int8 = report.int8
+        layers = int8.quantized_layers + len(int8.float_layers)
+        print(
+            f"int8: {int8.quantized_layers} of {layers} convs with int8 weights, "
+            f"{int8.quantize_ops} activation quantize ops, calibrated on "
+            f"{int8.calibration_images:,} training images of {data}; decoding and scores float\n"
+            f"ExecuTorch {report.executorch_version} int8 vs its PyTorch reference: within "
+            f"{report.steps:.1f} quantization steps of the head outputs (allowed "
+            f"{INT8_TOLERANCE_STEPS}); vs the fp32 model: max abs diff {report.max_abs_diff:.2g}"
+        )
+    drop = 100 * (result.int8_ap50 - result.fp32_ap50)
+    print(
+        f"fp32 AP {result.fp32_ap:.3f} AP50 {result.fp32_ap50:.3f}, int8 AP {result.int8_ap:.3f} "
+        f"AP50 {result.int8_ap50:.3f} (AP50 {drop:+.1f} points, AP "
+        f"{100 * (result.int8_ap - result.fp32_ap):+.1f}) on {result.count:,} validation images"
     )

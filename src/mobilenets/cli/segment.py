@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from mobilenets.cli.common import (
@@ -50,6 +51,9 @@ SEGMENTATION_DEFAULTS = dict(
 OUTPUT_STRIDES = (8, 16)
 TTA_MODES = ("none", "flip", "multiscale")
 EXPORT_FORMATS = ("onnx", "pte")
+CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_IMAGES = 100
+EDGE_OP = re.compile(r"^<EdgeOpOverload: ([^>]+)>")
 
 TRAIN_SETTINGS = (
     Setting("--data", str, f"required unless --resume: {SEGMENTATION_DATA_HELP}", "SPEC"),
@@ -276,10 +280,15 @@ def run_predict(args: argparse.Namespace) -> None:
 def add_export(actions) -> None:
     parser = add_command(
         actions, "export", run_export,
-        help="ONNX or ExecuTorch with BN folded: logits, or class indices with --argmax",
+        help="ONNX or ExecuTorch with BN folded, fp32 or int8: logits, or class indices with "
+        "--argmax",
         description="Export a segmenter to ONNX or to an ExecuTorch program with BN folded: "
         "the file outputs class logits [N, C, H, W] at the input size, or with --argmax the "
-        "class index of every pixel [N, H, W]; it is run and checked against PyTorch.",
+        "class index of every pixel [N, H, W]; it is run and checked against PyTorch. With "
+        "--int8 the file is quantized (onnxruntime static quantization, or PT2E with the XNNPACK "
+        "quantizer) on training images of --data, and the mIoU of the fp32 model and of the "
+        "int8 file on its validation split are printed, each image padded (or shrunk) to the "
+        "file's input size.",
     )  # fmt: skip
     add_checkpoint_argument(parser)
     parser.add_argument(
@@ -296,11 +305,48 @@ def add_export(actions) -> None:
         "model's resolution, which a run sets to its --crop)",
     )  # fmt: skip
     parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="an int8 file: weights s8 per channel, activations calibrated on training images of "
+        "--data; prints the validation mIoU of the fp32 model and of the int8 file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", metavar="SPEC", help=f"--int8: the checkpoint's dataset, {SEGMENTATION_DATA_HELP}"
+    )
+    parser.add_argument(
+        "--calibration-images", type=int, metavar="N",
+        help=f"--int8: training images that set the activation ranges (default "
+        f"{CALIBRATION_IMAGES}, or all if fewer)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibrate", choices=CALIBRATE_METHODS,
+        help="--int8 --format onnx: onnxruntime's calibration method (default minmax; entropy "
+        "and percentile hold every activation of every calibration image in memory)",
+    )  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> None:
     if args.format == "pte" and args.opset is not None:
         raise MobileNetsError("--opset applies to --format onnx only, not to --format pte")
+    int8_flags = {"--data": args.data, "--calibration-images": args.calibration_images,
+                  "--calibrate": args.calibrate}  # fmt: skip
+    if not args.int8:
+        for flag, value in int8_flags.items():
+            if value is not None:
+                raise MobileNetsError(f"{flag} applies to --int8 only")
+    elif args.data is None:
+        raise MobileNetsError(
+            "--int8 needs --data SPEC: the dataset whose training images calibrate the file and "
+            "whose validation images score it"
+        )
+    if args.calibrate is not None and args.format != "onnx":
+        raise MobileNetsError(
+            "--calibrate applies to --format onnx only (PT2E sets a .pte program's ranges with "
+            "histogram observers)"
+        )
+    if args.int8:
+        run_export_int8(args)
+        return
     from mobilenets.tasks.segmentation.export import export_segmenter
     from mobilenets.tasks.segmentation.inference import load_segmentation_checkpoint
 
@@ -309,6 +355,25 @@ def run_export(args: argparse.Namespace) -> None:
                               resolution=args.resolution, argmax=args.argmax,
                               opset=args.opset)  # fmt: skip
     print(describe_export(report))
+
+
+def run_export_int8(args: argparse.Namespace) -> None:
+    from mobilenets.tasks.segmentation.int8 import export_segmenter_int8
+
+    result = export_segmenter_int8(
+        args.checkpoint, args.data, args.out, format=args.format, resolution=args.resolution,
+        argmax=args.argmax, calibration_images=args.calibration_images, calibrate=args.calibrate,
+        opset=args.opset, progress=True,
+    )  # fmt: skip
+    print(describe_export(result.report))
+    change = 100 * (result.int8_miou - result.fp32_miou)
+    side = result.report.input_shape[-1]
+    print(
+        f"fp32 mIoU {100 * result.fp32_miou:.2f}%, int8 mIoU {100 * result.int8_miou:.2f}% "
+        f"({change:+.2f} points); pixel accuracy {100 * result.fp32_pixel_accuracy:.2f}% and "
+        f"{100 * result.int8_pixel_accuracy:.2f}%; {result.images:,} validation images of "
+        f"{result.data}, each fed at {side}x{side}"
+    )
 
 
 def describe_export(report) -> str:
@@ -322,14 +387,55 @@ def describe_export(report) -> str:
         f"output {output}, {report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded)"
     ]
     if report.partitions is not None:
-        outside = ", ".join(report.outside_delegate) or "none"
+        outside = ", ".join(op_name(op) for op in report.outside_delegate) or "none"
         lines.append(f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}"
                      f", ops outside it: {outside}")  # fmt: skip
-    if report.max_abs_diff is not None:
-        lines.append(f"{report.runtime} vs PyTorch: max abs diff {report.max_abs_diff:.2g}")
+    int8 = report.int8
+    if int8 is None:
+        lines.append(describe_check(report, f"{report.runtime} vs PyTorch"))
+        return "\n".join(lines)
+    convs = int8.quantized_convs + len(int8.float_convs)
+    floating = f" (float: {', '.join(int8.float_convs)})" if int8.float_convs else ""
+    lines.append(
+        f"int8: {int8.quantized_convs} of {convs} convs with int8 weights{floating}, activation "
+        f"ranges by {int8.calibration} calibration on {int8.calibration_images:,} training images"
+    )
+    if report.format == "onnx":
+        lines.append(describe_check(report, f"{report.runtime}: the fp32 file vs PyTorch"))
     else:
-        lines.append(
-            f"{report.runtime} vs PyTorch: {report.differing_pixels} pixel(s) of another class, "
-            "each where PyTorch's two best logits nearly tie"
-        )
+        allowed = round(int8.tolerance / int8.logits_scale)
+        if report.max_abs_diff is not None:
+            lines.append(
+                f"{report.runtime} int8 vs its PyTorch reference: max abs diff "
+                f"{report.max_abs_diff:.2g} ({report.max_abs_diff / int8.logits_scale:.1f} "
+                f"quantization steps of the logits, allowed {allowed})"
+            )
+        else:
+            lines.append(
+                f"{report.runtime} int8 vs its PyTorch reference: {report.differing_pixels} "
+                f"pixel(s) of another class, each where its two best logits are within {allowed} "
+                "quantization steps"
+            )
+    if int8.fp32_max_abs_diff is not None:
+        versus = f"max abs diff {int8.fp32_max_abs_diff:.2g}"
+    else:
+        versus = f"{int8.fp32_differing_pixels} pixel(s) of another class"
+    lines.append(f"int8 file vs the fp32 model on a calibration image: {versus}")
     return "\n".join(lines)
+
+
+def op_name(op: str) -> str:
+    """``aten.argmax.default`` for ExecuTorch's ``<EdgeOpOverload: aten.argmax.default>:
+    schema = ...``; another string as it is."""
+    match = EDGE_OP.match(op)
+    return match[1] if match else op
+
+
+def describe_check(report, what: str) -> str:
+    """The line of an fp32 file's check against PyTorch."""
+    if report.max_abs_diff is not None:
+        return f"{what}: max abs diff {report.max_abs_diff:.2g}"
+    return (
+        f"{what}: {report.differing_pixels} pixel(s) of another class, each where PyTorch's two "
+        "best logits nearly tie"
+    )

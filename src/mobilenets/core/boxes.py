@@ -49,8 +49,10 @@ def decode(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Boxes ``[..., A, 4]`` (x1, y1, x2, y2) from offsets ``[..., A, 4]``; inverse of encode."""
     center = anchors[:, :2] + offsets[..., :2] * CENTER_VARIANCE * anchors[:, 2:]
     log_scale = (offsets[..., 2:] * SIZE_VARIANCE).clamp(max=MAX_LOG_SCALE)
-    size = anchors[:, 2:] * torch.exp(log_scale)
-    return box_convert(torch.cat([center, size], dim=-1), "cxcywh", "xyxy")
+    half = 0.5 * (anchors[:, 2:] * torch.exp(log_scale))
+    # box_convert's arithmetic (center -+ 0.5 * size), on slices: its unbind becomes squeeze
+    # ops that ExecuTorch's XNNPACK delegate leaves outside (see tasks.detection.export)
+    return torch.cat([center - half, center + half], dim=-1)
 
 
 def match(
@@ -169,25 +171,51 @@ def postprocess(
             f"anchors must have shape [{cls_logits.shape[1]}, 4] to match the head, "
             f"got {tuple(anchors.shape)}"
         )
+    scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
+    boxes = decode(box_regression.float(), anchors.float()).clamp(0, 1)
+    return select_detections(
+        scores, boxes, score_threshold=score_threshold, nms_iou=nms_iou,
+        max_detections=max_detections, image_size=image_size, pre_nms_top_k=pre_nms_top_k,
+    )  # fmt: skip
+
+
+def select_detections(
+    scores: torch.Tensor,
+    boxes: torch.Tensor,
+    score_threshold: float = 0.01,
+    nms_iou: float = 0.6,
+    max_detections: int = 100,
+    image_size: tuple[int, int] | Sequence[tuple[int, int]] = (1, 1),
+    pre_nms_top_k: int = 1000,
+) -> list[dict[str, torch.Tensor]]:
+    """What [`postprocess`][mobilenets.core.boxes.postprocess] does after the softmax and the
+    decoding, for an exported detector whose outputs are already those: ``scores``
+    ``[N, A, C-1]``, the object classes' probabilities (background dropped), and ``boxes``
+    ``[N, A, 4]``, decoded (x1, y1, x2, y2) clamped to [0, 1]. Returns postprocess's
+    detections."""
+    if scores.dim() != 3 or boxes.shape != (*scores.shape[:2], 4):
+        raise MobileNetsError(
+            "select_detections needs scores [N, A, C-1] and boxes [N, A, 4], got "
+            f"{tuple(scores.shape)} and {tuple(boxes.shape)}"
+        )
     if not 0 <= score_threshold < 1 or not 0 < nms_iou <= 1 or max_detections < 1:
         raise MobileNetsError(
-            "postprocess needs 0 <= score_threshold < 1, 0 < nms_iou <= 1, max_detections >= 1; "
+            "detections need 0 <= score_threshold < 1, 0 < nms_iou <= 1, max_detections >= 1; "
             f"got {score_threshold!r}, {nms_iou!r}, {max_detections!r}"
         )
-    batch = cls_logits.shape[0]
+    batch = scores.shape[0]
     sizes = list(image_size) if isinstance(image_size[0], (tuple, list)) else [image_size] * batch
     if len(sizes) != batch:
         raise MobileNetsError(f"image_size gives {len(sizes)} sizes for a batch of {batch}")
-    scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
-    boxes_all = decode(box_regression.float(), anchors.float()).clamp(0, 1)
     results = []
-    for scores, boxes, (height, width) in zip(scores_all, boxes_all, sizes, strict=True):
-        anchor_index, class_index = torch.nonzero(scores > score_threshold, as_tuple=True)
-        candidate_scores = scores[anchor_index, class_index]
+    for image_scores, image_boxes, (height, width) in zip(scores.float(), boxes.float(), sizes,
+                                                          strict=True):  # fmt: skip
+        anchor_index, class_index = torch.nonzero(image_scores > score_threshold, as_tuple=True)
+        candidate_scores = image_scores[anchor_index, class_index]
         if candidate_scores.numel() > pre_nms_top_k:
             candidate_scores, top = candidate_scores.topk(pre_nms_top_k)
             anchor_index, class_index = anchor_index[top], class_index[top]
-        candidate_boxes = boxes[anchor_index]
+        candidate_boxes = image_boxes[anchor_index]
         # A box clamped to a line at the image border has no area and cannot be evaluated.
         proper = (candidate_boxes[:, 2:] > candidate_boxes[:, :2]).all(dim=1)
         candidate_boxes, candidate_scores = candidate_boxes[proper], candidate_scores[proper]

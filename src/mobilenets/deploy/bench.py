@@ -27,14 +27,17 @@ and batch is marked ``fastest``. No argparse here: ``mobilenets bench`` and
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import dataclasses
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -53,15 +56,20 @@ from mobilenets.core.segmentation_spec import SegmentationConfig
 from mobilenets.core.segmenter import DeepLabV3, load_segmenter, saved_segmentation_config
 from mobilenets.core.spec import ModelConfig
 from mobilenets.deploy.executorch_export import (
+    QuantizedReference,
     executorch_version,
     export_executorch,
     load_method,
     load_pte,
+    lower_to_xnnpack,
     pte_input_shape,
     pte_threads,
+    quantize_pt2e,
     read_pte_metadata,
     require_executorch,
+    require_pt2e,
     run_pte,
+    verify_pte,
 )
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import (
@@ -78,10 +86,9 @@ from mobilenets.deploy.onnx_export import (
     read_onnx_metadata,
     require_onnx,
 )
-from mobilenets.deploy.quantize import quantize_ptq
-from mobilenets.engine.checkpoint import Checkpoint, checkpoint_path
+from mobilenets.deploy.quantize import quantize_file
+from mobilenets.engine.checkpoint import checkpoint_path
 from mobilenets.zoo.detectors import create_detector
-from mobilenets.zoo.pretrained import default_preprocessing
 from mobilenets.zoo.registry import is_detector, is_segmenter
 from mobilenets.zoo.segmenters import create_segmenter
 
@@ -98,7 +105,7 @@ CALIBRATION_IMAGES = 32  # random normal images for int8: enough for ranges, spe
 DETECTOR_OUTPUTS = ("cls_logits", "box_regression")  # SSDLite.forward's keys, the ONNX outputs
 FASTEST_MARK = "*"  # after "x faster" on the fastest row of a model and batch
 HEADERS = ["model", "runtime", "precision", "batch", "median ms", "p90 ms", "images/s", "size MB",
-           "latency / eager", "x faster"]  # fmt: skip
+           "latency / eager", "x faster", "accuracy"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,8 @@ class BenchRecord:
     source: str  # where the measured graph came from
     note: str = ""
     fastest: bool = False  # the smallest median of this model (input) and batch
+    accuracy: float | None = None  # the validation metric of this runtime's outputs (--data)
+    metric: str = ""  # its name: top-1, AP50 or mIoU
 
     @property
     def speedup(self) -> float | None:
@@ -159,6 +168,42 @@ def check_count(label: str, value, *, minimum: int = 1) -> None:
         raise MobileNetsError(f"{label} must be an integer >= {minimum}, got {value!r}")
 
 
+# A runtime's forward: a float batch (N, C, R, R) to the model's outputs, as a tuple in
+# _Outputs' order (a classifier's or segmenter's logits; a detector's cls_logits, box_regression)
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What fills the accuracy column for one model: the name of its metric, the int8
+    calibration (``calibration(count, batch)``: batches of training images through the
+    evaluation preprocessing) and ``score(forward, batch)``: the metric of ``forward``'s
+    outputs over the validation split, fed in batches of ``batch`` images (the last one padded
+    where a runtime's batch is fixed). Made by a task (``mobilenets bench --data`` makes one
+    per checkpoint); bench only calls it."""
+
+    metric: str
+    calibration: Callable[[int, int], Iterable[torch.Tensor]]
+    score: Callable[[Forward, int], float]
+
+
+class RuntimeModel(torch.nn.Module):
+    """A [`Forward`][mobilenets.deploy.bench.Forward] as the model it runs: a module whose call
+    returns what the eager model's does (a detector's dict of cls_logits and box_regression,
+    else the logits), for a task's own evaluation to score."""
+
+    def __init__(self, forward: Forward, detector: bool = False) -> None:
+        super().__init__()
+        self.run, self.detector = forward, detector
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        outputs = self.run(images)
+        if self.detector:
+            return dict(zip(DETECTOR_OUTPUTS, outputs, strict=True))
+        (logits,) = outputs
+        return logits
+
+
 # --- What is measured --------------------------------------------------------------------------
 
 
@@ -174,7 +219,9 @@ class _Target:
     onnx_files: list[tuple[Path, str, str, str]]  # (path, precision, source, note)
     eager_source: str  # how the eager model's weights came about
     fixed_batch: int | None = None  # an .onnx file exported without a dynamic batch, a .pte
-    pte_files: dict[int, tuple[Path, str]] = field(default_factory=dict)  # batch: (path, source)
+    # (path, batch, precision, source, note): each .pte has one fixed batch
+    pte_files: list[tuple[Path, int, str, str, str]] = field(default_factory=list)
+    validation: Validation | None = None  # fills the accuracy column
 
 
 def onnx_precision(path: Path) -> str:
@@ -226,9 +273,10 @@ def _pte_file_target(path: Path, resolution: int | None) -> _Target:
         )
     model = _model_from_config(read_pte_metadata(path).get("model_config"), height)
     eager = "random weights, from the file's model_config (speed does not depend on them)"
+    precision = "int8" if "quantization" in read_pte_metadata(path) else "fp32"
     return _Target(
         path.name, model, height, in_chans, [], eager, fixed_batch=batch,
-        pte_files={batch: (path, f"file {path}")},
+        pte_files=[(path, batch, precision, f"file {path}", "")],
     )  # fmt: skip
 
 
@@ -309,6 +357,7 @@ def _model_target(
     int8: bool,
     calibration_images: int,
     pte_batches: tuple[int, ...] = (),
+    validation: Validation | None = None,
 ) -> _Target:
     """A model to export to fp32 ONNX (and int8, and a .pte per batch in ``pte_batches``) in
     ``folder``."""
@@ -323,18 +372,82 @@ def _model_target(
     else:
         export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
     files = [(fp32, "fp32", f"export_onnx of {source.weights}", "")]
+    if validation is None:
+        calibration = partial(_synthetic_images, (in_chans, resolution), calibration_images)
+        int8_note = SYNTHETIC_NOTE
+    else:
+        calibration = partial(validation.calibration, calibration_images)
+        int8_note = f"calibrated on {calibration_images} training images"
     if int8:
-        files.append(
-            (_quantize_synthetic(model, resolution, folder / f"{stem}.int8.onnx",
-                                 calibration_images),
-             "int8", f"quantize_ptq of {source.weights}", SYNTHETIC_NOTE)
-        )  # fmt: skip
-    pte_files = {}
+        path = folder / f"{stem}.int8.onnx"
+        quantize_file(fp32, calibration(16), path)
+        files.append((path, "int8", f"quantize_file of {source.weights}", int8_note))
+    pte_files = []
     for batch in pte_batches:
-        path = folder / f"{stem}.batch{batch}.pte"
-        export_executorch(model, path, resolution=resolution, batch=batch)
-        pte_files[batch] = (path, f"export_executorch of {source.weights}")
-    return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files)
+        for precision in ("fp32", "int8") if int8 else ("fp32",):
+            path = folder / f"{stem}.batch{batch}.{precision}.pte"
+            _export_pte(model, path, resolution, batch, calibration if precision == "int8"
+                        else None)  # fmt: skip
+            note = int8_note if precision == "int8" else ""
+            pte_files.append((path, batch, precision, f"ExecuTorch of {source.weights}", note))
+    return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files,
+                   validation=validation)  # fmt: skip
+
+
+def _synthetic_images(image: tuple[int, int], count: int, batch: int):
+    """``count`` seeded standard-normal images (what a normalized image roughly looks like) of
+    ``image`` = (channels, side), in batches of at most ``batch``: calibration that gives int8
+    its real speed and a meaningless accuracy."""
+    in_chans, side = image
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, in_chans, side, side, generator=generator)
+    return list(images.split(batch))
+
+
+def _export_pte(model, path: Path, resolution: int, batch: int, calibration=None) -> None:
+    """``model`` as an ExecuTorch program at ``batch`` (int8 by PT2E when ``calibration`` makes
+    batches): a classifier by export_executorch; a segmenter's logits, or a detector's
+    cls_logits and box_regression concatenated on the last axis (one output, the same
+    computation), through the same lowering, checked against PyTorch before it is kept."""
+    int8 = calibration is not None
+    if isinstance(model, MobileNet):
+        export_executorch(model, path, resolution=resolution, batch=batch, int8=int8,
+                          calibration=calibration(8) if int8 else None)  # fmt: skip
+        return
+    config = model.config.replace(resolution=resolution)
+    shape = (batch, _in_chans(config), resolution, resolution)
+    reference = _Packed(_nchw(model))
+    graph = _Packed(fold_batch_norm(copy.deepcopy(reference.model))[0]).eval()
+    tolerance, x = None, None
+    if int8:
+        graph, x, report = quantize_pt2e(graph, calibration(8), shape)
+        reference, tolerance = QuantizedReference(graph), report.tolerance
+    buffer, _, _ = lower_to_xnnpack(graph, shape, {"model_config": json.dumps(config.to_dict())})
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer)
+        verify_pte(temporary, reference, shape, x=x, tolerance=tolerance)
+
+
+def _nchw(model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode with NCHW weights, whatever the caller's
+    memory format: the XNNPACK lowering expects them."""
+    copied = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    return copied.eval()
+
+
+class _Packed(torch.nn.Module):
+    """A segmenter's logits, or a detector's two outputs as one tensor (N, A, C + 4): a .pte
+    method here is checked and run with one output."""
+
+    def __init__(self, model: DeepLabV3 | SSDLite) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)
+        if isinstance(out, dict):
+            return torch.cat([out[name] for name in DETECTOR_OUTPUTS], dim=-1)
+        return out
 
 
 def _in_chans(config: ModelConfig | SegmentationConfig | DetectionConfig) -> int:
@@ -399,20 +512,6 @@ def _check_outputs(path: Path, reference: _Outputs, shape: tuple[int, ...]) -> N
         )
 
 
-def _quantize_synthetic(model, resolution: int, path: Path, count: int) -> Path:
-    """An int8 file of ``model`` calibrated on ``count`` seeded standard-normal images (what a
-    normalized image roughly looks like): real speed, meaningless accuracy."""
-    config = model.config
-    checkpoint = Checkpoint(
-        model, tuple(str(i) for i in range(config.num_classes)),
-        default_preprocessing("torchvision", resolution), path,
-    )  # fmt: skip
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(count, config.in_chans, resolution, resolution, generator=generator)
-    quantize_ptq(checkpoint, images, path, batch_size=min(count, 16))
-    return path
-
-
 def state_dict_mb(model: torch.nn.Module) -> float:
     """The fp32 state dict's size as a safetensors file, in MB."""
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
@@ -436,6 +535,7 @@ def run_benchmarks(
     openvino: bool = False,
     output_stride: int | None = None,
     aspp: bool | None = None,
+    validation: Callable[[str, int], Validation] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRecord]:
     """Time each input at each batch size: PyTorch eager fp32, then onnxruntime on each ONNX file.
@@ -453,6 +553,11 @@ def run_benchmarks(
     ExecuTorch's settings are restored afterwards. ``progress`` receives a line before each
     measurement. Of each input's records at one batch, the one with the smallest median has
     ``fastest`` set.
+
+    ``validation(input, resolution)`` makes the [`Validation`][mobilenets.deploy.bench.Validation]
+    of a checkpoint input (raising for one it cannot score): int8 is then calibrated on its
+    training images, and every runtime's outputs are scored on its validation split, which
+    fills each record's ``accuracy``.
     """
     models = (MobileNet, DeepLabV3, SSDLite)
     inputs = [item if isinstance(item, models) else str(item) for item in inputs]
@@ -472,6 +577,8 @@ def run_benchmarks(
         check_count("resolution", resolution)
     if pte or any(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
         require_executorch("measuring ExecuTorch")  # before any export
+    if pte and int8:
+        require_pt2e("measuring ExecuTorch int8")
     if not all(isinstance(item, str) and Path(item).suffix == ".pte" for item in inputs):
         require_onnx("measuring onnxruntime")
     if openvino:
@@ -489,19 +596,18 @@ def run_benchmarks(
                 for index, item in enumerate(inputs)
                 if not (isinstance(item, str) and Path(item).suffix in (".onnx", ".pte"))
             }
-            for index, source in sources.items():
-                if isinstance(source.model, DeepLabV3) and (int8 or pte):
+            checks = {}
+            if validation is not None:
+                files = [str(item) for index, item in enumerate(inputs) if index not in sources]
+                if files:
                     raise MobileNetsError(
-                        f"int8 and pte measure classifiers; for the segmenter "
-                        f"{_label(inputs[index])!r} export a .pte with export_segmenter "
-                        "(format='pte') and measure that file"
+                        f"accuracy is measured for checkpoints, and {files[0]!r} is an exported "
+                        "file: give the checkpoint it came from, or leave out the data"
                     )
-                if isinstance(source.model, SSDLite) and (int8 or pte):
-                    raise MobileNetsError(
-                        f"int8 and pte measure classifiers; the detector "
-                        f"{_label(inputs[index])!r} is measured in fp32 (eager, onnxruntime, "
-                        "openvino): leave out int8 and pte"
-                    )
+                checks = {
+                    index: validation(str(inputs[index]), source.resolution)
+                    for index, source in sources.items()
+                }
             if (output_stride is not None or aspp is not None) and not sources:
                 raise MobileNetsError(
                     "output_stride and aspp apply to a segmenter name, not a file"
@@ -510,13 +616,19 @@ def run_benchmarks(
             for index, item in enumerate(inputs):
                 if index in sources:
                     made = ["fp32"] + ["int8"] * int8 + ["ExecuTorch fp32"] * pte
+                    made += ["ExecuTorch int8"] * (pte and int8)
                     say(f"exporting {_label(item)}"
                         + (f" ({', '.join(made)})" if len(made) > 1 else ""))  # fmt: skip
                     pte_batches = tuple(batches) if pte else ()
                     targets.append(
                         _model_target(
-                            sources[index], Path(folder), int8, calibration_images, pte_batches
-                        )
+                            sources[index],
+                            Path(folder),
+                            int8,
+                            calibration_images,
+                            pte_batches,
+                            checks.get(index),
+                        )  # fmt: skip
                     )
                 elif Path(item).suffix == ".onnx":
                     targets.append(_file_target(Path(item), resolution, threads))
@@ -530,15 +642,48 @@ def run_benchmarks(
     return records
 
 
+class _SignalStack(ctypes.Structure):
+    """Linux's ``stack_t``, as sigaltstack(2) reads and writes it."""
+
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """Leave the calling thread's alternate signal stack as it was before the block.
+
+    OpenVINO's CPU plugin (2026.4) gives the thread that compiles a model a signal stack of its
+    own and puts back the one it found when the model is freed. Two models freed in the order
+    they were compiled (bench's fp32 and int8 files) leave the thread on the first model's
+    stack after it was unmapped; the next signal handled there (Python handles SIGCHLD when a
+    DataLoader worker exits) cannot be delivered and the kernel kills the process with SIGSEGV.
+    Putting the previous stack back right after compiling keeps the thread on memory that
+    stays mapped (faulthandler's, or none)."""
+    if sys.platform != "linux":  # the struct's field order is Linux's
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(previous)) != 0:
+        yield  # cannot read it: nothing to keep
+        return
+    try:
+        yield
+    finally:
+        previous.flags &= ~1  # SS_ONSTACK is reported, never set
+        libc.sigaltstack(ctypes.byref(previous), None)
+
+
 def openvino_model(path: Path, threads: int):
     """An ONNX file compiled by OpenVINO for the CPU with ``threads`` inference threads, for
     latency (one stream): a callable of one input array."""
     ov = require("openvino", "measuring OpenVINO")
     try:
-        compiled = ov.Core().compile_model(
-            str(path), "CPU",
-            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
-        )  # fmt: skip
+        with kept_signal_stack():
+            compiled = ov.Core().compile_model(
+                str(path), "CPU",
+                {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+            )  # fmt: skip
     except Exception as error:  # OpenVINO raises its own RuntimeError kinds for a bad file
         raise MobileNetsError(f"OpenVINO cannot compile {str(path)!r}: {error}") from error
     return compiled.create_infer_request()
@@ -562,17 +707,14 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
         if openvino
         else []
     )
-    programs = {}
-    if target.pte_files:
-        programs = {
-            batch: (load_method(load_pte(path)), path, source)
-            for batch, (path, source) in target.pte_files.items()
-        }
+    for path, *_ in target.pte_files:
+        load_pte(path)  # a broken file stops the run before anything is timed
     eager = None
     size = None
     if target.model is not None:
         size = state_dict_mb(target.model)
-        eager = target.model.eval().to(memory_format=torch.channels_last)
+        # a copy: the caller's model keeps its memory format (XNNPACK lowering wants NCHW)
+        eager = copy.deepcopy(target.model).eval().to(memory_format=torch.channels_last)
     common = {"model": target.name, "resolution": target.resolution, "threads": threads}
     generator = torch.Generator().manual_seed(0)
     records = []
@@ -609,17 +751,73 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
                 _record(common, OPENVINO, precision, batch, timing, size_mb, reference, source,
                         note)
             )  # fmt: skip
-        if batch in programs:
-            method, path, source = programs[batch]
-            say(f"{target.name}: {PTE} fp32, batch {batch}")
+        for path, program_batch, precision, source, note in target.pte_files:
+            if program_batch != batch:
+                continue
+            say(f"{target.name}: {PTE} {precision}, batch {batch}")
             x = images.contiguous()
             with pte_threads(threads):
+                # loaded after the pool is resized: XNNPACK keeps the pool it was loaded with,
+                # and one resized since hangs it
+                method = load_method(load_pte(path))
                 run_pte(method, x)  # a wrong input raises here, readably, not inside measure
                 timing = measure(partial(method.execute, [x]), warmup, iterations)
             size_mb = os.path.getsize(path) / 1e6
-            records.append(_record(common, PTE, "fp32", batch, timing, size_mb, reference, source))
+            records.append(
+                _record(common, PTE, precision, batch, timing, size_mb, reference, source, note)
+            )
         records[first:] = mark_fastest(records[first:])
+    if target.validation is not None:
+        records = _scored(records, target, eager, sessions, compiled, say)
     return records
+
+
+def _scored(records, target: _Target, eager, sessions, compiled, say):
+    """``records`` with the accuracy of each runtime and precision, scored once (at every batch
+    the outputs are the same)."""
+    forwards = {}
+    if eager is not None:
+        forwards[EAGER, "fp32"] = (_Outputs(eager), 64)
+    for session, _, precision, *_ in sessions:
+        forwards[ORT, precision] = (partial(_run_onnx, session), 64)
+    for request, _, precision, *_ in compiled:
+        forwards[OPENVINO, precision] = (partial(_run_openvino, request), 64)
+    for path, batch, precision, *_ in target.pte_files:
+        method = load_method(load_pte(path))  # after the timing's pool resizes, see above
+        forwards.setdefault(
+            (PTE, precision), (partial(_run_program, method, target.model, batch), batch)
+        )
+    validation, scores = target.validation, {}
+    for (runtime, precision), (forward, batch) in forwards.items():
+        say(f"{target.name}: {validation.metric} of {runtime} {precision} on the validation split")
+        with torch.inference_mode():
+            scores[runtime, precision] = validation.score(forward, batch)
+    return [
+        dataclasses.replace(
+            r, accuracy=scores.get((r.runtime, r.precision)), metric=validation.metric
+        )  # fmt: skip
+        for r in records
+    ]
+
+
+def _run_onnx(session, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(images.numpy(), np.float32)}
+    return tuple(torch.from_numpy(output) for output in session.run(None, feed))
+
+
+def _run_openvino(request, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    results = request.infer([np.ascontiguousarray(images.numpy(), np.float32)])
+    return tuple(torch.from_numpy(results[output].copy()) for output in request.model_outputs)
+
+
+def _run_program(method, model, batch: int, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A .pte's output as _Outputs gives it (a detector's packed (N, A, C + 4) split again), for
+    up to the program's fixed batch of ``images`` (padded with zeros, cut after)."""
+    padding = images.new_zeros((batch - len(images), *images.shape[1:]))
+    out = run_pte(method, torch.cat([images, padding]).contiguous())[: len(images)]
+    if isinstance(model, SSDLite):
+        return out[..., :-4], out[..., -4:]
+    return (out,)
 
 
 def mark_fastest(records: list[BenchRecord]) -> list[BenchRecord]:
@@ -670,7 +868,8 @@ def table_rows(records: list[BenchRecord]) -> list[list[str]]:
         [r.model, r.runtime, r.precision, str(r.batch), f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}",
          f"{r.images_per_s:.1f}", _number(r.size_mb, ".1f"), _number(r.latency_vs_eager, ".3f"),
          _number(r.speedup, ".2f") + ("x" if r.speedup else "")
-         + (FASTEST_MARK if r.fastest else "")]
+         + (FASTEST_MARK if r.fastest else ""),
+         "-" if r.accuracy is None else f"{r.metric} {r.accuracy:.4f}"]
         for r in records
     ]  # fmt: skip
 
@@ -698,7 +897,8 @@ def notes(records: list[BenchRecord]) -> list[str]:
 
 
 def markdown_table(records: list[BenchRecord]) -> str:
-    right = {"batch", "median ms", "p90 ms", "images/s", "size MB", "latency / eager", "x faster"}
+    right = {"batch", "median ms", "p90 ms", "images/s", "size MB", "latency / eager", "x faster",
+             "accuracy"}  # fmt: skip
     lines = [
         "| " + " | ".join(HEADERS) + " |",
         "|" + "|".join("---:" if h in right else "---" for h in HEADERS) + "|",

@@ -102,7 +102,7 @@ class Int8Report:
     quantized_layers: int  # convolutions and the classifier with int8 per-channel weights
     float_layers: tuple[str, ...]  # those left in float (none expected)
     quantize_ops: int  # activation quantize ops in the converted graph
-    logits_scale: float  # the quantization step of the logits
+    logits_scale: float  # the quantization step of the output (NaN where it has none)
     tolerance: float  # INT8_TOLERANCE_STEPS steps of the logits
     fp32_max_abs_diff: float  # the int8 program against the fp32 model, on the same input
 
@@ -236,12 +236,16 @@ def export_executorch(
     if reserved:
         raise MobileNetsError(f"metadata keys {reserved} are written by export_executorch itself")
     metadata |= {"model_config": json.dumps(config.to_dict()), "mobilenets_version": __version__}
-    reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    # NCHW weights whatever the caller's memory format: the XNNPACK lowering expects them
+    reference = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    reference.eval()
     folded, bn_folded = fold_batch_norm(reference)
     shape = (batch, config.in_chans, resolution, resolution)
     int8_report = None
     if int8:
         folded, x, int8_report = quantize_pt2e(folded, calibration, shape)
+        if not math.isfinite(int8_report.logits_scale):
+            raise MobileNetsError("the logits of the int8 graph are not quantized")
         metadata[QUANTIZATION_KEY] = json.dumps({
             "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
             "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
@@ -347,14 +351,27 @@ def weight_sources(converted: nn.Module) -> tuple[int, tuple[str, ...]]:
 
 
 def logits_scale(converted: nn.Module) -> float:
-    """The quantization step of a converted graph's output, the logits."""
+    """The quantization step of a converted graph's output: the scale of the dequantize it
+    comes from, through ops of one tensor input that keep values in their range (a segmenter's
+    upsampling). NaN when there is none (outputs computed in float from several tensors, as a
+    detector's decoded boxes), where a caller sets its own tolerance."""
     (output,) = (node for node in converted.graph.nodes if node.op == "output")
     leaves = []
     torch.fx.node.map_arg(output.args, leaves.append)
-    (logits,) = leaves
-    if not str(logits.target).startswith("quantized_decomposed.dequantize_per_tensor"):
-        raise MobileNetsError(f"the logits of the int8 graph are not quantized ({logits.target})")
-    return float(logits.args[1])
+    if len(leaves) != 1:
+        return math.nan
+    (node,) = leaves
+    while not str(node.target).startswith("quantized_decomposed.dequantize_per_tensor"):
+        inputs = [arg for arg in node.all_input_nodes if arg.op != "get_attr"]
+        if node.op != "call_function" or len(inputs) != 1 or not _keeps_range(node):
+            return math.nan
+        (node,) = inputs
+    return float(node.args[1])
+
+
+def _keeps_range(node: torch.fx.Node) -> bool:
+    name = str(node.target)
+    return any(kind in name for kind in ("upsample", "interpolate", "view", "reshape", "clone"))
 
 
 # --- int8 from a checkpoint: calibration on its training split, top-1 on its validation split
@@ -463,14 +480,28 @@ def load_method(program, name: str = METHOD):
 
 
 def run_pte(method, images: torch.Tensor) -> torch.Tensor:
-    """The output of a loaded ``forward`` method on float32 ``images`` of its input shape."""
+    """The output of a loaded ``forward`` method of one output on float32 ``images`` of its input
+    shape."""
+    outputs = run_pte_outputs(method, images)
+    if len(outputs) != 1:
+        raise MobileNetsError(
+            f"the program has {len(outputs)} outputs where one was expected (run_pte_outputs "
+            "returns them all)"
+        )
+    return outputs[0]
+
+
+def run_pte_outputs(method, images: torch.Tensor) -> list[torch.Tensor]:
+    """All outputs of a loaded ``forward`` method on float32 ``images`` of its input shape (a
+    detector's boxes and scores)."""
     shape = format_shape(tuple(images.shape))
-    (output,) = _runtime_call(
-        f"ExecuTorch could not run the program on an input {shape}",
-        method.execute,
-        [images.to(torch.float32).contiguous()],
+    return list(
+        _runtime_call(
+            f"ExecuTorch could not run the program on an input {shape}",
+            method.execute,
+            [images.to(torch.float32).contiguous()],
+        )
     )
-    return output
 
 
 def _runtime_call(failure: str, function, *args):

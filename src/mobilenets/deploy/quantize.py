@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import tempfile
@@ -95,6 +96,7 @@ class ImageBatches:
     def __init__(self, batches: Iterable[torch.Tensor]) -> None:
         self._batches = iter(batches)
         self.count = 0
+        self.first_shape: tuple[int, ...] = ()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
@@ -105,6 +107,8 @@ class ImageBatches:
             raise MobileNetsError(
                 f"calibration batches must be (N, C, H, W) tensors, got shape {array.shape}"
             )
+        if self.count == 0:
+            self.first_shape = array.shape
         self.count += len(array)
         return {INPUT_NAME: array}
 
@@ -159,20 +163,48 @@ def quantize_ptq(
     check_options(out_path, method, activation_type)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MobileNetsError(f"batch size must be a positive integer, got {batch_size!r}")
-    onnx = require("onnx", QUANTIZING)
-    onnxruntime = require("onnxruntime", QUANTIZING)
-    quantization = require("onnxruntime.quantization", QUANTIZING)
-    shape_inference = require("onnxruntime.quantization.shape_inference", QUANTIZING)
     out_path = Path(out_path)
     resolution = checkpoint.preprocessing.resolution
-    reader = ImageBatches(_batches(calibration_images, batch_size))
     with tempfile.TemporaryDirectory(prefix="mobilenets-quantize-") as folder:
-        fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        fp32_path = Path(folder) / "fp32.onnx"
         export_onnx(
             checkpoint.model, fp32_path, resolution=resolution, dynamic_batch=True,
             metadata=metadata_props(checkpoint.info(source=f"checkpoint {checkpoint.path.name}")),
         )  # fmt: skip
-        fp32_bytes = os.path.getsize(fp32_path)
+        return quantize_file(
+            fp32_path, _batches(calibration_images, batch_size), out_path, method=method,
+            activation_type=activation_type, pre_process=pre_process, recorded=recorded,
+        )  # fmt: skip
+
+
+def quantize_file(
+    fp32_path: str | os.PathLike,
+    calibration: Iterable[torch.Tensor],
+    out_path: str | os.PathLike,
+    *,
+    method: str = "minmax",
+    activation_type: str = "u8",
+    pre_process: bool = True,
+    recorded: dict | None = None,
+) -> QuantizeReport:
+    """Write the fp32 ONNX file ``fp32_path`` (any task's: one float image input named
+    ``input``) as a static int8 ONNX file (QDQ), with activation ranges calibrated on the
+    ``calibration`` batches of preprocessed images, which run through the whole graph, so their
+    batch size must be one the file accepts. Its metadata_props are kept and the settings added;
+    the file is run once by onnxruntime before it takes its name."""
+    check_options(out_path, method, activation_type)
+    onnx = require("onnx", QUANTIZING)
+    onnxruntime = require("onnxruntime", QUANTIZING)
+    quantization = require("onnxruntime.quantization", QUANTIZING)
+    shape_inference = require("onnxruntime.quantization.shape_inference", QUANTIZING)
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:  # onnxruntime would fail later with "No data is collected"
+        raise MobileNetsError("no calibration images were given")
+    reader = ImageBatches(itertools.chain([first], batches))
+    with tempfile.TemporaryDirectory(prefix="mobilenets-quantize-") as folder:
+        int8_path = Path(folder) / "int8.onnx"
         source = fp32_path
         if pre_process:
             source = Path(folder) / "preprocessed.onnx"
@@ -184,8 +216,6 @@ def quantize_ptq(
             activation_type=getattr(types, ACTIVATION_TYPES[activation_type]),
             calibrate_method=getattr(methods, CALIBRATE_METHODS[method]),
         )  # fmt: skip
-        if reader.count == 0:
-            raise MobileNetsError("no calibration images were given")
         model = onnx.load(str(int8_path))
         settings = {
             "method": "ptq", "calibrate": method, "calibration_images": reader.count,
@@ -197,11 +227,11 @@ def quantize_ptq(
         quantized, floating = conv_weight_sources(model)
         with atomic_path(out_path) as temporary:
             onnx.save(model, temporary)
-            _check_runs(temporary, checkpoint.model.config.in_chans, resolution)
+            _check_runs(temporary, reader.first_shape)
             int8_bytes = os.path.getsize(temporary)
     return QuantizeReport(
-        out_path, method, activation_type, reader.count, fp32_bytes, int8_bytes, quantized,
-        floating, onnxruntime.__version__,
+        out_path, method, activation_type, reader.count, os.path.getsize(fp32_path), int8_bytes,
+        quantized, floating, onnxruntime.__version__,
     )  # fmt: skip
 
 
@@ -225,13 +255,11 @@ def conv_weight_sources(model: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
     return len(convs) - len(floating), floating
 
 
-def _check_runs(path: str | os.PathLike, in_chans: int, resolution: int) -> None:
-    """Fail before the file takes its name if onnxruntime cannot load and run it."""
+def _check_runs(path: str | os.PathLike, shape: tuple[int, ...]) -> None:
+    """Fail before the file takes its name if onnxruntime cannot load and run it on zeros of
+    ``shape`` (that of a calibration batch)."""
     try:
-        session = onnx_session(path)
-        session.run(
-            [OUTPUT_NAME], {INPUT_NAME: np.zeros((1, in_chans, resolution, resolution), np.float32)}
-        )
+        onnx_session(path).run(None, {INPUT_NAME: np.zeros(shape, np.float32)})
     except Exception as error:  # onnxruntime raises its own exception types
         raise MobileNetsError(f"onnxruntime cannot run the int8 model: {error}") from error
 

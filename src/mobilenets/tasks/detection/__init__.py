@@ -1,2 +1,2 @@
 """SSDLite object detection (Sandler et al. 2018, section 6.2): training, COCO evaluation,
-prediction and export."""
+prediction, export (ONNX and ExecuTorch) and int8."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -138,8 +138,18 @@ def detect_batch(model: SSDLite, images: torch.Tensor, sizes, *, loss: str = "so
     images = to_device(images, device, channels_last)
     with autocast(device, dtype):
         out = model(images)
+    return output_detections(out, model.anchors(), sizes, loss=loss,
+                             score_threshold=score_threshold)  # fmt: skip
+
+
+def output_detections(out: dict[str, torch.Tensor], anchors: torch.Tensor, sizes, *,
+                      loss: str = "softmax",
+                      score_threshold: float = SCORE_THRESHOLD) -> list[dict]:  # fmt: skip
+    """Detections of a detector's forward ``out`` (cls_logits and box_regression, from
+    PyTorch or any runtime) on its default boxes ``anchors``, boxes in pixels of each image's
+    ``(height, width)`` in ``sizes``."""
     logits = score_logits(out["cls_logits"].float(), loss)
-    return postprocess(logits, out["box_regression"].float(), model.anchors(),
+    return postprocess(logits, out["box_regression"].float(), anchors,
                        score_threshold=score_threshold, image_size=list(sizes))  # fmt: skip
 
 
@@ -161,26 +171,51 @@ def evaluate_detector(
     transform must be the evaluation one. With several processes each detects its share and
     every process scores the gathered detections."""
     device = torch.device(device)
-    distributed = distributed or Distributed()
-    if len(dataset) == 0:
-        raise MobileNetsError("evaluation data is empty")
     if dataset.num_classes != model.num_classes:
         raise MobileNetsError(
             f"{model.name} has {model.num_classes} classes (background included), the data "
             f"{dataset.num_classes}: {', '.join(dataset.class_names[1:])}"
         )
+
+    def detect(images: torch.Tensor, sizes) -> list[dict]:
+        return detect_batch(model, images, sizes, loss=loss, dtype=dtype,
+                            channels_last=channels_last)  # fmt: skip
+
     was_training = model.training
     model.eval()
-    loader = ordered_loader(dataset, batch_size, workers, device, collate_detections, distributed)
-    detections = {}
     try:
-        for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            found = detect_batch(model, images, [t["orig_size"] for t in targets], loss=loss,
-                                 dtype=dtype, channels_last=channels_last)  # fmt: skip
-            for target, result in zip(targets, found, strict=True):
-                detections[target["image_id"]] = {k: v.cpu() for k, v in result.items()}
+        return evaluate_detections(detect, dataset, batch_size=batch_size, workers=workers,
+                                   device=device, distributed=distributed,
+                                   progress=progress)  # fmt: skip
     finally:
         model.train(was_training)
+
+
+def evaluate_detections(
+    detect: Callable[[torch.Tensor, list[tuple[int, int]]], list[dict]],
+    dataset: CocoDetection | VocDetection,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    distributed: Distributed | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """COCO metrics of the detections ``detect(images, sizes)`` returns for batches of
+    ``dataset`` (its evaluation transform applied): a dict per image as
+    [`postprocess`][mobilenets.core.boxes.postprocess] gives, boxes in pixels of each image's
+    ``(height, width)`` in ``sizes``. What ``evaluate_detector`` does for a PyTorch model, for
+    any runtime (an exported file, for one)."""
+    distributed = distributed or Distributed()
+    if len(dataset) == 0:
+        raise MobileNetsError("evaluation data is empty")
+    loader = ordered_loader(dataset, batch_size, workers, torch.device(device),
+                            collate_detections, distributed)  # fmt: skip
+    detections = {}
+    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        found = detect(images, [t["orig_size"] for t in targets])
+        for target, result in zip(targets, found, strict=True):
+            detections[target["image_id"]] = {k: v.cpu() for k, v in result.items()}
     if distributed.enabled:
         shares = [None] * distributed.world_size
         dist.all_gather_object(shares, detections)

@@ -1,4 +1,7 @@
-"""ONNX export of a trained detector: box decoding inside, and with ``nms=True`` NMS too.
+"""Export of a trained detector to ONNX or to an ExecuTorch program: box decoding inside, and
+for ONNX with ``nms=True`` NMS too. int8 files are written by
+[`mobilenets.tasks.detection.quantize`][mobilenets.tasks.detection.quantize] (and by
+``export_detector_pte(..., int8=True)``).
 
 The file takes ``input`` ``[N, 3, R, R]`` (normalized as the checkpoint's ``preprocessing``
 metadata says). By default it returns, per default box,
@@ -56,12 +59,28 @@ BN is folded into the convs first
 ([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the
 parts' names), and the written file is run with onnxruntime against the unfolded PyTorch model
 (``postprocess`` with the same settings, for ``nms=True``); a disagreement leaves no file.
+
+**ExecuTorch** ([`export_detector_pte`][mobilenets.tasks.detection.export.export_detector_pte]):
+a ``.pte`` program of batch 1 whose outputs are the ONNX file's ``boxes`` and ``scores``, the
+decoding inside and the whole graph in one XNNPACK partition (the decoding works on slices, not
+``unbind``, whose squeeze ops XNNPACK would leave outside). NMS stays outside the program, and
+with it the score threshold and the top-k: ExecuTorch has no NMS kernel. ``torchvision.ops.nms``
+exports (``torch.ops.torchvision.nms``), but its output length depends on the data, which
+ExecuTorch's memory planning cannot bound (``to_executorch`` fails: "Cannot evaluate a finite
+upper bound"), and this module's fixed-length ``mobilenets::class_nms`` has no out-variant
+kernel ("Missing out variants: {'mobilenets::class_nms'}"), as found with executorch 1.5.1.
+Either would need a C++ kernel registered with the app's ExecuTorch runtime; the caller runs
+``postprocess``'s selection on the two outputs instead (``torchvision.ops.batched_nms``, or the
+platform's NMS).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,29 +95,76 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
 from mobilenets.core.version import __version__
+from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import onnx_export as export
+from mobilenets.deploy.executorch_export import Int8Report
 from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.deploy.quantize import QuantizeReport
 from mobilenets.engine.checkpoint import checkpoint_info
 from mobilenets.tasks.detection.evaluate import class_scores, score_logits
 from mobilenets.tasks.detection.inference import DetectionCheckpoint
 
 OUTPUT_NAMES = ("boxes", "scores")
 NMS_OUTPUT_NAMES = ("boxes", "scores", "classes", "count")
-TOLERANCE = 1e-4  # max abs difference of boxes and scores, onnxruntime against PyTorch
+TOLERANCE = 1e-4  # max abs difference of boxes and scores, the runtime against PyTorch
+# An int8 program against its PT2E reference, in quantization steps of the head outputs seen
+# through the float decoding (head_steps). As for a classifier's logits (executorch_export's
+# INT8_TOLERANCE_STEPS), XNNPACK requantizes with its own rounding, an activation now and then
+# lands one step apart, and the layers after carry that step on as they carry quantization
+# noise. Measured with executorch 1.5.1: the demo SSDLite 0.35 at 128 px (trained on synthetic
+# shapes) up to 12 steps apart in its head outputs and 7.8 through the decoding, over 16
+# images; random weights and BN statistics at 64 px, up to 40 and 28. A wrong scale, wrong
+# anchors or a dropped op move boxes by a large part of the image, hundreds of steps.
+INT8_TOLERANCE_STEPS = 48
 
 
-class DecodedDetector(nn.Module):
-    """An SSDLite whose outputs are decoded boxes and class scores per default box."""
+class HeadOutputs(nn.Module):
+    """An SSDLite's outputs as a tuple ``(cls_logits, box_regression)``: the part of every file
+    that int8 quantizes, and what the tails below read."""
 
-    def __init__(self, model: SSDLite, loss: str = "softmax") -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.loss = model, loss
-        self.register_buffer("anchors", model.anchors().detach().clone())
+        self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
-        boxes = decode(out["box_regression"], self.anchors).clamp(0, 1)
-        return boxes, class_scores(out["cls_logits"], self.loss)
+        return out["cls_logits"], out["box_regression"]
+
+
+class Decoding(nn.Module):
+    """Decoded boxes ``[N, A, 4]`` (clamped to [0, 1]) and class scores ``[N, A, C]`` from the
+    head outputs: the float end of a file without NMS."""
+
+    def __init__(self, anchors: torch.Tensor, loss: str = "softmax") -> None:
+        super().__init__()
+        self.loss = loss
+        self.register_buffer("anchors", anchors.detach().clone())
+
+    def forward(self, cls_logits: torch.Tensor,
+                box_regression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        boxes = decode(box_regression, self.anchors).clamp(0, 1)
+        return boxes, class_scores(cls_logits, self.loss)
+
+
+class NetworkWithTail(nn.Module):
+    """A network whose outputs are ``(cls_logits, box_regression)``, then a ``tail`` that turns
+    them into a file's outputs. The network is an SSDLite's
+    [`HeadOutputs`][mobilenets.tasks.detection.export.HeadOutputs], or the int8 graph PT2E made
+    of it; the tail stays float."""
+
+    def __init__(self, network: nn.Module, tail: nn.Module) -> None:
+        super().__init__()
+        self.network, self.tail = network, tail
+
+    def forward(self, images: torch.Tensor):
+        return self.tail(*self.network(images))
+
+
+class DecodedDetector(NetworkWithTail):
+    """An SSDLite whose outputs are decoded boxes and class scores per default box."""
+
+    def __init__(self, model: nn.Module, loss: str = "softmax") -> None:
+        super().__init__(HeadOutputs(model), Decoding(model.anchors(), loss))
 
 
 # --- NMS in the graph ---------------------------------------------------------------------------
@@ -180,23 +246,22 @@ def _class_nms_onnx(boxes, scores, max_per_class: int, iou_threshold: float,
     return op.Pad(selected, pads, op.Constant(value_int=-1))
 
 
-class DetectionsWithNMS(nn.Module):
-    """An SSDLite whose outputs are its final detections, as
-    [`postprocess`][mobilenets.core.boxes.postprocess] gives them (normalized boxes): ``boxes``
-    ``[N, K, 4]``, ``scores`` ``[N, K]``, ``classes`` ``[N, K]``, ``count`` ``[N]`` (see the
-    module docstring)."""
+class DecodingWithNMS(nn.Module):
+    """The detections [`postprocess`][mobilenets.core.boxes.postprocess] gives (normalized
+    boxes) from the head outputs: ``boxes`` ``[N, K, 4]``, ``scores`` ``[N, K]``, ``classes``
+    ``[N, K]``, ``count`` ``[N]`` (see the module docstring); the float end of an ``nms=True``
+    file."""
 
-    def __init__(self, model: SSDLite, loss: str = "softmax",
+    def __init__(self, anchors: torch.Tensor, loss: str = "softmax",
                  settings: NMSSettings = NMSSettings()) -> None:  # fmt: skip
         super().__init__()
-        self.model, self.loss, self.settings = model, loss, settings
-        self.register_buffer("anchors", model.anchors().detach().clone())
+        self.loss, self.settings = loss, settings
+        self.register_buffer("anchors", anchors.detach().clone())
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, cls_logits: torch.Tensor, box_regression: torch.Tensor):
         settings = self.settings
-        out = self.model(images)
-        boxes = decode(out["box_regression"].float(), self.anchors.float()).clamp(0, 1)
-        scores = torch.softmax(score_logits(out["cls_logits"].float(), self.loss), dim=-1)
+        boxes = decode(box_regression.float(), self.anchors.float()).clamp(0, 1)
+        scores = torch.softmax(score_logits(cls_logits.float(), self.loss), dim=-1)
         scores = scores[..., 1:]  # [N, A, C-1], object classes only
         batch, num_anchors, num_classes = scores.shape
         flat = scores.reshape(batch, num_anchors * num_classes)
@@ -220,7 +285,18 @@ class DetectionsWithNMS(nn.Module):
                 found.sum(dim=1))  # fmt: skip
 
 
-# --- Export -------------------------------------------------------------------------------------
+class DetectionsWithNMS(NetworkWithTail):
+    """An SSDLite whose outputs are its final detections, as
+    [`postprocess`][mobilenets.core.boxes.postprocess] gives them (normalized boxes): ``boxes``
+    ``[N, K, 4]``, ``scores`` ``[N, K]``, ``classes`` ``[N, K]``, ``count`` ``[N]`` (see the
+    module docstring)."""
+
+    def __init__(self, model: nn.Module, loss: str = "softmax",
+                 settings: NMSSettings = NMSSettings()) -> None:  # fmt: skip
+        super().__init__(HeadOutputs(model), DecodingWithNMS(model.anchors(), loss, settings))
+
+
+# --- ONNX export --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -232,10 +308,13 @@ class DetectionExportReport:
     num_boxes: int
     num_classes: int
     file_bytes: int
-    max_abs_diff: float  # onnxruntime vs PyTorch, boxes and scores, over the checked batches
+    # fp32: onnxruntime vs PyTorch, boxes and scores, over the checked batches; int8: the file vs
+    # its float end on its int8 network's outputs (see tasks.detection.quantize)
+    max_abs_diff: float
     bn_folded: int
     onnxruntime_version: str
     nms: NMSSettings | None = None  # the NMS in the graph, None when it is left outside
+    quantization: QuantizeReport | None = None  # an int8 file: what quantize_file reported
 
 
 def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
@@ -256,44 +335,20 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
     settings = NMSSettings(score_threshold, nms_iou, max_detections, pre_nms_top_k)
     model = checkpoint.model.to("cpu", torch.float32)
     folded, bn_folded = fold_batch_norm(model)
-    if nms:
-        graph = DetectionsWithNMS(folded, checkpoint.loss, settings).eval()
-        output_names = NMS_OUTPUT_NAMES
-        translations = {torch.ops.mobilenets.class_nms.default: _class_nms_onnx}
-        outputs = (
-            f"boxes [N, {max_detections}, 4] normalized x1 y1 x2 y2; scores [N, {max_detections}]"
-            f"; classes [N, {max_detections}] int64 in 1..C-1; count [N] int64, detections per "
-            "image (rows past it are zeros); NMS included"
-        )
-    else:
-        graph = DecodedDetector(folded, checkpoint.loss).eval()
-        output_names, translations = OUTPUT_NAMES, None
-        outputs = ("boxes [N, A, 4] normalized x1 y1 x2 y2; scores [N, A, C], column 0 "
-                   "background; NMS not included")  # fmt: skip
+    graph = (DetectionsWithNMS(folded, checkpoint.loss, settings) if nms
+             else DecodedDetector(folded, checkpoint.loss))  # fmt: skip
     config = model.config
-    side = config.resolution
-    batch = 2 if dynamic_batch else 1  # torch.export specialises a size-1 axis to 1
-    example = torch.zeros(batch, config.backbone.in_chans, side, side)
-    dynamic_shapes = ({0: torch.export.Dim(export.BATCH_AXIS)},) if dynamic_batch else None
-    with torch.no_grad():
-        program = torch.onnx.export(
-            graph, (example,), dynamo=True, opset_version=opset,
-            input_names=[export.INPUT_NAME], output_names=list(output_names),
-            dynamic_shapes=dynamic_shapes, custom_translation_table=translations, verbose=False,
-        )  # fmt: skip
-    info = checkpoint_info(
-        checkpoint.classes, checkpoint.preprocessing, category_ids=list(checkpoint.category_ids),
-        detection_config=config.to_dict(), scores=checkpoint.loss, outputs=outputs,
-        nms=asdict(settings) if nms else None,
-        source=f"checkpoint {checkpoint.path.name}", mobilenets_version=__version__,
-    )  # fmt: skip
-    program.model.metadata_props.update(export.metadata_props(info))
+    example = image_example(config, dynamic_batch)
+    program = onnx_program(graph.eval(), [example], [export.INPUT_NAME], output_names(nms), opset,
+                           dynamic_batch)  # fmt: skip
+    program.model.metadata_props.update(
+        detection_metadata(checkpoint, settings if nms else None, "onnx")
+    )
     path = Path(path)
     with atomic_path(path) as temporary:
         program.save(temporary, external_data=False)
         written = export._read_model(temporary)
-        shapes = [(b, config.backbone.in_chans, side, side) for b in ((1, 3) if dynamic_batch
-                                                                      else (1,))]  # fmt: skip
+        shapes = check_shapes(config, dynamic_batch)
         reference = copy.deepcopy(model).eval()
         if nms:
             difference = verify_nms_onnx(temporary, reference, checkpoint.loss, settings, shapes)
@@ -309,38 +364,108 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
     )  # fmt: skip
 
 
+def output_names(nms: bool) -> tuple[str, ...]:
+    """The outputs of a file with NMS inside, or without."""
+    return NMS_OUTPUT_NAMES if nms else OUTPUT_NAMES
+
+
+def onnx_program(graph: nn.Module, examples: list[torch.Tensor], input_names: list[str],
+                 names: tuple[str, ...], opset: int, dynamic_batch: bool):  # fmt: skip
+    """``torch.onnx.export`` of ``graph`` (its NMS as ONNX NonMaxSuppression), the first axis of
+    every input dynamic with ``dynamic_batch``."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim(export.BATCH_AXIS)
+        dynamic_shapes = tuple({0: batch} for _ in examples)
+    with torch.no_grad():
+        return torch.onnx.export(
+            graph, tuple(examples), dynamo=True, opset_version=opset, input_names=input_names,
+            output_names=list(names), dynamic_shapes=dynamic_shapes,
+            custom_translation_table={torch.ops.mobilenets.class_nms.default: _class_nms_onnx},
+            verbose=False,
+        )  # fmt: skip
+
+
+def image_example(config, dynamic_batch: bool) -> torch.Tensor:
+    batch = 2 if dynamic_batch else 1  # torch.export specialises a size-1 axis to 1
+    return torch.zeros(batch, config.backbone.in_chans, config.resolution, config.resolution)
+
+
+def check_shapes(config, dynamic_batch: bool) -> list[tuple[int, ...]]:
+    """The input shapes an export is checked at: batches 1 and 3 for a dynamic batch."""
+    side = config.resolution
+    return [(batch, config.backbone.in_chans, side, side)
+            for batch in (export.DYNAMIC_CHECK_BATCHES if dynamic_batch else (1,))]  # fmt: skip
+
+
+def detection_metadata(checkpoint: DetectionCheckpoint, settings: NMSSettings | None,
+                       format: str) -> dict[str, str]:  # fmt: skip
+    """The entries every detector file records (ONNX metadata_props, or constant methods of a
+    .pte program): classes, category ids, preprocessing, the detection config, how scores are
+    made, what the outputs are, the NMS settings when NMS is inside, source and version."""
+    batch = "N" if format == "onnx" else "1"
+    if settings is not None:
+        k = settings.max_detections
+        outputs = (
+            f"boxes [{batch}, {k}, 4] normalized x1 y1 x2 y2; scores [{batch}, {k}]; classes "
+            f"[{batch}, {k}] int64 in 1..C-1; count [{batch}] int64, detections per image (rows "
+            "past it are zeros); NMS included"
+        )
+    else:
+        outputs = (f"boxes [{batch}, A, 4] normalized x1 y1 x2 y2; scores [{batch}, A, C], "
+                   "column 0 background; NMS not included")  # fmt: skip
+    info = checkpoint_info(
+        checkpoint.classes, checkpoint.preprocessing, category_ids=list(checkpoint.category_ids),
+        detection_config=checkpoint.model.config.to_dict(), scores=checkpoint.loss,
+        outputs=outputs, nms=asdict(settings) if settings is not None else None,
+        source=f"checkpoint {checkpoint.path.name}", mobilenets_version=__version__,
+    )  # fmt: skip
+    return export.metadata_props(info)
+
+
 def verify_detector_onnx(path: str | os.PathLike, reference: nn.Module,
-                         shapes: list[tuple[int, ...]]) -> float:  # fmt: skip
-    """The max abs difference of onnxruntime's boxes and scores and ``reference``'s on the
-    same random inputs; raises when it exceeds TOLERANCE."""
+                         shapes: list[tuple[int, ...]],
+                         names: tuple[str, ...] = OUTPUT_NAMES) -> float:  # fmt: skip
+    """The max abs difference of onnxruntime's outputs ``names`` (boxes and scores) and
+    ``reference``'s on the same random inputs; raises when it exceeds TOLERANCE."""
     session = export.onnx_session(path)
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for shape in shapes:
         x = torch.randn(shape, generator=generator)
-        ours = session.run(list(OUTPUT_NAMES), {export.INPUT_NAME: x.numpy()})
+        ours = session.run(list(names), {export.INPUT_NAME: x.numpy()})
         with torch.no_grad():
             expected = reference(x)
-        for name, got, want in zip(OUTPUT_NAMES, ours, expected, strict=True):
-            difference = float(np.abs(got.astype(np.float64) - want.numpy()).max())
-            if not difference <= TOLERANCE:  # catches NaN too
-                raise MobileNetsError(
-                    f"the ONNX model's {name} disagree with PyTorch: max abs difference "
-                    f"{difference:.3g} at input {export.format_shape(shape)} (allowed "
-                    f"{TOLERANCE:g})"
-                )
-            worst = max(worst, difference)
+        worst = max(worst, compare_outputs(ours, expected, names, "the ONNX model", shape))
+    return worst
+
+
+def compare_outputs(ours, expected, names: tuple[str, ...], what: str,
+                    shape: tuple[int, ...]) -> float:  # fmt: skip
+    """The max abs difference of a file's outputs and PyTorch's, output by output; raises naming
+    the output and ``what`` when one exceeds TOLERANCE."""
+    worst = 0.0
+    for name, got, want in zip(names, ours, expected, strict=True):
+        difference = float(np.abs(np.asarray(got, np.float64) - want.numpy()).max())
+        if not difference <= TOLERANCE:  # catches NaN too
+            raise MobileNetsError(
+                f"{what}'s {name} disagree with PyTorch: max abs difference {difference:.3g} at "
+                f"input {export.format_shape(shape)} (allowed {TOLERANCE:g})"
+            )
+        worst = max(worst, difference)
     return worst
 
 
 def reference_detections(model: SSDLite, loss: str, settings: NMSSettings,
-                         images: torch.Tensor) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+                         images: torch.Tensor,
+                         image_size=(1, 1)) -> list[dict[str, torch.Tensor]]:  # fmt: skip
     """[`postprocess`][mobilenets.core.boxes.postprocess] of ``model`` (eval mode) on
-    ``images`` with ``settings``, boxes normalized: what an ``nms=True`` file must return."""
+    ``images`` with ``settings``, boxes normalized (or in pixels of ``image_size``, as
+    postprocess takes it): what an ``nms=True`` file must return."""
     with torch.no_grad():
         out = model.eval()(images)
     return postprocess(score_logits(out["cls_logits"].float(), loss), out["box_regression"],
-                       model.anchors(), **asdict(settings))  # fmt: skip
+                       model.anchors(), image_size=image_size, **asdict(settings))  # fmt: skip
 
 
 def compare_detections(ours: list[np.ndarray], expected: list[dict[str, torch.Tensor]],
@@ -400,3 +525,172 @@ def verify_nms_onnx(path: str | os.PathLike, reference: SSDLite, loss: str,
         expected = reference_detections(reference, loss, settings, x)
         worst = max(worst, compare_detections(ours, expected))
     return worst
+
+
+# --- ExecuTorch ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectionPteReport:
+    path: Path
+    model_name: str
+    input_shape: tuple[int, ...]
+    num_boxes: int
+    num_classes: int
+    file_bytes: int
+    max_abs_diff: float  # boxes and scores, ExecuTorch vs the fp32 PyTorch model
+    bn_folded: int
+    partitions: int  # XNNPACK delegate calls in the program
+    outside_delegate: tuple[str, ...]  # ops left to ExecuTorch's portable kernels (none expected)
+    executorch_version: str
+    # int8 only: what PT2E quantized (its logits_scale and tolerance are NaN: the outputs are
+    # decoded in float), the steps of cls_logits and box_regression, and how many of those steps
+    # the program is from its quantized reference (head_steps)
+    int8: Int8Report | None = None
+    head_scales: tuple[float, float] | None = None
+    steps: float | None = None
+
+
+def export_detector_pte(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
+                        int8: bool = False,
+                        calibration: Iterable[torch.Tensor] | None = None,
+                        ) -> DetectionPteReport:  # fmt: skip
+    """Write the checkpoint's detector as an ExecuTorch program (XNNPACK delegate, BN folded)
+    for one ``[1, 3, R, R]`` input, with the box decoding inside: outputs ``boxes``
+    ``[1, A, 4]`` and ``scores`` ``[1, A, C]`` as the ONNX file's; NMS stays outside (see the
+    module docstring). The metadata is the ONNX file's, as constant methods
+    ([`read_pte_metadata`][mobilenets.deploy.executorch_export.read_pte_metadata]).
+
+    The program is run by ExecuTorch's runtime on a seeded random input against the unfolded
+    PyTorch model: boxes and scores within 1e-4, or it raises and leaves no file.
+
+    ``int8=True`` quantizes the network by PT2E with the XNNPACK quantizer (int8 weights per
+    channel, int8 activations), activation ranges calibrated on ``calibration``: float
+    ``(N, 3, R, R)`` batches preprocessed as the model's inputs (training images through the
+    evaluation transform). The decoding stays float. The program is then checked against its
+    quantized PyTorch reference on the first calibration image: its boxes and scores must be
+    what the reference's head outputs moved by at most INT8_TOLERANCE_STEPS (48) quantization
+    steps give ([`head_steps`][mobilenets.tasks.detection.export.head_steps]).
+    """
+    mobile.check_pte_options(path)
+    if int8 != (calibration is not None):
+        raise MobileNetsError(
+            "int8=True needs calibration= (batches of preprocessed images)" if int8
+            else "calibration= applies to int8=True only"
+        )  # fmt: skip
+    mobile.require_executorch("the ExecuTorch export")
+    model = checkpoint.model.to("cpu", torch.float32)
+    reference = copy.deepcopy(model).eval()
+    folded, bn_folded = fold_batch_norm(reference)
+    config, anchors = model.config, model.anchors()
+    shape = image_example(config, dynamic_batch=False).shape
+    metadata = detection_metadata(checkpoint, None, "pte")
+    quantization = scales = None
+    if int8:
+        converted, x, quantization = mobile.quantize_pt2e(HeadOutputs(folded), calibration, shape)
+        scales = head_scales(converted)
+        converted = mobile.QuantizedReference(converted)
+        graph = NetworkWithTail(converted, Decoding(anchors, checkpoint.loss))
+        metadata[mobile.QUANTIZATION_KEY] = json.dumps({
+            "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
+            "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
+            "decoding": "float", "calibration_images": quantization.calibration_images,
+        })  # fmt: skip
+    else:
+        graph = DecodedDetector(folded, checkpoint.loss)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    buffer, partitions, outside = mobile.lower_to_xnnpack(graph.eval(), shape, metadata)
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer)
+        ours = mobile.run_pte_outputs(mobile.load_method(mobile.load_pte(temporary)), x)
+        with torch.no_grad():
+            expected = DecodedDetector(reference, checkpoint.loss)(x)
+        steps = None
+        if int8:
+            with torch.no_grad():
+                heads = converted(x)
+            steps = head_steps(ours, heads, anchors, checkpoint.loss, scales,
+                               limit=INT8_TOLERANCE_STEPS)  # fmt: skip
+            if not steps <= INT8_TOLERANCE_STEPS:
+                raise MobileNetsError(
+                    "the int8 ExecuTorch program disagrees with its PyTorch reference: its boxes "
+                    f"and scores are more than {INT8_TOLERANCE_STEPS} quantization steps of the "
+                    "head outputs away"
+                )
+            difference = max(float((got - want).abs().max())
+                             for got, want in zip(ours, expected, strict=True))  # fmt: skip
+        else:
+            difference = compare_outputs(ours, expected, OUTPUT_NAMES, "the ExecuTorch program",
+                                         tuple(shape))  # fmt: skip
+    return DetectionPteReport(
+        path, config.name, tuple(shape), anchors.shape[0], config.num_classes, len(buffer),
+        difference, bn_folded, partitions, outside, mobile.executorch_version() or "?",
+        quantization, scales, steps,
+    )  # fmt: skip
+
+
+def head_scales(converted: nn.Module) -> tuple[float, float]:
+    """The quantization steps of a converted PT2E graph's two outputs, ``cls_logits`` and
+    ``box_regression``: the scales of the dequantize ops they come from."""
+    (output,) = (node for node in converted.graph.nodes if node.op == "output")
+    leaves = []
+    torch.fx.node.map_arg(output.args, leaves.append)
+    if len(leaves) != 2 or not all(
+        str(leaf.target).startswith("quantized_decomposed.dequantize_per_tensor") for leaf in leaves
+    ):
+        raise MobileNetsError("the head outputs of the int8 graph are not quantized")
+    cls_scale, box_scale = (float(leaf.args[1]) for leaf in leaves)
+    return cls_scale, box_scale
+
+
+def head_steps(outputs, heads: tuple[torch.Tensor, torch.Tensor], anchors: torch.Tensor,
+               loss: str, scales: tuple[float, float], limit: float) -> float:  # fmt: skip
+    """How far an int8 program's decoded ``outputs`` (boxes, scores) are from its quantized
+    reference, in quantization steps of the head outputs: the fewest s such that each of the
+    program's values is within TOLERANCE of the range the float decoding gives when every one
+    of the reference's ``heads`` (``cls_logits``, ``box_regression``) moves by up to s of its
+    own steps (``scales``); math.inf beyond ``limit``.
+
+    The decoding is monotone in each input, so the range has a closed form: x1 and y1 are
+    lowest with the center moved back and the size grown, x2 and y2 with both moved back; a
+    softmax score p is at most p e^(2d) / (p e^(2d) + 1 - p) when its logit gains d and the
+    others lose d (sigmoid scores: their own logit +- d, the focal background 1 minus their
+    sum); boxes are clamped to [0, 1] after. In float64, so that a score near 1 keeps its 1 - p.
+    """
+    boxes, scores = (torch.as_tensor(value).double() for value in outputs)
+    cls_logits, box_regression = (head.double() for head in heads)
+    anchors = anchors.double()
+    if loss == "softmax":
+        probabilities = torch.softmax(cls_logits, dim=-1)
+    else:
+        probabilities = torch.sigmoid(cls_logits[..., 1:])
+
+    def within(steps: float) -> bool:
+        move = steps * scales[1]
+        grow = box_regression.new_tensor([-1.0, -1.0, 1.0, 1.0]) * move
+        low = torch.cat([decode(box_regression + grow, anchors)[..., :2],
+                         decode(box_regression - move, anchors)[..., 2:]], dim=-1)  # fmt: skip
+        high = torch.cat([decode(box_regression - grow, anchors)[..., :2],
+                          decode(box_regression + move, anchors)[..., 2:]], dim=-1)  # fmt: skip
+        factor = math.exp((2 if loss == "softmax" else 1) * steps * scales[0])
+        p, q = probabilities, 1 - probabilities
+        least, most = p / (p + q * factor), p * factor / (p * factor + q)
+        if loss != "softmax":  # the background column: 1 - the objects' sum, at least 0
+            least, most = (
+                torch.cat([(1 - most.sum(-1, keepdim=True)).clamp(min=0), least], dim=-1),
+                torch.cat([(1 - least.sum(-1, keepdim=True)).clamp(min=0), most], dim=-1),
+            )
+        return all(
+            bool(((value >= lower - TOLERANCE) & (value <= upper + TOLERANCE)).all())
+            for value, lower, upper in ((boxes, low.clamp(0, 1), high.clamp(0, 1)),
+                                        (scores, least, most))
+        )  # fmt: skip
+
+    if not within(limit):
+        return math.inf
+    below, above = 0.0, float(limit)
+    for _ in range(24):  # steps to within limit / 2**24
+        middle = (below + above) / 2
+        below, above = (below, middle) if within(middle) else (middle, above)
+    return above

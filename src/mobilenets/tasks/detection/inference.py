@@ -12,11 +12,14 @@ from torchvision import tv_tensors
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import draw_bounding_boxes
 
-from mobilenets.core.detector import SSDLite, load_detector
+from mobilenets.core.detector import SSDLite, load_detector, saved_detection_config
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.preprocessing import Preprocessing
+from mobilenets.core.segmenter import saved_segmentation_config
+from mobilenets.core.spec import ModelConfig
+from mobilenets.core.weights import saved_config
 from mobilenets.data.common import open_image
-from mobilenets.data.detection import load_detection_data
+from mobilenets.data.detection import DetectionData, load_detection_data
 from mobilenets.data.detection_transforms import eval_transform
 from mobilenets.engine.checkpoint import checkpoint_path, read_checkpoint_info
 from mobilenets.engine.device import pick_device
@@ -40,8 +43,18 @@ class DetectionCheckpoint:
 
 
 def load_detection_checkpoint(path: str | os.PathLike) -> DetectionCheckpoint:
-    """A detector checkpoint (best/last.safetensors of a run, or the run folder: best)."""
+    """A detector checkpoint (best/last.safetensors of a run, or the run folder: best); a
+    classifier's or a segmenter's is named as such."""
     path = checkpoint_path(path)
+    if saved_detection_config(path) is None:
+        other = ("a segmentation" if saved_segmentation_config(path) is not None
+                 else "a classification" if saved_config(path, ModelConfig) is not None
+                 else None)  # fmt: skip
+        if other is not None:
+            raise MobileNetsError(
+                f"{str(path)!r} is {other} checkpoint, not a detector's (those are written by "
+                "`mobilenets detect train`)"
+            )
     model = load_detector(path)
     info = read_checkpoint_info(path, model.num_classes, "mobilenets detect train")
     classes = info["classes"]
@@ -56,17 +69,27 @@ def evaluate_checkpoint(checkpoint: DetectionCheckpoint, data: str, *, batch_siz
                         workers: int = 0, device: str = "auto",
                         progress: bool = False) -> dict[str, float]:  # fmt: skip
     """COCO metrics of a checkpoint on the validation split of ``data``."""
-    dataset = load_detection_data(data, splits=("val",)).val
-    if tuple(dataset.class_names) != checkpoint.classes:
-        raise MobileNetsError(
-            f"{str(checkpoint.path)!r} detects {', '.join(checkpoint.classes[1:])}; "
-            f"data={data!r} has {', '.join(dataset.class_names[1:])}"
-        )
-    dataset.transform = eval_transform(checkpoint.preprocessing)
+    dataset = checkpoint_data(checkpoint, data, splits=("val",)).val
     device = pick_device(device)
     model = checkpoint.model.to(device)
     return evaluate_detector(model, dataset, loss=checkpoint.loss, batch_size=batch_size,
                              workers=workers, device=device, progress=progress)  # fmt: skip
+
+
+def checkpoint_data(checkpoint: DetectionCheckpoint, data: str,
+                    splits: tuple[str, ...] = ("train", "val")) -> DetectionData:  # fmt: skip
+    """The ``splits`` of ``data`` as the checkpoint reads them: its classes checked against the
+    data's, and each split's transform its evaluation preprocessing (calibration reads training
+    images that way too)."""
+    found = load_detection_data(data, splits=splits)
+    if tuple(found.class_names) != checkpoint.classes:
+        raise MobileNetsError(
+            f"{str(checkpoint.path)!r} detects {', '.join(checkpoint.classes[1:])}; "
+            f"data={data!r} has {', '.join(found.class_names[1:])}"
+        )
+    for split in splits:
+        getattr(found, split).transform = eval_transform(checkpoint.preprocessing)
+    return found
 
 
 def detect_image(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,

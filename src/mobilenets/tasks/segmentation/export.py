@@ -24,12 +24,40 @@ on every pixel where PyTorch's two best logits are more than 1e-4 apart (a close
 by float rounding). A failed check raises and leaves no file, and a previous file at the path
 stays. The file records the model's name and config, its class names, preprocessing and source
 (ONNX ``metadata_props``, or constant methods of the .pte program), as the classifier exports do.
+
+**int8** (``int8=True``, with ``calibration``: batches of preprocessed images at the export size)
+quantizes the same folded graph, weights s8 per output channel and activations per tensor:
+
+- ONNX: the fp32 file is exported and checked as above, then onnxruntime's static quantization
+  ([`quantize_file`][mobilenets.deploy.quantize.quantize_file], QDQ, u8 activations) sets each
+  activation's range from the calibration images, by ``calibrate`` (``"minmax"``, ``"entropy"`` or
+  ``"percentile"``). There is no PyTorch twin of onnxruntime's int8 kernels to check the file
+  against: it is run on the first calibration image and must give finite logits (or classes
+  in range); how far it is from the fp32 model there goes in the report.
+- .pte: PT2E with ExecuTorch's XNNPACK quantizer
+  ([`quantize_pt2e`][mobilenets.deploy.executorch_export.quantize_pt2e], histogram observers on
+  the activations) quantizes the logits graph; the argmax, if any, is added after. The program
+  is checked against that quantized PyTorch reference on the first calibration image: logits
+  within ``INT8_TOLERANCE_STEPS`` quantization steps of the output, or the same class on every
+  pixel where the reference's two best logits are further apart than that.
+
+How much mIoU int8 costs is measured by
+[`export_segmenter_int8`][mobilenets.tasks.segmentation.int8.export_segmenter_int8].
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import itertools
+import json
+import logging
+import math
 import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +73,25 @@ from mobilenets.core.version import __version__
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import onnx_export as export
 from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.deploy.quantize import CALIBRATE_METHODS, QUANTIZATION_KEY, quantize_file
 from mobilenets.engine.checkpoint import checkpoint_info
 from mobilenets.tasks.segmentation.inference import (
     SegmentationCheckpoint,
     load_segmentation_checkpoint,
 )
 
+log = logging.getLogger("mobilenets")
 FORMATS = ("onnx", "pte")
 LOGITS = "logits"
 LABELS = "labels"
 TOLERANCE = 1e-4  # logits: max abs difference; labels: the top-2 margin above which classes agree
+# An int8 .pte program against its PT2E reference, in quantization steps of the logits. The
+# classifier's allowance (executorch_export.INT8_TOLERANCE_STEPS, 32) bounds the ~10 logits of an
+# image; a segmenter has C x R x R of them, and the largest difference among them is larger: up
+# to 37 steps measured on V2 0.35 with random weights and BN statistics at 64 px, on random
+# inputs (its reference itself 41 steps from the fp32 model there). A wrong scale, a dropped or
+# misplaced op moves the logits by a large part of their range (about 255 steps).
+INT8_TOLERANCE_STEPS = 2 * mobile.INT8_TOLERANCE_STEPS
 OUTPUTS = {
     LOGITS: "logits [N, C, H, W] float32 at the input size; the argmax over C is each pixel's "
     "class",
@@ -82,6 +119,27 @@ class SegmentationExportReport:
     opset: int | None = None  # ONNX only
     partitions: int | None = None  # .pte only: XNNPACK delegate calls in the program
     outside_delegate: tuple[str, ...] = ()  # .pte only: ops left to ExecuTorch's portable kernels
+    int8: SegmentationInt8Report | None = None  # an int8 file: what was quantized (see there)
+
+
+@dataclass(frozen=True)
+class SegmentationInt8Report:
+    """What int8 quantization did in
+    [`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter]. The export
+    report's ``max_abs_diff`` / ``differing_pixels`` are, for an int8 .pte program, its check
+    against the quantized PyTorch reference, and for an int8 ONNX file the check of the fp32 file
+    it was quantized from against PyTorch."""
+
+    calibration: str  # how activation ranges were set: minmax, entropy, percentile or histogram
+    calibration_images: int
+    quantized_convs: int  # convolutions that read int8 weights
+    float_convs: tuple[str, ...]  # those left in float (none expected)
+    logits_scale: float | None  # .pte: the quantization step of the logits; ONNX: None
+    tolerance: float | None  # .pte: INT8_TOLERANCE_STEPS of them, allowed from the reference
+    # the int8 file against the fp32 model on the first calibration image: the max abs difference
+    # of the logits, or for an argmax export the number of pixels of another class
+    fp32_max_abs_diff: float | None
+    fp32_differing_pixels: int | None
 
 
 class ClassMap(nn.Module):
@@ -103,6 +161,9 @@ def export_segmenter(
     resolution: int | None = None,
     argmax: bool = False,
     opset: int | None = None,
+    int8: bool = False,
+    calibration: Iterable[torch.Tensor] | None = None,
+    calibrate: str | None = None,
 ) -> SegmentationExportReport:
     """Write a segmenter as a ``.onnx`` file or a ``.pte`` ExecuTorch program (XNNPACK delegate)
     for a fixed ``[1, 3, resolution, resolution]`` input, BN folded, and check it against PyTorch
@@ -118,19 +179,33 @@ def export_segmenter(
     - ``resolution``: the input side in pixels (default: the model config's).
     - ``argmax``: output ``labels`` ``[1, H, W]`` int64 instead of ``logits`` ``[1, C, H, W]``.
     - ``opset``: ONNX opset, 18 to 23 (default 18); ONNX only.
+    - ``int8``: quantize the file (see the module's docstring), with activation ranges from
+      ``calibration``: float ``[N, C, resolution, resolution]`` batches, normalized as the model's
+      inputs (training images through the evaluation preprocessing, fitted to the input as
+      [`fit_to_square`][mobilenets.tasks.segmentation.int8.fit_to_square] does).
+    - ``calibrate``: ONNX int8 only, onnxruntime's calibration method: ``"minmax"`` (the
+      default), ``"entropy"`` or ``"percentile"``; the latter two hold every activation of every
+      calibration image in memory.
     """
-    if format not in FORMATS:
-        raise MobileNetsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    opset = check_export_options(path, format, opset)
     if not isinstance(argmax, bool):
         raise MobileNetsError(f"argmax must be True or False, got {argmax!r}")
-    if format == "onnx":
-        opset = export.DEFAULT_OPSET if opset is None else opset
-        export.check_options(path, opset)  # the suffix, the opset and the onnx extra
-    else:
-        if opset is not None:
-            raise MobileNetsError(f"opset={opset!r} applies to format='onnx' only, not to 'pte'")
-        mobile.check_pte_options(path)
-        mobile.require_executorch("the ExecuTorch export")
+    if not isinstance(int8, bool):
+        raise MobileNetsError(f"int8 must be True or False, got {int8!r}")
+    if int8 != (calibration is not None):
+        raise MobileNetsError(
+            "int8=True needs calibration= (batches of preprocessed images)" if int8
+            else "calibration= applies to int8=True only"
+        )  # fmt: skip
+    if calibrate is not None:
+        if not int8 or format != "onnx":
+            raise MobileNetsError(
+                f"calibrate={calibrate!r} applies to int8=True with format='onnx' only"
+            )
+        if calibrate not in CALIBRATE_METHODS:
+            raise MobileNetsError(
+                f"calibrate must be one of {', '.join(CALIBRATE_METHODS)}, got {calibrate!r}"
+            )
     checkpoint = _as_checkpoint(checkpoint_or_model)
     model = checkpoint_or_model if checkpoint is None else checkpoint.model
     resolution = model.resolution if resolution is None else resolution
@@ -154,7 +229,12 @@ def export_segmenter(
         "outputs": OUTPUTS[output_name], "mobilenets_version": __version__,
     })  # fmt: skip
     path = Path(path)
-    if format == "onnx":
+    if int8 and format == "onnx":
+        written = _write_onnx_int8(graph, reference, path, shape, output_name, argmax, metadata,
+                                   opset, calibration, calibrate or "minmax")  # fmt: skip
+    elif int8:
+        written = _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibration)
+    elif format == "onnx":
         written = _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, opset)
     else:
         written = _write_pte(graph, reference, path, shape, argmax, metadata)
@@ -162,6 +242,22 @@ def export_segmenter(
         path=path, format=format, model_name=config.name, source=source,
         output_name=output_name, bn_folded=bn_folded, **written,
     )  # fmt: skip
+
+
+def check_export_options(path: str | os.PathLike, format: str, opset: int | None) -> int | None:
+    """The errors a caller can make in the file's name, format and opset (and a missing extra),
+    before anything is loaded; the opset to use (None for a .pte program)."""
+    if format not in FORMATS:
+        raise MobileNetsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "onnx":
+        opset = export.DEFAULT_OPSET if opset is None else opset
+        export.check_options(path, opset)  # the suffix, the opset and the onnx extra
+        return opset
+    if opset is not None:
+        raise MobileNetsError(f"opset={opset!r} applies to format='onnx' only, not to 'pte'")
+    mobile.check_pte_options(path)
+    mobile.require_executorch("the ExecuTorch export")
+    return None
 
 
 def _as_checkpoint(item) -> SegmentationCheckpoint | None:
@@ -226,6 +322,118 @@ def _write_pte(graph, reference, path, shape, argmax, metadata) -> dict:
     )  # fmt: skip
 
 
+def _write_onnx_int8(graph, reference, path, shape, output_name, argmax, metadata, opset,
+                     calibration, calibrate) -> dict:  # fmt: skip
+    """The fp32 file exported and checked in a temporary folder, quantized by onnxruntime on the
+    calibration images one at a time (the file's batch is 1), run on the first of them, and
+    only then copied to ``path``; the report's fields."""
+    images = _single_images(calibration, shape)
+    x = next(images, None)
+    if x is None:
+        raise MobileNetsError("calibration= gave no images")
+    with tempfile.TemporaryDirectory(prefix="mobilenets-segment-int8-") as folder:
+        fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        written = _write_onnx(graph, reference, fp32_path, shape, output_name, argmax, metadata,
+                              opset)  # fmt: skip
+        # onnxruntime prints its entropy and percentile calibration's progress: logged instead
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            quantized = quantize_file(fp32_path, itertools.chain([x], images), int8_path,
+                                      method=calibrate)  # fmt: skip
+        if printed.getvalue().strip():
+            log.debug("onnxruntime quantization: %s", printed.getvalue().strip())
+        (ours,) = export.onnx_session(int8_path).run([output_name],
+                                                     {export.INPUT_NAME: x.numpy()})  # fmt: skip
+        difference, differing = _against_fp32(ours, reference, x, argmax, "the int8 ONNX model")
+        with atomic_path(path) as temporary:
+            shutil.copyfile(int8_path, temporary)
+            written["file_bytes"] = os.path.getsize(temporary)
+    written["int8"] = SegmentationInt8Report(
+        calibration=calibrate, calibration_images=quantized.calibration_images,
+        quantized_convs=quantized.quantized_convs, float_convs=quantized.float_convs,
+        logits_scale=None, tolerance=None, fp32_max_abs_diff=difference,
+        fp32_differing_pixels=differing,
+    )  # fmt: skip
+    return written
+
+
+def _single_images(calibration: Iterable[torch.Tensor],
+                   shape: tuple[int, ...]) -> Iterator[torch.Tensor]:  # fmt: skip
+    """The calibration batches as ``[1, C, R, R]`` images, each batch checked against
+    ``shape``."""
+    for batch in calibration:
+        batch = torch.as_tensor(batch)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != shape[1:] or not batch.is_floating_point():
+            raise MobileNetsError(
+                f"calibration batches must be float (N, {', '.join(map(str, shape[1:]))}) "
+                f"tensors, got {batch.dtype} of shape {tuple(batch.shape)}"
+            )
+        yield from batch.to("cpu", torch.float32).split(1)
+
+
+def _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibration) -> dict:
+    """The folded logits graph quantized by PT2E (the argmax, if asked for, goes on after it),
+    lowered to XNNPACK, written atomically once it agrees with the quantized reference on the
+    first calibration image; the report's fields."""
+    converted, x, quantized = mobile.quantize_pt2e(folded, calibration, shape)
+    if not math.isfinite(quantized.logits_scale):
+        raise MobileNetsError("the logits of the int8 graph are not quantized")
+    tolerance = INT8_TOLERANCE_STEPS * quantized.logits_scale
+    int8_reference = mobile.QuantizedReference(converted)
+    graph = ClassMap(int8_reference).eval() if argmax else int8_reference
+    metadata = metadata | {QUANTIZATION_KEY: json.dumps({
+        "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
+        "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
+        "calibration_images": quantized.calibration_images,
+    })}  # fmt: skip
+    buffer, partitions, outside = mobile.lower_to_xnnpack(graph, shape, metadata)
+    what = "the int8 ExecuTorch program"
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer)
+        ours = mobile.run_pte(mobile.load_method(mobile.load_pte(temporary)), x).numpy()
+        if argmax:
+            with torch.no_grad():
+                logits = int8_reference(x)
+            differing = check_class_map(ours, logits, what, tolerance,
+                                        against="its quantized PyTorch reference")  # fmt: skip
+            difference = None
+        else:
+            difference = export.check_agreement(ours, int8_reference, x, what, tolerance)
+            differing = None
+        fp32_difference, fp32_differing = _against_fp32(ours, reference, x, argmax, what)
+    int8 = SegmentationInt8Report(
+        calibration="histogram", calibration_images=quantized.calibration_images,
+        quantized_convs=quantized.quantized_layers, float_convs=quantized.float_layers,
+        logits_scale=quantized.logits_scale, tolerance=tolerance,
+        fp32_max_abs_diff=fp32_difference,
+        fp32_differing_pixels=fp32_differing,
+    )  # fmt: skip
+    return dict(
+        input_shape=shape, output_shape=ours.shape, max_abs_diff=difference,
+        differing_pixels=differing, file_bytes=len(buffer),
+        runtime=f"executorch {mobile.executorch_version() or '?'}", partitions=partitions,
+        outside_delegate=outside, int8=int8,
+    )  # fmt: skip
+
+
+def _against_fp32(ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax: bool,
+                  what: str) -> tuple[float | None, int | None]:  # fmt: skip
+    """How far an int8 file's output on ``x`` is from the fp32 model's: (max abs difference of
+    the logits, None), or for ``argmax`` (None, pixels of another class). Raises only for
+    output no model gives: NaN or infinite logits, classes out of range."""
+    with torch.no_grad():
+        logits = reference(x)
+    if argmax:
+        if ours.min() < 0 or ours.max() >= logits.shape[1]:
+            raise MobileNetsError(
+                f"{what} returned classes {ours.min()}..{ours.max()} for a "
+                f"{logits.shape[1]}-class model"
+            )
+        return None, int((torch.from_numpy(ours.astype(np.int64)) != logits.argmax(1)).sum())
+    if not np.isfinite(ours).all():
+        raise MobileNetsError(f"{what} returned logits that are not finite")
+    return float(np.abs(ours.astype(np.float64) - logits.numpy()).max()), None
+
+
 def _check_input(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
@@ -245,25 +453,35 @@ def check_output(ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax
     return None, check_class_map(ours, logits, what)
 
 
-def check_class_map(labels: np.ndarray, logits: torch.Tensor, what: str) -> int:
+def check_class_map(
+    labels: np.ndarray,
+    logits: torch.Tensor,
+    what: str,
+    tolerance: float | None = None,
+    *,
+    against: str = "PyTorch",
+) -> int:
     """The number of pixels where ``labels`` ``[N, H, W]`` is not the argmax of PyTorch's
     ``logits`` ``[N, C, H, W]``; raises if one of them is a pixel whose two best logits are more
-    than TOLERANCE apart (float rounding cannot flip those)."""
+    than ``tolerance`` apart (default TOLERANCE: float rounding cannot flip those; an int8
+    program's allowance from its quantized reference for it). ``against`` names the logits'
+    model in the error."""
+    tolerance = TOLERANCE if tolerance is None else tolerance
     expected = logits.argmax(dim=1)
     height, width = logits.shape[-2:]
     if tuple(labels.shape) != tuple(expected.shape):
         raise MobileNetsError(
-            f"{what} returned a class map of shape {tuple(labels.shape)}, PyTorch "
+            f"{what} returned a class map of shape {tuple(labels.shape)}, {against} "
             f"{tuple(expected.shape)}"
         )
     top2 = logits.topk(2, dim=1).values
     margin = top2[:, 0] - top2[:, 1]
     differ = torch.from_numpy(np.asarray(labels, dtype=np.int64)) != expected
-    decided = differ & (margin > TOLERANCE)
+    decided = differ & (margin > tolerance)
     if decided.any():
         raise MobileNetsError(
-            f"{what} disagrees with PyTorch: {int(decided.sum())} pixel(s) of another class "
-            f"where PyTorch's top-2 logit margin is above {TOLERANCE:g} (up to "
+            f"{what} disagrees with {against}: {int(decided.sum())} pixel(s) of another class "
+            f"where the top-2 logit margin is above {tolerance:.3g} (up to "
             f"{float(margin[decided].max()):.3g}) on a {height}x{width} input"
         )
     return int(differ.sum())

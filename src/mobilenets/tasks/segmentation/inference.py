@@ -18,10 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.files import atomic_path
 from mobilenets.core.preprocessing import Preprocessing
+from mobilenets.core.segmentation_spec import SegmentationConfig
 from mobilenets.core.segmenter import DeepLabV3, load_segmenter
+from mobilenets.core.spec import ModelConfig
+from mobilenets.core.weights import saved_config
 from mobilenets.data.common import open_image
 from mobilenets.data.segmentation import IGNORE_INDEX, load_segmentation_data
 from mobilenets.data.segmentation_transforms import eval_transform
@@ -30,6 +34,12 @@ from mobilenets.engine.device import autocast, pick_device
 from mobilenets.tasks.segmentation.evaluate import check_tta, evaluate_segmenter, segment_logits
 
 WRITER = "mobilenets segment train"
+# The checkpoints of the other tasks, named in the error for one given here: (the config it
+# records, the task, the commands that take it).
+OTHER_TASKS = (
+    (DetectionConfig, "detection", "`mobilenets detect eval`, `predict` and `export`"),
+    (ModelConfig, "classification", "`mobilenets eval`, `predict` and `export`"),
+)
 OVERLAY_OPACITY = 0.5  # weight of the class colour over the image
 
 # --- Checkpoints --------------------------------------------------------------------------------
@@ -49,8 +59,17 @@ class SegmentationCheckpoint:
 
 def load_segmentation_checkpoint(path: str | os.PathLike) -> SegmentationCheckpoint:
     """A segmenter checkpoint (``best``/``last.safetensors`` of a run, or the run folder: its
-    best), rebuilt from the file alone, in eval mode."""
+    best), rebuilt from the file alone, in eval mode. A classifier's or a detector's checkpoint
+    is refused with the command that takes it."""
     path = checkpoint_path(path)
+    if saved_config(path, SegmentationConfig) is None:
+        for config_type, task, command in OTHER_TASKS:
+            config = saved_config(path, config_type)
+            if config is not None:
+                raise MobileNetsError(
+                    f"{str(path)!r} is a {task} checkpoint ({config.name}), not a segmentation "
+                    f"one ({command} take it)"
+                )
     model = load_segmenter(path)
     info = read_checkpoint_info(path, model.num_classes, WRITER)
     return SegmentationCheckpoint(model.eval(), info["classes"], info["preprocessing"], path,
@@ -94,17 +113,23 @@ def evaluate_checkpoint(
     """
     check_tta(tta)
     dataset = load_segmentation_data(data, splits=("val",)).val
+    check_data_classes(checkpoint, dataset, data)
+    dataset.transform = eval_transform(checkpoint.preprocessing)
+    device = pick_device(device)
+    model = with_output_stride(checkpoint.model, output_stride).to(device)
+    return evaluate_segmenter(model, dataset, tta=tta, batch_size=batch_size, workers=workers,
+                              device=device, progress=progress)  # fmt: skip
+
+
+def check_data_classes(checkpoint: SegmentationCheckpoint, dataset, data: str) -> None:
+    """The dataset's classes must be the checkpoint's, in the same order; ``data`` is its spec,
+    named in the error."""
     if tuple(dataset.class_names) != checkpoint.classes:
         raise MobileNetsError(
             f"{str(checkpoint.path)!r} segments {len(checkpoint.classes)} classes "
             f"({_shown(checkpoint.classes)}); data={data!r} has {len(dataset.class_names)} "
             f"({_shown(dataset.class_names)})"
         )
-    dataset.transform = eval_transform(checkpoint.preprocessing)
-    device = pick_device(device)
-    model = with_output_stride(checkpoint.model, output_stride).to(device)
-    return evaluate_segmenter(model, dataset, tta=tta, batch_size=batch_size, workers=workers,
-                              device=device, progress=progress)  # fmt: skip
 
 
 def _shown(names) -> str:
