@@ -281,8 +281,9 @@ def test_bench_exports_one_pte_per_batch_when_asked(monkeypatch):
     tested above; here they are recorded and write nothing (which fails the run after them)."""
     asked = []
 
-    def export_executorch(model, path, *, resolution, batch=1, metadata=None):
-        asked.append((model.name, resolution, batch, path.suffix))
+    def export_executorch(model, path, *, resolution, batch=1, metadata=None, int8=False,
+                          calibration=None):  # fmt: skip
+        asked.append((model.name, resolution, batch, path.suffix, int8))
 
     monkeypatch.setattr(bench, "export_executorch", export_executorch)
     monkeypatch.setattr(bench, "require_executorch", lambda purpose: None)
@@ -292,4 +293,4 @@ def test_bench_exports_one_pte_per_batch_when_asked(monkeypatch):
         asked.clear()
         with pytest.raises(MobileNetsError, match=r"\.onnx' does not exist"):
             bench.run_benchmarks([model], batches=(1, 2), iterations=1, threads=1, pte=pte)
-        assert asked == [("mobilenet_v1_0.25_32", 32, batch, ".pte") for batch in expected]
+        assert asked == [("mobilenet_v1_0.25_32", 32, b, ".pte", False) for b in expected]
