@@ -26,3 +26,27 @@ def randomize_torch(model: nn.Module) -> nn.Module:
             nn.init.normal_(module.bias, 0.0, 0.1)
     randomize_batch_norm(model)
     return model.eval()
+
+
+def background_leaning_detector(num_classes: int, resolution: int) -> nn.Module:
+    """SSDLite 0.35 with random weights and BN statistics (seed 0) whose heads give logits of
+    about 1 and favour the background: tens of (anchor, class) pairs per image pass
+    postprocess's 0.01 score threshold and NMS has overlapping boxes of one class to suppress.
+    ``num_classes`` counts the background and must be 5 (the class bias is written out)."""
+    import torch
+
+    from mobilenets.zoo.detectors import create_detector
+
+    class_bias = torch.tensor([3.0, 0.0, -0.5, -1.0, -1.5])
+    if num_classes != len(class_bias):
+        raise ValueError(f"num_classes must be {len(class_bias)}, got {num_classes}")
+    torch.manual_seed(0)
+    model = create_detector("ssdlite_mobilenet_v2", num_classes=num_classes, alpha=0.35,
+                            resolution=resolution)  # fmt: skip
+    randomize_torch(model)
+    with torch.no_grad():
+        for head in (*model.class_heads, *model.box_heads):
+            head.conv_pw.weight *= 0.2
+        for head in model.class_heads:
+            head.conv_pw.bias.copy_(class_bias.repeat(head.conv_pw.bias.numel() // num_classes))
+    return model.eval()

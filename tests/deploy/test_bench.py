@@ -231,6 +231,21 @@ def test_openvino_refuses_a_file_it_cannot_compile(tmp_path):
         bench.openvino_model(path, threads=1)
 
 
+def test_openvino_runs_an_fp32_file_in_f32(onnx_file):
+    # OpenVINO's default on a CPU with bf16 support is bf16: an "fp32" row must not be that
+    fp32 = bench.openvino_model(onnx_file, threads=1, precision="fp32").get_compiled_model()
+    assert str(fp32.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    int8 = bench.openvino_model(onnx_file, threads=1, precision="int8").get_compiled_model()
+    default = ov_default_precision()
+    assert str(int8.get_property("INFERENCE_PRECISION_HINT")) == default
+
+
+def ov_default_precision() -> str:
+    import openvino
+
+    return str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
 def _signal_stack() -> tuple[int, int]:
     stack = bench._SignalStack()
     assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0

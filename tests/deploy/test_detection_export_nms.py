@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from random_weights import randomize_torch
+from random_weights import background_leaning_detector
 
 from mobilenets.cli import build_parser, main
 from mobilenets.core.boxes import postprocess
@@ -32,7 +32,6 @@ from mobilenets.tasks.detection import export as detection_export
 from mobilenets.tasks.detection.evaluate import class_scores, score_logits
 from mobilenets.tasks.detection.export import NMSSettings, export_detector
 from mobilenets.tasks.detection.inference import DetectionCheckpoint, load_detection_checkpoint
-from mobilenets.zoo.detectors import create_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,16 +44,7 @@ def random_detector(loss: str = "softmax") -> DetectionCheckpoint:
     """SSDLite 0.35 at 96 px, random weights and BN statistics; the class heads give logits of
     about 1 and favour the background, so that tens of (anchor, class) pairs per image pass
     postprocess's 0.01 and NMS has overlapping boxes of one class to suppress."""
-    torch.manual_seed(0)
-    model = create_detector("ssdlite_mobilenet_v2", num_classes=len(CLASSES), alpha=0.35,
-                            resolution=RESOLUTION)  # fmt: skip
-    randomize_torch(model)
-    with torch.no_grad():
-        for head in (*model.class_heads, *model.box_heads):
-            head.conv_pw.weight *= 0.2
-        for head in model.class_heads:
-            head.conv_pw.bias.copy_(torch.tensor([3.0, 0.0, -0.5, -1.0, -1.5]).repeat(
-                head.conv_pw.bias.numel() // len(CLASSES)))  # fmt: skip
+    model = background_leaning_detector(len(CLASSES), RESOLUTION)
     return DetectionCheckpoint(model.eval(), CLASSES, (0, 1, 2, 3, 4), PREPROCESSING,
                                Path("random.safetensors"), loss=loss)  # fmt: skip
 

@@ -28,7 +28,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from random_weights import randomize_torch
+from random_weights import background_leaning_detector
 
 from mobilenets.cli import detect as detect_cli
 from mobilenets.cli import main
@@ -89,17 +89,7 @@ def checkpoint_file(data_dir, tmp_path_factory) -> Path:
     """A detector checkpoint for the synthetic shapes' classes: random weights and BN
     statistics, the heads' weights scaled down and the class bias favouring the background."""
     data = load_detection_data(DATA, splits=("val",))
-    classes = len(data.class_names)
-    torch.manual_seed(0)
-    model = create_detector("ssdlite_mobilenet_v2", num_classes=classes, alpha=0.35,
-                            resolution=RESOLUTION)  # fmt: skip
-    randomize_torch(model)
-    with torch.no_grad():
-        for head in (*model.class_heads, *model.box_heads):
-            head.conv_pw.weight *= 0.2
-        for head in model.class_heads:
-            head.conv_pw.bias.copy_(torch.tensor([3.0, 0.0, -0.5, -1.0, -1.5]).repeat(
-                head.conv_pw.bias.numel() // classes))  # fmt: skip
+    model = background_leaning_detector(len(data.class_names), RESOLUTION)
     path = tmp_path_factory.mktemp("checkpoint") / "best.safetensors"
     save_checkpoint(model, path, data.class_names, detection_preprocessing(RESOLUTION, None),
                     category_ids=list(data.category_ids))  # fmt: skip

@@ -29,7 +29,7 @@ import onnxruntime
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from random_weights import randomize_torch
+from random_weights import background_leaning_detector, randomize_torch
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -51,7 +51,6 @@ from mobilenets.deploy import web_demo
 from mobilenets.deploy.quantize import conv_weight_sources
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.tasks.detection.export import NMS_OUTPUT_NAMES
-from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.segmenters import create_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,16 +95,7 @@ def classifier_checkpoint(path: Path) -> Path:
 def detector_checkpoint(path: Path) -> Path:
     """SSDLite 0.35 at 96 px, random weights; heads that favour the background but pass tens
     of boxes through the 0.01 score threshold."""
-    torch.manual_seed(0)
-    model = create_detector("ssdlite_mobilenet_v2", num_classes=len(DETECTOR_CLASSES),
-                            alpha=0.35, resolution=RESOLUTION)  # fmt: skip
-    randomize_torch(model)
-    with torch.no_grad():
-        for head in (*model.class_heads, *model.box_heads):
-            head.conv_pw.weight *= 0.2
-        for head in model.class_heads:
-            head.conv_pw.bias.copy_(torch.tensor([3.0, 0.0, -0.5, -1.0, -1.5]).repeat(
-                head.conv_pw.bias.numel() // len(DETECTOR_CLASSES)))  # fmt: skip
+    model = background_leaning_detector(len(DETECTOR_CLASSES), RESOLUTION)
     return save_checkpoint(model.eval(), path, DETECTOR_CLASSES, DETECTOR_PREPROCESSING,
                            category_ids=list(range(len(DETECTOR_CLASSES))),
                            train_config={"data": DETECTOR_DATA})  # fmt: skip

@@ -674,16 +674,24 @@ def kept_signal_stack() -> Iterator[None]:
         libc.sigaltstack(ctypes.byref(previous), None)
 
 
-def openvino_model(path: Path, threads: int):
+def openvino_model(path: Path, threads: int, precision: str = "fp32", counters: bool = False):
     """An ONNX file compiled by OpenVINO for the CPU with ``threads`` inference threads, for
-    latency (one stream): a callable of one input array."""
+    latency (one stream): a callable of one input array.
+
+    On a CPU with AMX or AVX-512 BF16, OpenVINO's default runs every float operation in bf16,
+    so an "fp32" row would not be fp32: a ``precision="fp32"`` file is compiled with an f32
+    inference precision. In an int8 file the operations left in float keep the plugin's default
+    (bf16 where the CPU has it), as an app deploying the file gets them. ``counters`` turns on
+    the per-layer profile (``request.get_profiling_info()``)."""
     ov = require("openvino", "measuring OpenVINO")
+    settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision == "fp32":
+        settings["INFERENCE_PRECISION_HINT"] = "f32"
+    if counters:
+        settings["PERF_COUNT"] = True
     try:
         with kept_signal_stack():
-            compiled = ov.Core().compile_model(
-                str(path), "CPU",
-                {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
-            )  # fmt: skip
+            compiled = ov.Core().compile_model(str(path), "CPU", settings)
     except Exception as error:  # OpenVINO raises its own RuntimeError kinds for a bad file
         raise MobileNetsError(f"OpenVINO cannot compile {str(path)!r}: {error}") from error
     return compiled.create_infer_request()
@@ -703,7 +711,7 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
         )
     sessions = [(onnx_session(path, threads), path, *rest) for path, *rest in target.onnx_files]
     compiled = (
-        [(openvino_model(path, threads), path, *rest) for path, *rest in target.onnx_files]
+        [(openvino_model(path, threads, rest[0]), path, *rest) for path, *rest in target.onnx_files]
         if openvino
         else []
     )
@@ -888,6 +896,11 @@ def notes(records: list[BenchRecord]) -> list[str]:
         "latency / eager: median over the PyTorch eager fp32 median of the same model and "
         "batch; x faster is its inverse."
     )
+    if any(r.runtime == OPENVINO for r in records):
+        lines.append(
+            "OpenVINO runs fp32 files in f32; in int8 files the operations left in float run at "
+            "its default precision, bf16 on CPUs with AMX or AVX-512 BF16."
+        )
     if any(r.fastest for r in records):
         lines.append(
             f"A {FASTEST_MARK} after x faster marks the fastest runtime of that model and batch "
