@@ -20,11 +20,18 @@ from safetensors.torch import load_file
 
 from mobilenets import create_model, save_weights
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.data.classification import load_splits
+from mobilenets.data.device_data import DeviceImages
 from mobilenets.engine import loop, run
 from mobilenets.engine.checkpoint import STATE_FILE, load_checkpoint, save_state
 from mobilenets.engine.device import unwrap
 from mobilenets.engine.loop import TrainingDiverged
-from mobilenets.tasks.classification.train import TrainConfig, fit, train_config
+from mobilenets.tasks.classification.train import (
+    TrainConfig,
+    fit,
+    train_config,
+    uses_device_data,
+)
 
 # A tiny, learnable run: 0.35-wide small-input V2 on 32x32 synthetic images.
 TINY = dict(
@@ -76,6 +83,7 @@ def test_presets_hold_the_papers_settings_and_flags_override_them():
         (dict(label_smoothing=1.0), "label_smoothing must be in [0, 1)"),
         (dict(amp="int8"), "amp must be one of"),
         (dict(lr_rate=0.1), "unknown training settings ['lr_rate']"),
+        (dict(device_data="gpu"), "device_data must be one of auto, on, off, got 'gpu'"),
     ],
 )
 def test_bad_settings_are_refused_with_what_is_allowed(changes, message):
@@ -309,3 +317,79 @@ def test_resume_with_other_settings_is_refused_and_none_takes_the_saved_ones(fin
         fit(tiny_config(epochs=5), out, resume=True, progress=False)
     with pytest.raises(MobileNetsError, match="needs a TrainConfig"):
         fit(None, out / "elsewhere", progress=False)
+
+
+# --- Augmentation on the device -----------------------------------------------------------------
+
+
+def image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / name / "x.png")
+    return root
+
+
+def test_device_data_is_on_for_in_memory_data_on_cuda_and_refused_for_image_files(tmp_path):
+    synthetic = load_splits("synthetic:20", 32)
+    folder = load_splits(str(image_folder(tmp_path / "folder")), 32)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only their kind is read
+    assert uses_device_data(tiny_config(), synthetic, cuda)
+    assert not uses_device_data(tiny_config(), synthetic, cpu)
+    assert not uses_device_data(tiny_config(), folder, cuda)  # auto: the DataLoader for files
+    assert uses_device_data(tiny_config(device_data="on"), synthetic, cpu)
+    assert not uses_device_data(tiny_config(device_data="off"), synthetic, cuda)
+    with pytest.raises(MobileNetsError, match="device_data='on' needs a dataset held in memory"):
+        fit(tiny_config(data=str(tmp_path / "folder"), device_data="on"), tmp_path / "run",
+            progress=False)  # fmt: skip
+
+
+def test_a_run_with_device_data_trains_without_the_data_loader(tmp_path, monkeypatch):
+    def no_loader(*args, **kwargs):
+        raise AssertionError("device_data='on' trains without a DataLoader")
+
+    monkeypatch.setattr(run, "make_loader", no_loader)  # evaluation keeps its own loader
+    config = tiny_config(data="synthetic:256", epochs=1, device_data="on", augment="trivial",
+                         random_erasing=0.25)  # fmt: skip
+    result = fit(config, tmp_path, progress=False)
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 1 and rows[0]["step"] == 256 // 16 and math.isfinite(rows[0]["train_loss"])
+    assert result.final.count == 64
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["train_config"]["device_data"] == "on"
+
+
+def test_an_interrupted_run_with_device_data_resumes_exactly(tmp_path, monkeypatch):
+    config = tiny_config(epochs=2, dropout=0.5, random_erasing=0.5, augment="trivial",
+                         device_data="on", state_every=4)  # fmt: skip
+    straight, stopped_run = tmp_path / "straight", tmp_path / "stopped"
+    fit(config, straight, progress=False)
+    original = run.train_epoch
+
+    def stopped(model, loader, trainer, state, on_step=None, **kwargs):
+        assert isinstance(loader.dataset, DeviceImages)
+
+        def hook(epoch_state):
+            on_step(epoch_state)
+            if trainer.step == 13:  # mid-epoch 2, after the save at step 12
+                raise KeyboardInterrupt
+
+        return original(model, loader, trainer, state, on_step=hook, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "train_epoch", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            fit(config, stopped_run, progress=False)
+    state = torch.load(stopped_run / STATE_FILE, weights_only=True)
+    assert (state["epoch"], state["epoch_state"]["batch"], state["step"]) == (1, 2, 12)
+    # Resumed on another device kind, "auto" would pick the DataLoader; the run keeps its path.
+    saved = json.loads((stopped_run / "train_config.json").read_text())
+    assert saved["device_data"] is True
+    fit(None, stopped_run, resume=True, progress=False)
+    assert without_timing(read_metrics(stopped_run)) == without_timing(read_metrics(straight))
+    for name in ("last.safetensors", "best.safetensors"):
+        ours, theirs = load_file(stopped_run / name), load_file(straight / name)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)

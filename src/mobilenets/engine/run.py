@@ -265,8 +265,12 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
     evaluation = None
     while epoch < config.epochs:
         train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
-        loader = make_loader(job.train, train_sampler, config.batch_size, config.workers, device,
-                             job.collate, config.seed)  # fmt: skip
+        batches = getattr(job.train, "batches", None)
+        if callable(batches):
+            loader = batches(train_sampler, config.batch_size, device)
+        else:
+            loader = make_loader(job.train, train_sampler, config.batch_size, config.workers,
+                                 device, job.collate, config.seed)  # fmt: skip
         train_epoch(trained, loader, trainer, epoch_state, loss_fn=job.loss_fn, on_step=saver,
                     progress=progress and distributed.main,
                     description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip

@@ -27,6 +27,8 @@ from mobilenets.core.preprocessing import imagenet_preprocessing
 from mobilenets.core.spec import DEFAULT_RESOLUTION, ModelConfig
 from mobilenets.core.weights import PARITY_FIELDS
 from mobilenets.data.classification import Splits, load_splits
+from mobilenets.data.common import TensorImages
+from mobilenets.data.device_data import DeviceImages
 from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.engine.device import Distributed, autocast, to_device
 from mobilenets.engine.evaluate import Evaluation, evaluate
@@ -40,6 +42,7 @@ from mobilenets.zoo.registry import resolve_config
 from mobilenets.zoo.transfer import source_model, transfer_weights
 
 AUGMENTS = ("basic", "trivial")
+DEVICE_DATA = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,13 @@ class TrainConfig(TrainSettings):
     augment: str = "basic"
     random_erasing: float = 0.0
     skip_bad_images: bool = False
+    # Augment in-memory datasets on the training device in batches (data.device_data): "auto"
+    # on a CUDA device, "on" anywhere, "off" through the DataLoader's per-image transforms.
+    device_data: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_choices(augment=AUGMENTS, preset=tuple(PRESETS))
+        self.check_choices(augment=AUGMENTS, preset=tuple(PRESETS), device_data=DEVICE_DATA)
         self.check_unit_interval("label_smoothing", "random_erasing")
         allowed = "'keras', 'torchvision', 'timm' (or SOURCE:TAG) or a file path"
         object.__setattr__(self, "weights", self.path_or_name(self.weights, "weights", allowed))
@@ -150,6 +156,21 @@ class Classification:
         splits.train.transform = train_transform(preprocessing, config.augment,
                                                  config.random_erasing, splits.small)  # fmt: skip
         splits.val.transform = eval_transform(preprocessing)
+        train = splits.train
+        # A resumed run keeps the augmentation it started with, even if "auto" would now pick
+        # the other (a GPU run carried on on a CPU): the two draw different random streams.
+        on_device = uses_device_data(config, splits, context.device)
+        if saved_run is not None and "device_data" in saved_run:
+            on_device = saved_run["device_data"]
+        if on_device:
+            train = DeviceImages.from_tensor_images(
+                splits.train, preprocessing, augment=config.augment,
+                random_erasing=config.random_erasing, channels_last=config.channels_last,
+                device=context.device,
+            )  # fmt: skip
+            if context.distributed.main:
+                log.info(f"augmenting the training images on {context.device} in batches "
+                         "(device_data)")  # fmt: skip
 
         model = build_model(model_config)
         if source is not None:
@@ -165,8 +186,9 @@ class Classification:
                             dtype=context.dtype, channels_last=config.channels_last,
                             distributed=context.distributed)  # fmt: skip
 
-        return Job(model, splits.train, classification_loss, evaluate_model, splits.classes,
-                   preprocessing, record={"model_config": model_config.to_dict()})  # fmt: skip
+        return Job(model, train, classification_loss, evaluate_model, splits.classes,
+                   preprocessing, record={"model_config": model_config.to_dict(),
+                                          "device_data": on_device})  # fmt: skip
 
     def train_metrics(self, sums: dict[str, float], seen: float) -> dict:
         return {"train_top1": sums["correct"] / seen}
@@ -196,6 +218,21 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
     of the shipped weights."""
     return fit_task(Classification(), config, out, resume=resume, placement=placement,
                     progress=progress)  # fmt: skip
+
+
+def uses_device_data(config: TrainConfig, splits: Splits, device: torch.device) -> bool:
+    """Whether the training split is augmented on the device: ``device_data="on"``, or
+    ``"auto"`` on a CUDA device; only in-memory datasets can be."""
+    in_memory = isinstance(splits.train, TensorImages) and splits.small
+    if config.device_data == "on" and not in_memory:
+        raise MobileNetsError(
+            f"device_data='on' needs a dataset held in memory (fashion-mnist, cifar10, "
+            f"cifar100, synthetic); data={config.data!r} is read from image files, so use "
+            "device_data='auto' or 'off'"
+        )
+    if config.device_data == "auto":
+        return in_memory and device.type == "cuda"
+    return config.device_data == "on"
 
 
 def model_config_for(config: TrainConfig, splits: Splits) -> ModelConfig:
