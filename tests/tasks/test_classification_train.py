@@ -322,28 +322,56 @@ def test_resume_with_other_settings_is_refused_and_none_takes_the_saved_ones(fin
 # --- Augmentation on the device -----------------------------------------------------------------
 
 
-def image_folder(root: Path) -> Path:
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for name in ("a", "b"):
-            (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / name / "x.png")
-    return root
-
-
-def test_device_data_is_on_for_in_memory_data_on_cuda_and_refused_for_image_files(tmp_path):
+def test_device_data_is_on_for_in_memory_data_on_cuda(tmp_path):
     synthetic = load_splits("synthetic:20", 32)
-    folder = load_splits(str(image_folder(tmp_path / "folder")), 32)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only their kind is read
     assert uses_device_data(tiny_config(), synthetic, cuda)
     assert not uses_device_data(tiny_config(), synthetic, cpu)
-    assert not uses_device_data(tiny_config(), folder, cuda)  # auto: the DataLoader for files
     assert uses_device_data(tiny_config(device_data="on"), synthetic, cpu)
     assert not uses_device_data(tiny_config(device_data="off"), synthetic, cuda)
-    with pytest.raises(MobileNetsError, match="device_data='on' needs a dataset held in memory"):
-        fit(tiny_config(data=str(tmp_path / "folder"), device_data="on"), tmp_path / "run",
-            progress=False)  # fmt: skip
+    trivial = tiny_config(augment="trivial", random_erasing=0.25)
+    assert uses_device_data(trivial, synthetic, cuda)  # in memory: every augmentation
+
+
+def jpeg_folder(root: Path, side: int = 80) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+            (root / split / name).mkdir(parents=True)
+            for index in range(8):
+                Image.new("RGB", (side + 8 * index, side), colour).save(
+                    root / split / name / f"{index}.jpg", quality=90
+                )
+    return root
+
+
+def test_image_folders_go_to_the_device_with_the_crop_and_flip_only(tmp_path):
+    folder = load_splits(str(jpeg_folder(tmp_path / "jpegs")), 64)
+    cuda = torch.device("cuda")
+    basic = dict(augment="basic", random_erasing=0.0)
+    assert uses_device_data(tiny_config(**basic), folder, cuda)
+    assert not uses_device_data(tiny_config(**basic), folder, torch.device("cpu"))
+    # auto keeps TrivialAugment and random erasing on the CPU path, which has them
+    assert not uses_device_data(tiny_config(augment="trivial", random_erasing=0.0), folder, cuda)
+    assert not uses_device_data(tiny_config(augment="basic", random_erasing=0.25), folder, cuda)
+    with pytest.raises(MobileNetsError, match=r"not augment='trivial' and random_erasing=0.25"):
+        uses_device_data(tiny_config(device_data="on", augment="trivial", random_erasing=0.25),
+                         folder, cuda)  # fmt: skip
+
+
+def test_a_jpeg_folder_trains_on_the_device_without_the_data_loader(tmp_path, monkeypatch):
+    def no_loader(*args, **kwargs):
+        raise AssertionError("device_data='on' trains without a DataLoader")
+
+    monkeypatch.setattr(run, "make_loader", no_loader)  # evaluation keeps its own loader
+    config = tiny_config(data=str(jpeg_folder(tmp_path / "jpegs")), resolution=64, epochs=1,
+                         batch_size=4, device_data="on")  # fmt: skip
+    fit(config, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 1 and rows[0]["step"] == 16 // 4 and math.isfinite(rows[0]["train_loss"])
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["device_data"] is True
 
 
 def test_a_run_with_device_data_trains_without_the_data_loader(tmp_path, monkeypatch):

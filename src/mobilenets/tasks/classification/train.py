@@ -27,8 +27,9 @@ from mobilenets.core.preprocessing import imagenet_preprocessing
 from mobilenets.core.spec import DEFAULT_RESOLUTION, ModelConfig
 from mobilenets.core.weights import PARITY_FIELDS
 from mobilenets.data.classification import Splits, load_splits
-from mobilenets.data.common import TensorImages
+from mobilenets.data.common import ImageFiles, TensorImages
 from mobilenets.data.device_data import DeviceImages
+from mobilenets.data.jpeg_device import JpegFolderOnDevice
 from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.engine.device import Distributed, autocast, to_device
 from mobilenets.engine.evaluate import Evaluation, evaluate
@@ -162,15 +163,18 @@ class Classification:
         on_device = uses_device_data(config, splits, context.device)
         if saved_run is not None and "device_data" in saved_run:
             on_device = saved_run["device_data"]
-        if on_device:
+        if on_device and isinstance(splits.train, TensorImages):
             train = DeviceImages.from_tensor_images(
                 splits.train, preprocessing, augment=config.augment,
                 random_erasing=config.random_erasing, channels_last=config.channels_last,
                 device=context.device,
             )  # fmt: skip
-            if context.distributed.main:
-                log.info(f"augmenting the training images on {context.device} in batches "
-                         "(device_data)")  # fmt: skip
+        elif on_device:  # JPEG files: decoded, cropped and flipped on the device
+            train = JpegFolderOnDevice.from_files(splits.train, preprocessing,
+                                                  channels_last=config.channels_last)  # fmt: skip
+        if on_device and context.distributed.main:
+            log.info(f"augmenting the training images on {context.device} in batches "
+                     "(device_data)")  # fmt: skip
 
         model = build_model(model_config)
         if source is not None:
@@ -222,16 +226,24 @@ def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = Fa
 
 def uses_device_data(config: TrainConfig, splits: Splits, device: torch.device) -> bool:
     """Whether the training split is augmented on the device: ``device_data="on"``, or
-    ``"auto"`` on a CUDA device; only in-memory datasets can be."""
-    in_memory = isinstance(splits.train, TensorImages) and splits.small
-    if config.device_data == "on" and not in_memory:
+    ``"auto"`` on a CUDA device. In-memory datasets can be with any augmentation; image folders
+    (decoded on the device, data.jpeg_device) with the random-resized crop and flip only."""
+    files = isinstance(splits.train, ImageFiles)
+    # The device JPEG path has no TrivialAugment or random erasing (docs/training.md).
+    extras = [
+        name
+        for name, used in (("augment='trivial'", config.augment == "trivial"),
+                           (f"random_erasing={config.random_erasing}", config.random_erasing > 0))
+        if used
+    ]  # fmt: skip
+    if config.device_data == "on" and files and extras:
         raise MobileNetsError(
-            f"device_data='on' needs a dataset held in memory (fashion-mnist, cifar10, "
-            f"cifar100, synthetic); data={config.data!r} is read from image files, so use "
-            "device_data='auto' or 'off'"
+            f"device_data='on' decodes image folders on the device with the random-resized "
+            f"crop and flip only, not {' and '.join(extras)}; use augment='basic' and "
+            "random_erasing=0, or device_data='off'"
         )
     if config.device_data == "auto":
-        return in_memory and device.type == "cuda"
+        return device.type == "cuda" and not (files and extras)
     return config.device_data == "on"
 
 
