@@ -62,9 +62,11 @@ TRAIN_SETTINGS = (
     Setting("--random-erasing", float, "random erasing probability", "P"),
     Setting("--device-data", str, f"one of {', '.join(training.DEVICE_DATA)}: 'on' keeps an "
             "in-memory dataset (fashion-mnist, cifar10, cifar100, synthetic) on the training "
-            "device and augments whole batches there, much faster on a GPU; 'off' augments image "
-            "by image in the data loader; 'auto' is on with a CUDA device. Same recipe, "
-            "different random draws: a run repeats exactly only with the same choice", "MODE"),
+            "device and augments whole batches there, much faster on a GPU, and decodes an "
+            "ImageFolder's JPEGs there (--augment basic, no --random-erasing); 'off' augments "
+            "image by image in the data loader; 'auto' is on with a CUDA device where it can be. "
+            "Same recipe, different random draws: a run repeats exactly only with the same "
+            "choice", "MODE"),
     Setting("--alpha", float, "width multiplier (default: the model's)", "A"),
     Setting("--resolution", int, "input side in pixels (default: the model's, or the images' "
             "own for small images)", "N"),
