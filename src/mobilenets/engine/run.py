@@ -57,6 +57,7 @@ from mobilenets.engine.loop import (
     EpochState,
     LossFn,
     Trainer,
+    flush,
     make_loader,
     make_trainer,
     train_epoch,
@@ -89,6 +90,17 @@ class Job:
     record: dict  # recorded in train_config.json beside the train config (the model config, ...)
     checkpoint_info: dict = field(default_factory=dict)  # more checkpoint metadata (category ids)
     collate: Callable | None = None  # the training loader's collate function
+
+
+def train_batches(job: Job, sampler, config: TrainSettings, device: torch.device):
+    """The batches of an epoch (from ``sampler``'s position): the training split's own, if it
+    makes them (``job.train.batches(sampler, batch_size, device)``, an iterable with a length,
+    of batches already on ``device``), else a DataLoader's."""
+    batches = getattr(job.train, "batches", None)
+    if callable(batches):
+        return batches(sampler, config.batch_size, device)
+    return make_loader(job.train, sampler, config.batch_size, config.workers, device, job.collate,
+                       config.seed)  # fmt: skip
 
 
 class Task(Protocol):
@@ -195,7 +207,12 @@ class StateSaver:
         config = self.trainer.config
         every = config.state_every and self.trainer.step % config.state_every == 0
         late = time.monotonic() - self.last > 60 * config.state_minutes
-        if (every or late) and state.batch < self.steps_per_epoch:  # the epoch's end writes
+        if not (every or late):
+            return
+        # The state holds the device's sums as plain floats, and a run that met a non-finite
+        # loss stops here (TrainingDiverged) instead of saving the state after it.
+        flush(self.trainer, state)
+        if state.batch < self.steps_per_epoch:  # the epoch's end writes
             self.write()
 
     def write(self) -> None:
@@ -246,9 +263,7 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
     if distributed.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", run)
-    trained = model
-    if config.compile:
-        trained = torch.compile(trained)
+    trained = compiled(model, device, distributed) if config.compile else model
     if distributed.enabled:
         trained = torch.nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None
@@ -265,12 +280,7 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
     evaluation = None
     while epoch < config.epochs:
         train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
-        batches = getattr(job.train, "batches", None)
-        if callable(batches):
-            loader = batches(train_sampler, config.batch_size, device)
-        else:
-            loader = make_loader(job.train, train_sampler, config.batch_size, config.workers,
-                                 device, job.collate, config.seed)  # fmt: skip
+        loader = train_batches(job, train_sampler, config, device)
         train_epoch(trained, loader, trainer, epoch_state, loss_fn=job.loss_fn, on_step=saver,
                     progress=progress and distributed.main,
                     description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
@@ -300,6 +310,20 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
         dist.barrier()
     best = max(best, task.val_metrics(evaluation)[task.score])
     return FitResult(out, best, evaluation, epoch, history, distributed.main)
+
+
+def compiled(model: torch.nn.Module, device: torch.device,
+             distributed: Distributed) -> torch.nn.Module:  # fmt: skip
+    """The model compiled for training: forward and backward (AOTAutograd) as generated kernels.
+    On a GPU the step is also captured as a CUDA graph ("reduce-overhead"): training batches all
+    have one shape (the last, short one is dropped), so one capture replays every step. Under
+    DDP the graphs are left out, the model being split around DDP's gradient buckets.
+
+    The optimizer step is not compiled: SGD and AdamW are fused kernels already (torch.compile
+    does not trace them), and the EMA update is a few multi-tensor operations.
+    """
+    graphs = device.type == "cuda" and not distributed.enabled
+    return torch.compile(model, mode="reduce-overhead" if graphs else None)
 
 
 def epoch_row(task: Task, epoch: int, trainer: Trainer, state: EpochState, evaluation,
