@@ -1,135 +1,243 @@
-"""Training step on a GPU: our MobileNetV2 against torchvision's, same run; and what the
-Fashion-MNIST model's step costs there.
+"""Training speed on a GPU: our step against torchvision's and timm's in one run, the
+Fashion-MNIST recipe end to end against its bare compiled step, and where the step's time goes.
 
-1. Both models at ``--resolution`` (224), batch ``--batch`` (128), bf16 autocast, channels_last,
-   cudnn.benchmark, SGD with nesterov: images/s, median of ``--repeats`` alternating rounds of
-   ``--steps`` steps after a warm-up, and ours / torchvision.
-2. The Fashion-MNIST recipe's model (V2 1.0 small-input, 28x28, one channel, 10 classes, batch
-   128) with and without channels_last and bf16 autocast: the ceiling a run's data pipeline
-   has to feed.
+1. The training step at ``--resolution`` (224), batch ``--batch`` (256), ``--amp`` (bf16),
+   channels_last, cudnn.benchmark, SGD with nesterov, on one ready-made batch: torchvision's
+   MobileNetV2 eager (the reference) and compiled, timm's, ours eager (the same bare loop), and
+   ours on the fast path (`mobilenets.engine.loop.train_epoch` over a compiled model, CUDA
+   graphs, the fused optimizer, no read-back per step: what `train --compile` runs); the same
+   for MobileNetV1 (timm's and ours). images/s, median of ``--repeats`` alternating rounds of
+   ``--steps`` steps after a warm-up, and the ratio to torchvision eager.
+2. The Fashion-MNIST recipe's model (V2 1.4 small-input, 28x28x1, batch 256): a real training
+   run (`mobilenets.tasks.classification.train.fit`: data on the device, augmentation, the
+   compiled step, weight EMA, the epoch's bookkeeping) for ``--epochs`` epochs, its last epoch's
+   images/s against the bare compiled step of the same model on a ready-made batch.
+3. A profile of a few fast-path steps of part 1's MobileNetV2: the top kernels by device time.
 
-3. The recipe's width-1.4 model at batch 256, bf16: the bare step against our
-   ``train_epoch`` (weight EMA, the loss check, the epoch's sums) over the same ready-made
-   batches, and their ratio: what a run's bookkeeping costs on the GPU.
+On a CPU (``--device cpu``) every part runs too, small, as a check that the script works; the
+numbers mean nothing there.
 
-Parts 1 and 2 are bare steps over one ready-made batch: no data loading, EMA or bookkeeping.
-
-    python benchmarks/train_gpu.py [--resolution 224] [--batch 128] [--steps 20]
+    python benchmarks/train_gpu.py [--batch 256] [--steps 30] [--markdown FILE]
+    python benchmarks/train_gpu.py --device cpu --resolution 32 --batch 4 --steps 2 --repeats 1 \\
+        --amp off --data synthetic:64 --epochs 1 --fmnist-batch 16
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import tempfile
 import time
+from datetime import date
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
 from mobilenets import create_model
+from mobilenets.core.files import atomic_path
 from mobilenets.engine.device import Distributed
 from mobilenets.engine.loop import EpochState, make_trainer, train_epoch
-from mobilenets.tasks.classification.train import classification_loss, train_config
+from mobilenets.engine.run import compiled
+from mobilenets.tasks.classification.train import classification_loss, fit, train_config
 
 
-def images_per_second(model, x, y, dtype, steps: int) -> float:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    torch.cuda.synchronize()
-    return len(x) * steps / (time.perf_counter() - start)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
-def batch(size: int, channels: int, side: int, classes: int, channels_last: bool):
-    x = torch.randn(size, channels, side, side, device="cuda")
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(memory_format=memory_format), torch.randint(0, classes, (size,), device="cuda")
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+class BareStep:
+    """The reference loop: forward, cross-entropy, backward, SGD (PyTorch's default kernels)."""
+
+    def __init__(self, model, device, dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def rate(self, x, y, steps: int) -> float:
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            with autocast(self.device, self.dtype):
+                loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        synchronize(self.device)
+        return len(x) * steps / (time.perf_counter() - start)
+
+
+class FastPath:
+    """Ours as `train --compile` runs it: train_epoch over the compiled model with the engine's
+    fused optimizer and its device-side checks; weight EMA off (the references have none)."""
+
+    def __init__(self, model, device, dtype, batch_size: int, amp: str, ema_decay: float = 0.0):
+        config = train_config("modern", batch_size=batch_size, amp=amp, ema_decay=ema_decay,
+                              label_smoothing=0.0, compile=True)  # fmt: skip
+        self.trainer, _ = make_trainer(model, batch_size * 1000, config, device, dtype,
+                                       Distributed())  # fmt: skip
+        self.model = compiled(model, device, Distributed())
+        self.device = device
+
+    def rate(self, x, y, steps: int) -> float:
+        synchronize(self.device)
+        start = time.perf_counter()
+        train_epoch(self.model, [(x, y)] * steps, self.trainer, EpochState(),
+                    loss_fn=classification_loss, progress=False)  # fmt: skip
+        synchronize(self.device)
+        return len(x) * steps / (time.perf_counter() - start)
+
+
+def ready_batch(size, channels, side, classes, device, generator=None):
+    x = torch.randn(size, channels, side, side, device=device)
+    x = x.to(memory_format=torch.channels_last)
+    return x, torch.randint(0, classes, (size,), device=device)
+
+
+def step_table(args, device, dtype) -> list[str]:
+    """Part 1: every contender's images/s on one batch, alternating rounds."""
+    import timm
+
+    def cl(model):
+        return model.to(device, memory_format=torch.channels_last)
+
+    def contenders(arch: str) -> dict:
+        if arch == "v2":
+            return {
+                "torchvision mobilenet_v2, eager": BareStep(
+                    cl(torchvision.models.mobilenet_v2()), device, dtype),
+                "torchvision mobilenet_v2 + torch.compile": BareStep(
+                    torch.compile(cl(torchvision.models.mobilenet_v2())), device, dtype),
+                "timm mobilenetv2_100, eager": BareStep(
+                    cl(timm.create_model("mobilenetv2_100")), device, dtype),
+                "ours mobilenet_v2 1.0, eager": BareStep(
+                    cl(create_model("mobilenet_v2")), device, dtype),
+                "ours mobilenet_v2 1.0, fast path": FastPath(
+                    cl(create_model("mobilenet_v2")), device, dtype, args.batch, args.amp),
+            }  # fmt: skip
+        return {
+            "timm mobilenetv1_100, eager": BareStep(
+                cl(timm.create_model("mobilenetv1_100")), device, dtype),
+            "ours mobilenet_v1 1.0, eager": BareStep(
+                cl(create_model("mobilenet_v1")), device, dtype),
+            "ours mobilenet_v1 1.0, fast path": FastPath(
+                cl(create_model("mobilenet_v1")), device, dtype, args.batch, args.amp),
+        }  # fmt: skip
+
+    lines = [
+        f"{args.resolution}x{args.resolution}, batch {args.batch}, amp {args.amp}, channels_last; "
+        f"median of {args.repeats} alternating rounds of {args.steps} steps after a warm-up",
+        "",
+        "| model | images/s | / torchvision eager |",
+        "|---|---:|---:|",
+    ]
+    x, y = ready_batch(args.batch, 3, args.resolution, 1000, device)
+    reference = None
+    for arch in ("v2", "v1"):
+        steps = contenders(arch)
+        for step in steps.values():
+            step.rate(x, y, max(3, args.steps // 2))  # warm-up: compile, capture, cudnn search
+        rates = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                rates[name].append(step.rate(x, y, args.steps))
+        for name, values in rates.items():
+            rate = statistics.median(values)
+            reference = reference or rate  # torchvision eager comes first
+            lines.append(f"| {name} | {rate:,.0f} | {rate / reference:.2f} |")
+        del steps
+    return lines
+
+
+def fmnist_end_to_end(args, device, dtype) -> list[str]:
+    """Part 2: a real run's last-epoch images/s against the bare compiled step."""
+    with tempfile.TemporaryDirectory(prefix="train-gpu-") as folder:
+        config = train_config(
+            "modern", data=args.data, model="mobilenet_v2", alpha=1.4, batch_size=args.fmnist_batch,
+            lr=0.2, augment="basic", random_erasing=0.25, epochs=args.epochs, amp=args.amp,
+            compile=True, device=str(device), workers=0,
+        )  # fmt: skip
+        result = fit(config, folder, progress=False)
+        run_rate = result.history[-1]["images_per_s"]
+    model = create_model("mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1,
+                         small_input=True, resolution=28).to(device)  # fmt: skip
+    model = model.to(memory_format=torch.channels_last)
+    bare = FastPath(model, device, dtype, args.fmnist_batch, args.amp, ema_decay=0.0)
+    x, y = ready_batch(args.fmnist_batch, 1, 28, 10, device)
+    bare.rate(x, y, max(3, args.steps // 2))
+    bare_rate = statistics.median(bare.rate(x, y, args.steps * 4) for _ in range(args.repeats))
+    return [
+        f"V2 1.4 small-input, 28x28x1, batch {args.fmnist_batch}, amp {args.amp}, data "
+        f"`{args.data}`",
+        "",
+        "| | images/s |",
+        "|---|---:|",
+        f"| bare compiled step, one ready-made batch, no EMA | {bare_rate:,.0f} |",
+        f"| training run, epoch {args.epochs} (data on the device, augmentation, EMA, "
+        f"bookkeeping) | {run_rate:,.0f} |",
+        "",
+        f"run / bare: {run_rate / bare_rate:.3f} (goal: at least 0.9)",
+    ]
+
+
+def profile_summary(args, device, dtype) -> list[str]:
+    """Part 3: the fast path's top kernels by device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = create_model("mobilenet_v2").to(device, memory_format=torch.channels_last)
+    step = FastPath(model, device, dtype, args.batch, args.amp)
+    x, y = ready_batch(args.batch, 3, args.resolution, 1000, device)
+    step.rate(x, y, max(3, args.steps // 2))
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    with profile(activities=activities) as recorded:
+        step.rate(x, y, 5)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = recorded.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+    return [f"5 fast-path steps of mobilenet_v2 1.0, sorted by {key}", "", "```", table, "```"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--amp", default="bf16", choices=("bf16", "off"))
+    parser.add_argument("--data", default="fashion-mnist", help="part 2's dataset")
+    parser.add_argument("--epochs", type=int, default=3, help="part 2's epochs")
+    parser.add_argument("--fmnist-batch", type=int, default=256)
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 1,3")
+    parser.add_argument("--markdown", type=Path, help="also write the report here")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("train_gpu.py needs a CUDA GPU")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here: give --device cpu for a dry run")
     torch.backends.cudnn.benchmark = True
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
-
-    models = {
-        "torchvision": torchvision.models.mobilenet_v2(),
-        "ours": create_model("mobilenet_v2"),
-    }
-    x, y = batch(args.batch, 3, args.resolution, 1000, channels_last=True)
-    rates = {name: [] for name in models}
-    for name, model in models.items():
-        models[name] = model.cuda().to(memory_format=torch.channels_last)
-        images_per_second(models[name], x, y, torch.bfloat16, 5)
-    for _ in range(args.repeats):
-        for name, model in models.items():
-            rates[name].append(images_per_second(model, x, y, torch.bfloat16, args.steps))
-    reference = statistics.median(rates["torchvision"])
-    print(f"\n{args.resolution}x{args.resolution}, batch {args.batch}, bf16, channels_last")
-    print("| model | images/s | / torchvision |\n|---|---:|---:|")
-    for name, values in rates.items():
-        rate = statistics.median(values)
-        print(f"| {name} | {rate:.0f} | {rate / reference:.3f} |")
-
-    print(f"\nFashion-MNIST model (V2 1.0 small-input, 28x28x1), batch {args.batch}")
-    print("| channels_last | autocast | images/s |\n|---|---|---:|")
-    for channels_last in (True, False):
-        for dtype in (torch.bfloat16, None):
-            model = create_model(
-                "mobilenet_v2", num_classes=10, in_chans=1, small_input=True, resolution=28
-            ).cuda()
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            x, y = batch(args.batch, 1, 28, 10, channels_last)
-            images_per_second(model, x, y, dtype, 5)
-            rate = images_per_second(model, x, y, dtype, args.steps)
-            print(f"| {channels_last} | {dtype or 'off'} | {rate:.0f} |")
-
-    print("\nFashion-MNIST recipe model (V2 1.4 small-input, 28x28x1), batch 256, bf16")
-    bare, full = recipe_step_rates(256, args.steps * 5)
-    print("| step | images/s |\n|---|---:|")
-    print(f"| bare | {bare:.0f} |\n| train_epoch (EMA, checks, sums) | {full:.0f} |")
-    print(f"train_epoch / bare: {full / bare:.3f}")
-
-
-def recipe_step_rates(batch_size: int, steps: int) -> tuple[float, float]:
-    """images/s of a bare step and of ``train_epoch``, alternating, medians of three rounds."""
-    config = train_config("modern", alpha=1.4, batch_size=batch_size, amp="bf16")
-    model = create_model("mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1, small_input=True,
-                         resolution=28).cuda().to(memory_format=torch.channels_last)  # fmt: skip
-    device = torch.device("cuda")
-    trainer, _ = make_trainer(model, batch_size * steps, config, device, torch.bfloat16,
-                              Distributed())  # fmt: skip
-    x, y = batch(batch_size, 1, 28, 10, channels_last=True)
-    batches = [(x, y)] * steps
-
-    def full_rate() -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        train_epoch(model, batches, trainer, EpochState(), loss_fn=classification_loss,
-                    progress=False)  # fmt: skip
-        torch.cuda.synchronize()
-        return batch_size * steps / (time.perf_counter() - start)
-
-    full_rate()  # warm-up, cudnn's search
-    bare, full = [], []
-    for _ in range(3):
-        bare.append(images_per_second(model, x, y, torch.bfloat16, steps))
-        full.append(full_rate())
-    return statistics.median(bare), statistics.median(full)
+    dtype = torch.bfloat16 if args.amp == "bf16" else None
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip() or "?"  # fmt: skip
+    sections = [
+        f"commit `{commit}`, {date.today().isoformat()}, {name}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}"
+    ]
+    parts = {"1": ("Training step", step_table), "2": ("Fashion-MNIST end to end",
+             fmnist_end_to_end), "3": ("Profile of the fast path", profile_summary)}  # fmt: skip
+    for key in args.parts.split(","):
+        title, part = parts[key]
+        lines = part(args, device, dtype)
+        sections.append(f"## {title}\n\n" + "\n".join(lines))
+        print(sections[-1] + "\n", flush=True)
+    if args.markdown:
+        with atomic_path(args.markdown) as temporary:
+            Path(temporary).write_text("\n\n".join(sections) + "\n")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,21 @@ def test_the_running_sums_are_read_back_every_read_back_seconds_and_at_the_end(m
     assert rare.batch == 5 and rare.seen == 40
 
 
+def test_under_torchrun_the_read_backs_fall_on_the_same_steps_in_every_process(monkeypatch):
+    # Each process's clock differs: by time, one process could stop (a NaN) while the others
+    # wait for it in the next all-reduce. By steps they all read back, and stop, together.
+    read_backs = count_read_backs(monkeypatch)
+    monkeypatch.setattr(loop, "all_sum", lambda tensor, distributed: tensor)  # no process group
+    monkeypatch.setattr(loop, "READ_BACK_SECONDS", 0.0)  # would read back every step by time
+    monkeypatch.setattr(loop, "READ_BACK_STEPS", 2)
+    model = tiny_model()
+    trainer, _ = make_trainer(model, 64, CONFIG, CPU, None, Distributed(rank=1, world_size=2))
+    state = train_epoch(model, make_batches(5), trainer, EpochState(), loss_fn=cross_entropy,
+                        progress=False)  # fmt: skip
+    assert len(read_backs) == 3  # after steps 2 and 4, and at the end
+    assert state.batch == 5 and state.seen == 40
+
+
 def test_no_step_reads_from_the_device(monkeypatch):
     # Every way a tensor's value reaches Python, outside read_back, is counted.
     monkeypatch.setattr(loop, "READ_BACK_SECONDS", 1e9)

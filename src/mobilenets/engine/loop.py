@@ -143,6 +143,9 @@ def ordered_loader(dataset, batch_size: int, workers: int = 0,
 
 
 READ_BACK_SECONDS = 2.0
+# Under torchrun the processes read back at the same steps, every this many, so that after a
+# non-finite loss they all stop at the same step (their clocks differ).
+READ_BACK_STEPS = 100
 
 
 def read_back(tensor: torch.Tensor) -> list:
@@ -313,7 +316,10 @@ def train_epoch(model, loader, trainer: Trainer, state: EpochState, *, loss_fn: 
         now = time.perf_counter()
         tally.add(loss, count, sums, now - started)
         started = now
-        due = now - read >= READ_BACK_SECONDS or (lines is not None and lines.due())
+        if trainer.distributed.enabled:
+            due = tally.steps >= READ_BACK_STEPS
+        else:
+            due = now - read >= READ_BACK_SECONDS or (lines is not None and lines.due())
         if due or tally.steps + state.batch == total:
             flush(trainer, state)
             read = time.perf_counter()

@@ -204,6 +204,8 @@ class StateSaver:
     last: float = field(default_factory=time.monotonic)
 
     def __call__(self, state: EpochState) -> None:
+        if not self.trainer.distributed.main:  # the others neither write nor read back here
+            return
         config = self.trainer.config
         every = config.state_every and self.trainer.step % config.state_every == 0
         late = time.monotonic() - self.last > 60 * config.state_minutes
