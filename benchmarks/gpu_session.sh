@@ -16,7 +16,7 @@
 #   OUT=results STAGES="checks pipeline step" bash benchmarks/gpu_session.sh
 #   OUT=results STAGES=recipe bash benchmarks/gpu_session.sh
 #   DEVICE=cpu QUICK=1 OUT=/tmp/out bash benchmarks/gpu_session.sh   (a dry run on a CPU)
-set -eu
+set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/runs/gpu-out}
 STAGES=${STAGES:-checks pipeline step}
@@ -46,22 +46,32 @@ else
     RECIPE_FLAGS="--data fashion-mnist --epochs 120 --batch-size 256"
 fi
 
+failed=""
 for stage in $STAGES; do
     echo "== $stage"
     case $stage in
     checks) $PY "$ROOT/benchmarks/device_checks.py" --device "$DEVICE" | tee "$OUT/device_checks.txt" ;;
+    # shellcheck disable=SC2086  # the flags are words
     pipeline) $PY "$ROOT/benchmarks/input_pipeline.py" $PIPE_FLAGS | tee "$OUT/input_pipeline.md" ;;
+    # shellcheck disable=SC2086
     step) $PY "$ROOT/benchmarks/train_gpu.py" $STEP_FLAGS --markdown "$OUT/train_gpu.md" ;;
     recipe)
         rm -rf "$OUT/recipe"
-        # shellcheck disable=SC2086  # the flags are words
+        # shellcheck disable=SC2086
         timeout "$LIMIT" $PY -m mobilenets train --model mobilenet_v2 --preset modern --alpha 1.4 \
             --augment basic --lr 0.2 --compile --device-data on --device "$DEVICE" --no-progress \
-            --out "$OUT/recipe" $RECIPE_FLAGS 2>&1 | tee "$OUT/recipe.log" || true
-        $PY "$ROOT/benchmarks/fashion_mnist_recipe.py" "$OUT/recipe" >"$OUT/recipe.md" 2>&1 || true
+            --out "$OUT/recipe" $RECIPE_FLAGS 2>&1 | tee "$OUT/recipe.log"
+        $PY "$ROOT/benchmarks/fashion_mnist_recipe.py" "$OUT/recipe" >"$OUT/recipe.md" 2>&1
         head -n 20 "$OUT/recipe.md"
         rm -rf "$OUT/recipe/state" # the resume state is not a result
         ;;
     *) echo "unknown stage $stage (allowed: checks pipeline step recipe)" >&2 && exit 2 ;;
     esac
+    status=$?
+    # a failed stage is reported and the next one still runs: one call must bring back all it can
+    [ $status = 0 ] || failed="$failed $stage"
 done
+if [ -n "$failed" ]; then
+    echo "failed:$failed" | tee "$OUT/failed.txt"
+    exit 1
+fi
