@@ -172,8 +172,13 @@ def run_export_pte_int8(args: argparse.Namespace, mobile, export) -> None:
         calibration_images=args.calibration_images, batch_size=QUANTIZE_BATCH_SIZE,
         metadata=source.metadata, progress=True,
     )  # fmt: skip
+    print_pte_int8(result, source.weights, data, mobile, export)
+
+
+def print_pte_int8(result, weights: str, data: str, mobile, export) -> None:
+    """The report of an int8 program written from a checkpoint: file, layers, check, top-1."""
     report, int8 = result.report, result.report.int8
-    print_pte_report(report, source.weights, export.format_shape)
+    print_pte_report(report, weights, export.format_shape)
     layers = int8.quantized_layers + len(int8.float_layers)
     floating = f" (float: {', '.join(int8.float_layers)})" if int8.float_layers else ""
     print(
@@ -211,10 +216,11 @@ def print_pte_report(report, weights: str, format_shape) -> None:
 def add_quantize(commands) -> None:
     parser = add_command(
         commands, "quantize", run_quantize,
-        help="int8 ONNX (onnxruntime QDQ) by post-training quantization or quantization-aware "
-        "fine-tuning",
+        help="int8 ONNX (onnxruntime QDQ) or ExecuTorch by post-training quantization or "
+        "quantization-aware fine-tuning",
         description="Quantize a checkpoint to an int8 ONNX file (onnxruntime QDQ, weights s8 "
-        "per channel) and report its top-1 beside the fp32 model's on the validation split.",
+        "per channel) or, with --format pte, an int8 ExecuTorch program (PT2E with the XNNPACK "
+        "quantizer), and report its top-1 beside the fp32 model's on the validation split.",
     )  # fmt: skip
     add_checkpoint_argument(parser)
     parser.add_argument("--data", required=True, metavar="SPEC",
@@ -224,19 +230,25 @@ def add_quantize(commands) -> None:
         help="ptq: post-training static quantization; qat: fine-tune through simulated int8 "
         "first, then quantize the same way",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the int8 file to write")
+    parser.add_argument(
+        "--format", choices=EXPORT_FORMATS, default="onnx",
+        help="onnx (default): onnxruntime QDQ; pte: ExecuTorch with the XNNPACK delegate, PT2E "
+        "quantization and, for qat, PT2E quantization-aware training (needs mobilenets[mobile])",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the int8 .onnx or .pte file to write")  # fmt: skip
     parser.add_argument(
         "--calibration-images", type=int, default=QUANTIZE_CALIBRATION_IMAGES, metavar="N",
         help="training images that set the activation ranges (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--calibrate", choices=QUANTIZE_CALIBRATE, default="minmax",
-        help="how the ranges are set from them: %(choices)s (default %(default)s)",
+        help="how the ranges are set from them: %(choices)s (default %(default)s); onnx only",
     )  # fmt: skip
     parser.add_argument(
         "--activations", choices=QUANTIZE_ACTIVATIONS, default="u8",
         help="activation type, u8 or s8 (default %(default)s, fast on x86); weights are s8 per "
-        "channel",
+        "channel; onnx only (a .pte program is s8)",
     )  # fmt: skip
     parser.add_argument(
         "--batch-size", type=int, default=QUANTIZE_BATCH_SIZE, metavar="B",
@@ -257,12 +269,11 @@ def add_quantize(commands) -> None:
 def run_quantize(args: argparse.Namespace) -> None:
     from mobilenets.deploy import quantize
 
+    if args.format == "pte":
+        run_quantize_pte(args)
+        return
     quantize.check_options(args.out, args.calibrate, args.activations)
-    qat = None
-    if args.method == "qat":
-        qat = QatConfig(
-            epochs=args.qat_epochs, lr=args.qat_lr, batch_size=args.batch_size, seed=args.seed
-        )
+    qat = quantize_qat_config(args)
     checkpoint = load_checkpoint(args.checkpoint)
     result = quantize.quantize_checkpoint(
         checkpoint, args.data, args.out, calibration_images=args.calibration_images,
@@ -277,6 +288,44 @@ def run_quantize(args: argparse.Namespace) -> None:
         f"{report.int8_bytes / 1e6:.1f} MB (fp32 {report.fp32_bytes / 1e6:.1f} MB)"
     )
     print(f"wrote {report.path}")
+
+
+def quantize_qat_config(args: argparse.Namespace) -> QatConfig | None:
+    if args.method != "qat":
+        return None
+    return QatConfig(
+        epochs=args.qat_epochs, lr=args.qat_lr, batch_size=args.batch_size, seed=args.seed
+    )
+
+
+def run_quantize_pte(args: argparse.Namespace) -> None:
+    """``--format pte``: the int8 program of ``export --format pte --int8``, by PTQ or by PT2E
+    quantization-aware training first."""
+    from mobilenets.deploy import executorch_export as mobile
+    from mobilenets.deploy import onnx_export as export
+
+    # the XNNPACK quantizer sets its own ranges (histogram for PTQ, moving min/max for QAT)
+    # and runs s8 activations; these two choices belong to onnxruntime
+    if args.calibrate != "minmax":
+        raise MobileNetsError(
+            f"--calibrate {args.calibrate} applies to --format onnx only; the XNNPACK quantizer "
+            "of --format pte sets its own activation ranges"
+        )
+    if args.activations != "u8":
+        raise MobileNetsError(
+            f"--activations {args.activations} applies to --format onnx only; a .pte program's "
+            "activations are s8"
+        )
+    mobile.check_pte_options(args.out)  # before loading anything
+    qat = quantize_qat_config(args)
+    mobile.require_executorch("--format pte")
+    checkpoint = load_checkpoint(args.checkpoint)
+    source = export.export_source(args.checkpoint)
+    result = mobile.export_checkpoint_int8(
+        checkpoint, args.data, args.out, calibration_images=args.calibration_images,
+        batch_size=args.batch_size, metadata=source.metadata, qat=qat, progress=True,
+    )  # fmt: skip
+    print_pte_int8(result, source.weights, args.data, mobile, export)
 
 
 # --- bench --------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ output channel, int8 activations per tensor; calibration on images the caller gi
 partitioner turns into int8 kernels, goes down the same lowering. The program is then checked
 against that converted module, the quantized PyTorch reference, not against the fp32 model.
 
+``qat=`` replaces calibration alone by PT2E quantization-aware training (``prepare_qat_pt2e`` on
+the unfolded model, fine-tuning with the loop of [`mobilenets.deploy.qat`][mobilenets.deploy.qat],
+eval mode, ``convert_pt2e``); the lowering and the check are the same.
+
 ExecuTorch is optional: ``pip install 'mobilenets[mobile]'`` (tested with executorch 1.5.1 on
 torch 2.14.1). Importing it takes several seconds, so nothing here imports it at module level.
 """
@@ -48,9 +52,10 @@ from mobilenets.core.files import atomic_path
 from mobilenets.core.models import MobileNet
 from mobilenets.core.version import __version__
 from mobilenets.data.classification import load_splits
-from mobilenets.data.transforms import eval_transform
+from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import check_agreement, format_shape
+from mobilenets.deploy.qat import OBSERVE_FRACTION, QatConfig, total_steps, train_steps
 from mobilenets.deploy.quantize import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CALIBRATION_IMAGES,
@@ -194,6 +199,9 @@ def export_executorch(
     metadata: dict[str, str] | None = None,
     int8: bool = False,
     calibration: Iterable[torch.Tensor] | None = None,
+    qat: QatConfig | None = None,
+    train_dataset=None,
+    progress: bool = False,
 ) -> PteReport:
     """Write ``model`` as an ExecuTorch program with BN folded and its layers lowered to the
     XNNPACK delegate (the report lists any op left outside it), input float32 (batch, C,
@@ -210,6 +218,11 @@ def export_executorch(
     evaluation transform). The program is checked against the quantized PyTorch reference, on
     the first calibration images, within INT8_TOLERANCE_STEPS quantization steps of the logits;
     ``report.int8`` says what was quantized and how far the program is from the fp32 model.
+
+    ``qat=QatConfig(...)`` with ``int8=True`` fine-tunes a copy of the model by PT2E
+    quantization-aware training on ``train_dataset`` before the conversion (see
+    `quantize_qat_pt2e`; items indexed by (index, seed), the training augmentation as its
+    transform); ``calibration`` then starts the activation ranges. ``model`` is not changed.
     """
     check_pte_options(path, batch)
     if not isinstance(model, MobileNet):
@@ -222,6 +235,15 @@ def export_executorch(
             "int8=True needs calibration= (batches of preprocessed images)" if int8
             else "calibration= applies to int8=True only"
         )  # fmt: skip
+    if (qat is not None) != (train_dataset is not None):
+        raise MobileNetsError(
+            "qat= needs train_dataset= (the training split, augmented)" if qat is not None
+            else "train_dataset= applies to qat= only"
+        )  # fmt: skip
+    if qat is not None and not int8:
+        raise MobileNetsError("qat= applies to int8=True only")
+    if qat is not None and not isinstance(qat, QatConfig):
+        raise MobileNetsError(f"qat= takes a QatConfig, got {type(qat).__name__}")
     try:
         config = model.config.replace(resolution=resolution)
     except MobileNetsError as error:
@@ -243,14 +265,22 @@ def export_executorch(
     shape = (batch, config.in_chans, resolution, resolution)
     int8_report = None
     if int8:
-        folded, x, int8_report = quantize_pt2e(folded, calibration, shape)
+        if qat is None:
+            folded, x, int8_report = quantize_pt2e(folded, calibration, shape)
+        else:
+            folded, x, int8_report = quantize_qat_pt2e(
+                copy.deepcopy(reference), train_dataset, qat, calibration, shape, progress=progress
+            )
         if not math.isfinite(int8_report.logits_scale):
             raise MobileNetsError("the logits of the int8 graph are not quantized")
-        metadata[QUANTIZATION_KEY] = json.dumps({
+        settings = {
             "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
             "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
             "calibration_images": int8_report.calibration_images,
-        })  # fmt: skip
+        }  # fmt: skip
+        if qat is not None:
+            settings |= {"method": "qat", "qat": dataclasses.asdict(qat)}
+        metadata[QUANTIZATION_KEY] = json.dumps(settings)
     buffer, partitions, outside = lower_to_xnnpack(folded, shape, metadata)
     path = Path(path)
     with atomic_path(path) as temporary:
@@ -277,34 +307,112 @@ def quantize_pt2e(
     module (in eval mode), an input of ``shape`` from the first calibration images
     (random where they are too few) and the report, its fp32 difference still to measure."""
     quantize, pt2e, xnnpack = require_pt2e("int8 ExecuTorch export")
-    # a dynamic batch, so that calibration batches of any size run through the captured graph
-    batch = torch.export.Dim("batch", min=1)
-    example = torch.zeros((2, *shape[1:]))
     with torch.no_grad():
-        captured = torch.export.export(folded, (example,), dynamic_shapes=({0: batch},)).module()
+        captured = _capture(folded, shape)
     quantizer = xnnpack.XNNPACKQuantizer().set_global(
         xnnpack.get_symmetric_quantization_config(is_per_channel=True)
     )
     prepared = quantize.prepare_pt2e(captured, quantizer)
-    count, first = 0, torch.empty((0, *shape[1:]))
     with torch.no_grad():
-        for images in calibration:
-            images = torch.as_tensor(images)
-            if images.ndim != 4 or tuple(images.shape[1:]) != shape[1:]:
-                raise MobileNetsError(
-                    f"calibration batches must be float (N, {', '.join(map(str, shape[1:]))}) "
-                    f"tensors, got {images.dtype} of shape {tuple(images.shape)}"
-                )
-            if not images.is_floating_point():
-                raise MobileNetsError(f"calibration images must be float, got {images.dtype}")
-            images = images.to("cpu", torch.float32)
-            prepared(images)
-            if len(first) < shape[0]:
-                first = torch.cat([first, images[: shape[0] - len(first)]])
-            count += len(images)
+        count, first = _calibrate(prepared, calibration, shape)
+    converted = pt2e.move_exported_model_to_eval(quantize.convert_pt2e(prepared))
+    return converted, *_converted_report(converted, count, first, shape)
+
+
+def quantize_qat_pt2e(
+    model: MobileNet,
+    train_dataset,
+    config: QatConfig,
+    calibration: Iterable[torch.Tensor],
+    shape: tuple[int, ...],
+    *,
+    progress: bool = False,
+) -> tuple[nn.Module, torch.Tensor, Int8Report]:
+    """``model`` (unfolded, on the CPU; changed in place) fine-tuned by PT2E quantization-aware
+    training for XNNPACK, then converted: as `quantize_pt2e`, with the same returns.
+
+    The training graph keeps BN: ``prepare_qat_pt2e`` rewrites each conv and BN pair so the
+    convolution reads the weight scaled by BN and fake-quantized, as ``convert_pt2e`` later folds
+    it (Krishnamoorthi 2018, section 3.2); BN statistics are frozen at the checkpoint's (see
+    `_freeze_batch_norm`), BN's scale and shift train. Activation ranges start
+    from ``calibration`` (BN on its running statistics); they and the per-channel weight ranges
+    then move with the training batches (moving averages of min/max) for the first half of the
+    steps and freeze for the second, as in [`mobilenets.deploy.qat`][mobilenets.deploy.qat], so
+    the weights settle on fixed grids. The loop is `mobilenets.deploy.qat.train_steps` with
+    ``config``."""
+    total_steps(len(train_dataset), config)  # a split smaller than a batch fails before export
+    quantize, pt2e, xnnpack = require_pt2e("int8 ExecuTorch export")
+    captured = _capture(model.train(), shape)  # dropout trains; BN is frozen below
+    quantizer = xnnpack.XNNPACKQuantizer().set_global(
+        xnnpack.get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    )
+    prepared = quantize.prepare_qat_pt2e(captured, quantizer)
+    pt2e.move_exported_model_to_eval(prepared)
+    with torch.no_grad():
+        count, first = _calibrate(prepared, calibration, shape)
+    pt2e.move_exported_model_to_train(prepared)
+    _freeze_batch_norm(prepared)
+
+    def freeze_ranges(step: int, total: int) -> None:
+        if step == math.ceil(OBSERVE_FRACTION * total):
+            prepared.apply(pt2e.disable_observer)
+
+    train_steps(prepared, train_dataset, config, before_step=freeze_ranges, progress=progress)
+    # BN on its running statistics and dropout off before convert_pt2e folds BN
+    pt2e.move_exported_model_to_eval(prepared)
+    converted = pt2e.move_exported_model_to_eval(quantize.convert_pt2e(prepared))
+    return converted, *_converted_report(converted, count, first, shape)
+
+
+def _freeze_batch_norm(graph: torch.fx.GraphModule) -> None:
+    """BN of a training graph on its running statistics, which stay as they are, while dropout
+    still trains: the PT2E QAT tutorial's switch, the ``training`` argument of each batch-norm
+    node. A fraction of an epoch of augmented batches would only move the statistics the
+    checkpoint was trained with, and the batch statistics would scale the weights that are
+    fake-quantized differently from the running ones convert_pt2e folds in."""
+    for node in graph.graph.nodes:
+        if node.target is torch.ops.aten.batch_norm.default:
+            node.args = (*node.args[:5], False, *node.args[6:])  # (input, ..., training, ...)
+    graph.recompile()
+
+
+def _capture(module: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    """``module`` exported with a dynamic batch, so that calibration and training batches of any
+    size run through the captured graph."""
+    batch = torch.export.Dim("batch", min=1)
+    example = torch.zeros((2, *shape[1:]))
+    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def _calibrate(
+    prepared: nn.Module, calibration: Iterable[torch.Tensor], shape: tuple[int, ...]
+) -> tuple[int, torch.Tensor]:
+    """Run the ``calibration`` batches through ``prepared``: the image count and the first
+    ``shape[0]`` images (the check input)."""
+    count, first = 0, torch.empty((0, *shape[1:]))
+    for images in calibration:
+        images = torch.as_tensor(images)
+        if images.ndim != 4 or tuple(images.shape[1:]) != shape[1:]:
+            raise MobileNetsError(
+                f"calibration batches must be float (N, {', '.join(map(str, shape[1:]))}) "
+                f"tensors, got {images.dtype} of shape {tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise MobileNetsError(f"calibration images must be float, got {images.dtype}")
+        images = images.to("cpu", torch.float32)
+        prepared(images)
+        if len(first) < shape[0]:
+            first = torch.cat([first, images[: shape[0] - len(first)]])
+        count += len(images)
     if count == 0:
         raise MobileNetsError("calibration= gave no images")
-    converted = pt2e.move_exported_model_to_eval(quantize.convert_pt2e(prepared))
+    return count, first
+
+
+def _converted_report(
+    converted: nn.Module, count: int, first: torch.Tensor, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, Int8Report]:
+    """The check input (``first``, then seeded random) and the report of a converted graph."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     x[: len(first)] = first
     quantized, floating = weight_sources(converted)
@@ -312,7 +420,7 @@ def quantize_pt2e(
     scale = logits_scale(converted)
     report = Int8Report(count, quantized, floating, quantize_ops, scale,
                         INT8_TOLERANCE_STEPS * scale, math.nan)  # fmt: skip
-    return converted, x, report
+    return x, report
 
 
 class QuantizedReference(nn.Module):
@@ -396,13 +504,18 @@ def export_checkpoint_int8(
     calibration_images: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     metadata: dict[str, str] | None = None,
+    qat: QatConfig | None = None,
     progress: bool = False,
 ) -> PteInt8Result:
     """``checkpoint`` as an int8 ExecuTorch program (batch 1) calibrated on
     ``calibration_images`` training images of ``data`` (the same seeded sample as ``mobilenets
     quantize`` reads, through the checkpoint's evaluation preprocessing; default 512 or the whole
     split if smaller), then the fp32 model (PyTorch) and the program (ExecuTorch's runtime)
-    measured on the validation split."""
+    measured on the validation split.
+
+    With ``qat``, PT2E quantization-aware training first fine-tunes a copy on the training split
+    with the basic augmentation (crop and flip), as ``mobilenets quantize --method qat`` does for
+    ONNX; the calibration images then start the activation ranges."""
     check_pte_options(path)
     preprocessing = checkpoint.preprocessing
     if resolution is not None:
@@ -412,10 +525,15 @@ def export_checkpoint_int8(
     if calibration_images is None:
         calibration_images = min(DEFAULT_CALIBRATION_IMAGES, len(splits.train))
     indices = calibration_indices(len(splits.train), calibration_images)
+    train_set = None
+    if qat is not None:
+        train_set = copy.copy(splits.train)  # the same images, with the training augmentation
+        train_set.transform = train_transform(preprocessing, "basic", 0.0, splits.small)
     splits.train.transform = splits.val.transform = eval_transform(preprocessing)
     report = export_executorch(
         checkpoint.model, path, resolution=preprocessing.resolution, metadata=metadata, int8=True,
-        calibration=calibration_batches(splits.train, indices, batch_size),
+        calibration=calibration_batches(splits.train, indices, batch_size), qat=qat,
+        train_dataset=train_set, progress=progress,
     )  # fmt: skip
     loader = ordered_loader(splits.val, batch_size)
     classes = len(checkpoint.classes)

@@ -20,13 +20,17 @@ fine-tuning and are frozen for the second half, so the weights settle on fixed g
 is exported by removing the hooks and keeping the rounded weights; onnxruntime then quantizes
 those weights back onto exactly the grid they trained on, and calibrates the activation ranges
 by min/max on the same training images.
+
+The fine-tuning loop, `train_steps`, is also the one of the ExecuTorch program's PT2E
+quantization-aware training
+([`mobilenets.deploy.executorch_export`][mobilenets.deploy.executorch_export]).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -209,18 +213,42 @@ def fine_tune(
     (items indexed by (index, seed), the training augmentation as its transform). Activation ranges
     start from ``calibration_batches``. Returns the folded model with int8-rounded weights, ready
     for [`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq]."""
-    device = next(model.parameters()).device
     simulation = QuantSimulation(model)
-    net = simulation.model
     if simulation.calibrate(calibration_batches) == 0:
         raise MobileNetsError("no calibration images were given")
-    steps_per_epoch = len(train_dataset) // config.batch_size
+    train_steps(
+        simulation.model, train_dataset, config,
+        before_step=lambda step, total: simulation.observe(step < OBSERVE_FRACTION * total),
+        progress=progress,
+    )  # fmt: skip
+    return simulation.finish()
+
+
+def total_steps(images: int, config: QatConfig) -> int:
+    """The steps `train_steps` takes on a training split of ``images`` (full batches only)."""
+    steps_per_epoch = images // config.batch_size
     if steps_per_epoch == 0:
         raise MobileNetsError(
-            f"the training split has {len(train_dataset)} images, fewer than one batch of "
-            f"{config.batch_size}"
+            f"the training split has {images} images, fewer than one batch of {config.batch_size}"
         )
-    total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    return max(1, math.ceil(config.epochs * steps_per_epoch))
+
+
+def train_steps(
+    net: nn.Module,
+    train_dataset,
+    config: QatConfig,
+    *,
+    before_step: Callable[[int, int], None] | None = None,
+    progress: bool = False,
+) -> float:
+    """The QAT loop, shared by the onnxruntime simulation above and ExecuTorch's PT2E QAT:
+    ``config.epochs`` passes over ``train_dataset`` in seeded order (the last partial batch
+    dropped), cross-entropy, SGD with momentum and a cosine schedule to zero.
+    ``before_step(step, total)`` runs before each step (to freeze the observed ranges); ``net``
+    is trained in place and the smoothed final loss returned."""
+    device = next(net.parameters()).device
+    total = total_steps(len(train_dataset), config)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
@@ -234,7 +262,8 @@ def fine_tune(
         )  # fmt: skip
         loader = DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler)
         for images, labels in loader:
-            simulation.observe(step < OBSERVE_FRACTION * total)
+            if before_step is not None:
+                before_step(step, total)
             loss = F.cross_entropy(net(images.to(device)), labels.to(device))
             if not torch.isfinite(loss):
                 raise MobileNetsError(
@@ -255,4 +284,4 @@ def fine_tune(
     bar.close()
     log.info(f"QAT: {total} steps ({config.epochs:g} epochs) of {config.batch_size}, "
              f"final loss {running:.4f}")  # fmt: skip
-    return simulation.finish()
+    return running
