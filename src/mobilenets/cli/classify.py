@@ -73,7 +73,6 @@ TRAIN_SETTINGS = (
     Setting("--small-input", argparse.BooleanOptionalAction,
             "the output-stride-8 variant (default: on for images of at most 64 px)"),
     Setting("--dropout", float, "classifier dropout (default: the architecture's)", "P"),
-    Setting("--compile", "store_true", "torch.compile the model for training"),
     Setting("--skip-bad-images", "store_true",
             "skip unreadable image files (counted and reported) instead of stopping"),
     *RUN_SETTINGS,

@@ -86,7 +86,6 @@ TRAIN_SETTINGS = (
     Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D"),
     Setting("--eval-batch-size", int, "validation images per batch; 1 scores each at its own "
             "size, a larger batch pads them to the largest", "B"),
-    Setting("--compile", "store_true", "torch.compile the model for training"),
     *RUN_SETTINGS,
 )  # fmt: skip
 

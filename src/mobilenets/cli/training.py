@@ -48,6 +48,9 @@ RUN_SETTINGS = (
     Setting("--device", str, DEVICE_HELP),
     Setting("--channels-last", argparse.BooleanOptionalAction,
             "channels_last memory format, faster with convolutions on most hardware"),
+    Setting("--compile", "store_true", "the fast path on a GPU: torch.compile the model's "
+            "forward and backward, and capture each step as a CUDA graph (seldom faster on a "
+            "CPU)"),
 )  # fmt: skip
 SCHEDULE_SETTING = Setting("--schedule", str, f"learning rate schedule: {', '.join(SCHEDULES)}")
 
