@@ -18,8 +18,10 @@ demo: $(STAMP)
 		--augment basic --random-erasing 0 --ema-decay 0 --warmup-epochs 0.3 --workers 1 \
 		--out $(DEMO_OUT)
 
+# One pytest-xdist worker per core; a test file's tests stay on one worker, so its module
+# fixtures (exports, small trained checkpoints) are built once.
 test: $(STAMP) $(NODE_MODULES)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,5 +1,7 @@
 """Fixtures and markers shared by several test modules."""
 
+import os
+
 import pytest
 import torch
 from published_files import start_server
@@ -8,6 +10,12 @@ import mobilenets.zoo.download as download_module
 
 
 def pytest_configure(config):
+    # `make test` runs a pytest-xdist worker per core: each worker's torch (and the onnxruntime
+    # sessions that follow torch's thread count) takes its share of the cores, so that the
+    # workers do not fight over them
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     config.addinivalue_line(
         "markers",
         "slow: starts subprocesses (torchrun, a killed run, the console script, mkdocs, headless "

@@ -222,6 +222,8 @@ def test_openvino_runs_every_onnx_file_fp32_and_int8_beside_onnxruntime(model):
         assert record.latency_vs_eager == pytest.approx(record.median_ms / eager)
     # the same files as onnxruntime's, so the same sizes
     assert [r.size_mb for r in records[3:]] == [r.size_mb for r in records[1:3]]
+    # calibrated on random inputs without --data: the table says so
+    assert all(r.note == bench.SYNTHETIC_NOTE for r in records if r.precision == "int8")
 
 
 def test_openvino_refuses_a_file_it_cannot_compile(tmp_path):
@@ -325,29 +327,6 @@ def test_mark_fastest_marks_exactly_the_smallest_median_first_of_ties():
     assert not any(r.fastest for r in records)  # BenchRecord's default: set after measuring
     assert [r.fastest for r in bench.mark_fastest(records)] == [False, True, False]
     assert bench.mark_fastest([]) == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["detector", "segmenter"])
-def test_detectors_and_segmenters_run_int8_in_every_runtime(detector, task):
-    # int8 ONNX by onnxruntime's quantize_static, and .pte files fp32 and int8 (PT2E), each
-    # checked against PyTorch (its quantized reference for int8) when it is written
-    pytest.importorskip("executorch")
-    from mobilenets.zoo.segmenters import create_segmenter
-
-    torch.manual_seed(0)
-    model = detector if task == "detector" else create_segmenter(
-        "deeplabv3_mobilenet_v2", alpha=0.35, num_classes=3, resolution=64).eval()  # fmt: skip
-    records = bench.run_benchmarks([model], batches=(1,), warmup=0, iterations=2, threads=1,
-                                   int8=True, pte=True, calibration_images=4)  # fmt: skip
-    assert [(r.runtime, r.precision) for r in records] == [
-        (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
-        (bench.PTE, "fp32"), (bench.PTE, "int8"),
-    ]  # fmt: skip
-    fp32_onnx, int8_onnx, fp32_pte, int8_pte = (r.size_mb for r in records[1:])
-    assert int8_onnx < fp32_onnx / 2 and int8_pte < fp32_pte / 2  # int8 weights
-    assert all(r.note == bench.SYNTHETIC_NOTE for r in records if r.precision == "int8")
-    _check_fastest(records)
 
 
 def test_a_detection_checkpoint_is_measured_and_its_onnx_file_too(detector, tmp_path):
@@ -473,6 +452,14 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
         [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True, pte=True,
         calibration_images=4, validation=partial(bench_validation, data=shapes_data),
     )  # fmt: skip
+    # int8 ONNX by onnxruntime's quantize_static, and .pte files fp32 and int8 (PT2E), each
+    # checked against PyTorch (its quantized reference for int8) when it is written
+    assert [(r.runtime, r.precision) for r in records] == EVERY_RUNTIME
+    check_int8_sizes(records)
+    assert all(
+        r.note == "calibrated on 4 training images" for r in records if r.precision == "int8"
+    )
+    _check_fastest(records)
     checkpoint = load_detection_checkpoint(path)
     expected = evaluate_detector(checkpoint.model, checkpoint_data(checkpoint, shapes_data).val)
     assert all(r.metric == "AP50" for r in records)
@@ -481,7 +468,20 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
     assert all(0 <= r.accuracy <= 1 for r in records if r.precision == "int8")
 
 
-def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
+EVERY_RUNTIME = [
+    (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
+    (bench.PTE, "fp32"), (bench.PTE, "int8"),
+]  # fmt: skip
+
+
+def check_int8_sizes(records) -> None:
+    fp32_onnx, int8_onnx, fp32_pte, int8_pte = (r.size_mb for r in records[1:])
+    assert int8_onnx < fp32_onnx / 2 and int8_pte < fp32_pte / 2  # int8 weights
+
+
+@pytest.mark.slow
+def test_data_scores_a_segmenter_by_its_miou_in_every_runtime(shapes_data, tmp_path):
+    pytest.importorskip("executorch")
     from random_weights import randomize_torch
 
     from mobilenets.cli.deploy import bench_validation
@@ -501,14 +501,16 @@ def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
     path = tmp_path / "best.safetensors"
     save_checkpoint(model, path, classes, preprocessing)
     records = bench.run_benchmarks(
-        [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True,
+        [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True, pte=True,
         calibration_images=4, validation=partial(bench_validation, data=shapes_data),
     )  # fmt: skip
     val = load_segmentation_data(shapes_data, splits=("val",)).val
     val.transform = eval_transform(preprocessing)
     expected = evaluate_segmenter(SquareInputSegmenter(model, 64, 5), val, batch_size=1)["mIoU"]
-    assert [(r.runtime, r.precision, r.metric) for r in records] == [
-        (bench.EAGER, "fp32", "mIoU"), (bench.ORT, "fp32", "mIoU"), (bench.ORT, "int8", "mIoU"),
-    ]  # fmt: skip
-    assert [r.accuracy for r in records[:2]] == pytest.approx([expected] * 2, abs=1e-6)
-    assert 0 <= records[2].accuracy <= 1
+    assert [(r.runtime, r.precision) for r in records] == EVERY_RUNTIME
+    assert all(r.metric == "mIoU" for r in records)
+    check_int8_sizes(records)
+    _check_fastest(records)
+    fp32 = [r.accuracy for r in records if r.precision == "fp32"]
+    assert fp32 == pytest.approx([expected] * 3, abs=1e-6)  # eager, onnx, pte
+    assert all(0 <= r.accuracy <= 1 for r in records if r.precision == "int8")

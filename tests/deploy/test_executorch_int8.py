@@ -23,6 +23,7 @@ from mobilenets.core.weights import save_weights
 from mobilenets.data.classification import load_splits
 from mobilenets.data.transforms import eval_transform
 from mobilenets.deploy import executorch_export as mobile
+from mobilenets.engine.device import cpu_info
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -168,7 +169,8 @@ def test_cli_prints_the_report_and_both_accuracies(checkpoint, capsys):
         "--calibration-images", CALIBRATION, "--out", out,
     )  # fmt: skip
     assert code == 0, err
-    wrote, layers, agreement, accuracy = printed.splitlines()
+    wrote, layers, agreement, accuracy, cpu = printed.splitlines()
+    assert cpu == f"int8 measured on {cpu_info().describe()}"
     assert (
         wrote.startswith(f"wrote {out} (mobilenet_v2_0.35_32") and "ops outside it: none" in wrote
     )

@@ -26,6 +26,7 @@ from mobilenets.data.classification import load_splits
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy.qat import QatConfig
 from mobilenets.engine.checkpoint import load_checkpoint
+from mobilenets.engine.device import cpu_info
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -96,7 +97,8 @@ def quantized(checkpoint):
 @pytest.mark.slow
 def test_cli_fine_tunes_then_prints_the_program_and_both_accuracies(quantized, checkpoint):
     out, printed, _ = quantized
-    steps, wrote, layers, agreement, accuracy = printed.splitlines()
+    steps, wrote, layers, agreement, accuracy, cpu = printed.splitlines()
+    assert cpu == f"int8 measured on {cpu_info().describe()}"
     assert re.fullmatch(rf"QAT: 4 steps \({EPOCHS:g} epochs\) of {BATCH}, final loss \d+\.\d+",
                         steps), steps  # fmt: skip
     assert wrote.startswith(f"wrote {out} (mobilenet_v2_0.35_32")

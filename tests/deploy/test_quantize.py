@@ -25,8 +25,9 @@ from mobilenets.core.weights import save_weights
 from mobilenets.data.classification import load_splits
 from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.deploy import qat, quantize
-from mobilenets.deploy.onnx_export import read_onnx_metadata
+from mobilenets.deploy.onnx_export import onnx_session, read_onnx_metadata
 from mobilenets.engine.checkpoint import load_checkpoint
+from mobilenets.engine.device import cpu_info
 from mobilenets.engine.loop import ordered_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +109,7 @@ def quantized(checkpoint):
 
 def test_cli_prints_both_accuracies_and_sizes(quantized):
     out, printed, _ = quantized
-    first, second = printed.splitlines()
+    first, arithmetic, reference, second = printed.splitlines()
     match = re.fullmatch(
         r"fp32 top-1 (\d+\.\d\d)%, int8 top-1 (\d+\.\d\d)% \(([-+]\d+\.\d\d) points\) on 64 "
         r"validation images; int8 file (\d+\.\d) MB \(fp32 (\d+\.\d) MB\)",
@@ -121,6 +122,20 @@ def test_cli_prints_both_accuracies_and_sizes(quantized):
     assert drop == pytest.approx(int8 - fp32, abs=0.011) and -drop <= 100 * MAX_DROP
     assert int8_mb < fp32_mb / 2
     assert second == f"wrote {out}"
+    # the CPU that ran the file, and the bound that makes its arithmetic any CPU's
+    assert arithmetic.startswith(f"int8 measured on {cpu_info().describe()}; 7-bit weights, ")
+    bound = quantize.int16_pair_bound(onnx.load(str(out)))
+    assert f"largest pair of int8 products {bound.value:,} (int16 holds 32,767)" in arithmetic
+    match = re.fullmatch(
+        r"int8 top-1 with the file's QDQ arithmetic in float: (\d+\.\d\d)% \(([-+]\d+\.\d\d) "
+        r"points on this CPU's kernels\)",
+        reference,
+    )
+    assert match, reference
+    emulated, change = map(float, match.groups())
+    assert change == pytest.approx(int8 - emulated, abs=0.011)
+    # 64 images: the kernels and the emulation differ only where rounding breaks a near tie
+    assert abs(change) <= 100 * 2 / 64
 
 
 def test_calibration_reads_the_first_images_of_a_seeded_permutation_of_the_train_split(
@@ -164,6 +179,83 @@ def test_every_conv_reads_int8_weights_and_activations_are_u8(quantized, checkpo
     assert zero_points == {np.dtype(np.uint8)}
 
 
+def test_no_pair_of_int8_products_can_saturate_int16(quantized):
+    """What x86 CPUs without VNNI compute: pmaddubsw adds two u8 x s8 products in int16 and
+    saturates. The file's weights are 7-bit, so the worst pair over every channel of every
+    quantized tensor fits, on whatever CPU these tests run."""
+    model = onnx.load(str(quantized[0]))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = [
+        initializers[node.input[0]]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear"
+        and initializers.get(node.input[0]) is not None
+        and initializers[node.input[0]].dtype == np.int8
+    ]
+    assert len(weights) == 53  # 52 convs and the classifier
+    assert max(int(np.abs(w).max()) for w in weights) == 64  # the 7-bit range, each tensor's end
+    bound = quantize.int16_pair_bound(model)
+    worst = max(255 * pair_by_hand(w) for w in weights)
+    assert bound.value == worst and worst <= quantize.INT16_MAX and bound.fits_int16
+    assert bound.tensor in initializers
+
+
+def pair_by_hand(weight: np.ndarray) -> int:
+    """The largest sum of two same-sign weights of one output channel (axis 0), by sorting."""
+    worst = 0
+    for row in weight.reshape(len(weight), -1).astype(int).tolist():
+        positive = sorted((w for w in row if w > 0), reverse=True)[:2]
+        negative = sorted((-w for w in row if w < 0), reverse=True)[:2]
+        worst = max(worst, sum(positive), sum(negative))
+    return worst
+
+
+def test_eight_bit_weights_are_caught_and_no_file_is_written(checkpoint, tmp_path, monkeypatch):
+    """The check fails where it should, on any CPU: a quantizer that ignores the 7-bit range
+    writes weights whose pairs reach 255 x 254, and quantize_file refuses them."""
+    import onnxruntime.quantization as ort_quantization
+
+    real = ort_quantization.quantize_static
+
+    def eight_bit(*args, **kwargs):
+        return real(*args, **{**kwargs, "reduce_range": False})
+
+    monkeypatch.setattr(ort_quantization, "quantize_static", eight_bit)
+    ours = load_checkpoint(checkpoint)
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "eight-bit.onnx"
+    message = r"allow a pair of products of [\d,]+, over int16's 32,767: CPUs without VNNI would"
+    with pytest.raises(MobileNetsError, match=message):
+        quantize.quantize_ptq(ours, images, out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_the_int8_kernels_compute_what_the_file_says(quantized, checkpoint):
+    """This CPU's int8 kernels against the same file with its QDQ pairs evaluated in float: both
+    requantize every layer to the same grids, and differ only where a layer's sum lands within
+    float rounding of a half step and is rounded the other way, a one-step difference that
+    later layers carry. On average the logits stay within a step of each other; a saturated pair
+    sum (8-bit weights on a CPU without VNNI) moves them by about ten steps on average."""
+    ours = load_checkpoint(checkpoint)
+    _, val, _ = validation_images(ours)
+    model = onnx.load(str(quantized[0]))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    output = model.graph.output[0].name
+    (last,) = [node for node in model.graph.node if output in node.output]
+    assert last.op_type == "DequantizeLinear"  # the logits leave the file on a uint8 grid
+    step = float(initializers[last.input[1]])
+    inputs = {"input": val.numpy()}
+    (kernels,) = onnx_session(quantized[0]).run(None, inputs)
+    (emulated,) = onnx_session(quantized[0], optimize=False).run(None, inputs)
+    steps = np.abs(kernels - emulated) / step
+    print(
+        f"\nint8 kernels vs the QDQ emulation, in steps of the logits: mean {steps.mean():.2f}, "
+        f"largest {steps.max():.0f}"
+    )
+    assert steps.mean() <= 1
+    assert (kernels.argmax(1) == emulated.argmax(1)).mean() >= 62 / 64
+
+
 def test_metadata_is_copied_and_the_settings_added(quantized, checkpoint):
     metadata = read_onnx_metadata(quantized[0])
     ours = load_checkpoint(checkpoint)
@@ -175,7 +267,7 @@ def test_metadata_is_copied_and_the_settings_added(quantized, checkpoint):
     assert metadata["source"] == "checkpoint model.safetensors" and metadata["mobilenets_version"]
     assert metadata["quantization"] | {"onnxruntime_version": None} == {
         "method": "ptq", "calibrate": "minmax", "calibration_images": CALIBRATION,
-        "activations": "u8", "weights": "s8 per-channel", "format": "QDQ",
+        "activations": "u8", "weights": "s8 per-channel, 7-bit range [-64, 64]", "format": "QDQ",
         "onnxruntime_version": None,
     }  # fmt: skip
 
@@ -274,7 +366,7 @@ def test_the_simulation_predicts_what_onnxruntime_computes(checkpoint, tmp_path)
         ):
             weight = initializers[node.input[0]].astype(np.float32)
             scale = initializers[node.input[1]].reshape(-1, *[1] * (weight.ndim - 1))
-            assert np.abs(weight).max() <= 127
+            assert np.abs(weight).max() <= 64  # 7 bits, as the simulation rounds them
             assert any(
                 p.shape == weight.shape and np.allclose(p.detach().numpy(), weight * scale,
                                                         rtol=0, atol=1e-7)
@@ -285,9 +377,10 @@ def test_the_simulation_predicts_what_onnxruntime_computes(checkpoint, tmp_path)
 def test_weights_round_to_the_symmetric_per_channel_grid_and_gradients_pass():
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
     rounded = qat.WeightFakeQuantize()(weight)
-    scale = weight.detach().abs().amax((1, 2, 3), keepdim=True) / 127
+    scale = weight.detach().abs().amax((1, 2, 3), keepdim=True) / 64  # the file's 7-bit grid
     steps = rounded.detach() / scale
-    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 127.0001
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 64.0001
+    assert (steps.abs().amax((1, 2, 3)) > 63.999).all()  # each channel's largest weight is 64
     assert (rounded - weight).abs().max() <= scale.max() / 2 + 1e-7
     rounded.sum().backward()
     assert torch.equal(weight.grad, torch.ones_like(weight))  # straight through
@@ -352,7 +445,8 @@ def test_qat_from_the_cli_fine_tunes_a_copy_and_writes_the_same_int8_form(
     fp32, int8 = map(float, match.groups())
     print(f"\nQAT: fp32 top-1 {fp32}%, int8 {int8}%")
     assert fp32 - int8 <= 100 * MAX_DROP
-    assert lines[2] == f"wrote {out}"
+    assert lines[2].startswith("int8 measured on ") and lines[3].startswith("int8 top-1 with ")
+    assert lines[4] == f"wrote {out}"
     settings = read_onnx_metadata(out)["quantization"]
     assert settings["method"] == "qat" and settings["calibrate"] == "minmax"
     assert settings["qat"] == {"epochs": 0.5, "lr": 1e-5, "momentum": 0.9, "batch_size": 32,

@@ -26,8 +26,9 @@ from mobilenets.data.segmentation import load_segmentation_data
 from mobilenets.data.segmentation_transforms import eval_transform
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import quantize
-from mobilenets.deploy.onnx_export import read_onnx_metadata
+from mobilenets.deploy.onnx_export import onnx_session, read_onnx_metadata
 from mobilenets.engine.checkpoint import save_checkpoint
+from mobilenets.engine.device import cpu_info
 from mobilenets.tasks.segmentation import export as segmentation_export
 from mobilenets.tasks.segmentation import int8 as segmentation_int8
 from mobilenets.tasks.segmentation.export import export_segmenter
@@ -158,6 +159,30 @@ def test_every_conv_of_the_onnx_file_reads_int8_weights(onnx_int8):
     assert 0 < report.int8.fp32_max_abs_diff < 2  # logits of about 2
     assert report.file_bytes == report.path.stat().st_size
     assert no_temporary_files(report.path.parent)
+
+
+def test_the_int8_kernels_compute_what_the_file_says(onnx_int8, checkpoint, val_set):
+    """onnxruntime's int8 kernels against the file's QDQ pairs evaluated in float: with 7-bit
+    weights no pair of products saturates, with or without VNNI, and the two differ only where a
+    requantization rounds the other way at a half step. This random net's gain carries such a
+    one-step difference far, so the check is relative: the kernels pick the emulation's class
+    for more pixels than the fp32 model's (8-bit weights on a CPU without VNNI did the reverse)."""
+    path = onnx_int8.report.path
+    model = onnx.load(str(path))
+    assert quantize.int16_pair_bound(model).fits_int16
+    assert onnx_int8.report.int8.pair_bound == quantize.int16_pair_bound(model)
+    image = val_set[0][0][None]
+    (kernels,) = onnx_session(path).run(None, {"input": image.numpy()})
+    (emulated,) = onnx_session(path, optimize=False).run(None, {"input": image.numpy()})
+    with torch.no_grad():
+        fp32 = load_segmentation_checkpoint(checkpoint).model(image).argmax(1).numpy()
+    same_as_file = (kernels.argmax(1) == emulated.argmax(1)).mean()
+    same_as_fp32 = (kernels.argmax(1) == fp32).mean()
+    print(
+        f"\nint8 kernels: the emulation's class at {same_as_file:.1%} of the pixels, the fp32 "
+        f"model's at {same_as_fp32:.1%}"
+    )
+    assert same_as_file > same_as_fp32 > AGREEMENT
 
 
 def test_the_onnx_file_keeps_the_metadata_and_records_the_quantization(onnx_int8, checkpoint):
@@ -346,7 +371,8 @@ def test_cli_prints_the_checks_and_the_miou_of_both(checkpoint, tmp_path, capsys
     code, printed, err = run_cli(capsys, checkpoint, "--format", "onnx", "--out", out, "--int8",
                                  "--data", DATA, "--calibration-images", 4, "--argmax")  # fmt: skip
     assert code == 0, err
-    wrote, layers, check, versus, miou = printed.splitlines()
+    wrote, layers, check, versus, miou, arithmetic = printed.splitlines()
+    assert arithmetic.startswith(f"int8 measured on {cpu_info().describe()}; 7-bit weights, ")
     assert wrote.startswith(f"wrote {out} (deeplabv3_mobilenet_v2_0.35_64_os16 from checkpoint "
                             "best.safetensors; opset 18, input 1x3x64x64, output labels "
                             "[1, 64, 64]")  # fmt: skip
@@ -378,6 +404,7 @@ def test_cli_writes_an_int8_class_map_program(checkpoint, tmp_path, capsys):
         "quantization steps"
     )
     assert lines[5].startswith("fp32 mIoU ")
+    assert lines[6] == f"int8 measured on {cpu_info().describe()}"
     labels = mobile.run_pte(mobile.load_method(mobile.load_pte(out)), torch.zeros(1, 3, 64, 64))
     assert labels.dtype == torch.int64 and labels.shape == (1, 64, 64)
 

@@ -47,6 +47,7 @@ from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import quantize as onnx_int8
 from mobilenets.deploy.quantize import conv_weight_sources
 from mobilenets.engine.checkpoint import save_checkpoint
+from mobilenets.engine.device import cpu_info
 from mobilenets.tasks.detection import export as detection_export
 from mobilenets.tasks.detection import quantize as detection_int8
 from mobilenets.tasks.detection.evaluate import class_scores, score_logits
@@ -200,9 +201,14 @@ def test_int8_onnx_from_the_command_line(checkpoint_file, checkpoint, tmp_path, 
     code, out, err = run_cli(capsys, "export", checkpoint_file, "--out", path, "--int8",
                              "--data", DATA, "--calibration-images", CALIBRATION)  # fmt: skip
     assert code == 0, err
-    wrote, int8, check, accuracy = out.splitlines()
+    wrote, int8, check, accuracy, arithmetic = out.splitlines()
     assert wrote.startswith(
         f"wrote {path} (ssdlite_mobilenet_v2_0.35_64; opset 18, input 1x3x64x64"
+    )
+    bound = onnx_int8.int16_pair_bound(onnx.load(str(path)))
+    assert bound.fits_int16 and arithmetic == (
+        f"int8 measured on {cpu_info().describe()}; 7-bit weights, largest pair of int8 products "
+        f"{bound.value:,} (int16 holds 32,767): the same results with or without VNNI"
     )
     assert int8 == (
         f"int8: 88 of 88 convs with int8 weights (QDQ, u8 activations, minmax ranges from "
@@ -355,7 +361,8 @@ def test_int8_pte_from_the_command_line(int8_pte, fp32_pte):
     assert quantization["decoding"] == "float" and quantization["flow"] == "pt2e"
     assert "NMS not included" in metadata["outputs"]
     assert path.stat().st_size < 0.5 * fp32_pte[0].stat().st_size  # int8 weights
-    wrote, int8, check, accuracy = out.splitlines()
+    wrote, int8, check, accuracy, cpu = out.splitlines()
+    assert cpu == f"int8 measured on {cpu_info().describe()}"
     assert wrote.startswith(f"wrote {path} (ssdlite_mobilenet_v2_0.35_64; ExecuTorch ")
     assert "1 XNNPACK partition, ops outside it: none" in wrote
     assert int8 == (

@@ -48,7 +48,7 @@ from mobilenets.data.classification import load_splits
 from mobilenets.data.common import open_image
 from mobilenets.data.transforms import eval_transform
 from mobilenets.deploy import web_demo
-from mobilenets.deploy.quantize import conv_weight_sources
+from mobilenets.deploy.quantize import conv_weight_sources, int16_pair_bound
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.tasks.detection.export import NMS_OUTPUT_NAMES
 from mobilenets.zoo.segmenters import create_segmenter
@@ -349,8 +349,13 @@ def test_the_command_writes_int8_files_and_a_manifest(exported, checkpoints):
         quantization = entry["quantization"]
         assert (quantization["format"], quantization["calibration_images"]) == ("QDQ", 4)
         assert entry["bytes"] == (out / entry["file"]).stat().st_size
-        quantized, floating = conv_weight_sources(onnx.load(str(out / entry["file"])))
+        model = onnx.load(str(out / entry["file"]))
+        quantized, floating = conv_weight_sources(model)
         assert quantized > 50 and floating == ()  # every conv has int8 weights
+        # 7-bit weights: onnxruntime-web's wasm kernels and onnxruntime's x86 ones, with or
+        # without VNNI, compute the same int8 sums, so the page's results equal onnxruntime's
+        assert int16_pair_bound(model).fits_int16
+        assert quantization["weights"] == "s8 per-channel, 7-bit range [-64, 64]"
 
 
 def test_onnx_files_of_ours_are_used_as_they_are(exported, tmp_path, capsys):

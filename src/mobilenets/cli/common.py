@@ -76,6 +76,23 @@ def add_json_switch(parser: argparse.ArgumentParser, what: str) -> None:
 # --- output -------------------------------------------------------------------------------------
 
 
+def print_int8_arithmetic(bound) -> None:
+    """The line every int8 export prints: the CPU that ran the file when its accuracy was
+    measured (VNNI and AMX decide onnxruntime's and OpenVINO's int8 kernels) and, for an ONNX
+    file, ``bound`` (a [`PairBound`][mobilenets.deploy.quantize.PairBound]), which keeps the
+    file's arithmetic the same on CPUs with and without them."""
+    from mobilenets.deploy.quantize import INT16_MAX
+    from mobilenets.engine.device import cpu_info
+
+    line = f"int8 measured on {cpu_info().describe()}"
+    if bound is not None:
+        line += (
+            f"; 7-bit weights, largest pair of int8 products {bound.value:,} (int16 holds "
+            f"{INT16_MAX:,}): the same results with or without VNNI"
+        )
+    print(line)
+
+
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain text table; columns whose cells look numeric are right-aligned."""
     cells = [headers, *rows]

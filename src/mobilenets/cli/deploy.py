@@ -19,6 +19,7 @@ from mobilenets.cli.common import (
     add_command,
     format_table,
     output_file,
+    print_int8_arithmetic,
     save_json,
 )
 from mobilenets.core.errors import MobileNetsError
@@ -197,6 +198,7 @@ def print_pte_int8(result, weights: str, data: str, mobile, export) -> None:
         f"fp32 top-1 {100 * result.fp32_top1:.2f}%, int8 top-1 {100 * result.int8_top1:.2f}% "
         f"({drop:+.2f} points) on {result.count:,} validation images"
     )
+    print_int8_arithmetic(None)
 
 
 def print_pte_report(report, weights: str, format_shape) -> None:
@@ -286,6 +288,11 @@ def run_quantize(args: argparse.Namespace) -> None:
         f"fp32 top-1 {100 * result.fp32_top1:.2f}%, int8 top-1 {100 * result.int8_top1:.2f}% "
         f"({drop:+.2f} points) on {result.count:,} validation images; int8 file "
         f"{report.int8_bytes / 1e6:.1f} MB (fp32 {report.fp32_bytes / 1e6:.1f} MB)"
+    )
+    print_int8_arithmetic(report.pair_bound)
+    print(
+        f"int8 top-1 with the file's QDQ arithmetic in float: {100 * result.reference_top1:.2f}% "
+        f"({100 * (result.int8_top1 - result.reference_top1):+.2f} points on this CPU's kernels)"
     )
     print(f"wrote {report.path}")
 

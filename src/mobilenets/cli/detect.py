@@ -23,6 +23,7 @@ from mobilenets.cli.common import (
     add_loader_arguments,
     format_table,
     output_file,
+    print_int8_arithmetic,
     save_json,
 )
 from mobilenets.cli.deploy import OPSET_HELP
@@ -444,3 +445,4 @@ def print_int8(result, pte: bool, data: str, calibrate: str) -> None:
         f"AP50 {result.int8_ap50:.3f} (AP50 {drop:+.1f} points, AP "
         f"{100 * (result.int8_ap - result.fp32_ap):+.1f}) on {result.count:,} validation images"
     )
+    print_int8_arithmetic(None if pte else report.quantization.pair_bound)

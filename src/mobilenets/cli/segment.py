@@ -21,6 +21,7 @@ from mobilenets.cli.common import (
     add_json_switch,
     add_loader_arguments,
     format_table,
+    print_int8_arithmetic,
     save_json,
 )
 from mobilenets.cli.deploy import OPSET_HELP
@@ -373,6 +374,7 @@ def run_export_int8(args: argparse.Namespace) -> None:
         f"{100 * result.int8_pixel_accuracy:.2f}%; {result.images:,} validation images of "
         f"{result.data}, each fed at {side}x{side}"
     )
+    print_int8_arithmetic(result.report.int8.pair_bound)
 
 
 def describe_export(report) -> str:

@@ -33,7 +33,6 @@ import ctypes
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -88,6 +87,7 @@ from mobilenets.deploy.onnx_export import (
 )
 from mobilenets.deploy.quantize import quantize_file
 from mobilenets.engine.checkpoint import checkpoint_path
+from mobilenets.engine.device import cpu_info
 from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.registry import is_detector, is_segmenter
 from mobilenets.zoo.segmenters import create_segmenter
@@ -850,10 +850,11 @@ def _record(common, runtime, precision, batch, timing, size_mb, reference, sourc
 
 
 def environment(threads: int | None = None) -> str:
-    """One line naming the machine and the libraries (onnxruntime, executorch and openvino when
-    installed), for the head of a results table."""
+    """One line naming the machine, with the CPU flags that pick the int8 kernels, and the
+    libraries (onnxruntime, executorch and openvino when installed), for the head of a results
+    table."""
     threads = torch.get_num_threads() if threads is None else threads
-    processor = platform.processor() or platform.machine()
+    processor = cpu_info().describe()
     onnxruntime, executorch = installed_version("onnxruntime"), executorch_version()
     openvino = installed_version("openvino")
     return (

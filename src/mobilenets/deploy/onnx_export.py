@@ -244,10 +244,15 @@ def check_agreement(
 
 
 def onnx_session(
-    path: str | os.PathLike, threads: int | None = None
+    path: str | os.PathLike, threads: int | None = None, *, optimize: bool = True
 ) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session on ``threads`` intra-op threads (default: what torch is
-    allowed, no more), all graph optimizations; a missing or unloadable file is named."""
+    allowed, no more), all graph optimizations; a missing or unloadable file is named.
+
+    ``optimize=False`` turns every graph optimization off: an int8 QDQ file then runs its
+    QuantizeLinear and DequantizeLinear nodes one by one and its convolutions in float, never
+    fused into int8 kernels. That is the file's arithmetic emulated in float, the same on every
+    CPU: the reference its int8 kernels are checked against."""
     if not Path(path).is_file():
         raise MobileNetsError(f"ONNX file {str(path)!r} does not exist")
     onnxruntime = require("onnxruntime", "running an ONNX file")
@@ -255,7 +260,8 @@ def onnx_session(
     options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    levels = onnxruntime.GraphOptimizationLevel
+    options.graph_optimization_level = levels.ORT_ENABLE_ALL if optimize else levels.ORT_DISABLE_ALL
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types

@@ -7,8 +7,9 @@ class tree). BN is folded first, as onnxruntime runs it, so the network that tra
 that ships. Then:
 
 - every conv and the classifier get a weight parametrization that rounds the weight to the
-  int8 grid onnxruntime uses: symmetric, per output channel, scale = max|w| / 127, range
-  [-127, 127] (``quant_utils.get_qmin_qmax_for_qType`` with ``symmetric=True``);
+  int8 grid the int8 file uses: symmetric, per output channel, scale = max|w| / 64, range
+  [-64, 64] (onnxruntime's ``reduce_range``, 7-bit weights, which no CPU's int8 kernels saturate:
+  see [`mobilenets.deploy.quantize`][mobilenets.deploy.quantize]);
 - every tensor onnxruntime stores in uint8 gets a
   [`FakeQuantize`][mobilenets.deploy.qat.FakeQuantize] on it: the model input, each ReLU6 output
   (onnxruntime drops the Clip and quantizes the conv output with its range), each linear projection,
@@ -47,7 +48,7 @@ from mobilenets.deploy.folding import fold_batch_norm
 
 log = logging.getLogger("mobilenets")
 
-WEIGHT_QMIN, WEIGHT_QMAX = -127, 127  # onnxruntime's symmetric int8 range
+WEIGHT_QMIN, WEIGHT_QMAX = -64, 64  # onnxruntime's symmetric s8 range with reduce_range
 ACTIVATION_QMIN, ACTIVATION_QMAX = 0, 255  # uint8, asymmetric (zero point from the range)
 RANGE_MOMENTUM = 0.01  # weight of a new batch's min/max in the moving range
 OBSERVE_FRACTION = 0.5  # ranges move during this fraction of the steps, then freeze
@@ -116,7 +117,8 @@ class FakeQuantize(nn.Module):
 
 
 class WeightFakeQuantize(nn.Module):
-    """A weight parametrization: round to symmetric int8 per output channel (axis 0)."""
+    """A weight parametrization: round to the int8 file's symmetric 7-bit grid per output
+    channel (axis 0)."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         channels = weight.shape[0]

@@ -8,9 +8,19 @@ QDQ format) around every conv and the classifier, with activation ranges calibra
 images run through the checkpoint's evaluation preprocessing. The int8 file keeps the fp32 file's
 metadata_props and adds the quantization settings.
 
-Types: int8 weights, per output channel, symmetric; uint8 activations by default. On x86
-onnxruntime runs U8S8 through its VNNI/AVX2 kernels; S8S8 (``activation_type="s8"``) measured
-2x slower there (4.37 ms against 2.17 ms for V2 1.0/224 at batch 1), and is what ARM prefers.
+Types: int8 weights, per output channel, symmetric, in the 7-bit range [-64, 64]; uint8
+activations by default. On x86 onnxruntime runs U8S8 through its VNNI/AVX2 kernels; S8S8
+(``activation_type="s8"``) measured 2x slower there (4.37 ms against 2.17 ms for V2 1.0/224 at
+batch 1), and is what ARM prefers.
+
+Why 7 bits: on an x86 CPU without VNNI or AMX (AVX2 alone, as many laptops and servers are),
+onnxruntime's and oneDNN's int8 GEMMs multiply u8 activations by s8 weights with ``pmaddubsw``,
+which adds each pair of products in int16 and saturates. With 8-bit weights a pair can reach
+255 x (127 + 127) = 64,770 and is clipped, so the same file gives other answers there than on a
+VNNI CPU, in the browser or in float. With weights in [-64, 64] (onnxruntime's ``reduce_range``)
+a pair stays within 255 x 128 = 32,640 < 32,767: every kernel computes the file's arithmetic
+exactly. [`int16_pair_bound`][mobilenets.deploy.quantize.int16_pair_bound] checks it on every
+file before it is written.
 
 onnx and onnxruntime are the ``onnx`` extra (``pip install 'mobilenets[onnx]'``), imported when a
 file is quantized: this module imports without them.
@@ -38,6 +48,7 @@ from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
 from mobilenets.data.classification import load_splits
 from mobilenets.data.transforms import eval_transform, train_transform
+from mobilenets.deploy import qat
 from mobilenets.deploy.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -48,6 +59,7 @@ from mobilenets.deploy.onnx_export import (
 )
 from mobilenets.deploy.qat import QatConfig, fine_tune
 from mobilenets.engine.checkpoint import Checkpoint, check_classes
+from mobilenets.engine.device import cpu_info
 from mobilenets.engine.evaluate import evaluate
 from mobilenets.engine.loop import ordered_loader
 
@@ -62,6 +74,11 @@ DEFAULT_CALIBRATION_IMAGES = 512
 DEFAULT_BATCH_SIZE = 64
 CALIBRATION_SEED = 0  # the permutation of the training split the calibration images come from
 QUANTIZATION_KEY = "quantization"  # the metadata_props entry the int8 file adds
+# onnxruntime's reduce_range for s8 weights: 7 bits (module docstring); QAT trains on this grid
+WEIGHT_RANGE = (qat.WEIGHT_QMIN, qat.WEIGHT_QMAX)
+WEIGHTS = f"s8 per-channel, 7-bit range {list(WEIGHT_RANGE)}"  # as the file's metadata says
+INT16_MAX = 32767  # the largest sum of a pair of int8 products that pmaddubsw keeps exact
+ACTIVATION_MAGNITUDE = {"uint8": 255, "int8": 128}  # the largest |activation| of each type
 
 
 @dataclass(frozen=True)
@@ -75,17 +92,39 @@ class QuantizeReport:
     quantized_convs: int  # Conv nodes whose weight comes from a DequantizeLinear
     float_convs: tuple[str, ...]  # Conv nodes left in float (none expected)
     onnxruntime_version: str
+    pair_bound: PairBound  # the largest pair of int8 products the weights allow (<= INT16_MAX)
+
+
+@dataclass(frozen=True)
+class PairBound:
+    """The largest magnitude that the sum of two int8 products ``a1 * w1 + a2 * w2`` of one
+    output can reach in a file, over every quantized weight tensor: the two weights of the
+    same sign and largest magnitude in one output channel, times the largest activation of
+    the tensor's input type (255 for u8, 128 for s8). Where it is at most ``INT16_MAX`` no
+    int16 pair sum of any kernel saturates."""
+
+    value: int
+    tensor: str  # the weight initializer where it is reached ("" when the file has none)
+
+    @property
+    def fits_int16(self) -> bool:
+        return self.value <= INT16_MAX
 
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    """What ``mobilenets quantize`` reports: the file and both models' accuracy on one split."""
+    """What ``mobilenets quantize`` reports: the file and both models' accuracy on one split.
+    ``reference_top1`` is the same int8 file run with onnxruntime's graph optimizations off,
+    which evaluates its QuantizeLinear/DequantizeLinear pairs in float: the file's arithmetic
+    with no int8 kernel involved, so any CPU's int8 kernels should give the same top-1."""
 
     report: QuantizeReport
     fp32_top1: float
     int8_top1: float
     int8_top5: float
     count: int
+    reference_top1: float
+    cpu: str  # the CPU the int8 file was run on (engine.device.CpuInfo.describe)
 
 
 class ImageBatches:
@@ -212,26 +251,32 @@ def quantize_file(
         types, methods = quantization.QuantType, quantization.CalibrationMethod
         quantization.quantize_static(
             str(source), str(int8_path), reader, quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True, weight_type=types.QInt8,
+            per_channel=True, weight_type=types.QInt8, reduce_range=True,
             activation_type=getattr(types, ACTIVATION_TYPES[activation_type]),
             calibrate_method=getattr(methods, CALIBRATE_METHODS[method]),
         )  # fmt: skip
         model = onnx.load(str(int8_path))
         settings = {
             "method": "ptq", "calibrate": method, "calibration_images": reader.count,
-            "activations": activation_type, "weights": "s8 per-channel", "format": "QDQ",
+            "activations": activation_type, "weights": WEIGHTS, "format": "QDQ",
             "onnxruntime_version": onnxruntime.__version__,
         } | (recorded or {})  # fmt: skip
         copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model)
         model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings))
         quantized, floating = conv_weight_sources(model)
+        bound = int16_pair_bound(model)
+        if not bound.fits_int16:  # onnxruntime did not keep to WEIGHT_RANGE
+            raise MobileNetsError(
+                f"the int8 weights of {bound.tensor!r} allow a pair of products of "
+                f"{bound.value:,}, over int16's {INT16_MAX:,}: CPUs without VNNI would saturate it"
+            )
         with atomic_path(out_path) as temporary:
             onnx.save(model, temporary)
             _check_runs(temporary, reader.first_shape)
             int8_bytes = os.path.getsize(temporary)
     return QuantizeReport(
         out_path, method, activation_type, reader.count, os.path.getsize(fp32_path), int8_bytes,
-        quantized, floating, onnxruntime.__version__,
+        quantized, floating, onnxruntime.__version__, bound,
     )  # fmt: skip
 
 
@@ -253,6 +298,53 @@ def conv_weight_sources(model: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
         node.name for node in convs if producers.get(node.input[1]) != "DequantizeLinear"
     )
     return len(convs) - len(floating), floating
+
+
+def int16_pair_bound(model: onnx.ModelProto) -> PairBound:
+    """The [`PairBound`][mobilenets.deploy.quantize.PairBound] of ``model``: over every int8
+    initializer that a DequantizeLinear turns into the weight (input 1) of a Conv, Gemm or
+    MatMul, whose data input comes from a DequantizeLinear of u8 or s8 activations."""
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    worst = PairBound(0, "")
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        weight, data = producers.get(node.input[1]), producers.get(node.input[0])
+        if weight is None or weight.op_type != "DequantizeLinear":
+            continue
+        if weight.input[0] not in initializers:
+            continue
+        values = numpy_helper.to_array(initializers[weight.input[0]]).astype(np.int64)
+        magnitude = 255  # a float input, or one of unknown type: the larger bound
+        if data is not None and data.op_type == "DequantizeLinear" and len(data.input) > 2:
+            point = initializers.get(data.input[2])
+            if point is not None:
+                magnitude = ACTIVATION_MAGNITUDE.get(numpy_helper.to_array(point).dtype.name, 255)
+        # one row per output: Conv and Gemm (transB) weights lead with it, MatMul's end with it
+        rows = values.T if node.op_type == "MatMul" or _gemm_untransposed(node) else values
+        rows = rows.reshape(rows.shape[0], -1) if rows.ndim > 1 else rows.reshape(1, -1)
+        value = magnitude * _largest_same_sign_pair(rows)
+        if value > worst.value:
+            worst = PairBound(int(value), weight.input[0])
+    return worst
+
+
+def _gemm_untransposed(node) -> bool:
+    return node.op_type == "Gemm" and not any(
+        attribute.name == "transB" and attribute.i for attribute in node.attribute
+    )
+
+
+def _largest_same_sign_pair(rows: np.ndarray) -> int:
+    """The largest |w1 + w2| over two weights of the same sign in one row of ``rows``."""
+    if rows.shape[1] < 2:
+        return int(np.abs(rows).max(initial=0))
+    positive = np.sort(np.clip(rows, 0, None), axis=1)[:, -2:].sum(1)
+    negative = np.sort(np.clip(-rows, 0, None), axis=1)[:, -2:].sum(1)
+    return int(max(positive.max(), negative.max()))
 
 
 def _check_runs(path: str | os.PathLike, shape: tuple[int, ...]) -> None:
@@ -288,13 +380,16 @@ def calibration_batches(dataset, indices: list[int], batch_size: int) -> Iterato
 
 
 def evaluate_onnx(
-    path: str | os.PathLike, loader, *, progress: bool = False
+    path: str | os.PathLike, loader, *, progress: bool = False, optimize: bool = True
 ) -> tuple[float, float, int]:
     """Top-1 and top-5 (fractions) and the image count of an ONNX classifier over ``loader``
-    (batches of (images, labels)), run by onnxruntime on the CPU."""
-    session = onnx_session(path)
+    (batches of (images, labels)), run by onnxruntime on the CPU; ``optimize=False`` runs an
+    int8 file's QDQ arithmetic in float (see
+    [`onnx_session`][mobilenets.deploy.onnx_export.onnx_session])."""
+    session = onnx_session(path, optimize=optimize)
     top1 = top5 = count = 0
-    for images, labels in tqdm(loader, desc="int8 eval", leave=False, disable=not progress):
+    desc = "int8 eval" if optimize else "int8 reference"
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
         (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy().astype(np.float32)})
         ranked = torch.from_numpy(logits).topk(min(5, logits.shape[1]), 1).indices
         top1 += int((ranked[:, 0] == labels).sum())
@@ -319,7 +414,9 @@ def quantize_checkpoint(
 ) -> QuantizeResult:
     """Quantize ``checkpoint`` with ``calibration_images`` training images of ``data``, then
     measure the fp32 checkpoint (PyTorch) and the int8 file (onnxruntime) on the validation
-    split, both with the checkpoint's evaluation preprocessing.
+    split, both with the checkpoint's evaluation preprocessing. The int8 file is scored twice:
+    by this CPU's int8 kernels, and with its QDQ arithmetic in float (``reference_top1``), which
+    any CPU's kernels should match.
 
     With ``qat``, the model is first fine-tuned through simulated int8
     ([`mobilenets.deploy.qat`][mobilenets.deploy.qat]) on the training split with the basic
@@ -354,4 +451,7 @@ def quantize_checkpoint(
     loader = ordered_loader(splits.val, batch_size)
     fp32 = evaluate(checkpoint.model.cpu(), loader, len(checkpoint.classes), progress=progress)
     int8_top1, int8_top5, count = evaluate_onnx(out_path, loader, progress=progress)
-    return QuantizeResult(report, fp32.top1, int8_top1, int8_top5, count)
+    reference_top1, _, _ = evaluate_onnx(out_path, loader, progress=progress, optimize=False)
+    return QuantizeResult(
+        report, fp32.top1, int8_top1, int8_top5, count, reference_top1, cpu_info().describe()
+    )

@@ -1,10 +1,13 @@
-"""Where a run computes: the device, mixed precision, and the processes of a torchrun job."""
+"""Where a run computes: the device, mixed precision, the processes of a torchrun job, and the
+CPU features that decide the int8 kernels."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -97,3 +100,66 @@ def all_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:
     if distributed.enabled:
         dist.all_reduce(tensor)
     return tensor
+
+
+# x86 int8 dot-product instructions, as /proc/cpuinfo names them: with one of these a u8 x s8
+# product is summed in int32; without them (AVX2 alone) onnxruntime and oneDNN add pairs of
+# products in int16 with saturation (pmaddubsw), which the int8 files' 7-bit weights keep exact.
+INT8_DOT_FLAGS = {"avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX-INT8"}
+# ARM's int8 dot products: SDOT/UDOT (asimddp) and the i8mm matrix multiply
+ARM_DOT_FLAGS = {"asimddp": "dot product", "i8mm": "i8mm"}
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The processor's name and the instruction-set flags that decide which int8 kernels
+    onnxruntime, OpenVINO and XNNPACK run: int8 results and timings are reported beside it."""
+
+    name: str
+    machine: str  # platform.machine(): x86_64, aarch64, ...
+    flags: frozenset[str]
+
+    @property
+    def int8_dot(self) -> tuple[str, ...]:
+        """The int8 dot-product extensions this CPU has (VNNI, AMX, ARM's dot product)."""
+        known = INT8_DOT_FLAGS | ARM_DOT_FLAGS
+        return tuple(label for flag, label in known.items() if flag in self.flags)
+
+    @property
+    def int16_pairs(self) -> bool:
+        """True on an x86 CPU without VNNI or AMX: int8 GEMMs there add pairs of u8 x s8
+        products in int16 with saturation."""
+        return self.machine in ("x86_64", "AMD64") and not self.int8_dot
+
+    def describe(self) -> str:
+        """One line: ``AMD EPYC (x86_64): AVX2, no AVX-512, no VNNI, no AMX``."""
+        if self.machine not in ("x86_64", "AMD64"):
+            dot = ", ".join(self.int8_dot) or "no int8 dot product"
+            return f"{self.name} ({self.machine}): {dot}"
+        if "avx512f" in self.flags:
+            vector = "AVX-512"
+        else:
+            vector = "AVX2" if "avx2" in self.flags else "no AVX2"
+        parts = [vector] + ([] if "avx512f" in self.flags else ["no AVX-512"])
+        vnni = [label for flag, label in INT8_DOT_FLAGS.items() if flag in self.flags]
+        parts += vnni or ["no VNNI"]
+        parts += [] if "amx_int8" in self.flags else ["no AMX"]
+        return f"{self.name} ({self.machine}): {', '.join(parts)}"
+
+
+def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> CpuInfo:
+    """This machine's [`CpuInfo`][mobilenets.engine.device.CpuInfo], read from ``cpuinfo``
+    (Linux); elsewhere the name is platform's and no flags are known."""
+    name, flags = "", frozenset()
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and not name:
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:  # x86 and ARM spell it differently
+            flags = frozenset(value.split())
+    return CpuInfo(name or platform.processor() or platform.machine(), platform.machine(), flags)

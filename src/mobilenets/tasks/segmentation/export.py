@@ -73,7 +73,12 @@ from mobilenets.core.version import __version__
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import onnx_export as export
 from mobilenets.deploy.folding import fold_batch_norm
-from mobilenets.deploy.quantize import CALIBRATE_METHODS, QUANTIZATION_KEY, quantize_file
+from mobilenets.deploy.quantize import (
+    CALIBRATE_METHODS,
+    QUANTIZATION_KEY,
+    PairBound,
+    quantize_file,
+)
 from mobilenets.engine.checkpoint import checkpoint_info
 from mobilenets.tasks.segmentation.inference import (
     SegmentationCheckpoint,
@@ -140,6 +145,7 @@ class SegmentationInt8Report:
     # of the logits, or for an argmax export the number of pixels of another class
     fp32_max_abs_diff: float | None
     fp32_differing_pixels: int | None
+    pair_bound: PairBound | None = None  # ONNX: the weights' largest pair of int8 products
 
 
 class ClassMap(nn.Module):
@@ -351,7 +357,7 @@ def _write_onnx_int8(graph, reference, path, shape, output_name, argmax, metadat
         calibration=calibrate, calibration_images=quantized.calibration_images,
         quantized_convs=quantized.quantized_convs, float_convs=quantized.float_convs,
         logits_scale=None, tolerance=None, fp32_max_abs_diff=difference,
-        fp32_differing_pixels=differing,
+        fp32_differing_pixels=differing, pair_bound=quantized.pair_bound,
     )  # fmt: skip
     return written
 
