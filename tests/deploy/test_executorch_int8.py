@@ -4,10 +4,13 @@ steps of the logits and with the fp32 model's predictions, a failed check leaves
 `mobilenets export --format pte --int8` prints the report and the top-1 of both; user errors are
 one line and exit status 2.
 
-Lowering takes seconds, so the module lowers three times: the library call, the CLI and one
-failing export, all of one small-input V2 0.35 at 32 px.
+Lowering takes a minute on a slow CPU, so the module lowers twice, both of one small-input V2
+0.35 at 32 px: the command (whose library report is recorded for the graph's tests) and one
+failing export.
 """
 
+import contextlib
+import io
 import json
 import re
 
@@ -70,16 +73,6 @@ def calibration(splits, count=CALIBRATION, batch_size=16):
 
 
 @pytest.fixture(scope="module")
-def exported(model, splits, tmp_path_factory):
-    path = tmp_path_factory.mktemp("int8") / "int8.pte"
-    report = mobile.export_executorch(
-        model, path, resolution=32, int8=True, calibration=calibration(splits),
-        metadata={"source": "test"},
-    )  # fmt: skip
-    return path, report
-
-
-@pytest.fixture(scope="module")
 def checkpoint(model, splits, tmp_path_factory):
     path = tmp_path_factory.mktemp("int8-cli") / "model.safetensors"
     metadata = {"classes": list(splits.classes), "preprocessing": splits.preprocessing.to_dict()}
@@ -87,9 +80,32 @@ def checkpoint(model, splits, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def exported(checkpoint):
+    """`mobilenets export CKPT --format pte --int8`: the program, the report of the library call
+    the command makes, and what the command printed."""
+    path = checkpoint.parent / "int8.pte"
+    reports, original = [], mobile.export_executorch
+
+    def recorded(*args, **kwargs):
+        reports.append(original(*args, **kwargs))
+        return reports[-1]
+
+    argv = ["export", checkpoint, "--format", "pte", "--int8", "--data", DATA,
+            "--calibration-images", CALIBRATION, "--out", path]  # fmt: skip
+    printed, errors = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mobile, "export_executorch", recorded)
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+            code = main([str(arg) for arg in argv])
+    assert code == 0, errors.getvalue()
+    (report,) = reports
+    return path, report, printed.getvalue()
+
+
 @pytest.mark.slow
 def test_the_graph_is_quantized_and_fully_delegated(exported):
-    _, report = exported
+    _, report, _ = exported
     int8 = report.int8
     # 52 convolutions (V2's 17 blocks, stem and head) and the classifier
     assert (int8.quantized_layers, int8.float_layers) == (53, ())
@@ -100,7 +116,7 @@ def test_the_graph_is_quantized_and_fully_delegated(exported):
 
 @pytest.mark.slow
 def test_the_program_agrees_with_its_quantized_reference(exported):
-    _, report = exported
+    _, report, _ = exported
     int8 = report.int8
     print(
         f"\nint8 .pte vs PT2E reference: {report.max_abs_diff:.3g} "
@@ -114,7 +130,7 @@ def test_the_program_agrees_with_its_quantized_reference(exported):
 
 @pytest.mark.slow
 def test_predictions_agree_with_the_fp32_model(exported, model, splits):
-    path, _ = exported
+    path, _, _ = exported
     images = torch.stack([splits.val[(i, 0)][0] for i in range(32)])
     with torch.no_grad():
         ours, theirs = mobile.PteClassifier(path)(images), model(images)
@@ -125,9 +141,9 @@ def test_predictions_agree_with_the_fp32_model(exported, model, splits):
 
 @pytest.mark.slow
 def test_metadata_records_the_quantization(exported):
-    path, report = exported
+    path, _, _ = exported
     metadata = mobile.read_pte_metadata(path)
-    assert metadata["source"] == "test"
+    assert metadata["source"] == "checkpoint model.safetensors"
     assert metadata["quantization"] == {
         "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
         "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
@@ -162,13 +178,8 @@ def test_calibration_errors_name_the_argument(model, splits, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prints_the_report_and_both_accuracies(checkpoint, capsys):
-    out = checkpoint.parent / "int8.pte"
-    code, printed, err = run_cli(
-        capsys, "export", checkpoint, "--format", "pte", "--int8", "--data", DATA,
-        "--calibration-images", CALIBRATION, "--out", out,
-    )  # fmt: skip
-    assert code == 0, err
+def test_cli_prints_the_report_and_both_accuracies(exported):
+    out, _, printed = exported
     wrote, layers, agreement, accuracy, cpu = printed.splitlines()
     assert cpu == f"int8 measured on {cpu_info().describe()}"
     assert (
