@@ -19,9 +19,10 @@ demo: $(STAMP)
 		--out $(DEMO_OUT)
 
 # One pytest-xdist worker per core; a test file's tests stay on one worker, so its module
-# fixtures (exports, small trained checkpoints) are built once.
+# fixtures (exports, small trained checkpoints) are built once; files are handed out in
+# collection order, which tests/conftest.py starts with the slow ones.
 test: $(STAMP) $(NODE_MODULES)
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -204,6 +204,10 @@ def quantize_ptq(
         raise MobileNetsError(f"batch size must be a positive integer, got {batch_size!r}")
     out_path = Path(out_path)
     resolution = checkpoint.preprocessing.resolution
+    batches = _batches(calibration_images, batch_size)  # bad images fail before the export
+    first = next(batches, None)
+    if first is None:
+        raise MobileNetsError("no calibration images were given")
     with tempfile.TemporaryDirectory(prefix="mobilenets-quantize-") as folder:
         fp32_path = Path(folder) / "fp32.onnx"
         export_onnx(
@@ -211,7 +215,7 @@ def quantize_ptq(
             metadata=metadata_props(checkpoint.info(source=f"checkpoint {checkpoint.path.name}")),
         )  # fmt: skip
         return quantize_file(
-            fp32_path, _batches(calibration_images, batch_size), out_path, method=method,
+            fp32_path, itertools.chain([first], batches), out_path, method=method,
             activation_type=activation_type, pre_process=pre_process, recorded=recorded,
         )  # fmt: skip
 
