@@ -479,9 +479,9 @@ def check_int8_sizes(records) -> None:
     assert int8_onnx < fp32_onnx / 2 and int8_pte < fp32_pte / 2  # int8 weights
 
 
-@pytest.mark.slow
-def test_data_scores_a_segmenter_by_its_miou_in_every_runtime(shapes_data, tmp_path):
-    pytest.importorskip("executorch")
+def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
+    # onnxruntime only: bench's .pte export and scoring of dense outputs is the detector's above,
+    # and a segmenter's int8 .pte is tests/deploy/test_segmentation_int8.py's
     from random_weights import randomize_torch
 
     from mobilenets.cli.deploy import bench_validation
@@ -501,16 +501,15 @@ def test_data_scores_a_segmenter_by_its_miou_in_every_runtime(shapes_data, tmp_p
     path = tmp_path / "best.safetensors"
     save_checkpoint(model, path, classes, preprocessing)
     records = bench.run_benchmarks(
-        [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True, pte=True,
+        [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True,
         calibration_images=4, validation=partial(bench_validation, data=shapes_data),
     )  # fmt: skip
     val = load_segmentation_data(shapes_data, splits=("val",)).val
     val.transform = eval_transform(preprocessing)
     expected = evaluate_segmenter(SquareInputSegmenter(model, 64, 5), val, batch_size=1)["mIoU"]
-    assert [(r.runtime, r.precision) for r in records] == EVERY_RUNTIME
+    assert [(r.runtime, r.precision) for r in records] == EVERY_RUNTIME[:3]
     assert all(r.metric == "mIoU" for r in records)
-    check_int8_sizes(records)
+    assert records[2].size_mb < records[1].size_mb / 2  # int8 weights
     _check_fastest(records)
-    fp32 = [r.accuracy for r in records if r.precision == "fp32"]
-    assert fp32 == pytest.approx([expected] * 3, abs=1e-6)  # eager, onnx, pte
-    assert all(0 <= r.accuracy <= 1 for r in records if r.precision == "int8")
+    assert [r.accuracy for r in records[:2]] == pytest.approx([expected] * 2, abs=1e-6)
+    assert 0 <= records[2].accuracy <= 1
