@@ -8,7 +8,26 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_MODULES := web/node_modules/.package-lock.json
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system
+
+# Debian packages the tests need besides Python's: venv for .venv, and for the browser demo's
+# test headless Chromium with its chromedriver and npm (for onnxruntime-web). Installed with
+# apt-get when they are missing (as root, or through sudo); elsewhere one line names them.
+system:
+	@missing=""; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+	if command -v apt-get >/dev/null && { [ -z "$$sudo" ] || sudo -n true 2>/dev/null; }; then \
+		echo "installing Debian packages:$$missing"; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
+	else \
+		echo "make test needs the Debian packages$$missing: run apt-get install$$missing" >&2; \
+		exit 1; \
+	fi
 
 # The main job: train a MobileNetV2 on the real Fashion-MNIST (about 9 minutes on 2 CPU cores,
 # about 90% test top-1) into a new folder under runs/.
@@ -21,7 +40,7 @@ demo: $(STAMP)
 # One pytest-xdist worker per core; a test file's tests stay on one worker, so its module
 # fixtures (exports, small trained checkpoints) are built once; files are handed out in
 # collection order, which tests/conftest.py starts with the slow ones.
-test: $(STAMP) $(NODE_MODULES)
+test: system $(STAMP) $(NODE_MODULES)
 	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)

@@ -32,9 +32,14 @@ def main() -> None:
     torch.manual_seed(0)
 
     records = bench.run_benchmarks(
-        [MODEL], batches=BATCHES, threads=args.threads, warmup=args.warmup,
-        iterations=args.iterations, int8=True, progress=print,
-    )  # fmt: skip
+        [MODEL],
+        batches=BATCHES,
+        threads=args.threads,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        int8=True,
+        progress=print,
+    )
     print(
         f"\n{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
         f"{args.warmup} warm-up\n"

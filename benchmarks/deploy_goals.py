@@ -75,21 +75,36 @@ def main() -> None:
     inputs = models()
     names = {task: item if isinstance(item, str) else item.name for task, item in inputs.items()}
     records = bench.run_benchmarks(
-        list(inputs.values()), batches=(1,), threads=args.threads, warmup=args.warmup,
-        iterations=args.iterations, int8=True, pte=True, openvino=True, progress=print,
-    )  # fmt: skip
+        list(inputs.values()),
+        batches=(1,),
+        threads=args.threads,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        int8=True,
+        pte=True,
+        openvino=True,
+        progress=print,
+    )
     head = (
         f"{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
         f"{args.warmup} warm-up"
     )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "?"  # fmt: skip
-    report = "\n\n".join([
-        f"commit `{commit}`, {date.today().isoformat()}: `.venv/bin/python "
-        f"benchmarks/deploy_goals.py --threads {args.threads}`",
-        head, bench.markdown_table(records), "\n".join(bench.notes(records)),
-        "\n".join(f"- {line}" for line in summary(records, names)),
-    ])  # fmt: skip
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "?"
+    )
+    report = "\n\n".join(
+        [
+            f"commit `{commit}`, {date.today().isoformat()}: `.venv/bin/python "
+            f"benchmarks/deploy_goals.py --threads {args.threads}`",
+            head,
+            bench.markdown_table(records),
+            "\n".join(bench.notes(records)),
+            "\n".join(f"- {line}" for line in summary(records, names)),
+        ]
+    )
     print("\n" + report)
     if args.markdown:
         with atomic_path(args.markdown) as temporary:

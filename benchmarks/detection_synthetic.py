@@ -33,10 +33,27 @@ from mobilenets.core.detection_spec import DetectionConfig
 
 # The demo recipe: the flags after `mobilenets detect train`.
 RECIPE = (
-    "--data", "synthetic-shapes:4000", "--alpha", "0.35", "--resolution", "128",
-    "--epochs", "7", "--batch-size", "8", "--lr", "0.015", "--warmup-epochs", "0.3",
-    "--match-iou", "0.4", "--augment", "flip", "--workers", "1",
-)  # fmt: skip
+    "--data",
+    "synthetic-shapes:4000",
+    "--alpha",
+    "0.35",
+    "--resolution",
+    "128",
+    "--epochs",
+    "7",
+    "--batch-size",
+    "8",
+    "--lr",
+    "0.015",
+    "--warmup-epochs",
+    "0.3",
+    "--match-iou",
+    "0.4",
+    "--augment",
+    "flip",
+    "--workers",
+    "1",
+)
 GOAL_AP50, GOAL_SECONDS = 0.8, 15 * 60
 
 
@@ -57,8 +74,15 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     data = args.out / "data"
-    command = ["mobilenets", "detect", "train", *RECIPE, "--out", str(args.out / "run"),
-               "--no-progress"]  # fmt: skip
+    command = [
+        "mobilenets",
+        "detect",
+        "train",
+        *RECIPE,
+        "--out",
+        str(args.out / "run"),
+        "--no-progress",
+    ]
     env = {**os.environ, "MOBILENETS_DATA": str(data), "OMP_NUM_THREADS": str(args.threads)}
     total_before, stolen_before = cpu_times()
     started = time.monotonic()

@@ -63,10 +63,16 @@ def check_stream(device: torch.device) -> None:
 def check_device_images(device: torch.device) -> None:
     splits = load_synthetic(256)
     cpu, gpu = (
-        DeviceImages.from_tensor_images(splits.train, splits.preprocessing, augment="trivial",
-                                        random_erasing=0.25, channels_last=True, device=where)
+        DeviceImages.from_tensor_images(
+            splits.train,
+            splits.preprocessing,
+            augment="trivial",
+            random_erasing=0.25,
+            channels_last=True,
+            device=where,
+        )
         for where in (CPU, device)
-    )  # fmt: skip
+    )
     indices = torch.arange(256)
     a, labels_a = cpu.batch(indices, 0, 1)
     b, labels_b = gpu.batch(indices.to(device), 0, 1)
@@ -74,8 +80,12 @@ def check_device_images(device: torch.device) -> None:
     share = (difference > 1e-6).float().mean().item()
     level = max(splits.preprocessing.std) / 255 * 1.01
     ok = torch.equal(labels_a, labels_b.cpu()) and share < 0.01 and difference.max() <= 2 * level
-    report("device augmentation", ok, f"{100 * share:.3f}% of values differ, largest "
-           f"{difference.max().item():.4g} (one level is {level:.4g})")  # fmt: skip
+    report(
+        "device augmentation",
+        ok,
+        f"{100 * share:.3f}% of values differ, largest "
+        f"{difference.max().item():.4g} (one level is {level:.4g})",
+    )
 
 
 def check_jpeg(device: torch.device) -> None:
@@ -96,16 +106,26 @@ def check_jpeg(device: torch.device) -> None:
         b = torch.cat([x.cpu() for x, _ in dataset.batches(sampler, 8, device)])
     difference = (a - b).abs()
     level = max(preprocessing.std) / 255
-    report("JPEG decoding", difference.mean() < 2 * level,
-           f"mean difference {difference.mean().item() / level:.3f} levels, largest "
-           f"{difference.max().item() / level:.1f} levels")  # fmt: skip
+    report(
+        "JPEG decoding",
+        difference.mean() < 2 * level,
+        f"mean difference {difference.mean().item() / level:.3f} levels, largest "
+        f"{difference.max().item() / level:.1f} levels",
+    )
 
 
 def check_compiled_run(device: torch.device) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        config = train_config("modern", data="synthetic:512", alpha=0.35, epochs=1,
-                              batch_size=64, compile=True, device_data="on",
-                              device=str(device))  # fmt: skip
+        config = train_config(
+            "modern",
+            data="synthetic:512",
+            alpha=0.35,
+            epochs=1,
+            batch_size=64,
+            compile=True,
+            device_data="on",
+            device=str(device),
+        )
         result = fit(config, folder, progress=False)
     row = result.history[-1]
     report(
@@ -117,20 +137,37 @@ def check_compiled_run(device: torch.device) -> None:
 
 def check_nan_skip(device: torch.device, amp: str) -> None:
     torch.manual_seed(0)
-    spec = ModelConfig("mobilenet_v2", alpha=0.35, resolution=28, num_classes=4, in_chans=1,
-                       small_input=True, dropout=0.0)  # fmt: skip
+    spec = ModelConfig(
+        "mobilenet_v2",
+        alpha=0.35,
+        resolution=28,
+        num_classes=4,
+        in_chans=1,
+        small_input=True,
+        dropout=0.0,
+    )
     model = build_model(spec).to(device)
     dtype = {"off": None, "fp16": torch.float16}[amp]
-    config = TrainSettings(epochs=1, batch_size=8, lr=0.05, warmup_epochs=0.0, ema_decay=0.9,
-                           amp=amp, compile=True, device=str(device))  # fmt: skip
+    config = TrainSettings(
+        epochs=1,
+        batch_size=8,
+        lr=0.05,
+        warmup_epochs=0.0,
+        ema_decay=0.9,
+        amp=amp,
+        compile=True,
+        device=str(device),
+    )
     trainer, _ = make_trainer(model, 64, config, device, dtype, Distributed())
     trained = compiled(model, device, Distributed())
     generator = torch.Generator().manual_seed(0)
     batches = [
-        (torch.randn(8, 1, 28, 28, generator=generator).to(device),
-         torch.randint(0, 4, (8,), generator=generator).to(device))
+        (
+            torch.randn(8, 1, 28, 28, generator=generator).to(device),
+            torch.randint(0, 4, (8,), generator=generator).to(device),
+        )
         for _ in range(6)
-    ]  # fmt: skip
+    ]
 
     def loss_fn(model, batch, trainer):
         images, labels = batch
@@ -148,8 +185,15 @@ def check_nan_skip(device: torch.device, amp: str) -> None:
             snapshot = copy.deepcopy((parameters, trainer.ema.state_dict()))
 
     try:
-        train_epoch(trained, batches, trainer, EpochState(), loss_fn=loss_fn, on_step=on_step,
-                    progress=False)  # fmt: skip
+        train_epoch(
+            trained,
+            batches,
+            trainer,
+            EpochState(),
+            loss_fn=loss_fn,
+            on_step=on_step,
+            progress=False,
+        )
         report(f"non-finite skip ({amp})", False, "no TrainingDiverged")
         return
     except TrainingDiverged as error:
@@ -158,8 +202,11 @@ def check_nan_skip(device: torch.device, amp: str) -> None:
     # parameters, not BN's running statistics: the skipped steps' forward passes still ran
     same = all(torch.equal(weights[k], p) for k, p in model.named_parameters())
     same &= all(torch.equal(ema[k], v) for k, v in trainer.ema.state_dict().items())
-    report(f"non-finite skip ({amp})", same and "step 3" in message,
-           f"parameters and EMA kept after step 2: {same}; {message[:60]}...")  # fmt: skip
+    report(
+        f"non-finite skip ({amp})",
+        same and "step 3" in message,
+        f"parameters and EMA kept after step 2: {same}; {message[:60]}...",
+    )
 
 
 def main() -> None:

@@ -21,8 +21,18 @@ from mobilenets import ModelConfig
 from mobilenets.engine.checkpoint import STATE_FILE
 
 # The settings a recipe command spells out; the rest come from its preset.
-COMMAND_KEYS = ("model", "alpha", "data", "preset", "augment", "weights", "epochs", "batch_size",
-                "lr", "workers")  # fmt: skip
+COMMAND_KEYS = (
+    "model",
+    "alpha",
+    "data",
+    "preset",
+    "augment",
+    "weights",
+    "epochs",
+    "batch_size",
+    "lr",
+    "workers",
+)
 
 
 def command_line(config: dict) -> str:
@@ -59,9 +69,11 @@ def main() -> None:
     args = parser.parse_args()
     run = json.loads((args.run / "train_config.json").read_text())
     metrics_path = args.run / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] if (
-        metrics_path.is_file()
-    ) else []  # fmt: skip
+    rows = (
+        [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        if (metrics_path.is_file())
+        else []
+    )
     config, model = run["train_config"], ModelConfig.from_dict(run["model_config"])
     report = mobilenets.cost(
         model.arch, **{k: v for k, v in model.to_dict().items() if k != "arch"}
@@ -73,9 +85,19 @@ def main() -> None:
     print(f"command: {command_line(config)} --out {args.run.name}")
     settings = ", ".join(
         f"{key} {config[key]}"
-        for key in ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",
-                    "label_smoothing", "ema_decay", "augment", "random_erasing", "batch_size")
-    )  # fmt: skip
+        for key in (
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "schedule",
+            "warmup_epochs",
+            "label_smoothing",
+            "ema_decay",
+            "augment",
+            "random_erasing",
+            "batch_size",
+        )
+    )
     print(f"settings: {settings}")
     status = "finished" if done else "in progress"
     print(f"status: {status}, {len(rows)} of {config['epochs']} epochs")
@@ -86,9 +108,12 @@ def main() -> None:
         # figure: picking the best epoch would select on the test set.
         final = rows[-1]  # the latest until the run is done
         verdict = (
-            "reached" if done and final["val_top1"] >= args.goal
-            else "not reached" if done else "not decided until the last epoch"
-        )  # fmt: skip
+            "reached"
+            if done and final["val_top1"] >= args.goal
+            else "not reached"
+            if done
+            else "not decided until the last epoch"
+        )
         print(
             f"{'final' if done else 'latest'} test top-1: {100 * final['val_top1']:.2f}% "
             f"(epoch {final['epoch']}); "

@@ -59,8 +59,9 @@ def write_synthetic(root: Path, count: int, seed: int = 0) -> Path:
     return root / "train"
 
 
-def cpu_path_seconds(samples, preprocessing, batch: int, workers: int, device: torch.device,
-                     epoch: int) -> float:  # fmt: skip
+def cpu_path_seconds(
+    samples, preprocessing, batch: int, workers: int, device: torch.device, epoch: int
+) -> float:
     dataset = ImageFiles(samples, train_transform(preprocessing, "none", 0.0, small=False))
     sampler = EpochSampler(len(samples), seed=0, epoch=epoch, batch_size=batch, drop_last=True)
     start = time.perf_counter()
@@ -71,8 +72,9 @@ def cpu_path_seconds(samples, preprocessing, batch: int, workers: int, device: t
     return time.perf_counter() - start
 
 
-def device_path_seconds(dataset: JpegFolderOnDevice, batch: int, device: torch.device,
-                        epoch: int) -> float:  # fmt: skip
+def device_path_seconds(
+    dataset: JpegFolderOnDevice, batch: int, device: torch.device, epoch: int
+) -> float:
     sampler = EpochSampler(len(dataset), seed=0, epoch=epoch, batch_size=batch, drop_last=True)
     start = time.perf_counter()
     for _ in dataset.batches(sampler, batch, device):
@@ -90,12 +92,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--folder", type=Path, help="an ImageNet-layout folder (DIR/train/CLASS)")
-    source.add_argument("--synthetic", type=int, default=512,
-                        help="write this many synthetic JPEGs (default 512)")  # fmt: skip
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=["cuda", "cpu"])  # fmt: skip
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="the CPU path's DataLoader workers (default: all cores)")  # fmt: skip
+    source.add_argument(
+        "--synthetic", type=int, default=512, help="write this many synthetic JPEGs (default 512)"
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"]
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the CPU path's DataLoader workers (default: all cores)",
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=2)
@@ -120,20 +128,27 @@ def main() -> None:
         device_path_seconds(JpegFolderOnDevice(warm, preprocessing), args.batch, device, 0)
         cpu_times, device_times = [], []
         for round_ in range(args.rounds):
-            cpu_times.append(cpu_path_seconds(samples, preprocessing, args.batch, args.workers,
-                                              device, epoch=round_))  # fmt: skip
+            cpu_times.append(
+                cpu_path_seconds(
+                    samples, preprocessing, args.batch, args.workers, device, epoch=round_
+                )
+            )
             device_times.append(device_path_seconds(dataset, args.batch, device, round_))
 
     images = len(samples) // args.batch * args.batch
     cpu_rate, device_rate = images / min(cpu_times), images / min(device_times)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"{what}, {images} images an epoch, batch {args.batch}, {args.resolution}x"
-          f"{args.resolution}, {args.device} ({name or platform.machine()}), "
-          f"{os.cpu_count()} CPU cores, best of {args.rounds} rounds\n")  # fmt: skip
+    print(
+        f"{what}, {images} images an epoch, batch {args.batch}, {args.resolution}x"
+        f"{args.resolution}, {args.device} ({name or platform.machine()}), "
+        f"{os.cpu_count()} CPU cores, best of {args.rounds} rounds\n"
+    )
     print("| path | reads and decodes on | images/s |")
     print("|---|---|---:|")
-    print(f"| ImageFiles + train_transform, DataLoader | {args.workers} CPU workers | "
-          f"{cpu_rate:,.0f} |")  # fmt: skip
+    print(
+        f"| ImageFiles + train_transform, DataLoader | {args.workers} CPU workers | "
+        f"{cpu_rate:,.0f} |"
+    )
     print(f"| JpegFolderOnDevice | {args.device} | {device_rate:,.0f} |")
     print(f"\ndevice / CPU DataLoader: {device_rate / cpu_rate:.2f}x")
 

@@ -33,11 +33,33 @@ from mobilenets.core.segmentation_spec import SegmentationConfig
 
 # The demo recipe: the flags after `mobilenets segment train`.
 RECIPE = (
-    "--data", "synthetic-shapes:3000", "--alpha", "0.35", "--output-stride", "8", "--crop", "128",
-    "--min-scale", "1", "--max-scale", "1", "--epochs", "7", "--batch-size", "16",
-    "--optimizer", "adamw", "--lr", "0.01", "--weight-decay", "1e-4", "--eval-batch-size", "50",
-    "--workers", "1",
-)  # fmt: skip
+    "--data",
+    "synthetic-shapes:3000",
+    "--alpha",
+    "0.35",
+    "--output-stride",
+    "8",
+    "--crop",
+    "128",
+    "--min-scale",
+    "1",
+    "--max-scale",
+    "1",
+    "--epochs",
+    "7",
+    "--batch-size",
+    "16",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "0.01",
+    "--weight-decay",
+    "1e-4",
+    "--eval-batch-size",
+    "50",
+    "--workers",
+    "1",
+)
 GOAL_MIOU, GOAL_SECONDS = 0.85, 10 * 60
 
 
@@ -69,8 +91,15 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     data = args.out / "data"
-    command = ["mobilenets", "segment", "train", *RECIPE, "--out", str(args.out / "run"),
-               "--no-progress"]  # fmt: skip
+    command = [
+        "mobilenets",
+        "segment",
+        "train",
+        *RECIPE,
+        "--out",
+        str(args.out / "run"),
+        "--no-progress",
+    ]
     env = {**os.environ, "MOBILENETS_DATA": str(data), "OMP_NUM_THREADS": str(args.threads)}
     total_before, stolen_before = cpu_times()
     started = time.monotonic()

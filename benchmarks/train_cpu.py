@@ -54,11 +54,11 @@ def our_step_seconds(model, splits, config: TrainConfig, epoch: int) -> float:
     sampler = EpochSampler(
         len(splits.train), seed=0, epoch=epoch, batch_size=config.batch_size, drop_last=True
     )
-    loader = make_loader(splits.train, sampler, config.batch_size, config.workers,
-                         torch.device("cpu"))  # fmt: skip
+    loader = make_loader(
+        splits.train, sampler, config.batch_size, config.workers, torch.device("cpu")
+    )
     start = time.perf_counter()
-    train_epoch(model, loader, trainer, EpochState(), loss_fn=classification_loss,
-                progress=False)  # fmt: skip
+    train_epoch(model, loader, trainer, EpochState(), loss_fn=classification_loss, progress=False)
     return time.perf_counter() - start
 
 
@@ -79,9 +79,16 @@ def main() -> None:
     # The same light augmentation in our pipeline as a user's basic recipe: crop and flip.
     splits.train.transform = train_transform(preprocessing, "basic", 0.0, small=True)
     config = train_config(
-        "modern", batch_size=args.batch, lr=0.01, weight_decay=0.0, label_smoothing=0.0,
-        ema_decay=0.0, augment="basic", random_erasing=0.0, workers=0,
-    )  # fmt: skip
+        "modern",
+        batch_size=args.batch,
+        lr=0.01,
+        weight_decay=0.0,
+        label_smoothing=0.0,
+        ema_decay=0.0,
+        augment="basic",
+        random_erasing=0.0,
+        workers=0,
+    )
     transform = eval_transform(preprocessing)
     images = torch.stack([transform(image) for image in splits.train.images])
     labels = splits.train.labels

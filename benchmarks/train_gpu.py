@@ -79,18 +79,31 @@ class FastPath:
     fused optimizer and its device-side checks; weight EMA off (the references have none)."""
 
     def __init__(self, model, device, dtype, batch_size: int, amp: str, ema_decay: float = 0.0):
-        config = train_config("modern", batch_size=batch_size, amp=amp, ema_decay=ema_decay,
-                              label_smoothing=0.0, compile=True)  # fmt: skip
-        self.trainer, _ = make_trainer(model, batch_size * 1000, config, device, dtype,
-                                       Distributed())  # fmt: skip
+        config = train_config(
+            "modern",
+            batch_size=batch_size,
+            amp=amp,
+            ema_decay=ema_decay,
+            label_smoothing=0.0,
+            compile=True,
+        )
+        self.trainer, _ = make_trainer(
+            model, batch_size * 1000, config, device, dtype, Distributed()
+        )
         self.model = compiled(model, device, Distributed())
         self.device = device
 
     def rate(self, x, y, steps: int) -> float:
         synchronize(self.device)
         start = time.perf_counter()
-        train_epoch(self.model, [(x, y)] * steps, self.trainer, EpochState(),
-                    loss_fn=classification_loss, progress=False)  # fmt: skip
+        train_epoch(
+            self.model,
+            [(x, y)] * steps,
+            self.trainer,
+            EpochState(),
+            loss_fn=classification_loss,
+            progress=False,
+        )
         synchronize(self.device)
         return len(x) * steps / (time.perf_counter() - start)
 
@@ -112,24 +125,32 @@ def step_table(args, device, dtype) -> list[str]:
         if arch == "v2":
             return {
                 "torchvision mobilenet_v2, eager": BareStep(
-                    cl(torchvision.models.mobilenet_v2()), device, dtype),
+                    cl(torchvision.models.mobilenet_v2()), device, dtype
+                ),
                 "torchvision mobilenet_v2 + torch.compile": BareStep(
-                    torch.compile(cl(torchvision.models.mobilenet_v2())), device, dtype),
+                    torch.compile(cl(torchvision.models.mobilenet_v2())), device, dtype
+                ),
                 "timm mobilenetv2_100, eager": BareStep(
-                    cl(timm.create_model("mobilenetv2_100")), device, dtype),
+                    cl(timm.create_model("mobilenetv2_100")), device, dtype
+                ),
                 "ours mobilenet_v2 1.0, eager": BareStep(
-                    cl(create_model("mobilenet_v2")), device, dtype),
+                    cl(create_model("mobilenet_v2")), device, dtype
+                ),
                 "ours mobilenet_v2 1.0, fast path": FastPath(
-                    cl(create_model("mobilenet_v2")), device, dtype, args.batch, args.amp),
-            }  # fmt: skip
+                    cl(create_model("mobilenet_v2")), device, dtype, args.batch, args.amp
+                ),
+            }
         return {
             "timm mobilenetv1_100, eager": BareStep(
-                cl(timm.create_model("mobilenetv1_100")), device, dtype),
+                cl(timm.create_model("mobilenetv1_100")), device, dtype
+            ),
             "ours mobilenet_v1 1.0, eager": BareStep(
-                cl(create_model("mobilenet_v1")), device, dtype),
+                cl(create_model("mobilenet_v1")), device, dtype
+            ),
             "ours mobilenet_v1 1.0, fast path": FastPath(
-                cl(create_model("mobilenet_v1")), device, dtype, args.batch, args.amp),
-        }  # fmt: skip
+                cl(create_model("mobilenet_v1")), device, dtype, args.batch, args.amp
+            ),
+        }
 
     lines = [
         f"{args.resolution}x{args.resolution}, batch {args.batch}, amp {args.amp}, channels_last; "
@@ -160,14 +181,25 @@ def fmnist_end_to_end(args, device, dtype) -> list[str]:
     """Part 2: a real run's last-epoch images/s against the bare compiled step."""
     with tempfile.TemporaryDirectory(prefix="train-gpu-") as folder:
         config = train_config(
-            "modern", data=args.data, model="mobilenet_v2", alpha=1.4, batch_size=args.fmnist_batch,
-            lr=0.2, augment="basic", random_erasing=0.25, epochs=args.epochs, amp=args.amp,
-            compile=True, device=str(device), workers=0,
-        )  # fmt: skip
+            "modern",
+            data=args.data,
+            model="mobilenet_v2",
+            alpha=1.4,
+            batch_size=args.fmnist_batch,
+            lr=0.2,
+            augment="basic",
+            random_erasing=0.25,
+            epochs=args.epochs,
+            amp=args.amp,
+            compile=True,
+            device=str(device),
+            workers=0,
+        )
         result = fit(config, folder, progress=False)
         run_rate = result.history[-1]["images_per_s"]
-    model = create_model("mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1,
-                         small_input=True, resolution=28).to(device)  # fmt: skip
+    model = create_model(
+        "mobilenet_v2", alpha=1.4, num_classes=10, in_chans=1, small_input=True, resolution=28
+    ).to(device)
     model = model.to(memory_format=torch.channels_last)
     bare = FastPath(model, device, dtype, args.fmnist_batch, args.amp, ema_decay=0.0)
     x, y = ready_batch(args.fmnist_batch, 1, 28, 10, device)
@@ -223,14 +255,21 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if args.amp == "bf16" else None
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "?"  # fmt: skip
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "?"
+    )
     sections = [
         f"commit `{commit}`, {date.today().isoformat()}, {name}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}"
     ]
-    parts = {"1": ("Training step", step_table), "2": ("Fashion-MNIST end to end",
-             fmnist_end_to_end), "3": ("Profile of the fast path", profile_summary)}  # fmt: skip
+    parts = {
+        "1": ("Training step", step_table),
+        "2": ("Fashion-MNIST end to end", fmnist_end_to_end),
+        "3": ("Profile of the fast path", profile_summary),
+    }
     for key in args.parts.split(","):
         title, part = parts[key]
         lines = part(args, device, dtype)

@@ -41,8 +41,9 @@ def background_leaning_detector(num_classes: int, resolution: int) -> nn.Module:
     if num_classes != len(class_bias):
         raise ValueError(f"num_classes must be {len(class_bias)}, got {num_classes}")
     torch.manual_seed(0)
-    model = create_detector("ssdlite_mobilenet_v2", num_classes=num_classes, alpha=0.35,
-                            resolution=resolution)  # fmt: skip
+    model = create_detector(
+        "ssdlite_mobilenet_v2", num_classes=num_classes, alpha=0.35, resolution=resolution
+    )
     randomize_torch(model)
     with torch.no_grad():
         for head in (*model.class_heads, *model.box_heads):

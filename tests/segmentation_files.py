@@ -163,13 +163,17 @@ def write_coco_voc(root: Path, split: str = "val2017") -> dict[str, np.ndarray]:
     crowd = np.zeros((height, width), dtype=bool)
     crowd[5:15, 5:20] = True
     objects = {  # file name: (category id, polygons or RLE, area, iscrowd)
-        "a.jpg": [(18, [rectangle(2, 2, 38, 30)], 1008, 0),
-                  (1, [rectangle(30, 20, 40, 32)], 120, 0),
-                  (13, [rectangle(0, 0, 10, 10)], 100, 0)],
-        "b.jpg": [(44, uncompressed_rle(crowd), 150, 1),
-                  (3, [rectangle(22, 2, 30, 10), rectangle(32, 2, 36, 6)], 80, 0)],
+        "a.jpg": [
+            (18, [rectangle(2, 2, 38, 30)], 1008, 0),
+            (1, [rectangle(30, 20, 40, 32)], 120, 0),
+            (13, [rectangle(0, 0, 10, 10)], 100, 0),
+        ],
+        "b.jpg": [
+            (44, uncompressed_rle(crowd), 150, 1),
+            (3, [rectangle(22, 2, 30, 10), rectangle(32, 2, 36, 6)], 80, 0),
+        ],
         "c.jpg": [(13, [rectangle(4, 4, 20, 20)], 256, 0)],
-    }  # fmt: skip
+    }
     masks = {name: np.zeros((height, width), dtype=np.uint8) for name in objects}
     masks["a.jpg"][2:30, 2:38] = 12
     masks["a.jpg"][20:32, 30:40] = 15
@@ -182,11 +186,17 @@ def write_coco_voc(root: Path, split: str = "val2017") -> dict[str, np.ndarray]:
         photo(COCO_SIZE, image_id).save(root / split / name, quality=95)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
         for category, segmentation, area, iscrowd in found:
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                "segmentation": segmentation, "area": area, "iscrowd": iscrowd,
-                "bbox": [0, 0, 1, 1],
-            })  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": segmentation,
+                    "area": area,
+                    "iscrowd": iscrowd,
+                    "bbox": [0, 0, 1, 1],
+                }
+            )
     categories = [{"id": cid, "name": name} for cid, name in COCO_CATEGORIES.items()]
     dataset = {"images": images, "annotations": annotations, "categories": categories}
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))

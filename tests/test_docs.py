@@ -119,8 +119,12 @@ def check_models(ns: dict) -> None:
     assert ns["logits"].shape == (1, 10)
     assert ns["features"].shape == (1, 1280, 7, 7)
     assert list(ns["taps"]) == ["C4_expansion", "C5"]
-    assert ns["model"].feature_info[0] == {"name": "C1", "module": "blocks.0", "num_chs": 16,
-                                           "reduction": 2}  # fmt: skip
+    assert ns["model"].feature_info[0] == {
+        "name": "C1",
+        "module": "blocks.0",
+        "num_chs": 16,
+        "reduction": 2,
+    }
     import mobilenets
 
     assert len(mobilenets.list_models("mobilenet_v2_0.35_*")) == 5
@@ -332,10 +336,23 @@ def test_mkdocs_build_strict(tmp_path):
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     built = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-         str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-6000:]
     assert (site / "index.html").is_file()
     assert "mobilenets detect train" in (site / "cli" / "index.html").read_text()

@@ -112,11 +112,21 @@ def test_onnx_export_without_the_onnx_extra(monkeypatch, tmp_path, capsys):
         bench.run_benchmarks([tiny_model()], batches=(1,), iterations=1, threads=1)
 
     monkeypatch.chdir(tmp_path)
-    message = one_line_error(capsys, "export", "mobilenet_v1_0.25_128", "--format", "onnx",
-                             "--out", "m.onnx")  # fmt: skip
+    message = one_line_error(
+        capsys, "export", "mobilenet_v1_0.25_128", "--format", "onnx", "--out", "m.onnx"
+    )
     assert message == f"exporting to ONNX {ONNX_HINT}"
-    message = one_line_error(capsys, "quantize", "ckpt", "--data", "synthetic:160", "--method",
-                             "ptq", "--out", "int8.onnx")  # fmt: skip
+    message = one_line_error(
+        capsys,
+        "quantize",
+        "ckpt",
+        "--data",
+        "synthetic:160",
+        "--method",
+        "ptq",
+        "--out",
+        "int8.onnx",
+    )
     assert message == f"int8 quantization {ONNX_HINT}"
     message = one_line_error(capsys, "bench", "mobilenet_v1_0.25_128")
     assert message == f"measuring onnxruntime {ONNX_HINT}"
@@ -150,8 +160,17 @@ def test_keras_h5_weights_without_h5py(monkeypatch, tmp_path, capsys):
         read_keras_h5(weights)
     assert str(error.value) == hint
     out = tmp_path / "converted.safetensors"
-    message = one_line_error(capsys, "convert", weights, "--from", "keras", "--model",
-                             "mobilenet_v2_0.35_96", "--out", out)  # fmt: skip
+    message = one_line_error(
+        capsys,
+        "convert",
+        weights,
+        "--from",
+        "keras",
+        "--model",
+        "mobilenet_v2_0.35_96",
+        "--out",
+        out,
+    )
     assert message == hint and not out.exists()
 
 
@@ -170,15 +189,21 @@ def test_coco_data_and_map_without_pycocotools(monkeypatch, tmp_path, capsys):
     assert str(error.value) == f"reading COCO annotations {COCO_HINT}"
 
     ground_truth = SimpleNamespace(cats={1: {"id": 1}}, imgs={0: {"id": 0}})  # no COCO needed
-    detections = {0: {"boxes": torch.tensor([[1.0, 2.0, 8.0, 9.0]]), "scores": torch.tensor([0.9]),
-                      "labels": torch.tensor([1])}}  # fmt: skip
+    detections = {
+        0: {
+            "boxes": torch.tensor([[1.0, 2.0, 8.0, 9.0]]),
+            "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1]),
+        }
+    }
     with pytest.raises(MobileNetsError) as error:
         evaluate_coco(ground_truth, detections)
     assert str(error.value) == f"scoring COCO mAP {COCO_HINT}"
 
     out = tmp_path / "run"
-    message = one_line_error(capsys, "detect", "train", "--data", "synthetic-shapes:8", "--out",
-                             out)  # fmt: skip
+    message = one_line_error(
+        capsys, "detect", "train", "--data", "synthetic-shapes:8", "--out", out
+    )
     assert message == f"scoring COCO mAP {COCO_HINT}"
     assert not out.exists()  # refused before the data is made or anything is written
 
@@ -194,8 +219,7 @@ PLOTS_HINT = (
 
 def test_plots_without_matplotlib(monkeypatch, tmp_path, capsys):
     hide(monkeypatch, "matplotlib")
-    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_top1": 0.5,
-                "val_top1": 0.4}]  # fmt: skip
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_top1": 0.5, "val_top1": 0.4}]
     with pytest.raises(MobileNetsError) as error:
         plot_curves(history, tmp_path / "curves.png")
     assert str(error.value) == PLOTS_HINT
@@ -203,8 +227,9 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path, capsys):
         plot_confusion(torch.eye(2, dtype=torch.long), ["a", "b"], tmp_path / "confusion.png")
 
     out = tmp_path / "run"
-    message = one_line_error(capsys, "train", "--data", "synthetic:160", "--epochs", "1",
-                             "--no-progress", "--out", out)  # fmt: skip
+    message = one_line_error(
+        capsys, "train", "--data", "synthetic:160", "--epochs", "1", "--no-progress", "--out", out
+    )
     assert message == PLOTS_HINT
     assert not out.exists()  # a run ends with its plots: refused before its first epoch
     assert sorted(tmp_path.iterdir()) == []

@@ -20,8 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mobilenets"
 LAYERS = ("core", "zoo", "data", "engine", "deploy", "tasks", "cli")
 # What a library function may import inside its body: the optional extras and the package's
 # own heavy, optional runtime pieces.
-OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "h5py", "pycocotools", "matplotlib",
-            "executorch")  # fmt: skip
+OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "h5py", "pycocotools", "matplotlib", "executorch")
 
 
 def module_name(path: Path) -> str:
@@ -155,11 +154,22 @@ def test_no_import_cycle():
 def test_the_cost_model_and_the_factory_load_no_heavy_module(code):
     """`import mobilenets` and the cost model load torch, core and zoo: not torchvision (whose
     package import loads every dataset module), onnxruntime, pycocotools or the tasks."""
-    heavy = ("torchvision", "onnxruntime", "onnx", "pycocotools", "matplotlib", "h5py",
-             "mobilenets.tasks", "mobilenets.engine", "mobilenets.data", "mobilenets.deploy",
-             "mobilenets.cli")  # fmt: skip
+    heavy = (
+        "torchvision",
+        "onnxruntime",
+        "onnx",
+        "pycocotools",
+        "matplotlib",
+        "h5py",
+        "mobilenets.tasks",
+        "mobilenets.engine",
+        "mobilenets.data",
+        "mobilenets.deploy",
+        "mobilenets.cli",
+    )
     probe = f"{code}\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True).stdout.split()  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert "mobilenets.core.cost" in loaded
     assert [name for name in loaded if name.split(".")[0] in heavy or name.startswith(heavy)] == []

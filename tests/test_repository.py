@@ -14,8 +14,9 @@ LIMIT = 1 << 20  # bytes
 
 
 def tracked_files() -> list[Path]:
-    listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                             check=True).stdout  # fmt: skip
+    listing = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     return [ROOT / name for name in listing.decode().split("\0") if name]
 
 
@@ -39,10 +40,17 @@ def test_the_published_weights_are_tracked_and_match_their_record():
 
 
 def test_run_outputs_and_exports_are_ignored():
-    names = ["runs/x/metrics.jsonl", "out/state/last.pt", "model.onnx", "model.pte",
-             "best.safetensors", "w.pth"]  # fmt: skip
-    ignored = subprocess.run(["git", "check-ignore", *names], cwd=ROOT, capture_output=True,
-                             text=True).stdout.split()  # fmt: skip
+    names = [
+        "runs/x/metrics.jsonl",
+        "out/state/last.pt",
+        "model.onnx",
+        "model.pte",
+        "best.safetensors",
+        "w.pth",
+    ]
+    ignored = subprocess.run(
+        ["git", "check-ignore", *names], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
     assert ignored == names
     (record,) = list_weights(OURS)
     kept = subprocess.run(["git", "check-ignore", record.url], cwd=ROOT, capture_output=True)

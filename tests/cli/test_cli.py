@@ -55,8 +55,9 @@ def test_cost_json_matches_the_library(capsys):
     assert code == 0
     assert (data["params"], data["macs"], data["resolution"]) == (4_231_976, 568_740_352, 224)
     assert (data["standard_params"], data["standard_macs"]) == (
-        report.standard_params, report.standard_macs,
-    )  # fmt: skip
+        report.standard_params,
+        report.standard_macs,
+    )
     assert len(data["layers"]) == len(report.layers) == 28
     assert [row["label"] for row in data["by_kind"]][0] == "Conv 1x1"
 
@@ -121,8 +122,10 @@ def test_installed_console_script_and_module():
     assert scripts.get("mobilenets") == "mobilenets.cli:main"
     result = subprocess.run(
         [sys.executable, "-m", "mobilenets", "cost", "mobilenet_v2_1.0_224", "--json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["params"] == 3_504_872
     failed = subprocess.run(

@@ -64,8 +64,15 @@ def test_a_segmenter_prints_its_layers_and_the_papers_row(capsys):
 
 
 def test_output_stride_aspp_and_resolution_reach_the_cost_and_the_multiscale_row(capsys):
-    argv = ["cost", "deeplabv3_mobilenet_v2", "--output-stride", "8", "--aspp", "--resolution",
-            "513"]  # fmt: skip
+    argv = [
+        "cost",
+        "deeplabv3_mobilenet_v2",
+        "--output-stride",
+        "8",
+        "--aspp",
+        "--resolution",
+        "513",
+    ]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     report = cost("deeplabv3_mobilenet_v2", output_stride=8, aspp=True, resolution=513)
@@ -96,8 +103,17 @@ def test_v1_has_aspp_and_a_configuration_the_paper_lacks_says_so(capsys):
 
 
 def test_another_width_is_compared_but_named_a_different_network(capsys):
-    code, out, _ = run_cli(capsys, "cost", "deeplabv3_mobilenet_v2", "--alpha", "0.35",
-                           "--resolution", "129", "--num-classes", "5")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys,
+        "cost",
+        "deeplabv3_mobilenet_v2",
+        "--alpha",
+        "0.35",
+        "--resolution",
+        "129",
+        "--num-classes",
+        "5",
+    )
     report = cost("deeplabv3_mobilenet_v2", alpha=0.35, resolution=129, num_classes=5)
     assert code == 0 and totals(out) == (report.params, report.macs)
     assert (
@@ -128,9 +144,11 @@ def test_table7_prints_the_papers_rows_beside_ours(capsys):
         assert cells[:6] == [arch, str(stride), aspp, mf, miou, params_m] and cells[8] == madds_b
         assert cells[6:8] == [f"{ours.params / 1e6:.3f}", f"{100 * ours.params_error:+.2f}%"]
         assert cells[9:] == [
-            f"{ours.macs / 1e9:.2f}", f"{100 * ours.macs_error:+.1f}%",
-            f"{ours.space_to_batch_macs / 1e9:.2f}", f"{100 * ours.space_to_batch_error:+.1f}%",
-        ]  # fmt: skip
+            f"{ours.macs / 1e9:.2f}",
+            f"{100 * ours.macs_error:+.1f}%",
+            f"{ours.space_to_batch_macs / 1e9:.2f}",
+            f"{100 * ours.space_to_batch_error:+.1f}%",
+        ]
         # the relative differences are against the published figures
         assert ours.params_error == pytest.approx(ours.params / (float(params_m) * 1e6) - 1)
         assert ours.macs_error == pytest.approx(ours.macs / (float(madds_b) * 1e9) - 1)
@@ -143,11 +161,14 @@ def test_table7_as_json(capsys):
     assert code == 0 and len(records) == 6
     for record, ours, published in zip(records, table7(), PUBLISHED, strict=True):
         assert (record["paper"]["params_m"], record["paper"]["madds_b"]) == (
-            float(published[5]), float(published[6]),
-        )  # fmt: skip
+            float(published[5]),
+            float(published[6]),
+        )
         assert (record["params"], record["macs"], record["space_to_batch_macs"]) == (
-            ours.params, ours.macs, ours.space_to_batch_macs,
-        )  # fmt: skip
+            ours.params,
+            ours.macs,
+            ours.space_to_batch_macs,
+        )
         assert record["config"] == ours.config.name
 
 
@@ -155,15 +176,21 @@ def test_table7_as_json(capsys):
     "argv, message",
     [
         ([], "give a model NAME, or --table7"),
-        (["mobilenet_v2", "--aspp"], "--aspp applies to a segmenter (deeplabv3_mobilenet_v1, "
-                                     "deeplabv3_mobilenet_v2), not to 'mobilenet_v2'"),
-        (["--table7", "deeplabv3_mobilenet_v2", "--alpha", "0.5"],
-         "--table7 prints the paper's six configurations as published; it takes no NAME, --alpha"),
+        (
+            ["mobilenet_v2", "--aspp"],
+            "--aspp applies to a segmenter (deeplabv3_mobilenet_v1, "
+            "deeplabv3_mobilenet_v2), not to 'mobilenet_v2'",
+        ),
+        (
+            ["--table7", "deeplabv3_mobilenet_v2", "--alpha", "0.5"],
+            "--table7 prints the paper's six configurations as "
+            "published; it takes no NAME, --alpha",
+        ),
         (["deeplabv3_mobilenet_v2", "--output-stride", "32"], "output_stride must be 8 or 16"),
         (["deeplabv3_mobilenet_v2", "--rho", "0.5"], "do not apply to a segmenter"),
         (["ssdlite_mobilenet_v2", "--output-stride", "8"], "do not apply to a detector"),
     ],
-)  # fmt: skip
+)
 def test_errors_are_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run_cli(capsys, "cost", *argv)
     assert code == 2 and out == ""

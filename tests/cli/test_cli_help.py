@@ -22,8 +22,21 @@ from mobilenets.tasks.detection import loss as detection_loss
 from mobilenets.tasks.detection import train as detection_train
 from mobilenets.zoo.pretrained import PUBLISHERS
 
-COMMANDS = ["zoo", "cost", "weights", "convert", "train", "eval", "predict", "export",
-            "quantize", "bench", "detect", "segment", "demo"]  # fmt: skip
+COMMANDS = [
+    "zoo",
+    "cost",
+    "weights",
+    "convert",
+    "train",
+    "eval",
+    "predict",
+    "export",
+    "quantize",
+    "bench",
+    "detect",
+    "segment",
+    "demo",
+]
 
 
 def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -37,9 +50,10 @@ def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [
-        action for action in parser._actions
+        action
+        for action in parser._actions
         if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
-    ]  # fmt: skip
+    ]
 
 
 ALL = list(parsers(build_parser()))
@@ -62,11 +76,17 @@ def test_program_help_describes_the_tool_and_lists_every_command(capsys):
     assert exit_info.value.code == 0
     assert "argument parsing and printing only" not in out  # the module docstring
     assert "MobileNetV1 and V2 as the papers define them" in out
-    listed = [line.split()[0] for line in out.split("commands:")[1].splitlines()[2:] if
-              line.startswith("    ") and not line.startswith("      ")]  # fmt: skip
+    listed = [
+        line.split()[0]
+        for line in out.split("commands:")[1].splitlines()[2:]
+        if line.startswith("    ") and not line.startswith("      ")
+    ]
     assert listed == COMMANDS
-    examples = [line.strip() for line in out.split("examples:")[1].splitlines()
-                if line.startswith("  mobilenets ")]  # fmt: skip
+    examples = [
+        line.strip()
+        for line in out.split("examples:")[1].splitlines()
+        if line.startswith("  mobilenets ")
+    ]
     assert 3 <= len(examples) <= 4
 
 
@@ -140,8 +160,10 @@ def test_the_choices_and_defaults_the_cli_repeats_are_the_librarys():
     assert deploy.QUANTIZE_CALIBRATION_IMAGES == quantize.DEFAULT_CALIBRATION_IMAGES
     assert deploy.QUANTIZE_BATCH_SIZE == quantize.DEFAULT_BATCH_SIZE
     assert (deploy.BENCH_BATCHES, deploy.BENCH_WARMUP, deploy.BENCH_ITERATIONS) == (
-        bench.DEFAULT_BATCHES, bench.DEFAULT_WARMUP, bench.DEFAULT_ITERATIONS,
-    )  # fmt: skip
+        bench.DEFAULT_BATCHES,
+        bench.DEFAULT_WARMUP,
+        bench.DEFAULT_ITERATIONS,
+    )
     assert f"(default {DEFAULT_OPSET})" in deploy.OPSET_HELP
     assert PUBLISHED_WEIGHTS.startswith(", ".join(PUBLISHERS))
 

@@ -91,42 +91,75 @@ def test_train_prints_the_result_and_where_the_files_are(trained):
     assert "epoch 1/1: train loss" in printed and "val mIoU" in printed
     assert f"checkpoint: {out / 'best.safetensors'}" in printed
     assert f"plots: {out / 'curves.png'}, {out / 'iou.png'}, {out / 'overlays'}" in printed
-    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "eval.json",
-                 "curves.png", "iou.png", "train_config.json"):  # fmt: skip
+    for name in (
+        "best.safetensors",
+        "last.safetensors",
+        "metrics.jsonl",
+        "eval.json",
+        "curves.png",
+        "iou.png",
+        "train_config.json",
+    ):
         assert (out / name).is_file(), name
     assert len(list((out / "overlays").glob("*.png"))) == 2
     config = json.loads((out / "train_config.json").read_text())["train_config"]
-    assert config == SegmentationTrainConfig(data=DATA, alpha=0.35, crop=64, epochs=1,
-                                             batch_size=4).to_dict()  # fmt: skip
+    assert (
+        config
+        == SegmentationTrainConfig(data=DATA, alpha=0.35, crop=64, epochs=1, batch_size=4).to_dict()
+    )
 
 
-def test_eval_at_output_stride_8_with_flips_prints_tables_and_writes_json(trained, capsys,
-                                                                         tmp_path):  # fmt: skip
+def test_eval_at_output_stride_8_with_flips_prints_tables_and_writes_json(
+    trained, capsys, tmp_path
+):
     out, _ = trained
     report = tmp_path / "eval.json"
-    code, printed, err = run_cli(capsys, "eval", out, "--data", DATA, "--output-stride", "8",
-                                 "--tta", "flip", "--device", "cpu", "--json", report)  # fmt: skip
+    code, printed, err = run_cli(
+        capsys,
+        "eval",
+        out,
+        "--data",
+        DATA,
+        "--output-stride",
+        "8",
+        "--tta",
+        "flip",
+        "--device",
+        "cpu",
+        "--json",
+        report,
+    )
     assert code == 0, err
     lines = printed.splitlines()
-    assert lines[0].split() == ["model", "params", "MACs", "mIoU", "pixel", "acc", "mean", "acc",
-                                "fwIoU"]  # fmt: skip
+    assert lines[0].split() == [
+        "model",
+        "params",
+        "MACs",
+        "mIoU",
+        "pixel",
+        "acc",
+        "mean",
+        "acc",
+        "fwIoU",
+    ]
     assert lines[2].split()[0] == "deeplabv3_mobilenet_v2_0.35_64_os8"
     assert [line.split()[0] for line in lines[6:11]] == CLASSES  # the IoU of each class
     assert "tta flip" in printed and f"wrote {report}" in printed
     record = json.loads(report.read_text())
     assert (record["output_stride"], record["tta"], record["classes"]) == (8, "flip", CLASSES)
-    expected = evaluate_checkpoint(load_segmentation_checkpoint(out), DATA, output_stride=8,
-                                   tta="flip", device="cpu")  # fmt: skip
+    expected = evaluate_checkpoint(
+        load_segmentation_checkpoint(out), DATA, output_stride=8, tta="flip", device="cpu"
+    )
     assert {key: record[key] for key in expected} == expected
 
 
-def test_predict_writes_a_mask_of_class_indices_and_an_overlay_per_image(trained, capsys,
-                                                                          tmp_path):  # fmt: skip
+def test_predict_writes_a_mask_of_class_indices_and_an_overlay_per_image(trained, capsys, tmp_path):
     out, _ = trained
     files = load_segmentation_data(DATA, splits=("val",)).val.files
     images = [image for image, _ in files]
-    code, printed, err = run_cli(capsys, "predict", out, *images, "--out", tmp_path / "pred",
-                                 "--json")  # fmt: skip
+    code, printed, err = run_cli(
+        capsys, "predict", out, *images, "--out", tmp_path / "pred", "--json"
+    )
     assert code == 0, err
     records = json.loads(printed)
     checkpoint = load_segmentation_checkpoint(out)
@@ -150,16 +183,37 @@ def test_export_passes_its_flags_to_export_segmenter(trained, capsys, tmp_path, 
     def fake_export(checkpoint, path, **options):
         calls.append((checkpoint, path, options))
         return segmentation_export.SegmentationExportReport(
-            path=Path(path), format=options["format"], model_name="deeplabv3_x", source="ckpt",
-            input_shape=(1, 3, 96, 96), output_name="labels", output_shape=(1, 96, 96),
-            max_abs_diff=None, differing_pixels=0, bn_folded=40, file_bytes=2_000_000,
-            runtime="onnxruntime 1.0", opset=19,
-        )  # fmt: skip
+            path=Path(path),
+            format=options["format"],
+            model_name="deeplabv3_x",
+            source="ckpt",
+            input_shape=(1, 3, 96, 96),
+            output_name="labels",
+            output_shape=(1, 96, 96),
+            max_abs_diff=None,
+            differing_pixels=0,
+            bn_folded=40,
+            file_bytes=2_000_000,
+            runtime="onnxruntime 1.0",
+            opset=19,
+        )
 
     monkeypatch.setattr(segmentation_export, "export_segmenter", fake_export)
     path = tmp_path / "model.onnx"
-    code, printed, err = run_cli(capsys, "export", out, "--format", "onnx", "--out", path,
-                                 "--argmax", "--resolution", "96", "--opset", "19")  # fmt: skip
+    code, printed, err = run_cli(
+        capsys,
+        "export",
+        out,
+        "--format",
+        "onnx",
+        "--out",
+        path,
+        "--argmax",
+        "--resolution",
+        "96",
+        "--opset",
+        "19",
+    )
     assert code == 0, err
     ((checkpoint, given, options),) = calls
     assert checkpoint.path == out / "best.safetensors" and given == str(path)
@@ -212,8 +266,12 @@ def test_the_train_flags_show_the_configs_defaults():
 
 def test_the_choices_and_defaults_the_cli_repeats_are_the_librarys():
     # What train_defaults shows: TrainSettings' defaults with the repeated ones on top.
-    shown = {**field_defaults(TrainSettings), "aspp": None, "backbone_weights": None,
-             **segment.SEGMENTATION_DEFAULTS}  # fmt: skip
+    shown = {
+        **field_defaults(TrainSettings),
+        "aspp": None,
+        "backbone_weights": None,
+        **segment.SEGMENTATION_DEFAULTS,
+    }
     library = field_defaults(SegmentationTrainConfig)
     assert {**shown, "data": library["data"]} == library
     assert segment.TTA_MODES == segmentation_evaluate.TTA_MODES
@@ -236,26 +294,43 @@ def folder_data(tmp_path):
     return root
 
 
-def test_a_mask_value_outside_the_classes_stops_eval_and_train(trained, folder_data, capsys,
-                                                               tmp_path):  # fmt: skip
+def test_a_mask_value_outside_the_classes_stops_eval_and_train(
+    trained, folder_data, capsys, tmp_path
+):
     out, _ = trained
     bad = folder_data / "val" / "masks" / "val_001.png"
     pixels = np.asarray(Image.open(bad)).copy()
     pixels[5, 5] = 7
     Image.fromarray(pixels).save(bad)
     report = tmp_path / "report.json"
-    code, _, err = run_cli(capsys, "eval", out, "--data", f"folder:{folder_data}", "--json",
-                           report, "--device", "cpu")  # fmt: skip
-    assert_one_line_error(code, err, f"mask '{bad}' holds values [7]; allowed are the class "
-                          "indices 0..4 and 255 (ignore)")  # fmt: skip
+    code, _, err = run_cli(
+        capsys, "eval", out, "--data", f"folder:{folder_data}", "--json", report, "--device", "cpu"
+    )
+    assert_one_line_error(
+        code,
+        err,
+        f"mask '{bad}' holds values [7]; allowed are the class indices 0..4 and 255 (ignore)",
+    )
     assert not report.exists()
     # In training the bad mask is met in the first batch: no checkpoint, no half-written file.
     for path in (folder_data / "train" / "masks").iterdir():
         Image.fromarray(np.full((24, 32), 9, dtype=np.uint8)).save(path)
     run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--data", f"folder:{folder_data}", "--alpha",
-                           "0.35", "--crop", "32", "--batch-size", "2", "--out", run,
-                           "--no-progress")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--data",
+        f"folder:{folder_data}",
+        "--alpha",
+        "0.35",
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "--out",
+        run,
+        "--no-progress",
+    )
     assert_one_line_error(code, err, "holds values [9]; allowed are the class indices 0..4")
     assert not list(run.glob("*.safetensors")) and not (run / "metrics.jsonl").exists()
     assert no_temporary_files(tmp_path)
@@ -270,8 +345,7 @@ def test_an_image_and_mask_of_different_sizes_is_named(trained, folder_data, cap
     assert_one_line_error(code, err, f"image '{image}' is 32x24 but its mask '{mask}' is 16x16")
 
 
-def test_an_unreadable_png_is_named_and_nothing_is_written(trained, folder_data, capsys,
-                                                            tmp_path):  # fmt: skip
+def test_an_unreadable_png_is_named_and_nothing_is_written(trained, folder_data, capsys, tmp_path):
     out, _ = trained
     broken = folder_data / "val" / "images" / "val_001.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -295,13 +369,21 @@ def test_a_missing_split_file_is_named_before_anything_is_written(capsys, tmp_pa
 
 
 def test_backbone_weights_of_another_architecture_are_refused(capsys, tmp_path):
-    weights = save_checkpoint(MobileNetV1(alpha=0.35, num_classes=3), tmp_path / "v1.safetensors",
-                              ["a", "b", "c"], imagenet_preprocessing(224))  # fmt: skip
+    weights = save_checkpoint(
+        MobileNetV1(alpha=0.35, num_classes=3),
+        tmp_path / "v1.safetensors",
+        ["a", "b", "c"],
+        imagenet_preprocessing(224),
+    )
     run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--data", DATA, *TINY, "--backbone-weights",
-                           weights, "--out", run)  # fmt: skip
-    assert_one_line_error(code, err, "do not fit deeplabv3_mobilenet_v2_0.35_64_os16: arch "
-                          "'mobilenet_v1' (need 'mobilenet_v2')")  # fmt: skip
+    code, _, err = run_cli(
+        capsys, "train", "--data", DATA, *TINY, "--backbone-weights", weights, "--out", run
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "do not fit deeplabv3_mobilenet_v2_0.35_64_os16: arch 'mobilenet_v1' (need 'mobilenet_v2')",
+    )
     assert not run.exists()
 
 
@@ -309,25 +391,37 @@ def test_backbone_weights_of_another_architecture_are_refused(capsys, tmp_path):
     ("args", "message"),
     [
         (["train", "--out", "{tmp}/x"], "--data is required (one of: synthetic-shapes[:N]"),
-        (["train", "--data", "nope:1", "--out", "{tmp}/x"],
-         "--data 'nope:1' is not one of: synthetic-shapes[:N]"),
-        (["train", "--data", DATA, "--crop", "16", "--out", "{tmp}/x"],
-         "crop must be an integer >= 32, got 16"),
-        (["train", "--data", DATA, "--output-stride", "32", "--out", "{tmp}/x"],
-         "output_stride must be one of 8, 16, got 32"),
-        (["train", "--data", DATA, "--model", "ssdlite_mobilenet_v2", "--out", "{tmp}/x"],
-         "'ssdlite_mobilenet_v2' is a detection model, not a segmentation model"),
+        (
+            ["train", "--data", "nope:1", "--out", "{tmp}/x"],
+            "--data 'nope:1' is not one of: synthetic-shapes[:N]",
+        ),
+        (
+            ["train", "--data", DATA, "--crop", "16", "--out", "{tmp}/x"],
+            "crop must be an integer >= 32, got 16",
+        ),
+        (
+            ["train", "--data", DATA, "--output-stride", "32", "--out", "{tmp}/x"],
+            "output_stride must be one of 8, 16, got 32",
+        ),
+        (
+            ["train", "--data", DATA, "--model", "ssdlite_mobilenet_v2", "--out", "{tmp}/x"],
+            "'ssdlite_mobilenet_v2' is a detection model, not a segmentation model",
+        ),
         (["train", "--resume", "--epochs", "3", "--out", "{tmp}/x"], "drop --epochs (it may"),
         (["train", "--resume", "--out", "{tmp}/x"], "--resume: no training state at"),
         (["train", "--data", DATA, "--out", "{run}"], "already holds a run; pass --resume"),
         (["eval", "{tmp}/missing.safetensors", "--data", DATA], "missing.safetensors' does not"),
         (["eval", "{run}/state/last.pt", "--data", DATA], "is a training state"),
-        (["predict", "{run}", "{tmp}/a/x.png", "{tmp}/b/x.png"],
-         "would both write x_mask.png; give images of different names"),
-        (["export", "{run}", "--format", "pte", "--opset", "18", "--out", "{tmp}/x.pte"],
-         "--opset applies to --format onnx only"),
+        (
+            ["predict", "{run}", "{tmp}/a/x.png", "{tmp}/b/x.png"],
+            "would both write x_mask.png; give images of different names",
+        ),
+        (
+            ["export", "{run}", "--format", "pte", "--opset", "18", "--out", "{tmp}/x.pte"],
+            "--opset applies to --format onnx only",
+        ),
     ],
-)  # fmt: skip
+)
 def test_user_errors_are_one_line_and_a_nonzero_exit(trained, capsys, tmp_path, args, message):
     run, _ = trained
     args = [arg.format(tmp=tmp_path, run=run) for arg in args]
@@ -339,11 +433,13 @@ def test_user_errors_are_one_line_and_a_nonzero_exit(trained, capsys, tmp_path, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--output-stride", "4"], "argument --output-stride: invalid choice: 4 (choose from 8, "
-         "16)"),
+        (
+            ["--output-stride", "4"],
+            "argument --output-stride: invalid choice: 4 (choose from 8, 16)",
+        ),
         (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
     ],
-)  # fmt: skip
+)
 def test_usage_errors_are_one_line_too(trained, capsys, args, message):
     run, _ = trained
     with pytest.raises(SystemExit) as exit_info:

@@ -20,9 +20,26 @@ from mobilenets.engine.checkpoint import STATE_FILE, load_checkpoint
 from mobilenets.tasks.classification.inference import evaluate_checkpoint, predict
 
 # The run: a 0.35-wide small-input V2 on 32x32 synthetic images, ten steps of 16.
-TRAIN = ["train", "--data", "synthetic:160", "--model", "mobilenet_v2", "--alpha", "0.35",
-         "--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--augment", "basic",
-         "--random-erasing", "0", "--no-progress"]  # fmt: skip
+TRAIN = [
+    "train",
+    "--data",
+    "synthetic:160",
+    "--model",
+    "mobilenet_v2",
+    "--alpha",
+    "0.35",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.05",
+    "--augment",
+    "basic",
+    "--random-erasing",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,9 +102,13 @@ def test_train_prints_where_the_checkpoint_and_plots_are(run):
     metrics = re.search(r"^metrics: (\S+), (\S+)$", printed, re.MULTILINE)
     paths = [Path(p) for match in (checkpoint, plots, metrics) for p in match.groups()]
     assert [p.name for p in paths] == [
-        "best.safetensors", "last.safetensors", "curves.png", "confusion.png", "metrics.jsonl",
+        "best.safetensors",
+        "last.safetensors",
+        "curves.png",
+        "confusion.png",
+        "metrics.jsonl",
         "eval.json",
-    ]  # fmt: skip
+    ]
     for path in paths:
         assert path.parent == out and path.is_file() and path.stat().st_size > 0, path
     for plot in paths[2:4]:
@@ -100,8 +121,9 @@ def test_train_prints_where_the_checkpoint_and_plots_are(run):
 def test_eval_prints_the_tables_and_matches_the_run(run, capsys, tmp_path):
     out, _ = run
     record = tmp_path / "eval.json"
-    code, printed, _ = run_cli(capsys, "eval", "--checkpoint", out, "--data", "synthetic:160",
-                               "--json", record)  # fmt: skip
+    code, printed, _ = run_cli(
+        capsys, "eval", "--checkpoint", out, "--data", "synthetic:160", "--json", record
+    )
     assert code == 0
     model = load_model(out / "best.safetensors")
     report = cost(model)
@@ -117,9 +139,13 @@ def test_eval_prints_the_tables_and_matches_the_run(run, capsys, tmp_path):
     assert header.split() == ["model", "params", "MACs", "top-1", "%", "top-5", "%", "images"]
     saved = json.loads((out / "eval.json").read_text())
     assert row.split() == [
-        model.name, f"{report.params:,}", f"{report.macs / 1e6:.1f}M",
-        f"{100 * saved['top1']:.2f}", f"{100 * saved['top5']:.2f}", "40",
-    ]  # fmt: skip
+        model.name,
+        f"{report.params:,}",
+        f"{report.macs / 1e6:.1f}M",
+        f"{100 * saved['top1']:.2f}",
+        f"{100 * saved['top5']:.2f}",
+        "40",
+    ]
     lines = per_class.splitlines()
     assert lines[0].split() == ["class", "top-1", "%", "images"]
     assert [line.split()[0] for line in lines[2:]] == [f"class_{i}" for i in range(10)]
@@ -129,8 +155,10 @@ def test_eval_prints_the_tables_and_matches_the_run(run, capsys, tmp_path):
     data = json.loads(record.read_text())
     # Same data, same preprocessing, same weights: the run's own final evaluation.
     assert (data["top1"], data["top5"], data["count"]) == (
-        saved["top1"], saved["top5"], saved["count"],
-    )  # fmt: skip
+        saved["top1"],
+        saved["top5"],
+        saved["count"],
+    )
     assert data["confusion"] == saved["confusion"]
     assert (data["params"], data["macs"], data["passes"]) == (report.params, report.macs, 1)
     assert (data["model"], data["data"]) == (model.name, "synthetic:160")
@@ -140,24 +168,43 @@ def test_eval_prints_the_tables_and_matches_the_run(run, capsys, tmp_path):
 def test_eval_with_flip_tta_scores_the_images_and_their_mirrors(run, capsys, tmp_path):
     out, _ = run
     record = tmp_path / "eval.json"
-    code, printed, _ = run_cli(capsys, "eval", "--checkpoint", out, "--data", "synthetic:160",
-                               "--tta", "flip", "--json", record)  # fmt: skip
+    code, printed, _ = run_cli(
+        capsys,
+        "eval",
+        "--checkpoint",
+        out,
+        "--data",
+        "synthetic:160",
+        "--tta",
+        "flip",
+        "--json",
+        record,
+    )
     assert code == 0
     data = json.loads(record.read_text())
     assert (data["tta"], data["passes"]) == ("flip", 2)
     checkpoint = load_checkpoint(out)
     expected = evaluate_checkpoint(checkpoint, "synthetic:160", progress=False, tta="flip")
     assert (data["top1"], data["top5"], data["confusion"]) == (
-        expected.top1, expected.top5, expected.confusion.tolist(),
-    )  # fmt: skip
+        expected.top1,
+        expected.top5,
+        expected.confusion.tolist(),
+    )
     plain = json.loads((out / "eval.json").read_text())
     assert data["loss"] != plain["loss"]  # the mirrors were scored too
     row = printed.split("\n\n")[0].splitlines()[2]
     report = cost(checkpoint.model)
     assert row.split()[:9] == [
-        checkpoint.model.name, "+", "flip", "TTA", f"{report.params:,}",
-        "2", "x", f"{report.macs / 1e6:.1f}M", f"{100 * expected.top1:.2f}",
-    ]  # fmt: skip
+        checkpoint.model.name,
+        "+",
+        "flip",
+        "TTA",
+        f"{report.params:,}",
+        "2",
+        "x",
+        f"{report.macs / 1e6:.1f}M",
+        f"{100 * expected.top1:.2f}",
+    ]
 
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main(["eval", "--checkpoint", str(out), "--data", "synthetic:160", "--tta", "crop"])
@@ -201,8 +248,9 @@ def test_predict_prints_sorted_top_k(run, images, capsys):
 
 def test_predict_json_equals_the_model_on_the_same_pixels(run, images, capsys):
     paths, tensors = images
-    code, out, _ = run_cli(capsys, "predict", *paths, "--checkpoint", run[0], "--json",
-                           "--topk", "10")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys, "predict", *paths, "--checkpoint", run[0], "--json", "--topk", "10"
+    )
     assert code == 0
     predictions = json.loads(out)
     assert [p["path"] for p in predictions] == [str(path) for path in paths]
@@ -221,8 +269,9 @@ def test_predict_json_equals_the_model_on_the_same_pixels(run, images, capsys):
 
 def test_predict_with_flip_tta_gives_the_mean_of_the_image_and_its_mirror(run, images, capsys):
     paths, tensors = images
-    code, out, _ = run_cli(capsys, "predict", *paths, "--checkpoint", run[0], "--json",
-                           "--topk", "10", "--tta", "flip")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys, "predict", *paths, "--checkpoint", run[0], "--json", "--topk", "10", "--tta", "flip"
+    )
     assert code == 0
     library = predict(load_checkpoint(run[0]), paths, 10, tta="flip")
     assert out.strip() == json.dumps([dataclasses.asdict(p) for p in library])
@@ -277,13 +326,17 @@ def test_training_state_is_not_a_checkpoint(run, images, capsys, command):
     "argv, message",
     [
         (["--data", "nope"], "--data 'nope' is not one of: fashion-mnist, cifar10:DIR"),
-        (["--data", "synthetic:160", "--preset", "fast"],
-         "preset must be one of paper, modern, got 'fast'"),
+        (
+            ["--data", "synthetic:160", "--preset", "fast"],
+            "preset must be one of paper, modern, got 'fast'",
+        ),
         (["--data", "synthetic:160", "--lr", "-1"], "lr must be positive, got -1.0"),
-        (["--data", "synthetic:160", "--model", "mobilenet_v9"],
-         "unknown model 'mobilenet_v9'; did you mean mobilenet_v2, mobilenet_v1"),
+        (
+            ["--data", "synthetic:160", "--model", "mobilenet_v9"],
+            "unknown model 'mobilenet_v9'; did you mean mobilenet_v2, mobilenet_v1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_train_errors_are_one_line(capsys, tmp_path, argv, message):
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", *argv, "--no-progress", "--out", out)

@@ -280,9 +280,14 @@ def test_eval_with_keras_weights_prints_a_table_row(
     (published,) = [row[4:] for row in TFSLIM_V2 if row[:2] == (0.35, 96)]
     assert published == (45.5, 70.4)  # TF-slim's figures, shown as fractions
     assert cells == [
-        "mobilenet_v2_0.35_96 (keras)", f"{params / 1e6:.2f}M", f"{saved['top1']:.3f}",
-        f"{saved['top5']:.3f}", "0.455", "0.704", "6",
-    ]  # fmt: skip
+        "mobilenet_v2_0.35_96 (keras)",
+        f"{params / 1e6:.2f}M",
+        f"{saved['top1']:.3f}",
+        f"{saved['top5']:.3f}",
+        "0.455",
+        "0.704",
+        "6",
+    ]
     assert (saved["tta"], saved["passes"]) == ("none", 1)
 
     code, out, _ = run(capsys, command + " --tta flip", data=data, results=results)
@@ -295,14 +300,13 @@ def test_eval_with_keras_weights_prints_a_table_row(
 @pytest.mark.parametrize(
     "command, message",
     [
-        ("eval --checkpoint run --model mobilenet_v2_1.0_224 --weights keras --data d",
-         "not both"),
+        ("eval --checkpoint run --model mobilenet_v2_1.0_224 --weights keras --data d", "not both"),
         ("eval --model mobilenet_v2_1.0_224 --data d", "--weights"),
         ("predict a.jpg --checkpoint run --model mobilenet_v2_1.0_224", "not both"),
         ("predict a.jpg --model mobilenet_v2_1.0_224", "--weights"),
         ("predict a.jpg --weights keras", "--model"),
     ],
-)  # fmt: skip
+)
 def test_eval_and_predict_want_a_checkpoint_or_a_model_with_weights(capsys, command, message):
     code, out, err = run(capsys, command)
     assert_one_line_error(code, err, command.split()[0])

@@ -69,8 +69,9 @@ def tensor_shapes(config: ModelConfig) -> dict[str, torch.Size]:
 
 @pytest.mark.parametrize("value", [4, 12, 64, 0, "16", True])
 def test_bad_output_stride_names_the_allowed_values(value):
-    with pytest.raises(MobileNetsError, match=f"output_stride must be None or one of 8, 16, 32, "
-                                              f"got {value!r}"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError, match=f"output_stride must be None or one of 8, 16, 32, got {value!r}"
+    ):
         ModelConfig(arch="mobilenet_v2", output_stride=value)
 
 
@@ -122,8 +123,10 @@ def test_dilated_layers_follow_tfslim(arch, output_stride):
     assert depthwise(resolve(ModelConfig(arch=arch, resolution=513))) == PLAIN[arch]
     # The stem keeps its stride; no 1x1 conv is dilated (V2's head conv included).
     assert (spec.layers[0].name, spec.layers[0].stride, spec.layers[0].dilation) == (
-        "stem.conv", 2, 1,
-    )  # fmt: skip
+        "stem.conv",
+        2,
+        1,
+    )
     assert all(layer.dilation == 1 for layer in spec.layers if layer.kernel == 1)
     # The residuals are the plain net's: every block whose stride became 1 changes channels.
     plain = resolve(ModelConfig(arch=arch, resolution=513))
@@ -132,8 +135,9 @@ def test_dilated_layers_follow_tfslim(arch, output_stride):
 
 @pytest.mark.parametrize("arch, output_stride", list(EXPECTED))
 def test_built_convs_and_output_shape_follow_the_spec(arch, output_stride):
-    config = ModelConfig(arch=arch, alpha=0.35, resolution=97, output_stride=output_stride,
-                         num_classes=0)  # fmt: skip
+    config = ModelConfig(
+        arch=arch, alpha=0.35, resolution=97, output_stride=output_stride, num_classes=0
+    )
     model = build_model(config).eval()
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     for layer in model.spec.layers:

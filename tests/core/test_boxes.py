@@ -143,8 +143,14 @@ def test_postprocess_class_wise_nms_top_k_and_pixels():
     logits[0, 1, 1] = 9.0  # class 1, overlaps anchor 0: suppressed
     logits[0, 2, 2] = 8.0  # class 2 on the same spot: kept (NMS is per class)
     logits[0, 3, 0] = 10.0  # background
-    out = postprocess(logits, torch.zeros(1, 4, 4), anchors, score_threshold=0.5, nms_iou=0.5,
-                      image_size=(100, 200))  # fmt: skip
+    out = postprocess(
+        logits,
+        torch.zeros(1, 4, 4),
+        anchors,
+        score_threshold=0.5,
+        nms_iou=0.5,
+        image_size=(100, 200),
+    )
     (found,) = out
     assert found["labels"].tolist() == [1, 2]
     assert (found["scores"][:-1] >= found["scores"][1:]).all()
@@ -156,8 +162,9 @@ def test_postprocess_class_wise_nms_top_k_and_pixels():
 
 def test_postprocess_per_image_sizes_and_shape_errors():
     logits, regression = torch.zeros(2, 4, 3), torch.zeros(2, 4, 4)
-    out = postprocess(logits, regression, QUADRANTS, score_threshold=0.2,
-                      image_size=[(10, 10), (20, 40)])  # fmt: skip
+    out = postprocess(
+        logits, regression, QUADRANTS, score_threshold=0.2, image_size=[(10, 10), (20, 40)]
+    )
     assert [len(o["boxes"]) for o in out] == [8, 8]  # 4 anchors x 2 classes, no overlap
     assert out[1]["boxes"].max() == 40
     with pytest.raises(MobileNetsError, match="anchors must have shape"):
@@ -183,8 +190,9 @@ def test_hard_negative_mining_edge_cases():
     # An image without objects is mined as if it had one.
     assert hard_negatives(loss, empty_image, 3.0)[0].nonzero().flatten().tolist() == [7, 8, 9]
     crowded = torch.tensor([[1, 1, 0, 0, 1]])
-    assert hard_negatives(torch.ones(1, 5), crowded, 3.0).tolist() == [[False, False, True, True,
-                                                                         False]]  # fmt: skip
+    assert hard_negatives(torch.ones(1, 5), crowded, 3.0).tolist() == [
+        [False, False, True, True, False]
+    ]
 
 
 def test_softmax_loss_values():
@@ -219,8 +227,9 @@ def test_loss_rejects_bad_settings_and_labels():
     with pytest.raises(MobileNetsError, match="classification must be one of softmax, focal"):
         MultiBoxLoss(classification="hinge")
     with pytest.raises(MobileNetsError, match="labels must be in 0..2"):
-        MultiBoxLoss()(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.tensor([[0, 3]]),
-                       torch.zeros(1, 2, 4))  # fmt: skip
+        MultiBoxLoss()(
+            torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.tensor([[0, 3]]), torch.zeros(1, 2, 4)
+        )
 
 
 # --- A few steps of training lower the loss ---------------------------------------------------
@@ -233,9 +242,13 @@ class TinyDetector(nn.Module):
         super().__init__()
         self.num_classes, self.anchors_per_cell = num_classes, anchors_per_cell
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, 2, 1),
+            nn.ReLU(),
+        )
         self.head = nn.Conv2d(32, anchors_per_cell * (num_classes + 4), 3, 1, 1)
 
     def forward(self, images):

@@ -135,8 +135,13 @@ def test_tfslim_v2_table_exactly_by_its_conventions(row):
 # TF-slim's V1 README misprints two things: its 0.75 rows are about 2.6% below the count of
 # the same model (the paper's Table 6 and TF-slim's own mobilenet_v1.py docstring both agree
 # with ours: 325M at 224, 106.0M body at 128), and 0.25_192 says 34M where the model has 30.2M.
-TFSLIM_V1_ERRATA = {"mobilenet_v1_0.75_224", "mobilenet_v1_0.75_192", "mobilenet_v1_0.75_160",
-                    "mobilenet_v1_0.75_128", "mobilenet_v1_0.25_192"}  # fmt: skip
+TFSLIM_V1_ERRATA = {
+    "mobilenet_v1_0.75_224",
+    "mobilenet_v1_0.75_192",
+    "mobilenet_v1_0.75_160",
+    "mobilenet_v1_0.75_128",
+    "mobilenet_v1_0.25_192",
+}
 
 
 def test_tfslim_v1_table_agrees_but_for_its_errata():
@@ -155,8 +160,9 @@ def test_registry_carries_the_references():
     assert (entry.reference.top1, entry.reference.top5, entry.reference.macs_m) == (70.9, 89.9, 569)
     assert "mobilenet_v1.md" in entry.reference.source
     assert {row.source for row in entry.paper} == {
-        "Howard et al. 2017, Table 6", "Howard et al. 2017, Table 7",
-    }  # fmt: skip
+        "Howard et al. 2017, Table 6",
+        "Howard et al. 2017, Table 7",
+    }
     assert get_entry("mobilenet_v2_1.4_96").reference is None  # TF-slim published no such file
 
 
@@ -166,6 +172,9 @@ def test_cost_of_a_model_equals_cost_of_its_name():
     assert cost(model, resolution=224) == cost("mobilenet_v2_0.75_224")
     layer = cost(model).layers[0]
     assert (layer.name, layer.kind, layer.in_shape, layer.out_shape) == (
-        "stem.conv", "conv", (3, 160, 160), (24, 80, 80),
-    )  # fmt: skip
+        "stem.conv",
+        "conv",
+        (3, 160, 160),
+        (24, 80, 80),
+    )
     assert layer.activation_bytes == 24 * 80 * 80 * 2

@@ -40,15 +40,24 @@ def test_default_boxes_by_hand():
     w2, h2 = 0.2 * SQRT2, 0.2 / SQRT2
     expected = [
         # row 0, column 0: centre (0.25, 0.25)
-        [0.25, 0.25, 0.2, 0.2], [0.25, 0.25, w2, h2], [0.25, 0.25, 0.4, 0.4],
+        [0.25, 0.25, 0.2, 0.2],
+        [0.25, 0.25, w2, h2],
+        [0.25, 0.25, 0.4, 0.4],
         # row 0, column 1: x moves first
-        [0.75, 0.25, 0.2, 0.2], [0.75, 0.25, w2, h2], [0.75, 0.25, 0.4, 0.4],
+        [0.75, 0.25, 0.2, 0.2],
+        [0.75, 0.25, w2, h2],
+        [0.75, 0.25, 0.4, 0.4],
         # row 1
-        [0.25, 0.75, 0.2, 0.2], [0.25, 0.75, w2, h2], [0.25, 0.75, 0.4, 0.4],
-        [0.75, 0.75, 0.2, 0.2], [0.75, 0.75, w2, h2], [0.75, 0.75, 0.4, 0.4],
+        [0.25, 0.75, 0.2, 0.2],
+        [0.25, 0.75, w2, h2],
+        [0.25, 0.75, 0.4, 0.4],
+        [0.75, 0.75, 0.2, 0.2],
+        [0.75, 0.75, w2, h2],
+        [0.75, 0.75, 0.4, 0.4],
         # the 1x1 map
-        [0.5, 0.5, 0.8, 0.8], [0.5, 0.5, math.sqrt(0.8), math.sqrt(0.8)],
-    ]  # fmt: skip
+        [0.5, 0.5, 0.8, 0.8],
+        [0.5, 0.5, math.sqrt(0.8), math.sqrt(0.8)],
+    ]
     boxes = default_boxes([2, 1], shapes, dtype=torch.float64)
     assert boxes.shape == (14, 4) == (2 * 2 * 3 + 1 * 1 * 2, 4)
     torch.testing.assert_close(boxes, torch.tensor(expected, dtype=torch.float64))
@@ -60,8 +69,9 @@ def test_lowest_map_follows_tf_reduce_boxes_in_lowest_layer():
     assert shapes[0] == ((0.1, 1.0), (0.2, 2.0), (0.2, 0.5))  # no extra box on map 0
     assert shapes[1] == ((0.8, 1.0), (0.8, 3.0), (math.sqrt(0.8), 1.0))
     boxes = default_boxes([1, 1], shapes, dtype=torch.float64)
-    torch.testing.assert_close(boxes[1], torch.tensor([0.5, 0.5, 0.2 * SQRT2, 0.2 / SQRT2],
-                                                      dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(
+        boxes[1], torch.tensor([0.5, 0.5, 0.2 * SQRT2, 0.2 / SQRT2], dtype=torch.float64)
+    )
 
 
 def test_ssdlite_scales_and_box_shapes():
@@ -99,8 +109,13 @@ def test_map_sizes_and_number_of_boxes(resolution, sizes, total):
     assert [m.size for m in spec.maps] == sizes
     assert [m.channels for m in spec.maps] == [576, 1280, 512, 256, 256, 128]
     assert [m.source for m in spec.maps] == [
-        "backbone.blocks.13.act1", "backbone.head", "extras.0", "extras.1", "extras.2", "extras.3",
-    ]  # fmt: skip
+        "backbone.blocks.13.act1",
+        "backbone.head",
+        "extras.0",
+        "extras.1",
+        "extras.2",
+        "extras.3",
+    ]
     assert spec.num_boxes == sum(m.size**2 * m.num_anchors for m in spec.maps) == total
     assert spec.default_boxes().shape == (total, 4)
     # The extras' 1x1 reductions to d/2 (TF: 256, 128, 128, 64).
@@ -168,8 +183,11 @@ def test_channels_last_gives_the_same_outputs():
 def test_module_names_are_the_spec_names_and_params_match():
     model = small(320)
     spec_keys = {f"{layer.name}.weight" for layer in model.spec.layers}
-    conv_keys = {f"{name}.weight" for name, module in model.named_modules()
-                 if isinstance(module, torch.nn.Conv2d)}  # fmt: skip
+    conv_keys = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Conv2d)
+    }
     assert spec_keys == conv_keys
     assert "backbone.blocks.13.conv_pw.weight" in spec_keys
     assert {"extras.3.conv_reduce.weight", "box_heads.5.conv_pw.bias"} <= set(model.state_dict())
@@ -277,7 +295,7 @@ def test_backbone_from_published_weights_goes_through_create_model(monkeypatch):
 
     monkeypatch.setattr(mobilenets.zoo.transfer, "create_model", fake_create_model)
     detector = small(backbone_weights="keras", progress=False)
-    (arch, kwargs), = calls  # fmt: skip
+    ((arch, kwargs),) = calls
     assert arch == "mobilenet_v2"
     assert (kwargs["weights"], kwargs["alpha"], kwargs["resolution"]) == ("keras", 0.35, 224)
     assert detector.config.backbone.padding == "same"
@@ -300,8 +318,10 @@ def test_backbone_of_another_architecture_is_refused(tmp_path):
 def test_detector_weights_round_trip(tmp_path):
     model = small(64, padding="same", bn_eps=1e-3)
     path = save_weights(model, tmp_path / "ssdlite.safetensors")
-    for loaded in (load_detector(path), create_detector(alpha=0.35, resolution=64, num_classes=5,
-                                                        weights=path)):  # fmt: skip
+    for loaded in (
+        load_detector(path),
+        create_detector(alpha=0.35, resolution=64, num_classes=5, weights=path),
+    ):
         assert loaded.config == model.config
         state = loaded.state_dict()
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -332,13 +352,18 @@ def test_bad_configs_and_inputs_are_refused():
     backbone = MobileNetV2(alpha=0.35).config
     with pytest.raises(MobileNetsError, match="one non-empty tuple of positive ratios per feature"):
         DetectionConfig(backbone, aspect_ratios=((1.0,),) * 5)
-    with pytest.raises(MobileNetsError, match="backbone must be the standard mobilenet_v2, got "
-                                              "mobilenet_v1_1.0_224"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match="backbone must be the standard mobilenet_v2, got mobilenet_v1_1.0_224",
+    ):
         DetectionConfig(MobileNetV1().config)
     with pytest.raises(MobileNetsError, match="unknown detector 'ssdlite_mobilenet_v3'"):
         create_detector("ssdlite_mobilenet_v3")
-    with pytest.raises(MobileNetsError, match=r"takes a \(batch, 3, 64, 64\) tensor .*got shape "
-                                              r"\(1, 3, 96, 96\)"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"takes a \(batch, 3, 64, 64\) tensor .*got shape "
+        r"\(1, 3, 96, 96\)",
+    ):
         small(64)(torch.randn(1, 3, 96, 96))
 
 
@@ -352,8 +377,10 @@ def test_cost_command_prints_layers_totals_and_the_paper(capsys):
     assert "total: 4,500,543 params, 749,503,856 MACs (749.5M)" in out
     assert "ours / paper: params 1.047, MACs 0.937" in out
     assert "class_heads.0.conv_pw" in out and "extras.3.conv_pw" in out
-    assert main(["cost", "ssdlite_mobilenet_v2", "--json", "--alpha", "0.5", "--num-classes",
-                 "21"]) == 0  # fmt: skip
+    assert (
+        main(["cost", "ssdlite_mobilenet_v2", "--json", "--alpha", "0.5", "--num-classes", "21"])
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert (data["alpha"], data["num_classes"], data["resolution"]) == (0.5, 21, 320)
     assert main(["cost", "ssdlite_mobilenet_v2", "--num-classes", "1"]) == 2

@@ -72,12 +72,22 @@ def test_modules_match_the_spec_layer_by_layer(arch, alpha):
 
 def test_checkpoint_keys_name_the_paper_parts():
     v1 = MobileNetV1().state_dict()
-    assert {"stem.conv.weight", "blocks.0.conv_dw.weight", "blocks.0.bn2.bias",
-            "blocks.12.conv_pw.weight", "classifier.weight"} <= set(v1)  # fmt: skip
+    assert {
+        "stem.conv.weight",
+        "blocks.0.conv_dw.weight",
+        "blocks.0.bn2.bias",
+        "blocks.12.conv_pw.weight",
+        "classifier.weight",
+    } <= set(v1)
     v2 = MobileNetV2().state_dict()
-    assert {"blocks.0.conv_dw.weight", "blocks.0.conv_pwl.weight", "blocks.1.conv_pw.weight",
-            "blocks.1.bn1.running_var", "blocks.16.bn3.weight",
-            "head.conv.weight"} <= set(v2)  # fmt: skip
+    assert {
+        "blocks.0.conv_dw.weight",
+        "blocks.0.conv_pwl.weight",
+        "blocks.1.conv_pw.weight",
+        "blocks.1.bn1.running_var",
+        "blocks.16.bn3.weight",
+        "head.conv.weight",
+    } <= set(v2)
     # The t=1 block has no expansion layer at all, not an identity.
     assert not any(key.startswith(("blocks.0.conv_pw.", "blocks.0.bn1.")) for key in v2)
     assert not any(".features." in key or key[0].isdigit() for key in v2)

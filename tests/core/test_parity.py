@@ -43,9 +43,11 @@ def test_torchvision_mobilenet_v2(alpha):
 
 @pytest.mark.parametrize(
     "name, ours",
-    [("mobilenetv1_100", lambda: MobileNetV1()),
-     ("mobilenetv2_100", lambda: MobileNetV2()),
-     ("mobilenetv2_050", lambda: MobileNetV2(alpha=0.5))],
-)  # fmt: skip
+    [
+        ("mobilenetv1_100", lambda: MobileNetV1()),
+        ("mobilenetv2_100", lambda: MobileNetV2()),
+        ("mobilenetv2_050", lambda: MobileNetV2(alpha=0.5)),
+    ],
+)
 def test_timm(name, ours):
     assert_same_logits(timm.create_model(name, pretrained=False), ours(), resolution=160)

@@ -125,18 +125,21 @@ def test_scaled_sizes_of_tf_deeplab():
 
 
 @pytest.mark.parametrize("space_to_batch", [False, True])
-@pytest.mark.parametrize("arch, output_stride, aspp", [("mobilenet_v2", 8, False),
-                                                       ("mobilenet_v1", 16, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch, output_stride, aspp", [("mobilenet_v2", 8, False), ("mobilenet_v1", 16, True)]
+)
 def test_multiscale_is_twice_the_sum_over_the_scales(arch, output_stride, aspp, space_to_batch):
     config = SegmentationConfig(ModelConfig(arch=arch), output_stride=output_stride, aspp=aspp)
     sizes = [257, 385, 513, 641, 769, 897]
     if space_to_batch:
-        singles = [space_to_batch_macs(resolve_segmentation(config.replace(resolution=s)))
-                   for s in sizes]  # fmt: skip
+        singles = [
+            space_to_batch_macs(resolve_segmentation(config.replace(resolution=s))) for s in sizes
+        ]
     else:
         name = f"deeplabv3_{arch}"
-        singles = [cost(name, resolution=s, output_stride=output_stride, aspp=aspp).macs
-                   for s in sizes]  # fmt: skip
+        singles = [
+            cost(name, resolution=s, output_stride=output_stride, aspp=aspp).macs for s in sizes
+        ]
     assert inference_macs(config, multiscale=True, space_to_batch=space_to_batch) == 2 * sum(
         singles
     )

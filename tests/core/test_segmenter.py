@@ -27,8 +27,7 @@ def _one_thread(one_thread):
 
 
 def small(resolution=65, num_classes=5, **overrides) -> DeepLabV3:
-    return create_segmenter(alpha=0.35, resolution=resolution, num_classes=num_classes,
-                            **overrides)  # fmt: skip
+    return create_segmenter(alpha=0.35, resolution=resolution, num_classes=num_classes, **overrides)
 
 
 # --- Golden parameter counts: Table 7 ------------------------------------------------------------
@@ -68,8 +67,9 @@ def test_hand_derivation_adds_up():
     "row", TABLE7, ids=lambda r: f"{r.arch}-os{r.output_stride}{'-aspp' * r.aspp}"
 )
 def test_table7_params_exactly_and_within_the_paper(row):
-    config = SegmentationConfig(ModelConfig(arch=row.arch), output_stride=row.output_stride,
-                                aspp=row.aspp)  # fmt: skip
+    config = SegmentationConfig(
+        ModelConfig(arch=row.arch), output_stride=row.output_stride, aspp=row.aspp
+    )
     params = cost(config).params
     assert params == GOLDEN_PARAMS[row.arch, row.aspp]
     assert abs(params / 1e6 - row.params_m) <= 0.01
@@ -105,7 +105,7 @@ def measured(name, **overrides):
                 "aspp": True,
                 "atrous_rates": (2, 3),
             },
-        ),  # fmt: skip
+        ),
         ("deeplabv3_mobilenet_v1", {"resolution": 65}),
         ("deeplabv3_mobilenet_v1", {"resolution": 97, "output_stride": 8, "alpha": 0.5}),
         ("deeplabv3_mobilenet_v2", {"resolution": 513}),
@@ -189,8 +189,9 @@ def test_aux_head_reads_stride_8_and_returns_logits_at_input_size():
     assert sum(p.numel() for p in model.parameters()) == cost(model).params + aux_params
     # V1's stride-8 block is blocks.4 (spec block 5), at either output stride.
     for output_stride in (8, 16):
-        config = SegmentationConfig(ModelConfig(arch="mobilenet_v1", alpha=0.25),
-                                    output_stride=output_stride, aux=True)  # fmt: skip
+        config = SegmentationConfig(
+            ModelConfig(arch="mobilenet_v1", alpha=0.25), output_stride=output_stride, aux=True
+        )
         spec = resolve_segmentation(config)
         assert spec.aux_block == 5 and spec.backbone.blocks[5].name == "blocks.4"
 
@@ -219,9 +220,11 @@ def test_backbone_reads_the_last_block_without_v2_head(arch, channels):
     assert model.spec.feature_channels == channels
     for branch in ("image_pool", "aspp0", "aspp1", "aspp2", "aspp3"):
         assert getattr(model.head, branch).conv.weight.shape[1] == channels
-    last = "backbone.blocks.16.conv_pwl.weight" if arch == "mobilenet_v2" else (
-        "backbone.blocks.12.conv_pw.weight"
-    )  # fmt: skip
+    last = (
+        "backbone.blocks.16.conv_pwl.weight"
+        if arch == "mobilenet_v2"
+        else ("backbone.blocks.12.conv_pw.weight")
+    )
     assert model.state_dict()[last].shape[0] == channels
 
 
@@ -245,20 +248,32 @@ V2 = ModelConfig(arch="mobilenet_v2")
     "arguments, message",
     [
         ({"backbone": "mobilenet_v2"}, "backbone must be a ModelConfig, got 'mobilenet_v2'"),
-        ({"backbone": V2.replace(small_input=True)}, "DeepLabv3 sets the backbone's output stride "
-         "itself; the backbone must be a standard MobileNet, got mobilenet_v2_1.0_224_small"),
+        (
+            {"backbone": V2.replace(small_input=True)},
+            "DeepLabv3 sets the backbone's output stride "
+            "itself; the backbone must be a standard MobileNet, got mobilenet_v2_1.0_224_small",
+        ),
         ({"num_classes": 1}, r"num_classes must be an integer >= 2 \(background counts\), got 1"),
         ({"num_classes": True}, "num_classes must be an integer >= 2 .*got True"),
-        ({"resolution": 31}, r"resolution must be an integer >= 32 \(the paper's figures are at "
-         r"513\), got 31"),
+        (
+            {"resolution": 31},
+            r"resolution must be an integer >= 32 \(the paper's figures are at "
+            r"513\), got 31",
+        ),
         ({"resolution": 64.0}, "resolution must be an integer >= 32 .*got 64.0"),
-        ({"output_stride": 32}, r"output_stride must be 8 or 16 \(DeepLabv3 trains at 16 and "
-         r"evaluates at 16 or 8\), got 32"),
+        (
+            {"output_stride": 32},
+            r"output_stride must be 8 or 16 \(DeepLabv3 trains at 16 and "
+            r"evaluates at 16 or 8\), got 32",
+        ),
         ({"output_stride": None}, "output_stride must be 8 or 16 .*got None"),
         ({"aspp": "yes"}, "aspp must be True or False, got 'yes'"),
         ({"aux": 1}, "aux must be True or False, got 1"),
-        ({"atrous_rates": ()}, "atrous_rates must be None or a non-empty sequence of integers "
-         r">= 1, got \(\)"),
+        (
+            {"atrous_rates": ()},
+            "atrous_rates must be None or a non-empty sequence of integers "
+            r">= 1, got \(\)",
+        ),
         ({"atrous_rates": (6, 0)}, r"atrous_rates must be .*got \(6, 0\)"),
         ({"atrous_rates": (6, 12.0)}, r"atrous_rates must be .*got \(6, 12.0\)"),
         ({"atrous_rates": 6}, "atrous_rates must be .*got 6"),
@@ -266,7 +281,7 @@ V2 = ModelConfig(arch="mobilenet_v2")
         ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
         ({"dropout": float("nan")}, r"dropout must be a number in \[0, 1\), got nan"),
     ],
-)  # fmt: skip
+)
 def test_bad_configs_name_the_value_and_what_is_allowed(arguments, message):
     arguments = {"backbone": V2, **arguments}
     with pytest.raises(MobileNetsError, match=message):
@@ -276,9 +291,12 @@ def test_bad_configs_name_the_value_and_what_is_allowed(arguments, message):
 def test_bad_module_arguments_and_inputs_are_refused():
     with pytest.raises(MobileNetsError, match="DeepLabV3 takes a SegmentationConfig, got "):
         DeepLabV3(V2)
-    with pytest.raises(MobileNetsError, match=r"deeplabv3_mobilenet_v2_0.35_65_os16 takes a "
-                                              r"\(batch, 3, height, width\) tensor, got shape "
-                                              r"\(1, 1, 65, 65\)"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"deeplabv3_mobilenet_v2_0.35_65_os16 takes a "
+        r"\(batch, 3, height, width\) tensor, got shape "
+        r"\(1, 1, 65, 65\)",
+    ):
         small()(torch.randn(1, 1, 65, 65))
     with pytest.raises(MobileNetsError, match=r"got shape \(3, 65, 65\)"):
         small()(torch.randn(3, 65, 65))
@@ -297,14 +315,22 @@ def test_default_rates_follow_the_output_stride_explicit_ones_stay():
 def test_to_dict_from_dict_round_trip():
     config = SegmentationConfig(
         ModelConfig(arch="mobilenet_v1", alpha=0.5, padding="same", bn_eps=1e-3),
-        num_classes=19, resolution=257, output_stride=8, aspp=True, atrous_rates=(2, 4, 8),
-        dropout=0.2, aux=True, head_channels=128,
-    )  # fmt: skip
+        num_classes=19,
+        resolution=257,
+        output_stride=8,
+        aspp=True,
+        atrous_rates=(2, 4, 8),
+        dropout=0.2,
+        aux=True,
+        head_channels=128,
+    )
     data = json.loads(json.dumps(config.to_dict()))
     assert data["atrous_rates"] == [2, 4, 8] and data["backbone"]["output_stride"] == 8
     assert SegmentationConfig.from_dict(data) == config
-    with pytest.raises(MobileNetsError, match="a segmentation config is a dict with a 'backbone' "
-                                              "model config, got 3"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match="a segmentation config is a dict with a 'backbone' model config, got 3",
+    ):
         SegmentationConfig.from_dict(3)
     with pytest.raises(MobileNetsError, match="a segmentation config is a dict with a 'backbone'"):
         SegmentationConfig.from_dict({"num_classes": 21})
@@ -318,8 +344,9 @@ def test_to_dict_from_dict_round_trip():
 
 def test_save_and_load_segmenter_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = randomize_torch(small(65, output_stride=8, aspp=True, aux=True, padding="same",
-                                  bn_eps=1e-3))  # fmt: skip
+    model = randomize_torch(
+        small(65, output_stride=8, aspp=True, aux=True, padding="same", bn_eps=1e-3)
+    )
     path = save_weights(model, tmp_path / "deeplab.safetensors")
     assert saved_segmentation_config(path) == model.config
     loaded = load_segmenter(path).eval()
@@ -346,8 +373,9 @@ def test_load_segmenter_refuses_other_files(tmp_path):
 
 def test_each_saved_config_reader_knows_only_its_own_files(tmp_path):
     segmenter = save_weights(small(), tmp_path / "deeplab.safetensors")
-    detector = save_weights(create_detector(alpha=0.35, resolution=64, num_classes=5),
-                            tmp_path / "ssdlite.safetensors")  # fmt: skip
+    detector = save_weights(
+        create_detector(alpha=0.35, resolution=64, num_classes=5), tmp_path / "ssdlite.safetensors"
+    )
     classifier = save_weights(MobileNetV2(alpha=0.35), tmp_path / "classifier.safetensors")
     assert saved_detection_config(segmenter) is None
     assert saved_segmentation_config(detector) is None

@@ -78,8 +78,15 @@ def test_macs_equal_the_flop_counter(arch, resolution):
 def v2_small_input_macs(resolution: int, in_chans: int, num_classes: int) -> int:
     """MACs of the small-input V2 at alpha 1.0, straight from V2 Table 2 (t, c, n, s), with
     output sides ceil(side / stride): independent of mobilenets.core.spec."""
-    rows = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-            (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
+    rows = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     side, channels = resolution, 32  # stem: 3x3 conv to 32 at stride 1 (not 2)
     macs = side * side * 32 * in_chans * 9
     first_stride_2 = True
@@ -107,8 +114,9 @@ def test_v2_small_input_golden_figures():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_and_gradients_at_28_with_one_channel(arch):
-    model = create_model(arch, alpha=0.35, resolution=28, in_chans=1, num_classes=10,
-                         small_input=True, dropout=0.0).train()  # fmt: skip
+    model = create_model(
+        arch, alpha=0.35, resolution=28, in_chans=1, num_classes=10, small_input=True, dropout=0.0
+    ).train()
     logits = model(torch.randn(2, 1, 28, 28))
     assert logits.shape == (2, 10)
     F.cross_entropy(logits, torch.tensor([3, 7])).backward()
@@ -130,8 +138,9 @@ def test_resolution_limits(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_name_and_config_round_trip(arch):
-    config = ModelConfig(arch, alpha=0.5, resolution=28, in_chans=1, num_classes=10,
-                         small_input=True)  # fmt: skip
+    config = ModelConfig(
+        arch, alpha=0.5, resolution=28, in_chans=1, num_classes=10, small_input=True
+    )
     assert config.name == f"{arch}_0.5_28_small"
     assert ModelConfig(arch, alpha=0.5, resolution=32).name == f"{arch}_0.5_32"
     assert ModelConfig.from_dict(config.to_dict()) == config
@@ -147,8 +156,9 @@ def test_create_model_from_a_grid_name():
 
 
 def test_cost_command_small_input(capsys):
-    code = main(["cost", "mobilenet_v2", "--resolution", "28", "--small-input",
-                 "--num-classes", "10"])  # fmt: skip
+    code = main(
+        ["cost", "mobilenet_v2", "--resolution", "28", "--small-input", "--num-classes", "10"]
+    )
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
     assert out.startswith("mobilenet_v2_1.0_28_small: alpha 1.0, 28x28 input, 10 classes\n")

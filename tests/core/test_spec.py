@@ -45,8 +45,12 @@ def test_make_divisible_rounds_to_8_never_below_90_percent(value, expected):
 
 def test_v2_head_stays_1280_unless_alpha_above_one():
     assert [v2_head_width(1280, a) for a in (0.35, 0.5, 1.0, 1.3, 1.4)] == [
-        1280, 1280, 1280, 1664, 1792,
-    ]  # fmt: skip
+        1280,
+        1280,
+        1280,
+        1664,
+        1792,
+    ]
     assert v2_width(16, 0.35) == 8
 
 
@@ -117,8 +121,12 @@ def test_expansion_override_keeps_the_t1_row():
 def test_feature_taps_follow_strides():
     v1 = resolve(ModelConfig(arch="mobilenet_v1"))
     assert [(t.name, t.channels, t.stride) for t in v1.taps] == [
-        ("C1", 64, 2), ("C2", 128, 4), ("C3", 256, 8), ("C4", 512, 16), ("C5", 1024, 32),
-    ]  # fmt: skip
+        ("C1", 64, 2),
+        ("C2", 128, 4),
+        ("C3", 256, 8),
+        ("C4", 512, 16),
+        ("C5", 1024, 32),
+    ]
     v2 = resolve(ModelConfig(arch="mobilenet_v2", resolution=320))
     ssd = v2.tap("C4_expansion")  # SSDLite's first map: the paper's "layer 15" expansion
     assert (ssd.module, ssd.channels, ssd.stride, ssd.size) == ("blocks.13.act1", 576, 16, 20)

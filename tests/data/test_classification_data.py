@@ -272,8 +272,12 @@ def write_cifar(root: Path, name: str, **pickling) -> dict:
             batch = {"data": rows[split][part], label_key: labels[split][part]}
             dump(folder / file, batch, **pickling)
     dump(folder / meta_file, {names_key: [f"class{i}" for i in range(classes)]}, **pickling)
-    return {"train": rows["train"], "test": rows["test"], "train_labels": labels["train"],
-            "test_labels": labels["test"]}  # fmt: skip
+    return {
+        "train": rows["train"],
+        "test": rows["test"],
+        "train_labels": labels["train"],
+        "test_labels": labels["test"],
+    }
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

@@ -31,8 +31,10 @@ def perfect(dataset: CocoDetection) -> dict:
         _, target = dataset[index]
         boxes = target["boxes"].as_subclass(torch.Tensor)
         detections[target["image_id"]] = {
-            "boxes": boxes, "scores": torch.ones(len(boxes)), "labels": target["labels"],
-        }  # fmt: skip
+            "boxes": boxes,
+            "scores": torch.ones(len(boxes)),
+            "labels": target["labels"],
+        }
     return detections
 
 
@@ -82,10 +84,18 @@ def write_coco(tmp_path, bbox, category_id=1):
     Image.new("RGB", (20, 10)).save(tmp_path / "a.jpg")
     dataset = {
         "images": [{"id": 7, "file_name": "a.jpg", "width": 20, "height": 10}],
-        "annotations": [{"id": 3, "image_id": 7, "category_id": category_id, "bbox": bbox,
-                         "area": 1, "iscrowd": 0}],
+        "annotations": [
+            {
+                "id": 3,
+                "image_id": 7,
+                "category_id": category_id,
+                "bbox": bbox,
+                "area": 1,
+                "iscrowd": 0,
+            }
+        ],
         "categories": [{"id": 5, "name": "x"}, {"id": 1, "name": "y"}],
-    }  # fmt: skip
+    }
     (tmp_path / "ann.json").write_text(json.dumps(dataset))
     return tmp_path, tmp_path / "ann.json"
 
@@ -161,8 +171,11 @@ def test_voc_reader(tmp_path):
     for index in range(len(dataset)):
         _, target = dataset[index]
         easy = ~target["difficult"]
-        detections[index] = {"boxes": target["boxes"][easy], "scores": torch.ones(1),
-                             "labels": target["labels"][easy]}  # fmt: skip
+        detections[index] = {
+            "boxes": target["boxes"][easy],
+            "scores": torch.ones(1),
+            "labels": target["labels"][easy],
+        }
     metrics = evaluate_coco(dataset.coco, detections, dataset.category_ids)
     assert metrics["AP"] == 1.0
 
@@ -196,9 +209,10 @@ def test_train_transform_keeps_boxes_valid_over_seeds(shapes):
 
 
 def test_train_transform_handles_images_without_boxes():
-    empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
-                                               canvas_size=(50, 60)),
-             "labels": torch.zeros(0, dtype=torch.long)}  # fmt: skip
+    empty = {
+        "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(50, 60)),
+        "labels": torch.zeros(0, dtype=torch.long),
+    }
     torch.manual_seed(0)
     image, target = train_transform(PREPROCESSING)(Image.new("RGB", (60, 50)), empty)
     assert image.shape == (3, 96, 96) and target["boxes"].shape == (0, 4)
@@ -246,9 +260,14 @@ def test_coco_eval_of_worse_predictions_is_lower(shapes):
 
 def test_coco_eval_without_detections_is_zero_and_unknown_images_are_errors(shapes):
     dataset = CocoDetection(*shapes["val"])
-    nothing = {image_id: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                          "labels": torch.zeros(0, dtype=torch.long)}
-               for image_id in dataset.image_ids}  # fmt: skip
+    nothing = {
+        image_id: {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.long),
+        }
+        for image_id in dataset.image_ids
+    }
     assert set(evaluate_coco(dataset.coco, nothing).values()) == {0.0}
     with pytest.raises(MobileNetsError, match=r"image ids \[999\]"):
         evaluate_coco(dataset.coco, {999: nothing[dataset.image_ids[0]]})

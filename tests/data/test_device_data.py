@@ -17,8 +17,9 @@ PREPROCESSING = Preprocessing(8, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), 3)
 
 def images(count: int = 64, side: int = 8, channels: int = 3) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (count, channels, side, side), generator=generator,
-                         dtype=torch.uint8)  # fmt: skip
+    return torch.randint(
+        0, 256, (count, channels, side, side), generator=generator, dtype=torch.uint8
+    )
 
 
 def dataset(count: int = 64, **options) -> DeviceImages:
@@ -101,12 +102,14 @@ def test_batches_follow_the_sampler_and_a_resumed_epoch_is_the_tail_of_the_full_
 def test_two_ranks_take_disjoint_shards_that_cover_the_epoch():
     data = dataset(**FULL)
     whole = EpochSampler(64, seed=7, epoch=1, batch_size=8, drop_last=True)
-    reference = dict(zip(whole.indices(), torch.cat([b for b, _ in data.batches(whole, 8, "cpu")]),
-                         strict=True))  # fmt: skip
+    reference = dict(
+        zip(whole.indices(), torch.cat([b for b, _ in data.batches(whole, 8, "cpu")]), strict=True)
+    )
     seen = []
     for rank in (0, 1):
-        sampler = EpochSampler(64, seed=7, epoch=1, batch_size=8, drop_last=True, rank=rank,
-                               world_size=2)  # fmt: skip
+        sampler = EpochSampler(
+            64, seed=7, epoch=1, batch_size=8, drop_last=True, rank=rank, world_size=2
+        )
         for images, labels in data.batches(sampler, 8, "cpu"):
             seen += labels.tolist()
             # An image looks the same on either rank as in a single process.
@@ -149,8 +152,12 @@ def test_flip_mirrors_and_crop_shifts_within_the_zero_padding():
     padded[..., 2:10, 2:10] = plain
     offsets = set()
     for k in range(64):
-        matches = [(dy, dx) for dy in range(5) for dx in range(5)
-                   if torch.equal(cropped[k], padded[k, :, dy : dy + 8, dx : dx + 8])]  # fmt: skip
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(cropped[k], padded[k, :, dy : dy + 8, dx : dx + 8])
+        ]
         assert len(matches) == 1
         offsets.add(matches[0])
     assert len(offsets) > 15  # of the 25 offsets, most turn up in 64 draws
@@ -159,8 +166,9 @@ def test_flip_mirrors_and_crop_shifts_within_the_zero_padding():
 def test_random_erasing_zeroes_one_rectangle_of_two_to_33_percent():
     white = torch.full((200, 3, 16, 16), 255, dtype=torch.uint8)
     preprocessing = PREPROCESSING.replace(resolution=16)
-    erased, _ = DeviceImages(white, torch.arange(200), preprocessing, pad=0, flip=0.0,
-                             random_erasing=1.0).batch(torch.arange(200), 0, 0)  # fmt: skip
+    erased, _ = DeviceImages(
+        white, torch.arange(200), preprocessing, pad=0, flip=0.0, random_erasing=1.0
+    ).batch(torch.arange(200), 0, 0)
     assert (erased >= 0).all()
     for image in erased:
         zero = (image == 0).all(0)
@@ -170,18 +178,28 @@ def test_random_erasing_zeroes_one_rectangle_of_two_to_33_percent():
         box = zero[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         assert box.all() and int(zero.sum()) == box.numel()
         assert 0.02 * 256 - 8 <= box.numel() <= 0.33 * 256 + 8  # rounding of height and width
-    sometimes = DeviceImages(white, torch.arange(200), preprocessing, pad=0, flip=0.0,
-                             random_erasing=0.5).batch(torch.arange(200), 0, 0)[0]  # fmt: skip
+    sometimes = DeviceImages(
+        white, torch.arange(200), preprocessing, pad=0, flip=0.0, random_erasing=0.5
+    ).batch(torch.arange(200), 0, 0)[0]
     share = (sometimes == 0).flatten(1).any(1).float().mean().item()
     assert 0.35 < share < 0.65
 
 
 @pytest.mark.parametrize(
     "name, magnitude",
-    [("brightness", 0.0), ("color", 0.0), ("contrast", 0.0), ("sharpness", 0.0),
-     ("posterize", 8.0), ("shear_x", 0.0), ("shear_y", 0.0),
-     ("translate_x", 0.0), ("translate_y", 0.0), ("rotate", 0.0)],
-)  # fmt: skip
+    [
+        ("brightness", 0.0),
+        ("color", 0.0),
+        ("contrast", 0.0),
+        ("sharpness", 0.0),
+        ("posterize", 8.0),
+        ("shear_x", 0.0),
+        ("shear_y", 0.0),
+        ("translate_x", 0.0),
+        ("translate_y", 0.0),
+        ("rotate", 0.0),
+    ],
+)
 def test_trivial_augment_operations_at_their_neutral_magnitude_are_the_identity(name, magnitude):
     batch = images(4)
     assert torch.equal(apply_op(name, batch, torch.full((4,), magnitude), "bilinear"), batch)

@@ -98,15 +98,17 @@ def test_random_resized_box_matches_get_params_with_the_same_generator():
 @pytest.mark.parametrize("height,width", [(100, 80), (375, 500)])
 def test_a_whole_image_box_is_a_bilinear_resize(height, width):
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
-    expected = F.interpolate(image[None].float(), size=(64, 64), mode="bilinear",
-                             align_corners=False)  # fmt: skip
+    expected = F.interpolate(
+        image[None].float(), size=(64, 64), mode="bilinear", align_corners=False
+    )
     box = (0.0, 0.0, float(height), float(width))
     one_sample = resized_crops([image], [box], 64, sampling_ratio=1)
     assert (one_sample - expected).abs().max() < 0.02  # of 255
     # The default averages several samples when shrinking: closer to an antialiased resize.
     default = resized_crops([image], [box], 64)
-    antialiased = F.interpolate(image[None].float(), size=(64, 64), mode="bilinear",
-                                align_corners=False, antialias=True)  # fmt: skip
+    antialiased = F.interpolate(
+        image[None].float(), size=(64, 64), mode="bilinear", align_corners=False, antialias=True
+    )
     assert (default - antialiased).abs().mean() < (one_sample - antialiased).abs().mean() / 2
 
 
@@ -122,8 +124,10 @@ def test_the_center_box_is_eval_transforms_resize_and_crop(height, width):
 
 def test_images_of_several_sizes_are_cropped_in_one_call_each():
     """Same-size images share a roi_align call; each still gets its own box."""
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-              for h, w in [(40, 50), (30, 20), (40, 50)]]  # fmt: skip
+    images = [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+        for h, w in [(40, 50), (30, 20), (40, 50)]
+    ]
     boxes = [(0.0, 0.0, 40.0, 50.0), (5.0, 2.0, 10.0, 8.0), (10.0, 10.0, 20.0, 30.0)]
     together = resized_crops(images, boxes, 16)
     for i in range(3):
@@ -165,7 +169,7 @@ def test_training_pixels_are_the_cpu_paths(folder):
     flips = set()
     for number in range(2):
         every = EpochSampler(len(samples), seed=5, epoch=number, shuffle=False)
-        (images, labels), = dataset.batches(every, len(samples), "cpu")  # fmt: skip
+        ((images, labels),) = dataset.batches(every, len(samples), "cpu")
         for position, item in enumerate(every):
             expected, label = cpu[item]
             assert label == labels[position]
@@ -186,8 +190,8 @@ def test_evaluation_is_eval_transforms_resize_and_center_crop(folder):
     cpu = ImageFiles(samples, eval_transform(preprocessing))
     dataset = JpegFolderOnDevice(samples, preprocessing, train=False)
     every = EpochSampler(len(samples), shuffle=False)
-    (images, _), = dataset.batches(every, len(samples), "cpu")  # fmt: skip
-    (again, _), = dataset.batches(every, len(samples), "cpu")  # fmt: skip
+    ((images, _),) = dataset.batches(every, len(samples), "cpu")
+    ((again, _),) = dataset.batches(every, len(samples), "cpu")
     assert torch.equal(images, again)
     for position, item in enumerate(every):
         difference = (images[position] - cpu[item][0]).abs()
@@ -206,8 +210,9 @@ def test_epochs_are_deterministic_and_resume_where_they_stopped(folder):
     assert len(resumed) == 1
     assert torch.equal(resumed[0][0], whole[1][0]) and torch.equal(resumed[0][1], whole[1][1])
     # Another epoch draws other crops.
-    other = list(dataset.batches(EpochSampler(8, seed=3, epoch=2, batch_size=3, drop_last=True),
-                                 3, "cpu"))  # fmt: skip
+    other = list(
+        dataset.batches(EpochSampler(8, seed=3, epoch=2, batch_size=3, drop_last=True), 3, "cpu")
+    )
     assert not torch.equal(other[0][0], whole[0][0])
 
 
@@ -216,12 +221,12 @@ def test_ranks_see_the_images_of_an_uninterrupted_run(folder):
     dataset = JpegFolderOnDevice(folder, imagenet_preprocessing(32))
     single = EpochSampler(8, seed=3, epoch=1, batch_size=1, drop_last=True)
     by_index = {}
-    for index, (images, _) in zip(single.indices(), dataset.batches(single, 1, "cpu"),
-                                  strict=True):  # fmt: skip
+    for index, (images, _) in zip(single.indices(), dataset.batches(single, 1, "cpu"), strict=True):
         by_index[index] = images[0]
     for rank in (0, 1):
-        shard = EpochSampler(8, seed=3, epoch=1, batch_size=2, drop_last=True, rank=rank,
-                             world_size=2)  # fmt: skip
+        shard = EpochSampler(
+            8, seed=3, epoch=1, batch_size=2, drop_last=True, rank=rank, world_size=2
+        )
         images = torch.cat([batch for batch, _ in dataset.batches(shard, 2, "cpu")])
         assert torch.equal(images, torch.stack([by_index[i] for i in shard.indices()]))
 

@@ -103,8 +103,9 @@ def test_coco_keeps_the_voc_categories_and_ignores_overlaps(tmp_path):
 
 
 def test_folder_with_and_without_classes_txt(tmp_path):
-    masks = write_folder(tmp_path / "named", num_classes=3, class_names=["sky", "road", "car"],
-                         image_format="jpg")  # fmt: skip
+    masks = write_folder(
+        tmp_path / "named", num_classes=3, class_names=["sky", "road", "car"], image_format="jpg"
+    )
     named = FolderSegmentation(tmp_path / "named", "val")
     assert named.class_names == ("sky", "road", "car") and len(named) == 2
     assert np.array_equal(mask_of(named, 1), masks["val/val_001"])
@@ -114,14 +115,18 @@ def test_folder_with_and_without_classes_txt(tmp_path):
 
 
 def test_synthetic_segmentation_matches_the_detection_images_and_is_deterministic(tmp_path):
-    written = make_synthetic_segmentation(tmp_path / "a", num_train=2, num_val=3, image_size=64,
-                                          seed=4)  # fmt: skip
-    again = make_synthetic_segmentation(tmp_path / "b", num_train=0, num_val=3, image_size=64,
-                                        seed=4)  # fmt: skip
-    other = make_synthetic_segmentation(tmp_path / "c", num_train=0, num_val=1, image_size=64,
-                                        seed=5)  # fmt: skip
-    detection = make_synthetic_coco(tmp_path / "d", num_train=0, num_val=3, image_size=64, seed=4,
-                                    image_format="png")  # fmt: skip
+    written = make_synthetic_segmentation(
+        tmp_path / "a", num_train=2, num_val=3, image_size=64, seed=4
+    )
+    again = make_synthetic_segmentation(
+        tmp_path / "b", num_train=0, num_val=3, image_size=64, seed=4
+    )
+    other = make_synthetic_segmentation(
+        tmp_path / "c", num_train=0, num_val=1, image_size=64, seed=5
+    )
+    detection = make_synthetic_coco(
+        tmp_path / "d", num_train=0, num_val=3, image_size=64, seed=4, image_format="png"
+    )
     images, masks = written["val"]
     for name in ("000000.png", "000002.png"):
         assert (images / name).read_bytes() == (detection["val"][0] / name).read_bytes()
@@ -349,8 +354,12 @@ def test_flip_moves_image_and_mask_together(voc):
     seen = set()
     for seed in range(8):
         cropped, cropped_mask = flipping[(0, seed)]
-        left = next(x for x in range(11) if torch.equal(cropped, image[:, :, x : x + 30])
-                    or torch.equal(cropped, image[:, :, x : x + 30].flip(-1)))  # fmt: skip
+        left = next(
+            x
+            for x in range(11)
+            if torch.equal(cropped, image[:, :, x : x + 30])
+            or torch.equal(cropped, image[:, :, x : x + 30].flip(-1))
+        )
         flipped = not torch.equal(cropped, image[:, :, left : left + 30])
         expected = mask[:, left : left + 30]
         assert torch.equal(cropped_mask, expected.flip(-1) if flipped else expected)

@@ -63,9 +63,11 @@ def test_measure_rejects_bad_counts(warmup, iterations):
 def test_a_model_gets_eager_and_onnxruntime_fp32_at_each_batch(model):
     records = bench.run_benchmarks([model], batches=BATCHES, warmup=0, iterations=2, threads=1)
     assert [(r.runtime, r.precision, r.batch) for r in records] == [
-        (bench.EAGER, "fp32", 1), (bench.ORT, "fp32", 1),
-        (bench.EAGER, "fp32", 2), (bench.ORT, "fp32", 2),
-    ]  # fmt: skip
+        (bench.EAGER, "fp32", 1),
+        (bench.ORT, "fp32", 1),
+        (bench.EAGER, "fp32", 2),
+        (bench.ORT, "fp32", 2),
+    ]
     for record in records:
         assert record.model == "mobilenet_v2_0.35_32" and record.threads == 1
         assert 0 < record.median_ms <= record.p90_ms
@@ -84,8 +86,9 @@ def test_a_model_gets_eager_and_onnxruntime_fp32_at_each_batch(model):
 def test_an_onnx_file_is_measured_against_eager_rebuilt_from_its_metadata(onnx_file):
     records = bench.run_benchmarks([onnx_file], batches=(2,), warmup=1, iterations=2, threads=1)
     assert [(r.runtime, r.precision, r.model) for r in records] == [
-        (bench.EAGER, "fp32", "tiny.onnx"), (bench.ORT, "fp32", "tiny.onnx"),
-    ]  # fmt: skip
+        (bench.EAGER, "fp32", "tiny.onnx"),
+        (bench.ORT, "fp32", "tiny.onnx"),
+    ]
     assert records[1].size_mb == pytest.approx(onnx_file.stat().st_size / 1e6)
     assert records[1].source == f"file {onnx_file}"
     assert bench.onnx_precision(onnx_file) == "fp32"
@@ -93,16 +96,33 @@ def test_an_onnx_file_is_measured_against_eager_rebuilt_from_its_metadata(onnx_f
 
 def test_cli_writes_json_and_markdown(capsys, tmp_path, onnx_file):
     json_path, markdown_path = tmp_path / "out" / "bench.json", tmp_path / "bench.md"
-    argv = ["bench", str(onnx_file), "--batch", "1", "2", "--threads", "1", "--warmup", "0",
-            "--iterations", "2", "--json", str(json_path),
-            "--markdown", str(markdown_path)]  # fmt: skip
+    argv = [
+        "bench",
+        str(onnx_file),
+        "--batch",
+        "1",
+        "2",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "2",
+        "--json",
+        str(json_path),
+        "--markdown",
+        str(markdown_path),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "latency / eager" in out and f"wrote {json_path}" in out
     records = json.loads(json_path.read_text())
     assert [(r["runtime"], r["batch"]) for r in records] == [
-        (bench.EAGER, 1), (bench.ORT, 1), (bench.EAGER, 2), (bench.ORT, 2),
-    ]  # fmt: skip
+        (bench.EAGER, 1),
+        (bench.ORT, 1),
+        (bench.EAGER, 2),
+        (bench.ORT, 2),
+    ]
     assert {"median_ms", "p90_ms", "images_per_s", "size_mb", "latency_vs_eager", "speedup"} <= set(
         records[0]
     )
@@ -157,18 +177,37 @@ def test_a_file_keeps_its_resolution(capsys, onnx_file):
 
 def test_a_segmenter_name_is_measured_at_its_size_output_stride_and_aspp(capsys, tmp_path):
     json_path = tmp_path / "bench.json"
-    argv = ["bench", "deeplabv3_mobilenet_v2", "--resolution", "65", "--output-stride", "8",
-            "--aspp", "--batch", "1", "2", "--threads", "1", "--warmup", "0", "--iterations", "1",
-            "--json", str(json_path)]  # fmt: skip
+    argv = [
+        "bench",
+        "deeplabv3_mobilenet_v2",
+        "--resolution",
+        "65",
+        "--output-stride",
+        "8",
+        "--aspp",
+        "--batch",
+        "1",
+        "2",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "1",
+        "--json",
+        str(json_path),
+    ]
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 0, err
     name = "deeplabv3_mobilenet_v2_1.0_65_os8_aspp"
     records = json.loads(json_path.read_text())
     assert [(r["model"], r["runtime"], r["batch"], r["resolution"]) for r in records] == [
-        (name, bench.EAGER, 1, 65), (name, bench.ORT, 1, 65),
-        (name, bench.EAGER, 2, 65), (name, bench.ORT, 2, 65),
-    ]  # fmt: skip
+        (name, bench.EAGER, 1, 65),
+        (name, bench.ORT, 1, 65),
+        (name, bench.EAGER, 2, 65),
+        (name, bench.ORT, 2, 65),
+    ]
     assert records[1]["source"] == "export_onnx of random weights (a registered name)"
     assert all(0 < r["median_ms"] for r in records) and name in out
 
@@ -189,12 +228,14 @@ def test_a_segmenter_checkpoint_is_loaded_as_a_segmenter(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["mobilenet_v2_1.0_224", "--output-stride", "8"],
-         "apply to a registered segmenter name (such as deeplabv3_mobilenet_v2), not to "
-         "'mobilenet_v2_1.0_224'"),
+        (
+            ["mobilenet_v2_1.0_224", "--output-stride", "8"],
+            "apply to a registered segmenter name (such as deeplabv3_mobilenet_v2), not to "
+            "'mobilenet_v2_1.0_224'",
+        ),
         (["deeplabv3_mobilenet_v2", "--resolution", "16"], "resolution must be an integer >= 32"),
     ],
-)  # fmt: skip
+)
 def test_segmenter_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
@@ -210,12 +251,23 @@ def test_a_segmenters_output_stride_is_8_or_16(capsys):
 
 
 def test_openvino_runs_every_onnx_file_fp32_and_int8_beside_onnxruntime(model):
-    records = bench.run_benchmarks([model], batches=(1,), warmup=0, iterations=2, threads=1,
-                                   int8=True, calibration_images=4, openvino=True)  # fmt: skip
+    records = bench.run_benchmarks(
+        [model],
+        batches=(1,),
+        warmup=0,
+        iterations=2,
+        threads=1,
+        int8=True,
+        calibration_images=4,
+        openvino=True,
+    )
     assert [(r.runtime, r.precision) for r in records] == [
-        (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
-        (bench.OPENVINO, "fp32"), (bench.OPENVINO, "int8"),
-    ]  # fmt: skip
+        (bench.EAGER, "fp32"),
+        (bench.ORT, "fp32"),
+        (bench.ORT, "int8"),
+        (bench.OPENVINO, "fp32"),
+        (bench.OPENVINO, "int8"),
+    ]
     eager = records[0].median_ms
     for record in records[3:]:
         assert 0 < record.median_ms <= record.p90_ms
@@ -289,12 +341,14 @@ def _check_fastest(records):
 
 
 def test_a_detector_name_gets_eager_and_onnxruntime_fp32_at_its_resolution():
-    records = bench.run_benchmarks(["ssdlite_mobilenet_v2"], batches=(1,), resolution=96,
-                                   warmup=0, iterations=2, threads=1)  # fmt: skip
+    records = bench.run_benchmarks(
+        ["ssdlite_mobilenet_v2"], batches=(1,), resolution=96, warmup=0, iterations=2, threads=1
+    )
     name = "ssdlite_mobilenet_v2_1.0_96"
     assert [(r.model, r.runtime, r.precision, r.batch, r.resolution) for r in records] == [
-        (name, bench.EAGER, "fp32", 1, 96), (name, bench.ORT, "fp32", 1, 96),
-    ]  # fmt: skip
+        (name, bench.EAGER, "fp32", 1, 96),
+        (name, bench.ORT, "fp32", 1, 96),
+    ]
     assert records[1].source == "export_onnx of random weights (a registered name)"
     assert all(0 < r.median_ms <= r.p90_ms and r.size_mb > 0 for r in records)
     assert records[1].latency_vs_eager == pytest.approx(records[1].median_ms / records[0].median_ms)
@@ -302,12 +356,17 @@ def test_a_detector_name_gets_eager_and_onnxruntime_fp32_at_its_resolution():
 
 
 def test_a_detector_runs_in_openvino_too_and_the_fastest_row_is_marked(detector):
-    records = bench.run_benchmarks([detector], batches=(1, 2), warmup=0, iterations=2, threads=1,
-                                   openvino=True)  # fmt: skip
+    records = bench.run_benchmarks(
+        [detector], batches=(1, 2), warmup=0, iterations=2, threads=1, openvino=True
+    )
     assert [(r.runtime, r.batch) for r in records] == [
-        (bench.EAGER, 1), (bench.ORT, 1), (bench.OPENVINO, 1),
-        (bench.EAGER, 2), (bench.ORT, 2), (bench.OPENVINO, 2),
-    ]  # fmt: skip
+        (bench.EAGER, 1),
+        (bench.ORT, 1),
+        (bench.OPENVINO, 1),
+        (bench.EAGER, 2),
+        (bench.ORT, 2),
+        (bench.OPENVINO, 2),
+    ]
     assert {r.model for r in records} == {"ssdlite_mobilenet_v2_0.35_96"}
     assert records[2].size_mb == records[1].size_mb  # the same file
     _check_fastest(records)
@@ -344,8 +403,9 @@ def test_a_detection_checkpoint_is_measured_and_its_onnx_file_too(detector, tmp_
 
     records = bench.run_benchmarks([path], batches=(1,), warmup=0, iterations=2, threads=1)
     assert [(r.model, r.runtime) for r in records] == [
-        ("ssdlite_mobilenet_v2_0.35_96", bench.EAGER), ("ssdlite_mobilenet_v2_0.35_96", bench.ORT),
-    ]  # fmt: skip
+        ("ssdlite_mobilenet_v2_0.35_96", bench.EAGER),
+        ("ssdlite_mobilenet_v2_0.35_96", bench.ORT),
+    ]
     assert records[1].source == f"export_onnx of checkpoint {path}"
 
     # the raw head outputs, a dynamic batch, and a detection config its eager twin rebuilds from
@@ -369,8 +429,11 @@ def classifier_checkpoint(tmp_path_factory):
     from mobilenets.engine.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=32,
-                                          num_classes=10, small_input=True)).eval()  # fmt: skip
+    model = build_model(
+        ModelConfig(
+            arch="mobilenet_v2", alpha=0.35, resolution=32, num_classes=10, small_input=True
+        )
+    ).eval()
     splits = load_splits("synthetic:64", 32)
     path = tmp_path_factory.mktemp("bench-data") / "model.safetensors"
     return save_checkpoint(model, path, splits.classes, splits.preprocessing)
@@ -385,16 +448,35 @@ def test_data_scores_every_runtime_on_the_validation_split_and_calibrates_on_tra
     from mobilenets.engine.evaluate import evaluate
     from mobilenets.engine.loop import ordered_loader
 
-    args = ["bench", str(classifier_checkpoint), "--batch", "1", "--warmup", "0",
-            "--iterations", "1", "--threads", "1", "--int8", "--openvino", "--data",
-            "synthetic:64", "--calibration-images", "16", "--json"]  # fmt: skip
+    args = [
+        "bench",
+        str(classifier_checkpoint),
+        "--batch",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "1",
+        "--threads",
+        "1",
+        "--int8",
+        "--openvino",
+        "--data",
+        "synthetic:64",
+        "--calibration-images",
+        "16",
+        "--json",
+    ]
     json_path = classifier_checkpoint.parent / "records.json"
     assert main([*args, str(json_path)]) == 0
     records = json.loads(json_path.read_text())
     assert [(r["runtime"], r["precision"]) for r in records] == [
-        (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
-        (bench.OPENVINO, "fp32"), (bench.OPENVINO, "int8"),
-    ]  # fmt: skip
+        (bench.EAGER, "fp32"),
+        (bench.ORT, "fp32"),
+        (bench.ORT, "int8"),
+        (bench.OPENVINO, "fp32"),
+        (bench.OPENVINO, "int8"),
+    ]
     checkpoint = load_checkpoint(classifier_checkpoint)
     splits = load_splits("synthetic:64", 32)
     splits.val.transform = eval_transform(checkpoint.preprocessing)
@@ -412,10 +494,12 @@ def test_data_scores_every_runtime_on_the_validation_split_and_calibrates_on_tra
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["mobilenet_v2_0.35_96", "--data", "synthetic:64"],
-         "--data scores checkpoints, and 'mobilenet_v2_0.35_96' is a registered name"),
+        (
+            ["mobilenet_v2_0.35_96", "--data", "synthetic:64"],
+            "--data scores checkpoints, and 'mobilenet_v2_0.35_96' is a registered name",
+        ),
     ],
-)  # fmt: skip
+)
 def test_data_errors_are_one_line(capsys, argv, message):
     assert main(["bench", *argv, "--batch", "1", "--iterations", "1"]) == 2
     err = capsys.readouterr().err
@@ -443,15 +527,30 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
 
     data = load_detection_data(shapes_data, splits=("val",))
     torch.manual_seed(0)
-    model = randomize_torch(create_detector("ssdlite_mobilenet_v2", alpha=0.35, resolution=64,
-                                            num_classes=len(data.class_names)))  # fmt: skip
+    model = randomize_torch(
+        create_detector(
+            "ssdlite_mobilenet_v2", alpha=0.35, resolution=64, num_classes=len(data.class_names)
+        )
+    )
     path = tmp_path / "best.safetensors"
-    save_checkpoint(model, path, data.class_names, detection_preprocessing(64, None),
-                    category_ids=list(data.category_ids))  # fmt: skip
+    save_checkpoint(
+        model,
+        path,
+        data.class_names,
+        detection_preprocessing(64, None),
+        category_ids=list(data.category_ids),
+    )
     records = bench.run_benchmarks(
-        [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True, pte=True,
-        calibration_images=4, validation=partial(bench_validation, data=shapes_data),
-    )  # fmt: skip
+        [str(path)],
+        batches=(1,),
+        warmup=0,
+        iterations=1,
+        threads=1,
+        int8=True,
+        pte=True,
+        calibration_images=4,
+        validation=partial(bench_validation, data=shapes_data),
+    )
     # int8 ONNX by onnxruntime's quantize_static, and .pte files fp32 and int8 (PT2E), each
     # checked against PyTorch (its quantized reference for int8) when it is written
     assert [(r.runtime, r.precision) for r in records] == EVERY_RUNTIME
@@ -469,9 +568,12 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
 
 
 EVERY_RUNTIME = [
-    (bench.EAGER, "fp32"), (bench.ORT, "fp32"), (bench.ORT, "int8"),
-    (bench.PTE, "fp32"), (bench.PTE, "int8"),
-]  # fmt: skip
+    (bench.EAGER, "fp32"),
+    (bench.ORT, "fp32"),
+    (bench.ORT, "int8"),
+    (bench.PTE, "fp32"),
+    (bench.PTE, "int8"),
+]
 
 
 def check_int8_sizes(records) -> None:
@@ -496,14 +598,21 @@ def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
     classes = ("background", "circle", "square", "triangle", "star")
     preprocessing = Preprocessing(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     torch.manual_seed(0)
-    model = randomize_torch(create_segmenter("deeplabv3_mobilenet_v2", alpha=0.35,
-                                             resolution=64, num_classes=5)).eval()  # fmt: skip
+    model = randomize_torch(
+        create_segmenter("deeplabv3_mobilenet_v2", alpha=0.35, resolution=64, num_classes=5)
+    ).eval()
     path = tmp_path / "best.safetensors"
     save_checkpoint(model, path, classes, preprocessing)
     records = bench.run_benchmarks(
-        [str(path)], batches=(1,), warmup=0, iterations=1, threads=1, int8=True,
-        calibration_images=4, validation=partial(bench_validation, data=shapes_data),
-    )  # fmt: skip
+        [str(path)],
+        batches=(1,),
+        warmup=0,
+        iterations=1,
+        threads=1,
+        int8=True,
+        calibration_images=4,
+        validation=partial(bench_validation, data=shapes_data),
+    )
     val = load_segmentation_data(shapes_data, splits=("val",)).val
     val.transform = eval_transform(preprocessing)
     expected = evaluate_segmenter(SquareInputSegmenter(model, 64, 5), val, batch_size=1)["mIoU"]

@@ -45,8 +45,9 @@ def random_detector(loss: str = "softmax") -> DetectionCheckpoint:
     about 1 and favour the background, so that tens of (anchor, class) pairs per image pass
     postprocess's 0.01 and NMS has overlapping boxes of one class to suppress."""
     model = background_leaning_detector(len(CLASSES), RESOLUTION)
-    return DetectionCheckpoint(model.eval(), CLASSES, (0, 1, 2, 3, 4), PREPROCESSING,
-                               Path("random.safetensors"), loss=loss)  # fmt: skip
+    return DetectionCheckpoint(
+        model.eval(), CLASSES, (0, 1, 2, 3, 4), PREPROCESSING, Path("random.safetensors"), loss=loss
+    )
 
 
 def synthetic_images(root, count: int = 4) -> torch.Tensor:
@@ -66,8 +67,12 @@ def expected(checkpoint: DetectionCheckpoint, images: torch.Tensor, **settings) 
     model = checkpoint.model
     with torch.no_grad():
         out = model(images)
-    return postprocess(score_logits(out["cls_logits"], checkpoint.loss), out["box_regression"],
-                       model.anchors(), **settings)  # fmt: skip
+    return postprocess(
+        score_logits(out["cls_logits"], checkpoint.loss),
+        out["box_regression"],
+        model.anchors(),
+        **settings,
+    )
 
 
 def assert_same_detections(ours: list[np.ndarray], want: dict, max_detections: int = 100):
@@ -113,11 +118,14 @@ def test_the_graph_uses_onnx_non_max_suppression_and_records_its_settings(export
     _, path, _ = exported
     model = onnx.load(str(path))
     assert "NonMaxSuppression" in {node.op_type for node in model.graph.node}
-    assert [output.name for output in model.graph.output] == ["boxes", "scores", "classes",
-                                                             "count"]  # fmt: skip
+    assert [output.name for output in model.graph.output] == ["boxes", "scores", "classes", "count"]
     metadata = read_onnx_metadata(path)
-    assert metadata["nms"] == {"score_threshold": 0.01, "nms_iou": 0.6, "max_detections": 100,
-                               "pre_nms_top_k": 1000}  # fmt: skip
+    assert metadata["nms"] == {
+        "score_threshold": 0.01,
+        "nms_iou": 0.6,
+        "max_detections": 100,
+        "pre_nms_top_k": 1000,
+    }
     assert "NMS included" in metadata["outputs"] and metadata["classes"] == list(CLASSES)
 
 
@@ -184,8 +192,20 @@ def test_the_defaults_are_postprocess_defaults():
 
 
 def test_nms_settings_without_nms_are_refused(tmp_path, capsys):
-    assert main(["detect", "export", str(tmp_path / "run"), "--out", str(tmp_path / "x.onnx"),
-                 "--max-detections", "5"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "detect",
+                "export",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "x.onnx"),
+                "--max-detections",
+                "5",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "--max-detections applies with --nms" in error and error.count("\n") == 1
 
@@ -196,8 +216,23 @@ def test_the_command_writes_the_nms_file(tmp_path, capsys):
     weights = tmp_path / "best.safetensors"
     save_checkpoint(checkpoint.model, weights, CLASSES, PREPROCESSING, category_ids=[0, 1, 2, 3, 4])
     path = tmp_path / "detector.onnx"
-    assert main(["detect", "export", str(weights), "--out", str(path), "--nms",
-                 "--max-detections", "20", "--score-threshold", "0.05"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "detect",
+                "export",
+                str(weights),
+                "--out",
+                str(path),
+                "--nms",
+                "--max-detections",
+                "20",
+                "--score-threshold",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "NMS in the graph" in printed and "classes [N, 20]" in printed
     images = torch.randn(2, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(2))

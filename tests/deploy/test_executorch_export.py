@@ -164,14 +164,28 @@ def test_a_failed_check_keeps_the_previous_file_and_the_model(tmp_path, monkeypa
 def test_bench_measures_the_pte_file_beside_eager(exported, capsys, tmp_path):
     path = exported[0]
     json_path = tmp_path / "bench.json"
-    code, out, err = run_cli(capsys, "bench", path, "--batch", "1", "--threads", "1", "--warmup",
-                             "0", "--iterations", "2", "--json", json_path)  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        path,
+        "--batch",
+        "1",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "2",
+        "--json",
+        json_path,
+    )
     assert code == 0, err
     assert f"executorch {mobile.executorch_version()}" in out.splitlines()[0]
     records = json.loads(json_path.read_text())
     assert [(r["runtime"], r["precision"], r["batch"]) for r in records] == [
-        (bench.EAGER, "fp32", 1), (bench.PTE, "fp32", 1),
-    ]  # fmt: skip
+        (bench.EAGER, "fp32", 1),
+        (bench.PTE, "fp32", 1),
+    ]
     eager, pte = records
     assert pte["model"] == "model.pte" and pte["source"] == f"file {path}"
     assert pte["size_mb"] == pytest.approx(path.stat().st_size / 1e6)
@@ -205,18 +219,25 @@ def test_a_corrupt_pte_file_is_named(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["mobilenet_v1_0.25_128", "--out", "x.onnx"],
-         "the output must be a .pte file, got 'x.onnx'"),
-        (["mobilenet_v1_0.25_128", "--resolution", "8"],
-         "cannot export mobilenet_v1_0.25_128 at 8 px: resolution must be an integer >= 32, got 8"),
-        (["mobilenet_v1_0.25_128", "--opset", "18"],
-         "--opset applies to --format onnx only, not to --format pte"),
+        (
+            ["mobilenet_v1_0.25_128", "--out", "x.onnx"],
+            "the output must be a .pte file, got 'x.onnx'",
+        ),
+        (
+            ["mobilenet_v1_0.25_128", "--resolution", "8"],
+            "cannot export mobilenet_v1_0.25_128 at 8 px: resolution "
+            "must be an integer >= 32, got 8",
+        ),
+        (
+            ["mobilenet_v1_0.25_128", "--opset", "18"],
+            "--opset applies to --format onnx only, not to --format pte",
+        ),
         (["mobilenet_v1_0.25_128", "--dynamic-batch"], "--dynamic-batch applies to --format onnx"),
         (["missing/best.safetensors"], "weights file 'missing/best.safetensors' does not exist"),
         (["mobilenet_v3_1.0_224"], "unknown model 'mobilenet_v3_1.0_224'"),
     ],
     ids=["out-onnx", "resolution-8", "opset", "dynamic-batch", "missing", "unknown-name"],
-)  # fmt: skip
+)
 @needs_executorch
 def test_export_errors_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -245,7 +266,7 @@ def test_an_unknown_format_is_a_usage_error(capsys):
         (dict(metadata={"count": 3}), "metadata must map strings to strings"),
     ],
     ids=["batch-0", "reserved-key", "key-not-identifier", "value-not-string"],
-)  # fmt: skip
+)
 def test_bad_options_are_refused_before_lowering(tmp_path, options, message):
     model = build_model(ModelConfig(arch="mobilenet_v1", alpha=0.25, resolution=32))
     with pytest.raises(MobileNetsError, match=re.escape(message)):
@@ -268,8 +289,10 @@ def test_without_executorch_the_error_names_the_extra(capsys, tmp_path, monkeypa
     with pytest.raises(MobileNetsError, match=re.escape(f"running a .pte file {hint}")):
         mobile.load_pte(tmp_path / "m.pte")
     monkeypatch.chdir(tmp_path)
-    for argv in (["export", "mobilenet_v1_0.25_128", "--format", "pte", "--out", "m.pte"],
-                 ["bench", "mobilenet_v1_0.25_128", "--pte"]):  # fmt: skip
+    for argv in (
+        ["export", "mobilenet_v1_0.25_128", "--format", "pte", "--out", "m.pte"],
+        ["bench", "mobilenet_v1_0.25_128", "--pte"],
+    ):
         code, printed, err = run_cli(capsys, *argv)
         assert code == 2 and printed == "" and err.count("\n") == 1, err
         assert hint in err
@@ -281,8 +304,9 @@ def test_bench_exports_one_pte_per_batch_when_asked(monkeypatch):
     tested above; here they are recorded and write nothing (which fails the run after them)."""
     asked = []
 
-    def export_executorch(model, path, *, resolution, batch=1, metadata=None, int8=False,
-                          calibration=None):  # fmt: skip
+    def export_executorch(
+        model, path, *, resolution, batch=1, metadata=None, int8=False, calibration=None
+    ):
         asked.append((model.name, resolution, batch, path.suffix, int8))
 
     monkeypatch.setattr(bench, "export_executorch", export_executorch)

@@ -63,8 +63,13 @@ def model():
     finer than int8 keeps. So the accuracy printed by the CLI is not asserted here: the int8
     ONNX tests hold the accuracy of static int8, these its ExecuTorch program."""
     torch.manual_seed(0)
-    return randomize_torch(build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=32,
-                                                   num_classes=10, small_input=True)))  # fmt: skip
+    return randomize_torch(
+        build_model(
+            ModelConfig(
+                arch="mobilenet_v2", alpha=0.35, resolution=32, num_classes=10, small_input=True
+            )
+        )
+    )
 
 
 def calibration(splits, count=CALIBRATION, batch_size=16):
@@ -91,8 +96,19 @@ def exported(checkpoint):
         reports.append(original(*args, **kwargs))
         return reports[-1]
 
-    argv = ["export", checkpoint, "--format", "pte", "--int8", "--data", DATA,
-            "--calibration-images", CALIBRATION, "--out", path]  # fmt: skip
+    argv = [
+        "export",
+        checkpoint,
+        "--format",
+        "pte",
+        "--int8",
+        "--data",
+        DATA,
+        "--calibration-images",
+        CALIBRATION,
+        "--out",
+        path,
+    ]
     printed, errors = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mobile, "export_executorch", recorded)
@@ -145,10 +161,13 @@ def test_metadata_records_the_quantization(exported):
     metadata = mobile.read_pte_metadata(path)
     assert metadata["source"] == "checkpoint model.safetensors"
     assert metadata["quantization"] == {
-        "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
-        "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
+        "method": "ptq",
+        "flow": "pt2e",
+        "quantizer": "XNNPACKQuantizer",
+        "weights": "s8 symmetric per-channel",
+        "activations": "s8 per-tensor",
         "calibration_images": CALIBRATION,
-    }  # fmt: skip
+    }
     assert json.loads(json.dumps(metadata["model_config"]))["arch"] == "mobilenet_v2"
 
 
@@ -215,15 +234,20 @@ def test_cli_prints_the_report_and_both_accuracies(exported):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--format", "onnx", "--int8"], "--int8 applies to --format pte only; an int8 ONNX file "
-         "is written by `mobilenets quantize"),
+        (
+            ["--format", "onnx", "--int8"],
+            "--int8 applies to --format pte only; an int8 ONNX file "
+            "is written by `mobilenets quantize",
+        ),
         (["--format", "onnx", "--data", DATA], "--data applies to --format pte only"),
         (["--format", "pte", "--data", DATA], "--data applies to --int8 only"),
-        (["--format", "pte", "--calibration-images", "8"],
-         "--calibration-images applies to --int8 only"),
+        (
+            ["--format", "pte", "--calibration-images", "8"],
+            "--calibration-images applies to --int8 only",
+        ),
         (["--format", "pte", "--int8"], "records no dataset: give --data SPEC"),
     ],
-)  # fmt: skip
+)
 def test_cli_errors_are_one_line(checkpoint, tmp_path, capsys, extra, message):
     suffix = ".onnx" if "onnx" in extra else ".pte"
     code, out, err = run_cli(capsys, "export", checkpoint, *extra, "--out", tmp_path / f"m{suffix}")
@@ -233,7 +257,17 @@ def test_cli_errors_are_one_line(checkpoint, tmp_path, capsys, extra, message):
 
 
 def test_cli_int8_refuses_a_registered_name(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "export", "mobilenet_v2_0.35_96", "--format", "pte", "--int8",
-                           "--data", DATA, "--out", tmp_path / "m.pte")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        "mobilenet_v2_0.35_96",
+        "--format",
+        "pte",
+        "--int8",
+        "--data",
+        DATA,
+        "--out",
+        tmp_path / "m.pte",
+    )
     assert code == 2 and "is not a checkpoint file or run folder" in err
     assert len(err.strip().splitlines()) == 1

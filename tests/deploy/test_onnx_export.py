@@ -65,11 +65,18 @@ def ort_session(path) -> onnxruntime.InferenceSession:
         dict(arch="mobilenet_v1", alpha=0.5, resolution=32, padding="same", bn_eps=1e-3),
         dict(arch="mobilenet_v2", alpha=0.35, resolution=32),
         dict(arch="mobilenet_v2", alpha=0.5, resolution=32, padding="same", bn_eps=1e-3),
-        dict(arch="mobilenet_v2", alpha=1.0, resolution=32, num_classes=10, small_input=True,
-             padding="same", bn_eps=1e-3),
+        dict(
+            arch="mobilenet_v2",
+            alpha=1.0,
+            resolution=32,
+            num_classes=10,
+            small_input=True,
+            padding="same",
+            bn_eps=1e-3,
+        ),
     ],
     ids=["v1_0.25", "v1_0.5_same", "v2_0.35", "v2_0.5_same", "v2_1.0_small_same"],
-)  # fmt: skip
+)
 def test_folding_batch_norm_keeps_the_logits(fields):
     # float64, so that what is measured is the folding and not float32 rounding (which alone
     # moves logits of size 3 by about 1e-5 through the seventeen blocks of V2 1.0)
@@ -108,8 +115,15 @@ def test_folding_a_v2_counts_every_conv_bn_pair():
 def checkpoint(tmp_path_factory):
     """What `mobilenets train` leaves, for a small-input V2 with TF padding and BN eps: random
     weights and BN statistics, the classes and preprocessing in the metadata."""
-    model = random_model(arch="mobilenet_v2", alpha=0.35, resolution=32, num_classes=10,
-                         small_input=True, padding="same", bn_eps=1e-3)  # fmt: skip
+    model = random_model(
+        arch="mobilenet_v2",
+        alpha=0.35,
+        resolution=32,
+        num_classes=10,
+        small_input=True,
+        padding="same",
+        bn_eps=1e-3,
+    )
     path = tmp_path_factory.mktemp("export") / "model.safetensors"
     metadata = {"classes": list(CLASSES), "preprocessing": PREPROCESSING.to_dict()}
     save_weights(model, path, metadata)
@@ -121,8 +135,17 @@ def exported(checkpoint):
     """`mobilenets export CKPT --dynamic-batch --opset 20`: the file and what it printed."""
     out = checkpoint.parent / "model.onnx"
     stdout, stderr = io.StringIO(), io.StringIO()
-    argv = ["export", str(checkpoint), "--format", "onnx", "--dynamic-batch", "--opset", "20",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "export",
+        str(checkpoint),
+        "--format",
+        "onnx",
+        "--dynamic-batch",
+        "--opset",
+        "20",
+        "--out",
+        str(out),
+    ]
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(argv)
     assert code == 0, stderr.getvalue()
@@ -219,8 +242,17 @@ def test_read_onnx_metadata_of_another_file_is_an_error(tmp_path):
 
 def test_export_a_registered_name_with_a_fixed_shape(capsys, tmp_path):
     out = tmp_path / "v1.onnx"
-    code, printed, err = run_cli(capsys, "export", "mobilenet_v1_0.25_128", "--format", "onnx",
-                                 "--resolution", "64", "--out", out)  # fmt: skip
+    code, printed, err = run_cli(
+        capsys,
+        "export",
+        "mobilenet_v1_0.25_128",
+        "--format",
+        "onnx",
+        "--resolution",
+        "64",
+        "--out",
+        out,
+    )
     assert code == 0, err
     first, check = printed.splitlines()
     assert first.startswith(f"wrote {out} (mobilenet_v1_0.25_64 with random weights")
@@ -253,8 +285,9 @@ def test_export_published_weights_records_them(capsys, tmp_path, monkeypatch):
     argv = ["mobilenet_v1_0.25_128", "--weights", "keras", "--resolution", "64", "--out", out]
     code, printed, err = run_cli(capsys, "export", *argv, "--format", "onnx")
     assert code == 0, err
-    record = pretrained.find_record(ModelConfig(arch="mobilenet_v1", alpha=0.25, resolution=128),
-                                    "keras")  # fmt: skip
+    record = pretrained.find_record(
+        ModelConfig(arch="mobilenet_v1", alpha=0.25, resolution=128), "keras"
+    )
     assert f"(mobilenet_v1_0.25_64 with keras weights {record.tag}; opset 18" in printed
     metadata = read_onnx_metadata(out)
     assert metadata["source"] == f"keras {record.tag}" and metadata["weights"]["url"] == record.url
@@ -271,22 +304,39 @@ def test_export_published_weights_records_them(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["mobilenet_v2_0.35_96", "--opset", "5"],
-         "opset must be an integer from 18 to 23 (the torch.onnx exporter's range), got 5"),
+        (
+            ["mobilenet_v2_0.35_96", "--opset", "5"],
+            "opset must be an integer from 18 to 23 (the torch.onnx exporter's range), got 5",
+        ),
         (["mobilenet_v2_0.35_96", "--opset", "17"], "opset must be an integer from 18 to 23"),
-        (["mobilenet_v2_0.35_96", "--resolution", "8"],
-         "cannot export mobilenet_v2_0.35_96 at 8 px: resolution must be an integer >= 32, got 8"),
-        (["mobilenet_v2_0.35_96", "--out", "x.txt"],
-         "the output must be a .onnx file, got 'x.txt'"),
+        (
+            ["mobilenet_v2_0.35_96", "--resolution", "8"],
+            "cannot export mobilenet_v2_0.35_96 at 8 px: resolution must "
+            "be an integer >= 32, got 8",
+        ),
+        (
+            ["mobilenet_v2_0.35_96", "--out", "x.txt"],
+            "the output must be a .onnx file, got 'x.txt'",
+        ),
         (["missing/best.safetensors"], "weights file 'missing/best.safetensors' does not exist"),
         (["corrupt.safetensors"], "cannot read weights file"),
-        (["model.safetensors", "--weights", "keras"],
-         "--weights 'keras' applies to a registered model name, not to the checkpoint"),
+        (
+            ["model.safetensors", "--weights", "keras"],
+            "--weights 'keras' applies to a registered model name, not to the checkpoint",
+        ),
         (["mobilenet_v3_1.0_224"], "unknown model 'mobilenet_v3_1.0_224'"),
     ],
-    ids=["opset-5", "opset-17", "resolution-8", "out-txt", "missing", "corrupt", "ckpt-weights",
-         "unknown-name"],
-)  # fmt: skip
+    ids=[
+        "opset-5",
+        "opset-17",
+        "resolution-8",
+        "out-txt",
+        "missing",
+        "corrupt",
+        "ckpt-weights",
+        "unknown-name",
+    ],
+)
 def test_errors_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, checkpoint, argv, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.safetensors").write_bytes(b"not a safetensors file")

@@ -52,8 +52,13 @@ def run_cli(capsys, *argv):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return randomize_torch(build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=32,
-                                                   num_classes=10, small_input=True)))  # fmt: skip
+    return randomize_torch(
+        build_model(
+            ModelConfig(
+                arch="mobilenet_v2", alpha=0.35, resolution=32, num_classes=10, small_input=True
+            )
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +79,34 @@ def quantized(checkpoint):
     original = mobile.train_steps
 
     def train_steps(net, *args, **kwargs):
-        before = {name: t.detach().clone() for name, t in [*net.named_parameters(),
-                                                            *net.named_buffers()]}  # fmt: skip
+        before = {
+            name: t.detach().clone() for name, t in [*net.named_parameters(), *net.named_buffers()]
+        }
         loss = original(net, *args, **kwargs)
         after = {name: t.detach() for name, t in [*net.named_parameters(), *net.named_buffers()]}
         trained.append((before, after))
         return loss
 
-    argv = ["quantize", checkpoint, "--data", DATA, "--method", "qat", "--format", "pte", "--out",
-            out, "--calibration-images", CALIBRATION, "--batch-size", BATCH, "--qat-epochs",
-            EPOCHS, "--qat-lr", LR]  # fmt: skip
+    argv = [
+        "quantize",
+        checkpoint,
+        "--data",
+        DATA,
+        "--method",
+        "qat",
+        "--format",
+        "pte",
+        "--out",
+        out,
+        "--calibration-images",
+        CALIBRATION,
+        "--batch-size",
+        BATCH,
+        "--qat-epochs",
+        EPOCHS,
+        "--qat-lr",
+        LR,
+    ]
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mobile, "train_steps", train_steps)
@@ -99,8 +122,9 @@ def test_cli_fine_tunes_then_prints_the_program_and_both_accuracies(quantized, c
     out, printed, _ = quantized
     steps, wrote, layers, agreement, accuracy, cpu = printed.splitlines()
     assert cpu == f"int8 measured on {cpu_info().describe()}"
-    assert re.fullmatch(rf"QAT: 4 steps \({EPOCHS:g} epochs\) of {BATCH}, final loss \d+\.\d+",
-                        steps), steps  # fmt: skip
+    assert re.fullmatch(
+        rf"QAT: 4 steps \({EPOCHS:g} epochs\) of {BATCH}, final loss \d+\.\d+", steps
+    ), steps
     assert wrote.startswith(f"wrote {out} (mobilenet_v2_0.35_32")
     assert wrote.endswith("ops outside it: none)")
     assert layers.startswith("int8: 53 of 53 layers with int8 weights, ")
@@ -132,11 +156,14 @@ def test_the_program_runs_and_records_the_fine_tuning(quantized):
     assert logits.std(1).min() > 0.1 and logits.std(0).mean() > 0.1, logits
     settings = mobile.read_pte_metadata(out)["quantization"]
     assert settings == {
-        "method": "qat", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
-        "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
+        "method": "qat",
+        "flow": "pt2e",
+        "quantizer": "XNNPACKQuantizer",
+        "weights": "s8 symmetric per-channel",
+        "activations": "s8 per-tensor",
         "calibration_images": CALIBRATION,
         "qat": {"epochs": EPOCHS, "lr": LR, "momentum": 0.9, "batch_size": BATCH, "seed": 0},
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.slow
@@ -168,12 +195,21 @@ def test_library_errors_name_the_argument(model, tmp_path):
     calibration = [torch.zeros(2, 3, 32, 32)]
     cases = [
         ({"int8": True, "calibration": calibration, "qat": config}, r"qat= needs train_dataset="),
-        ({"int8": True, "calibration": calibration, "train_dataset": splits.train},
-         r"train_dataset= applies to qat= only"),
+        (
+            {"int8": True, "calibration": calibration, "train_dataset": splits.train},
+            r"train_dataset= applies to qat= only",
+        ),
         ({"qat": config, "train_dataset": splits.train}, r"qat= applies to int8=True only"),
-        ({"int8": True, "calibration": calibration, "qat": {"epochs": 1},
-          "train_dataset": splits.train}, r"qat= takes a QatConfig, got dict"),
-    ]  # fmt: skip
+        (
+            {
+                "int8": True,
+                "calibration": calibration,
+                "qat": {"epochs": 1},
+                "train_dataset": splits.train,
+            },
+            r"qat= takes a QatConfig, got dict",
+        ),
+    ]
     for kwargs, message in cases:
         with pytest.raises(MobileNetsError, match=message):
             mobile.export_executorch(model, path, resolution=32, **kwargs)
@@ -185,23 +221,39 @@ def test_library_errors_name_the_argument(model, tmp_path):
     [
         (["--format", "pte", "--out", "m.onnx"], "the output must be a .pte file, got"),
         (["--format", "onnx", "--out", "m.pte"], "the output must be a .onnx file, got"),
-        (["--format", "pte", "--out", "m.pte", "--calibrate", "entropy"],
-         "--calibrate entropy applies to --format onnx only"),
-        (["--format", "pte", "--out", "m.pte", "--activations", "s8"],
-         "--activations s8 applies to --format onnx only; a .pte program's activations are s8"),
-        (["--format", "pte", "--out", "m.pte", "--qat-epochs", "0"],
-         "QAT epochs must be in (0, 100], got 0.0"),
-        (["--format", "pte", "--out", "m.pte", "--batch-size", "512"],
-         "the training split has 256 images, fewer than one batch of 512"),
+        (
+            ["--format", "pte", "--out", "m.pte", "--calibrate", "entropy"],
+            "--calibrate entropy applies to --format onnx only",
+        ),
+        (
+            ["--format", "pte", "--out", "m.pte", "--activations", "s8"],
+            "--activations s8 applies to --format onnx only; a .pte program's activations are s8",
+        ),
+        (
+            ["--format", "pte", "--out", "m.pte", "--qat-epochs", "0"],
+            "QAT epochs must be in (0, 100], got 0.0",
+        ),
+        (
+            ["--format", "pte", "--out", "m.pte", "--batch-size", "512"],
+            "the training split has 256 images, fewer than one batch of 512",
+        ),
     ],
     ids=["pte_suffix", "onnx_suffix", "calibrate", "activations", "epochs", "batch"],
-)  # fmt: skip
+)
 def test_cli_errors_are_one_line(checkpoint, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(
-        capsys, "quantize", checkpoint, "--data", DATA, "--method", "qat",
-        "--calibration-images", 16, *extra,
-    )  # fmt: skip
+        capsys,
+        "quantize",
+        checkpoint,
+        "--data",
+        DATA,
+        "--method",
+        "qat",
+        "--calibration-images",
+        16,
+        *extra,
+    )
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []

@@ -59,8 +59,11 @@ def checkpoint(tmp_path_factory):
     the synthetic training images: about 100% on the validation images in half a second, which
     training takes minutes to reach (no accuracy, no drop to measure)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=32,
-                                    num_classes=10, small_input=True)).eval()  # fmt: skip
+    model = build_model(
+        ModelConfig(
+            arch="mobilenet_v2", alpha=0.35, resolution=32, num_classes=10, small_input=True
+        )
+    ).eval()
     splits = load_splits(DATA, 32)
     transform = eval_transform(splits.preprocessing)
     train = splits.train
@@ -100,8 +103,20 @@ def quantized(checkpoint):
         patch.setattr(quantize, "calibration_batches", calibration_batches)
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            argv = ["quantize", checkpoint, "--data", DATA, "--method", "ptq", "--out", out,
-                    "--calibration-images", CALIBRATION, "--batch-size", 32]  # fmt: skip
+            argv = [
+                "quantize",
+                checkpoint,
+                "--data",
+                DATA,
+                "--method",
+                "ptq",
+                "--out",
+                out,
+                "--calibration-images",
+                CALIBRATION,
+                "--batch-size",
+                32,
+            ]
             code = main([str(arg) for arg in argv])
     assert code == 0, stderr.getvalue()
     return out, stdout.getvalue(), read
@@ -261,15 +276,20 @@ def test_metadata_is_copied_and_the_settings_added(quantized, checkpoint):
     ours = load_checkpoint(checkpoint)
     assert metadata["classes"] == list(ours.classes)
     assert metadata["preprocessing"] == ours.preprocessing.to_dict() | {
-        "mean": list(ours.preprocessing.mean), "std": list(ours.preprocessing.std)
-    }  # fmt: skip
+        "mean": list(ours.preprocessing.mean),
+        "std": list(ours.preprocessing.std),
+    }
     assert ModelConfig.from_dict(metadata["model_config"]) == ours.model.config
     assert metadata["source"] == "checkpoint model.safetensors" and metadata["mobilenets_version"]
     assert metadata["quantization"] | {"onnxruntime_version": None} == {
-        "method": "ptq", "calibrate": "minmax", "calibration_images": CALIBRATION,
-        "activations": "u8", "weights": "s8 per-channel, 7-bit range [-64, 64]", "format": "QDQ",
+        "method": "ptq",
+        "calibrate": "minmax",
+        "calibration_images": CALIBRATION,
+        "activations": "u8",
+        "weights": "s8 per-channel, 7-bit range [-64, 64]",
+        "format": "QDQ",
         "onnxruntime_version": None,
-    }  # fmt: skip
+    }
 
 
 def test_percentile_from_a_tensor_keeps_the_accuracy(checkpoint, tmp_path):
@@ -301,8 +321,9 @@ def test_cli_choices_are_the_librarys():
     args = parser.parse_args(["quantize", "c", "--data", "d", "--method", "ptq", "--out", "o"])
     assert isinstance(args, argparse.Namespace)
     assert (args.calibration_images, args.batch_size) == (
-        quantize.DEFAULT_CALIBRATION_IMAGES, quantize.DEFAULT_BATCH_SIZE,
-    )  # fmt: skip
+        quantize.DEFAULT_CALIBRATION_IMAGES,
+        quantize.DEFAULT_BATCH_SIZE,
+    )
     assert (args.calibrate, args.activations) == ("minmax", "u8")
 
 
@@ -344,8 +365,10 @@ def test_the_simulation_predicts_what_onnxruntime_computes(checkpoint, tmp_path)
     session = onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     (int8,) = session.run(None, {"input": val.numpy()})
     off_simulated, off_fp32 = np.abs(simulated - int8).max(), np.abs(fp32 - int8).max()
-    print(f"\nmax abs logit difference to the int8 file: simulation {off_simulated:.4f}, "
-          f"fp32 {off_fp32:.4f}")  # fmt: skip
+    print(
+        f"\nmax abs logit difference to the int8 file: simulation {off_simulated:.4f}, "
+        f"fp32 {off_fp32:.4f}"
+    )
     assert off_simulated < off_fp32 / 3
     # quantization steps of the file's activations equal the simulation's ranges
     onnx_model = onnx.load(str(out))
@@ -368,10 +391,10 @@ def test_the_simulation_predicts_what_onnxruntime_computes(checkpoint, tmp_path)
             scale = initializers[node.input[1]].reshape(-1, *[1] * (weight.ndim - 1))
             assert np.abs(weight).max() <= 64  # 7 bits, as the simulation rounds them
             assert any(
-                p.shape == weight.shape and np.allclose(p.detach().numpy(), weight * scale,
-                                                        rtol=0, atol=1e-7)
+                p.shape == weight.shape
+                and np.allclose(p.detach().numpy(), weight * scale, rtol=0, atol=1e-7)
                 for p in model.parameters()
-            )  # fmt: skip
+            )
 
 
 def test_weights_round_to_the_symmetric_per_channel_grid_and_gradients_pass():
@@ -433,10 +456,24 @@ def test_qat_from_the_cli_fine_tunes_a_copy_and_writes_the_same_int8_form(
     before = {k: v.clone() for k, v in load_checkpoint(checkpoint).model.state_dict().items()}
     out = tmp_path / "qat.onnx"
     code, printed, err = run_cli(
-        capsys, "quantize", checkpoint, "--data", DATA, "--method", "qat", "--out", out,
-        "--calibration-images", CALIBRATION, "--batch-size", 32, "--qat-epochs", 0.5,
-        "--qat-lr", 1e-5,
-    )  # fmt: skip
+        capsys,
+        "quantize",
+        checkpoint,
+        "--data",
+        DATA,
+        "--method",
+        "qat",
+        "--out",
+        out,
+        "--calibration-images",
+        CALIBRATION,
+        "--batch-size",
+        32,
+        "--qat-epochs",
+        0.5,
+        "--qat-lr",
+        1e-5,
+    )
     assert code == 0, err
     lines = printed.splitlines()
     assert lines[0] == "QAT: 4 steps (0.5 epochs) of 32, final loss " + lines[0].split()[-1]
@@ -449,8 +486,13 @@ def test_qat_from_the_cli_fine_tunes_a_copy_and_writes_the_same_int8_form(
     assert lines[4] == f"wrote {out}"
     settings = read_onnx_metadata(out)["quantization"]
     assert settings["method"] == "qat" and settings["calibrate"] == "minmax"
-    assert settings["qat"] == {"epochs": 0.5, "lr": 1e-5, "momentum": 0.9, "batch_size": 32,
-                               "seed": 0}  # fmt: skip
+    assert settings["qat"] == {
+        "epochs": 0.5,
+        "lr": 1e-5,
+        "momentum": 0.9,
+        "batch_size": 32,
+        "seed": 0,
+    }
     assert quantize.conv_weight_sources(onnx.load(str(out)))[1] == ()
     after = load_checkpoint(checkpoint).model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -466,8 +508,17 @@ def test_qat_from_the_cli_fine_tunes_a_copy_and_writes_the_same_int8_form(
     ids=["epochs", "lr", "calibrate"],
 )
 def test_qat_user_errors_are_one_line(capsys, checkpoint, tmp_path, extra, message):
-    argv = ["quantize", checkpoint, "--data", DATA, "--method", "qat", "--out",
-            tmp_path / "int8.onnx", *extra]  # fmt: skip
+    argv = [
+        "quantize",
+        checkpoint,
+        "--data",
+        DATA,
+        "--method",
+        "qat",
+        "--out",
+        tmp_path / "int8.onnx",
+        *extra,
+    ]
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err, err
@@ -481,15 +532,26 @@ def test_qat_user_errors_are_one_line(capsys, checkpoint, tmp_path, extra, messa
     "extra, message",
     [
         (["--out", "int8.ort"], "the output must be a .onnx file, got 'int8.ort'"),
-        (["--calibration-images", "0"], "calibration images must be from 1 to 256 (the training "
-                                        "split's size), got 0"),
+        (
+            ["--calibration-images", "0"],
+            "calibration images must be from 1 to 256 (the training split's size), got 0",
+        ),
         (["--calibration-images", "257"], "from 1 to 256 (the training split's size), got 257"),
     ],
     ids=["suffix", "zero", "more_than_the_split"],
-)  # fmt: skip
+)
 def test_user_errors_are_one_line(capsys, checkpoint, tmp_path, extra, message):
-    argv = ["quantize", checkpoint, "--data", DATA, "--method", "ptq", "--out",
-            tmp_path / "int8.onnx", *extra]  # fmt: skip
+    argv = [
+        "quantize",
+        checkpoint,
+        "--data",
+        DATA,
+        "--method",
+        "ptq",
+        "--out",
+        tmp_path / "int8.onnx",
+        *extra,
+    ]
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err, err
@@ -500,8 +562,18 @@ def test_user_errors_are_one_line(capsys, checkpoint, tmp_path, extra, message):
     "option, value", [("--method", "dynamic"), ("--calibrate", "kl"), ("--activations", "u16")]
 )
 def test_unknown_choices_are_refused(capsys, checkpoint, tmp_path, option, value):
-    argv = ["quantize", checkpoint, "--data", DATA, "--method", "ptq", "--out",
-            tmp_path / "int8.onnx", option, value]  # fmt: skip
+    argv = [
+        "quantize",
+        checkpoint,
+        "--data",
+        DATA,
+        "--method",
+        "ptq",
+        "--out",
+        tmp_path / "int8.onnx",
+        option,
+        value,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(capsys, *argv)
     err = capsys.readouterr().err
@@ -511,8 +583,9 @@ def test_unknown_choices_are_refused(capsys, checkpoint, tmp_path, option, value
 def test_a_checkpoint_for_other_classes_is_refused(capsys, checkpoint, tmp_path):
     other = load_checkpoint(checkpoint)
     classes = [f"kind {i}" for i in range(10)]
-    path = save_checkpoint(other.model, tmp_path / "other.safetensors", classes,
-                           other.preprocessing)  # fmt: skip
+    path = save_checkpoint(
+        other.model, tmp_path / "other.safetensors", classes, other.preprocessing
+    )
     out = tmp_path / "int8.onnx"
     code, _, err = run_cli(
         capsys, "quantize", path, "--data", DATA, "--method", "ptq", "--out", out

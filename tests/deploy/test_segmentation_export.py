@@ -121,8 +121,10 @@ def exported(checkpoint):
 def test_the_report_says_what_was_written_and_how_close_it_is(exported):
     report = exported
     assert (report.format, report.model_name, report.source) == (
-        "onnx", "deeplabv3_mobilenet_v2_0.35_64_os16_aspp", "checkpoint best.safetensors",
-    )  # fmt: skip
+        "onnx",
+        "deeplabv3_mobilenet_v2_0.35_64_os16_aspp",
+        "checkpoint best.safetensors",
+    )
     assert report.input_shape == (1, 3, 64, 64) and report.opset == 20
     assert (report.output_name, report.output_shape) == ("logits", (1, 4, 64, 64))
     assert report.max_abs_diff <= 1e-4 and report.differing_pixels is None
@@ -169,11 +171,11 @@ def test_metadata_round_trips(exported, checkpoint):
 
 
 def test_bench_measures_the_file_beside_eager_rebuilt_from_its_config(exported):
-    records = bench.run_benchmarks([exported.path], batches=(1,), warmup=0, iterations=1,
-                                   threads=1)  # fmt: skip
+    records = bench.run_benchmarks([exported.path], batches=(1,), warmup=0, iterations=1, threads=1)
     assert [(r.runtime, r.model, r.resolution) for r in records] == [
-        (bench.EAGER, "segmenter.onnx", 64), (bench.ORT, "segmenter.onnx", 64),
-    ]  # fmt: skip
+        (bench.EAGER, "segmenter.onnx", 64),
+        (bench.ORT, "segmenter.onnx", 64),
+    ]
     with pytest.raises(MobileNetsError, match="fixed batch of 1"):
         bench.run_benchmarks([exported.path], batches=(2,), iterations=1, threads=1)
 
@@ -185,8 +187,10 @@ def test_an_argmax_export_returns_each_pixels_class(tmp_path):
     model = random_segmenter()
     report = export_segmenter(model, tmp_path / "labels.onnx", argmax=True, resolution=81)
     assert (report.output_name, report.output_shape, report.input_shape) == (
-        "labels", (1, 81, 81), (1, 3, 81, 81),
-    )  # fmt: skip
+        "labels",
+        (1, 81, 81),
+        (1, 3, 81, 81),
+    )
     assert report.max_abs_diff is None and report.differing_pixels == 0
     assert report.source == "a DeepLabV3 given to export_segmenter"
     metadata = read_onnx_metadata(report.path)
@@ -235,8 +239,11 @@ def test_a_failed_check_keeps_the_previous_file_and_the_model(tmp_path, monkeypa
     before = {key: value.clone() for key, value in model.state_dict().items()}
     path = tmp_path / "segmenter.onnx"
     path.write_bytes(b"previous export")
-    with pytest.raises(MobileNetsError, match=r"the ONNX model disagrees with PyTorch: max abs "
-                                              r"difference \S+ at input 1x3x65x65"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"the ONNX model disagrees with PyTorch: max abs "
+        r"difference \S+ at input 1x3x65x65",
+    ):
         export_segmenter(model, path)
     assert path.read_bytes() == b"previous export" and list(tmp_path.iterdir()) == [path]
     assert all(module.training for module in model.modules()) and batch_norms(model) == 54
@@ -252,10 +259,14 @@ def test_a_failed_check_keeps_the_previous_file_and_the_model(tmp_path, monkeypa
         ("m.onnx", dict(opset=17), "opset must be an integer from 18 to 23"),
         ("m.pte", dict(format="pte", opset=18), "opset=18 applies to format='onnx' only"),
         ("m.onnx", dict(argmax=1), "argmax must be True or False, got 1"),
-        ("m.onnx", dict(resolution=16), r"cannot export deeplabv3_mobilenet_v2_0\.35_64_os16 at "
-                                        r"16 px: resolution must be an integer >= 32"),
+        (
+            "m.onnx",
+            dict(resolution=16),
+            r"cannot export deeplabv3_mobilenet_v2_0\.35_64_os16 at "
+            r"16 px: resolution must be an integer >= 32",
+        ),
     ],
-)  # fmt: skip
+)
 def test_user_errors_name_the_value_and_write_nothing(tmp_path, name, options, message):
     with pytest.raises(MobileNetsError, match=message):
         export_segmenter(random_segmenter(), tmp_path / name, **options)

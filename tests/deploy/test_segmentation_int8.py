@@ -72,8 +72,11 @@ def data_dir(tmp_path_factory):
 def checkpoint(tmp_path_factory):
     """A segmentation run's best checkpoint for the synthetic shapes' classes, at 64 px."""
     torch.manual_seed(0)
-    model = randomize_torch(create_segmenter("deeplabv3_mobilenet_v2", alpha=0.35, resolution=64,
-                                             num_classes=len(CLASSES)))  # fmt: skip
+    model = randomize_torch(
+        create_segmenter(
+            "deeplabv3_mobilenet_v2", alpha=0.35, resolution=64, num_classes=len(CLASSES)
+        )
+    )
     with torch.no_grad():  # logits of about 2, as in test_segmentation_export
         model.classifier.weight *= 0.25
     path = tmp_path_factory.mktemp("run") / "best.safetensors"
@@ -132,8 +135,11 @@ def test_scores_come_back_at_the_image_size():
     assert torch.equal(scores.argmax(1), (images[:, 0] > 0).long())
     assert classes(larger).shape == (1, 3, 16, 12)
     classifier = SquareInputSegmenter(lambda canvas: canvas.mean((2, 3)), 8, num_classes=3)
-    with pytest.raises(MobileNetsError, match=r"returns logits \[1, K, 8, 8\] or a class map "
-                                              r"\[1, 8, 8\], this one \[1, 3\]"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"returns logits \[1, K, 8, 8\] or a class map "
+        r"\[1, 8, 8\], this one \[1, 3\]",
+    ):
         classifier(images)
 
 
@@ -144,8 +150,9 @@ def test_scores_come_back_at_the_image_size():
 def onnx_int8(checkpoint):
     """Logits at 128 px, the images' own size: the fp32 scores are segment eval's."""
     path = checkpoint.parent / "int8.onnx"
-    return export_segmenter_int8(checkpoint.parent, DATA, path, resolution=128,
-                                 calibration_images=CALIBRATION)  # fmt: skip
+    return export_segmenter_int8(
+        checkpoint.parent, DATA, path, resolution=128, calibration_images=CALIBRATION
+    )
 
 
 def test_every_conv_of_the_onnx_file_reads_int8_weights(onnx_int8):
@@ -217,8 +224,14 @@ def test_the_miou_of_both_is_measured_on_the_validation_split(onnx_int8, checkpo
 
 
 def test_an_argmax_file_scores_as_the_logits_file_does(onnx_int8, checkpoint, tmp_path):
-    result = export_segmenter_int8(checkpoint, DATA, tmp_path / "labels.onnx", resolution=128,
-                                   argmax=True, calibration_images=CALIBRATION)  # fmt: skip
+    result = export_segmenter_int8(
+        checkpoint,
+        DATA,
+        tmp_path / "labels.onnx",
+        resolution=128,
+        argmax=True,
+        calibration_images=CALIBRATION,
+    )
     report = result.report
     assert (report.output_name, report.output_shape) == ("labels", (1, 128, 128))
     assert report.differing_pixels == 0 and report.int8.fp32_max_abs_diff is None
@@ -231,9 +244,13 @@ def test_an_argmax_file_scores_as_the_logits_file_does(onnx_int8, checkpoint, tm
 
 def test_images_larger_than_the_file_are_shrunk_to_it(checkpoint, tmp_path, val_set):
     result = export_segmenter_int8(
-        checkpoint, DATA, tmp_path / "int8.onnx", resolution=96, calibration_images=CALIBRATION,
+        checkpoint,
+        DATA,
+        tmp_path / "int8.onnx",
+        resolution=96,
+        calibration_images=CALIBRATION,
         calibrate="percentile",
-    )  # fmt: skip
+    )
     assert result.report.input_shape == (1, 3, 96, 96)
     assert read_onnx_metadata(result.report.path)["quantization"]["calibrate"] == "percentile"
     assert result.report.int8.calibration == "percentile"
@@ -248,8 +265,9 @@ def test_images_larger_than_the_file_are_shrunk_to_it(checkpoint, tmp_path, val_
 @pytest.fixture(scope="module")
 def pte_int8(checkpoint):
     path = checkpoint.parent / "int8.pte"
-    return export_segmenter_int8(checkpoint, DATA, path, format="pte",
-                                 calibration_images=CALIBRATION)  # fmt: skip
+    return export_segmenter_int8(
+        checkpoint, DATA, path, format="pte", calibration_images=CALIBRATION
+    )
 
 
 @pytest.mark.slow
@@ -320,20 +338,33 @@ def calibration(count=2, side=64):
         ("m.onnx", dict(int8=True), r"int8=True needs calibration="),
         ("m.onnx", dict(calibration=calibration()), r"calibration= applies to int8=True only"),
         ("m.onnx", dict(int8=1, calibration=calibration()), "int8 must be True or False, got 1"),
-        ("m.pte", dict(format="pte", int8=True, calibration=calibration(), calibrate="entropy"),
-         r"calibrate='entropy' applies to int8=True with format='onnx' only"),
-        ("m.onnx", dict(int8=True, calibration=calibration(), calibrate="mse"),
-         "calibrate must be one of minmax, entropy, percentile, got 'mse'"),
+        (
+            "m.pte",
+            dict(format="pte", int8=True, calibration=calibration(), calibrate="entropy"),
+            r"calibrate='entropy' applies to int8=True with format='onnx' only",
+        ),
+        (
+            "m.onnx",
+            dict(int8=True, calibration=calibration(), calibrate="mse"),
+            "calibrate must be one of minmax, entropy, percentile, got 'mse'",
+        ),
         ("m.onnx", dict(int8=True, calibration=[]), "calibration= gave no images"),
-        ("m.onnx", dict(int8=True, calibration=[torch.zeros(1, 3, 32, 32)]),
-         r"calibration batches must be float \(N, 3, 64, 64\) tensors, got torch.float32 of "
-         r"shape \(1, 3, 32, 32\)"),
-        ("m.onnx", dict(int8=True, calibration=[*calibration(), torch.zeros(2, 64, 64)]),
-         r"calibration batches must be float \(N, 3, 64, 64\) .* shape \(2, 64, 64\)"),
+        (
+            "m.onnx",
+            dict(int8=True, calibration=[torch.zeros(1, 3, 32, 32)]),
+            r"calibration batches must be float \(N, 3, 64, 64\) tensors, got torch.float32 of "
+            r"shape \(1, 3, 32, 32\)",
+        ),
+        (
+            "m.onnx",
+            dict(int8=True, calibration=[*calibration(), torch.zeros(2, 64, 64)]),
+            r"calibration batches must be float \(N, 3, 64, 64\) .* shape \(2, 64, 64\)",
+        ),
     ],
-)  # fmt: skip
-def test_int8_errors_name_the_argument_and_write_nothing(checkpoint, tmp_path, name, options,
-                                                         message):  # fmt: skip
+)
+def test_int8_errors_name_the_argument_and_write_nothing(
+    checkpoint, tmp_path, name, options, message
+):
     with pytest.raises(MobileNetsError, match=message):
         export_segmenter(checkpoint, tmp_path / name, **options)
     assert list(tmp_path.iterdir()) == []
@@ -358,8 +389,11 @@ def test_data_of_other_classes_is_refused_before_anything_is_written(tmp_path):
     model = create_segmenter("deeplabv3_mobilenet_v2", alpha=0.35, resolution=64, num_classes=3)
     path = tmp_path / "run" / "best.safetensors"
     save_checkpoint(model, path, ("background", "cat", "dog"), PREPROCESSING)
-    with pytest.raises(MobileNetsError, match=r"segments 3 classes \(background, cat, dog\); "
-                                              r"data='synthetic-shapes:10' has 5"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"segments 3 classes \(background, cat, dog\); "
+        r"data='synthetic-shapes:10' has 5",
+    ):
         export_segmenter_int8(path, DATA, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -375,16 +409,32 @@ def run_cli(capsys, *argv):
 
 def test_cli_prints_the_checks_and_the_miou_of_both(checkpoint, tmp_path, capsys):
     out = tmp_path / "int8.onnx"
-    code, printed, err = run_cli(capsys, checkpoint, "--format", "onnx", "--out", out, "--int8",
-                                 "--data", DATA, "--calibration-images", 4, "--argmax")  # fmt: skip
+    code, printed, err = run_cli(
+        capsys,
+        checkpoint,
+        "--format",
+        "onnx",
+        "--out",
+        out,
+        "--int8",
+        "--data",
+        DATA,
+        "--calibration-images",
+        4,
+        "--argmax",
+    )
     assert code == 0, err
     wrote, layers, check, versus, miou, arithmetic = printed.splitlines()
     assert arithmetic.startswith(f"int8 measured on {cpu_info().describe()}; 7-bit weights, ")
-    assert wrote.startswith(f"wrote {out} (deeplabv3_mobilenet_v2_0.35_64_os16 from checkpoint "
-                            "best.safetensors; opset 18, input 1x3x64x64, output labels "
-                            "[1, 64, 64]")  # fmt: skip
-    assert layers == (f"int8: {CONVS} of {CONVS} convs with int8 weights, activation ranges by "
-                      "minmax calibration on 4 training images")  # fmt: skip
+    assert wrote.startswith(
+        f"wrote {out} (deeplabv3_mobilenet_v2_0.35_64_os16 from checkpoint "
+        "best.safetensors; opset 18, input 1x3x64x64, output labels "
+        "[1, 64, 64]"
+    )
+    assert layers == (
+        f"int8: {CONVS} of {CONVS} convs with int8 weights, activation ranges by "
+        "minmax calibration on 4 training images"
+    )
     assert check.startswith("onnxruntime ") and "the fp32 file vs PyTorch: 0 pixel(s)" in check
     assert versus.startswith("int8 file vs the fp32 model on a calibration image: ")
     assert miou.startswith("fp32 mIoU ") and miou.endswith(
@@ -397,14 +447,28 @@ def test_cli_prints_the_checks_and_the_miou_of_both(checkpoint, tmp_path, capsys
 @needs_executorch
 def test_cli_writes_an_int8_class_map_program(checkpoint, tmp_path, capsys):
     out = tmp_path / "int8.pte"
-    code, printed, err = run_cli(capsys, checkpoint, "--format", "pte", "--out", out, "--int8",
-                                 "--data", DATA, "--calibration-images", 4, "--argmax")  # fmt: skip
+    code, printed, err = run_cli(
+        capsys,
+        checkpoint,
+        "--format",
+        "pte",
+        "--out",
+        out,
+        "--int8",
+        "--data",
+        DATA,
+        "--calibration-images",
+        4,
+        "--argmax",
+    )
     assert code == 0, err
     lines = printed.splitlines()
     assert lines[0].startswith(f"wrote {out} (") and "output labels [1, 64, 64]" in lines[0]
     assert "aten.argmax" in lines[1]  # the partitions line: argmax runs outside XNNPACK
-    assert lines[2].startswith(f"int8: {CONVS} of {CONVS} convs with int8 weights, activation "
-                               "ranges by histogram calibration on 4 training images")  # fmt: skip
+    assert lines[2].startswith(
+        f"int8: {CONVS} of {CONVS} convs with int8 weights, activation "
+        "ranges by histogram calibration on 4 training images"
+    )
     steps = segmentation_export.INT8_TOLERANCE_STEPS
     assert lines[3].startswith("executorch ") and lines[3].endswith(
         f"pixel(s) of another class, each where its two best logits are within {steps} "
@@ -419,8 +483,9 @@ def test_cli_writes_an_int8_class_map_program(checkpoint, tmp_path, capsys):
 def write_other_checkpoints(folder):
     classifier = build_model(ModelConfig("mobilenet_v2", 0.35, 64, num_classes=len(CLASSES)))
     save_checkpoint(classifier, folder / "classifier.safetensors", CLASSES, PREPROCESSING)
-    detector = create_detector("ssdlite_mobilenet_v2", alpha=0.35, resolution=64,
-                               num_classes=len(CLASSES))  # fmt: skip
+    detector = create_detector(
+        "ssdlite_mobilenet_v2", alpha=0.35, resolution=64, num_classes=len(CLASSES)
+    )
     save_checkpoint(detector, folder / "detector.safetensors", CLASSES, PREPROCESSING)
 
 
@@ -431,22 +496,36 @@ def write_other_checkpoints(folder):
         (["--data", DATA], "--data applies to --int8 only"),
         (["--calibration-images", "4"], "--calibration-images applies to --int8 only"),
         (["--calibrate", "entropy"], "--calibrate applies to --int8 only"),
-        (["--int8", "--data", DATA, "--calibration-images", "0"],
-         "calibration images must be from 1 to 10 (the training split's size), got 0"),
+        (
+            ["--int8", "--data", DATA, "--calibration-images", "0"],
+            "calibration images must be from 1 to 10 (the training split's size), got 0",
+        ),
         (["--int8", "--data", "synthetic-shapes:x"], "synthetic-shapes:N takes a positive number"),
     ],
-)  # fmt: skip
+)
 def test_cli_int8_errors_are_one_line(checkpoint, tmp_path, capsys, args, message):
-    code, out, err = run_cli(capsys, checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx",
-                             *args)  # fmt: skip
+    code, out, err = run_cli(
+        capsys, checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx", *args
+    )
     assert code == 2 and out == "", err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_calibrate_is_for_onnx_only(checkpoint, tmp_path, capsys):
-    code, _, err = run_cli(capsys, checkpoint, "--format", "pte", "--out", tmp_path / "m.pte",
-                           "--int8", "--data", DATA, "--calibrate", "entropy")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        checkpoint,
+        "--format",
+        "pte",
+        "--out",
+        tmp_path / "m.pte",
+        "--int8",
+        "--data",
+        DATA,
+        "--calibrate",
+        "entropy",
+    )
     assert code == 2 and err.count("\n") == 1
     assert "--calibrate applies to --format onnx only" in err
     assert list(tmp_path.iterdir()) == []
@@ -455,18 +534,31 @@ def test_cli_calibrate_is_for_onnx_only(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("classifier", "is a classification checkpoint (mobilenet_v2_0.35_64), not a segmentation "
-         "one (`mobilenets eval`, `predict` and `export` take it)"),
-        ("detector", "is a detection checkpoint (ssdlite_mobilenet_v2_0.35_64), not a "
-         "segmentation one (`mobilenets detect eval`, `predict` and `export` take it)"),
+        (
+            "classifier",
+            "is a classification checkpoint (mobilenet_v2_0.35_64), not a segmentation "
+            "one (`mobilenets eval`, `predict` and `export` take it)",
+        ),
+        (
+            "detector",
+            "is a detection checkpoint (ssdlite_mobilenet_v2_0.35_64), not a "
+            "segmentation one (`mobilenets detect eval`, `predict` and `export` take it)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_cli_refuses_another_tasks_checkpoint_in_one_line(tmp_path, capsys, name, message):
     write_other_checkpoints(tmp_path)
     out = tmp_path / "out"
     for extra in ([], ["--int8", "--data", DATA]):
-        code, printed, err = run_cli(capsys, tmp_path / f"{name}.safetensors", "--format", "onnx",
-                                     "--out", out / "m.onnx", *extra)  # fmt: skip
+        code, printed, err = run_cli(
+            capsys,
+            tmp_path / f"{name}.safetensors",
+            "--format",
+            "onnx",
+            "--out",
+            out / "m.onnx",
+            *extra,
+        )
         assert code == 2 and printed == "" and err.count("\n") == 1, err
         assert message in err, err
     assert not out.exists()

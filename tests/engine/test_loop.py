@@ -24,21 +24,41 @@ from mobilenets.engine.run import Job
 from mobilenets.engine.settings import TrainSettings
 
 CPU = torch.device("cpu")
-CONFIG = TrainSettings(epochs=1, batch_size=8, lr=0.05, warmup_epochs=0.0, ema_decay=0.9,
-                       amp="off", channels_last=False, device="cpu")  # fmt: skip
+CONFIG = TrainSettings(
+    epochs=1,
+    batch_size=8,
+    lr=0.05,
+    warmup_epochs=0.0,
+    ema_decay=0.9,
+    amp="off",
+    channels_last=False,
+    device="cpu",
+)
 
 
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig("mobilenet_v2", alpha=0.35, resolution=28, num_classes=4, in_chans=1,
-                         dropout=0.0, small_input=True)  # fmt: skip
+    config = ModelConfig(
+        "mobilenet_v2",
+        alpha=0.35,
+        resolution=28,
+        num_classes=4,
+        in_chans=1,
+        dropout=0.0,
+        small_input=True,
+    )
     return build_model(config)
 
 
 def make_batches(count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 1, 28, 28, generator=generator),
-             torch.randint(0, 4, (8,), generator=generator)) for _ in range(count)]  # fmt: skip
+    return [
+        (
+            torch.randn(8, 1, 28, 28, generator=generator),
+            torch.randint(0, 4, (8,), generator=generator),
+        )
+        for _ in range(count)
+    ]
 
 
 def cross_entropy(model, batch, trainer):
@@ -60,11 +80,13 @@ def nan_from(step: int):
 
 def trained_state(model, trainer) -> dict:
     """Copies of what a step changes: the weights, the optimizer state and the EMA."""
-    return copy.deepcopy({
-        "weights": dict(model.named_parameters()),
-        "optimizer": trainer.optimizer.state_dict()["state"],
-        "ema": trainer.ema.state_dict(),
-    })  # fmt: skip
+    return copy.deepcopy(
+        {
+            "weights": dict(model.named_parameters()),
+            "optimizer": trainer.optimizer.state_dict()["state"],
+            "ema": trainer.ema.state_dict(),
+        }
+    )
 
 
 def assert_same(ours, theirs) -> None:
@@ -97,8 +119,9 @@ def test_a_nan_loss_skips_its_update_on_the_device_and_stops_at_the_read_back(
     monkeypatch.setattr(loop, "READ_BACK_SECONDS", 1e9)  # read back at the epoch's end only
     read_backs = count_read_backs(monkeypatch)
     model = tiny_model()
-    trainer, _ = make_trainer(model, 64, CONFIG.replace(optimizer=optimizer), CPU, None,
-                              Distributed())  # fmt: skip
+    trainer, _ = make_trainer(
+        model, 64, CONFIG.replace(optimizer=optimizer), CPU, None, Distributed()
+    )
     started = trained_state(model, trainer)
     good = {}
 
@@ -108,15 +131,23 @@ def test_a_nan_loss_skips_its_update_on_the_device_and_stops_at_the_read_back(
 
     state = EpochState()
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 \(epoch batch 3\);"):
-        train_epoch(model, make_batches(6), trainer, state, loss_fn=nan_from(3), on_step=on_step,
-                    progress=False)  # fmt: skip
+        train_epoch(
+            model,
+            make_batches(6),
+            trainer,
+            state,
+            loss_fn=nan_from(3),
+            on_step=on_step,
+            progress=False,
+        )
     # Steps 3, 4 and 5 ran on the device; none of them changed the weights, the optimizer state
     # (momentum, Adam's moments and step counts) or the EMA, and the host waited only once.
     assert read_backs == [1] and trainer.step == 6
     after = trained_state(model, trainer)
     assert_same(after, good)
-    assert not torch.equal(after["weights"]["stem.conv.weight"],
-                           started["weights"]["stem.conv.weight"])  # fmt: skip
+    assert not torch.equal(
+        after["weights"]["stem.conv.weight"], started["weights"]["stem.conv.weight"]
+    )
     assert state.batch == 0  # the sums of a diverged epoch are not taken
 
 
@@ -127,8 +158,9 @@ def test_the_running_sums_are_read_back_every_read_back_seconds_and_at_the_end(m
         monkeypatch.setattr(loop, "READ_BACK_SECONDS", seconds)
         model = tiny_model()
         trainer, _ = make_trainer(model, 64, CONFIG, CPU, None, Distributed())
-        state = train_epoch(model, make_batches(5), trainer, EpochState(),
-                            loss_fn=cross_entropy, progress=False)  # fmt: skip
+        state = train_epoch(
+            model, make_batches(5), trainer, EpochState(), loss_fn=cross_entropy, progress=False
+        )
         states.append(state)
     assert len(read_backs) == 1 + 5  # once at the end; once a step when every read-back is due
     rare, often = states
@@ -152,8 +184,9 @@ def test_under_torchrun_the_read_backs_fall_on_the_same_steps_in_every_process(m
     monkeypatch.setattr(loop, "READ_BACK_STEPS", 2)
     model = tiny_model()
     trainer, _ = make_trainer(model, 64, CONFIG, CPU, None, Distributed(rank=1, world_size=2))
-    state = train_epoch(model, make_batches(5), trainer, EpochState(), loss_fn=cross_entropy,
-                        progress=False)  # fmt: skip
+    state = train_epoch(
+        model, make_batches(5), trainer, EpochState(), loss_fn=cross_entropy, progress=False
+    )
     assert len(read_backs) == 3  # after steps 2 and 4, and at the end
     assert state.batch == 5 and state.seen == 40
 
@@ -172,8 +205,9 @@ def test_no_step_reads_from_the_device(monkeypatch):
             return _original(self, *args)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    train_epoch(model, make_batches(4), trainer, EpochState(), loss_fn=cross_entropy,
-                progress=False)  # fmt: skip
+    train_epoch(
+        model, make_batches(4), trainer, EpochState(), loss_fn=cross_entropy, progress=False
+    )
     assert reads == ["tolist"]  # the epoch's one read-back
 
 
@@ -185,8 +219,9 @@ def test_fused_sgd_follows_foreach_sgd_on_the_cpu():
         optimizer = make_optimizer(model, config)
         assert all(group["fused"] for group in optimizer.param_groups)
         if not fused:
-            optimizer = torch.optim.SGD(optimizer.param_groups, lr=config.lr, momentum=0.9,
-                                        nesterov=True, foreach=True)  # fmt: skip
+            optimizer = torch.optim.SGD(
+                optimizer.param_groups, lr=config.lr, momentum=0.9, nesterov=True, foreach=True
+            )
         for images, labels in make_batches(4):
             optimizer.zero_grad()
             F.cross_entropy(model(images), labels).backward()
@@ -250,8 +285,10 @@ class OwnBatches(torch.utils.data.Dataset):
     def batches(self, sampler, batch_size: int, device: torch.device):
         self.calls.append((sampler.epoch, sampler.start_batch, batch_size, device))
         order = torch.tensor(sampler.indices())
-        return [(self.images[chunk].to(device), self.labels[chunk].to(device))
-                for chunk in order.split(batch_size)]  # fmt: skip
+        return [
+            (self.images[chunk].to(device), self.labels[chunk].to(device))
+            for chunk in order.split(batch_size)
+        ]
 
 
 class TinyTask:
@@ -265,8 +302,15 @@ class TinyTask:
 
     def prepare(self, config, saved_run, context) -> Job:
         preprocessing = Preprocessing(resolution=28, mean=(0.5,), std=(0.5,), channels=1)
-        return Job(tiny_model(), self.train, self.loss_fn, lambda model: 0.5, ("a", "b", "c", "d"),
-                   preprocessing, record={})  # fmt: skip
+        return Job(
+            tiny_model(),
+            self.train,
+            self.loss_fn,
+            lambda model: 0.5,
+            ("a", "b", "c", "d"),
+            preprocessing,
+            record={},
+        )
 
     def train_metrics(self, sums, seen) -> dict:
         return {"train_top1": sums["correct"] / seen}

@@ -29,8 +29,9 @@ TASK_CONFIGS = (TrainConfig, DetectionTrainConfig)
         (dict(state_every=-1), "state_every must be >= 0, got -1"),
     ],
 )
-def test_every_task_refuses_a_bad_shared_setting_with_the_same_message(config_type, changes,
-                                                                      message):  # fmt: skip
+def test_every_task_refuses_a_bad_shared_setting_with_the_same_message(
+    config_type, changes, message
+):
     with pytest.raises(MobileNetsError) as error:
         config_type(**changes)
     assert str(error.value) == message

@@ -35,9 +35,17 @@ from mobilenets.tasks.classification.train import (
 
 # A tiny, learnable run: 0.35-wide small-input V2 on 32x32 synthetic images.
 TINY = dict(
-    model="mobilenet_v2", data="synthetic:160", alpha=0.35, epochs=2, batch_size=16, lr=0.05,
-    warmup_epochs=0.0, augment="basic", random_erasing=0.0, workers=0,
-)  # fmt: skip
+    model="mobilenet_v2",
+    data="synthetic:160",
+    alpha=0.35,
+    epochs=2,
+    batch_size=16,
+    lr=0.05,
+    warmup_epochs=0.0,
+    augment="basic",
+    random_erasing=0.0,
+    workers=0,
+)
 TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")
 
 
@@ -187,8 +195,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_exactly_as_an_uninterrupted_run(
         assert all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
-def test_resume_may_move_a_run_to_other_workers_and_finishes_exactly(tmp_path, monkeypatch,
-                                                                    caplog):  # fmt: skip
+def test_resume_may_move_a_run_to_other_workers_and_finishes_exactly(tmp_path, monkeypatch, caplog):
     # As when a run started on one machine carries on on another: the same run, resumed with
     # other loader workers and save interval, ends with the uninterrupted run's weights.
     config = tiny_config(epochs=2, dropout=0.5, random_erasing=0.5)
@@ -256,8 +263,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 
 @pytest.mark.parametrize("terminal", [False, True])
-def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path, capsys, monkeypatch,
-                                                                  caplog, terminal):  # fmt: skip
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(
+    tmp_path, capsys, monkeypatch, caplog, terminal
+):
     monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)  # a line after every step
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     with caplog.at_level(logging.INFO, logger="mobilenets.progress"):
@@ -271,8 +279,9 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path, caps
         assert [line.split(" batch [")[0] for line in lines] == [
             f"epoch 1/1: {n}/10" for n in range(1, 11)
         ]
-        assert all(re.search(r"<\d\d:\d\d, .*loss=\d\.\d{4}, lr=.*, img_s=", line)
-                   for line in lines)  # fmt: skip
+        assert all(
+            re.search(r"<\d\d:\d\d, .*loss=\d\.\d{4}, lr=.*, img_s=", line) for line in lines
+        )
 
 
 def test_resume_refuses_data_with_another_number_of_classes(finished_run, tmp_path):
@@ -291,12 +300,36 @@ def test_torchrun_trains_on_two_cpu_processes_with_gloo(tmp_path):
     # Started from weights, which the main process reads first and the other after it.
     weights = save_weights(create_model("mobilenet_v2", alpha=0.35), tmp_path / "w.safetensors")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-        "--standalone", "-m", "mobilenets", "train", "--data", "synthetic:128",
-        "--model", "mobilenet_v2", "--alpha", "0.35", "--epochs", "1", "--batch-size", "16",
-        "--lr", "0.05", "--augment", "basic", "--random-erasing", "0", "--no-progress",
-        "--weights", str(weights), "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--standalone",
+        "-m",
+        "mobilenets",
+        "train",
+        "--data",
+        "synthetic:128",
+        "--model",
+        "mobilenet_v2",
+        "--alpha",
+        "0.35",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.05",
+        "--augment",
+        "basic",
+        "--random-erasing",
+        "0",
+        "--no-progress",
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -356,8 +389,9 @@ def test_image_folders_go_to_the_device_with_the_crop_and_flip_only(tmp_path):
     assert not uses_device_data(tiny_config(augment="trivial", random_erasing=0.0), folder, cuda)
     assert not uses_device_data(tiny_config(augment="basic", random_erasing=0.25), folder, cuda)
     with pytest.raises(MobileNetsError, match=r"not augment='trivial' and random_erasing=0.25"):
-        uses_device_data(tiny_config(device_data="on", augment="trivial", random_erasing=0.25),
-                         folder, cuda)  # fmt: skip
+        uses_device_data(
+            tiny_config(device_data="on", augment="trivial", random_erasing=0.25), folder, cuda
+        )
 
 
 def test_a_jpeg_folder_trains_on_the_device_without_the_data_loader(tmp_path, monkeypatch):
@@ -365,8 +399,13 @@ def test_a_jpeg_folder_trains_on_the_device_without_the_data_loader(tmp_path, mo
         raise AssertionError("device_data='on' trains without a DataLoader")
 
     monkeypatch.setattr(run, "make_loader", no_loader)  # evaluation keeps its own loader
-    config = tiny_config(data=str(jpeg_folder(tmp_path / "jpegs")), resolution=64, epochs=1,
-                         batch_size=4, device_data="on")  # fmt: skip
+    config = tiny_config(
+        data=str(jpeg_folder(tmp_path / "jpegs")),
+        resolution=64,
+        epochs=1,
+        batch_size=4,
+        device_data="on",
+    )
     fit(config, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 1 and rows[0]["step"] == 16 // 4 and math.isfinite(rows[0]["train_loss"])
@@ -379,8 +418,9 @@ def test_a_run_with_device_data_trains_without_the_data_loader(tmp_path, monkeyp
         raise AssertionError("device_data='on' trains without a DataLoader")
 
     monkeypatch.setattr(run, "make_loader", no_loader)  # evaluation keeps its own loader
-    config = tiny_config(data="synthetic:256", epochs=1, device_data="on", augment="trivial",
-                         random_erasing=0.25)  # fmt: skip
+    config = tiny_config(
+        data="synthetic:256", epochs=1, device_data="on", augment="trivial", random_erasing=0.25
+    )
     result = fit(config, tmp_path, progress=False)
     rows = read_metrics(tmp_path)
     assert len(rows) == 1 and rows[0]["step"] == 256 // 16 and math.isfinite(rows[0]["train_loss"])
@@ -390,8 +430,14 @@ def test_a_run_with_device_data_trains_without_the_data_loader(tmp_path, monkeyp
 
 
 def test_an_interrupted_run_with_device_data_resumes_exactly(tmp_path, monkeypatch):
-    config = tiny_config(epochs=2, dropout=0.5, random_erasing=0.5, augment="trivial",
-                         device_data="on", state_every=4)  # fmt: skip
+    config = tiny_config(
+        epochs=2,
+        dropout=0.5,
+        random_erasing=0.5,
+        augment="trivial",
+        device_data="on",
+        state_every=4,
+    )
     straight, stopped_run = tmp_path / "straight", tmp_path / "stopped"
     fit(config, straight, progress=False)
     original = run.train_epoch

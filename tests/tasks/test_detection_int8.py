@@ -92,8 +92,13 @@ def checkpoint_file(data_dir, tmp_path_factory) -> Path:
     data = load_detection_data(DATA, splits=("val",))
     model = background_leaning_detector(len(data.class_names), RESOLUTION)
     path = tmp_path_factory.mktemp("checkpoint") / "best.safetensors"
-    save_checkpoint(model, path, data.class_names, detection_preprocessing(RESOLUTION, None),
-                    category_ids=list(data.category_ids))  # fmt: skip
+    save_checkpoint(
+        model,
+        path,
+        data.class_names,
+        detection_preprocessing(RESOLUTION, None),
+        category_ids=list(data.category_ids),
+    )
     return path
 
 
@@ -135,8 +140,9 @@ def head_outputs(path: Path, images: torch.Tensor) -> list[np.ndarray]:
     network = onnx.utils.Extractor(onnx.load(str(path))).extract_model(
         ["input"], list(detection_int8.HEAD_NAMES)
     )
-    session = onnxruntime.InferenceSession(network.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    session = onnxruntime.InferenceSession(
+        network.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {"input": images.numpy()})
 
 
@@ -173,11 +179,14 @@ def parse_ap(line: str) -> tuple[float, ...]:
 def test_head_steps_finds_how_far_the_head_outputs_moved(loss):
     """Decoded outputs of head outputs moved by up to 5 steps each are found within 5 steps and
     more than 2.5 (the range allows every other output to move too); moved by 120, beyond 48."""
-    anchors = create_detector("ssdlite_mobilenet_v2", num_classes=5, alpha=0.35,
-                              resolution=RESOLUTION).anchors()  # fmt: skip
+    anchors = create_detector(
+        "ssdlite_mobilenet_v2", num_classes=5, alpha=0.35, resolution=RESOLUTION
+    ).anchors()
     generator = torch.Generator().manual_seed(0)
-    heads = (3 * torch.randn(1, len(anchors), 5, generator=generator),
-             torch.randn(1, len(anchors), 4, generator=generator))  # fmt: skip
+    heads = (
+        3 * torch.randn(1, len(anchors), 5, generator=generator),
+        torch.randn(1, len(anchors), 4, generator=generator),
+    )
     scales = (0.05, 0.02)
 
     def moved(steps: float):
@@ -198,8 +207,18 @@ def test_head_steps_finds_how_far_the_head_outputs_moved(loss):
 
 def test_int8_onnx_from_the_command_line(checkpoint_file, checkpoint, tmp_path, capsys):
     path = tmp_path / "int8.onnx"
-    code, out, err = run_cli(capsys, "export", checkpoint_file, "--out", path, "--int8",
-                             "--data", DATA, "--calibration-images", CALIBRATION)  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "export",
+        checkpoint_file,
+        "--out",
+        path,
+        "--int8",
+        "--data",
+        DATA,
+        "--calibration-images",
+        CALIBRATION,
+    )
     assert code == 0, err
     wrote, int8, check, accuracy, arithmetic = out.splitlines()
     assert wrote.startswith(
@@ -250,8 +269,9 @@ def test_int8_onnx_from_the_command_line(checkpoint_file, checkpoint, tmp_path, 
 
     # what the evaluation reads from the file (3 images through its batch of 1) is postprocess
     cls_logits, box_regression = (torch.cat(parts) for parts in zip(*heads, strict=True))
-    wanted = postprocess(score_logits(cls_logits, checkpoint.loss), box_regression,
-                         checkpoint.model.anchors())  # fmt: skip
+    wanted = postprocess(
+        score_logits(cls_logits, checkpoint.loss), box_regression, checkpoint.model.anchors()
+    )
     assert all(len(found["scores"]) >= 5 for found in wanted)  # detections to compare
     found = detection_int8.ExportedDetector(path)(images, SIZES)
     assert compare_detections(as_outputs(found, SIZES), wanted) <= 1e-4
@@ -269,8 +289,9 @@ def test_int8_onnx_with_nms_inside_keeps_nms_float(checkpoint, tmp_path):
     assert nms.name.startswith(detection_int8.TAIL_PREFIX)
     boxes, scores = (producers[name] for name in nms.input[:2])  # then its constants
     assert boxes.op_type != "DequantizeLinear" and scores.op_type != "DequantizeLinear"
-    assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear")
-                   for node in tail_nodes(model))  # fmt: skip
+    assert not any(
+        node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in tail_nodes(model)
+    )
     assert report.input_shape == ("batch", 3, RESOLUTION, RESOLUTION)
     assert report.quantization.calibration_images == CALIBRATION
 
@@ -278,10 +299,10 @@ def test_int8_onnx_with_nms_inside_keeps_nms_float(checkpoint, tmp_path):
     images = val_images(checkpoint, 3)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ours = session.run(list(detection_export.NMS_OUTPUT_NAMES), {"input": images.numpy()})
-    cls_logits, box_regression = (torch.from_numpy(value)
-                                  for value in head_outputs(path, images))  # fmt: skip
-    wanted = postprocess(score_logits(cls_logits, checkpoint.loss), box_regression,
-                         checkpoint.model.anchors())  # fmt: skip
+    cls_logits, box_regression = (torch.from_numpy(value) for value in head_outputs(path, images))
+    wanted = postprocess(
+        score_logits(cls_logits, checkpoint.loss), box_regression, checkpoint.model.anchors()
+    )
     assert all(len(found["scores"]) >= 5 for found in wanted)  # detections to compare
     assert compare_detections(ours, wanted) <= 1e-4
     found = detection_int8.ExportedDetector(path)(images, SIZES)  # what the evaluation reads
@@ -317,8 +338,18 @@ def fp32_pte(checkpoint_file, tmp_path_factory):
 def int8_pte(checkpoint_file, tmp_path_factory):
     """The int8 program written by the command, its exit status and what it printed."""
     path = tmp_path_factory.mktemp("pte-int8") / "detector.int8.pte"
-    return path, *run_captured("detect", "export", checkpoint_file, "--out", path, "--int8",
-                               "--data", DATA, "--calibration-images", CALIBRATION)  # fmt: skip
+    return path, *run_captured(
+        "detect",
+        "export",
+        checkpoint_file,
+        "--out",
+        path,
+        "--int8",
+        "--data",
+        DATA,
+        "--calibration-images",
+        CALIBRATION,
+    )
 
 
 @pytest.mark.slow
@@ -382,8 +413,9 @@ def test_int8_pte_from_the_command_line(int8_pte, fp32_pte):
 
 @pytest.mark.slow
 @needs_executorch
-def test_a_program_that_disagrees_leaves_no_file(checkpoint, fp32_pte, int8_pte, tmp_path,
-                                                 monkeypatch):  # fmt: skip
+def test_a_program_that_disagrees_leaves_no_file(
+    checkpoint, fp32_pte, int8_pte, tmp_path, monkeypatch
+):
     """The fp32 check refuses the int8 program, the int8 check one beyond its steps (the fp32
     program, allowed 0 steps); neither leaves a file."""
     int8_program, fp32_program = int8_pte[0].read_bytes(), fp32_pte[0].read_bytes()
@@ -393,8 +425,12 @@ def test_a_program_that_disagrees_leaves_no_file(checkpoint, fp32_pte, int8_pte,
         export_detector_pte(checkpoint, tmp_path / "fp32.pte")
     monkeypatch.setattr(detection_export, "INT8_TOLERANCE_STEPS", 0)
     with pytest.raises(MobileNetsError, match="int8 ExecuTorch program disagrees with its"):
-        export_detector_pte(checkpoint, tmp_path / "int8.pte", int8=True,
-                            calibration=calibration(checkpoint, batch=4))  # fmt: skip
+        export_detector_pte(
+            checkpoint,
+            tmp_path / "int8.pte",
+            int8=True,
+            calibration=calibration(checkpoint, batch=4),
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -404,8 +440,11 @@ def test_a_program_that_disagrees_leaves_no_file(checkpoint, fp32_pte, int8_pte,
 @pytest.fixture(scope="module")
 def other_checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("others")
-    classifier = build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=32,
-                                         num_classes=10, small_input=True))  # fmt: skip
+    classifier = build_model(
+        ModelConfig(
+            arch="mobilenet_v2", alpha=0.35, resolution=32, num_classes=10, small_input=True
+        )
+    )
     segmenter = create_segmenter(alpha=0.35, resolution=64, num_classes=3)
     return {
         "classifier": save_weights(classifier, folder / "classifier.safetensors"),
@@ -417,19 +456,36 @@ def other_checkpoints(tmp_path_factory) -> dict[str, Path]:
     ("args", "message"),
     [
         (["--out", "{tmp}/x.onnx", "--int8"], "--int8 needs --data SPEC, the checkpoint's dataset"),
-        (["--out", "{tmp}/x.pte", "--nms"],
-         "--nms applies to --format onnx only: a .pte program leaves NMS to its caller"),
-        (["--out", "{tmp}/x.pte", "--format", "pte", "--int8", "--data", DATA, "--calibrate",
-          "entropy"], "--calibrate applies to --format onnx only, not to pte"),
+        (
+            ["--out", "{tmp}/x.pte", "--nms"],
+            "--nms applies to --format onnx only: a .pte program leaves NMS to its caller",
+        ),
+        (
+            [
+                "--out",
+                "{tmp}/x.pte",
+                "--format",
+                "pte",
+                "--int8",
+                "--data",
+                DATA,
+                "--calibrate",
+                "entropy",
+            ],
+            "--calibrate applies to --format onnx only, not to pte",
+        ),
         (["--out", "{tmp}/x.onnx", "--data", DATA], "--data applies to --int8 only"),
         (["--out", "{tmp}/x.onnx", "--format", "pte"], "the output must be a .pte file"),
-        (["--out", "{tmp}/x.onnx", "--int8", "--data", DATA, "--calibration-images", "0"],
-         "calibration images must be from 1 to 20 (the training split's size), got 0"),
+        (
+            ["--out", "{tmp}/x.onnx", "--int8", "--data", DATA, "--calibration-images", "0"],
+            "calibration images must be from 1 to 20 (the training split's size), got 0",
+        ),
         (["--out", "{tmp}/x.onnx", "--int8", "--data", "synthetic:64"], "is not one of"),
     ],
-)  # fmt: skip
-def test_user_errors_are_one_line_and_write_nothing(checkpoint_file, tmp_path, capsys, args,
-                                                    message):  # fmt: skip
+)
+def test_user_errors_are_one_line_and_write_nothing(
+    checkpoint_file, tmp_path, capsys, args, message
+):
     args = [arg.format(tmp=tmp_path) for arg in args]
     code, out, err = run_cli(capsys, "export", checkpoint_file, *args)
     assert code == 2 and message in err, err

@@ -47,8 +47,16 @@ pytestmark = pytest.mark.usefixtures("one_thread", "data_dir")  # small nets: th
 
 # A tiny run: 0.35-wide SSDLite at 64 px on 8 training and 2 validation synthetic images.
 DATA = "synthetic-shapes:10"
-TINY = dict(data=DATA, alpha=0.35, resolution=64, epochs=2, batch_size=4, lr=3e-3,
-            warmup_epochs=0.0, augment="flip")  # fmt: skip
+TINY = dict(
+    data=DATA,
+    alpha=0.35,
+    resolution=64,
+    epochs=2,
+    batch_size=4,
+    lr=3e-3,
+    warmup_epochs=0.0,
+    augment="flip",
+)
 TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -126,8 +134,9 @@ def test_the_loader_workers_match_boxes_to_anchors_as_the_main_process_would():
         )
     )
     collate = AssignTargets(model.anchors(), iou_threshold=0.4)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=3, num_workers=1,
-                                         collate_fn=collate)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        data.train, batch_size=3, num_workers=1, collate_fn=collate
+    )
     images, targets, labels, box_targets = next(iter(loader))
     expected_images, expected_targets = collate_detections([data.train[i] for i in range(3)])
     expected_labels, expected_boxes = assign_batch(model.anchors(), expected_targets, 0.4)
@@ -244,11 +253,31 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 def test_torchrun_trains_on_two_cpu_processes_and_gathers_the_evaluation(tmp_path):
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
-        "-m", "mobilenets", "detect", "train", "--data", DATA, "--alpha", "0.35",
-        "--resolution", "64", "--epochs", "1", "--batch-size", "2", "--augment", "flip",
-        "--no-progress", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--standalone",
+        "-m",
+        "mobilenets",
+        "detect",
+        "train",
+        "--data",
+        DATA,
+        "--alpha",
+        "0.35",
+        "--resolution",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--augment",
+        "flip",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -293,9 +322,11 @@ def test_focal_scores_are_sigmoids_and_postprocess_sees_them():
 
 
 def write_voc(root: Path, splits: tuple[str, ...]) -> Path:
-    xml = ("<annotation><size><width>40</width><height>30</height></size><object><name>dog"
-           "</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>30</ymax></bndbox>"
-           "</object></annotation>")  # fmt: skip
+    xml = (
+        "<annotation><size><width>40</width><height>30</height></size><object><name>dog"
+        "</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>30</ymax></bndbox>"
+        "</object></annotation>"
+    )
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "Annotations/0001.xml").write_text(xml)
@@ -312,8 +343,11 @@ def test_data_specs_synthetic_coco_folder_and_voc(tmp_path):
     root = Path(synthetic.val.images).parent  # the generated folder has the coco:DIR layout
     coco = load_detection_data(f"coco:{root}", splits=("val",))
     assert coco.train is None and len(coco.val) == 2 and coco.class_names == synthetic.class_names
-    files = ",".join(str(p) for s in ("train", "val") for p in (root / s, root /
-                     "annotations" / f"instances_{s}.json"))  # fmt: skip
+    files = ",".join(
+        str(p)
+        for s in ("train", "val")
+        for p in (root / s, root / "annotations" / f"instances_{s}.json")
+    )
     assert len(load_detection_data(f"coco:{files}").train) == 10
     voc = load_detection_data(f"voc:{write_voc(tmp_path / 'a', ('trainval', 'test'))}")
     assert (voc.train.split, voc.val.split, voc.class_names[12]) == ("trainval", "test", "dog")
@@ -341,9 +375,27 @@ def test_bad_data_specs_name_the_value(spec, message):
 
 def test_detect_train_eval_predict_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["detect", "train", "--data", DATA, "--alpha", "0.35", "--resolution", "64",
-                 "--epochs", "1", "--batch-size", "4", "--augment", "flip", "--out", str(out),
-                 "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "detect",
+            "train",
+            "--data",
+            DATA,
+            "--alpha",
+            "0.35",
+            "--resolution",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--augment",
+            "flip",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "val AP" in printed and (out / "best.safetensors").is_file()
@@ -398,19 +450,22 @@ def test_export_with_decoding_matches_pytorch(finished_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--data", "nope:1", "--out", "{tmp}/x"],
-         "--data 'nope:1' is not one of: synthetic-shapes[:N]"),
-        (["train", "--data", DATA, "--loss", "hinge", "--out", "{tmp}/x"],
-         "loss must be one of softmax, focal, got 'hinge'"),
+        (
+            ["train", "--data", "nope:1", "--out", "{tmp}/x"],
+            "--data 'nope:1' is not one of: synthetic-shapes[:N]",
+        ),
+        (
+            ["train", "--data", DATA, "--loss", "hinge", "--out", "{tmp}/x"],
+            "loss must be one of softmax, focal, got 'hinge'",
+        ),
         (["train", "--resume", "--epochs", "3", "--out", "{tmp}/x"], "drop --epochs (it may"),
         (["eval", "{tmp}/missing.safetensors", "--data", DATA], "missing.safetensors' does not"),
         (["predict", "{run}", "{tmp}/bad.jpg"], "cannot read image"),
         (["predict", "{run}", "{tmp}/bad.jpg", "--out", "{tmp}/x.gif"], "--out must end in .png"),
         (["export", "{run}", "--out", "{tmp}/x.pb"], "the output must be a .onnx file"),
     ],
-)  # fmt: skip
-def test_user_errors_are_one_line_and_a_nonzero_exit(finished_run, tmp_path, capsys, args,
-                                                     message):  # fmt: skip
+)
+def test_user_errors_are_one_line_and_a_nonzero_exit(finished_run, tmp_path, capsys, args, message):
     (tmp_path / "bad.jpg").write_text("not an image")
     run, _ = finished_run
     args = [a.format(tmp=tmp_path, run=run) for a in args]

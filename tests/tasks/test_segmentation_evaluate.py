@@ -100,8 +100,9 @@ def test_flip_tta_averages_probabilities_of_an_image_and_its_mirror():
     assert torch.allclose(scores, expected, rtol=0, atol=1e-7)
     # Whatever the model, the flip-averaged scores of a mirror image are the mirror of its
     # scores; this model's own are not.
-    assert torch.allclose(segment_logits(model, images.flip(-1), "flip"), scores.flip(-1),
-                          rtol=0, atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        segment_logits(model, images.flip(-1), "flip"), scores.flip(-1), rtol=0, atol=1e-6
+    )
     assert not torch.allclose(model(images.flip(-1)), model(images).flip(-1), atol=1e-3)
 
 
@@ -114,8 +115,9 @@ def test_multiscale_tta_runs_six_scales_with_mirrors_at_tf_deeplab_sizes():
     expected = [(scaled_size(33, s), scaled_size(21, s)) for s in MULTISCALE for _ in range(2)]
     assert model.sizes == expected  # (17, 11), (17, 11), (25, 16), ... (57, 36), (57, 36)
     assert torch.allclose(scores.sum(1), torch.ones(2, 33, 21), atol=1e-6)  # probabilities
-    assert torch.allclose(segment_logits(model, images.flip(-1), "multiscale"), scores.flip(-1),
-                          rtol=0, atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        segment_logits(model, images.flip(-1), "multiscale"), scores.flip(-1), rtol=0, atol=1e-6
+    )
 
 
 def test_multiscale_of_a_uniform_image_through_a_pixelwise_model_is_its_softmax():
@@ -160,8 +162,9 @@ def test_evaluation_scores_the_whole_set_the_same_at_any_batch_size():
 
 def test_flip_tta_of_a_pixelwise_model_changes_no_prediction():
     plain = evaluate_segmenter(PixelClassifier(), Shapes(), batch_size=2, progress=False)
-    flipped = evaluate_segmenter(PixelClassifier(), Shapes(), tta="flip", batch_size=2,
-                                 progress=False)  # fmt: skip
+    flipped = evaluate_segmenter(
+        PixelClassifier(), Shapes(), tta="flip", batch_size=2, progress=False
+    )
     assert flipped == plain
 
 

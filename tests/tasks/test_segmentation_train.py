@@ -123,8 +123,9 @@ def test_a_few_steps_on_one_batch_lower_the_loss_with_and_without_aux(aux_loss):
     losses = []
     for _ in range(8):  # the same batch again and again: the loss must fall
         state = EpochState()
-        train_epoch(model, [batch], trainer, state, loss_fn=segmentation_loss(aux_loss),
-                    progress=False)  # fmt: skip
+        train_epoch(
+            model, [batch], trainer, state, loss_fn=segmentation_loss(aux_loss), progress=False
+        )
         losses.append(state.loss_sum / state.seen)
         main = state.sums["ce_sum"] / state.seen
         aux = state.sums.get("aux_sum", 0.0) / state.seen
@@ -143,13 +144,22 @@ def test_a_run_leaves_metrics_checkpoints_evaluation_plots_and_overlays(finished
     assert record["train_config"] == tiny_config(aux_loss=0.4).to_dict()
     saved = record["segmentation_config"]
     assert (saved["num_classes"], saved["aux"], saved["output_stride"], saved["resolution"]) == (
-        5, True, 16, 64,
-    )  # fmt: skip
+        5,
+        True,
+        16,
+        64,
+    )
     rows = read_metrics(out)
     assert [row["epoch"] for row in rows] == [1, 2] and result.epochs == 2
     for row in rows:
-        assert {"train_ce_loss", "train_aux_loss", "val_mIoU", "val_pixel_accuracy",
-                "val_mean_accuracy", "val_fwIoU"} <= set(row)  # fmt: skip
+        assert {
+            "train_ce_loss",
+            "train_aux_loss",
+            "val_mIoU",
+            "val_pixel_accuracy",
+            "val_mean_accuracy",
+            "val_fwIoU",
+        } <= set(row)
         assert row["train_loss"] == pytest.approx(
             row["train_ce_loss"] + 0.4 * row["train_aux_loss"], rel=1e-6
         )
@@ -201,8 +211,10 @@ def test_an_existing_run_is_kept_and_resume_is_refused_as_another_task(finished_
         fit_detector(None, out, resume=True, progress=False)
     # A detection run's state (the fields open_run reads) is not resumed as segmentation.
     save_state(tmp_path / STATE_FILE, {"run": {"task": "detection", "train_config": {}}})
-    with pytest.raises(MobileNetsError, match="holds a detection run, not a segmentation run; "
-                       "resume it as detection training"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match="holds a detection run, not a segmentation run; resume it as detection training",
+    ):
         fit_segmenter(None, tmp_path, resume=True, progress=False)
 
 
@@ -256,12 +268,19 @@ def test_backbone_weights_from_a_classification_checkpoint_of_ours(tmp_path):
     with torch.no_grad():
         for parameter in classifier.parameters():
             parameter.add_(torch.randn_like(parameter))
-    path = save_checkpoint(classifier, tmp_path / "ours.safetensors", [str(i) for i in range(10)],
-                           imagenet_preprocessing(224))  # fmt: skip
+    path = save_checkpoint(
+        classifier,
+        tmp_path / "ours.safetensors",
+        [str(i) for i in range(10)],
+        imagenet_preprocessing(224),
+    )
     job = Segmentation().prepare(tiny_config(backbone_weights=path), None, CPU)
     backbone = job.model.backbone.state_dict()
-    copied = {k: v for k, v in classifier.state_dict().items()
-              if not k.startswith(("classifier.", "head."))}  # fmt: skip
+    copied = {
+        k: v
+        for k, v in classifier.state_dict().items()
+        if not k.startswith(("classifier.", "head."))
+    }
     assert set(copied) == set(backbone)
     assert all(torch.equal(backbone[key], value) for key, value in copied.items())
     assert job.model.num_classes == 5 and job.preprocessing.resolution == 64
@@ -269,10 +288,17 @@ def test_backbone_weights_from_a_classification_checkpoint_of_ours(tmp_path):
 
 
 def test_backbone_weights_of_another_width_are_refused_with_the_differences(tmp_path):
-    path = save_checkpoint(MobileNetV2(alpha=0.5, num_classes=3), tmp_path / "wide.safetensors",
-                           ["a", "b", "c"], imagenet_preprocessing(224))  # fmt: skip
-    with pytest.raises(MobileNetsError, match=r"do not fit deeplabv3_mobilenet_v2_0.35_64_os16: "
-                       r"alpha 0.5 \(need 0.35\)"):  # fmt: skip
+    path = save_checkpoint(
+        MobileNetV2(alpha=0.5, num_classes=3),
+        tmp_path / "wide.safetensors",
+        ["a", "b", "c"],
+        imagenet_preprocessing(224),
+    )
+    with pytest.raises(
+        MobileNetsError,
+        match=r"do not fit deeplabv3_mobilenet_v2_0.35_64_os16: "
+        r"alpha 0.5 \(need 0.35\)",
+    ):
         fit_segmenter(tiny_config(backbone_weights=path), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
@@ -303,8 +329,9 @@ def test_eval_with_flip_tta_is_the_library_evaluation_with_flips(finished_run):
     flipped = evaluate_checkpoint(checkpoint, DATA, tta="flip", device="cpu")
     dataset = load_segmentation_data(DATA, splits=("val",)).val
     dataset.transform = eval_transform(checkpoint.preprocessing)
-    expected = evaluate_segmenter(checkpoint.model, dataset, tta="flip", batch_size=1,
-                                  progress=False)  # fmt: skip
+    expected = evaluate_segmenter(
+        checkpoint.model, dataset, tta="flip", batch_size=1, progress=False
+    )
     assert flipped == expected
     with pytest.raises(MobileNetsError, match="tta 'mirror' is not one of none, flip, multiscale"):
         evaluate_checkpoint(checkpoint, DATA, tta="mirror")
@@ -313,8 +340,11 @@ def test_eval_with_flip_tta_is_the_library_evaluation_with_flips(finished_run):
 def test_eval_refuses_data_with_other_classes(finished_run, tmp_path):
     out, _ = finished_run
     write_folder(tmp_path, class_names=["sky", "sea", "sand"])
-    with pytest.raises(MobileNetsError, match=r"segments 5 classes \(background, circle, .*"
-                       r"data='folder:.*' has 3 \(sky, sea, sand\)"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"segments 5 classes \(background, circle, .*"
+        r"data='folder:.*' has 3 \(sky, sea, sand\)",
+    ):
         evaluate_checkpoint(load_segmentation_checkpoint(out), f"folder:{tmp_path}")
 
 
@@ -360,11 +390,17 @@ def test_palette_overlay_and_mask_image():
 def test_the_defaults_are_deeplabs_recipe():
     config = SegmentationTrainConfig()
     assert (config.optimizer, config.lr, config.momentum, config.nesterov) == (
-        "sgd", 0.007, 0.9, False,
-    )  # fmt: skip
+        "sgd",
+        0.007,
+        0.9,
+        False,
+    )
     assert (config.schedule, config.weight_decay, config.output_stride, config.crop) == (
-        "poly", 4e-5, 16, 513,
-    )  # fmt: skip
+        "poly",
+        4e-5,
+        16,
+        513,
+    )
     model = segmentation_config(config, num_classes=21)
     assert model.name == "deeplabv3_mobilenet_v2_1.0_513_os16" and not model.aux
     v1 = segmentation_config(tiny_config(model="deeplabv3_mobilenet_v1", aux_loss=1.0), 3)
@@ -389,15 +425,19 @@ def test_the_defaults_are_deeplabs_recipe():
         (dict(eval_batch_size=0), "eval_batch_size must be an integer >= 1, got 0"),
         (dict(backbone_weights=3), "backbone_weights must be 'torchvision', 'timm', 'keras'"),
         (dict(model="deeplabv3_mobilenet_v3"), "unknown segmenter 'deeplabv3_mobilenet_v3'"),
-        (dict(model="mobilenet_v2"), "unknown segmenter 'mobilenet_v2'; did you mean "
-         "deeplabv3_mobilenet_v2"),
-        (dict(model="ssdlite_mobilenet_v2"), "'ssdlite_mobilenet_v2' is a detection model, not "
-         "a segmentation model"),
+        (
+            dict(model="mobilenet_v2"),
+            "unknown segmenter 'mobilenet_v2'; did you mean deeplabv3_mobilenet_v2",
+        ),
+        (
+            dict(model="ssdlite_mobilenet_v2"),
+            "'ssdlite_mobilenet_v2' is a detection model, not a segmentation model",
+        ),
         (dict(alpha=-1.0), "alpha"),
         (dict(schedule="step"), "schedule must be one of cosine, exponential, poly, got 'step'"),
         (dict(data=""), "data must be a data spec, got ''"),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_name_the_value_and_what_is_allowed(changes, message):
     with pytest.raises(MobileNetsError, match=message):
         tiny_config(**changes)

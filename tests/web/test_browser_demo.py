@@ -63,9 +63,12 @@ CLASSIFIER_PREPROCESSING = Preprocessing(RESOLUTION, (0.45,), (0.22,), channels=
 DETECTOR_PREPROCESSING = Preprocessing(RESOLUTION, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_ARGUMENTS = (
-    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a camera
-)  # fmt: skip
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",  # a camera
+)
 TOLERANCE = 1e-4
 WAIT = 60  # seconds: loading onnxruntime-web and the models, one frame
 
@@ -84,28 +87,39 @@ def data_folder(tmp_path_factory):
 def classifier_checkpoint(path: Path) -> Path:
     """A one-channel V2 0.35 at 96 px, random weights, the synthetic data's classes."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=RESOLUTION,
-                                    num_classes=10, in_chans=1))  # fmt: skip
+    model = build_model(
+        ModelConfig(
+            arch="mobilenet_v2", alpha=0.35, resolution=RESOLUTION, num_classes=10, in_chans=1
+        )
+    )
     randomize_torch(model)
     classes = load_splits(CLASSIFIER_DATA, RESOLUTION).classes
-    return save_checkpoint(model, path, classes, CLASSIFIER_PREPROCESSING,
-                           train_config={"data": CLASSIFIER_DATA})  # fmt: skip
+    return save_checkpoint(
+        model, path, classes, CLASSIFIER_PREPROCESSING, train_config={"data": CLASSIFIER_DATA}
+    )
 
 
 def detector_checkpoint(path: Path) -> Path:
     """SSDLite 0.35 at 96 px, random weights; heads that favour the background but pass tens
     of boxes through the 0.01 score threshold."""
     model = background_leaning_detector(len(DETECTOR_CLASSES), RESOLUTION)
-    return save_checkpoint(model.eval(), path, DETECTOR_CLASSES, DETECTOR_PREPROCESSING,
-                           category_ids=list(range(len(DETECTOR_CLASSES))),
-                           train_config={"data": DETECTOR_DATA})  # fmt: skip
+    return save_checkpoint(
+        model.eval(),
+        path,
+        DETECTOR_CLASSES,
+        DETECTOR_PREPROCESSING,
+        category_ids=list(range(len(DETECTOR_CLASSES))),
+        train_config={"data": DETECTOR_DATA},
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, data_folder):
     folder = tmp_path_factory.mktemp("checkpoints")
-    return (classifier_checkpoint(folder / "classifier.safetensors"),
-            detector_checkpoint(folder / "detector.safetensors"))  # fmt: skip
+    return (
+        classifier_checkpoint(folder / "classifier.safetensors"),
+        detector_checkpoint(folder / "detector.safetensors"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +128,18 @@ def exported(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "web-demo"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["demo", "web", *map(str, checkpoints), "--out", str(out), "--no-serve",
-                     "--calibration-images", "4"])  # fmt: skip
+        code = main(
+            [
+                "demo",
+                "web",
+                *map(str, checkpoints),
+                "--out",
+                str(out),
+                "--no-serve",
+                "--calibration-images",
+                "4",
+            ]
+        )
     assert code == 0
     return out, stdout.getvalue()
 
@@ -180,10 +204,11 @@ def python_inputs(path: Path) -> dict[str, np.ndarray]:
     image = open_image(path)
     classifier = eval_transform(CLASSIFIER_PREPROCESSING)(image)
     empty = {
-        "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
-                                          canvas_size=(RESOLUTION, RESOLUTION)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.zeros(0, 4), format="XYXY", canvas_size=(RESOLUTION, RESOLUTION)
+        ),
         "labels": torch.zeros(0, dtype=torch.int64),
-    }  # fmt: skip
+    }
     transform = detection_transforms.eval_transform(DETECTOR_PREPROCESSING)
     detector, _ = transform(image.convert("RGB"), empty)
     return {"classifier": classifier[None].numpy(), "detector": detector[None].numpy()}
@@ -191,17 +216,20 @@ def python_inputs(path: Path) -> dict[str, np.ndarray]:
 
 def onnxruntime_results(folder: Path, inputs: dict[str, np.ndarray]) -> dict:
     """onnxruntime's top-5 and detections of the exported files on ``inputs``."""
-    classifier = onnxruntime.InferenceSession(str(folder / "classifier.onnx"),
-                                              providers=["CPUExecutionProvider"])  # fmt: skip
+    classifier = onnxruntime.InferenceSession(
+        str(folder / "classifier.onnx"), providers=["CPUExecutionProvider"]
+    )
     (logits,) = classifier.run(["logits"], {"input": inputs["classifier"]})
     logits = logits[0].astype(np.float64)
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()
     top5 = np.argsort(-probabilities, kind="stable")[:5]
-    detector = onnxruntime.InferenceSession(str(folder / "detector.onnx"),
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
-    boxes, scores, classes, count = detector.run(list(NMS_OUTPUT_NAMES),
-                                                 {"input": inputs["detector"]})  # fmt: skip
+    detector = onnxruntime.InferenceSession(
+        str(folder / "detector.onnx"), providers=["CPUExecutionProvider"]
+    )
+    boxes, scores, classes, count = detector.run(
+        list(NMS_OUTPUT_NAMES), {"input": inputs["detector"]}
+    )
     found = int(count[0])
     return {
         "top5": top5.tolist(),
@@ -230,10 +258,13 @@ def page_inputs(browser) -> dict[str, np.ndarray]:
         "return {classifier: Array.from(window.demoInputs.classifier),"
         " detector: Array.from(window.demoInputs.detector)}"
     )
-    shapes = {"classifier": (1, 1, RESOLUTION, RESOLUTION),
-              "detector": (1, 3, RESOLUTION, RESOLUTION)}  # fmt: skip
-    return {kind: np.array(values, np.float32).reshape(shapes[kind])
-            for kind, values in inputs.items()}  # fmt: skip
+    shapes = {
+        "classifier": (1, 1, RESOLUTION, RESOLUTION),
+        "detector": (1, 3, RESOLUTION, RESOLUTION),
+    }
+    return {
+        kind: np.array(values, np.float32).reshape(shapes[kind]) for kind, values in inputs.items()
+    }
 
 
 # --- The page ------------------------------------------------------------------------------------
@@ -259,10 +290,12 @@ def test_the_page_gives_onnxruntimes_top5_and_boxes(browser, exported, tmp_path,
 
     found = result["detections"]
     assert len(found) == len(expected["scores"]) > 10
-    np.testing.assert_allclose([entry["box"] for entry in found], expected["boxes"], rtol=0,
-                               atol=TOLERANCE)  # fmt: skip
-    np.testing.assert_allclose([entry["score"] for entry in found], expected["scores"], rtol=0,
-                               atol=TOLERANCE)  # fmt: skip
+    np.testing.assert_allclose(
+        [entry["box"] for entry in found], expected["boxes"], rtol=0, atol=TOLERANCE
+    )
+    np.testing.assert_allclose(
+        [entry["score"] for entry in found], expected["scores"], rtol=0, atol=TOLERANCE
+    )
     assert [entry["class"] for entry in found] == expected["classes"].tolist()
     assert [entry["name"] for entry in found] == [DETECTOR_CLASSES[c] for c in expected["classes"]]
 
@@ -332,14 +365,18 @@ def test_the_command_writes_int8_files_and_a_manifest(exported, checkpoints):
         f"images), 4 classes, input 3x96x96, {lines[2].split(', ')[-1]}",
     ]
     assert sorted(path.name for path in out.iterdir()) == [
-        "classifier.onnx", "detector.onnx", "manifest.json"
-    ]  # fmt: skip
+        "classifier.onnx",
+        "detector.onnx",
+        "manifest.json",
+    ]
     assert [path.name for path in out.parent.iterdir()] == [out.name]  # no temporary folder left
     manifest = json.loads((out / "manifest.json").read_text())
     classifier, detector = manifest["models"]
     assert (classifier["kind"], classifier["input"], classifier["outputs"]) == (
-        "classifier", "input", ["logits"]
-    )  # fmt: skip
+        "classifier",
+        "input",
+        ["logits"],
+    )
     assert Preprocessing.from_dict(classifier["preprocessing"]) == CLASSIFIER_PREPROCESSING
     assert classifier["classes"] == [f"class_{index}" for index in range(10)]
     assert (detector["kind"], detector["outputs"]) == ("detector", list(NMS_OUTPUT_NAMES))
@@ -360,8 +397,9 @@ def test_the_command_writes_int8_files_and_a_manifest(exported, checkpoints):
 
 def test_onnx_files_of_ours_are_used_as_they_are(exported, tmp_path, capsys):
     out, _ = exported
-    code, printed, err = run_cli(capsys, out / "detector.onnx", "--out", tmp_path / "again",
-                                 "--no-serve")  # fmt: skip
+    code, printed, err = run_cli(
+        capsys, out / "detector.onnx", "--out", tmp_path / "again", "--no-serve"
+    )
     assert code == 0, err
     assert "detector.onnx: detector ssdlite_mobilenet_v2_0.35_96 (int8" in printed
     copied = (tmp_path / "again" / "detector.onnx").read_bytes()
@@ -392,10 +430,11 @@ def foreign_onnx(path: Path, outputs: tuple[str, ...] = ("logits",), per_pixel=F
     operator = "Identity" if per_pixel else "Flatten"
     nodes = [onnx.helper.make_node(operator, ["input"], [name]) for name in outputs]
     graph_outputs = [
-        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                           shape if per_pixel else [1, 192])
+        onnx.helper.make_tensor_value_info(
+            name, onnx.TensorProto.FLOAT, shape if per_pixel else [1, 192]
+        )
         for name in outputs
-    ]  # fmt: skip
+    ]
     graph = onnx.helper.make_graph(nodes, "foreign", [graph_input], graph_outputs)
     onnx.save(onnx.helper.make_model(graph), path)
     return path
@@ -403,8 +442,9 @@ def foreign_onnx(path: Path, outputs: tuple[str, ...] = ("logits",), per_pixel=F
 
 def segmentation_checkpoint(path: Path) -> Path:
     model = create_segmenter("deeplabv3_mobilenet_v2", num_classes=3, resolution=64)
-    return save_checkpoint(model, path, ("background", "a", "b"),
-                           Preprocessing(64, (0.5,) * 3, (0.25,) * 3))  # fmt: skip
+    return save_checkpoint(
+        model, path, ("background", "a", "b"), Preprocessing(64, (0.5,) * 3, (0.25,) * 3)
+    )
 
 
 def corrupt_onnx(path: Path) -> Path:
@@ -416,24 +456,42 @@ def corrupt_onnx(path: Path) -> Path:
     "make, message",
     [
         (corrupt_onnx, "cannot read ONNX file '{path}': Error parsing message"),
-        (foreign_onnx, "'{path}' is not an export of mobilenets: its metadata has no classes, "
-                       "preprocessing, model_config"),
-        (lambda path: foreign_onnx(path, ("boxes", "scores")),
-         "'{path}' is a detector without NMS; the page needs it inside the file"),
-        (lambda path: foreign_onnx(path, ("labels",)),
-         "'{path}' has outputs labels; the demo runs a classifier (logits [N, classes]) or a "
-         "detector with NMS (boxes, scores, classes, count)"),
-        (lambda path: foreign_onnx(path, per_pixel=True),
-         "'{path}' is a segmenter (output logits per pixel); the demo runs a classifier and a "
-         "detector"),
-        (lambda path: segmentation_checkpoint(path.with_suffix(".safetensors")),
-         "'{path}' is a segmentation checkpoint; the demo runs a classifier and a detector"),
+        (
+            foreign_onnx,
+            "'{path}' is not an export of mobilenets: its metadata has no classes, "
+            "preprocessing, model_config",
+        ),
+        (
+            lambda path: foreign_onnx(path, ("boxes", "scores")),
+            "'{path}' is a detector without NMS; the page needs it inside the file",
+        ),
+        (
+            lambda path: foreign_onnx(path, ("labels",)),
+            "'{path}' has outputs labels; the demo runs a classifier (logits [N, classes]) or a "
+            "detector with NMS (boxes, scores, classes, count)",
+        ),
+        (
+            lambda path: foreign_onnx(path, per_pixel=True),
+            "'{path}' is a segmenter (output logits per pixel); the demo runs a classifier and a "
+            "detector",
+        ),
+        (
+            lambda path: segmentation_checkpoint(path.with_suffix(".safetensors")),
+            "'{path}' is a segmentation checkpoint; the demo runs a classifier and a detector",
+        ),
     ],
-    ids=["corrupt", "foreign", "without-nms", "other-outputs", "segmenter",
-         "segmentation-checkpoint"],
-)  # fmt: skip
-def test_a_file_the_demo_cannot_run_is_one_message_and_writes_nothing(tmp_path, capsys, make,
-                                                                      message):  # fmt: skip
+    ids=[
+        "corrupt",
+        "foreign",
+        "without-nms",
+        "other-outputs",
+        "segmenter",
+        "segmentation-checkpoint",
+    ],
+)
+def test_a_file_the_demo_cannot_run_is_one_message_and_writes_nothing(
+    tmp_path, capsys, make, message
+):
     path = make(tmp_path / "model.onnx")
     out = tmp_path / "out" / "demo"
     code, printed, err = run_cli(capsys, path, "--out", out, "--no-serve")
@@ -449,9 +507,16 @@ def test_two_of_a_kind_and_missing_training_data_are_refused(checkpoints, tmp_pa
     assert code == 2
     assert "are both classifiers; the demo runs one classifier and one detector" in err
     bare = tmp_path / "bare.safetensors"  # no training run recorded
-    save_checkpoint(build_model(ModelConfig(arch="mobilenet_v2", alpha=0.35, resolution=RESOLUTION,
-                                            num_classes=10, in_chans=1)),
-                    bare, [f"class_{i}" for i in range(10)], CLASSIFIER_PREPROCESSING)  # fmt: skip
+    save_checkpoint(
+        build_model(
+            ModelConfig(
+                arch="mobilenet_v2", alpha=0.35, resolution=RESOLUTION, num_classes=10, in_chans=1
+            )
+        ),
+        bare,
+        [f"class_{i}" for i in range(10)],
+        CLASSIFIER_PREPROCESSING,
+    )
     code, _, err = run_cli(capsys, bare, "--out", tmp_path / "out", "--no-serve")
     assert code == 2
     assert f"{str(bare)!r} records no dataset: give --classifier-data SPEC" in err
@@ -471,8 +536,9 @@ def test_a_folder_is_replaced_only_by_a_complete_demo(exported, tmp_path, monkey
     assert [path.name for path in other.iterdir()] == ["mine.txt"]
 
     previous = tmp_path / "demo"
-    web_demo.export_demo(previous, classifier=out / "classifier.onnx",
-                         detector=out / "detector.onnx")  # fmt: skip
+    web_demo.export_demo(
+        previous, classifier=out / "classifier.onnx", detector=out / "detector.onnx"
+    )
     before = {path.name: path.read_bytes() for path in previous.iterdir()}
 
     def fail(path, value):
@@ -506,8 +572,13 @@ def test_the_server_sends_the_page_the_runtime_and_the_models_only(server, monke
     assert fetch(server.url + "ort/ort-wasm-simd-threaded.mjs") == (200, "text/javascript")
     assert fetch(server.url + "models/manifest.json") == (200, "application/json")
     assert fetch(server.url + "models/detector.onnx") == (200, "application/octet-stream")
-    for path in ("package.json", "models/", "ort/ort.node.min.js", "ort/%2e%2e/%2e%2e/index.html",
-                 "node_modules/onnxruntime-web/package.json"):  # fmt: skip
+    for path in (
+        "package.json",
+        "models/",
+        "ort/ort.node.min.js",
+        "ort/%2e%2e/%2e%2e/index.html",
+        "node_modules/onnxruntime-web/package.json",
+    ):
         assert fetch(server.url + path)[0] == 404, path
 
 

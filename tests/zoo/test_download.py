@@ -135,9 +135,15 @@ def test_file_digest_reads_in_chunks(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "digests", [{"sha256": SHA256}, {"sha256": SHA256[:8]}, {"sha256": SHA256.upper()},
-                {"md5": MD5}, {"sha256": SHA256[:8], "md5": MD5}],
-)  # fmt: skip
+    "digests",
+    [
+        {"sha256": SHA256},
+        {"sha256": SHA256[:8]},
+        {"sha256": SHA256.upper()},
+        {"md5": MD5},
+        {"sha256": SHA256[:8], "md5": MD5},
+    ],
+)
 def test_full_digests_and_sha256_prefixes_are_accepted(server, tmp_path, digests):
     target = tmp_path / NAME
     download(server.url, target, progress=False, **digests)
@@ -146,10 +152,12 @@ def test_full_digests_and_sha256_prefixes_are_accepted(server, tmp_path, digests
 
 @pytest.mark.parametrize(
     "digests, shown",
-    [({"sha256": "0" * 64}, f"SHA-256 {SHA256}, expected {'0' * 64}"),
-     ({"sha256": "deadbeef"}, f"SHA-256 {SHA256}, expected deadbeef"),
-     ({"md5": "0" * 32}, f"MD5 {MD5}, expected {'0' * 32}")],
-)  # fmt: skip
+    [
+        ({"sha256": "0" * 64}, f"SHA-256 {SHA256}, expected {'0' * 64}"),
+        ({"sha256": "deadbeef"}, f"SHA-256 {SHA256}, expected deadbeef"),
+        ({"md5": "0" * 32}, f"MD5 {MD5}, expected {'0' * 32}"),
+    ],
+)
 def test_wrong_digest_is_refused_and_the_part_removed(server, tmp_path, digests, shown):
     target = tmp_path / NAME
     with pytest.raises(MobileNetsError) as error:
@@ -297,12 +305,17 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "digests, allowed",
-    [({"sha256": "abc1234"}, "sha256 must be a hex digest of 64 digits or a prefix of at least 8"),
-     ({"sha256": "g" * 64}, "sha256 must be"),
-     ({"sha256": "0" * 65}, "sha256 must be"),
-     ({"md5": "0" * 31}, "md5 must be a hex digest of 32 digits"),
-     ({"md5": "not-a-digest"}, "md5 must be")],
-)  # fmt: skip
+    [
+        (
+            {"sha256": "abc1234"},
+            "sha256 must be a hex digest of 64 digits or a prefix of at least 8",
+        ),
+        ({"sha256": "g" * 64}, "sha256 must be"),
+        ({"sha256": "0" * 65}, "sha256 must be"),
+        ({"md5": "0" * 31}, "md5 must be a hex digest of 32 digits"),
+        ({"md5": "not-a-digest"}, "md5 must be"),
+    ],
+)
 def test_bad_digest_argument_names_the_value(server, tmp_path, digests, allowed):
     (value,) = digests.values()
     with pytest.raises(MobileNetsError) as error:
@@ -314,9 +327,11 @@ def test_bad_digest_argument_names_the_value(server, tmp_path, digests, allowed)
 
 @pytest.mark.parametrize(
     "url, options, shown",
-    [("not a url", {}, "cannot download 'not a url'"),
-     ("http://127.0.0.1/x", {"retries": -1}, "retries must be an integer >= 0; got -1")],
-)  # fmt: skip
+    [
+        ("not a url", {}, "cannot download 'not a url'"),
+        ("http://127.0.0.1/x", {"retries": -1}, "retries must be an integer >= 0; got -1"),
+    ],
+)
 def test_bad_url_or_retries_is_refused(tmp_path, url, options, shown):
     with pytest.raises(MobileNetsError, match=re.escape(shown)):
         download(url, tmp_path / NAME, progress=False, **options)

@@ -230,15 +230,24 @@ def test_a_tag_picks_that_file(server, references, monkeypatch):
 @pytest.mark.parametrize(
     "name, weights, listed",
     [
-        ("mobilenet_v2_1.0_224", "torchvision:IMAGENET1K_V9",
-         ["IMAGENET1K_V9", "mobilenet_v2 alpha 1 [IMAGENET1K_V1]", "[IMAGENET1K_V2]"]),
-        ("mobilenet_v1_1.0_224", "torchvision",
-         ["mobilenet_v1_1.0_224", "mobilenet_v2 alpha 1 [IMAGENET1K_V1]"]),
-        ("mobilenet_v2_1.3_160", "keras",
-         ["mobilenet_v2_1.3_160", "mobilenet_v2_1.3_224", "mobilenet_v1_0.25_128"]),
+        (
+            "mobilenet_v2_1.0_224",
+            "torchvision:IMAGENET1K_V9",
+            ["IMAGENET1K_V9", "mobilenet_v2 alpha 1 [IMAGENET1K_V1]", "[IMAGENET1K_V2]"],
+        ),
+        (
+            "mobilenet_v1_1.0_224",
+            "torchvision",
+            ["mobilenet_v1_1.0_224", "mobilenet_v2 alpha 1 [IMAGENET1K_V1]"],
+        ),
+        (
+            "mobilenet_v2_1.3_160",
+            "keras",
+            ["mobilenet_v2_1.3_160", "mobilenet_v2_1.3_224", "mobilenet_v1_0.25_128"],
+        ),
         ("mobilenet_v2_0.35_96", "timm:ra_in1k", ["mobilenetv2_100.ra_in1k"]),
     ],
-)  # fmt: skip
+)
 def test_weights_nobody_publishes_are_an_error_listing_what_exists(server, name, weights, listed):
     with pytest.raises(MobileNetsError, match="publishes no weights") as error:
         create_model(name, weights=weights, progress=False)
@@ -269,15 +278,27 @@ def test_a_run_fine_tunes_published_weights_with_their_numerics_and_input_scalin
             for index in range(per_class):
                 write_image(folder / f"{index}.png", (110, 100), seed=100 * label + index)
     config = train_config(
-        "modern", model="mobilenet_v2", alpha=0.35, resolution=96, data=str(tmp_path / "data"),
-        weights="keras", epochs=1, batch_size=4, lr=1e-12, warmup_epochs=0.0, ema_decay=0.0,
-        augment="basic", random_erasing=0.0,
-    )  # fmt: skip
+        "modern",
+        model="mobilenet_v2",
+        alpha=0.35,
+        resolution=96,
+        data=str(tmp_path / "data"),
+        weights="keras",
+        epochs=1,
+        batch_size=4,
+        lr=1e-12,
+        warmup_epochs=0.0,
+        ema_decay=0.0,
+        augment="basic",
+        random_erasing=0.0,
+    )
     with caplog.at_level(logging.INFO, logger="mobilenets"):
         fit(config, tmp_path / "run", progress=False)
     lines = caplog.messages
-    assert lines[0] == "starting from the weights 'keras'; a new classifier for 3 classes (the " \
-        "weights have 1000)"  # fmt: skip
+    assert (
+        lines[0] == "starting from the weights 'keras'; a new classifier for 3 classes (the "
+        "weights have 1000)"
+    )
     assert len(server.requests) == 1
     run = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert (run["model_config"]["padding"], run["model_config"]["bn_eps"]) == ("same", 1e-3)
@@ -430,8 +451,13 @@ def test_imagenet_class_ids_and_names():
 
 def imagenet_checkpoint(model, preprocessing) -> Checkpoint:
     """An ImageNet model as pretrained_checkpoint builds one, around any model."""
-    return Checkpoint(model, imagenet_categories(), preprocessing, Path("rigged.safetensors"),
-                      class_ids=imagenet_synsets())  # fmt: skip
+    return Checkpoint(
+        model,
+        imagenet_categories(),
+        preprocessing,
+        Path("rigged.safetensors"),
+        class_ids=imagenet_synsets(),
+    )
 
 
 def test_evaluate_imagenet_maps_wordnet_folders_to_imagenet_classes(references, tmp_path):

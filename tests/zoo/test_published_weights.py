@@ -33,11 +33,15 @@ def test_the_record_describes_the_file(record):
     info = read_info(pretrained.REPOSITORY / record.url)
     config = info["config"]
     assert (config["arch"], config["alpha"], config["resolution"]) == (
-        record.arch, record.alpha, record.resolution,
-    )  # fmt: skip
+        record.arch,
+        record.alpha,
+        record.resolution,
+    )
     assert (config["num_classes"], config["in_chans"], config["small_input"]) == (
-        record.num_classes, record.in_chans, record.small_input,
-    )  # fmt: skip
+        record.num_classes,
+        record.in_chans,
+        record.small_input,
+    )
     assert (config["padding"], config["bn_eps"]) == (record.padding, record.bn_eps)
     assert Preprocessing.from_dict(info["preprocessing"]) == record.preprocessing
     assert round(100 * info["metrics"]["val_top1"], 2) == record.top1
@@ -99,14 +103,31 @@ def test_eval_from_the_command_line_equals_the_checkpoint(record, tmp_path, monk
     monkeypatch.setenv("MOBILENETS_DATA", str(tmp_path))
     write_files(tmp_path / "fashion-mnist", fashion_files(fashion_arrays(train=20, test=30)))
     out = tmp_path / "eval.json"
-    argv = ["eval", "--model", NAME, "--weights", WEIGHTS, "--data", "fashion-mnist",
-            "--device", "cpu", "--json", str(out)]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        NAME,
+        "--weights",
+        WEIGHTS,
+        "--data",
+        "fashion-mnist",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "mobilenet_v2_1.4_28_small" in printed and "T-shirt/top" in printed
     reported = json.loads(out.read_text())
-    direct = evaluate_checkpoint(load_checkpoint(pretrained.REPOSITORY / record.url),
-                                 "fashion-mnist", device="cpu", progress=False)  # fmt: skip
+    direct = evaluate_checkpoint(
+        load_checkpoint(pretrained.REPOSITORY / record.url),
+        "fashion-mnist",
+        device="cpu",
+        progress=False,
+    )
     assert (reported["top1"], reported["top5"], reported["count"]) == (
-        direct.top1, direct.top5, 30,
-    )  # fmt: skip
+        direct.top1,
+        direct.top5,
+        30,
+    )

@@ -20,10 +20,15 @@ from mobilenets.zoo.registry import ModelEntry, register
 
 
 def test_the_tfslim_grid_is_registered():
-    expected = {f"mobilenet_v1_{a}_{r}" for a in ("1.0", "0.75", "0.5", "0.25")
-                for r in (224, 192, 160, 128)} | {
-                f"mobilenet_v2_{a}_{r}" for a in ("1.4", "1.3", "1.0", "0.75", "0.5", "0.35")
-                for r in (224, 192, 160, 128, 96)}  # fmt: skip
+    expected = {
+        f"mobilenet_v1_{a}_{r}"
+        for a in ("1.0", "0.75", "0.5", "0.25")
+        for r in (224, 192, 160, 128)
+    } | {
+        f"mobilenet_v2_{a}_{r}"
+        for a in ("1.4", "1.3", "1.0", "0.75", "0.5", "0.35")
+        for r in (224, 192, 160, 128, 96)
+    }
     assert set(list_models()) == expected
     assert len(list_models()) == len(expected)
     assert list_models("mobilenet_v2_1.0_*") == [
@@ -40,9 +45,12 @@ def test_a_duplicate_name_is_refused():
 
 @pytest.mark.parametrize(
     "name, suggestion",
-    [("mobilenet_v2_1.0_225", "mobilenet_v2_1.0_224"), ("mobilenetv2", "mobilenet_v2"),
-     ("mobilenet_v1_0.50_224", "mobilenet_v1_0.5_224")],
-)  # fmt: skip
+    [
+        ("mobilenet_v2_1.0_225", "mobilenet_v2_1.0_224"),
+        ("mobilenetv2", "mobilenet_v2"),
+        ("mobilenet_v1_0.50_224", "mobilenet_v1_0.5_224"),
+    ],
+)
 def test_an_unknown_name_suggests_the_closest(name, suggestion):
     with pytest.raises(
         MobileNetsError, match=f"unknown model '{name}'; did you mean .*{suggestion}"

@@ -70,14 +70,19 @@ def test_segmenters_are_registered_under_their_task():
 
 
 def test_an_unknown_segmenter_suggests_close_names():
-    with pytest.raises(MobileNetsError, match="unknown segmenter 'deeplabv3_mobilenet_v3'; did you "
-                                              "mean deeplabv3_mobilenet_v[12]"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match="unknown segmenter 'deeplabv3_mobilenet_v3'; did you mean deeplabv3_mobilenet_v[12]",
+    ):
         create_segmenter("deeplabv3_mobilenet_v3")
-    with pytest.raises(MobileNetsError, match="registered: deeplabv3_mobilenet_v1, "
-                                              "deeplabv3_mobilenet_v2"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError, match="registered: deeplabv3_mobilenet_v1, deeplabv3_mobilenet_v2"
+    ):
         get_entry("deeplab", task="segmentation")
-    with pytest.raises(MobileNetsError, match="'mobilenet_v2_1.0_224' is a classification model, "
-                                              "not a segmentation model"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match="'mobilenet_v2_1.0_224' is a classification model, not a segmentation model",
+    ):
         create_segmenter("mobilenet_v2_1.0_224")
 
 
@@ -85,8 +90,11 @@ def test_a_classification_only_override_is_refused_naming_the_allowed_ones():
     allowed = ", ".join(SEGMENTATION_OVERRIDES)
     assert allowed.startswith("alpha, resolution, num_classes, output_stride, aspp")
     for call in (resolve_segmentation_config, create_segmenter):
-        with pytest.raises(MobileNetsError, match=r"argument\(s\) \['rho'\] do not apply to a "
-                                                  "segmenter; allowed: " + allowed):  # fmt: skip
+        with pytest.raises(
+            MobileNetsError,
+            match=r"argument\(s\) \['rho'\] do not apply to a "
+            "segmenter; allowed: " + allowed,
+        ):
             call("deeplabv3_mobilenet_v2", rho=0.5)
     with pytest.raises(MobileNetsError, match=r"\['anchors', 'small_input'\] do not apply"):
         resolve_segmentation_config("deeplabv3_mobilenet_v2", small_input=True, anchors=3)
@@ -101,8 +109,9 @@ def test_a_classification_only_override_is_refused_naming_the_allowed_ones():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_create_segmenter_with_overrides(name):
-    model = create_segmenter(name, num_classes=5, output_stride=8, aspp=True, alpha=0.25,
-                             resolution=97)  # fmt: skip
+    model = create_segmenter(
+        name, num_classes=5, output_stride=8, aspp=True, alpha=0.25, resolution=97
+    )
     config = model.config
     assert isinstance(model, DeepLabV3)
     assert (config.num_classes, config.output_stride, config.aspp) == (5, 8, True)
@@ -117,8 +126,9 @@ def test_create_segmenter_with_overrides(name):
 def test_create_segmenter_defaults_and_head_overrides():
     with torch.device("meta"):
         default = create_segmenter()
-        tuned = create_segmenter(aspp=True, atrous_rates=(3, 6), aux=True, dropout=0.3,
-                                 padding="same", bn_eps=1e-3)  # fmt: skip
+        tuned = create_segmenter(
+            aspp=True, atrous_rates=(3, 6), aux=True, dropout=0.3, padding="same", bn_eps=1e-3
+        )
     assert default.name == "deeplabv3_mobilenet_v2_1.0_513_os16"
     assert tuned.config.atrous_rates == (3, 6) and tuned.aux is not None
     assert tuned.dropout.p == 0.3
@@ -132,11 +142,14 @@ def test_cost_of_a_name_equals_cost_of_the_built_models_config():
         model = create_segmenter("deeplabv3_mobilenet_v2", output_stride=8, aspp=True)
     assert report == cost_of_spec(resolve_segmentation(model.config)) == cost(model)
     assert (report.name, report.resolution, report.num_classes) == (
-        "deeplabv3_mobilenet_v2_1.0_513_os8_aspp", 513, 21,
-    )  # fmt: skip
+        "deeplabv3_mobilenet_v2_1.0_513_os8_aspp",
+        513,
+        21,
+    )
     assert report.params == sum(p.numel() for p in model.parameters())
-    assert cost(model, resolution=257) == cost("deeplabv3_mobilenet_v2", output_stride=8,
-                                               aspp=True, resolution=257)  # fmt: skip
+    assert cost(model, resolution=257) == cost(
+        "deeplabv3_mobilenet_v2", output_stride=8, aspp=True, resolution=257
+    )
 
 
 # --- Backbone from a classifier ----------------------------------------------------------------
@@ -146,8 +159,11 @@ def assert_backbone_is(segmenter, classifier):
     """Every tensor of the classifier but its classifier (and V2's 1x1 conv to 1280, which MNet
     V2* does not build) is in the segmenter's backbone, equal."""
     target = backbone_tensors(segmenter)
-    copied = {k: v for k, v in classifier.state_dict().items()
-              if not k.startswith(("classifier.", "head."))}  # fmt: skip
+    copied = {
+        k: v
+        for k, v in classifier.state_dict().items()
+        if not k.startswith(("classifier.", "head."))
+    }
     assert set(copied) == set(target)
     assert all(torch.equal(target[k], v) for k, v in copied.items())
 
@@ -164,8 +180,9 @@ def test_backbone_from_our_classification_file(tmp_path):
         assert torch.equal(backbone_tensors(segmenter)[key], state[key])
     assert segmenter.backbone.blocks[15].conv_dw.dilation == (2, 2)
     v1 = perturbed(MobileNetV1(alpha=0.25))
-    v1_segmenter = create_segmenter("deeplabv3_mobilenet_v1", alpha=0.25, resolution=65,
-                                    backbone_weights=v1)  # fmt: skip
+    v1_segmenter = create_segmenter(
+        "deeplabv3_mobilenet_v1", alpha=0.25, resolution=65, backbone_weights=v1
+    )
     assert_backbone_is(v1_segmenter, v1)
 
 
@@ -188,8 +205,9 @@ def test_backbone_from_a_torchvision_state_dict(tmp_path):
         assert torch.equal(ours[our_key], theirs[their_key]), our_key
     # torchvision's numerics: symmetric padding, BN eps 1e-5.
     assert (segmenter.config.backbone.padding, segmenter.config.backbone.bn_eps) == (
-        "symmetric", 1e-5,
-    )  # fmt: skip
+        "symmetric",
+        1e-5,
+    )
     # Same tensors, same computation: at OS 16 nothing up to blocks.12 is dilated, so the
     # segmenter's backbone computes torchvision's features.0-13 there.
     images = torch.randn(2, 3, 65, 65)
@@ -212,12 +230,20 @@ def test_backbone_from_published_weights_goes_through_create_model(monkeypatch):
         return MobileNetV1(alpha=kwargs["alpha"], padding="same", bn_eps=1e-3)
 
     monkeypatch.setattr(mobilenets.zoo.transfer, "create_model", fake_create_model)
-    segmenter = create_segmenter("deeplabv3_mobilenet_v1", alpha=0.25, resolution=65,
-                                 backbone_weights="keras", progress=False)  # fmt: skip
+    segmenter = create_segmenter(
+        "deeplabv3_mobilenet_v1",
+        alpha=0.25,
+        resolution=65,
+        backbone_weights="keras",
+        progress=False,
+    )
     ((arch, kwargs),) = calls
     assert (arch, kwargs["weights"], kwargs["alpha"], kwargs["resolution"]) == (
-        "mobilenet_v1", "keras", 0.25, 224,
-    )  # fmt: skip
+        "mobilenet_v1",
+        "keras",
+        0.25,
+        224,
+    )
     # The segmenter takes the numerics of its backbone weights, head included.
     assert (segmenter.config.backbone.padding, segmenter.config.backbone.bn_eps) == ("same", 1e-3)
     assert segmenter.head.image_pool.bn.eps == 1e-3
@@ -225,12 +251,16 @@ def test_backbone_from_published_weights_goes_through_create_model(monkeypatch):
 
 def test_backbone_of_another_width_padding_or_architecture_is_refused(tmp_path):
     wide = save_weights(MobileNetV2(alpha=0.5), tmp_path / "wide.safetensors")
-    with pytest.raises(MobileNetsError, match=r"backbone weights of mobilenet_v2_0.5_224 do not "
-                                              r"fit deeplabv3_mobilenet_v2_0.35_65_os16: alpha "
-                                              r"0.5 \(need 0.35\)$"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match=r"backbone weights of mobilenet_v2_0.5_224 do not "
+        r"fit deeplabv3_mobilenet_v2_0.35_65_os16: alpha "
+        r"0.5 \(need 0.35\)$",
+    ):
         small(backbone_weights=wide)
-    tf = save_weights(MobileNetV2(alpha=0.5, padding="same", bn_eps=1e-3),
-                      tmp_path / "tf.safetensors")  # fmt: skip
+    tf = save_weights(
+        MobileNetV2(alpha=0.5, padding="same", bn_eps=1e-3), tmp_path / "tf.safetensors"
+    )
     every_difference = (
         r": alpha 0.5 \(need 0.35\); padding 'same' \(need 'symmetric'\); bn_eps 0.001 \(need "
         r"1e-05\)$"
@@ -262,8 +292,10 @@ def test_weights_round_trip(tmp_path):
     images = torch.randn(1, 3, 65, 65)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(images), model(images))
-    with pytest.raises(MobileNetsError, match="does not fit deeplabv3_mobilenet_v2_0.35_65_os16: "
-                                              "18 unexpected keys"):  # fmt: skip
+    with pytest.raises(
+        MobileNetsError,
+        match="does not fit deeplabv3_mobilenet_v2_0.35_65_os16: 18 unexpected keys",
+    ):
         small(weights=path)  # the file has ASPP, this model not
     with pytest.raises(MobileNetsError, match=r"keys with another shape \(classifier.weight"):
         small(aspp=True, num_classes=7, weights=path)

@@ -22,8 +22,13 @@ def test_one_row_per_registered_classifier_with_its_exact_cost(rows):
     v2 = next(row for row in rows if row["name"] == "mobilenet_v2_1.0_224")
     assert v2["params"] == 3_504_872 == cost("mobilenet_v2_1.0_224").params
     assert (v2["reference"]["top1"], v2["reference"]["top5"]) == (71.8, 91.0)
-    assert v1["paper"][0] == {"source": "Howard et al. 2017, Table 6", "macs_m": 569,
-                              "params_m": 4.2, "top1": 70.6, "top5": None}  # fmt: skip
+    assert v1["paper"][0] == {
+        "source": "Howard et al. 2017, Table 6",
+        "macs_m": 569,
+        "params_m": 4.2,
+        "top1": 70.6,
+        "top5": None,
+    }
 
 
 def test_a_family_selects_its_rows(rows):

@@ -21,9 +21,17 @@ from mobilenets.tasks.classification.train import fit, train_config
 from mobilenets.zoo.transfer import fold_input_channels, source_model, transfer_weights
 
 TINY = dict(
-    model="mobilenet_v2", data="synthetic:64", alpha=0.35, epochs=1, batch_size=16, lr=0.05,
-    warmup_epochs=0.0, augment="basic", random_erasing=0.0, ema_decay=0.0,
-)  # fmt: skip
+    model="mobilenet_v2",
+    data="synthetic:64",
+    alpha=0.35,
+    epochs=1,
+    batch_size=16,
+    lr=0.05,
+    warmup_epochs=0.0,
+    augment="basic",
+    random_erasing=0.0,
+    ema_decay=0.0,
+)
 
 
 def scrambled(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,8 +68,9 @@ def test_folded_stem_responds_to_a_gray_image_as_the_rgb_one():
 def test_torchvision_file_to_a_grayscale_small_input_model_with_ten_classes(torchvision_file):
     source = source_model(torchvision_file, "mobilenet_v2")
     assert (source.config.num_classes, source.config.in_chans) == (1000, 3)
-    model = create_model("mobilenet_v2", num_classes=10, in_chans=1, small_input=True,
-                         resolution=28)  # fmt: skip
+    model = create_model(
+        "mobilenet_v2", num_classes=10, in_chans=1, small_input=True, resolution=28
+    )
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     notes = transfer_weights(model, source)
     assert notes == [
@@ -110,8 +119,9 @@ def test_weights_for_another_model_or_numerics_are_refused_and_nothing_loads(tmp
 def test_a_run_starts_from_the_weights_with_their_numerics_and_resumes_without_them(
     tmp_path, caplog
 ):
-    source = scrambled(create_model("mobilenet_v2", alpha=0.35, num_classes=4, padding="same",
-                                    bn_eps=1e-3))  # fmt: skip
+    source = scrambled(
+        create_model("mobilenet_v2", alpha=0.35, num_classes=4, padding="same", bn_eps=1e-3)
+    )
     weights = save_weights(source, tmp_path / "start.safetensors")
     out = tmp_path / "run"
     # A learning rate so small that one epoch leaves the conv weights where they started.
@@ -141,8 +151,22 @@ def test_a_run_starts_from_the_weights_with_their_numerics_and_resumes_without_t
 
 def test_train_weights_flag(tmp_path, torchvision_file, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", "synthetic:64", "--alpha", "1.0", "--epochs", "1", "--batch-size",
-            "32", "--augment", "basic", "--no-progress", "--out", str(out)]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        "synthetic:64",
+        "--alpha",
+        "1.0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--augment",
+        "basic",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main([*argv, "--weights", str(torchvision_file)]) == 0
     printed = capsys.readouterr().out
     assert f"starting from the weights {str(torchvision_file)!r}; a new classifier" in printed

@@ -44,12 +44,21 @@ Run 'mobilenets COMMAND --help' for a command's flags."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="mobilenets", description=DESCRIPTION, epilog=EPILOG,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}",
-                        help="print the version and exit")  # fmt: skip
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
-                                     title="commands", metavar="COMMAND")  # fmt: skip
+    parser = Parser(
+        prog="mobilenets",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"mobilenets {__version__}",
+        help="print the version and exit",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, title="commands", metavar="COMMAND"
+    )
     for group in (models, classify, deploy, detect, segment, demo):
         group.add_commands(commands)
     return parser

@@ -42,14 +42,25 @@ from mobilenets.zoo.factory import cost
 from mobilenets.zoo.pretrained import PUBLISHERS
 
 TRAIN_SETTINGS = (
-    Setting("--model", str, "a registered variant, or a family (mobilenet_v1, mobilenet_v2) "
-            "sized by --alpha and --resolution", "NAME"),
+    Setting(
+        "--model",
+        str,
+        "a registered variant, or a family (mobilenet_v1, mobilenet_v2) "
+        "sized by --alpha and --resolution",
+        "NAME",
+    ),
     Setting("--data", str, SPEC_HELP, "SPEC"),
-    Setting("--preset", str, f"the recipe the other settings override: "
-            f"{', '.join(training.PRESETS)}"),
-    Setting("--weights", str, f"start from these weights (fine-tuning): {PUBLISHED_WEIGHTS}, "
-            "or a checkpoint such as a run's best.safetensors; the classifier is new where the "
-            "class count differs (default: from scratch)", "SRC"),
+    Setting(
+        "--preset", str, f"the recipe the other settings override: {', '.join(training.PRESETS)}"
+    ),
+    Setting(
+        "--weights",
+        str,
+        f"start from these weights (fine-tuning): {PUBLISHED_WEIGHTS}, "
+        "or a checkpoint such as a run's best.safetensors; the classifier is new where the "
+        "class count differs (default: from scratch)",
+        "SRC",
+    ),
     *OPTIMIZER_SETTINGS,
     Setting("--nesterov", argparse.BooleanOptionalAction, "nesterov momentum for SGD"),
     Setting("--weight-decay", float, "L2 on conv and linear weights", "WD"),
@@ -60,23 +71,38 @@ TRAIN_SETTINGS = (
     Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D"),
     Setting("--augment", str, f"one of {', '.join(training.AUGMENTS)}"),
     Setting("--random-erasing", float, "random erasing probability", "P"),
-    Setting("--device-data", str, f"one of {', '.join(training.DEVICE_DATA)}: 'on' keeps an "
-            "in-memory dataset (fashion-mnist, cifar10, cifar100, synthetic) on the training "
-            "device and augments whole batches there, much faster on a GPU, and decodes an "
-            "ImageFolder's JPEGs there (--augment basic, no --random-erasing); 'off' augments "
-            "image by image in the data loader; 'auto' is on with a CUDA device where it can be. "
-            "Same recipe, different random draws: a run repeats exactly only with the same "
-            "choice", "MODE"),
+    Setting(
+        "--device-data",
+        str,
+        f"one of {', '.join(training.DEVICE_DATA)}: 'on' keeps an "
+        "in-memory dataset (fashion-mnist, cifar10, cifar100, synthetic) on the training "
+        "device and augments whole batches there, much faster on a GPU, and decodes an "
+        "ImageFolder's JPEGs there (--augment basic, no --random-erasing); 'off' augments "
+        "image by image in the data loader; 'auto' is on with a CUDA device where it can be. "
+        "Same recipe, different random draws: a run repeats exactly only with the same "
+        "choice",
+        "MODE",
+    ),
     Setting("--alpha", float, "width multiplier (default: the model's)", "A"),
-    Setting("--resolution", int, "input side in pixels (default: the model's, or the images' "
-            "own for small images)", "N"),
-    Setting("--small-input", argparse.BooleanOptionalAction,
-            "the output-stride-8 variant (default: on for images of at most 64 px)"),
+    Setting(
+        "--resolution",
+        int,
+        "input side in pixels (default: the model's, or the images' own for small images)",
+        "N",
+    ),
+    Setting(
+        "--small-input",
+        argparse.BooleanOptionalAction,
+        "the output-stride-8 variant (default: on for images of at most 64 px)",
+    ),
     Setting("--dropout", float, "classifier dropout (default: the architecture's)", "P"),
-    Setting("--skip-bad-images", "store_true",
-            "skip unreadable image files (counted and reported) instead of stopping"),
+    Setting(
+        "--skip-bad-images",
+        "store_true",
+        "skip unreadable image files (counted and reported) instead of stopping",
+    ),
     *RUN_SETTINGS,
-)  # fmt: skip
+)
 
 
 def add_commands(commands) -> None:
@@ -108,12 +134,14 @@ def train_defaults() -> dict[str, str]:
 
 def add_train(commands) -> None:
     parser = add_command(
-        commands, "train", run_train,
+        commands,
+        "train",
+        run_train,
         help="train a MobileNet classifier on a dataset",
         description="Train a MobileNet on a dataset into a run folder: checkpoints (best and "
         "last), metrics, curves and the confusion matrix. An interrupted run continues with "
         "--resume; torchrun runs it on several GPUs.",
-    )  # fmt: skip
+    )
     out_help = "the run folder for checkpoints, metrics and plots"
     add_training_arguments(parser, TRAIN_SETTINGS, train_defaults(), out_help=out_help)
 
@@ -148,10 +176,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_tta_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tta", choices=TTA_MODES, default="none",
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
         help="test-time augmentation, none or flip (default %(default)s): flip scores each image "
         "by the mean of its and its mirror image's probabilities, at twice the cost",
-    )  # fmt: skip
+    )
 
 
 def checkpoint_from(args: argparse.Namespace) -> Checkpoint:
@@ -168,18 +198,22 @@ def checkpoint_from(args: argparse.Namespace) -> Checkpoint:
 
 def add_eval(commands) -> None:
     parser = add_command(
-        commands, "eval", run_eval,
+        commands,
+        "eval",
+        run_eval,
         help="top-1, top-5 and per-class accuracy of a checkpoint",
         description="Evaluate a checkpoint on the validation split of a dataset (top-1, top-5, "
         "per class), or published ImageNet weights on an ImageNet validation folder beside the "
         "accuracy they were published with.",
-    )  # fmt: skip
+    )
     add_model_arguments(parser)
     parser.add_argument(
-        "--data", required=True, metavar="SPEC",
+        "--data",
+        required=True,
+        metavar="SPEC",
         help=f"{SPEC_HELP}; for ImageNet weights, a validation folder with one WordNet-id "
         "folder per class (n01440764/...)",
-    )  # fmt: skip
+    )
     add_loader_arguments(parser, batch_size=256)
     add_tta_argument(parser)
     add_json_file_argument(parser)
@@ -201,15 +235,24 @@ def run_eval(args: argparse.Namespace) -> None:
         run_imagenet_eval(args, checkpoint)
         return
     result = evaluate_checkpoint(
-        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
-        device=args.device, tta=args.tta,
-    )  # fmt: skip
+        checkpoint,
+        args.data,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        tta=args.tta,
+    )
     report = cost(checkpoint.model)
-    summary = [[
-        checkpoint.model.name + tta_label(args.tta), f"{report.params:,}",
-        tta_passes_label(args.tta) + f"{report.macs / 1e6:.1f}M",
-        f"{100 * result.top1:.2f}", f"{100 * result.top5:.2f}", f"{result.count:,}",
-    ]]  # fmt: skip
+    summary = [
+        [
+            checkpoint.model.name + tta_label(args.tta),
+            f"{report.params:,}",
+            tta_passes_label(args.tta) + f"{report.macs / 1e6:.1f}M",
+            f"{100 * result.top1:.2f}",
+            f"{100 * result.top5:.2f}",
+            f"{result.count:,}",
+        ]
+    ]
     print(format_table(["model", "params", "MACs", "top-1 %", "top-5 %", "images"], summary))
     rows = [
         [name, f"{100 * accuracy:.2f}", f"{int(total):,}"]
@@ -221,11 +264,15 @@ def run_eval(args: argparse.Namespace) -> None:
     print(format_table(["class", "top-1 %", "images"], rows))
     if args.json:
         record = {
-            "checkpoint": str(checkpoint.path), "data": args.data, "model": checkpoint.model.name,
-            "params": report.params, "macs": report.macs, "tta": args.tta,
+            "checkpoint": str(checkpoint.path),
+            "data": args.data,
+            "model": checkpoint.model.name,
+            "params": report.params,
+            "macs": report.macs,
+            "tta": args.tta,
             "passes": TTA_PASSES[args.tta],
             **result.to_dict(list(checkpoint.classes)),
-        }  # fmt: skip
+        }
         print()
         save_json(args.json, record)
 
@@ -234,9 +281,13 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
     """ImageNet weights on a validation folder, printed as the blog's table (name, params,
     top-1, top-5) beside the figures the weights were published with."""
     result = evaluate_imagenet(
-        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
-        device=args.device, tta=args.tta,
-    )  # fmt: skip
+        checkpoint,
+        args.data,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        tta=args.tta,
+    )
     report = cost(checkpoint.model)
     published = checkpoint.metrics or {}
     record = getattr(checkpoint.model, "weights_record", None)
@@ -254,27 +305,41 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
     )
     if args.json:
         values = {
-            "model": checkpoint.model.name, "weights": record.to_dict() if record else None,
-            "checkpoint": str(checkpoint.path), "data": args.data, "params": report.params,
-            "macs": report.macs, "tta": args.tta, "passes": TTA_PASSES[args.tta],
-            "top1": result.top1, "top5": result.top5,
-            "count": result.count, "published": published,
-        }  # fmt: skip
+            "model": checkpoint.model.name,
+            "weights": record.to_dict() if record else None,
+            "checkpoint": str(checkpoint.path),
+            "data": args.data,
+            "params": report.params,
+            "macs": report.macs,
+            "tta": args.tta,
+            "passes": TTA_PASSES[args.tta],
+            "top1": result.top1,
+            "top5": result.top5,
+            "count": result.count,
+            "published": published,
+        }
         print()
         save_json(args.json, values)
 
 
 def add_predict(commands) -> None:
     parser = add_command(
-        commands, "predict", run_predict,
+        commands,
+        "predict",
+        run_predict,
         help="the top classes of image files, with their probabilities",
         description="The most probable classes of each image, by a checkpoint or by published "
         "weights, each image preprocessed as the model was evaluated.",
-    )  # fmt: skip
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_model_arguments(parser)
-    parser.add_argument("--topk", type=int, default=5, metavar="K",
-                        help="classes shown per image (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--topk",
+        type=int,
+        default=5,
+        metavar="K",
+        help="classes shown per image (default %(default)s)",
+    )
     add_device_argument(parser, "cpu")
     add_tta_argument(parser)
     add_json_switch(parser, "the predictions as JSON")

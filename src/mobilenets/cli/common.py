@@ -54,10 +54,20 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_loader_arguments(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
     """--batch-size, --workers and --device of a command that evaluates on a dataset."""
-    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="B",
-                        help="images per batch (default %(default)s)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=0, metavar="W",
-                        help="data loader processes (default %(default)s: none)")  # fmt: skip
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        metavar="B",
+        help="images per batch (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="W",
+        help="data loader processes (default %(default)s: none)",
+    )
     add_device_argument(parser, "auto")
 
 

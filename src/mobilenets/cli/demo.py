@@ -30,53 +30,68 @@ DATA_FLAGS = {
 
 def add_commands(commands) -> None:
     demo = commands.add_parser(
-        "demo", help="the models at work: a browser page that runs the int8 classifier and "
-        "detector",
+        "demo",
+        help="the models at work: a browser page that runs the int8 classifier and detector",
         description="Demonstrations of trained models.",
-    )  # fmt: skip
-    actions = demo.add_subparsers(dest="action", required=True, parser_class=Parser,
-                                  title="actions", metavar="ACTION")  # fmt: skip
+    )
+    actions = demo.add_subparsers(
+        dest="action", required=True, parser_class=Parser, title="actions", metavar="ACTION"
+    )
     add_web(actions)
 
 
 def add_web(actions) -> None:
     parser = add_command(
-        actions, "web", run_web,
+        actions,
+        "web",
+        run_web,
         help="export int8 ONNX files and serve a page that runs them with onnxruntime-web",
         description="Quantize a classifier and/or a detector checkpoint to int8 ONNX (the "
         "detector with NMS inside), write them with a manifest into a folder, and serve the "
         "page in web/ that runs them in the browser with onnxruntime-web: pick an image or start "
         "the camera, see the top-5 or the boxes and the latency per frame. Needs a source "
         "checkout with `npm ci --prefix web` run once.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "models", nargs="+", metavar="MODEL",
+        "models",
+        nargs="+",
+        metavar="MODEL",
         help="a classifier or detector checkpoint (a .safetensors file or run folder), an ONNX "
         "file of ours (mobilenets quantize, detect export --nms; used as it is), or a folder "
         "this command wrote (served again as it is); one classifier and one detector at most",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--out", metavar="DIR",
+        "--out",
+        metavar="DIR",
         help=f"the folder to write, new or written by this command before (default {DEFAULT_OUT})",
-    )  # fmt: skip
+    )
     for kind, (flag, text) in DATA_FLAGS.items():
         parser.add_argument(
-            flag, metavar="SPEC",
+            flag,
+            metavar="SPEC",
             help=f"the {kind} checkpoint's training data, whose images calibrate the int8 "
             f"ranges: {text} (default: the dataset its training run recorded)",
-        )  # fmt: skip
+        )
     parser.add_argument(
-        "--calibration-images", type=int, metavar="N",
+        "--calibration-images",
+        type=int,
+        metavar="N",
         help="training images that set the activation ranges (default 512, or all if fewer)",
-    )  # fmt: skip
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to serve on (default %(default)s)")  # fmt: skip
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="port to serve on, 0: a free one (default %(default)s)")  # fmt: skip
+    )
     parser.add_argument(
-        "--no-serve", action="store_true",
+        "--host", default=DEFAULT_HOST, help="address to serve on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port to serve on, 0: a free one (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-serve",
+        action="store_true",
         help="write the folder and stop; give the folder as MODEL to serve it later",
-    )  # fmt: skip
+    )
 
 
 def run_web(args: argparse.Namespace) -> None:
@@ -86,11 +101,16 @@ def run_web(args: argparse.Namespace) -> None:
         web_demo.check_web()  # before the export, which takes a while
     given = [Path(path) for path in args.models]
     if len(given) == 1 and (given[0] / MANIFEST).is_file():
-        stray = [flag for flag, value in (("--out", args.out),
-                                          ("--classifier-data", args.classifier_data),
-                                          ("--detector-data", args.detector_data),
-                                          ("--calibration-images", args.calibration_images))
-                 if value is not None]  # fmt: skip
+        stray = [
+            flag
+            for flag, value in (
+                ("--out", args.out),
+                ("--classifier-data", args.classifier_data),
+                ("--detector-data", args.detector_data),
+                ("--calibration-images", args.calibration_images),
+            )
+            if value is not None
+        ]
         if stray:
             raise MobileNetsError(
                 f"{stray[0]} applies to an export; {str(given[0])!r} is a demo folder, served as "
@@ -140,8 +160,9 @@ def export_models(args: argparse.Namespace, web_demo):
         raise MobileNetsError(
             "--calibration-images applies to a checkpoint, and only ONNX files are given"
         )
-    datasets = {kind: training_data(kind, checkpoint, args)
-                for kind, checkpoint in checkpoints.items()}  # fmt: skip
+    datasets = {
+        kind: training_data(kind, checkpoint, args) for kind, checkpoint in checkpoints.items()
+    }
     calibration = args.calibration_images
     files = dict(sources)
     with tempfile.TemporaryDirectory(prefix="mobilenets-demo-") as folder:
@@ -153,8 +174,9 @@ def export_models(args: argparse.Namespace, web_demo):
             else:
                 write_detector(checkpoint, data, path, calibration, web_demo)
             files[kind] = path
-        return web_demo.export_demo(out, classifier=files.get(CLASSIFIER),
-                                    detector=files.get(DETECTOR))  # fmt: skip
+        return web_demo.export_demo(
+            out, classifier=files.get(CLASSIFIER), detector=files.get(DETECTOR)
+        )
 
 
 def load_model_checkpoint(kind: str, path: str):
@@ -178,8 +200,9 @@ def training_data(kind: str, checkpoint, args: argparse.Namespace) -> str:
     return data
 
 
-def write_detector(checkpoint, data: str, path: Path, calibration_images: int | None,
-                   web_demo) -> None:  # fmt: skip
+def write_detector(
+    checkpoint, data: str, path: Path, calibration_images: int | None, web_demo
+) -> None:
     """The int8 detector the page runs, NMS inside: the network int8 and the decoding and NMS
     float, calibrated on ``calibration_images`` training images of ``data`` (default 256, or
     all if fewer), one at a time as the file's batch is 1."""

@@ -52,47 +52,65 @@ def add_commands(commands) -> None:
 
 def add_export(commands) -> None:
     parser = add_command(
-        commands, "export", run_export,
+        commands,
+        "export",
+        run_export,
         help="export a checkpoint or a registered model to ONNX or ExecuTorch, BN folded, checked",
         description="Export a model to ONNX or to an ExecuTorch program with BN folded into the "
         "convolutions, then run the file and compare its outputs with PyTorch's.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "model", metavar="CKPT_OR_NAME",
+        "model",
+        metavar="CKPT_OR_NAME",
         help=f"{CHECKPOINT_HELP}, or a registered name (mobilenet_v2_1.0_224)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--format", required=True, choices=EXPORT_FORMATS,
+        "--format",
+        required=True,
+        choices=EXPORT_FORMATS,
         help="onnx, or pte: ExecuTorch with the XNNPACK delegate (needs mobilenets[mobile])",
-    )  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="FILE",
-                        help="the .onnx or .pte file to write")  # fmt: skip
-    parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
-    parser.add_argument("--resolution", type=int, metavar="N",
-                        help="input side in pixels (default: the model's own)")  # fmt: skip
-    parser.add_argument("--dynamic-batch", action="store_true",
-                        help="a dynamic batch axis (default: batch 1); onnx only")  # fmt: skip
+    )
     parser.add_argument(
-        "--weights", metavar="SRC",
+        "--out", required=True, metavar="FILE", help="the .onnx or .pte file to write"
+    )
+    parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        metavar="N",
+        help="input side in pixels (default: the model's own)",
+    )
+    parser.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="a dynamic batch axis (default: batch 1); onnx only",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="SRC",
         help=f"published weights for a registered name: {PUBLISHED_WEIGHTS}; without it the "
         "weights are random",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--int8", action="store_true",
+        "--int8",
+        action="store_true",
         help="pte only: an int8 program (PT2E with the XNNPACK quantizer) calibrated on training "
         "images of a checkpoint's data, with its top-1 beside the fp32 model's; int8 ONNX is "
         "`mobilenets quantize`",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--data", metavar="SPEC",
+        "--data",
+        metavar="SPEC",
         help=f"--int8: the checkpoint's dataset, {SPEC_HELP} (default: the one its training "
         "run recorded)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--calibration-images", type=int, metavar="N",
+        "--calibration-images",
+        type=int,
+        metavar="N",
         help=f"--int8: training images that set the activation ranges (default "
         f"{QUANTIZE_CALIBRATION_IMAGES}, or all if fewer)",
-    )  # fmt: skip
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -111,9 +129,13 @@ def run_export(args: argparse.Namespace) -> None:
     export.check_options(args.out, opset)  # before loading or downloading anything
     source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
     report = export.export_onnx(
-        source.model, args.out, resolution=source.resolution, opset=opset,
-        dynamic_batch=args.dynamic_batch, metadata=source.metadata,
-    )  # fmt: skip
+        source.model,
+        args.out,
+        resolution=source.resolution,
+        opset=opset,
+        dynamic_batch=args.dynamic_batch,
+        metadata=source.metadata,
+    )
     print(
         f"wrote {report.path} ({report.model_name} with {source.weights}; opset {report.opset}, "
         f"input {export.format_shape(report.input_shape)}, {report.file_bytes / 1e6:.1f} MB, "
@@ -169,10 +191,15 @@ def run_export_pte_int8(args: argparse.Namespace, mobile, export) -> None:
         )
     source = export.export_source(args.model, resolution=args.resolution)
     result = mobile.export_checkpoint_int8(
-        checkpoint, data, args.out, resolution=source.resolution,
-        calibration_images=args.calibration_images, batch_size=QUANTIZE_BATCH_SIZE,
-        metadata=source.metadata, progress=True,
-    )  # fmt: skip
+        checkpoint,
+        data,
+        args.out,
+        resolution=source.resolution,
+        calibration_images=args.calibration_images,
+        batch_size=QUANTIZE_BATCH_SIZE,
+        metadata=source.metadata,
+        progress=True,
+    )
     print_pte_int8(result, source.weights, data, mobile, export)
 
 
@@ -217,55 +244,86 @@ def print_pte_report(report, weights: str, format_shape) -> None:
 
 def add_quantize(commands) -> None:
     parser = add_command(
-        commands, "quantize", run_quantize,
+        commands,
+        "quantize",
+        run_quantize,
         help="int8 ONNX (onnxruntime QDQ) or ExecuTorch by post-training quantization or "
         "quantization-aware fine-tuning",
         description="Quantize a checkpoint to an int8 ONNX file (onnxruntime QDQ, weights s8 "
         "per channel) or, with --format pte, an int8 ExecuTorch program (PT2E with the XNNPACK "
         "quantizer), and report its top-1 beside the fp32 model's on the validation split.",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
-    parser.add_argument("--data", required=True, metavar="SPEC",
-                        help=f"the dataset the checkpoint was trained on: {SPEC_HELP}")  # fmt: skip
     parser.add_argument(
-        "--method", required=True, choices=QUANTIZE_METHODS,
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help=f"the dataset the checkpoint was trained on: {SPEC_HELP}",
+    )
+    parser.add_argument(
+        "--method",
+        required=True,
+        choices=QUANTIZE_METHODS,
         help="ptq: post-training static quantization; qat: fine-tune through simulated int8 "
         "first, then quantize the same way",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--format", choices=EXPORT_FORMATS, default="onnx",
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="onnx",
         help="onnx (default): onnxruntime QDQ; pte: ExecuTorch with the XNNPACK delegate, PT2E "
         "quantization and, for qat, PT2E quantization-aware training (needs mobilenets[mobile])",
-    )  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="FILE",
-                        help="the int8 .onnx or .pte file to write")  # fmt: skip
+    )
     parser.add_argument(
-        "--calibration-images", type=int, default=QUANTIZE_CALIBRATION_IMAGES, metavar="N",
+        "--out", required=True, metavar="FILE", help="the int8 .onnx or .pte file to write"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=QUANTIZE_CALIBRATION_IMAGES,
+        metavar="N",
         help="training images that set the activation ranges (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--calibrate", choices=QUANTIZE_CALIBRATE, default="minmax",
+        "--calibrate",
+        choices=QUANTIZE_CALIBRATE,
+        default="minmax",
         help="how the ranges are set from them: %(choices)s (default %(default)s); onnx only",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--activations", choices=QUANTIZE_ACTIVATIONS, default="u8",
+        "--activations",
+        choices=QUANTIZE_ACTIVATIONS,
+        default="u8",
         help="activation type, u8 or s8 (default %(default)s, fast on x86); weights are s8 per "
         "channel; onnx only (a .pte program is s8)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--batch-size", type=int, default=QUANTIZE_BATCH_SIZE, metavar="B",
+        "--batch-size",
+        type=int,
+        default=QUANTIZE_BATCH_SIZE,
+        metavar="B",
         help="calibration, evaluation and QAT batch size (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--qat-epochs", type=float, default=QatConfig.epochs, metavar="E",
+        "--qat-epochs",
+        type=float,
+        default=QatConfig.epochs,
+        metavar="E",
         help="QAT: passes over the training split, fractions allowed (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--qat-lr", type=float, default=QatConfig.lr, metavar="LR",
+        "--qat-lr",
+        type=float,
+        default=QatConfig.lr,
+        metavar="LR",
         help="QAT: SGD learning rate, cosine to zero (default %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=QatConfig.seed,
-                        help="QAT: seed of the data order (default %(default)s)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=QatConfig.seed,
+        help="QAT: seed of the data order (default %(default)s)",
+    )
 
 
 def run_quantize(args: argparse.Namespace) -> None:
@@ -278,10 +336,16 @@ def run_quantize(args: argparse.Namespace) -> None:
     qat = quantize_qat_config(args)
     checkpoint = load_checkpoint(args.checkpoint)
     result = quantize.quantize_checkpoint(
-        checkpoint, args.data, args.out, calibration_images=args.calibration_images,
-        method=args.calibrate, activation_type=args.activations, batch_size=args.batch_size,
-        qat=qat, progress=True,
-    )  # fmt: skip
+        checkpoint,
+        args.data,
+        args.out,
+        calibration_images=args.calibration_images,
+        method=args.calibrate,
+        activation_type=args.activations,
+        batch_size=args.batch_size,
+        qat=qat,
+        progress=True,
+    )
     report = result.report
     drop = 100 * (result.int8_top1 - result.fp32_top1)
     print(
@@ -329,9 +393,15 @@ def run_quantize_pte(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     source = export.export_source(args.checkpoint)
     result = mobile.export_checkpoint_int8(
-        checkpoint, args.data, args.out, calibration_images=args.calibration_images,
-        batch_size=args.batch_size, metadata=source.metadata, qat=qat, progress=True,
-    )  # fmt: skip
+        checkpoint,
+        args.data,
+        args.out,
+        calibration_images=args.calibration_images,
+        batch_size=args.batch_size,
+        metadata=source.metadata,
+        qat=qat,
+        progress=True,
+    )
     print_pte_int8(result, source.weights, args.data, mobile, export)
 
 
@@ -340,69 +410,101 @@ def run_quantize_pte(args: argparse.Namespace) -> None:
 
 def add_bench(commands) -> None:
     parser = add_command(
-        commands, "bench", run_bench,
+        commands,
+        "bench",
+        run_bench,
         help="CPU latency: PyTorch eager fp32 against onnxruntime fp32 / int8, ExecuTorch",
         description="Time classifiers, segmenters and detectors on the CPU, the median and 90th "
         "percentile per batch, in PyTorch eager and in each runtime, in one process on the same "
         "inputs; a * marks the fastest runtime of each model and batch.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "inputs", nargs="+", metavar="MODEL_OR_FILE",
+        "inputs",
+        nargs="+",
+        metavar="MODEL_OR_FILE",
         help="a registered name (random weights: a classifier, a segmenter such as "
         "deeplabv3_mobilenet_v2 or the detector ssdlite_mobilenet_v2), a checkpoint or run "
         "folder, an .onnx file or a .pte file (ExecuTorch, at the batch it was exported with)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--batch", type=int, nargs="+", default=list(BENCH_BATCHES), metavar="B",
+        "--batch",
+        type=int,
+        nargs="+",
+        default=list(BENCH_BATCHES),
+        metavar="B",
         help=f"batch sizes (default {' '.join(map(str, BENCH_BATCHES))})",
-    )  # fmt: skip
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="threads of every runtime (default: torch's)")  # fmt: skip
-    parser.add_argument("--warmup", type=int, default=BENCH_WARMUP, metavar="W",
-                        help="untimed runs first (default %(default)s)")  # fmt: skip
-    parser.add_argument("--iterations", type=int, default=BENCH_ITERATIONS, metavar="K",
-                        help="timed runs (default %(default)s)")  # fmt: skip
+    )
     parser.add_argument(
-        "--resolution", type=int, metavar="R",
+        "--threads", type=int, metavar="N", help="threads of every runtime (default: torch's)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=BENCH_WARMUP,
+        metavar="W",
+        help="untimed runs first (default %(default)s)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=BENCH_ITERATIONS,
+        metavar="K",
+        help="timed runs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        metavar="R",
         help="input side in pixels (default: the model's own; 513 for a registered segmenter, "
         "320 for a registered detector)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--output-stride", type=int, choices=SEGMENTATION_OUTPUT_STRIDES, metavar="OS",
+        "--output-stride",
+        type=int,
+        choices=SEGMENTATION_OUTPUT_STRIDES,
+        metavar="OS",
         help="a registered segmenter's output stride, 8 or 16 (default: the name's, 16)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--aspp", action=argparse.BooleanOptionalAction,
+        "--aspp",
+        action=argparse.BooleanOptionalAction,
         help="a registered segmenter with (--aspp) or without (--no-aspp) the atrous branches "
         "(default: the name's; deeplabv3_mobilenet_v2 has none)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--int8", action="store_true",
+        "--int8",
+        action="store_true",
         help="also an int8 ONNX file of each model (and with --pte an int8 .pte), calibrated "
         "on random inputs (speed only) or, with --data, on training images",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--pte", action="store_true",
+        "--pte",
+        action="store_true",
         help="also ExecuTorch (XNNPACK delegate) of each model: one .pte per batch size "
         "(needs mobilenets[mobile]; each export takes a while)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--data", metavar="SPEC",
+        "--data",
+        metavar="SPEC",
         help="fill the accuracy column: each checkpoint's validation split of SPEC scored in "
         "every runtime (top-1, detection AP50 or mIoU), int8 calibrated on its training split",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--calibration-images", type=int, metavar="N",
+        "--calibration-images",
+        type=int,
+        metavar="N",
         help="int8 calibration images (default 32 random ones; with --data 256 training images)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--openvino", action="store_true",
+        "--openvino",
+        action="store_true",
         help="also OpenVINO (CPU plugin) on every ONNX file, fp32 and int8 (needs "
         "mobilenets[openvino])",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the records to FILE as JSON")
-    parser.add_argument("--markdown", metavar="FILE",
-                        help="also write the table to FILE in Markdown")  # fmt: skip
+    parser.add_argument(
+        "--markdown", metavar="FILE", help="also write the table to FILE in Markdown"
+    )
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -413,13 +515,21 @@ def run_bench(args: argparse.Namespace) -> None:
         validation = functools.partial(bench_validation, data=args.data)
         calibration = BENCH_DATA_CALIBRATION if calibration is None else calibration
     records = bench.run_benchmarks(
-        args.inputs, batches=args.batch, threads=args.threads, warmup=args.warmup,
-        iterations=args.iterations, resolution=args.resolution, int8=args.int8, pte=args.pte,
-        openvino=args.openvino, output_stride=args.output_stride, aspp=args.aspp,
+        args.inputs,
+        batches=args.batch,
+        threads=args.threads,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        resolution=args.resolution,
+        int8=args.int8,
+        pte=args.pte,
+        openvino=args.openvino,
+        output_stride=args.output_stride,
+        aspp=args.aspp,
         calibration_images=bench.CALIBRATION_IMAGES if calibration is None else calibration,
         validation=validation,
         progress=(lambda line: print(line, file=sys.stderr)) if sys.stderr.isatty() else None,
-    )  # fmt: skip
+    )
     head = (
         f"{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
         f"{args.warmup} warm-up"

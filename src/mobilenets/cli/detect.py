@@ -47,42 +47,61 @@ from mobilenets.zoo.factory import cost
 LOSSES = ("softmax", "focal")
 AUGMENTS = ("ssd", "flip")
 DETECTION_DEFAULTS = dict(
-    model="ssdlite_mobilenet_v2", epochs=20, batch_size=32, optimizer="adamw", lr=3e-3,
-    weight_decay=1e-4, loss="softmax", match_iou=0.5, augment="ssd",
-)  # fmt: skip
+    model="ssdlite_mobilenet_v2",
+    epochs=20,
+    batch_size=32,
+    optimizer="adamw",
+    lr=3e-3,
+    weight_decay=1e-4,
+    loss="softmax",
+    match_iou=0.5,
+    augment="ssd",
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 TRAIN_SETTINGS = (
     Setting("--data", str, f"required unless --resume: {DATA_HELP}", "SPEC"),
     Setting("--model", str, "a registered detector", "NAME"),
     Setting("--alpha", float, "backbone width multiplier (default: the detector's)", "A"),
-    Setting("--resolution", int, "square input side in pixels (default: the detector's, 320)",
-            "N"),
+    Setting("--resolution", int, "square input side in pixels (default: the detector's, 320)", "N"),
     *OPTIMIZER_SETTINGS,
     Setting("--weight-decay", float, "L2 on conv weights", "WD"),
     SCHEDULE_SETTING,
     Setting("--warmup-epochs", float, "linear warmup length", "E"),
     Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D"),
-    Setting("--loss", str, f"classification loss, {' or '.join(LOSSES)}: softmax is SSD's, with "
-            "3:1 hard negative mining"),
+    Setting(
+        "--loss",
+        str,
+        f"classification loss, {' or '.join(LOSSES)}: softmax is SSD's, with "
+        "3:1 hard negative mining",
+    ),
     Setting("--match-iou", float, "IoU at which a default box matches an object", "IOU"),
-    Setting("--augment", str, f"{' or '.join(AUGMENTS)}: SSD's (paper section 2.2), or "
-            "horizontal flips only"),
-    Setting("--backbone-weights", str, "start the backbone from torchvision, timm or keras "
-            "ImageNet weights, or from a classification checkpoint (default: from scratch)",
-            "SRC"),
+    Setting(
+        "--augment",
+        str,
+        f"{' or '.join(AUGMENTS)}: SSD's (paper section 2.2), or horizontal flips only",
+    ),
+    Setting(
+        "--backbone-weights",
+        str,
+        "start the backbone from torchvision, timm or keras "
+        "ImageNet weights, or from a classification checkpoint (default: from scratch)",
+        "SRC",
+    ),
     *RUN_SETTINGS,
-)  # fmt: skip
+)
 
 
 def add_commands(commands) -> None:
     detect = commands.add_parser(
-        "detect", help="SSDLite object detection: train, eval (COCO mAP), predict, export",
+        "detect",
+        help="SSDLite object detection: train, eval (COCO mAP), predict, export",
         description="SSDLite with a MobileNetV2 backbone (V2 paper section 6.2): train it, "
         "measure COCO mAP, draw its detections, export it to ONNX or ExecuTorch, fp32 or int8.",
-    )  # fmt: skip
-    actions = detect.add_subparsers(dest="action", required=True, parser_class=Parser,
-                                    title="actions", metavar="ACTION")  # fmt: skip
+    )
+    actions = detect.add_subparsers(
+        dest="action", required=True, parser_class=Parser, title="actions", metavar="ACTION"
+    )
     add_train(actions)
     add_eval(actions)
     add_predict(actions)
@@ -99,14 +118,20 @@ def train_defaults() -> dict[str, str]:
 
 def add_train(actions) -> None:
     parser = add_command(
-        actions, "train", run_train,
+        actions,
+        "train",
+        run_train,
         help="train an SSDLite detector",
         description="Train an SSDLite detector into a run folder: checkpoints (best by val AP, "
         "and last), metrics and the final COCO evaluation. An interrupted run continues with "
         "--resume; torchrun runs it on several GPUs.",
-    )  # fmt: skip
-    add_training_arguments(parser, TRAIN_SETTINGS, train_defaults(),
-                           out_help="the run folder for checkpoints and metrics")  # fmt: skip
+    )
+    add_training_arguments(
+        parser,
+        TRAIN_SETTINGS,
+        train_defaults(),
+        out_help="the run folder for checkpoints and metrics",
+    )
 
 
 def detection_config(**settings):
@@ -135,11 +160,13 @@ def run_train(args: argparse.Namespace) -> None:
 
 def add_eval(actions) -> None:
     parser = add_command(
-        actions, "eval", run_eval,
+        actions,
+        "eval",
+        run_eval,
         help="COCO AP, AP50, AP75, APs, APm, APl on val",
         description="COCO box metrics (pycocotools) of a detector checkpoint on the validation "
         "split of a dataset.",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
     parser.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     add_loader_arguments(parser, batch_size=32)
@@ -152,43 +179,61 @@ def run_eval(args: argparse.Namespace) -> None:
 
     checkpoint = detection.load_detection_checkpoint(args.checkpoint)
     metrics = detection.evaluate_checkpoint(
-        checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+        checkpoint,
+        args.data,
+        batch_size=args.batch_size,
+        workers=args.workers,
         device=args.device,
-    )  # fmt: skip
+    )
     report = cost(checkpoint.model)
-    row = [checkpoint.model.name, f"{report.params:,}", f"{report.macs / 1e6:.1f}M",
-           *(f"{metrics[name]:.3f}" for name in METRIC_NAMES)]  # fmt: skip
+    row = [
+        checkpoint.model.name,
+        f"{report.params:,}",
+        f"{report.macs / 1e6:.1f}M",
+        *(f"{metrics[name]:.3f}" for name in METRIC_NAMES),
+    ]
     print(format_table(["model", "params", "MACs", *METRIC_NAMES], [row]))
     print(
         "\nCOCO box metrics (pycocotools): AP at IoU 0.50:0.95, 0.50 and 0.75; AP of small,"
         "\nmedium and large objects (-1: none of that size); AR100: recall at 100 detections"
     )
     if args.json:
-        record = {"checkpoint": str(checkpoint.path), "data": args.data,
-                  "model": checkpoint.model.name, "params": report.params, "macs": report.macs,
-                  **metrics}  # fmt: skip
+        record = {
+            "checkpoint": str(checkpoint.path),
+            "data": args.data,
+            "model": checkpoint.model.name,
+            "params": report.params,
+            "macs": report.macs,
+            **metrics,
+        }
         print()
         save_json(args.json, record)
 
 
 def add_predict(actions) -> None:
     parser = add_command(
-        actions, "predict", run_predict,
+        actions,
+        "predict",
+        run_predict,
         help="draw the detections of an image and save it",
         description="Detect the objects in one image, print them and save the image with its "
         "boxes, class names and scores drawn.",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
     parser.add_argument("image", metavar="IMAGE", help="an image file")
     parser.add_argument(
-        "--out", metavar="FILE",
+        "--out",
+        metavar="FILE",
         help="the annotated image, .png or .jpg (default: IMAGE_STEM_detections.png in the "
         "current folder)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--score-threshold", type=float, default=0.3, metavar="S",
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        metavar="S",
         help="lowest score drawn and printed, in [0, 1) (default %(default)s)",
-    )  # fmt: skip
+    )
     add_device_argument(parser, "cpu")
     add_json_switch(parser, "the detections as JSON")
 
@@ -200,18 +245,22 @@ def run_predict(args: argparse.Namespace) -> None:
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise MobileNetsError(f"--out must end in .png, .jpg or .jpeg, got {str(out)!r}")
     checkpoint = detection.load_detection_checkpoint(args.checkpoint)
-    image, found = detection.detect_image(checkpoint, args.image,
-                                          score_threshold=args.score_threshold,
-                                          device=args.device)  # fmt: skip
+    image, found = detection.detect_image(
+        checkpoint, args.image, score_threshold=args.score_threshold, device=args.device
+    )
     drawn = detection.draw_detections(image, found, checkpoint.classes)
     with output_file(out) as path:
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
     records = [
-        {"class": checkpoint.classes[label], "score": round(score, 4),
-         "box": [round(value, 1) for value in box]}
-        for label, score, box in zip(found["labels"].tolist(), found["scores"].tolist(),
-                                     found["boxes"].tolist(), strict=True)
-    ]  # fmt: skip
+        {
+            "class": checkpoint.classes[label],
+            "score": round(score, 4),
+            "box": [round(value, 1) for value in box],
+        }
+        for label, score, box in zip(
+            found["labels"].tolist(), found["scores"].tolist(), found["boxes"].tolist(), strict=True
+        )
+    ]
     if args.json:
         print(json.dumps({"image": args.image, "out": str(out), "detections": records}))
         return
@@ -228,7 +277,7 @@ NMS_SETTINGS = (
     ("--nms-iou", float, 0.6, "IOU", "IoU above which NMS drops the lower-scoring box of a class"),
     ("--max-detections", int, 100, "K", "detections per image: the outputs' second axis"),
     ("--pre-nms-top-k", int, 1000, "K", "best (box, class) pairs that go through NMS"),
-)  # fmt: skip
+)
 
 
 FORMATS = ("onnx", "pte")
@@ -238,7 +287,9 @@ CALIBRATION_IMAGES = 256  # tasks.detection.quantize's default (tests check)
 
 def add_export(actions) -> None:
     parser = add_command(
-        actions, "export", run_export,
+        actions,
+        "export",
+        run_export,
         help="ONNX or ExecuTorch with BN folded and the box decoding inside (NMS too with --nms), "
         "fp32 or int8",
         description="Export a detector to ONNX or to an ExecuTorch program (.pte, XNNPACK "
@@ -250,42 +301,54 @@ def add_export(actions) -> None:
         "against the PyTorch post-processing. With --int8 the network is quantized (the decoding "
         "and NMS stay float), calibrated on training images of --data, and the COCO AP and AP50 "
         "of the file and of the fp32 model on its validation split are printed.",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
-    parser.add_argument("--out", required=True, metavar="FILE",
-                        help="the .onnx or .pte file to write")  # fmt: skip
     parser.add_argument(
-        "--format", choices=FORMATS,
+        "--out", required=True, metavar="FILE", help="the .onnx or .pte file to write"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
         help="onnx, or pte: an ExecuTorch program of batch 1 with the XNNPACK delegate (needs "
         "mobilenets[mobile]); default: by the suffix of --out",
-    )  # fmt: skip
+    )
     parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
-    parser.add_argument("--dynamic-batch", action="store_true",
-                        help="a dynamic batch axis (default: batch 1); onnx only")  # fmt: skip
     parser.add_argument(
-        "--nms", action="store_true",
+        "--dynamic-batch",
+        action="store_true",
+        help="a dynamic batch axis (default: batch 1); onnx only",
+    )
+    parser.add_argument(
+        "--nms",
+        action="store_true",
         help="put the score threshold, NMS and the top-k in the file; onnx only (ExecuTorch has "
         "no NMS kernel: a .pte program leaves NMS to its caller)",
-    )  # fmt: skip
+    )
     for flag, kind, default, metavar, text in NMS_SETTINGS:
-        parser.add_argument(flag, type=kind, metavar=metavar,
-                            help=f"with --nms: {text} (default {default})")  # fmt: skip
+        parser.add_argument(
+            flag, type=kind, metavar=metavar, help=f"with --nms: {text} (default {default})"
+        )
     parser.add_argument(
-        "--int8", action="store_true",
+        "--int8",
+        action="store_true",
         help="an int8 network (onnx: onnxruntime QDQ; pte: PT2E with the XNNPACK quantizer), "
         "calibrated on training images of --data, with its COCO AP beside the fp32 model's",
-    )  # fmt: skip
-    parser.add_argument("--data", metavar="SPEC",
-                        help=f"--int8: the checkpoint's dataset, {DATA_HELP}")  # fmt: skip
+    )
     parser.add_argument(
-        "--calibration-images", type=int, metavar="N",
+        "--data", metavar="SPEC", help=f"--int8: the checkpoint's dataset, {DATA_HELP}"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        metavar="N",
         help=f"--int8: training images that set the activation ranges (default "
         f"{CALIBRATION_IMAGES}, or all if fewer)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--calibrate", choices=CALIBRATE,
+        "--calibrate",
+        choices=CALIBRATE,
         help="--int8, onnx: how the ranges are set from them, %(choices)s (default minmax)",
-    )  # fmt: skip
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -303,14 +366,20 @@ def run_export(args: argparse.Namespace) -> None:
                 "--nms applies to --format onnx only: a .pte program leaves NMS to its caller, "
                 "which runs it on the program's boxes and scores (ExecuTorch has no NMS kernel)"
             )
-        onnx_only = {"--opset": args.opset is not None, "--dynamic-batch": args.dynamic_batch,
-                     "--calibrate": args.calibrate is not None}  # fmt: skip
+        onnx_only = {
+            "--opset": args.opset is not None,
+            "--dynamic-batch": args.dynamic_batch,
+            "--calibrate": args.calibrate is not None,
+        }
         for option, used in onnx_only.items():
             if used:
                 raise MobileNetsError(f"{option} applies to --format onnx only, not to pte")
     if not args.int8:
-        int8_only = {"--data": args.data, "--calibration-images": args.calibration_images,
-                     "--calibrate": args.calibrate}  # fmt: skip
+        int8_only = {
+            "--data": args.data,
+            "--calibration-images": args.calibration_images,
+            "--calibrate": args.calibrate,
+        }
         for option, value in int8_only.items():
             if value is not None:
                 raise MobileNetsError(f"{option} applies to --int8 only")
@@ -336,18 +405,32 @@ def run_export(args: argparse.Namespace) -> None:
     from mobilenets.tasks.detection import export as detection_export
     from mobilenets.tasks.detection.inference import load_detection_checkpoint
 
-    settings = {flag[2:].replace("-", "_"): value for flag, value in given.items()
-                if value is not None}  # fmt: skip
+    settings = {
+        flag[2:].replace("-", "_"): value for flag, value in given.items() if value is not None
+    }
     checkpoint = load_detection_checkpoint(args.checkpoint)
     if args.int8:
         from mobilenets.tasks.detection.quantize import quantize_detector_checkpoint
 
-        onnx_options = {} if pte else dict(opset=opset, dynamic_batch=args.dynamic_batch,
-                                           nms=args.nms, method=calibrate, **settings)  # fmt: skip
+        onnx_options = (
+            {}
+            if pte
+            else dict(
+                opset=opset,
+                dynamic_batch=args.dynamic_batch,
+                nms=args.nms,
+                method=calibrate,
+                **settings,
+            )
+        )
         result = quantize_detector_checkpoint(
-            checkpoint, args.data, args.out, calibration_images=args.calibration_images,
-            progress=True, **onnx_options,
-        )  # fmt: skip
+            checkpoint,
+            args.data,
+            args.out,
+            calibration_images=args.calibration_images,
+            progress=True,
+            **onnx_options,
+        )
         print_int8(result, pte, args.data, calibrate)
         return
     if pte:
@@ -358,9 +441,14 @@ def run_export(args: argparse.Namespace) -> None:
             f"{report.max_abs_diff:.2g}\n{NMS_OUTSIDE}"
         )
         return
-    report = detection_export.export_detector(checkpoint, args.out, opset=opset,
-                                              dynamic_batch=args.dynamic_batch, nms=args.nms,
-                                              **settings)  # fmt: skip
+    report = detection_export.export_detector(
+        checkpoint,
+        args.out,
+        opset=opset,
+        dynamic_batch=args.dynamic_batch,
+        nms=args.nms,
+        **settings,
+    )
     print_onnx_report(report)
     if report.nms is None:
         print(
@@ -374,8 +462,10 @@ def run_export(args: argparse.Namespace) -> None:
     )
 
 
-NMS_OUTSIDE = ("NMS is left to the caller: keep scores above a threshold per class, then "
-               "torchvision.ops.batched_nms or the runtime's")  # fmt: skip
+NMS_OUTSIDE = (
+    "NMS is left to the caller: keep scores above a threshold per class, then "
+    "torchvision.ops.batched_nms or the runtime's"
+)
 
 
 def print_onnx_report(report) -> None:
@@ -387,8 +477,10 @@ def print_onnx_report(report) -> None:
     )
     tail = f"{report.file_bytes / 1e6:.1f} MB, {report.bn_folded} BN folded)"
     if report.nms is None:
-        print(f"{header}outputs boxes [N, {report.num_boxes}, 4] and scores [N, "
-              f"{report.num_boxes}, {report.num_classes}], {tail}")  # fmt: skip
+        print(
+            f"{header}outputs boxes [N, {report.num_boxes}, 4] and scores [N, "
+            f"{report.num_boxes}, {report.num_classes}], {tail}"
+        )
         return
     nms, k = report.nms, report.nms.max_detections
     print(

@@ -50,20 +50,26 @@ def add_commands(commands) -> None:
 
 def add_zoo(commands) -> None:
     parser = add_command(
-        commands, "zoo", run_zoo,
+        commands,
+        "zoo",
+        run_zoo,
         help="the named variants with their exact cost and published figures",
         description="Every registered classifier (V1 and V2 at each width and resolution the "
         "papers give) with our exact params and MACs beside the published checkpoint's "
         "figures and ImageNet accuracy.",
-    )  # fmt: skip
-    parser.add_argument("--family", choices=sorted(FAMILIES),
-                        help="only V1 (v1) or only V2 (v2) variants (default: both)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        help="only V1 (v1) or only V2 (v2) variants (default: both)",
+    )
     add_json_switch(parser, "the rows as JSON instead of a table")
     parser.add_argument(
-        "--plot", metavar="FILE",
+        "--plot",
+        metavar="FILE",
         help="also draw published top-1 against MACs (V1 Figure 4) into FILE, which ends in "
         f"{', '.join(PLOT_SUFFIXES)}",
-    )  # fmt: skip
+    )
 
 
 def run_zoo(args: argparse.Namespace) -> None:
@@ -82,18 +88,35 @@ def run_zoo(args: argparse.Namespace) -> None:
 
 
 def print_zoo(rows: list[dict]) -> None:
-    headers = ["name", "alpha", "res", "params M", "MACs M", "ref params M", "ref MACs M",
-               "top-1", "top-5", "source"]  # fmt: skip
+    headers = [
+        "name",
+        "alpha",
+        "res",
+        "params M",
+        "MACs M",
+        "ref params M",
+        "ref MACs M",
+        "top-1",
+        "top-5",
+        "source",
+    ]
     table = []
     for row in rows:
         ref = row["reference"] or {}
         table.append(
-            [row["name"], format_alpha(row["alpha"]), str(row["resolution"]),
-             millions(row["params"]), millions(row["macs"], 1),
-             published(ref.get("params_m"), ".2f"), published(ref.get("macs_m")),
-             published(ref.get("top1"), ".1f"), published(ref.get("top5"), ".1f"),
-             ref.get("source", "no published checkpoint")]
-        )  # fmt: skip
+            [
+                row["name"],
+                format_alpha(row["alpha"]),
+                str(row["resolution"]),
+                millions(row["params"]),
+                millions(row["macs"], 1),
+                published(ref.get("params_m"), ".2f"),
+                published(ref.get("macs_m")),
+                published(ref.get("top1"), ".1f"),
+                published(ref.get("top5"), ".1f"),
+                ref.get("source", "no published checkpoint"),
+            ]
+        )
     print(format_table(headers, table))
     print(
         "\nparams and MACs are exact counts for 1000 classes (params: conv and linear weights,"
@@ -108,57 +131,84 @@ def print_zoo(rows: list[dict]) -> None:
 
 def add_cost(commands) -> None:
     parser = add_command(
-        commands, "cost", run_cost,
+        commands,
+        "cost",
+        run_cost,
         help="per-layer params, MACs and activation memory of a model",
         description="The analytic cost of a model, layer by layer, from its resolved spec (no "
         "model is built): params, multiply-adds, activation memory, and the papers' breakdowns; "
         "with --table7, the V2 paper's segmentation Table 7 beside our counts.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "name", metavar="NAME", nargs="?",
+        "name",
+        metavar="NAME",
+        nargs="?",
         help="a variant (mobilenet_v2_1.0_224), a family (mobilenet_v1, alpha 1.0 at 224 unless "
         "given), a detector (ssdlite_mobilenet_v2) or a segmenter (deeplabv3_mobilenet_v2, "
         "513x513 unless given)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--table7", action="store_true",
+        "--table7",
+        action="store_true",
         help="instead of NAME: the six MobileNet rows of V2 Table 7 (Mobile DeepLabv3), the "
         "paper's params and MAdds beside ours",
-    )  # fmt: skip
-    parser.add_argument("--alpha", type=float, metavar="A",
-                        help="width multiplier (default: the name's)")  # fmt: skip
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--resolution", type=int, metavar="N",
-                      help="input side in pixels, >= 32 (default: the name's)")  # fmt: skip
-    size.add_argument("--rho", type=float, metavar="R",
-                      help="resolution multiplier in (0, 1]: an input side of 224*rho")  # fmt: skip
+    )
     parser.add_argument(
-        "--num-classes", type=int, metavar="K",
+        "--alpha", type=float, metavar="A", help="width multiplier (default: the name's)"
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--resolution",
+        type=int,
+        metavar="N",
+        help="input side in pixels, >= 32 (default: the name's)",
+    )
+    size.add_argument(
+        "--rho",
+        type=float,
+        metavar="R",
+        help="resolution multiplier in (0, 1]: an input side of 224*rho",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="K",
         help="classifier outputs, 0 for none (default 1000); a detector's count includes the "
         "background (default 91, COCO)",
-    )  # fmt: skip
-    parser.add_argument("--expansion", type=int, metavar="T",
-                        help="V2 expansion factor t (default 6)")  # fmt: skip
-    parser.add_argument("--in-chans", type=int, metavar="C",
-                        help="input channels (default 3; 1 for grayscale)")  # fmt: skip
-    parser.add_argument("--by-kind", action="store_true",
-                        help="add V1 Table 2: MACs and weights by layer kind")  # fmt: skip
-    parser.add_argument("--standard", action="store_true",
-                        help="add V1 Table 4: the same network with full convolutions")  # fmt: skip
+    )
     parser.add_argument(
-        "--small-input", action="store_true", default=None,
+        "--expansion", type=int, metavar="T", help="V2 expansion factor t (default 6)"
+    )
+    parser.add_argument(
+        "--in-chans", type=int, metavar="C", help="input channels (default 3; 1 for grayscale)"
+    )
+    parser.add_argument(
+        "--by-kind", action="store_true", help="add V1 Table 2: MACs and weights by layer kind"
+    )
+    parser.add_argument(
+        "--standard",
+        action="store_true",
+        help="add V1 Table 4: the same network with full convolutions",
+    )
+    parser.add_argument(
+        "--small-input",
+        action="store_true",
+        default=None,
         help="the variant for 28-32 px images: output stride 8 instead of 32",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--output-stride", type=int, metavar="OS",
+        "--output-stride",
+        type=int,
+        metavar="OS",
         help="input side over the last feature map's, by atrous convolution: 8, 16 or 32 for a "
         "classifier (default 32), 8 or 16 for a segmenter (default 16)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--aspp", action=argparse.BooleanOptionalAction,
+        "--aspp",
+        action=argparse.BooleanOptionalAction,
         help="a segmenter with (--aspp) or without (--no-aspp) the three atrous branches "
         "(default: the name's; deeplabv3_mobilenet_v2 has none, deeplabv3_mobilenet_v1 has them)",
-    )  # fmt: skip
+    )
     add_json_switch(parser, "one JSON object instead of the tables")
 
 
@@ -175,10 +225,15 @@ def run_cost(args: argparse.Namespace) -> None:
             f"to {args.name!r}"
         )
     overrides = dict(
-        resolution=args.resolution, rho=args.rho, alpha=args.alpha, num_classes=args.num_classes,
-        expansion=args.expansion, small_input=args.small_input, in_chans=args.in_chans,
+        resolution=args.resolution,
+        rho=args.rho,
+        alpha=args.alpha,
+        num_classes=args.num_classes,
+        expansion=args.expansion,
+        small_input=args.small_input,
+        in_chans=args.in_chans,
         output_stride=args.output_stride,
-    )  # fmt: skip
+    )
     config = None
     if segmenter:
         # resolved here rather than inside cost(): its Table 7 row is printed beside the report
@@ -204,15 +259,25 @@ def print_cost(report: CostReport, *, by_kind: bool, standard: bool) -> None:
     print(
         f"{report.name}: alpha {format_alpha(report.alpha)}, {report.resolution}x"
         f"{report.resolution} input, {report.num_classes} classes"
-        + ("\nsmall-input variant: stride-1 stem and first stride-2 stage (output stride 8)"
-           if small else "")
+        + (
+            "\nsmall-input variant: stride-1 stem and first stride-2 stage (output stride 8)"
+            if small
+            else ""
+        )
         + "\n"
-    )  # fmt: skip
+    )
     rows = [
-        [layer.name, layer.kind, shape_text(layer.in_shape), shape_text(layer.out_shape),
-         f"{layer.params:,}", f"{layer.macs:,}", f"{layer.activation_bytes / 1000:.1f}"]
+        [
+            layer.name,
+            layer.kind,
+            shape_text(layer.in_shape),
+            shape_text(layer.out_shape),
+            f"{layer.params:,}",
+            f"{layer.macs:,}",
+            f"{layer.activation_bytes / 1000:.1f}",
+        ]
         for layer in report.layers
-    ]  # fmt: skip
+    ]
     print(format_table(["layer", "kind", "input", "output", "params", "MACs", "act KB"], rows))
     print(
         f"\ntotal: {report.params:,} params, {report.macs:,} MACs ({report.macs / 1e6:.1f}M)"
@@ -224,10 +289,15 @@ def print_cost(report: CostReport, *, by_kind: bool, standard: bool) -> None:
     )
     if by_kind:
         rows = [
-            [row.label, f"{row.macs:,}", f"{row.macs_percent:.2f}%", f"{row.weights:,}",
-             f"{row.weights_percent:.2f}%"]
+            [
+                row.label,
+                f"{row.macs:,}",
+                f"{row.macs_percent:.2f}%",
+                f"{row.weights:,}",
+                f"{row.weights_percent:.2f}%",
+            ]
             for row in report.by_kind()
-        ]  # fmt: skip
+        ]
         print("\nby layer kind (V1 Table 2: weights without bias or BN):")
         print(format_table(["type", "MACs", "MACs %", "weights", "weights %"], rows))
     if standard:
@@ -292,18 +362,42 @@ def print_segmenter_paper(config: SegmentationConfig, report: CostReport) -> Non
 
 # --- table 7 ------------------------------------------------------------------------------------
 
-TABLE7_HEADERS = ["backbone", "OS", "ASPP", "MF", "mIoU", "paper params M", "ours", "diff",
-                  "paper MAdds B", "ours", "diff", "ours TF s2b", "diff"]  # fmt: skip
+TABLE7_HEADERS = [
+    "backbone",
+    "OS",
+    "ASPP",
+    "MF",
+    "mIoU",
+    "paper params M",
+    "ours",
+    "diff",
+    "paper MAdds B",
+    "ours",
+    "diff",
+    "ours TF s2b",
+    "diff",
+]
 
 
 def run_table7(args: argparse.Namespace) -> None:
-    given = [flag for flag, value in (
-        ("NAME", args.name), ("--alpha", args.alpha), ("--resolution", args.resolution),
-        ("--rho", args.rho), ("--num-classes", args.num_classes), ("--expansion", args.expansion),
-        ("--in-chans", args.in_chans), ("--by-kind", args.by_kind or None),
-        ("--standard", args.standard or None), ("--small-input", args.small_input),
-        ("--output-stride", args.output_stride), ("--aspp", args.aspp),
-    ) if value is not None]  # fmt: skip
+    given = [
+        flag
+        for flag, value in (
+            ("NAME", args.name),
+            ("--alpha", args.alpha),
+            ("--resolution", args.resolution),
+            ("--rho", args.rho),
+            ("--num-classes", args.num_classes),
+            ("--expansion", args.expansion),
+            ("--in-chans", args.in_chans),
+            ("--by-kind", args.by_kind or None),
+            ("--standard", args.standard or None),
+            ("--small-input", args.small_input),
+            ("--output-stride", args.output_stride),
+            ("--aspp", args.aspp),
+        )
+        if value is not None
+    ]
     if given:
         raise MobileNetsError(
             f"--table7 prints the paper's six configurations as published; it takes no "
@@ -333,21 +427,33 @@ def table7_cells(row: Table7Comparison) -> list[str]:
     millions of params and billions of MAdds, and each relative difference in percent."""
     paper = row.paper
     return [
-        paper.arch, str(paper.output_stride), "yes" if paper.aspp else "no",
-        "yes" if paper.multiscale else "no", f"{paper.miou:.2f}", f"{paper.params_m:g}",
-        f"{row.params / 1e6:.3f}", f"{100 * row.params_error:+.2f}%", f"{paper.madds_b:g}",
-        f"{row.macs / 1e9:.2f}", f"{100 * row.macs_error:+.1f}%",
-        f"{row.space_to_batch_macs / 1e9:.2f}", f"{100 * row.space_to_batch_error:+.1f}%",
-    ]  # fmt: skip
+        paper.arch,
+        str(paper.output_stride),
+        "yes" if paper.aspp else "no",
+        "yes" if paper.multiscale else "no",
+        f"{paper.miou:.2f}",
+        f"{paper.params_m:g}",
+        f"{row.params / 1e6:.3f}",
+        f"{100 * row.params_error:+.2f}%",
+        f"{paper.madds_b:g}",
+        f"{row.macs / 1e9:.2f}",
+        f"{100 * row.macs_error:+.1f}%",
+        f"{row.space_to_batch_macs / 1e9:.2f}",
+        f"{100 * row.space_to_batch_error:+.1f}%",
+    ]
 
 
 def table7_record(row: Table7Comparison) -> dict:
     return {
-        "paper": vars(row.paper), "config": row.config.name, "params": row.params,
-        "macs": row.macs, "space_to_batch_macs": row.space_to_batch_macs,
-        "params_error": row.params_error, "macs_error": row.macs_error,
+        "paper": vars(row.paper),
+        "config": row.config.name,
+        "params": row.params,
+        "macs": row.macs,
+        "space_to_batch_macs": row.space_to_batch_macs,
+        "params_error": row.params_error,
+        "macs_error": row.macs_error,
         "space_to_batch_error": row.space_to_batch_error,
-    }  # fmt: skip
+    }
 
 
 # --- weights and convert ------------------------------------------------------------------------
@@ -355,14 +461,17 @@ def table7_record(row: Table7Comparison) -> dict:
 
 def add_weights(commands) -> None:
     parser = add_command(
-        commands, "weights", run_weights,
+        commands,
+        "weights",
+        run_weights,
         help="the published weights we can load",
         description="The published weights that load into our models: torchvision's, timm's "
         "and Keras's for ImageNet, and ours, with their preprocessing, padding, BN epsilon and "
         "published accuracy.",
-    )  # fmt: skip
-    parser.add_argument("--source", choices=PUBLISHERS,
-                        help="only this publisher: %(choices)s (default: all)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--source", choices=PUBLISHERS, help="only this publisher: %(choices)s (default: all)"
+    )
     add_json_switch(parser, "the weights records as JSON instead of a table")
 
 
@@ -372,14 +481,31 @@ def run_weights(args: argparse.Namespace) -> None:
         print(json.dumps([record.to_dict() for record in records], indent=1))
         return
     rows = [
-        [r.model_name, r.source, r.tag, published(r.top1, ".1f"), published(r.top5, ".1f"),
-         f"{r.preprocessing.resize or '-'}/{r.preprocessing.resolution} "
-         f"{r.preprocessing.interpolation}",
-         inputs_text(r.preprocessing), r.padding, f"{r.bn_eps:g}"]
+        [
+            r.model_name,
+            r.source,
+            r.tag,
+            published(r.top1, ".1f"),
+            published(r.top5, ".1f"),
+            f"{r.preprocessing.resize or '-'}/{r.preprocessing.resolution} "
+            f"{r.preprocessing.interpolation}",
+            inputs_text(r.preprocessing),
+            r.padding,
+            f"{r.bn_eps:g}",
+        ]
         for r in records
-    ]  # fmt: skip
-    headers = ["model", "source", "tag", "top-1", "top-5", "resize/crop", "inputs", "padding",
-               "bn_eps"]  # fmt: skip
+    ]
+    headers = [
+        "model",
+        "source",
+        "tag",
+        "top-1",
+        "top-5",
+        "resize/crop",
+        "inputs",
+        "padding",
+        "bn_eps",
+    ]
     print(format_table(headers, rows))
     print(
         "\nuse: create_model(NAME, weights=SOURCE), or mobilenets predict IMAGE --model NAME "
@@ -400,21 +526,33 @@ def inputs_text(preprocessing: Preprocessing) -> str:
 
 def add_convert(commands) -> None:
     parser = add_command(
-        commands, "convert", run_convert,
+        commands,
+        "convert",
+        run_convert,
         help="convert torchvision, timm or Keras weights into a .safetensors checkpoint",
         description="Convert a weights file of torchvision, timm or Keras into a checkpoint of "
         "ours: every tensor mapped by the spec and shape-checked, the source's padding and BN "
         "epsilon recorded.",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "source_file", metavar="SRC", help="the file to convert: .pth or .safetensors, or Keras .h5"
     )
-    parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                        help="the ecosystem SRC comes from: %(choices)s")  # fmt: skip
-    parser.add_argument("--model", required=True, metavar="NAME",
-                        help="the variant of the weights, e.g. mobilenet_v2_1.0_224")  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="FILE.safetensors",
-                        help="the checkpoint to write")  # fmt: skip
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        choices=SOURCES,
+        help="the ecosystem SRC comes from: %(choices)s",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME",
+        help="the variant of the weights, e.g. mobilenet_v2_1.0_224",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE.safetensors", help="the checkpoint to write"
+    )
 
 
 def run_convert(args: argparse.Namespace) -> None:

@@ -44,11 +44,24 @@ from mobilenets.zoo.factory import cost
 # SegmentationTrainConfig's defaults where they differ from TrainSettings' (but --data, which the
 # command asks for), and the library's choices that the flags repeat.
 SEGMENTATION_DEFAULTS = dict(
-    model="deeplabv3_mobilenet_v2", epochs=30, batch_size=8, optimizer="sgd", lr=0.007,
-    momentum=0.9, nesterov=False, weight_decay=4e-5, schedule="poly", warmup_epochs=0.0,
-    output_stride=16, crop=513, min_scale=0.5, max_scale=2.0, flip=True, aux_loss=0.0,
+    model="deeplabv3_mobilenet_v2",
+    epochs=30,
+    batch_size=8,
+    optimizer="sgd",
+    lr=0.007,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=4e-5,
+    schedule="poly",
+    warmup_epochs=0.0,
+    output_stride=16,
+    crop=513,
+    min_scale=0.5,
+    max_scale=2.0,
+    flip=True,
+    aux_loss=0.0,
     eval_batch_size=1,
-)  # fmt: skip
+)
 OUTPUT_STRIDES = (8, 16)
 TTA_MODES = ("none", "flip", "multiscale")
 EXPORT_FORMATS = ("onnx", "pte")
@@ -58,26 +71,59 @@ EDGE_OP = re.compile(r"^<EdgeOpOverload: ([^>]+)>")
 
 TRAIN_SETTINGS = (
     Setting("--data", str, f"required unless --resume: {SEGMENTATION_DATA_HELP}", "SPEC"),
-    Setting("--model", str, "a registered segmenter: deeplabv3_mobilenet_v2 (MNet V2*, no "
-            "ASPP) or deeplabv3_mobilenet_v1 (with ASPP)", "NAME"),
+    Setting(
+        "--model",
+        str,
+        "a registered segmenter: deeplabv3_mobilenet_v2 (MNet V2*, no "
+        "ASPP) or deeplabv3_mobilenet_v1 (with ASPP)",
+        "NAME",
+    ),
     Setting("--alpha", float, "backbone width multiplier (default: the segmenter's, 1.0)", "A"),
-    Setting("--resolution", int, "nominal input side recorded in the model, at which its cost "
-            "is given; the model takes any size (default: --crop)", "N"),
-    Setting("--output-stride", int, "the backbone's output stride, 16 or 8 (atrous "
-            "convolution; 8 is finer and about four times the MACs)", "S"),
-    Setting("--aspp", argparse.BooleanOptionalAction, "the three atrous branches of ASPP in the "
-            "head (default: the model's: off for deeplabv3_mobilenet_v2, on for "
-            "deeplabv3_mobilenet_v1)"),
-    Setting("--crop", int, "side of the square training crop in pixels, at least 32; the "
-            "validation images are scored at their own size", "N"),
+    Setting(
+        "--resolution",
+        int,
+        "nominal input side recorded in the model, at which its cost "
+        "is given; the model takes any size (default: --crop)",
+        "N",
+    ),
+    Setting(
+        "--output-stride",
+        int,
+        "the backbone's output stride, 16 or 8 (atrous "
+        "convolution; 8 is finer and about four times the MACs)",
+        "S",
+    ),
+    Setting(
+        "--aspp",
+        argparse.BooleanOptionalAction,
+        "the three atrous branches of ASPP in the "
+        "head (default: the model's: off for deeplabv3_mobilenet_v2, on for "
+        "deeplabv3_mobilenet_v1)",
+    ),
+    Setting(
+        "--crop",
+        int,
+        "side of the square training crop in pixels, at least 32; the "
+        "validation images are scored at their own size",
+        "N",
+    ),
     Setting("--min-scale", float, "smallest random scale of a training image", "F"),
     Setting("--max-scale", float, "largest random scale of a training image", "F"),
     Setting("--flip", argparse.BooleanOptionalAction, "random horizontal flips in training"),
-    Setting("--aux-loss", float, "weight of the auxiliary cross-entropy on a head over the "
-            "stride-8 features; 0: no auxiliary head", "W"),
-    Setting("--backbone-weights", str, "start the backbone from torchvision, timm or keras "
-            "ImageNet weights, or from a classification checkpoint (default: from scratch)",
-            "SRC"),
+    Setting(
+        "--aux-loss",
+        float,
+        "weight of the auxiliary cross-entropy on a head over the "
+        "stride-8 features; 0: no auxiliary head",
+        "W",
+    ),
+    Setting(
+        "--backbone-weights",
+        str,
+        "start the backbone from torchvision, timm or keras "
+        "ImageNet weights, or from a classification checkpoint (default: from scratch)",
+        "SRC",
+    ),
     *OPTIMIZER_SETTINGS,
     Setting("--nesterov", argparse.BooleanOptionalAction, "nesterov momentum for SGD"),
     Setting("--weight-decay", float, "L2 on conv weights", "WD"),
@@ -85,21 +131,27 @@ TRAIN_SETTINGS = (
     Setting("--lr-decay", float, "per-epoch factor of the exponential schedule", "F"),
     Setting("--warmup-epochs", float, "linear warmup length", "E"),
     Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D"),
-    Setting("--eval-batch-size", int, "validation images per batch; 1 scores each at its own "
-            "size, a larger batch pads them to the largest", "B"),
+    Setting(
+        "--eval-batch-size",
+        int,
+        "validation images per batch; 1 scores each at its own "
+        "size, a larger batch pads them to the largest",
+        "B",
+    ),
     *RUN_SETTINGS,
-)  # fmt: skip
+)
 
 
 def add_commands(commands) -> None:
     segment = commands.add_parser(
-        "segment", help="Mobile DeepLabv3 semantic segmentation: train, eval (mIoU), predict, "
-        "export",
+        "segment",
+        help="Mobile DeepLabv3 semantic segmentation: train, eval (mIoU), predict, export",
         description="Mobile DeepLabv3 on a MobileNetV2 or V1 backbone (V2 paper section 6.3): "
         "train it, measure mIoU, draw its masks, export it to ONNX or ExecuTorch.",
-    )  # fmt: skip
-    actions = segment.add_subparsers(dest="action", required=True, parser_class=Parser,
-                                     title="actions", metavar="ACTION")  # fmt: skip
+    )
+    actions = segment.add_subparsers(
+        dest="action", required=True, parser_class=Parser, title="actions", metavar="ACTION"
+    )
     add_train(actions)
     add_eval(actions)
     add_predict(actions)
@@ -116,13 +168,15 @@ def train_defaults() -> dict[str, str]:
 
 def add_train(actions) -> None:
     parser = add_command(
-        actions, "train", run_train,
+        actions,
+        "train",
+        run_train,
         help="train a Mobile DeepLabv3 segmenter",
         description="Train a Mobile DeepLabv3 segmenter into a run folder: checkpoints (best by "
         "val mIoU, and last), metrics, the final evaluation with the IoU of each class, curves, "
         "an IoU chart and validation overlays. An interrupted run continues with --resume; "
         "torchrun runs it on several GPUs.",
-    )  # fmt: skip
+    )
     out_help = "the run folder for checkpoints, metrics and plots"
     add_training_arguments(parser, TRAIN_SETTINGS, train_defaults(), out_help=out_help)
 
@@ -155,25 +209,32 @@ def run_train(args: argparse.Namespace) -> None:
 
 def add_eval(actions) -> None:
     parser = add_command(
-        actions, "eval", run_eval,
+        actions,
+        "eval",
+        run_eval,
         help="mIoU, pixel accuracy and the IoU of each class on val",
         description="Score a segmenter checkpoint on the validation split of a dataset at full "
         "image size: mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU and the "
         "IoU of each class, from one confusion matrix over every pixel.",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
     parser.add_argument("--data", required=True, metavar="SPEC", help=SEGMENTATION_DATA_HELP)
     parser.add_argument(
-        "--output-stride", type=int, choices=OUTPUT_STRIDES, metavar="S",
+        "--output-stride",
+        type=int,
+        choices=OUTPUT_STRIDES,
+        metavar="S",
         help="rebuild the same weights at output stride 8 or 16 (default: the checkpoint's; "
         "DeepLab trains at 16 and evaluates at 8 for finer masks)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--tta", choices=TTA_MODES, default="none",
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
         help="test-time augmentation: none, flip (the image and its mirror) or multiscale "
         "(scales 0.5 to 1.75, each with its mirror: V2 paper Table 7's MF) (default "
         "%(default)s)",
-    )  # fmt: skip
+    )
     add_loader_arguments(parser, batch_size=1)
     add_json_file_argument(parser)
 
@@ -184,14 +245,23 @@ def run_eval(args: argparse.Namespace) -> None:
 
     checkpoint = segmentation.load_segmentation_checkpoint(args.checkpoint)
     metrics = segmentation.evaluate_checkpoint(
-        checkpoint, args.data, output_stride=args.output_stride, tta=args.tta,
-        batch_size=args.batch_size, workers=args.workers, device=args.device,
-    )  # fmt: skip
+        checkpoint,
+        args.data,
+        output_stride=args.output_stride,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
     model = segmentation.with_output_stride(checkpoint.model, args.output_stride)
     report = cost(model)
     names = ["mIoU", "pixel acc", "mean acc", "fwIoU"]
-    row = [model.name, f"{report.params:,}", f"{report.macs / 1e6:.1f}M",
-           *(f"{100 * metrics[name]:.2f}" for name in METRIC_NAMES)]  # fmt: skip
+    row = [
+        model.name,
+        f"{report.params:,}",
+        f"{report.macs / 1e6:.1f}M",
+        *(f"{100 * metrics[name]:.2f}" for name in METRIC_NAMES),
+    ]
     print(format_table(["model", "params", "MACs", *names], [row]))
     rows = [
         [name, "-" if iou is None else f"{100 * iou:.2f}"]
@@ -206,9 +276,16 @@ def run_eval(args: argparse.Namespace) -> None:
         "truth nor the predictions, left out of mIoU)"
     )
     if args.json:
-        record = {"checkpoint": str(checkpoint.path), "data": args.data, "model": model.name,
-                  "output_stride": model.config.output_stride, "tta": args.tta,
-                  "params": report.params, "macs": report.macs, **metrics}  # fmt: skip
+        record = {
+            "checkpoint": str(checkpoint.path),
+            "data": args.data,
+            "model": model.name,
+            "output_stride": model.config.output_stride,
+            "tta": args.tta,
+            "params": report.params,
+            "macs": report.macs,
+            **metrics,
+        }
         print()
         save_json(args.json, record)
 
@@ -218,20 +295,28 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def add_predict(actions) -> None:
     parser = add_command(
-        actions, "predict", run_predict,
+        actions,
+        "predict",
+        run_predict,
         help="segment images: a mask PNG and a colour overlay PNG per image",
         description="Segment images at their own size and write, for each IMAGE, "
         "OUT/STEM_mask.png (a palette PNG whose pixel values are the class indices, in the VOC "
         "colours) and OUT/STEM_overlay.png (the image blended with the class colours).",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--out", default=".", metavar="DIR",
-                        help="the folder the PNGs go to (default: the current folder)")  # fmt: skip
     parser.add_argument(
-        "--tta", choices=TTA_MODES, default="none",
+        "--out",
+        default=".",
+        metavar="DIR",
+        help="the folder the PNGs go to (default: the current folder)",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
         help="test-time augmentation: none, flip or multiscale (default %(default)s)",
-    )  # fmt: skip
+    )
     add_device_argument(parser, "cpu")
     add_json_switch(parser, "the files written and the share of each class as JSON")
 
@@ -258,19 +343,25 @@ def run_predict(args: argparse.Namespace) -> None:
     ]
     records = []
     for path, image, mask in zip(args.images, images, masks, strict=True):
-        mask_path, overlay_path = segmentation.save_prediction(image, mask, args.out,
-                                                               Path(path).stem)  # fmt: skip
+        mask_path, overlay_path = segmentation.save_prediction(
+            image, mask, args.out, Path(path).stem
+        )
         shares = segmentation.class_shares(mask, checkpoint.classes)
-        records.append({
-            "image": path, "mask": str(mask_path), "overlay": str(overlay_path),
-            "classes": {name: round(share, 4) for name, share in shares.items()},
-        })  # fmt: skip
+        records.append(
+            {
+                "image": path,
+                "mask": str(mask_path),
+                "overlay": str(overlay_path),
+                "classes": {name: round(share, 4) for name, share in shares.items()},
+            }
+        )
     if args.json:
         print(json.dumps(records))
         return
     for record in records:
-        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in
-                           record["classes"].items())  # fmt: skip
+        shares = ", ".join(
+            f"{name} {100 * share:.1f}%" for name, share in record["classes"].items()
+        )
         print(f"{record['image']}: {shares}\n  wrote {record['mask']}, {record['overlay']}")
 
 
@@ -279,7 +370,9 @@ def run_predict(args: argparse.Namespace) -> None:
 
 def add_export(actions) -> None:
     parser = add_command(
-        actions, "export", run_export,
+        actions,
+        "export",
+        run_export,
         help="ONNX or ExecuTorch with BN folded, fp32 or int8: logits, or class indices with "
         "--argmax",
         description="Export a segmenter to ONNX or to an ExecuTorch program with BN folded: "
@@ -289,47 +382,60 @@ def add_export(actions) -> None:
         "quantizer) on training images of --data, and the mIoU of the fp32 model and of the "
         "int8 file on its validation split are printed, each image padded (or shrunk) to the "
         "file's input size.",
-    )  # fmt: skip
+    )
     add_checkpoint_argument(parser)
     parser.add_argument(
-        "--format", required=True, choices=EXPORT_FORMATS,
+        "--format",
+        required=True,
+        choices=EXPORT_FORMATS,
         help="onnx, or pte: ExecuTorch with the XNNPACK delegate (needs mobilenets[mobile])",
-    )  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="FILE",
-                        help="the .onnx or .pte file to write")  # fmt: skip
-    parser.add_argument("--argmax", action="store_true",
-                        help="output class indices [N, H, W] instead of logits")  # fmt: skip
+    )
     parser.add_argument(
-        "--resolution", type=int, metavar="N",
+        "--out", required=True, metavar="FILE", help="the .onnx or .pte file to write"
+    )
+    parser.add_argument(
+        "--argmax", action="store_true", help="output class indices [N, H, W] instead of logits"
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        metavar="N",
         help="square input side in pixels; the file takes only that size (default: the "
         "model's resolution, which a run sets to its --crop)",
-    )  # fmt: skip
+    )
     parser.add_argument("--opset", type=int, metavar="N", help=f"{OPSET_HELP}; onnx only")
     parser.add_argument(
-        "--int8", action="store_true",
+        "--int8",
+        action="store_true",
         help="an int8 file: weights s8 per channel, activations calibrated on training images of "
         "--data; prints the validation mIoU of the fp32 model and of the int8 file",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--data", metavar="SPEC", help=f"--int8: the checkpoint's dataset, {SEGMENTATION_DATA_HELP}"
     )
     parser.add_argument(
-        "--calibration-images", type=int, metavar="N",
+        "--calibration-images",
+        type=int,
+        metavar="N",
         help=f"--int8: training images that set the activation ranges (default "
         f"{CALIBRATION_IMAGES}, or all if fewer)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--calibrate", choices=CALIBRATE_METHODS,
+        "--calibrate",
+        choices=CALIBRATE_METHODS,
         help="--int8 --format onnx: onnxruntime's calibration method (default minmax; entropy "
         "and percentile hold every activation of every calibration image in memory)",
-    )  # fmt: skip
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:
     if args.format == "pte" and args.opset is not None:
         raise MobileNetsError("--opset applies to --format onnx only, not to --format pte")
-    int8_flags = {"--data": args.data, "--calibration-images": args.calibration_images,
-                  "--calibrate": args.calibrate}  # fmt: skip
+    int8_flags = {
+        "--data": args.data,
+        "--calibration-images": args.calibration_images,
+        "--calibrate": args.calibrate,
+    }
     if not args.int8:
         for flag, value in int8_flags.items():
             if value is not None:
@@ -351,9 +457,14 @@ def run_export(args: argparse.Namespace) -> None:
     from mobilenets.tasks.segmentation.inference import load_segmentation_checkpoint
 
     checkpoint = load_segmentation_checkpoint(args.checkpoint)
-    report = export_segmenter(checkpoint, args.out, format=args.format,
-                              resolution=args.resolution, argmax=args.argmax,
-                              opset=args.opset)  # fmt: skip
+    report = export_segmenter(
+        checkpoint,
+        args.out,
+        format=args.format,
+        resolution=args.resolution,
+        argmax=args.argmax,
+        opset=args.opset,
+    )
     print(describe_export(report))
 
 
@@ -361,10 +472,17 @@ def run_export_int8(args: argparse.Namespace) -> None:
     from mobilenets.tasks.segmentation.int8 import export_segmenter_int8
 
     result = export_segmenter_int8(
-        args.checkpoint, args.data, args.out, format=args.format, resolution=args.resolution,
-        argmax=args.argmax, calibration_images=args.calibration_images, calibrate=args.calibrate,
-        opset=args.opset, progress=True,
-    )  # fmt: skip
+        args.checkpoint,
+        args.data,
+        args.out,
+        format=args.format,
+        resolution=args.resolution,
+        argmax=args.argmax,
+        calibration_images=args.calibration_images,
+        calibrate=args.calibrate,
+        opset=args.opset,
+        progress=True,
+    )
     print(describe_export(result.report))
     change = 100 * (result.int8_miou - result.fp32_miou)
     side = result.report.input_shape[-1]
@@ -389,8 +507,10 @@ def describe_export(report) -> str:
     ]
     if report.partitions is not None:
         outside = ", ".join(op_name(op) for op in report.outside_delegate) or "none"
-        lines.append(f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}"
-                     f", ops outside it: {outside}")  # fmt: skip
+        lines.append(
+            f"{report.partitions} XNNPACK partition{'' if report.partitions == 1 else 's'}"
+            f", ops outside it: {outside}"
+        )
     int8 = report.int8
     if int8 is None:
         lines.append(describe_check(report, f"{report.runtime} vs PyTorch"))

@@ -35,23 +35,36 @@ OPTIMIZER_SETTINGS = (
     Setting("--lr", float, "peak learning rate", "LR"),
     Setting("--optimizer", str, f"one of {', '.join(OPTIMIZERS)}"),
     Setting("--momentum", float, "SGD momentum, or RMSProp's", "M"),
-)  # fmt: skip
+)
 RUN_SETTINGS = (
-    Setting("--amp", str, f"mixed precision, one of {', '.join(AMPS)}; auto: bf16 on a GPU that "
-            "has it, else off"),
+    Setting(
+        "--amp",
+        str,
+        f"mixed precision, one of {', '.join(AMPS)}; auto: bf16 on a GPU that has it, else off",
+    ),
     Setting("--seed", int, "seed of initialisation, data order and augmentation"),
     Setting("--workers", int, "data loader processes; 0 loads in the training process", "W"),
-    Setting("--state-every", int, "steps between mid-epoch saves of the run's state; 0: by "
-            "time only", "N"),
-    Setting("--state-minutes", float, "minutes between mid-epoch saves of the run's state",
-            "MIN"),
+    Setting(
+        "--state-every",
+        int,
+        "steps between mid-epoch saves of the run's state; 0: by time only",
+        "N",
+    ),
+    Setting("--state-minutes", float, "minutes between mid-epoch saves of the run's state", "MIN"),
     Setting("--device", str, DEVICE_HELP),
-    Setting("--channels-last", argparse.BooleanOptionalAction,
-            "channels_last memory format, faster with convolutions on most hardware"),
-    Setting("--compile", "store_true", "the fast path on a GPU: torch.compile the model's "
-            "forward and backward, and capture each step as a CUDA graph (seldom faster on a "
-            "CPU)"),
-)  # fmt: skip
+    Setting(
+        "--channels-last",
+        argparse.BooleanOptionalAction,
+        "channels_last memory format, faster with convolutions on most hardware",
+    ),
+    Setting(
+        "--compile",
+        "store_true",
+        "the fast path on a GPU: torch.compile the model's "
+        "forward and backward, and capture each step as a CUDA graph (seldom faster on a "
+        "CPU)",
+    ),
+)
 SCHEDULE_SETTING = Setting("--schedule", str, f"learning rate schedule: {', '.join(SCHEDULES)}")
 
 
@@ -73,17 +86,23 @@ def default_text(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting],
-                           defaults: dict[str, str], *, out_help: str) -> None:  # fmt: skip
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    settings: Iterable[Setting],
+    defaults: dict[str, str],
+    *,
+    out_help: str,
+) -> None:
     """--out, --resume, one flag per setting (its help closed by its entry of ``defaults``,
     if any) and --no-progress."""
     parser.add_argument("--out", required=True, metavar="DIR", help=out_help)
     placement = ", ".join(flag_name(name) for name in PLACEMENT)
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help=f"continue the run in --out from its state (DIR/{STATE_FILE.as_posix()}) with its "
         f"own settings; of the settings, only {placement} may be given with it",
-    )  # fmt: skip
+    )
     for setting in settings:
         default = defaults.get(field_name(setting.flag))
         text = setting.help + (f" (default {default})" if default else "")
@@ -93,10 +112,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, settings: Iterable[S
         elif setting.kind == "store_true":
             parser.add_argument(setting.flag, action="store_true", default=None, help=text)
         else:
-            parser.add_argument(setting.flag, type=setting.kind, metavar=setting.metavar,
-                                help=text)  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars or lines; the per-epoch summaries stay")  # fmt: skip
+            parser.add_argument(setting.flag, type=setting.kind, metavar=setting.metavar, help=text)
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or lines; the per-epoch summaries stay",
+    )
 
 
 def resume_placement(given: dict) -> dict:
@@ -105,29 +126,42 @@ def resume_placement(given: dict) -> dict:
     other = sorted(flag_name(name) for name in given if name not in PLACEMENT)
     if other:
         allowed = ", ".join(flag_name(name) for name in PLACEMENT)
-        raise MobileNetsError(f"--resume continues the saved run with its own settings; drop "
-                              f"{', '.join(other)} (it may change only {allowed})")  # fmt: skip
+        raise MobileNetsError(
+            f"--resume continues the saved run with its own settings; drop "
+            f"{', '.join(other)} (it may change only {allowed})"
+        )
     return given
 
 
-def fit_from(args: argparse.Namespace, config_type: type[TrainSettings],
-             make_config: Callable[..., TrainSettings], fit) -> FitResult | None:  # fmt: skip
+def fit_from(
+    args: argparse.Namespace,
+    config_type: type[TrainSettings],
+    make_config: Callable[..., TrainSettings],
+    fit,
+) -> FitResult | None:
     """Run ``fit`` as the flags say: a new run with ``make_config(**settings given)``, or with
     --resume the saved run with only its placement changed. None on the other processes of a
     torchrun job, which print nothing."""
     fields = field_defaults(config_type)
-    given = {name: value for name, value in vars(args).items()
-             if name in fields and value is not None}  # fmt: skip
+    given = {
+        name: value for name, value in vars(args).items() if name in fields and value is not None
+    }
     if args.resume:
         config, placement = None, resume_placement(given)
     else:
         config, placement = make_config(**given), None
-    result = fit(config, args.out, resume=args.resume, placement=placement,
-                 progress=not args.no_progress)  # fmt: skip
+    result = fit(
+        config, args.out, resume=args.resume, placement=placement, progress=not args.no_progress
+    )
     return result if result.main_process else None
 
 
 def run_files(out: Path, *more: str) -> str:
     """Where a finished run's files are: its checkpoints, ``more`` lines, its metrics."""
-    return "\n".join([f"checkpoint: {out / BEST} (last: {out / LAST})", *more,
-                      f"metrics: {out / 'metrics.jsonl'}, {out / 'eval.json'}"])  # fmt: skip
+    return "\n".join(
+        [
+            f"checkpoint: {out / BEST} (last: {out / LAST})",
+            *more,
+            f"metrics: {out / 'metrics.jsonl'}, {out / 'eval.json'}",
+        ]
+    )

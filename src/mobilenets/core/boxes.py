@@ -174,9 +174,14 @@ def postprocess(
     scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
     boxes = decode(box_regression.float(), anchors.float()).clamp(0, 1)
     return select_detections(
-        scores, boxes, score_threshold=score_threshold, nms_iou=nms_iou,
-        max_detections=max_detections, image_size=image_size, pre_nms_top_k=pre_nms_top_k,
-    )  # fmt: skip
+        scores,
+        boxes,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        max_detections=max_detections,
+        image_size=image_size,
+        pre_nms_top_k=pre_nms_top_k,
+    )
 
 
 def select_detections(
@@ -208,8 +213,9 @@ def select_detections(
     if len(sizes) != batch:
         raise MobileNetsError(f"image_size gives {len(sizes)} sizes for a batch of {batch}")
     results = []
-    for image_scores, image_boxes, (height, width) in zip(scores.float(), boxes.float(), sizes,
-                                                          strict=True):  # fmt: skip
+    for image_scores, image_boxes, (height, width) in zip(
+        scores.float(), boxes.float(), sizes, strict=True
+    ):
         anchor_index, class_index = torch.nonzero(image_scores > score_threshold, as_tuple=True)
         candidate_scores = image_scores[anchor_index, class_index]
         if candidate_scores.numel() > pre_nms_top_k:

@@ -101,9 +101,15 @@ class CostReport:
             weights = sum(layer.weights for layer in self.layers if layer.kind == kind)
             if macs or weights:
                 rows.append(
-                    KindShare(kind, label, macs, 100 * macs / total_macs, weights,
-                              100 * weights / total_weights)
-                )  # fmt: skip
+                    KindShare(
+                        kind,
+                        label,
+                        macs,
+                        100 * macs / total_macs,
+                        weights,
+                        100 * weights / total_weights,
+                    )
+                )
         return rows
 
     def to_dict(self, *, by_kind: bool = False) -> dict:
@@ -133,9 +139,13 @@ def standard_counterfactual(spec: NetSpec) -> tuple[int, int]:
     params, macs = _total_params(spec), _total_macs(spec)
     for depthwise, pointwise in separable_pairs(spec):
         full = dataclasses.replace(
-            pointwise, kind="conv", in_channels=depthwise.in_channels, kernel=depthwise.kernel,
-            stride=depthwise.stride, in_size=depthwise.in_size,
-        )  # fmt: skip
+            pointwise,
+            kind="conv",
+            in_channels=depthwise.in_channels,
+            kernel=depthwise.kernel,
+            stride=depthwise.stride,
+            in_size=depthwise.in_size,
+        )
         params += full.params - depthwise.params - pointwise.params
         macs += full.macs - depthwise.macs - pointwise.macs
     return params, macs

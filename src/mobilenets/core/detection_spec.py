@@ -264,22 +264,33 @@ class DetectionSpec:
         )
 
 
-def _conv(name, kind, in_channels, out_channels, kernel, stride, in_size, *, groups=1,
-          head=False) -> LayerSpec:  # fmt: skip
+def _conv(
+    name, kind, in_channels, out_channels, kernel, stride, in_size, *, groups=1, head=False
+) -> LayerSpec:
     """A conv with BN and ReLU6, or, for a head's last 1x1 (head=True), with bias and linear."""
     return LayerSpec(
-        name=name, kind=kind, in_channels=in_channels, out_channels=out_channels, kernel=kernel,
-        stride=stride, groups=groups, in_size=in_size, out_size=conv_out_size(in_size, stride),
-        bias=head, norm=not head, act=not head,
-    )  # fmt: skip
+        name=name,
+        kind=kind,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel=kernel,
+        stride=stride,
+        groups=groups,
+        in_size=in_size,
+        out_size=conv_out_size(in_size, stride),
+        bias=head,
+        norm=not head,
+        act=not head,
+    )
 
 
 def _extra_layer(name: str, depth: int, channels: int, size: int, alpha: float, out_stride: int):
     """1x1 to d/2, then the 3x3 stride-2 depthwise separable conv to d (TF use_depthwise)."""
     reduced, out = extra_width(depth / 2, alpha), extra_width(depth, alpha)
     reduce = _conv(f"{name}.conv_reduce", "pointwise", channels, reduced, 1, 1, size)
-    depthwise = _conv(f"{name}.conv_dw", "depthwise", reduced, reduced, DEPTHWISE_KERNEL, 2, size,
-                      groups=reduced)  # fmt: skip
+    depthwise = _conv(
+        f"{name}.conv_dw", "depthwise", reduced, reduced, DEPTHWISE_KERNEL, 2, size, groups=reduced
+    )
     pointwise = _conv(f"{name}.conv_pw", "pointwise", reduced, out, 1, 1, depthwise.out_size)
     return BlockSpec(name, "extra_layer", (reduce, depthwise, pointwise), False, 1, out_stride)
 
@@ -287,8 +298,16 @@ def _extra_layer(name: str, depth: int, channels: int, size: int, alpha: float, 
 def _head(name: str, kind: str, feature_map: FeatureMap, outputs_per_anchor: int) -> BlockSpec:
     """SSDLite head: the SSD head's 3x3 conv made depthwise separable (V2 section 6.2)."""
     channels, size = feature_map.channels, feature_map.size
-    depthwise = _conv(f"{name}.conv_dw", "depthwise", channels, channels, DEPTHWISE_KERNEL, 1,
-                      size, groups=channels)  # fmt: skip
+    depthwise = _conv(
+        f"{name}.conv_dw",
+        "depthwise",
+        channels,
+        channels,
+        DEPTHWISE_KERNEL,
+        1,
+        size,
+        groups=channels,
+    )
     out = feature_map.num_anchors * outputs_per_anchor
     pointwise = _conv(f"{name}.conv_pw", "pointwise", channels, out, 1, 1, size, head=True)
     return BlockSpec(name, kind, (depthwise, pointwise), False, 1, feature_map.stride)
@@ -307,11 +326,25 @@ def resolve_detection(config: DetectionConfig) -> DetectionSpec:
         config.aspect_ratios, config.min_scale, config.max_scale, config.lowest_scale
     )
     maps = [
-        FeatureMap(0, f"backbone.{first.module}", first.name, first.channels, first.size,
-                   first.stride, shapes[0]),
-        FeatureMap(1, f"backbone.{second.module}", second.name, second.channels, second.size,
-                   second.stride, shapes[1]),
-    ]  # fmt: skip
+        FeatureMap(
+            0,
+            f"backbone.{first.module}",
+            first.name,
+            first.channels,
+            first.size,
+            first.stride,
+            shapes[0],
+        ),
+        FeatureMap(
+            1,
+            f"backbone.{second.module}",
+            second.name,
+            second.channels,
+            second.size,
+            second.stride,
+            shapes[1],
+        ),
+    ]
     blocks = [prefixed(block, "backbone") for block in features]
     channels, size, stride = second.channels, second.size, second.stride
     for index, depth in enumerate(config.extra_depths):

@@ -119,8 +119,9 @@ class SSDLite(nn.Module):
         """The backbone keeps MobileNet's initialization. Extra layers: He init as there. The
         heads' last 1x1 convs: N(0, 0.01) and zero bias, so that training starts from near-equal
         class scores and near-zero box offsets."""
-        init_weights([*self.extras.modules(), *self.box_heads.modules(),
-                      *self.class_heads.modules()])  # fmt: skip
+        init_weights(
+            [*self.extras.modules(), *self.box_heads.modules(), *self.class_heads.modules()]
+        )
         for head in [*self.box_heads, *self.class_heads]:
             nn.init.normal_(head.conv_pw.weight, 0, 0.01)
             nn.init.zeros_(head.conv_pw.bias)
@@ -184,5 +185,11 @@ def saved_detection_config(path: str | os.PathLike) -> DetectionConfig | None:
 
 def load_detector(path: str | os.PathLike) -> SSDLite:
     """Rebuild a detector from a safetensors file that save_weights wrote: config and weights."""
-    return load_saved(path, DetectionConfig, SSDLite, record="detection",
-                      factory="create_detector", what="detector")  # fmt: skip
+    return load_saved(
+        path,
+        DetectionConfig,
+        SSDLite,
+        record="detection",
+        factory="create_detector",
+        what="detector",
+    )

@@ -72,8 +72,9 @@ class ConvBNAct(nn.Module):
     """Full conv, BN, ReLU6: the stem (3x3 s2) and V2's head (1x1 to 1280). ``activation`` is
     another class for the heads that use one (DeepLab's ReLU)."""
 
-    def __init__(self, spec: BlockSpec, config: ModelConfig,
-                 activation: type[nn.Module] = nn.ReLU6) -> None:  # fmt: skip
+    def __init__(
+        self, spec: BlockSpec, config: ModelConfig, activation: type[nn.Module] = nn.ReLU6
+    ) -> None:
         super().__init__()
         (layer,) = spec.layers
         self.conv = make_conv(layer, config.padding)

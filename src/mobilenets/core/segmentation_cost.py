@@ -65,8 +65,9 @@ def space_to_batch_macs(spec: SegmentationSpec) -> int:
     return sum(layer_macs(layer, space_to_batch=True) for layer in spec.layers)
 
 
-def inference_macs(config: SegmentationConfig, *, multiscale: bool = False,
-                   space_to_batch: bool = False) -> int:  # fmt: skip
+def inference_macs(
+    config: SegmentationConfig, *, multiscale: bool = False, space_to_batch: bool = False
+) -> int:
     """Multiply-adds of one inference at ``config.resolution``, or with ``multiscale`` of the
     twelve of Table 7's MF (six scales, each with its mirror), summed."""
     sizes = [scaled_size(config.resolution, s) for s in MULTISCALE] if multiscale else [None]
@@ -105,8 +106,12 @@ def table7(resolution: int = PAPER_RESOLUTION) -> list[Table7Comparison]:
     """V2 Table 7's six MobileNet rows beside ours (21 classes, ``resolution`` px inputs)."""
     rows = []
     for row in TABLE7:
-        config = SegmentationConfig(ModelConfig(arch=row.arch), resolution=resolution,
-                                    output_stride=row.output_stride, aspp=row.aspp)  # fmt: skip
+        config = SegmentationConfig(
+            ModelConfig(arch=row.arch),
+            resolution=resolution,
+            output_stride=row.output_stride,
+            aspp=row.aspp,
+        )
         rows.append(
             Table7Comparison(
                 paper=row,
@@ -115,7 +120,7 @@ def table7(resolution: int = PAPER_RESOLUTION) -> list[Table7Comparison]:
                 macs=inference_macs(config, multiscale=row.multiscale),
                 space_to_batch_macs=inference_macs(
                     config, multiscale=row.multiscale, space_to_batch=True
-                ),  # fmt: skip
+                ),
             )
         )
     return rows

@@ -226,14 +226,25 @@ class SegmentationSpec:
         return self.backbone_blocks[-1].out_channels
 
 
-def _layer(name, kind, in_channels, out_channels, kernel, in_size, *, dilation=1,
-           classifier=False) -> LayerSpec:  # fmt: skip
+def _layer(
+    name, kind, in_channels, out_channels, kernel, in_size, *, dilation=1, classifier=False
+) -> LayerSpec:
     """A stride-1 conv of the head: BN and ReLU, or bias and linear for the classifier."""
     return LayerSpec(
-        name=name, kind=kind, in_channels=in_channels, out_channels=out_channels, kernel=kernel,
-        stride=1, groups=1, in_size=in_size, out_size=conv_out_size(in_size, 1),
-        bias=classifier, norm=not classifier, act=not classifier, dilation=dilation,
-    )  # fmt: skip
+        name=name,
+        kind=kind,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel=kernel,
+        stride=1,
+        groups=1,
+        in_size=in_size,
+        out_size=conv_out_size(in_size, 1),
+        bias=classifier,
+        norm=not classifier,
+        act=not classifier,
+        dilation=dilation,
+    )
 
 
 def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
@@ -261,8 +272,11 @@ def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
     project = _layer("head.project.conv", "pointwise", branches * width, width, 1, size)
     block("head.project", "projection", project)
     classes = config.num_classes
-    block("classifier", "classifier",
-          _layer("classifier", "pointwise", width, classes, 1, size, classifier=True))  # fmt: skip
+    block(
+        "classifier",
+        "classifier",
+        _layer("classifier", "pointwise", width, classes, 1, size, classifier=True),
+    )
 
     # The auxiliary head reads the last block at output stride 8 of the plain network; atrous
     # convolution keeps the block structure, so the index is the same at any output stride.
@@ -272,9 +286,23 @@ def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
     if config.aux:
         source = backbone.blocks[aux_block]
         aux_channels, aux_size = source.out_channels, source.out_size
-        aux = BlockSpec("aux", "aux", (
-            _layer("aux.conv", "conv", aux_channels, aux_channels, 3, aux_size),
-            _layer("aux.classifier", "pointwise", aux_channels, config.num_classes, 1, aux_size,
-                   classifier=True),
-        ), False, 1, source.out_stride)  # fmt: skip
+        aux = BlockSpec(
+            "aux",
+            "aux",
+            (
+                _layer("aux.conv", "conv", aux_channels, aux_channels, 3, aux_size),
+                _layer(
+                    "aux.classifier",
+                    "pointwise",
+                    aux_channels,
+                    config.num_classes,
+                    1,
+                    aux_size,
+                    classifier=True,
+                ),
+            ),
+            False,
+            1,
+            source.out_stride,
+        )
     return SegmentationSpec(config, backbone, tuple(blocks), aux, aux_block)

@@ -49,8 +49,10 @@ class DeepLabHead(nn.Module):
         super().__init__()
         blocks = {block.name.removeprefix("head."): block for block in spec.head_blocks}
         self.image_pool = HeadConv(blocks["image_pool"], config)
-        self.branch_names = sorted((name for name in blocks if name.startswith("aspp")),
-                                   key=lambda name: int(name.removeprefix("aspp")))  # fmt: skip
+        self.branch_names = sorted(
+            (name for name in blocks if name.startswith("aspp")),
+            key=lambda name: int(name.removeprefix("aspp")),
+        )
         for name in self.branch_names:
             self.add_module(name, HeadConv(blocks[name], config))
         self.project = HeadConv(blocks["project"], config)
@@ -151,14 +153,14 @@ class DeepLabV3(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features, aux_features = self.forward_features(images)
         logits = self.classifier(self.dropout(self.head(features)))
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                               align_corners=False)  # fmt: skip
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if not with_aux:
             return logits
         if self.aux is None:
             raise MobileNetsError(f"{self.name} has no auxiliary head; build it with aux=True")
-        aux = F.interpolate(self.aux(aux_features), size=images.shape[-2:], mode="bilinear",
-                            align_corners=False)  # fmt: skip
+        aux = F.interpolate(
+            self.aux(aux_features), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
         return logits, aux
 
 
@@ -173,5 +175,11 @@ def saved_segmentation_config(path: str | os.PathLike) -> SegmentationConfig | N
 
 def load_segmenter(path: str | os.PathLike) -> DeepLabV3:
     """Rebuild a segmenter from a safetensors file that save_weights wrote: config and weights."""
-    return load_saved(path, SegmentationConfig, DeepLabV3, record="segmentation",
-                      factory="create_segmenter", what="segmenter")  # fmt: skip
+    return load_saved(
+        path,
+        SegmentationConfig,
+        DeepLabV3,
+        record="segmentation",
+        factory="create_segmenter",
+        what="segmenter",
+    )

@@ -470,15 +470,26 @@ class _Builder:
             return 1, rate
         return stride, 1
 
-    def layer(self, name, kind, out_channels, kernel, stride, *, depthwise=False, act=True,
-              dilation=1):  # fmt: skip
+    def layer(
+        self, name, kind, out_channels, kernel, stride, *, depthwise=False, act=True, dilation=1
+    ):
         groups = self.channels if depthwise else 1
         out_size = conv_out_size(self.size, stride)
         spec = LayerSpec(
-            name=name, kind=kind, in_channels=self.channels, out_channels=out_channels,
-            kernel=kernel, stride=stride, groups=groups, in_size=self.size, out_size=out_size,
-            bias=False, norm=True, act=act, dilation=dilation if kernel > 1 else 1,
-        )  # fmt: skip
+            name=name,
+            kind=kind,
+            in_channels=self.channels,
+            out_channels=out_channels,
+            kernel=kernel,
+            stride=stride,
+            groups=groups,
+            in_size=self.size,
+            out_size=out_size,
+            bias=False,
+            norm=True,
+            act=act,
+            dilation=dilation if kernel > 1 else 1,
+        )
         self.channels, self.size = out_channels, out_size
         self.out_stride *= stride
         return spec
@@ -498,10 +509,19 @@ class _Builder:
         if self.config.num_classes == 0:
             return
         fc = LayerSpec(
-            name="classifier", kind="linear", in_channels=self.channels,
-            out_channels=self.config.num_classes, kernel=1, stride=1, groups=1,
-            in_size=1, out_size=1, bias=True, norm=False, act=False,
-        )  # fmt: skip
+            name="classifier",
+            kind="linear",
+            in_channels=self.channels,
+            out_channels=self.config.num_classes,
+            kernel=1,
+            stride=1,
+            groups=1,
+            in_size=1,
+            out_size=1,
+            bias=True,
+            norm=False,
+            act=False,
+        )
         self.block("classifier", "classifier", [fc])
 
 

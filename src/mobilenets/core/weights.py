@@ -81,9 +81,10 @@ def mismatch_report(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> l
     ]
     problems = []
     for label, items in (
-        ("missing keys", missing), ("unexpected keys", unexpected),
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
         ("keys with another shape", shapes),
-    ):  # fmt: skip
+    ):
         if items:
             shown = "; ".join(items[:SHOWN]) + ("; ..." if len(items) > SHOWN else "")
             problems.append(f"{len(items)} {label} ({shown})")
@@ -185,8 +186,9 @@ def saved_config(path: str | os.PathLike, config_type: type = ModelConfig):
         return None
 
 
-def load_saved(path: str | os.PathLike, config_type: type, build, *, record: str, factory: str,
-               what: str):  # fmt: skip
+def load_saved(
+    path: str | os.PathLike, config_type: type, build, *, record: str, factory: str, what: str
+):
     """Rebuild a model from a safetensors file that save_weights wrote, config and weights:
     ``build(config)`` for the ``config_type`` the file records. The error for a file without one
     names the ``record`` missing and the ``factory`` that loads the ``what`` it was saved from."""
@@ -204,5 +206,11 @@ def load_saved(path: str | os.PathLike, config_type: type, build, *, record: str
 
 def load_model(path: str | os.PathLike) -> MobileNet:
     """Rebuild a model from a safetensors file that save_weights wrote: config and weights."""
-    return load_saved(path, ModelConfig, build_model, record="mobilenets model",
-                      factory="create_model", what="model")  # fmt: skip
+    return load_saved(
+        path,
+        ModelConfig,
+        build_model,
+        record="mobilenets model",
+        factory="create_model",
+        what="model",
+    )

@@ -45,9 +45,17 @@ FASHION_MNIST_FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Inputs up to this side count as small: pad-and-crop augmentation, the small-input model.
 SMALL_IMAGE = 64
 SYNTHETIC_TRAIN = 512
@@ -166,11 +174,14 @@ class _ArrayUnpickler(pickle.Unpickler):
     # _frombuffer: protocol 5, Python 3.14's default; _codecs.encode: bytes under protocol 2
     # written by Python 3.
     ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
-    }  # fmt: skip
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -192,11 +203,15 @@ def read_cifar_batch(path: Path) -> dict:
 CIFAR_LAYOUT = {
     # name: (folder, train files, test file, meta file, label key, class-name key)
     "cifar10": (
-        "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-        "batches.meta", "labels", "label_names",
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
     ),
     "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
-}  # fmt: skip
+}
 
 
 def load_cifar(name: str, root: Path) -> Splits:

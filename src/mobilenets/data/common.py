@@ -104,8 +104,19 @@ class EpochSampler(Sampler):
     keeps every sample.
     """
 
-    def __init__(self, size, *, seed=0, epoch=0, shuffle=True, batch_size=1, drop_last=False,
-                 rank=0, world_size=1, start_batch=0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size,
+        *,
+        seed=0,
+        epoch=0,
+        shuffle=True,
+        batch_size=1,
+        drop_last=False,
+        rank=0,
+        world_size=1,
+        start_batch=0,
+    ) -> None:
         self.size, self.seed, self.epoch, self.shuffle = size, seed, epoch, shuffle
         self.batch_size, self.drop_last, self.start_batch = batch_size, drop_last, start_batch
         self.rank, self.world_size = rank, world_size

@@ -52,10 +52,27 @@ DATA_HELP = (
 )
 IMAGE_FIELDS = {"file_name": str, "width": int, "height": int}
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def load_coco_api(annotations: str | os.PathLike):
@@ -248,8 +265,9 @@ class VocDetection(_DetectionDataset):
                 f"objects with name and bndbox xmin, ymin, xmax, ymax): {error}"
             ) from error
         image = self.root / "JPEGImages" / f"{path.stem}.jpg"
-        return dict(image=image, width=width, height=height, boxes=boxes, labels=labels,
-                    difficult=difficult)  # fmt: skip
+        return dict(
+            image=image, width=width, height=height, boxes=boxes, labels=labels, difficult=difficult
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -259,8 +277,9 @@ class VocDetection(_DetectionDataset):
         width, height = record["width"], record["height"]
         image = self._read_image(record["image"], width, height)
         difficult = torch.tensor(record["difficult"], dtype=torch.bool)
-        return image, self._target(record["boxes"], record["labels"], index, width, height,
-                                   difficult=difficult)  # fmt: skip
+        return image, self._target(
+            record["boxes"], record["labels"], index, width, height, difficult=difficult
+        )
 
     @property
     def coco(self):
@@ -270,15 +289,28 @@ class VocDetection(_DetectionDataset):
             coco_api = require("pycocotools.coco", "scoring VOC data by COCO mAP")
             images, annotations = [], []
             for index, record in enumerate(self.records):
-                images.append(dict(id=index, file_name=record["image"].name,
-                                   width=record["width"], height=record["height"]))  # fmt: skip
+                images.append(
+                    dict(
+                        id=index,
+                        file_name=record["image"].name,
+                        width=record["width"],
+                        height=record["height"],
+                    )
+                )
                 for box, label, hard in zip(
                     record["boxes"], record["labels"], record["difficult"], strict=True
                 ):
                     w, h = box[2] - box[0], box[3] - box[1]
-                    annotations.append(dict(id=len(annotations) + 1, image_id=index,
-                                            category_id=label, bbox=[box[0], box[1], w, h],
-                                            area=w * h, iscrowd=int(hard)))  # fmt: skip
+                    annotations.append(
+                        dict(
+                            id=len(annotations) + 1,
+                            image_id=index,
+                            category_id=label,
+                            bbox=[box[0], box[1], w, h],
+                            area=w * h,
+                            iscrowd=int(hard),
+                        )
+                    )
             categories = [dict(id=i, name=n) for i, n in enumerate(self.class_names) if i]
             coco = coco_api.COCO()
             coco.dataset = dict(images=images, annotations=annotations, categories=categories)
@@ -321,8 +353,13 @@ def synthetic_shapes_root(count: int) -> Path:
     os.umask(umask)
     os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes 0700; the cache is an ordinary folder
     try:
-        make_synthetic_coco(temporary, num_train=count, num_val=max(1, count // 5),
-                            image_size=SYNTHETIC_SHAPES_SIDE, seed=0)  # fmt: skip
+        make_synthetic_coco(
+            temporary,
+            num_train=count,
+            num_val=max(1, count // 5),
+            image_size=SYNTHETIC_SHAPES_SIDE,
+            seed=0,
+        )
         os.replace(temporary, root)
     except OSError as error:
         if not (root / "annotations" / "instances_val.json").is_file():
@@ -373,8 +410,10 @@ def load_detection_data(spec: str, splits: tuple[str, ...] = ("train", "val")) -
     elif kind == "coco" and rest:
         parts = rest.split(",")
         if len(parts) == 4:
-            paths = {"train": (Path(parts[0]), Path(parts[1])),
-                     "val": (Path(parts[2]), Path(parts[3]))}  # fmt: skip
+            paths = {
+                "train": (Path(parts[0]), Path(parts[1])),
+                "val": (Path(parts[2]), Path(parts[3])),
+            }
         elif len(parts) == 1:
             paths = _coco_folder(Path(rest))
         else:
@@ -392,8 +431,9 @@ def load_detection_data(spec: str, splits: tuple[str, ...] = ("train", "val")) -
             names = {"train": "train", "val": "val"}
         found = {split: VocDetection(root, names[split]) for split in splits}
         first = next(iter(found.values()))
-        return DetectionData(spec, found.get("train"), found.get("val"), first.class_names,
-                             first.category_ids)  # fmt: skip
+        return DetectionData(
+            spec, found.get("train"), found.get("val"), first.class_names, first.category_ids
+        )
     else:
         raise MobileNetsError(f"data={spec!r} is not one of: {DATA_HELP}")
     found = {split: CocoDetection(*paths[split]) for split in splits}
@@ -404,8 +444,9 @@ def load_detection_data(spec: str, splits: tuple[str, ...] = ("train", "val")) -
                 f"data={spec!r}: the {split} split has categories {list(dataset.category_ids[1:])}"
                 f", the other split {list(first.category_ids[1:])}"
             )
-    return DetectionData(spec, found.get("train"), found.get("val"), first.class_names,
-                         first.category_ids)  # fmt: skip
+    return DetectionData(
+        spec, found.get("train"), found.get("val"), first.class_names, first.category_ids
+    )
 
 
 def detection_preprocessing(resolution: int, backbone_weights: str | None) -> Preprocessing:

@@ -82,8 +82,11 @@ def train_transform(
     if photometric:
         steps.append(T.RandomPhotometricDistort(p=0.5))
     if zoom_out > 1:
-        steps.append(T.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0},
-                                     side_range=(1.0, zoom_out), p=0.5))  # fmt: skip
+        steps.append(
+            T.RandomZoomOut(
+                fill={tv_tensors.Image: fill, "others": 0}, side_range=(1.0, zoom_out), p=0.5
+            )
+        )
     steps += [T.RandomIoUCrop(), T.RandomHorizontalFlip(p=0.5)]
     return DetectionTransform(steps + _resize_and_normalize(preprocessing))
 

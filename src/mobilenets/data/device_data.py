@@ -117,10 +117,19 @@ class DeviceImages:
     ``pad=None`` pads by ``max(1, side // 8)`` as the DataLoader path does; 0 turns the crop off.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing,
-                 *, pad: int | None = None, flip: float = 0.5, trivial: bool = False,
-                 random_erasing: float = 0.0, channels_last: bool = False,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        preprocessing: Preprocessing,
+        *,
+        pad: int | None = None,
+        flip: float = 0.5,
+        trivial: bool = False,
+        random_erasing: float = 0.0,
+        channels_last: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise MobileNetsError(
                 f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} of shape "
@@ -150,9 +159,16 @@ class DeviceImages:
         self.labels = labels.to(self.device, torch.int64)
 
     @classmethod
-    def from_tensor_images(cls, dataset: TensorImages, preprocessing: Preprocessing, *,
-                           augment: str, random_erasing: float, channels_last: bool,
-                           device: torch.device | str) -> DeviceImages:  # fmt: skip
+    def from_tensor_images(
+        cls,
+        dataset: TensorImages,
+        preprocessing: Preprocessing,
+        *,
+        augment: str,
+        random_erasing: float,
+        channels_last: bool,
+        device: torch.device | str,
+    ) -> DeviceImages:
         """The device twin of a DataLoader split that ``train_transform(preprocessing, augment,
         random_erasing, small=True)`` would augment."""
         if not isinstance(dataset, TensorImages):
@@ -161,9 +177,15 @@ class DeviceImages:
             )
         if augment not in ("basic", "trivial"):
             raise MobileNetsError(f"augment must be one of basic, trivial, got {augment!r}")
-        return cls(dataset.images, dataset.labels, preprocessing, trivial=augment == "trivial",
-                   random_erasing=random_erasing, channels_last=channels_last,
-                   device=device)  # fmt: skip
+        return cls(
+            dataset.images,
+            dataset.labels,
+            preprocessing,
+            trivial=augment == "trivial",
+            random_erasing=random_erasing,
+            channels_last=channels_last,
+            device=device,
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -174,8 +196,9 @@ class DeviceImages:
         self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
         return self
 
-    def batches(self, sampler: EpochSampler, batch_size: int,
-                device: torch.device | str) -> DeviceBatches:  # fmt: skip
+    def batches(
+        self, sampler: EpochSampler, batch_size: int, device: torch.device | str
+    ) -> DeviceBatches:
         """The epoch ``sampler`` describes (its order, this rank's share, from its start batch),
         as ``(images, labels)`` batches of ``batch_size`` on ``device``."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -184,8 +207,9 @@ class DeviceImages:
             self.to(device)
         return DeviceBatches(self, sampler.indices(), batch_size, sampler.seed, sampler.epoch)
 
-    def batch(self, indices: torch.Tensor, seed: int,
-              epoch: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def batch(
+        self, indices: torch.Tensor, seed: int, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmented images (B, C, side, side), float32 normalised, and int64 labels of
         ``indices`` in epoch ``epoch`` of a run seeded ``seed``."""
         indices = indices.to(self.device, torch.int64)
@@ -193,8 +217,12 @@ class DeviceImages:
         images = self.images[indices]
         side = self.preprocessing.resolution
         if images.shape[-2:] != (side, side):
-            images = TF.resize(images, [side, side], TF.InterpolationMode(
-                self.preprocessing.interpolation), antialias=True)  # fmt: skip
+            images = TF.resize(
+                images,
+                [side, side],
+                TF.InterpolationMode(self.preprocessing.interpolation),
+                antialias=True,
+            )
         if self.pad > 0:
             images = pad_and_crop(images, self.pad, draws[:, CROP_Y], draws[:, CROP_X])
         if self.flip > 0:
@@ -218,8 +246,9 @@ class DeviceBatches:
     """One epoch's batches of a [`DeviceImages`][mobilenets.data.device_data.DeviceImages], in
     the order of a sampler's indices; ``len`` is the number of batches."""
 
-    def __init__(self, dataset: DeviceImages, indices: list[int], batch_size: int, seed: int,
-                 epoch: int) -> None:  # fmt: skip
+    def __init__(
+        self, dataset: DeviceImages, indices: list[int], batch_size: int, seed: int, epoch: int
+    ) -> None:
         self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, epoch
         self.indices = torch.tensor(indices, dtype=torch.int64, device=dataset.device)
 
@@ -234,8 +263,9 @@ class DeviceBatches:
 # --- The operations, each on a batch with per-image parameters -----------------------------------
 
 
-def pad_and_crop(images: torch.Tensor, pad: int, draw_y: torch.Tensor,
-                 draw_x: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def pad_and_crop(
+    images: torch.Tensor, pad: int, draw_y: torch.Tensor, draw_x: torch.Tensor
+) -> torch.Tensor:
     """Zero-pad by ``pad`` on every side and crop the original size back at offsets
     ``floor(draw * (2 * pad + 1))``: torchvision's RandomCrop(side, padding=pad)."""
     batch, channels, height, width = images.shape
@@ -299,8 +329,9 @@ def trivial_augment(images: torch.Tensor, draws: torch.Tensor, interpolation: st
     return out
 
 
-def apply_op(name: str, images: torch.Tensor, magnitude: torch.Tensor | None,
-             interpolation: str) -> torch.Tensor:  # fmt: skip
+def apply_op(
+    name: str, images: torch.Tensor, magnitude: torch.Tensor | None, interpolation: str
+) -> torch.Tensor:
     """TrivialAugmentWide's operation ``name`` on uint8 images, image k with ``magnitude[k]``."""
     if name == "autocontrast":
         return TF.autocontrast(images)
@@ -395,5 +426,10 @@ def affine(images: torch.Tensor, name: str, magnitude: torch.Tensor, mode: str) 
     source_y = per_image(a10) * xs + per_image(a11) * ys + per_image(b1)
     # grid_sample's coordinates: -1 and 1 are the outer edges (align_corners=False).
     grid = torch.stack([2 * source_x / width - 1, 2 * source_y / height - 1], dim=-1)
-    return F.grid_sample(images, grid.expand(batch, height, width, 2), mode=mode,
-                         padding_mode="zeros", align_corners=False)  # fmt: skip
+    return F.grid_sample(
+        images,
+        grid.expand(batch, height, width, 2),
+        mode=mode,
+        padding_mode="zeros",
+        align_corners=False,
+    )

@@ -52,9 +52,13 @@ Box = tuple[float, float, float, float]  # top, left, height, width in source pi
 # --- Where to crop -------------------------------------------------------------------------------
 
 
-def random_resized_box(height: int, width: int, generator: torch.Generator,
-                       scale: tuple[float, float] = CROP_SCALE,
-                       ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, ...]:  # fmt: skip
+def random_resized_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+) -> tuple[int, ...]:
     """(top, left, height, width) of a random crop, drawn as torchvision's ``RandomResizedCrop``
     draws it (same calls, same order) but from ``generator``: an area fraction in ``scale`` and
     a log-uniform aspect ratio in ``ratio``, ten tries to fit, then the center crop of the
@@ -63,8 +67,9 @@ def random_resized_box(height: int, width: int, generator: torch.Generator,
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(CROP_TRIES):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        log_aspect = torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]),
-                                             generator=generator)  # fmt: skip
+        log_aspect = torch.empty(1).uniform_(
+            float(log_ratio[0]), float(log_ratio[1]), generator=generator
+        )
         aspect = torch.exp(log_aspect).item()
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
@@ -112,8 +117,9 @@ def read_bytes(path: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def decode_batch(datas: Sequence[torch.Tensor], paths: Sequence[str],
-                 device: torch.device) -> list[torch.Tensor]:  # fmt: skip
+def decode_batch(
+    datas: Sequence[torch.Tensor], paths: Sequence[str], device: torch.device
+) -> list[torch.Tensor]:
     """uint8 (3, H, W) RGB images on ``device``: the JPEGs in one batched ``decode_jpeg`` call,
     anything else (PNG, GIF, ...) by ``decode_image`` on the CPU; a file neither decodes raises
     an error naming it. Grayscale and CMYK JPEGs come out RGB."""
@@ -124,8 +130,9 @@ def decode_batch(datas: Sequence[torch.Tensor], paths: Sequence[str],
         warnings.filterwarnings("ignore", DECODER_DEPRECATION, DeprecationWarning)
         if jpegs:
             try:
-                decoded = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB,
-                                      device=device)  # fmt: skip
+                decoded = decode_jpeg(
+                    [datas[i] for i in jpegs], mode=ImageReadMode.RGB, device=device
+                )
                 for i, image in zip(jpegs, decoded, strict=True):
                     images[i] = image
             except RuntimeError:
@@ -137,8 +144,7 @@ def decode_batch(datas: Sequence[torch.Tensor], paths: Sequence[str],
     return images
 
 
-def decode_one(data: torch.Tensor, path: str, device: torch.device,
-               jpeg: bool) -> torch.Tensor:  # fmt: skip
+def decode_one(data: torch.Tensor, path: str, device: torch.device, jpeg: bool) -> torch.Tensor:
     """One file: ``decode_jpeg`` on the device for a JPEG, else ``decode_image`` on the CPU."""
     if jpeg:
         try:
@@ -161,8 +167,9 @@ def decode_one(data: torch.Tensor, path: str, device: torch.device,
 # --- Cropping and resizing -----------------------------------------------------------------------
 
 
-def resized_crops(images: Sequence[torch.Tensor], boxes: Sequence[Box], resolution: int,
-                  sampling_ratio: int = -1) -> torch.Tensor:  # fmt: skip
+def resized_crops(
+    images: Sequence[torch.Tensor], boxes: Sequence[Box], resolution: int, sampling_ratio: int = -1
+) -> torch.Tensor:
     """Each image's box resized to ``resolution`` x ``resolution``: float (B, C, R, R) in the
     images' value range, on their device.
 
@@ -187,8 +194,14 @@ def resized_crops(images: Sequence[torch.Tensor], boxes: Sequence[Box], resoluti
     for members in groups.values():
         batch = torch.stack([images[i] for i in members]).float()
         index = torch.tensor(members, device=device)
-        out[index] = roi_align(batch, rois[index], output_size=resolution, spatial_scale=1.0,
-                               sampling_ratio=sampling_ratio, aligned=True)  # fmt: skip
+        out[index] = roi_align(
+            batch,
+            rois[index],
+            output_size=resolution,
+            spatial_scale=1.0,
+            sampling_ratio=sampling_ratio,
+            aligned=True,
+        )
     return out
 
 
@@ -206,9 +219,15 @@ class JpegFolderOnDevice:
     is given.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], preprocessing: Preprocessing, *,
-                 train: bool = True, channels_last: bool = False,
-                 read_threads: int = READ_THREADS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        preprocessing: Preprocessing,
+        *,
+        train: bool = True,
+        channels_last: bool = False,
+        read_threads: int = READ_THREADS,
+    ) -> None:
         if preprocessing.channels != 3:
             raise MobileNetsError(
                 f"preprocessing.channels={preprocessing.channels}: the device JPEG pipeline "
@@ -233,8 +252,9 @@ class JpegFolderOnDevice:
         self.scale, self.shift = 1 / (255 * std), -mean / std
 
     @classmethod
-    def from_files(cls, files: ImageFiles, preprocessing: Preprocessing,
-                   **options) -> JpegFolderOnDevice:  # fmt: skip
+    def from_files(
+        cls, files: ImageFiles, preprocessing: Preprocessing, **options
+    ) -> JpegFolderOnDevice:
         """The device pipeline over an ``ImageFiles``' samples (its transform is not used)."""
         return cls(files.samples, preprocessing, **options)
 
@@ -253,8 +273,9 @@ class JpegFolderOnDevice:
         flip = bool(torch.rand(1, generator=generator).item() < 0.5)
         return tuple(float(x) for x in box), flip
 
-    def batches(self, sampler: EpochSampler, batch_size: int,
-                device: torch.device | str) -> DeviceBatches:  # fmt: skip
+    def batches(
+        self, sampler: EpochSampler, batch_size: int, device: torch.device | str
+    ) -> DeviceBatches:
         """The epoch's remaining batches in ``sampler``'s order (this rank's share, from its
         ``start_batch``), as ``(images, labels)`` on ``device``. ``batch_size`` is the one the
         sampler counts ``start_batch`` in; each image's draws depend on the sampler's seed and
@@ -266,8 +287,9 @@ class JpegFolderOnDevice:
         plan = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
         return DeviceBatches(self, plan, torch.device(device))
 
-    def make_batch(self, items: Sequence[tuple[int, int]], datas: Sequence[torch.Tensor],
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def make_batch(
+        self, items: Sequence[tuple[int, int]], datas: Sequence[torch.Tensor], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, crop, resize, flip and normalise one batch of read files."""
         paths = [self.samples[index][0] for index, _ in items]
         images = decode_batch(datas, paths, device)
@@ -298,8 +320,9 @@ class DeviceBatches:
     [`JpegFolderOnDevice`][mobilenets.data.jpeg_device.JpegFolderOnDevice]: iterable, with a
     length; while one batch is decoded and augmented, a thread pool reads the next one's files."""
 
-    def __init__(self, dataset: JpegFolderOnDevice, plan: list[list[tuple[int, int]]],
-                 device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self, dataset: JpegFolderOnDevice, plan: list[list[tuple[int, int]]], device: torch.device
+    ) -> None:
         self.dataset, self.plan, self.device = dataset, plan, device
 
     def __len__(self) -> int:

@@ -52,10 +52,26 @@ log = logging.getLogger("mobilenets")
 BACKGROUND = "background"
 VOC_SEGMENTATION_CLASSES = (BACKGROUND, *VOC_CLASSES)
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 # cityscapesScripts helpers/labels.py: the label id of each train id 0..18. Every other label id
 # (unlabeled, ego vehicle, ..., license plate) is not trained on or scored: 255.
 CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)

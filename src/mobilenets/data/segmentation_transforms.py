@@ -50,8 +50,9 @@ class RandomScale(T.Transform):
         return {"size": [max(1, round(height * factor)), max(1, round(width * factor))]}
 
     def transform(self, inpt, params: dict):
-        return self._call_kernel(F.resize, inpt, size=params["size"],
-                                 interpolation=self.interpolation, antialias=True)  # fmt: skip
+        return self._call_kernel(
+            F.resize, inpt, size=params["size"], interpolation=self.interpolation, antialias=True
+        )
 
 
 class SegmentationTransform:

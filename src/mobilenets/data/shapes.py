@@ -141,8 +141,9 @@ def make_image(
     return image, [(shape, box.tolist()) for shape, box in objects]
 
 
-def _check_settings(num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap,
-                    image_format) -> None:  # fmt: skip
+def _check_settings(
+    num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap, image_format
+) -> None:
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise MobileNetsError(
             f"num_train and num_val must be >= 0, not both 0; got {num_train}, {num_val}"
@@ -189,8 +190,9 @@ def make_synthetic_coco(
     [`mobilenets.data.detection.CocoDetection`][mobilenets.data.detection.CocoDetection]. Category
     ids are 1..len(SHAPES) in the order of [`SHAPES`][mobilenets.data.shapes.SHAPES].
     """
-    _check_settings(num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap,
-                    image_format)  # fmt: skip
+    _check_settings(
+        num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap, image_format
+    )
     root = Path(root)
     categories = [
         {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)
@@ -207,20 +209,28 @@ def make_synthetic_coco(
             )
             name = f"{index:06d}.{image_format}"
             _save_image(image, folder / name, image_format)
-            images.append({"id": index + 1, "file_name": name, "width": image_size,
-                           "height": image_size})  # fmt: skip
+            images.append(
+                {"id": index + 1, "file_name": name, "width": image_size, "height": image_size}
+            )
             for shape, (x1, y1, x2, y2) in objects:
                 w, h = x2 - x1, y2 - y1
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": index + 1, "category_id": shape + 1,
-                    "bbox": [round(v, 2) for v in (x1, y1, w, h)], "area": round(w * h, 2),
-                    "iscrowd": 0,
-                })  # fmt: skip
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": index + 1,
+                        "category_id": shape + 1,
+                        "bbox": [round(v, 2) for v in (x1, y1, w, h)],
+                        "area": round(w * h, 2),
+                        "iscrowd": 0,
+                    }
+                )
         annotation_file = root / "annotations" / f"instances_{split}.json"
         dataset = {
             "info": {"description": f"mobilenets synthetic shapes, seed {seed}"},
-            "images": images, "annotations": annotations, "categories": categories,
-        }  # fmt: skip
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         with atomic_path(annotation_file) as temporary:
             Path(temporary).write_text(json.dumps(dataset))
         written[split] = (folder, annotation_file)
@@ -250,8 +260,9 @@ def make_synthetic_segmentation(
     (lossless). Images are PNG too by default: a JPEG's blurred edges would disagree with the
     mask. Returns ``{split: (images folder, masks folder)}``.
     """
-    _check_settings(num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap,
-                    image_format)  # fmt: skip
+    _check_settings(
+        num_train, num_val, image_size, max_objects, min_size, max_size, max_overlap, image_format
+    )
     root = Path(root)
     written = {}
     for split, count in (("train", num_train), ("val", num_val)):

@@ -26,8 +26,9 @@ def eval_transform(preprocessing: Preprocessing) -> Callable:
     return T.Compose(steps + float_steps(preprocessing))
 
 
-def train_transform(preprocessing: Preprocessing, augment: str, random_erasing: float,
-                    small: bool) -> Callable:  # fmt: skip
+def train_transform(
+    preprocessing: Preprocessing, augment: str, random_erasing: float, small: bool
+) -> Callable:
     """Training augmentation: pad-and-crop for small images, random-resized crop for large
     ones; flips; TrivialAugment when ``augment == "trivial"``; random erasing last."""
     side = preprocessing.resolution

@@ -104,8 +104,19 @@ DEFAULT_ITERATIONS = 30
 CALIBRATION_IMAGES = 32  # random normal images for int8: enough for ranges, speed is all we use
 DETECTOR_OUTPUTS = ("cls_logits", "box_regression")  # SSDLite.forward's keys, the ONNX outputs
 FASTEST_MARK = "*"  # after "x faster" on the fastest row of a model and batch
-HEADERS = ["model", "runtime", "precision", "batch", "median ms", "p90 ms", "images/s", "size MB",
-           "latency / eager", "x faster", "accuracy"]  # fmt: skip
+HEADERS = [
+    "model",
+    "runtime",
+    "precision",
+    "batch",
+    "median ms",
+    "p90 ms",
+    "images/s",
+    "size MB",
+    "latency / eager",
+    "x faster",
+    "accuracy",
+]
 
 
 @dataclass(frozen=True)
@@ -275,9 +286,15 @@ def _pte_file_target(path: Path, resolution: int | None) -> _Target:
     eager = "random weights, from the file's model_config (speed does not depend on them)"
     precision = "int8" if "quantization" in read_pte_metadata(path) else "fp32"
     return _Target(
-        path.name, model, height, in_chans, [], eager, fixed_batch=batch,
+        path.name,
+        model,
+        height,
+        in_chans,
+        [],
+        eager,
+        fixed_batch=batch,
         pte_files=[(path, batch, precision, f"file {path}", "")],
-    )  # fmt: skip
+    )
 
 
 def _model_from_config(config, resolution: int) -> torch.nn.Module | None:
@@ -320,8 +337,9 @@ def load_source(
         size = item.resolution if resolution is None else resolution
         return ExportSource(item.eval(), size, "the given model's weights")
     if is_segmenter(item):
-        model = create_segmenter(item, output_stride=output_stride, aspp=aspp,
-                                 resolution=resolution)  # fmt: skip
+        model = create_segmenter(
+            item, output_stride=output_stride, aspp=aspp, resolution=resolution
+        )
         return ExportSource(model.eval(), model.resolution, "random weights (a registered name)")
     if is_detector(item):
         model = create_detector(item, resolution=resolution)
@@ -386,12 +404,21 @@ def _model_target(
     for batch in pte_batches:
         for precision in ("fp32", "int8") if int8 else ("fp32",):
             path = folder / f"{stem}.batch{batch}.{precision}.pte"
-            _export_pte(model, path, resolution, batch, calibration if precision == "int8"
-                        else None)  # fmt: skip
+            _export_pte(
+                model, path, resolution, batch, calibration if precision == "int8" else None
+            )
             note = int8_note if precision == "int8" else ""
             pte_files.append((path, batch, precision, f"ExecuTorch of {source.weights}", note))
-    return _Target(name, model, resolution, in_chans, files, source.weights, pte_files=pte_files,
-                   validation=validation)  # fmt: skip
+    return _Target(
+        name,
+        model,
+        resolution,
+        in_chans,
+        files,
+        source.weights,
+        pte_files=pte_files,
+        validation=validation,
+    )
 
 
 def _synthetic_images(image: tuple[int, int], count: int, batch: int):
@@ -411,8 +438,14 @@ def _export_pte(model, path: Path, resolution: int, batch: int, calibration=None
     computation), through the same lowering, checked against PyTorch before it is kept."""
     int8 = calibration is not None
     if isinstance(model, MobileNet):
-        export_executorch(model, path, resolution=resolution, batch=batch, int8=int8,
-                          calibration=calibration(8) if int8 else None)  # fmt: skip
+        export_executorch(
+            model,
+            path,
+            resolution=resolution,
+            batch=batch,
+            int8=int8,
+            calibration=calibration(8) if int8 else None,
+        )
         return
     config = model.config.replace(resolution=resolution)
     shape = (batch, _in_chans(config), resolution, resolution)
@@ -484,10 +517,15 @@ def _export_dense_onnx(model: DeepLabV3 | SSDLite, path: Path, resolution: int) 
     example = torch.zeros(2, in_chans, resolution, resolution)
     with torch.no_grad():
         program = torch.onnx.export(
-            _Outputs(folded).eval(), (example,), dynamo=True, opset_version=DEFAULT_OPSET,
-            input_names=[INPUT_NAME], output_names=names,
-            dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},), verbose=False,
-        )  # fmt: skip
+            _Outputs(folded).eval(),
+            (example,),
+            dynamo=True,
+            opset_version=DEFAULT_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
+            verbose=False,
+        )
     program.model.metadata_props.update({"model_config": json.dumps(config.to_dict())})
     with atomic_path(path) as temporary:
         program.save(temporary, external_data=False)
@@ -617,8 +655,10 @@ def run_benchmarks(
                 if index in sources:
                     made = ["fp32"] + ["int8"] * int8 + ["ExecuTorch fp32"] * pte
                     made += ["ExecuTorch int8"] * (pte and int8)
-                    say(f"exporting {_label(item)}"
-                        + (f" ({', '.join(made)})" if len(made) > 1 else ""))  # fmt: skip
+                    say(
+                        f"exporting {_label(item)}"
+                        + (f" ({', '.join(made)})" if len(made) > 1 else "")
+                    )
                     pte_batches = tuple(batches) if pte else ()
                     targets.append(
                         _model_target(
@@ -628,15 +668,16 @@ def run_benchmarks(
                             calibration_images,
                             pte_batches,
                             checks.get(index),
-                        )  # fmt: skip
+                        )
                     )
                 elif Path(item).suffix == ".onnx":
                     targets.append(_file_target(Path(item), resolution, threads))
                 else:
                     targets.append(_pte_file_target(Path(item), resolution))
             for target in targets:
-                records += _bench_target(target, batches, threads, warmup, iterations, say,
-                                         openvino)  # fmt: skip
+                records += _bench_target(
+                    target, batches, threads, warmup, iterations, say, openvino
+                )
     finally:
         torch.set_num_threads(saved_threads)
     return records
@@ -697,8 +738,9 @@ def openvino_model(path: Path, threads: int, precision: str = "fp32", counters: 
     return compiled.create_infer_request()
 
 
-def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
-                  openvino: bool = False) -> list[BenchRecord]:  # fmt: skip
+def _bench_target(
+    target: _Target, batches, threads, warmup, iterations, say, openvino: bool = False
+) -> list[BenchRecord]:
     if target.fixed_batch is not None and any(b != target.fixed_batch for b in batches):
         again = (
             "export it again with a dynamic batch axis"
@@ -756,9 +798,10 @@ def _bench_target(target: _Target, batches, threads, warmup, iterations, say,
             timing = measure(partial(request.infer, [array]), warmup, iterations)
             size_mb = os.path.getsize(path) / 1e6
             records.append(
-                _record(common, OPENVINO, precision, batch, timing, size_mb, reference, source,
-                        note)
-            )  # fmt: skip
+                _record(
+                    common, OPENVINO, precision, batch, timing, size_mb, reference, source, note
+                )
+            )
         for path, program_batch, precision, source, note in target.pte_files:
             if program_batch != batch:
                 continue
@@ -803,7 +846,7 @@ def _scored(records, target: _Target, eager, sessions, compiled, say):
     return [
         dataclasses.replace(
             r, accuracy=scores.get((r.runtime, r.precision)), metric=validation.metric
-        )  # fmt: skip
+        )
         for r in records
     ]
 
@@ -839,11 +882,18 @@ def mark_fastest(records: list[BenchRecord]) -> list[BenchRecord]:
 
 def _record(common, runtime, precision, batch, timing, size_mb, reference, source, note=""):
     return BenchRecord(
-        runtime=runtime, precision=precision, batch=batch, median_ms=timing.median_ms,
-        p90_ms=timing.p90_ms, images_per_s=batch / (timing.median_ms / 1e3), size_mb=size_mb,
+        runtime=runtime,
+        precision=precision,
+        batch=batch,
+        median_ms=timing.median_ms,
+        p90_ms=timing.p90_ms,
+        images_per_s=batch / (timing.median_ms / 1e3),
+        size_mb=size_mb,
         latency_vs_eager=None if reference is None else timing.median_ms / reference,
-        source=source, note=note, **common,
-    )  # fmt: skip
+        source=source,
+        note=note,
+        **common,
+    )
 
 
 # --- Reporting -------------------------------------------------------------------------------
@@ -874,13 +924,23 @@ def table_rows(records: list[BenchRecord]) -> list[list[str]]:
     """One row of HEADERS per record; the fastest of a model and batch has FASTEST_MARK after
     its x faster."""
     return [
-        [r.model, r.runtime, r.precision, str(r.batch), f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}",
-         f"{r.images_per_s:.1f}", _number(r.size_mb, ".1f"), _number(r.latency_vs_eager, ".3f"),
-         _number(r.speedup, ".2f") + ("x" if r.speedup else "")
-         + (FASTEST_MARK if r.fastest else ""),
-         "-" if r.accuracy is None else f"{r.metric} {r.accuracy:.4f}"]
+        [
+            r.model,
+            r.runtime,
+            r.precision,
+            str(r.batch),
+            f"{r.median_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.images_per_s:.1f}",
+            _number(r.size_mb, ".1f"),
+            _number(r.latency_vs_eager, ".3f"),
+            _number(r.speedup, ".2f")
+            + ("x" if r.speedup else "")
+            + (FASTEST_MARK if r.fastest else ""),
+            "-" if r.accuracy is None else f"{r.metric} {r.accuracy:.4f}",
+        ]
         for r in records
-    ]  # fmt: skip
+    ]
 
 
 def notes(records: list[BenchRecord]) -> list[str]:
@@ -911,8 +971,16 @@ def notes(records: list[BenchRecord]) -> list[str]:
 
 
 def markdown_table(records: list[BenchRecord]) -> str:
-    right = {"batch", "median ms", "p90 ms", "images/s", "size MB", "latency / eager", "x faster",
-             "accuracy"}  # fmt: skip
+    right = {
+        "batch",
+        "median ms",
+        "p90 ms",
+        "images/s",
+        "size MB",
+        "latency / eager",
+        "x faster",
+        "accuracy",
+    }
     lines = [
         "| " + " | ".join(HEADERS) + " |",
         "|" + "|".join("---:" if h in right else "---" for h in HEADERS) + "|",

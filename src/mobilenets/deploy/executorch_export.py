@@ -131,8 +131,13 @@ def require_executorch(purpose: str):
         partitioner = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", purpose)
         delegate = require("executorch.exir.delegate", purpose)
         portable_lib = require("executorch.extension.pybindings.portable_lib", purpose)
-    return (exir, runtime, partitioner.XnnpackPartitioner, delegate.executorch_call_delegate,
-            portable_lib)  # fmt: skip
+    return (
+        exir,
+        runtime,
+        partitioner.XnnpackPartitioner,
+        delegate.executorch_call_delegate,
+        portable_lib,
+    )
 
 
 def require_pt2e(purpose: str):
@@ -169,8 +174,9 @@ def check_pte_options(path: str | os.PathLike, batch: int = 1) -> None:
         )
 
 
-def lower_to_xnnpack(module: nn.Module, shape: tuple[int, ...],
-                     metadata: dict[str, str]) -> tuple[bytes, int, tuple[str, ...]]:  # fmt: skip
+def lower_to_xnnpack(
+    module: nn.Module, shape: tuple[int, ...], metadata: dict[str, str]
+) -> tuple[bytes, int, tuple[str, ...]]:
     """``module`` (eval mode, BN folded) exported for one float32 input of ``shape`` and lowered
     to the XNNPACK delegate, with ``metadata`` as constant methods: the program's bytes, the
     number of delegated partitions, and the ops left outside the delegate."""
@@ -232,14 +238,16 @@ def export_executorch(
         )
     if int8 != (calibration is not None):
         raise MobileNetsError(
-            "int8=True needs calibration= (batches of preprocessed images)" if int8
+            "int8=True needs calibration= (batches of preprocessed images)"
+            if int8
             else "calibration= applies to int8=True only"
-        )  # fmt: skip
+        )
     if (qat is not None) != (train_dataset is not None):
         raise MobileNetsError(
-            "qat= needs train_dataset= (the training split, augmented)" if qat is not None
+            "qat= needs train_dataset= (the training split, augmented)"
+            if qat is not None
             else "train_dataset= applies to qat= only"
-        )  # fmt: skip
+        )
     if qat is not None and not int8:
         raise MobileNetsError("qat= applies to int8=True only")
     if qat is not None and not isinstance(qat, QatConfig):
@@ -274,10 +282,13 @@ def export_executorch(
         if not math.isfinite(int8_report.logits_scale):
             raise MobileNetsError("the logits of the int8 graph are not quantized")
         settings = {
-            "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
-            "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
+            "method": "ptq",
+            "flow": "pt2e",
+            "quantizer": "XNNPACKQuantizer",
+            "weights": "s8 symmetric per-channel",
+            "activations": "s8 per-tensor",
             "calibration_images": int8_report.calibration_images,
-        }  # fmt: skip
+        }
         if qat is not None:
             settings |= {"method": "qat", "qat": dataclasses.asdict(qat)}
         metadata[QUANTIZATION_KEY] = json.dumps(settings)
@@ -289,15 +300,27 @@ def export_executorch(
             difference = verify_pte(temporary, reference, shape)
         else:
             difference = verify_pte(
-                temporary, QuantizedReference(folded), shape, x=x, tolerance=int8_report.tolerance,
+                temporary,
+                QuantizedReference(folded),
+                shape,
+                x=x,
+                tolerance=int8_report.tolerance,
                 what="the int8 ExecuTorch program",
-            )  # fmt: skip
+            )
             fp32_difference = verify_pte(temporary, reference, shape, x=x, tolerance=math.inf)
             int8_report = dataclasses.replace(int8_report, fp32_max_abs_diff=fp32_difference)
     return PteReport(
-        path, config.name, shape, len(buffer), difference, bn_folded, partitions, outside,
-        executorch_version() or "?", int8_report,
-    )  # fmt: skip
+        path,
+        config.name,
+        shape,
+        len(buffer),
+        difference,
+        bn_folded,
+        partitions,
+        outside,
+        executorch_version() or "?",
+        int8_report,
+    )
 
 
 def quantize_pt2e(
@@ -418,8 +441,9 @@ def _converted_report(
     quantized, floating = weight_sources(converted)
     quantize_ops = sum(str(node.target).startswith(QUANTIZE) for node in converted.graph.nodes)
     scale = logits_scale(converted)
-    report = Int8Report(count, quantized, floating, quantize_ops, scale,
-                        INT8_TOLERANCE_STEPS * scale, math.nan)  # fmt: skip
+    report = Int8Report(
+        count, quantized, floating, quantize_ops, scale, INT8_TOLERANCE_STEPS * scale, math.nan
+    )
     return x, report
 
 
@@ -531,10 +555,16 @@ def export_checkpoint_int8(
         train_set.transform = train_transform(preprocessing, "basic", 0.0, splits.small)
     splits.train.transform = splits.val.transform = eval_transform(preprocessing)
     report = export_executorch(
-        checkpoint.model, path, resolution=preprocessing.resolution, metadata=metadata, int8=True,
-        calibration=calibration_batches(splits.train, indices, batch_size), qat=qat,
-        train_dataset=train_set, progress=progress,
-    )  # fmt: skip
+        checkpoint.model,
+        path,
+        resolution=preprocessing.resolution,
+        metadata=metadata,
+        int8=True,
+        calibration=calibration_batches(splits.train, indices, batch_size),
+        qat=qat,
+        train_dataset=train_set,
+        progress=progress,
+    )
     loader = ordered_loader(splits.val, batch_size)
     classes = len(checkpoint.classes)
     fp32 = evaluate(checkpoint.model.cpu(), loader, classes, progress=progress)

@@ -183,9 +183,15 @@ def export_onnx(
         differences = verify_onnx(temporary, reference, shapes)
         file_bytes = os.path.getsize(temporary)
     return ExportReport(
-        path, config.name, opset, graph_input_shape(written), file_bytes, differences, bn_folded,
+        path,
+        config.name,
+        opset,
+        graph_input_shape(written),
+        file_bytes,
+        differences,
+        bn_folded,
         require("onnxruntime", "exporting to ONNX").__version__,
-    )  # fmt: skip
+    )
 
 
 def _torch_export(model: MobileNet, config: ModelConfig, opset: int, dynamic_batch: bool):
@@ -196,9 +202,15 @@ def _torch_export(model: MobileNet, config: ModelConfig, opset: int, dynamic_bat
     dynamic_shapes = ({0: torch.export.Dim(BATCH_AXIS)},) if dynamic_batch else None
     with torch.no_grad():
         return torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
 
 
 def verify_onnx(
@@ -324,8 +336,12 @@ def export_source(
         # no weights, so no classes; inputs as torchvision's ImageNet models read them
         preprocessing = pretrained.default_preprocessing("torchvision", resolution)
         info = {"source": "random initialisation", "preprocessing": preprocessing.to_dict()}
-        return ExportSource(model, resolution, "random weights (no published weights asked for)",
-                            metadata_props(info))  # fmt: skip
+        return ExportSource(
+            model,
+            resolution,
+            "random weights (no published weights asked for)",
+            metadata_props(info),
+        )
     resolution = checkpoint.preprocessing.resolution if resolution is None else resolution
     metadata = metadata_props(checkpoint.info(resolution, **extra))
     return ExportSource(checkpoint.model, resolution, described, metadata)

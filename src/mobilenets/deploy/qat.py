@@ -219,10 +219,12 @@ def fine_tune(
     if simulation.calibrate(calibration_batches) == 0:
         raise MobileNetsError("no calibration images were given")
     train_steps(
-        simulation.model, train_dataset, config,
+        simulation.model,
+        train_dataset,
+        config,
         before_step=lambda step, total: simulation.observe(step < OBSERVE_FRACTION * total),
         progress=progress,
-    )  # fmt: skip
+    )
     return simulation.finish()
 
 
@@ -259,9 +261,12 @@ def train_steps(
     bar = tqdm(total=total, desc="QAT", leave=False, disable=not progress)
     while step < total:
         sampler = EpochSampler(
-            len(train_dataset), seed=config.seed, epoch=epoch, batch_size=config.batch_size,
+            len(train_dataset),
+            seed=config.seed,
+            epoch=epoch,
+            batch_size=config.batch_size,
             drop_last=True,
-        )  # fmt: skip
+        )
         loader = DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler)
         for images, labels in loader:
             if before_step is not None:
@@ -284,6 +289,8 @@ def train_steps(
                 break
         epoch += 1
     bar.close()
-    log.info(f"QAT: {total} steps ({config.epochs:g} epochs) of {config.batch_size}, "
-             f"final loss {running:.4f}")  # fmt: skip
+    log.info(
+        f"QAT: {total} steps ({config.epochs:g} epochs) of {config.batch_size}, "
+        f"final loss {running:.4f}"
+    )
     return running

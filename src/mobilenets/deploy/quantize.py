@@ -211,13 +211,21 @@ def quantize_ptq(
     with tempfile.TemporaryDirectory(prefix="mobilenets-quantize-") as folder:
         fp32_path = Path(folder) / "fp32.onnx"
         export_onnx(
-            checkpoint.model, fp32_path, resolution=resolution, dynamic_batch=True,
+            checkpoint.model,
+            fp32_path,
+            resolution=resolution,
+            dynamic_batch=True,
             metadata=metadata_props(checkpoint.info(source=f"checkpoint {checkpoint.path.name}")),
-        )  # fmt: skip
+        )
         return quantize_file(
-            fp32_path, itertools.chain([first], batches), out_path, method=method,
-            activation_type=activation_type, pre_process=pre_process, recorded=recorded,
-        )  # fmt: skip
+            fp32_path,
+            itertools.chain([first], batches),
+            out_path,
+            method=method,
+            activation_type=activation_type,
+            pre_process=pre_process,
+            recorded=recorded,
+        )
 
 
 def quantize_file(
@@ -254,17 +262,26 @@ def quantize_file(
             shape_inference.quant_pre_process(str(fp32_path), str(source))
         types, methods = quantization.QuantType, quantization.CalibrationMethod
         quantization.quantize_static(
-            str(source), str(int8_path), reader, quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True, weight_type=types.QInt8, reduce_range=True,
+            str(source),
+            str(int8_path),
+            reader,
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=types.QInt8,
+            reduce_range=True,
             activation_type=getattr(types, ACTIVATION_TYPES[activation_type]),
             calibrate_method=getattr(methods, CALIBRATE_METHODS[method]),
-        )  # fmt: skip
+        )
         model = onnx.load(str(int8_path))
         settings = {
-            "method": "ptq", "calibrate": method, "calibration_images": reader.count,
-            "activations": activation_type, "weights": WEIGHTS, "format": "QDQ",
+            "method": "ptq",
+            "calibrate": method,
+            "calibration_images": reader.count,
+            "activations": activation_type,
+            "weights": WEIGHTS,
+            "format": "QDQ",
             "onnxruntime_version": onnxruntime.__version__,
-        } | (recorded or {})  # fmt: skip
+        } | (recorded or {})
         copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model)
         model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings))
         quantized, floating = conv_weight_sources(model)
@@ -279,9 +296,17 @@ def quantize_file(
             _check_runs(temporary, reader.first_shape)
             int8_bytes = os.path.getsize(temporary)
     return QuantizeReport(
-        out_path, method, activation_type, reader.count, os.path.getsize(fp32_path), int8_bytes,
-        quantized, floating, onnxruntime.__version__, bound,
-    )  # fmt: skip
+        out_path,
+        method,
+        activation_type,
+        reader.count,
+        os.path.getsize(fp32_path),
+        int8_bytes,
+        quantized,
+        floating,
+        onnxruntime.__version__,
+        bound,
+    )
 
 
 def copy_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
@@ -443,15 +468,23 @@ def quantize_checkpoint(
     if qat is not None:
         train_set.transform = train_transform(preprocessing, "basic", 0.0, splits.small)
         tuned = fine_tune(
-            checkpoint.model.cpu(), train_set, qat,
-            calibration_batches(splits.train, indices, batch_size), progress=progress,
-        )  # fmt: skip
+            checkpoint.model.cpu(),
+            train_set,
+            qat,
+            calibration_batches(splits.train, indices, batch_size),
+            progress=progress,
+        )
         quantized = dataclasses.replace(checkpoint, model=tuned)
         recorded = {"method": "qat", "qat": dataclasses.asdict(qat)}
     report = quantize_ptq(
-        quantized, calibration_batches(splits.train, indices, batch_size), out_path,
-        method=method, activation_type=activation_type, batch_size=batch_size, recorded=recorded,
-    )  # fmt: skip
+        quantized,
+        calibration_batches(splits.train, indices, batch_size),
+        out_path,
+        method=method,
+        activation_type=activation_type,
+        batch_size=batch_size,
+        recorded=recorded,
+    )
     loader = ordered_loader(splits.val, batch_size)
     fp32 = evaluate(checkpoint.model.cpu(), loader, len(checkpoint.classes), progress=progress)
     int8_top1, int8_top5, count = evaluate_onnx(out_path, loader, progress=progress)

@@ -107,19 +107,32 @@ class DemoModel:
 
     def to_dict(self) -> dict:
         return {
-            "kind": self.kind, "file": self.file, "model": self.model_name, "input": self.input,
-            "outputs": list(self.outputs), "classes": list(self.classes),
-            "preprocessing": self.preprocessing.to_dict(), "quantization": self.quantization,
-            "source": self.source, "bytes": self.file_bytes,
-        }  # fmt: skip
+            "kind": self.kind,
+            "file": self.file,
+            "model": self.model_name,
+            "input": self.input,
+            "outputs": list(self.outputs),
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "quantization": self.quantization,
+            "source": self.source,
+            "bytes": self.file_bytes,
+        }
 
     @classmethod
     def from_dict(cls, entry: dict) -> DemoModel:
         return cls(
-            entry["kind"], entry["file"], entry["model"], entry["input"], tuple(entry["outputs"]),
-            tuple(entry["classes"]), Preprocessing.from_dict(entry["preprocessing"]),
-            entry["quantization"], entry["source"], entry["bytes"],
-        )  # fmt: skip
+            entry["kind"],
+            entry["file"],
+            entry["model"],
+            entry["input"],
+            tuple(entry["outputs"]),
+            tuple(entry["classes"]),
+            Preprocessing.from_dict(entry["preprocessing"]),
+            entry["quantization"],
+            entry["source"],
+            entry["bytes"],
+        )
 
 
 def source_kind(path: str | os.PathLike) -> str:
@@ -204,10 +217,17 @@ def read_model_file(path: str | os.PathLike) -> DemoModel:
     _check_runs(path, graph_input.name, shape[1:], outputs)
     quantization = metadata.get(QUANTIZATION_KEY)
     return DemoModel(
-        kind, f"{kind}.onnx", model_name, graph_input.name, outputs, classes, preprocessing,
+        kind,
+        f"{kind}.onnx",
+        model_name,
+        graph_input.name,
+        outputs,
+        classes,
+        preprocessing,
         quantization if isinstance(quantization, dict) else None,
-        metadata.get("source", path.name), os.path.getsize(path),
-    )  # fmt: skip
+        metadata.get("source", path.name),
+        os.path.getsize(path),
+    )
 
 
 def _rank(value) -> int:
@@ -226,8 +246,13 @@ def _check_runs(path: Path, input_name: str, shape: tuple, outputs: tuple[str, .
 # --- int8 files ---------------------------------------------------------------------------------
 
 
-def quantize_classifier(checkpoint: Checkpoint, data: str, path: str | os.PathLike, *,
-                        calibration_images: int | None = None) -> DemoModel:  # fmt: skip
+def quantize_classifier(
+    checkpoint: Checkpoint,
+    data: str,
+    path: str | os.PathLike,
+    *,
+    calibration_images: int | None = None,
+) -> DemoModel:
     """``checkpoint`` as an int8 ONNX file, as ``mobilenets quantize --method ptq`` writes it
     (minmax ranges, u8 activations, s8 weights per channel), calibrated on
     ``calibration_images`` training images of ``data`` (default 512, or all if fewer)."""
@@ -253,8 +278,12 @@ class DemoExport:
     models: tuple[DemoModel, ...]
 
 
-def export_demo(folder: str | os.PathLike, *, classifier: str | os.PathLike | None = None,
-                detector: str | os.PathLike | None = None) -> DemoExport:  # fmt: skip
+def export_demo(
+    folder: str | os.PathLike,
+    *,
+    classifier: str | os.PathLike | None = None,
+    detector: str | os.PathLike | None = None,
+) -> DemoExport:
     """Write the demo's folder (see the module docstring) from ONNX files of ours: a
     ``classifier`` and a detector with NMS inside, either of them None;
     [`quantize_classifier`][mobilenets.deploy.web_demo.quantize_classifier] and
@@ -264,8 +293,11 @@ def export_demo(folder: str | os.PathLike, *, classifier: str | os.PathLike | No
 
     ``folder`` is new, or a folder this function wrote before, which is replaced once the new
     one is complete."""
-    given = {kind: path for kind, path in ((CLASSIFIER, classifier), (DETECTOR, detector))
-             if path is not None}  # fmt: skip
+    given = {
+        kind: path
+        for kind, path in ((CLASSIFIER, classifier), (DETECTOR, detector))
+        if path is not None
+    }
     if not given:
         raise MobileNetsError("the demo needs a classifier, a detector or both")
     folder = Path(folder)
@@ -422,8 +454,13 @@ class DemoServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-def serve_demo(folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-               web_root: str | os.PathLike = WEB_ROOT) -> DemoServer:  # fmt: skip
+def serve_demo(
+    folder: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    web_root: str | os.PathLike = WEB_ROOT,
+) -> DemoServer:
     """A server (bound, not yet serving: call ``serve_forever``) of the page and the demo
     ``folder``; ``port=0`` takes a free port, which ``server.url`` shows."""
     demo = load_demo(folder)

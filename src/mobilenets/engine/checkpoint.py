@@ -50,8 +50,13 @@ def checkpoint_info(classes, preprocessing: Preprocessing, **extra: Any) -> dict
     return info
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, classes,
-                    preprocessing: Preprocessing, **extra: Any) -> Path:  # fmt: skip
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    classes,
+    preprocessing: Preprocessing,
+    **extra: Any,
+) -> Path:
     """Write ``model``'s weights with
     [`checkpoint_info`][mobilenets.engine.checkpoint.checkpoint_info] in the metadata,
     atomically."""
@@ -114,8 +119,9 @@ class Checkpoint:
             self.preprocessing if resolution is None else self.preprocessing.at(resolution)
         )
         class_ids = list(self.class_ids) if self.class_ids else None
-        return checkpoint_info(self.classes, preprocessing, class_ids=class_ids,
-                               metrics=self.metrics or None, **extra)  # fmt: skip
+        return checkpoint_info(
+            self.classes, preprocessing, class_ids=class_ids, metrics=self.metrics or None, **extra
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -125,9 +131,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     info = read_checkpoint_info(path, model.num_classes, "mobilenets train")
     class_ids = info.get("class_ids")
     return Checkpoint(
-        model.eval(), info["classes"], info["preprocessing"], path, info.get("train_config"),
-        info.get("metrics"), tuple(class_ids) if class_ids else None,
-    )  # fmt: skip
+        model.eval(),
+        info["classes"],
+        info["preprocessing"],
+        path,
+        info.get("train_config"),
+        info.get("metrics"),
+        tuple(class_ids) if class_ids else None,
+    )
 
 
 def pretrained_checkpoint(name: str, weights: str, progress: bool = True) -> Checkpoint:
@@ -141,9 +152,13 @@ def pretrained_checkpoint(name: str, weights: str, progress: bool = True) -> Che
         info = read_checkpoint_info(path, model.num_classes, "mobilenets train")
         return Checkpoint(model, info["classes"], preprocessing, path, metrics=metrics)
     return Checkpoint(
-        model, pretrained.imagenet_categories(), preprocessing, path, metrics=metrics,
+        model,
+        pretrained.imagenet_categories(),
+        preprocessing,
+        path,
+        metrics=metrics,
         class_ids=pretrained.imagenet_synsets(),
-    )  # fmt: skip
+    )
 
 
 def convert_to_checkpoint(
@@ -165,8 +180,12 @@ def convert_to_checkpoint(
             preprocessing = record.preprocessing_for(config.resolution)
         except MobileNetsError:  # no published record: the ecosystem's usual evaluation
             preprocessing = pretrained.default_preprocessing(source, config.resolution)
-        info = checkpoint_info(pretrained.imagenet_categories(), preprocessing,
-                               class_ids=list(pretrained.imagenet_synsets()), **info)  # fmt: skip
+        info = checkpoint_info(
+            pretrained.imagenet_categories(),
+            preprocessing,
+            class_ids=list(pretrained.imagenet_synsets()),
+            **info,
+        )
     save_weights(model, out, info)
     return config, report
 

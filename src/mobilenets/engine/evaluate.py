@@ -38,10 +38,13 @@ class Evaluation:
     def to_dict(self, classes=None) -> dict:
         classes = classes or [str(i) for i in range(len(self.confusion))]
         return {
-            "loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count,
+            "loss": self.loss,
+            "top1": self.top1,
+            "top5": self.top5,
+            "count": self.count,
             "per_class": dict(zip(classes, self.per_class, strict=True)),
             "confusion": self.confusion.tolist(),
-        }  # fmt: skip
+        }
 
 
 @torch.no_grad()

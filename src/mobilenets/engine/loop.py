@@ -75,11 +75,14 @@ class Trainer:
     def state_dict(self, model: torch.nn.Module) -> dict:
         """What a resumed run needs of the model and the trainer, RNG state included."""
         return {
-            "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
-            "step": self.step, "rng": rng_state(),
-        }  # fmt: skip
+            "step": self.step,
+            "rng": rng_state(),
+        }
 
     def load_state_dict(self, model: torch.nn.Module, saved: dict) -> None:
         """Put a saved model, optimizer, schedule, scaler, EMA, step and RNG state back."""
@@ -94,16 +97,24 @@ class Trainer:
 
 
 def make_trainer(
-    model: torch.nn.Module, train_size: int, config: TrainSettings, device: torch.device,
-    dtype: torch.dtype | None, distributed: Distributed,
-) -> tuple[Trainer, EpochSampler]:  # fmt: skip
+    model: torch.nn.Module,
+    train_size: int,
+    config: TrainSettings,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    distributed: Distributed,
+) -> tuple[Trainer, EpochSampler]:
     """The optimizer, schedule (per step), EMA and grad scaler of a run, and the sampler of its
     training split."""
     optimizer = make_optimizer(model, config)
     sampler = EpochSampler(
-        train_size, seed=config.seed, batch_size=config.batch_size, drop_last=True,
-        rank=distributed.rank, world_size=distributed.world_size,
-    )  # fmt: skip
+        train_size,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        drop_last=True,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+    )
     steps_per_epoch = sampler.num_batches()
     if steps_per_epoch == 0:
         raise MobileNetsError(
@@ -115,30 +126,57 @@ def make_trainer(
     )
     ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
     trainer = Trainer(
-        optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        config, device, dtype, ema, distributed,
-    )  # fmt: skip
+        optimizer,
+        scheduler,
+        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        config,
+        device,
+        dtype,
+        ema,
+        distributed,
+    )
     return trainer, sampler
 
 
-def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device,
-                collate_fn=None, seed: int = 0) -> DataLoader:  # fmt: skip
+def make_loader(
+    dataset,
+    sampler,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    collate_fn=None,
+    seed: int = 0,
+) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", collate_fn=collate_fn,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
         # A private generator: creating the loader must not draw from the global RNG, or a
         # resumed run's dropout masks would shift.
         generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+    )
 
 
-def ordered_loader(dataset, batch_size: int, workers: int = 0,
-                   device: torch.device | str = "cpu", collate_fn=None,
-                   distributed: Distributed = Distributed()) -> DataLoader:  # fmt: skip
+def ordered_loader(
+    dataset,
+    batch_size: int,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    collate_fn=None,
+    distributed: Distributed = Distributed(),
+) -> DataLoader:
     """The whole dataset once, in order, in batches: what an evaluation reads (this process's
     share of it in a torchrun job)."""
-    sampler = EpochSampler(len(dataset), shuffle=False, batch_size=batch_size,
-                           rank=distributed.rank, world_size=distributed.world_size)  # fmt: skip
+    sampler = EpochSampler(
+        len(dataset),
+        shuffle=False,
+        batch_size=batch_size,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+    )
     return make_loader(dataset, sampler, batch_size, workers, torch.device(device), collate_fn)
 
 
@@ -176,15 +214,22 @@ class Tally:
         """Record ``step`` if its loss ``total`` (summed over the processes) is the first that
         is not finite."""
         first = self.healthy() & ~total.isfinite()
-        self.bad.copy_(torch.stack([torch.where(first, float(step), self.bad[0]),
-                                    torch.where(first, total, self.bad[1])]))  # fmt: skip
+        self.bad.copy_(
+            torch.stack(
+                [
+                    torch.where(first, float(step), self.bad[0]),
+                    torch.where(first, total, self.bad[1]),
+                ]
+            )
+        )
 
     def add(self, loss: torch.Tensor, count: int, sums: dict, seconds: float) -> None:
         if self.names is None:
             self.names = list(sums)
         elif list(sums) != self.names:
-            raise MobileNetsError(f"loss_fn returned the sums {list(sums)}; earlier steps "
-                                  f"returned {self.names}")  # fmt: skip
+            raise MobileNetsError(
+                f"loss_fn returned the sums {list(sums)}; earlier steps returned {self.names}"
+            )
         # Sums may be tensors or Python numbers; float64 keeps an epoch's sum exact enough that
         # where the read-backs fall does not change it (a resumed run reads back elsewhere).
         parts = [loss.detach().double() * count]
@@ -234,8 +279,12 @@ def apply_update(trainer: Trainer, model: torch.nn.Module) -> None:
     """
     optimizer, healthy = trainer.optimizer, trainer.tally.healthy()
     if trainer.scaler.is_enabled():
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]  # fmt: skip
+        grads = [
+            p.grad
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
         if grads:
             torch._foreach_mul_(grads, torch.where(healthy, 1.0, math.nan).to(grads[0].dtype))
         trainer.scaler.step(optimizer)
@@ -260,8 +309,12 @@ def masked_step(optimizer: torch.optim.Optimizer, healthy: torch.Tensor) -> None
     kept = [p for p in params if optimizer.state.get(p)]
     created = [p for p in params if not optimizer.state.get(p)]
     before = [(p, p.detach().clone()) for p in params]
-    before += [(v, v.clone()) for p in kept for v in optimizer.state[p].values()
-               if isinstance(v, torch.Tensor)]  # fmt: skip
+    before += [
+        (v, v.clone())
+        for p in kept
+        for v in optimizer.state[p].values()
+        if isinstance(v, torch.Tensor)
+    ]
     optimizer.step()
     with torch.no_grad():
         for tensor, old in before:
@@ -272,9 +325,17 @@ def masked_step(optimizer: torch.optim.Optimizer, healthy: torch.Tensor) -> None
                     value.copy_(torch.where(healthy, value, 0))
 
 
-def train_epoch(model, loader, trainer: Trainer, state: EpochState, *, loss_fn: LossFn,
-                on_step=None, progress: bool = True,
-                description: str = "train") -> EpochState:  # fmt: skip
+def train_epoch(
+    model,
+    loader,
+    trainer: Trainer,
+    state: EpochState,
+    *,
+    loss_fn: LossFn,
+    on_step=None,
+    progress: bool = True,
+    description: str = "train",
+) -> EpochState:
     """Train over ``loader`` (which starts at ``state.batch``), updating ``state``.
 
     ``loss_fn(model, batch, trainer)`` runs the forward pass and returns the batch's loss, its
@@ -298,8 +359,15 @@ def train_epoch(model, loader, trainer: Trainer, state: EpochState, *, loss_fn: 
     # A bar redraws itself with carriage returns: right on a terminal, but in a log file (a run
     # under nohup) every redraw would stay. There, tqdm's meter is logged as a line instead.
     terminal = sys.stderr.isatty()
-    bar = tqdm(loader, desc=description, total=total, initial=state.batch, unit="batch",
-               disable=not (progress and terminal), dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        loader,
+        desc=description,
+        total=total,
+        initial=state.batch,
+        unit="batch",
+        disable=not (progress and terminal),
+        dynamic_ncols=True,
+    )
     lines = ProgressLines(description, total, state.batch) if progress and not terminal else None
     started = read = time.perf_counter()
     for batch in bar:
@@ -361,9 +429,14 @@ class ProgressLines:
             return
         self.written = now
         meter = tqdm.format_meter(
-            batch, self.total, now - self.started, prefix=self.description, unit="batch",
-            initial=self.initial, postfix=", ".join(f"{k}={v}" for k, v in postfix.items()),
+            batch,
+            self.total,
+            now - self.started,
+            prefix=self.description,
+            unit="batch",
+            initial=self.initial,
+            postfix=", ".join(f"{k}={v}" for k, v in postfix.items()),
             bar_format="{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, "
-                       "{rate_fmt}{postfix}]",
-        )  # fmt: skip
+            "{rate_fmt}{postfix}]",
+        )
         progress_log.info(meter)

@@ -30,8 +30,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainSettings) -> torch.optim
     kernel = {"fused": True} if fused else {"foreach": True}
     if config.optimizer == "sgd":
         nesterov = config.nesterov and config.momentum > 0
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                    nesterov=nesterov, **kernel)  # fmt: skip
+        optimizer = torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov, **kernel
+        )
         if fused and config.momentum > 0:
             # Fused SGD fills the momentum of a first step with empty tensors; a first step that
             # found_inf skips would leave them so. Zeros give the same first step exactly
@@ -41,9 +42,13 @@ def make_optimizer(model: torch.nn.Module, config: TrainSettings) -> torch.optim
         return optimizer
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(
-            groups, lr=config.lr, alpha=config.rmsprop_decay, eps=config.rmsprop_eps,
-            momentum=config.momentum, foreach=True,
-        )  # fmt: skip
+            groups,
+            lr=config.lr,
+            alpha=config.rmsprop_decay,
+            eps=config.rmsprop_eps,
+            momentum=config.momentum,
+            foreach=True,
+        )
     return torch.optim.AdamW(groups, lr=config.lr, **kernel)
 
 
@@ -84,8 +89,9 @@ class WeightEMA(AveragedModel):
         self.decay = decay
 
     @torch.no_grad()
-    def update_parameters(self, model: torch.nn.Module,
-                          healthy: torch.Tensor | None = None) -> None:  # fmt: skip
+    def update_parameters(
+        self, model: torch.nn.Module, healthy: torch.Tensor | None = None
+    ) -> None:
         averaged = [*self.module.parameters(), *self.module.buffers()]
         current = [*model.parameters(), *model.buffers()]
         if len(averaged) != len(current):
@@ -95,8 +101,9 @@ class WeightEMA(AveragedModel):
         if healthy is not None:
             rate = torch.where(healthy, rate, 1.0)
         floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
-        counters = [(a, c) for a, c in zip(averaged, current, strict=True)
-                    if not a.is_floating_point()]  # fmt: skip
+        counters = [
+            (a, c) for a, c in zip(averaged, current, strict=True) if not a.is_floating_point()
+        ]
         for dtype in {a.dtype for a, _ in floats}:
             mine = [a for a, _ in floats if a.dtype == dtype]
             theirs = [c.detach() for a, c in floats if a.dtype == dtype]

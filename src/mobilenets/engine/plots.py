@@ -76,10 +76,18 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
         for row in range(len(classes)):
             for column in range(len(classes)):
                 color = "white" if rates[row, column] > 0.5 else "black"
-                axes.text(column, row, int(confusion[row, column]), ha="center", va="center",
-                          fontsize=6, color=color)  # fmt: skip
+                axes.text(
+                    column,
+                    row,
+                    int(confusion[row, column]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color=color,
+                )
     accuracy = confusion.diagonal().sum() / confusion.sum().clamp(min=1)
-    axes.set(xlabel="predicted", ylabel="true",
-             title=f"confusion matrix (top-1 {100 * accuracy:.2f}%)")  # fmt: skip
+    axes.set(
+        xlabel="predicted", ylabel="true", title=f"confusion matrix (top-1 {100 * accuracy:.2f}%)"
+    )
     figure.tight_layout()
     return save_figure(figure, path)

@@ -99,8 +99,9 @@ def train_batches(job: Job, sampler, config: TrainSettings, device: torch.device
     batches = getattr(job.train, "batches", None)
     if callable(batches):
         return batches(sampler, config.batch_size, device)
-    return make_loader(job.train, sampler, config.batch_size, config.workers, device, job.collate,
-                       config.seed)  # fmt: skip
+    return make_loader(
+        job.train, sampler, config.batch_size, config.workers, device, job.collate, config.seed
+    )
 
 
 class Task(Protocol):
@@ -136,8 +137,9 @@ class FitResult:
     main_process: bool = True  # False on the other ranks of a torchrun job
 
 
-def open_run(out: Path, config: TrainSettings | None, resume: bool, task: Task,
-             placement: dict | None = None) -> tuple[TrainSettings, dict | None]:  # fmt: skip
+def open_run(
+    out: Path, config: TrainSettings | None, resume: bool, task: Task, placement: dict | None = None
+) -> tuple[TrainSettings, dict | None]:
     """The config of the run in ``out`` and, with ``resume``, its saved state.
 
     A resumed run must be given its own config or none, and may change the ``placement`` settings
@@ -151,14 +153,17 @@ def open_run(out: Path, config: TrainSettings | None, resume: bool, task: Task,
         saved = load_state(state_path)
         kind = saved["run"].get("task")
         if kind != task.name:
-            raise MobileNetsError(f"resume=True: {str(out)!r} holds a {kind} run, not a "
-                                  f"{task.name} run; resume it as {kind} training")  # fmt: skip
+            raise MobileNetsError(
+                f"resume=True: {str(out)!r} holds a {kind} run, not a "
+                f"{task.name} run; resume it as {kind} training"
+            )
         restored = task.config_type.from_dict(saved["run"]["train_config"])
         if placement:
             other = sorted(set(placement) - set(PLACEMENT))
             if other:
-                raise MobileNetsError(f"resume=True may change only {', '.join(PLACEMENT)}; "
-                                      f"not {', '.join(other)}")  # fmt: skip
+                raise MobileNetsError(
+                    f"resume=True may change only {', '.join(PLACEMENT)}; not {', '.join(other)}"
+                )
             restored = dataclasses.replace(restored, **placement)
         if config is not None and config != restored:
             differ = [
@@ -166,12 +171,16 @@ def open_run(out: Path, config: TrainSettings | None, resume: bool, task: Task,
                 for key, value in config.to_dict().items()
                 if value != getattr(restored, key)
             ]
-            raise MobileNetsError(f"resume=True: the run in {str(out)!r} was started with other "
-                                  f"settings: {', '.join(differ)}")  # fmt: skip
+            raise MobileNetsError(
+                f"resume=True: the run in {str(out)!r} was started with other "
+                f"settings: {', '.join(differ)}"
+            )
         return restored, saved
     if config is None:
-        raise MobileNetsError(f"{task.name} training needs a {task.config_type.__name__} unless "
-                              "it resumes a saved run")  # fmt: skip
+        raise MobileNetsError(
+            f"{task.name} training needs a {task.config_type.__name__} unless "
+            "it resumes a saved run"
+        )
     if state_path.is_file():
         raise MobileNetsError(
             f"{str(out)!r} already holds a run; pass resume=True to continue it, or choose "
@@ -223,9 +232,15 @@ class StateSaver:
             self.last = time.monotonic()
 
 
-def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
-        resume: bool = False, placement: dict | None = None,
-        progress: bool = True) -> FitResult:  # fmt: skip
+def fit(
+    task: Task,
+    config: TrainSettings | None,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    placement: dict | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Train ``task`` with ``config`` into the folder ``out``. With ``resume``, continue the run
     saved there with its own config (``config`` may then be None; if given, it must be the
     saved one), on the device and workers that ``placement`` may change (see PLACEMENT)."""
@@ -235,22 +250,26 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
     device = run_device(config.device, distributed)
     dtype = autocast_dtype(config.amp, device)
     if dtype is not None and device.type == "cpu" and distributed.main:
-        log.warning(f"note: amp={config.amp} on CPU runs through autocast emulation on most "
-                    "CPUs, often many times slower than fp32 (amp='auto' keeps CPU runs in "
-                    "fp32)")  # fmt: skip
+        log.warning(
+            f"note: amp={config.amp} on CPU runs through autocast emulation on most "
+            "CPUs, often many times slower than fp32 (amp='auto' keeps CPU runs in "
+            "fp32)"
+        )
     torch.manual_seed(config.seed)
 
     context = RunContext(device, dtype, distributed, progress)
     job = task.prepare(config, saved["run"] if saved is not None else None, context)
     run = {
-        "task": task.name, "train_config": config.to_dict(), **job.record,
-        "preprocessing": job.preprocessing.to_dict(), "classes": list(job.classes),
+        "task": task.name,
+        "train_config": config.to_dict(),
+        **job.record,
+        "preprocessing": job.preprocessing.to_dict(),
+        "classes": list(job.classes),
         "world_size": distributed.world_size,
-    }  # fmt: skip
+    }
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = job.model.to(device, memory_format=memory_format)
-    trainer, train_sampler = make_trainer(model, len(job.train), config, device, dtype,
-                                          distributed)  # fmt: skip
+    trainer, train_sampler = make_trainer(model, len(job.train), config, device, dtype, distributed)
     ema = trainer.ema
 
     epoch, epoch_state, history, best = 0, EpochState(), [], -float("inf")
@@ -259,8 +278,10 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
         epoch, history, best = saved["epoch"], saved["history"], saved["best"]
         epoch_state = EpochState(**saved["epoch_state"])
         if distributed.main:
-            log.info(f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}"
-                     f"{moved(saved['run']['train_config'], config)}")  # fmt: skip
+            log.info(
+                f"resuming {str(out)!r} at epoch {epoch + 1}, batch {epoch_state.batch}"
+                f"{moved(saved['run']['train_config'], config)}"
+            )
 
     if distributed.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -274,18 +295,29 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
 
     def snapshot() -> dict:
         return {
-            "run": run, **trainer.state_dict(model), "epoch": epoch,
-            "epoch_state": dataclasses.asdict(epoch_state), "history": history, "best": best,
-        }  # fmt: skip
+            "run": run,
+            **trainer.state_dict(model),
+            "epoch": epoch,
+            "epoch_state": dataclasses.asdict(epoch_state),
+            "history": history,
+            "best": best,
+        }
 
     saver = StateSaver(out / STATE_FILE, snapshot, trainer, train_sampler.num_batches())
     evaluation = None
     while epoch < config.epochs:
         train_sampler.epoch, train_sampler.start_batch = epoch, epoch_state.batch
         loader = train_batches(job, train_sampler, config, device)
-        train_epoch(trained, loader, trainer, epoch_state, loss_fn=job.loss_fn, on_step=saver,
-                    progress=progress and distributed.main,
-                    description=f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
+        train_epoch(
+            trained,
+            loader,
+            trainer,
+            epoch_state,
+            loss_fn=job.loss_fn,
+            on_step=saver,
+            progress=progress and distributed.main,
+            description=f"epoch {epoch + 1}/{config.epochs}",
+        )
         evaluated = time.perf_counter()
         evaluation = job.evaluate(shipped)
         row = epoch_row(task, epoch, trainer, epoch_state, evaluation, distributed)
@@ -297,8 +329,9 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
             log.info(task.describe(row, config.epochs))
             with open(out / "metrics.jsonl", "a") as handle:  # appended rows survive a crash
                 handle.write(json.dumps(row) + "\n")
-            info = dict(train_config=run["train_config"], epoch=epoch, metrics=row,
-                        **job.checkpoint_info)  # fmt: skip
+            info = dict(
+                train_config=run["train_config"], epoch=epoch, metrics=row, **job.checkpoint_info
+            )
             save_checkpoint(shipped, out / LAST, job.classes, job.preprocessing, **info)
             if row[task.score] > best:
                 best = row[task.score]
@@ -314,8 +347,9 @@ def fit(task: Task, config: TrainSettings | None, out: str | os.PathLike, *,
     return FitResult(out, best, evaluation, epoch, history, distributed.main)
 
 
-def compiled(model: torch.nn.Module, device: torch.device,
-             distributed: Distributed) -> torch.nn.Module:  # fmt: skip
+def compiled(
+    model: torch.nn.Module, device: torch.device, distributed: Distributed
+) -> torch.nn.Module:
     """The model compiled for training: forward and backward (AOTAutograd) as generated kernels.
     On a GPU the step is also captured as a CUDA graph ("reduce-overhead"): training batches all
     have one shape (the last, short one is dropped), so one capture replays every step. Under
@@ -328,16 +362,27 @@ def compiled(model: torch.nn.Module, device: torch.device,
     return torch.compile(model, mode="reduce-overhead" if graphs else None)
 
 
-def epoch_row(task: Task, epoch: int, trainer: Trainer, state: EpochState, evaluation,
-              distributed: Distributed) -> dict:  # fmt: skip
+def epoch_row(
+    task: Task,
+    epoch: int,
+    trainer: Trainer,
+    state: EpochState,
+    evaluation,
+    distributed: Distributed,
+) -> dict:
     """An epoch's metrics: the training loss and sums over every process, the evaluation."""
     names = sorted(state.sums)
-    totals = torch.tensor([state.seen, state.loss_sum, *(state.sums[n] for n in names)],
-                          dtype=torch.float64)  # fmt: skip
+    totals = torch.tensor(
+        [state.seen, state.loss_sum, *(state.sums[n] for n in names)], dtype=torch.float64
+    )
     seen, loss, *sums = all_sum(totals, distributed).tolist()
     return {
-        "epoch": epoch + 1, "step": trainer.step, "lr": trainer.optimizer.param_groups[0]["lr"],
-        "train_loss": loss / seen, **task.train_metrics(dict(zip(names, sums, strict=True)), seen),
+        "epoch": epoch + 1,
+        "step": trainer.step,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "train_loss": loss / seen,
+        **task.train_metrics(dict(zip(names, sums, strict=True)), seen),
         **task.val_metrics(evaluation),
-        "images_per_s": seen / max(state.seconds, 1e-9), "epoch_seconds": state.seconds,
-    }  # fmt: skip
+        "images_per_s": seen / max(state.seconds, 1e-9),
+        "epoch_seconds": state.seconds,
+    }

@@ -61,8 +61,9 @@ class TrainSettings:
         self.check_positive("epochs", "batch_size", "lr")
         self.check_unit_interval("momentum", "rmsprop_decay", "ema_decay")
         self.check_interval("lr_decay", low_open=True)
-        self.check_non_negative("weight_decay", "warmup_epochs", "workers", "state_every",
-                                "state_minutes")  # fmt: skip
+        self.check_non_negative(
+            "weight_decay", "warmup_epochs", "workers", "state_every", "state_minutes"
+        )
 
     # --- validation helpers, for this class and the tasks' subclasses ---------------------------
 

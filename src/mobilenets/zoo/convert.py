@@ -114,10 +114,12 @@ class Slot:
 
 ROLE_OF_LAYER = {"conv_dw": "dw", "conv_pw": "pw", "conv_pwl": "pwl"}
 OUR_BN = {
-    ("depthwise_separable", "dw"): "bn1", ("depthwise_separable", "pw"): "bn2",
-    ("inverted_residual", "pw"): "bn1", ("inverted_residual", "dw"): "bn2",
+    ("depthwise_separable", "dw"): "bn1",
+    ("depthwise_separable", "pw"): "bn2",
+    ("inverted_residual", "pw"): "bn1",
+    ("inverted_residual", "dw"): "bn2",
     ("inverted_residual", "pwl"): "bn3",
-}  # fmt: skip
+}
 
 
 def _stages(config: ModelConfig) -> list[tuple[int, int]]:
@@ -167,8 +169,12 @@ def _torch_bn(ours: str, theirs: str) -> list[Entry]:
 
 
 def _keras_bn(ours: str, theirs: str) -> list[Entry]:
-    names = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-             ("running_var", "moving_variance"))  # fmt: skip
+    names = (
+        ("weight", "gamma"),
+        ("bias", "beta"),
+        ("running_mean", "moving_mean"),
+        ("running_var", "moving_variance"),
+    )
     return [Entry(f"{ours}.{a}", f"{theirs}/{b}") for a, b in names]
 
 
@@ -317,7 +323,7 @@ def convert_state_dict(
             ("foreign keys missing", missing),
             ("foreign keys unused", unused),
             ("tensors of another shape", shapes),
-        )  # fmt: skip
+        )
         if items
     ]
     if problems:

@@ -61,9 +61,14 @@ def load_classifier(
     [`copy_backbone`][mobilenets.zoo.detectors.copy_backbone] checks that it fits."""
     backbone = config.backbone
     # At the classification input size: Keras publishes 224 files for every alpha.
-    return source_model(weights, backbone.arch, alpha=backbone.alpha,
-                        expansion=backbone.expansion, progress=progress,
-                        argument="backbone_weights")  # fmt: skip
+    return source_model(
+        weights,
+        backbone.arch,
+        alpha=backbone.alpha,
+        expansion=backbone.expansion,
+        progress=progress,
+        argument="backbone_weights",
+    )
 
 
 def create_detector(

@@ -160,9 +160,15 @@ def fetch_into(
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length is not None else None
     bar = tqdm(
-        total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-        disable=not progress, file=sys.stderr,
-    )  # fmt: skip
+        total=total,
+        initial=offset,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+        file=sys.stderr,
+    )
     with response, bar, open(partial, "ab" if offset else "wb") as out:
         while chunk := response.read(CHUNK):
             out.write(chunk)

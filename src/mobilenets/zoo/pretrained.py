@@ -113,20 +113,32 @@ class WeightsRecord:
 
     def to_dict(self) -> dict:
         return {
-            "model": self.model_name, "source": self.source, "tag": self.tag, "url": self.url,
-            "sha256": self.sha256, "license": self.license,
-            "preprocessing": self.preprocessing.to_dict(), "padding": self.padding,
-            "bn_eps": self.bn_eps, "top1": self.top1, "top5": self.top5,
-            "reference": self.reference, "num_classes": self.num_classes,
-            "in_chans": self.in_chans, "small_input": self.small_input,
-        }  # fmt: skip
+            "model": self.model_name,
+            "source": self.source,
+            "tag": self.tag,
+            "url": self.url,
+            "sha256": self.sha256,
+            "license": self.license,
+            "preprocessing": self.preprocessing.to_dict(),
+            "padding": self.padding,
+            "bn_eps": self.bn_eps,
+            "top1": self.top1,
+            "top5": self.top5,
+            "reference": self.reference,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "small_input": self.small_input,
+        }
 
 
 def _eval_preprocessing(resolution: int, mean, std, crop_pct: float, interpolation: str):
     return Preprocessing(
-        resolution, tuple(mean), tuple(std), resize=round(resolution / crop_pct),
+        resolution,
+        tuple(mean),
+        tuple(std),
+        resize=round(resolution / crop_pct),
         interpolation=interpolation,
-    )  # fmt: skip
+    )
 
 
 def _torchvision_records() -> list[WeightsRecord]:
@@ -150,7 +162,7 @@ def _torchvision_records() -> list[WeightsRecord]:
             top1,
             top5,
             "torchvision MobileNet_V2_Weights",
-        )  # fmt: skip
+        )
         for tag, file, resize, top1, top5 in rows
     ]
 
@@ -158,22 +170,57 @@ def _torchvision_records() -> list[WeightsRecord]:
 # timm's pretrained configs (timm.models.get_pretrained_cfg) and results-imagenet.csv.
 TIMM_ROWS = (
     # arch, alpha, tag, url, crop_pct, mean/std, top1, top5
-    ("mobilenet_v1", 1.0, "mobilenetv1_100.ra4_e3600_r224_in1k",
-     "https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
-     0.875, TF_RANGE, 75.384, 92.312),
-    ("mobilenet_v1", 1.25, "mobilenetv1_125.ra4_e3600_r224_in1k",
-     "https://huggingface.co/timm/mobilenetv1_125.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
-     0.9, TF_RANGE, 76.928, 93.216),
-    ("mobilenet_v2", 0.5, "mobilenetv2_050.lamb_in1k",
-     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_050-3d30d450.pth",
-     0.875, (IMAGENET_MEAN, IMAGENET_STD), 65.930, 86.102),
-    ("mobilenet_v2", 1.0, "mobilenetv2_100.ra_in1k",
-     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_100_ra-b33bc2c4.pth",
-     0.875, (IMAGENET_MEAN, IMAGENET_STD), 72.936, 91.002),
-    ("mobilenet_v2", 1.4, "mobilenetv2_140.ra_in1k",
-     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_140_ra-21a4e913.pth",
-     0.875, (IMAGENET_MEAN, IMAGENET_STD), 76.528, 93.008),
-)  # fmt: skip
+    (
+        "mobilenet_v1",
+        1.0,
+        "mobilenetv1_100.ra4_e3600_r224_in1k",
+        "https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+        0.875,
+        TF_RANGE,
+        75.384,
+        92.312,
+    ),
+    (
+        "mobilenet_v1",
+        1.25,
+        "mobilenetv1_125.ra4_e3600_r224_in1k",
+        "https://huggingface.co/timm/mobilenetv1_125.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+        0.9,
+        TF_RANGE,
+        76.928,
+        93.216,
+    ),
+    (
+        "mobilenet_v2",
+        0.5,
+        "mobilenetv2_050.lamb_in1k",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_050-3d30d450.pth",
+        0.875,
+        (IMAGENET_MEAN, IMAGENET_STD),
+        65.930,
+        86.102,
+    ),
+    (
+        "mobilenet_v2",
+        1.0,
+        "mobilenetv2_100.ra_in1k",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_100_ra-b33bc2c4.pth",
+        0.875,
+        (IMAGENET_MEAN, IMAGENET_STD),
+        72.936,
+        91.002,
+    ),
+    (
+        "mobilenet_v2",
+        1.4,
+        "mobilenetv2_140.ra_in1k",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_140_ra-21a4e913.pth",
+        0.875,
+        (IMAGENET_MEAN, IMAGENET_STD),
+        76.528,
+        93.008,
+    ),
+)
 
 
 def _timm_records() -> list[WeightsRecord]:
@@ -194,7 +241,7 @@ def _timm_records() -> list[WeightsRecord]:
                 top1,
                 top5,
                 "timm results/results-imagenet.csv @7479d451",
-            )  # fmt: skip
+            )
         )
     return records
 
@@ -232,7 +279,7 @@ def _keras_records() -> list[WeightsRecord]:
                     top1,
                     top5,
                     reference,
-                )  # fmt: skip
+                )
             )
     return records
 
@@ -242,15 +289,23 @@ def _our_records() -> list[WeightsRecord]:
     120 epochs. Its normalisation is Fashion-MNIST's (the data's mean and std)."""
     return [
         WeightsRecord(
-            "mobilenet_v2", 1.4, 28, OURS, "fashion-mnist",
+            "mobilenet_v2",
+            1.4,
+            28,
+            OURS,
+            "fashion-mnist",
             "weights/mobilenet_v2_1.4_fashion-mnist.safetensors",
-            "fc2afaeee2c3e4f53f7e34657a23f0ce0dad75980cc3264cede2fcec4dec7b12", LICENSES[OURS],
-            Preprocessing(28, (0.286,), (0.353,), channels=1), 95.40, 99.89,
-            "docs/results/fashion-mnist.md: Fashion-MNIST test set, one pass (95.58 with flip "
-            "TTA)",
-            num_classes=10, in_chans=1, small_input=True,
+            "fc2afaeee2c3e4f53f7e34657a23f0ce0dad75980cc3264cede2fcec4dec7b12",
+            LICENSES[OURS],
+            Preprocessing(28, (0.286,), (0.353,), channels=1),
+            95.40,
+            99.89,
+            "docs/results/fashion-mnist.md: Fashion-MNIST test set, one pass (95.58 with flip TTA)",
+            num_classes=10,
+            in_chans=1,
+            small_input=True,
         )
-    ]  # fmt: skip
+    ]
 
 
 RECORDS: tuple[WeightsRecord, ...] = (
@@ -317,9 +372,12 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
         )
     record = candidates[0]
     imagenet = {"num_classes": 1000, "in_chans": 3, "small_input": False}
-    wanted = {"num_classes": record.num_classes, "in_chans": record.in_chans,
-              "small_input": record.small_input,
-              "expansion": 6 if config.arch == "mobilenet_v2" else None}  # fmt: skip
+    wanted = {
+        "num_classes": record.num_classes,
+        "in_chans": record.in_chans,
+        "small_input": record.small_input,
+        "expansion": 6 if config.arch == "mobilenet_v2" else None,
+    }
     differ = {
         key: getattr(config, key)
         for key, want in wanted.items()
@@ -327,9 +385,11 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
     }
     if differ:
         settings = ", ".join(f"{key}={value!r}" for key, value in differ.items())
-        model = ("the ImageNet model (1000 classes, 3 channels, standard strides)"
-                 if record.num_classes == 1000 else f"a {record.num_classes}-class, "
-                 f"{record.in_chans}-channel model")  # fmt: skip
+        model = (
+            "the ImageNet model (1000 classes, 3 channels, standard strides)"
+            if record.num_classes == 1000
+            else f"a {record.num_classes}-class, {record.in_chans}-channel model"
+        )
         raise MobileNetsError(
             f"{source} weights are for {model}; got {settings}. Load them into that model, "
             "then call model.reset_classifier(N) to fine-tune on N classes, or train from them "
@@ -345,9 +405,12 @@ def published_config(config: ModelConfig, record: WeightsRecord) -> ModelConfig:
     ([`any_resolution`][mobilenets.zoo.pretrained.WeightsRecord.any_resolution])."""
     resolution = config.resolution if record.any_resolution else record.resolution
     return config.replace(
-        num_classes=record.num_classes, in_chans=record.in_chans,
-        small_input=record.small_input, resolution=resolution, **NUMERICS[record.source],
-    )  # fmt: skip
+        num_classes=record.num_classes,
+        in_chans=record.in_chans,
+        small_input=record.small_input,
+        resolution=resolution,
+        **NUMERICS[record.source],
+    )
 
 
 def fetch_weights(record: WeightsRecord, progress: bool = True) -> Path:
@@ -390,8 +453,9 @@ def repository_file(record: WeightsRecord) -> Path:
     return path
 
 
-def load_pretrained(config: ModelConfig, weights: str,
-                    progress: bool = True) -> tuple[MobileNet, WeightsRecord, Path]:  # fmt: skip
+def load_pretrained(
+    config: ModelConfig, weights: str, progress: bool = True
+) -> tuple[MobileNet, WeightsRecord, Path]:
     """A model of ``config`` with the published weights ``weights`` names (in eval mode), its
     record and the cached file it was read from."""
     record = find_record(config, weights)

@@ -186,12 +186,14 @@ def _table7_references(arch: str, aspp: bool) -> tuple[Reference, ...]:
     """The Table 7 rows of one registered segmenter (MACs in millions, one row per output
     stride; the OS 8 rows are multi-scale with flips)."""
     return tuple(
-        Reference(f"{SOURCE_DEEPLAB_PAPER}, OS {row.output_stride}"
-                  f"{', MF' if row.multiscale else ''}",
-                  macs_m=row.madds_b * 1000, params_m=row.params_m)
+        Reference(
+            f"{SOURCE_DEEPLAB_PAPER}, OS {row.output_stride}{', MF' if row.multiscale else ''}",
+            macs_m=row.madds_b * 1000,
+            params_m=row.params_m,
+        )
         for row in TABLE7
         if (row.arch, row.aspp) == (arch, aspp)
-    )  # fmt: skip
+    )
 
 
 # V1's Table 7 rows have ASPP; V2's recommended model ("MNet V2*", 2.11M) has not.
@@ -257,9 +259,19 @@ def _unknown_name_message(name, task: str | None = None) -> str:
 
 
 CONFIG_OVERRIDES = (
-    "alpha", "resolution", "rho", "num_classes", "in_chans", "dropout", "expansion",
-    "padding", "bn_eps", "bn_momentum", "small_input", "output_stride",
-)  # fmt: skip
+    "alpha",
+    "resolution",
+    "rho",
+    "num_classes",
+    "in_chans",
+    "dropout",
+    "expansion",
+    "padding",
+    "bn_eps",
+    "bn_momentum",
+    "small_input",
+    "output_stride",
+)
 
 
 def resolve_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfig:
@@ -292,19 +304,52 @@ def resolve_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfi
 # Overrides each task's models take: their own (``*_OWN``), applied to the detector's or
 # segmenter's config, and the backbone's width and numerics. Classification-only ones (rho,
 # small_input) have no meaning for them.
-DETECTION_OVERRIDES = ("alpha", "resolution", "num_classes", "expansion", "in_chans", "padding",
-                       "bn_eps", "bn_momentum")  # fmt: skip
+DETECTION_OVERRIDES = (
+    "alpha",
+    "resolution",
+    "num_classes",
+    "expansion",
+    "in_chans",
+    "padding",
+    "bn_eps",
+    "bn_momentum",
+)
 DETECTION_OWN = ("resolution", "num_classes")
-SEGMENTATION_OVERRIDES = ("alpha", "resolution", "num_classes", "output_stride", "aspp",
-                          "atrous_rates", "aux", "dropout", "expansion", "in_chans", "padding",
-                          "bn_eps", "bn_momentum")  # fmt: skip
-SEGMENTATION_OWN = ("resolution", "num_classes", "output_stride", "aspp", "atrous_rates", "aux",
-                    "dropout")  # fmt: skip
+SEGMENTATION_OVERRIDES = (
+    "alpha",
+    "resolution",
+    "num_classes",
+    "output_stride",
+    "aspp",
+    "atrous_rates",
+    "aux",
+    "dropout",
+    "expansion",
+    "in_chans",
+    "padding",
+    "bn_eps",
+    "bn_momentum",
+)
+SEGMENTATION_OWN = (
+    "resolution",
+    "num_classes",
+    "output_stride",
+    "aspp",
+    "atrous_rates",
+    "aux",
+    "dropout",
+)
 
 
-def _resolve_task_config(name_or_config, config_type: type, task: str, noun: str,
-                         allowed: tuple[str, ...], own_keys: tuple[str, ...],
-                         overrides: dict):  # fmt: skip
+def _resolve_task_config(
+    name_or_config,
+    config_type: type,
+    task: str,
+    noun: str,
+    allowed: tuple[str, ...],
+    own_keys: tuple[str, ...],
+    overrides: dict,
+):
     """A detector's or segmenter's config from a registered name or a config, with ``overrides``
     applied: ``own_keys`` to the config itself, the rest to its backbone (those set to None are
     ignored, so callers can pass optional arguments straight through)."""
@@ -326,13 +371,28 @@ def _resolve_task_config(name_or_config, config_type: type, task: str, noun: str
 def resolve_detection_config(name_or_config: str | DetectionConfig, **overrides) -> DetectionConfig:
     """The DetectionConfig of a registered name or a config, with overrides applied (those set
     to None are ignored, so callers can pass optional arguments straight through)."""
-    return _resolve_task_config(name_or_config, DetectionConfig, "detection", "detector",
-                                DETECTION_OVERRIDES, DETECTION_OWN, overrides)  # fmt: skip
+    return _resolve_task_config(
+        name_or_config,
+        DetectionConfig,
+        "detection",
+        "detector",
+        DETECTION_OVERRIDES,
+        DETECTION_OWN,
+        overrides,
+    )
 
 
-def resolve_segmentation_config(name_or_config: str | SegmentationConfig,
-                                **overrides) -> SegmentationConfig:  # fmt: skip
+def resolve_segmentation_config(
+    name_or_config: str | SegmentationConfig, **overrides
+) -> SegmentationConfig:
     """The SegmentationConfig of a registered name or a config, with overrides applied (those set
     to None are ignored, so callers can pass optional arguments straight through)."""
-    return _resolve_task_config(name_or_config, SegmentationConfig, "segmentation", "segmenter",
-                                SEGMENTATION_OVERRIDES, SEGMENTATION_OWN, overrides)  # fmt: skip
+    return _resolve_task_config(
+        name_or_config,
+        SegmentationConfig,
+        "segmentation",
+        "segmenter",
+        SEGMENTATION_OVERRIDES,
+        SEGMENTATION_OWN,
+        overrides,
+    )

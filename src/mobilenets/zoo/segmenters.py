@@ -49,9 +49,14 @@ def create_segmenter(
             "not both"
         )
     config = resolve_segmentation_config(
-        name, num_classes=num_classes, output_stride=output_stride, aspp=aspp,
-        resolution=resolution, alpha=alpha, **overrides,
-    )  # fmt: skip
+        name,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aspp=aspp,
+        resolution=resolution,
+        alpha=alpha,
+        **overrides,
+    )
     if backbone_weights is not None:
         classifier = load_classifier(config, backbone_weights, progress=progress)
         config = _with_parity(config, classifier.config, overrides)

@@ -65,8 +65,13 @@ def plot_zoo(rows: list[dict], path: str | os.PathLike) -> Path:
         style = "--" if arch == "mobilenet_v1" else "-"
         axes.plot(macs, top1, style, marker=marker, label=f"{arch} {format_alpha(alpha)}")
         for row, x, y in zip(points, macs, top1, strict=True):
-            axes.annotate(str(row["resolution"]), (x, y), fontsize=6, xytext=(3, -8),
-                          textcoords="offset points")  # fmt: skip
+            axes.annotate(
+                str(row["resolution"]),
+                (x, y),
+                fontsize=6,
+                xytext=(3, -8),
+                textcoords="offset points",
+            )
     axes.set_xscale("log")
     axes.set_xlabel("multiply-adds (millions, log scale)")
     axes.set_ylabel("ImageNet top-1 (%), as published")

@@ -36,9 +36,16 @@ STEM_KEYS = ("stem.conv.weight", "conv_stem.weight", "features.0.0.weight")
 CLASSIFIER_KEYS = ("classifier.weight", "classifier.1.weight")
 
 
-def source_model(weights, arch: str, *, alpha: float = 1.0, expansion: int | None = None,
-                 resolution: int = DEFAULT_RESOLUTION, progress: bool = True,
-                 argument: str = "weights") -> MobileNet:  # fmt: skip
+def source_model(
+    weights,
+    arch: str,
+    *,
+    alpha: float = 1.0,
+    expansion: int | None = None,
+    resolution: int = DEFAULT_RESOLUTION,
+    progress: bool = True,
+    argument: str = "weights",
+) -> MobileNet:
     """The classification model that ``weights`` holds, for a model of ``arch``/``alpha``.
 
     ``weights`` is a built MobileNet; ``"torchvision"``/``"timm"``/``"keras"`` or
@@ -63,8 +70,7 @@ def source_model(weights, arch: str, *, alpha: float = 1.0, expansion: int | Non
     if saved_config(weights) is not None:
         return load_model(weights)
     num_classes, in_chans = file_head_and_stem(weights)
-    return create_model(arch, num_classes=num_classes, in_chans=in_chans,
-                                 weights=weights, **common)  # fmt: skip
+    return create_model(arch, num_classes=num_classes, in_chans=in_chans, weights=weights, **common)
 
 
 def file_head_and_stem(path) -> tuple[int, int]:
@@ -118,14 +124,17 @@ def transfer_weights(model: MobileNet, source: MobileNet) -> list[str]:
     if theirs.num_classes != ours.num_classes:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith("classifier.")})
-        notes.append(f"a new classifier for {ours.num_classes} classes (the weights have "
-                     f"{theirs.num_classes})")  # fmt: skip
+        notes.append(
+            f"a new classifier for {ours.num_classes} classes (the weights have "
+            f"{theirs.num_classes})"
+        )
     if theirs.in_chans != ours.in_chans:
         key = "stem.conv.weight"
         state[key] = fold_input_channels(state[key], ours.in_chans)
         how = "summed" if ours.in_chans == 1 else "repeated and rescaled"
-        notes.append(f"the stem's filters {how} from {theirs.in_chans} input channels to "
-                     f"{ours.in_chans}")  # fmt: skip
+        notes.append(
+            f"the stem's filters {how} from {theirs.in_chans} input channels to {ours.in_chans}"
+        )
     problems = mismatch_report(model, state)
     if problems:
         raise MobileNetsError(

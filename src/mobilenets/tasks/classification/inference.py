@@ -25,9 +25,16 @@ from mobilenets.engine.evaluate import Evaluation, check_tta, evaluate, tta_log_
 from mobilenets.engine.loop import ordered_loader
 
 
-def evaluate_checkpoint(checkpoint: Checkpoint, data: str, *, batch_size: int = 256,
-                        workers: int = 0, device: str = "auto", progress: bool = True,
-                        tta: str = "none") -> Evaluation:  # fmt: skip
+def evaluate_checkpoint(
+    checkpoint: Checkpoint,
+    data: str,
+    *,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    tta: str = "none",
+) -> Evaluation:
     """Top-1, top-5 and the confusion matrix on the validation split of ``data``, with the
     checkpoint's own preprocessing; ``tta="flip"`` also scores each mirror image (see
     [`evaluate`][mobilenets.engine.evaluate.evaluate])."""
@@ -66,9 +73,16 @@ def imagenet_samples(folder: str | os.PathLike, class_ids: tuple[str, ...]) -> l
     return [(path, index[found.classes[label]]) for path, label in found.samples]
 
 
-def evaluate_imagenet(checkpoint: Checkpoint, folder: str | os.PathLike, *,
-                      batch_size: int = 256, workers: int = 0, device: str = "auto",
-                      progress: bool = True, tta: str = "none") -> Evaluation:  # fmt: skip
+def evaluate_imagenet(
+    checkpoint: Checkpoint,
+    folder: str | os.PathLike,
+    *,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    tta: str = "none",
+) -> Evaluation:
     """Top-1 and top-5 of an ImageNet model on an ImageNet-layout validation folder, with the
     checkpoint's own preprocessing (for published weights: their record's)."""
     if checkpoint.class_ids is None:
@@ -93,8 +107,13 @@ class Prediction:
 
 
 @torch.no_grad()
-def predict(checkpoint: Checkpoint, paths: list[str | os.PathLike], topk: int = 5,
-            device: str = "cpu", tta: str = "none") -> list[Prediction]:  # fmt: skip
+def predict(
+    checkpoint: Checkpoint,
+    paths: list[str | os.PathLike],
+    topk: int = 5,
+    device: str = "cpu",
+    tta: str = "none",
+) -> list[Prediction]:
     """The ``topk`` classes and probabilities for each image file; ``tta="flip"`` gives the
     mean probabilities of each image and its mirror (see
     [`evaluate`][mobilenets.engine.evaluate.evaluate])."""

@@ -79,18 +79,35 @@ PRESETS: dict[str, dict] = {
     # V2 paper section 6.1: RMSProp with decay and momentum 0.9, weight decay 4e-5, lr 0.045
     # decayed 0.98 per epoch; TF-slim's training adds label smoothing 0.1 and weight EMA 0.9999.
     "paper": dict(
-        optimizer="rmsprop", lr=0.045, momentum=0.9, rmsprop_decay=0.9, weight_decay=4e-5,
-        schedule="exponential", lr_decay=0.98, warmup_epochs=0.0, label_smoothing=0.1,
-        ema_decay=0.9999, augment="basic", random_erasing=0.0,
+        optimizer="rmsprop",
+        lr=0.045,
+        momentum=0.9,
+        rmsprop_decay=0.9,
+        weight_decay=4e-5,
+        schedule="exponential",
+        lr_decay=0.98,
+        warmup_epochs=0.0,
+        label_smoothing=0.1,
+        ema_decay=0.9999,
+        augment="basic",
+        random_erasing=0.0,
     ),
     # Current practice for small nets: SGD with nesterov, warmup then cosine, label smoothing,
     # EMA, TrivialAugment and random erasing.
     "modern": dict(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, ema_decay=0.999,
-        augment="trivial", random_erasing=0.25,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        ema_decay=0.999,
+        augment="trivial",
+        random_erasing=0.25,
     ),
-}  # fmt: skip
+}
 
 
 def train_config(preset: str = "modern", **overrides) -> TrainConfig:
@@ -154,8 +171,9 @@ class Classification:
                 # Published weights expect their own input scaling (Keras: [-1, 1]).
                 published = default_preprocessing(config.weights.partition(":")[0], 224)
                 preprocessing = preprocessing.replace(mean=published.mean, std=published.std)
-        splits.train.transform = train_transform(preprocessing, config.augment,
-                                                 config.random_erasing, splits.small)  # fmt: skip
+        splits.train.transform = train_transform(
+            preprocessing, config.augment, config.random_erasing, splits.small
+        )
         splits.val.transform = eval_transform(preprocessing)
         train = splits.train
         # A resumed run keeps the augmentation it started with, even if "auto" would now pick
@@ -165,41 +183,66 @@ class Classification:
             on_device = saved_run["device_data"]
         if on_device and isinstance(splits.train, TensorImages):
             train = DeviceImages.from_tensor_images(
-                splits.train, preprocessing, augment=config.augment,
-                random_erasing=config.random_erasing, channels_last=config.channels_last,
+                splits.train,
+                preprocessing,
+                augment=config.augment,
+                random_erasing=config.random_erasing,
+                channels_last=config.channels_last,
                 device=context.device,
-            )  # fmt: skip
+            )
         elif on_device:  # JPEG files: decoded, cropped and flipped on the device
-            train = JpegFolderOnDevice.from_files(splits.train, preprocessing,
-                                                  channels_last=config.channels_last)  # fmt: skip
+            train = JpegFolderOnDevice.from_files(
+                splits.train, preprocessing, channels_last=config.channels_last
+            )
         if on_device and context.distributed.main:
-            log.info(f"augmenting the training images on {context.device} in batches "
-                     "(device_data)")  # fmt: skip
+            log.info(f"augmenting the training images on {context.device} in batches (device_data)")
 
         model = build_model(model_config)
         if source is not None:
             notes = transfer_weights(model, source)
             if context.distributed.main:
-                log.info(f"starting from the weights {config.weights!r}"
-                         + "".join(f"; {note}" for note in notes))  # fmt: skip
-        val_loader = ordered_loader(splits.val, config.batch_size, config.workers,
-                                    context.device, distributed=context.distributed)  # fmt: skip
+                log.info(
+                    f"starting from the weights {config.weights!r}"
+                    + "".join(f"; {note}" for note in notes)
+                )
+        val_loader = ordered_loader(
+            splits.val,
+            config.batch_size,
+            config.workers,
+            context.device,
+            distributed=context.distributed,
+        )
 
         def evaluate_model(model: torch.nn.Module) -> Evaluation:
-            return evaluate(model, val_loader, model_config.num_classes, device=context.device,
-                            dtype=context.dtype, channels_last=config.channels_last,
-                            distributed=context.distributed)  # fmt: skip
+            return evaluate(
+                model,
+                val_loader,
+                model_config.num_classes,
+                device=context.device,
+                dtype=context.dtype,
+                channels_last=config.channels_last,
+                distributed=context.distributed,
+            )
 
-        return Job(model, train, classification_loss, evaluate_model, splits.classes,
-                   preprocessing, record={"model_config": model_config.to_dict(),
-                                          "device_data": on_device})  # fmt: skip
+        return Job(
+            model,
+            train,
+            classification_loss,
+            evaluate_model,
+            splits.classes,
+            preprocessing,
+            record={"model_config": model_config.to_dict(), "device_data": on_device},
+        )
 
     def train_metrics(self, sums: dict[str, float], seen: float) -> dict:
         return {"train_top1": sums["correct"] / seen}
 
     def val_metrics(self, evaluation: Evaluation) -> dict:
-        return {"val_loss": evaluation.loss, "val_top1": evaluation.top1,
-                "val_top5": evaluation.top5}  # fmt: skip
+        return {
+            "val_loss": evaluation.loss,
+            "val_top1": evaluation.top1,
+            "val_top5": evaluation.top5,
+        }
 
     def describe(self, row: dict, epochs: int) -> str:
         return (
@@ -214,14 +257,21 @@ class Classification:
         plot_confusion(evaluation.confusion, run["classes"], out / "confusion.png")
 
 
-def fit(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
-        placement: dict | None = None, progress: bool = True) -> FitResult:  # fmt: skip
+def fit(
+    config: TrainConfig | None,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    placement: dict | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Train a classifier with ``config`` into the folder ``out`` (see
     [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
     validation top-1 and ``result.final`` the [`Evaluation`][mobilenets.engine.evaluate.Evaluation]
     of the shipped weights."""
-    return fit_task(Classification(), config, out, resume=resume, placement=placement,
-                    progress=progress)  # fmt: skip
+    return fit_task(
+        Classification(), config, out, resume=resume, placement=placement, progress=progress
+    )
 
 
 def uses_device_data(config: TrainConfig, splits: Splits, device: torch.device) -> bool:
@@ -232,10 +282,12 @@ def uses_device_data(config: TrainConfig, splits: Splits, device: torch.device) 
     # The device JPEG path has no TrivialAugment or random erasing (docs/training.md).
     extras = [
         name
-        for name, used in (("augment='trivial'", config.augment == "trivial"),
-                           (f"random_erasing={config.random_erasing}", config.random_erasing > 0))
+        for name, used in (
+            ("augment='trivial'", config.augment == "trivial"),
+            (f"random_erasing={config.random_erasing}", config.random_erasing > 0),
+        )
         if used
-    ]  # fmt: skip
+    ]
     if config.device_data == "on" and files and extras:
         raise MobileNetsError(
             f"device_data='on' decodes image folders on the device with the random-resized "
@@ -255,9 +307,13 @@ def model_config_for(config: TrainConfig, splits: Splits) -> ModelConfig:
     if resolution is None and splits.small:
         resolution = splits.preprocessing.resolution
     overrides = dict(
-        num_classes=len(splits.classes), in_chans=splits.preprocessing.channels,
-        small_input=small, alpha=config.alpha, dropout=config.dropout, resolution=resolution,
-    )  # fmt: skip
+        num_classes=len(splits.classes),
+        in_chans=splits.preprocessing.channels,
+        small_input=small,
+        alpha=config.alpha,
+        dropout=config.dropout,
+        resolution=resolution,
+    )
     return resolve_config(config.model, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -269,10 +325,14 @@ def starting_weights(weights: str, model_config: ModelConfig, context: RunContex
     # Keras publishes one file per input size: the model's, or 224 for small images.
     resolution = DEFAULT_RESOLUTION if model_config.small_input else model_config.resolution
     load = functools.partial(
-        source_model, weights, model_config.arch, alpha=model_config.alpha,
-        expansion=model_config.expansion, resolution=resolution,
+        source_model,
+        weights,
+        model_config.arch,
+        alpha=model_config.alpha,
+        expansion=model_config.expansion,
+        resolution=resolution,
         progress=context.progress and distributed.main,
-    )  # fmt: skip
+    )
     if not distributed.enabled:
         return load()
     if not distributed.main:

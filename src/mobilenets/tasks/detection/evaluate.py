@@ -53,10 +53,14 @@ def coco_results(
                 raise MobileNetsError(
                     f"image {image_id}: label {label} is not in 1..{len(category_ids) - 1}"
                 )
-            results.append({
-                "image_id": int(image_id), "category_id": int(category_ids[label]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
-            })  # fmt: skip
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[label]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
     return results
 
 
@@ -129,28 +133,46 @@ def score_logits(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def detect_batch(model: SSDLite, images: torch.Tensor, sizes, *, loss: str = "softmax",
-                 score_threshold: float = SCORE_THRESHOLD, dtype=None,
-                 channels_last: bool = False) -> list[dict]:  # fmt: skip
+def detect_batch(
+    model: SSDLite,
+    images: torch.Tensor,
+    sizes,
+    *,
+    loss: str = "softmax",
+    score_threshold: float = SCORE_THRESHOLD,
+    dtype=None,
+    channels_last: bool = False,
+) -> list[dict]:
     """Detections of one batch of model inputs, boxes in pixels of each image's ``(height,
     width)`` in ``sizes``."""
     device = next(model.parameters()).device
     images = to_device(images, device, channels_last)
     with autocast(device, dtype):
         out = model(images)
-    return output_detections(out, model.anchors(), sizes, loss=loss,
-                             score_threshold=score_threshold)  # fmt: skip
+    return output_detections(
+        out, model.anchors(), sizes, loss=loss, score_threshold=score_threshold
+    )
 
 
-def output_detections(out: dict[str, torch.Tensor], anchors: torch.Tensor, sizes, *,
-                      loss: str = "softmax",
-                      score_threshold: float = SCORE_THRESHOLD) -> list[dict]:  # fmt: skip
+def output_detections(
+    out: dict[str, torch.Tensor],
+    anchors: torch.Tensor,
+    sizes,
+    *,
+    loss: str = "softmax",
+    score_threshold: float = SCORE_THRESHOLD,
+) -> list[dict]:
     """Detections of a detector's forward ``out`` (cls_logits and box_regression, from
     PyTorch or any runtime) on its default boxes ``anchors``, boxes in pixels of each image's
     ``(height, width)`` in ``sizes``."""
     logits = score_logits(out["cls_logits"].float(), loss)
-    return postprocess(logits, out["box_regression"].float(), anchors,
-                       score_threshold=score_threshold, image_size=list(sizes))  # fmt: skip
+    return postprocess(
+        logits,
+        out["box_regression"].float(),
+        anchors,
+        score_threshold=score_threshold,
+        image_size=list(sizes),
+    )
 
 
 @torch.no_grad()
@@ -178,15 +200,22 @@ def evaluate_detector(
         )
 
     def detect(images: torch.Tensor, sizes) -> list[dict]:
-        return detect_batch(model, images, sizes, loss=loss, dtype=dtype,
-                            channels_last=channels_last)  # fmt: skip
+        return detect_batch(
+            model, images, sizes, loss=loss, dtype=dtype, channels_last=channels_last
+        )
 
     was_training = model.training
     model.eval()
     try:
-        return evaluate_detections(detect, dataset, batch_size=batch_size, workers=workers,
-                                   device=device, distributed=distributed,
-                                   progress=progress)  # fmt: skip
+        return evaluate_detections(
+            detect,
+            dataset,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            distributed=distributed,
+            progress=progress,
+        )
     finally:
         model.train(was_training)
 
@@ -209,8 +238,9 @@ def evaluate_detections(
     distributed = distributed or Distributed()
     if len(dataset) == 0:
         raise MobileNetsError("evaluation data is empty")
-    loader = ordered_loader(dataset, batch_size, workers, torch.device(device),
-                            collate_detections, distributed)  # fmt: skip
+    loader = ordered_loader(
+        dataset, batch_size, workers, torch.device(device), collate_detections, distributed
+    )
     detections = {}
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         found = detect(images, [t["orig_size"] for t in targets])

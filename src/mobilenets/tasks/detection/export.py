@@ -140,8 +140,9 @@ class Decoding(nn.Module):
         self.loss = loss
         self.register_buffer("anchors", anchors.detach().clone())
 
-    def forward(self, cls_logits: torch.Tensor,
-                box_regression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def forward(
+        self, cls_logits: torch.Tensor, box_regression: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         boxes = decode(box_regression, self.anchors).clamp(0, 1)
         return boxes, class_scores(cls_logits, self.loss)
 
@@ -197,8 +198,13 @@ class NMSSettings:
 
 
 @torch.library.custom_op("mobilenets::class_nms", mutates_args=())
-def class_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int,
-              iou_threshold: float, score_threshold: float) -> torch.Tensor:  # fmt: skip
+def class_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    max_per_class: int,
+    iou_threshold: float,
+    score_threshold: float,
+) -> torch.Tensor:
     """ONNX NonMaxSuppression with a fixed-length output. ``boxes`` ``[N, A, 4]`` (x1, y1, x2,
     y2), ``scores`` ``[N, C, A]``: per image and class, the boxes scoring above
     ``score_threshold``, greedy NMS at ``iou_threshold``, the first ``max_per_class`` kept. Rows
@@ -208,35 +214,46 @@ def class_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int,
     for image in range(scores.shape[0]):
         for klass in range(scores.shape[1]):
             (candidates,) = torch.nonzero(scores[image, klass] > score_threshold, as_tuple=True)
-            keep = torchvision.ops.nms(boxes[image, candidates], scores[image, klass, candidates],
-                                       iou_threshold)[:max_per_class]  # fmt: skip
+            keep = torchvision.ops.nms(
+                boxes[image, candidates], scores[image, klass, candidates], iou_threshold
+            )[:max_per_class]
             found = candidates[keep]
-            rows.append(torch.stack([torch.full_like(found, image), torch.full_like(found, klass),
-                                     found], dim=1))  # fmt: skip
+            rows.append(
+                torch.stack(
+                    [torch.full_like(found, image), torch.full_like(found, klass), found], dim=1
+                )
+            )
     selected = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long)
-    padded = torch.full((scores.shape[0] * scores.shape[1] * max_per_class, 3), -1,
-                        dtype=torch.long, device=boxes.device)  # fmt: skip
+    padded = torch.full(
+        (scores.shape[0] * scores.shape[1] * max_per_class, 3),
+        -1,
+        dtype=torch.long,
+        device=boxes.device,
+    )
     padded[: selected.shape[0]] = selected
     return padded
 
 
 @class_nms.register_fake
 def _(boxes, scores, max_per_class, iou_threshold, score_threshold):
-    return boxes.new_empty((scores.shape[0] * scores.shape[1] * max_per_class, 3),
-                           dtype=torch.long)  # fmt: skip
+    return boxes.new_empty((scores.shape[0] * scores.shape[1] * max_per_class, 3), dtype=torch.long)
 
 
-def _class_nms_onnx(boxes, scores, max_per_class: int, iou_threshold: float,
-                    score_threshold: float):  # fmt: skip
+def _class_nms_onnx(
+    boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float
+):
     """``mobilenets::class_nms`` in ONNX: NonMaxSuppression, then -1 rows up to the length of
     the PyTorch operator's output (the translation ``torch.onnx.export`` is given)."""
     from onnxscript import opset18 as op
 
     selected = op.NonMaxSuppression(
-        boxes, scores, op.Constant(value_ints=[max_per_class]),
-        op.Constant(value_floats=[iou_threshold]), op.Constant(value_floats=[score_threshold]),
+        boxes,
+        scores,
+        op.Constant(value_ints=[max_per_class]),
+        op.Constant(value_floats=[iou_threshold]),
+        op.Constant(value_floats=[score_threshold]),
         center_point_box=0,
-    )  # fmt: skip
+    )
     images = op.Shape(scores, start=0, end=1)
     classes = op.Shape(scores, start=1, end=2)
     length = op.Mul(op.Mul(images, classes), op.Constant(value_ints=[max_per_class]))
@@ -252,8 +269,9 @@ class DecodingWithNMS(nn.Module):
     ``[N, K]``, ``count`` ``[N]`` (see the module docstring); the float end of an ``nms=True``
     file."""
 
-    def __init__(self, anchors: torch.Tensor, loss: str = "softmax",
-                 settings: NMSSettings = NMSSettings()) -> None:  # fmt: skip
+    def __init__(
+        self, anchors: torch.Tensor, loss: str = "softmax", settings: NMSSettings = NMSSettings()
+    ) -> None:
         super().__init__()
         self.loss, self.settings = loss, settings
         self.register_buffer("anchors", anchors.detach().clone())
@@ -269,8 +287,13 @@ class DecodingWithNMS(nn.Module):
         kept = torch.zeros_like(flat).scatter(1, index, top).reshape(scores.shape)
         proper = (boxes[..., 2:] > boxes[..., :2]).all(dim=-1, keepdim=True)
         kept = torch.where(proper, kept, torch.zeros_like(kept))
-        selected = class_nms(boxes, kept.transpose(1, 2).contiguous(), settings.max_detections,
-                             settings.nms_iou, settings.score_threshold)  # fmt: skip
+        selected = class_nms(
+            boxes,
+            kept.transpose(1, 2).contiguous(),
+            settings.max_detections,
+            settings.nms_iou,
+            settings.score_threshold,
+        )
         valid = selected[:, 0] >= 0
         image, klass, anchor = selected.clamp(min=0).unbind(dim=1)
         owned = (image == torch.arange(batch, device=image.device)[:, None]) & valid  # [N, M]
@@ -281,8 +304,7 @@ class DecodingWithNMS(nn.Module):
         found = owned.gather(1, order)
         rows = torch.arange(batch, device=image.device)[:, None]
         detected_boxes = boxes[rows, anchor[order]] * found[..., None]
-        return (detected_boxes, best * found, (klass[order] + 1) * found,
-                found.sum(dim=1))  # fmt: skip
+        return (detected_boxes, best * found, (klass[order] + 1) * found, found.sum(dim=1))
 
 
 class DetectionsWithNMS(NetworkWithTail):
@@ -291,8 +313,9 @@ class DetectionsWithNMS(NetworkWithTail):
     ``[N, K, 4]``, ``scores`` ``[N, K]``, ``classes`` ``[N, K]``, ``count`` ``[N]`` (see the
     module docstring)."""
 
-    def __init__(self, model: nn.Module, loss: str = "softmax",
-                 settings: NMSSettings = NMSSettings()) -> None:  # fmt: skip
+    def __init__(
+        self, model: nn.Module, loss: str = "softmax", settings: NMSSettings = NMSSettings()
+    ) -> None:
         super().__init__(HeadOutputs(model), DecodingWithNMS(model.anchors(), loss, settings))
 
 
@@ -317,11 +340,18 @@ class DetectionExportReport:
     quantization: QuantizeReport | None = None  # an int8 file: what quantize_file reported
 
 
-def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
-                    opset: int = export.DEFAULT_OPSET, dynamic_batch: bool = False,
-                    nms: bool = False, score_threshold: float = 0.01, nms_iou: float = 0.6,
-                    max_detections: int = 100,
-                    pre_nms_top_k: int = 1000) -> DetectionExportReport:  # fmt: skip
+def export_detector(
+    checkpoint: DetectionCheckpoint,
+    path: str | os.PathLike,
+    *,
+    opset: int = export.DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    nms: bool = False,
+    score_threshold: float = 0.01,
+    nms_iou: float = 0.6,
+    max_detections: int = 100,
+    pre_nms_top_k: int = 1000,
+) -> DetectionExportReport:
     """Write the checkpoint's detector as ONNX (see the module docstring), check it with
     onnxruntime (batches 1 and 3 with ``dynamic_batch``, else 1; a difference above 1e-4
     raises and leaves no file) and record classes, category ids, preprocessing and the
@@ -335,12 +365,16 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
     settings = NMSSettings(score_threshold, nms_iou, max_detections, pre_nms_top_k)
     model = checkpoint.model.to("cpu", torch.float32)
     folded, bn_folded = fold_batch_norm(model)
-    graph = (DetectionsWithNMS(folded, checkpoint.loss, settings) if nms
-             else DecodedDetector(folded, checkpoint.loss))  # fmt: skip
+    graph = (
+        DetectionsWithNMS(folded, checkpoint.loss, settings)
+        if nms
+        else DecodedDetector(folded, checkpoint.loss)
+    )
     config = model.config
     example = image_example(config, dynamic_batch)
-    program = onnx_program(graph.eval(), [example], [export.INPUT_NAME], output_names(nms), opset,
-                           dynamic_batch)  # fmt: skip
+    program = onnx_program(
+        graph.eval(), [example], [export.INPUT_NAME], output_names(nms), opset, dynamic_batch
+    )
     program.model.metadata_props.update(
         detection_metadata(checkpoint, settings if nms else None, "onnx")
     )
@@ -358,10 +392,18 @@ def export_detector(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
             )
         file_bytes = os.path.getsize(temporary)
     return DetectionExportReport(
-        path, config.name, opset, export.graph_input_shape(written), model.anchors().shape[0],
-        config.num_classes, file_bytes, difference, bn_folded,
-        require("onnxruntime", "exporting to ONNX").__version__, settings if nms else None,
-    )  # fmt: skip
+        path,
+        config.name,
+        opset,
+        export.graph_input_shape(written),
+        model.anchors().shape[0],
+        config.num_classes,
+        file_bytes,
+        difference,
+        bn_folded,
+        require("onnxruntime", "exporting to ONNX").__version__,
+        settings if nms else None,
+    )
 
 
 def output_names(nms: bool) -> tuple[str, ...]:
@@ -369,8 +411,14 @@ def output_names(nms: bool) -> tuple[str, ...]:
     return NMS_OUTPUT_NAMES if nms else OUTPUT_NAMES
 
 
-def onnx_program(graph: nn.Module, examples: list[torch.Tensor], input_names: list[str],
-                 names: tuple[str, ...], opset: int, dynamic_batch: bool):  # fmt: skip
+def onnx_program(
+    graph: nn.Module,
+    examples: list[torch.Tensor],
+    input_names: list[str],
+    names: tuple[str, ...],
+    opset: int,
+    dynamic_batch: bool,
+):
     """``torch.onnx.export`` of ``graph`` (its NMS as ONNX NonMaxSuppression), the first axis of
     every input dynamic with ``dynamic_batch``."""
     dynamic_shapes = None
@@ -379,11 +427,16 @@ def onnx_program(graph: nn.Module, examples: list[torch.Tensor], input_names: li
         dynamic_shapes = tuple({0: batch} for _ in examples)
     with torch.no_grad():
         return torch.onnx.export(
-            graph, tuple(examples), dynamo=True, opset_version=opset, input_names=input_names,
-            output_names=list(names), dynamic_shapes=dynamic_shapes,
+            graph,
+            tuple(examples),
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=list(names),
+            dynamic_shapes=dynamic_shapes,
             custom_translation_table={torch.ops.mobilenets.class_nms.default: _class_nms_onnx},
             verbose=False,
-        )  # fmt: skip
+        )
 
 
 def image_example(config, dynamic_batch: bool) -> torch.Tensor:
@@ -394,12 +447,15 @@ def image_example(config, dynamic_batch: bool) -> torch.Tensor:
 def check_shapes(config, dynamic_batch: bool) -> list[tuple[int, ...]]:
     """The input shapes an export is checked at: batches 1 and 3 for a dynamic batch."""
     side = config.resolution
-    return [(batch, config.backbone.in_chans, side, side)
-            for batch in (export.DYNAMIC_CHECK_BATCHES if dynamic_batch else (1,))]  # fmt: skip
+    return [
+        (batch, config.backbone.in_chans, side, side)
+        for batch in (export.DYNAMIC_CHECK_BATCHES if dynamic_batch else (1,))
+    ]
 
 
-def detection_metadata(checkpoint: DetectionCheckpoint, settings: NMSSettings | None,
-                       format: str) -> dict[str, str]:  # fmt: skip
+def detection_metadata(
+    checkpoint: DetectionCheckpoint, settings: NMSSettings | None, format: str
+) -> dict[str, str]:
     """The entries every detector file records (ONNX metadata_props, or constant methods of a
     .pte program): classes, category ids, preprocessing, the detection config, how scores are
     made, what the outputs are, the NMS settings when NMS is inside, source and version."""
@@ -412,20 +468,30 @@ def detection_metadata(checkpoint: DetectionCheckpoint, settings: NMSSettings | 
             "past it are zeros); NMS included"
         )
     else:
-        outputs = (f"boxes [{batch}, A, 4] normalized x1 y1 x2 y2; scores [{batch}, A, C], "
-                   "column 0 background; NMS not included")  # fmt: skip
+        outputs = (
+            f"boxes [{batch}, A, 4] normalized x1 y1 x2 y2; scores [{batch}, A, C], "
+            "column 0 background; NMS not included"
+        )
     info = checkpoint_info(
-        checkpoint.classes, checkpoint.preprocessing, category_ids=list(checkpoint.category_ids),
-        detection_config=checkpoint.model.config.to_dict(), scores=checkpoint.loss,
-        outputs=outputs, nms=asdict(settings) if settings is not None else None,
-        source=f"checkpoint {checkpoint.path.name}", mobilenets_version=__version__,
-    )  # fmt: skip
+        checkpoint.classes,
+        checkpoint.preprocessing,
+        category_ids=list(checkpoint.category_ids),
+        detection_config=checkpoint.model.config.to_dict(),
+        scores=checkpoint.loss,
+        outputs=outputs,
+        nms=asdict(settings) if settings is not None else None,
+        source=f"checkpoint {checkpoint.path.name}",
+        mobilenets_version=__version__,
+    )
     return export.metadata_props(info)
 
 
-def verify_detector_onnx(path: str | os.PathLike, reference: nn.Module,
-                         shapes: list[tuple[int, ...]],
-                         names: tuple[str, ...] = OUTPUT_NAMES) -> float:  # fmt: skip
+def verify_detector_onnx(
+    path: str | os.PathLike,
+    reference: nn.Module,
+    shapes: list[tuple[int, ...]],
+    names: tuple[str, ...] = OUTPUT_NAMES,
+) -> float:
     """The max abs difference of onnxruntime's outputs ``names`` (boxes and scores) and
     ``reference``'s on the same random inputs; raises when it exceeds TOLERANCE."""
     session = export.onnx_session(path)
@@ -440,8 +506,9 @@ def verify_detector_onnx(path: str | os.PathLike, reference: nn.Module,
     return worst
 
 
-def compare_outputs(ours, expected, names: tuple[str, ...], what: str,
-                    shape: tuple[int, ...]) -> float:  # fmt: skip
+def compare_outputs(
+    ours, expected, names: tuple[str, ...], what: str, shape: tuple[int, ...]
+) -> float:
     """The max abs difference of a file's outputs and PyTorch's, output by output; raises naming
     the output and ``what`` when one exceeds TOLERANCE."""
     worst = 0.0
@@ -456,20 +523,26 @@ def compare_outputs(ours, expected, names: tuple[str, ...], what: str,
     return worst
 
 
-def reference_detections(model: SSDLite, loss: str, settings: NMSSettings,
-                         images: torch.Tensor,
-                         image_size=(1, 1)) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+def reference_detections(
+    model: SSDLite, loss: str, settings: NMSSettings, images: torch.Tensor, image_size=(1, 1)
+) -> list[dict[str, torch.Tensor]]:
     """[`postprocess`][mobilenets.core.boxes.postprocess] of ``model`` (eval mode) on
     ``images`` with ``settings``, boxes normalized (or in pixels of ``image_size``, as
     postprocess takes it): what an ``nms=True`` file must return."""
     with torch.no_grad():
         out = model.eval()(images)
-    return postprocess(score_logits(out["cls_logits"].float(), loss), out["box_regression"],
-                       model.anchors(), image_size=image_size, **asdict(settings))  # fmt: skip
+    return postprocess(
+        score_logits(out["cls_logits"].float(), loss),
+        out["box_regression"],
+        model.anchors(),
+        image_size=image_size,
+        **asdict(settings),
+    )
 
 
-def compare_detections(ours: list[np.ndarray], expected: list[dict[str, torch.Tensor]],
-                       tolerance: float = TOLERANCE) -> float:  # fmt: skip
+def compare_detections(
+    ours: list[np.ndarray], expected: list[dict[str, torch.Tensor]], tolerance: float = TOLERANCE
+) -> float:
     """The max abs difference of an ``nms=True`` file's outputs ``(boxes, scores, classes,
     count)`` and ``expected`` (postprocess's detections), each detection matched by class, box
     and score within ``tolerance`` (in any order: near-equal scores may swap); raises naming
@@ -491,8 +564,9 @@ def compare_detections(ours: list[np.ndarray], expected: list[dict[str, torch.Te
             problem = "scores out of order"
         unused = list(range(found))
         for row in range(found) if problem is None else ():
-            box_difference = np.abs(boxes[image, row].astype(np.float64)
-                                    - want["boxes"][unused].numpy()).max(axis=1)  # fmt: skip
+            box_difference = np.abs(
+                boxes[image, row].astype(np.float64) - want["boxes"][unused].numpy()
+            ).max(axis=1)
             score_difference = np.abs(float(scores[image, row]) - want["scores"][unused].numpy())
             same = (want["labels"][unused].numpy() == classes[image, row]) & (
                 np.maximum(box_difference, score_difference) <= tolerance
@@ -511,8 +585,13 @@ def compare_detections(ours: list[np.ndarray], expected: list[dict[str, torch.Te
     return worst
 
 
-def verify_nms_onnx(path: str | os.PathLike, reference: SSDLite, loss: str,
-                    settings: NMSSettings, shapes: list[tuple[int, ...]]) -> float:  # fmt: skip
+def verify_nms_onnx(
+    path: str | os.PathLike,
+    reference: SSDLite,
+    loss: str,
+    settings: NMSSettings,
+    shapes: list[tuple[int, ...]],
+) -> float:
     """The max abs difference of an ``nms=True`` file's detections and ``postprocess``'s on
     ``reference`` (see compare_detections) on the same random inputs; raises when they
     disagree."""
@@ -551,10 +630,13 @@ class DetectionPteReport:
     steps: float | None = None
 
 
-def export_detector_pte(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
-                        int8: bool = False,
-                        calibration: Iterable[torch.Tensor] | None = None,
-                        ) -> DetectionPteReport:  # fmt: skip
+def export_detector_pte(
+    checkpoint: DetectionCheckpoint,
+    path: str | os.PathLike,
+    *,
+    int8: bool = False,
+    calibration: Iterable[torch.Tensor] | None = None,
+) -> DetectionPteReport:
     """Write the checkpoint's detector as an ExecuTorch program (XNNPACK delegate, BN folded)
     for one ``[1, 3, R, R]`` input, with the box decoding inside: outputs ``boxes``
     ``[1, A, 4]`` and ``scores`` ``[1, A, C]`` as the ONNX file's; NMS stays outside (see the
@@ -575,9 +657,10 @@ def export_detector_pte(checkpoint: DetectionCheckpoint, path: str | os.PathLike
     mobile.check_pte_options(path)
     if int8 != (calibration is not None):
         raise MobileNetsError(
-            "int8=True needs calibration= (batches of preprocessed images)" if int8
+            "int8=True needs calibration= (batches of preprocessed images)"
+            if int8
             else "calibration= applies to int8=True only"
-        )  # fmt: skip
+        )
     mobile.require_executorch("the ExecuTorch export")
     model = checkpoint.model.to("cpu", torch.float32)
     reference = copy.deepcopy(model).eval()
@@ -591,11 +674,17 @@ def export_detector_pte(checkpoint: DetectionCheckpoint, path: str | os.PathLike
         scales = head_scales(converted)
         converted = mobile.QuantizedReference(converted)
         graph = NetworkWithTail(converted, Decoding(anchors, checkpoint.loss))
-        metadata[mobile.QUANTIZATION_KEY] = json.dumps({
-            "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
-            "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
-            "decoding": "float", "calibration_images": quantization.calibration_images,
-        })  # fmt: skip
+        metadata[mobile.QUANTIZATION_KEY] = json.dumps(
+            {
+                "method": "ptq",
+                "flow": "pt2e",
+                "quantizer": "XNNPACKQuantizer",
+                "weights": "s8 symmetric per-channel",
+                "activations": "s8 per-tensor",
+                "decoding": "float",
+                "calibration_images": quantization.calibration_images,
+            }
+        )
     else:
         graph = DecodedDetector(folded, checkpoint.loss)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -610,24 +699,38 @@ def export_detector_pte(checkpoint: DetectionCheckpoint, path: str | os.PathLike
         if int8:
             with torch.no_grad():
                 heads = converted(x)
-            steps = head_steps(ours, heads, anchors, checkpoint.loss, scales,
-                               limit=INT8_TOLERANCE_STEPS)  # fmt: skip
+            steps = head_steps(
+                ours, heads, anchors, checkpoint.loss, scales, limit=INT8_TOLERANCE_STEPS
+            )
             if not steps <= INT8_TOLERANCE_STEPS:
                 raise MobileNetsError(
                     "the int8 ExecuTorch program disagrees with its PyTorch reference: its boxes "
                     f"and scores are more than {INT8_TOLERANCE_STEPS} quantization steps of the "
                     "head outputs away"
                 )
-            difference = max(float((got - want).abs().max())
-                             for got, want in zip(ours, expected, strict=True))  # fmt: skip
+            difference = max(
+                float((got - want).abs().max()) for got, want in zip(ours, expected, strict=True)
+            )
         else:
-            difference = compare_outputs(ours, expected, OUTPUT_NAMES, "the ExecuTorch program",
-                                         tuple(shape))  # fmt: skip
+            difference = compare_outputs(
+                ours, expected, OUTPUT_NAMES, "the ExecuTorch program", tuple(shape)
+            )
     return DetectionPteReport(
-        path, config.name, tuple(shape), anchors.shape[0], config.num_classes, len(buffer),
-        difference, bn_folded, partitions, outside, mobile.executorch_version() or "?",
-        quantization, scales, steps,
-    )  # fmt: skip
+        path,
+        config.name,
+        tuple(shape),
+        anchors.shape[0],
+        config.num_classes,
+        len(buffer),
+        difference,
+        bn_folded,
+        partitions,
+        outside,
+        mobile.executorch_version() or "?",
+        quantization,
+        scales,
+        steps,
+    )
 
 
 def head_scales(converted: nn.Module) -> tuple[float, float]:
@@ -644,8 +747,14 @@ def head_scales(converted: nn.Module) -> tuple[float, float]:
     return cls_scale, box_scale
 
 
-def head_steps(outputs, heads: tuple[torch.Tensor, torch.Tensor], anchors: torch.Tensor,
-               loss: str, scales: tuple[float, float], limit: float) -> float:  # fmt: skip
+def head_steps(
+    outputs,
+    heads: tuple[torch.Tensor, torch.Tensor],
+    anchors: torch.Tensor,
+    loss: str,
+    scales: tuple[float, float],
+    limit: float,
+) -> float:
     """How far an int8 program's decoded ``outputs`` (boxes, scores) are from its quantized
     reference, in quantization steps of the head outputs: the fewest s such that each of the
     program's values is within TOLERANCE of the range the float decoding gives when every one
@@ -669,10 +778,20 @@ def head_steps(outputs, heads: tuple[torch.Tensor, torch.Tensor], anchors: torch
     def within(steps: float) -> bool:
         move = steps * scales[1]
         grow = box_regression.new_tensor([-1.0, -1.0, 1.0, 1.0]) * move
-        low = torch.cat([decode(box_regression + grow, anchors)[..., :2],
-                         decode(box_regression - move, anchors)[..., 2:]], dim=-1)  # fmt: skip
-        high = torch.cat([decode(box_regression - grow, anchors)[..., :2],
-                          decode(box_regression + move, anchors)[..., 2:]], dim=-1)  # fmt: skip
+        low = torch.cat(
+            [
+                decode(box_regression + grow, anchors)[..., :2],
+                decode(box_regression - move, anchors)[..., 2:],
+            ],
+            dim=-1,
+        )
+        high = torch.cat(
+            [
+                decode(box_regression - grow, anchors)[..., :2],
+                decode(box_regression + move, anchors)[..., 2:],
+            ],
+            dim=-1,
+        )
         factor = math.exp((2 if loss == "softmax" else 1) * steps * scales[0])
         p, q = probabilities, 1 - probabilities
         least, most = p / (p + q * factor), p * factor / (p * factor + q)
@@ -683,9 +802,11 @@ def head_steps(outputs, heads: tuple[torch.Tensor, torch.Tensor], anchors: torch
             )
         return all(
             bool(((value >= lower - TOLERANCE) & (value <= upper + TOLERANCE)).all())
-            for value, lower, upper in ((boxes, low.clamp(0, 1), high.clamp(0, 1)),
-                                        (scores, least, most))
-        )  # fmt: skip
+            for value, lower, upper in (
+                (boxes, low.clamp(0, 1), high.clamp(0, 1)),
+                (scores, least, most),
+            )
+        )
 
     if not within(limit):
         return math.inf

@@ -47,9 +47,13 @@ def load_detection_checkpoint(path: str | os.PathLike) -> DetectionCheckpoint:
     classifier's or a segmenter's is named as such."""
     path = checkpoint_path(path)
     if saved_detection_config(path) is None:
-        other = ("a segmentation" if saved_segmentation_config(path) is not None
-                 else "a classification" if saved_config(path, ModelConfig) is not None
-                 else None)  # fmt: skip
+        other = (
+            "a segmentation"
+            if saved_segmentation_config(path) is not None
+            else "a classification"
+            if saved_config(path, ModelConfig) is not None
+            else None
+        )
         if other is not None:
             raise MobileNetsError(
                 f"{str(path)!r} is {other} checkpoint, not a detector's (those are written by "
@@ -61,23 +65,45 @@ def load_detection_checkpoint(path: str | os.PathLike) -> DetectionCheckpoint:
     category_ids = tuple(info.get("category_ids") or range(len(classes)))
     train_config = info.get("train_config")
     loss = (train_config or {}).get("loss", "softmax")
-    return DetectionCheckpoint(model.eval(), classes, category_ids, info["preprocessing"], path,
-                               loss, train_config, info.get("metrics"))  # fmt: skip
+    return DetectionCheckpoint(
+        model.eval(),
+        classes,
+        category_ids,
+        info["preprocessing"],
+        path,
+        loss,
+        train_config,
+        info.get("metrics"),
+    )
 
 
-def evaluate_checkpoint(checkpoint: DetectionCheckpoint, data: str, *, batch_size: int = 32,
-                        workers: int = 0, device: str = "auto",
-                        progress: bool = False) -> dict[str, float]:  # fmt: skip
+def evaluate_checkpoint(
+    checkpoint: DetectionCheckpoint,
+    data: str,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, float]:
     """COCO metrics of a checkpoint on the validation split of ``data``."""
     dataset = checkpoint_data(checkpoint, data, splits=("val",)).val
     device = pick_device(device)
     model = checkpoint.model.to(device)
-    return evaluate_detector(model, dataset, loss=checkpoint.loss, batch_size=batch_size,
-                             workers=workers, device=device, progress=progress)  # fmt: skip
+    return evaluate_detector(
+        model,
+        dataset,
+        loss=checkpoint.loss,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
 
 
-def checkpoint_data(checkpoint: DetectionCheckpoint, data: str,
-                    splits: tuple[str, ...] = ("train", "val")) -> DetectionData:  # fmt: skip
+def checkpoint_data(
+    checkpoint: DetectionCheckpoint, data: str, splits: tuple[str, ...] = ("train", "val")
+) -> DetectionData:
     """The ``splits`` of ``data`` as the checkpoint reads them: its classes checked against the
     data's, and each split's transform its evaluation preprocessing (calibration reads training
     images that way too)."""
@@ -92,22 +118,33 @@ def checkpoint_data(checkpoint: DetectionCheckpoint, data: str,
     return found
 
 
-def detect_image(checkpoint: DetectionCheckpoint, path: str | os.PathLike, *,
-                 score_threshold: float = 0.3, device: str = "cpu"):  # fmt: skip
+def detect_image(
+    checkpoint: DetectionCheckpoint,
+    path: str | os.PathLike,
+    *,
+    score_threshold: float = 0.3,
+    device: str = "cpu",
+):
     """The image at ``path`` (PIL, RGB) and its detections: pixel boxes, scores, labels."""
     if not 0 <= score_threshold < 1:
         raise MobileNetsError(f"score threshold must be in [0, 1), got {score_threshold!r}")
     image = open_image(path).convert("RGB")
     width, height = image.size
     empty = {
-        "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
-                                          canvas_size=(height, width)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)
+        ),
         "labels": torch.zeros(0, dtype=torch.int64),
-    }  # fmt: skip
+    }
     inputs, _ = eval_transform(checkpoint.preprocessing)(image, empty)
     model = checkpoint.model.to(pick_device(device))
-    (found,) = detect_batch(model, inputs[None], [(height, width)], loss=checkpoint.loss,
-                            score_threshold=score_threshold)  # fmt: skip
+    (found,) = detect_batch(
+        model,
+        inputs[None],
+        [(height, width)],
+        loss=checkpoint.loss,
+        score_threshold=score_threshold,
+    )
     return image, {key: value.cpu() for key, value in found.items()}
 
 
@@ -124,6 +161,10 @@ def draw_detections(image, detections: dict, classes: tuple[str, ...]) -> torch.
         for label, score in zip(labels, detections["scores"].tolist(), strict=True)
     ]
     width = max(1, round(max(image.size) / 160))
-    return draw_bounding_boxes(pixels, detections["boxes"], captions,
-                               colors=[palette[label % len(palette)] for label in labels],
-                               width=width)  # fmt: skip
+    return draw_bounding_boxes(
+        pixels,
+        detections["boxes"],
+        captions,
+        colors=[palette[label % len(palette)] for label in labels],
+        width=width,
+    )

@@ -121,36 +121,51 @@ def quantize_detector_onnx(
     folded, bn_folded = fold_batch_norm(reference)
     config, anchors = model.config, model.anchors()
     shapes = check_shapes(config, dynamic_batch)
-    tail = (DecodingWithNMS(anchors, checkpoint.loss, settings) if nms
-            else Decoding(anchors, checkpoint.loss)).eval()  # fmt: skip
+    tail = (
+        DecodingWithNMS(anchors, checkpoint.loss, settings)
+        if nms
+        else Decoding(anchors, checkpoint.loss)
+    ).eval()
     with tempfile.TemporaryDirectory(prefix="mobilenets-detector-int8-") as folder:
         network_path, int8_path, tail_path = (
             Path(folder) / name for name in ("network.onnx", "network.int8.onnx", "tail.onnx")
         )
         example = image_example(config, dynamic_batch)
-        program = onnx_program(HeadOutputs(folded).eval(), [example], [export.INPUT_NAME],
-                               HEAD_NAMES, opset, dynamic_batch)  # fmt: skip
+        program = onnx_program(
+            HeadOutputs(folded).eval(),
+            [example],
+            [export.INPUT_NAME],
+            HEAD_NAMES,
+            opset,
+            dynamic_batch,
+        )
         program.model.metadata_props.update(
             detection_metadata(checkpoint, settings if nms else None, "onnx")
         )
         program.save(network_path, external_data=False)
         verify_detector_onnx(network_path, HeadOutputs(reference).eval(), shapes, HEAD_NAMES)
         quantization = int8_onnx.quantize_file(
-            network_path, calibration, int8_path, method=method, activation_type=activation_type,
+            network_path,
+            calibration,
+            int8_path,
+            method=method,
+            activation_type=activation_type,
             recorded={"float": "box decoding, scores" + (", NMS" if nms else "")},
-        )  # fmt: skip
+        )
         with torch.no_grad():
             heads = HeadOutputs(reference)(example)
-        onnx_program(tail, list(heads), list(HEAD_NAMES), output_names(nms), opset,
-                     dynamic_batch).save(tail_path, external_data=False)  # fmt: skip
+        onnx_program(
+            tail, list(heads), list(HEAD_NAMES), output_names(nms), opset, dynamic_batch
+        ).save(tail_path, external_data=False)
         joined = join_graphs(onnx.load(str(int8_path)), onnx.load(str(tail_path)))
         int8_heads = OnnxHeads(int8_path, anchors)
         path = Path(path)
         with atomic_path(path) as temporary:
             onnx.save(joined, temporary)
             if nms:
-                difference = verify_nms_onnx(temporary, int8_heads, checkpoint.loss, settings,
-                                             shapes)  # fmt: skip
+                difference = verify_nms_onnx(
+                    temporary, int8_heads, checkpoint.loss, settings, shapes
+                )
             else:
                 difference = verify_detector_onnx(
                     temporary, NetworkWithTail(HeadOutputs(int8_heads), tail), shapes
@@ -158,10 +173,19 @@ def quantize_detector_onnx(
             file_bytes = os.path.getsize(temporary)
     quantization = dataclasses.replace(quantization, path=path, int8_bytes=file_bytes)
     return DetectionExportReport(
-        path, config.name, opset, export.graph_input_shape(joined), anchors.shape[0],
-        config.num_classes, file_bytes, difference, bn_folded,
-        quantization.onnxruntime_version, settings if nms else None, quantization,
-    )  # fmt: skip
+        path,
+        config.name,
+        opset,
+        export.graph_input_shape(joined),
+        anchors.shape[0],
+        config.num_classes,
+        file_bytes,
+        difference,
+        bn_folded,
+        quantization.onnxruntime_version,
+        settings if nms else None,
+        quantization,
+    )
 
 
 def join_graphs(network: onnx.ModelProto, tail: onnx.ModelProto) -> onnx.ModelProto:
@@ -191,8 +215,9 @@ class OnnxHeads(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = self.session.run(list(HEAD_NAMES), {export.INPUT_NAME: images.numpy()})
-        return {name: torch.from_numpy(value) for name, value in zip(HEAD_NAMES, outputs,
-                                                                     strict=True)}  # fmt: skip
+        return {
+            name: torch.from_numpy(value) for name, value in zip(HEAD_NAMES, outputs, strict=True)
+        }
 
 
 # --- Running an exported file on a dataset -------------------------------------------------------
@@ -246,8 +271,9 @@ class ExportedDetector:
         # evaluation scores softmax(score_logits): a softmax model's scores as they are (their
         # sum is 1), a focal model's divided by their sum where it is above 1
         probabilities = scores / scores.sum(dim=-1, keepdim=True)
-        return select_detections(probabilities[..., 1:], boxes, image_size=list(sizes),
-                                 **asdict(self.settings))  # fmt: skip
+        return select_detections(
+            probabilities[..., 1:], boxes, image_size=list(sizes), **asdict(self.settings)
+        )
 
     def _run(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self.session is None:
@@ -313,8 +339,12 @@ def quantize_detector_checkpoint(
     path = Path(path)
     pte = path.suffix == mobile.SUFFIX
     if pte:
-        onnx_only = {"method": method != "minmax", "opset": opset != export.DEFAULT_OPSET,
-                     "dynamic_batch": dynamic_batch, "nms": nms}  # fmt: skip
+        onnx_only = {
+            "method": method != "minmax",
+            "opset": opset != export.DEFAULT_OPSET,
+            "dynamic_batch": dynamic_batch,
+            "nms": nms,
+        }
         given = [name for name, changed in onnx_only.items() if changed]
         if given:
             raise MobileNetsError(
@@ -334,22 +364,29 @@ def quantize_detector_checkpoint(
         calibration_images = min(DEFAULT_CALIBRATION_IMAGES, len(found.train))
     indices = calibration_indices(len(found.train), calibration_images)
     # a file of a fixed batch (1) is calibrated one image at a time
-    batches = calibration_batches(found.train, indices,
-                                  batch_size if pte or dynamic_batch else 1)  # fmt: skip
+    batches = calibration_batches(found.train, indices, batch_size if pte or dynamic_batch else 1)
     if pte:
         report = export_detector_pte(checkpoint, path, int8=True, calibration=batches)
     else:
         report = quantize_detector_onnx(
-            checkpoint, path, batches, opset=opset, dynamic_batch=dynamic_batch, nms=nms,
-            method=method, **asdict(settings),
-        )  # fmt: skip
+            checkpoint,
+            path,
+            batches,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            nms=nms,
+            method=method,
+            **asdict(settings),
+        )
     model, loss = checkpoint.model.to("cpu"), checkpoint.loss
 
     def fp32_detect(images: torch.Tensor, sizes) -> list[dict[str, torch.Tensor]]:
         return reference_detections(model, loss, settings, images, list(sizes))
 
     fp32 = evaluate_detections(fp32_detect, found.val, batch_size=batch_size, progress=progress)
-    int8 = evaluate_detections(ExportedDetector(path, settings), found.val,
-                               batch_size=batch_size, progress=progress)  # fmt: skip
-    return DetectionQuantizeResult(report, fp32["AP"], fp32["AP50"], int8["AP"], int8["AP50"],
-                                   len(found.val))  # fmt: skip
+    int8 = evaluate_detections(
+        ExportedDetector(path, settings), found.val, batch_size=batch_size, progress=progress
+    )
+    return DetectionQuantizeResult(
+        report, fp32["AP"], fp32["AP50"], int8["AP"], int8["AP50"], len(found.val)
+    )

@@ -107,9 +107,12 @@ def detection_loss(criterion: MultiBoxLoss):
         images = to_device(images, device, trainer.config.channels_last)
         with autocast(device, trainer.dtype):
             out = model(images)
-        loss = criterion(out["cls_logits"], out["box_regression"],
-                         labels.to(device, non_blocking=True),
-                         box_targets.to(device, non_blocking=True))  # fmt: skip
+        loss = criterion(
+            out["cls_logits"],
+            out["box_regression"],
+            labels.to(device, non_blocking=True),
+            box_targets.to(device, non_blocking=True),
+        )
         count = len(targets)
         sums = {"box_sum": loss.box.detach() * count, "cls_sum": loss.cls.detach() * count}
         return loss.total, count, sums
@@ -128,19 +131,24 @@ class Detection:
     def __init__(self) -> None:
         self.started = time.monotonic()
 
-    def prepare(self, config: DetectionTrainConfig, saved_run: dict | None,
-                context: RunContext) -> Job:  # fmt: skip
+    def prepare(
+        self, config: DetectionTrainConfig, saved_run: dict | None, context: RunContext
+    ) -> Job:
         require("pycocotools.cocoeval", SCORING)  # every epoch is scored: fail before the first
         data = load_detection_data(config.data)
         detection_config = resolve_detection_config(
-            config.model, alpha=config.alpha, resolution=config.resolution,
+            config.model,
+            alpha=config.alpha,
+            resolution=config.resolution,
             num_classes=len(data.class_names),
-        )  # fmt: skip
+        )
         if saved_run is not None:
             # The saved config, which has the padding and BN eps of the backbone weights.
             saved = DetectionConfig.from_dict(saved_run["detection_config"])
-            if (saved.name, saved.num_classes) != (detection_config.name,
-                                                   detection_config.num_classes):  # fmt: skip
+            if (saved.name, saved.num_classes) != (
+                detection_config.name,
+                detection_config.num_classes,
+            ):
                 raise MobileNetsError(
                     f"resume=True: the data {config.data!r} gives {detection_config.name} with "
                     f"{detection_config.num_classes} classes; the saved run has {saved.name} "
@@ -149,9 +157,10 @@ class Detection:
             model = SSDLite(saved)
         elif config.backbone_weights is not None:
             model = create_detector(
-                detection_config, backbone_weights=config.backbone_weights,
+                detection_config,
+                backbone_weights=config.backbone_weights,
                 progress=context.progress and context.distributed.main,
-            )  # fmt: skip
+            )
         else:
             model = SSDLite(detection_config)
         preprocessing = detection_preprocessing(model.config.resolution, config.backbone_weights)
@@ -161,19 +170,29 @@ class Detection:
 
         def evaluate_model(model: SSDLite) -> dict[str, float]:
             return evaluate_detector(
-                model, data.val, loss=config.loss, batch_size=config.batch_size,
-                workers=config.workers, device=context.device, dtype=context.dtype,
-                channels_last=config.channels_last, distributed=context.distributed,
-            )  # fmt: skip
+                model,
+                data.val,
+                loss=config.loss,
+                batch_size=config.batch_size,
+                workers=config.workers,
+                device=context.device,
+                dtype=context.dtype,
+                channels_last=config.channels_last,
+                distributed=context.distributed,
+            )
 
         category_ids = list(data.category_ids)
         return Job(
-            model, data.train, detection_loss(criterion), evaluate_model, data.class_names,
+            model,
+            data.train,
+            detection_loss(criterion),
+            evaluate_model,
+            data.class_names,
             preprocessing,
             record={"detection_config": model.config.to_dict(), "category_ids": category_ids},
             checkpoint_info={"category_ids": category_ids},
             collate=AssignTargets(model.anchors(), config.match_iou),
-        )  # fmt: skip
+        )
 
     def train_metrics(self, sums: dict[str, float], seen: float) -> dict:
         return {"train_box_loss": sums["box_sum"] / seen, "train_cls_loss": sums["cls_sum"] / seen}
@@ -188,17 +207,20 @@ class Detection:
             f"{row['val_AP']:.3f}, AP50 {row['val_AP50']:.3f}, {row['images_per_s']:.1f} images/s"
         )
 
-    def finish(self, out: Path, metrics: dict[str, float], history: list[dict],
-               run: dict) -> None:  # fmt: skip
+    def finish(self, out: Path, metrics: dict[str, float], history: list[dict], run: dict) -> None:
         write_json(out / "eval.json", {"data": run["train_config"]["data"], **metrics})
         log.info(f"done in {time.monotonic() - self.started:.0f} s")
 
 
-def fit_detector(config: DetectionTrainConfig | None, out: str | os.PathLike, *,
-                 resume: bool = False, placement: dict | None = None,
-                 progress: bool = True) -> FitResult:  # fmt: skip
+def fit_detector(
+    config: DetectionTrainConfig | None,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    placement: dict | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Train a detector with ``config`` into the folder ``out`` (see
     [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
     validation AP and ``result.final`` the COCO metrics of the shipped weights."""
-    return fit_task(Detection(), config, out, resume=resume, placement=placement,
-                    progress=progress)  # fmt: skip
+    return fit_task(Detection(), config, out, resume=resume, placement=placement, progress=progress)

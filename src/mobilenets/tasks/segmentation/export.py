@@ -200,9 +200,10 @@ def export_segmenter(
         raise MobileNetsError(f"int8 must be True or False, got {int8!r}")
     if int8 != (calibration is not None):
         raise MobileNetsError(
-            "int8=True needs calibration= (batches of preprocessed images)" if int8
+            "int8=True needs calibration= (batches of preprocessed images)"
+            if int8
             else "calibration= applies to int8=True only"
-        )  # fmt: skip
+        )
     if calibrate is not None:
         if not int8 or format != "onnx":
             raise MobileNetsError(
@@ -227,17 +228,36 @@ def export_segmenter(
     shape = (1, config.backbone.in_chans, resolution, resolution)
     known, source = {}, "a DeepLabV3 given to export_segmenter"
     if checkpoint is not None:
-        known = checkpoint_info(checkpoint.classes, checkpoint.preprocessing.at(resolution),
-                                metrics=checkpoint.metrics or None)  # fmt: skip
+        known = checkpoint_info(
+            checkpoint.classes,
+            checkpoint.preprocessing.at(resolution),
+            metrics=checkpoint.metrics or None,
+        )
         source = f"checkpoint {checkpoint.path.name}"
-    metadata = export.metadata_props({
-        "model_name": config.name, "model_config": config.to_dict(), **known, "source": source,
-        "outputs": OUTPUTS[output_name], "mobilenets_version": __version__,
-    })  # fmt: skip
+    metadata = export.metadata_props(
+        {
+            "model_name": config.name,
+            "model_config": config.to_dict(),
+            **known,
+            "source": source,
+            "outputs": OUTPUTS[output_name],
+            "mobilenets_version": __version__,
+        }
+    )
     path = Path(path)
     if int8 and format == "onnx":
-        written = _write_onnx_int8(graph, reference, path, shape, output_name, argmax, metadata,
-                                   opset, calibration, calibrate or "minmax")  # fmt: skip
+        written = _write_onnx_int8(
+            graph,
+            reference,
+            path,
+            shape,
+            output_name,
+            argmax,
+            metadata,
+            opset,
+            calibration,
+            calibrate or "minmax",
+        )
     elif int8:
         written = _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibration)
     elif format == "onnx":
@@ -245,9 +265,14 @@ def export_segmenter(
     else:
         written = _write_pte(graph, reference, path, shape, argmax, metadata)
     return SegmentationExportReport(
-        path=path, format=format, model_name=config.name, source=source,
-        output_name=output_name, bn_folded=bn_folded, **written,
-    )  # fmt: skip
+        path=path,
+        format=format,
+        model_name=config.name,
+        source=source,
+        output_name=output_name,
+        bn_folded=bn_folded,
+        **written,
+    )
 
 
 def check_export_options(path: str | os.PathLike, format: str, opset: int | None) -> int | None:
@@ -285,9 +310,14 @@ def _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, op
     report's fields of the file and the check."""
     with torch.no_grad():
         program = torch.onnx.export(
-            graph, (torch.zeros(shape),), dynamo=True, opset_version=opset,
-            input_names=[export.INPUT_NAME], output_names=[output_name], verbose=False,
-        )  # fmt: skip
+            graph,
+            (torch.zeros(shape),),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[export.INPUT_NAME],
+            output_names=[output_name],
+            verbose=False,
+        )
     program.model.metadata_props.update(metadata)
     with atomic_path(path) as temporary:
         program.save(temporary, external_data=False)
@@ -304,11 +334,14 @@ def _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, op
         difference, differing = check_output(ours, reference, x, argmax, "the ONNX model")
         file_bytes = os.path.getsize(temporary)
     return dict(
-        input_shape=export.graph_input_shape(written), output_shape=ours.shape,
-        max_abs_diff=difference, differing_pixels=differing, file_bytes=file_bytes,
+        input_shape=export.graph_input_shape(written),
+        output_shape=ours.shape,
+        max_abs_diff=difference,
+        differing_pixels=differing,
+        file_bytes=file_bytes,
         runtime=f"onnxruntime {require('onnxruntime', 'exporting to ONNX').__version__}",
         opset=opset,
-    )  # fmt: skip
+    )
 
 
 def _write_pte(graph, reference, path, shape, argmax, metadata) -> dict:
@@ -321,15 +354,20 @@ def _write_pte(graph, reference, path, shape, argmax, metadata) -> dict:
         ours = mobile.run_pte(mobile.load_method(mobile.load_pte(temporary)), x).numpy()
         difference, differing = check_output(ours, reference, x, argmax, "the ExecuTorch program")
     return dict(
-        input_shape=shape, output_shape=ours.shape, max_abs_diff=difference,
-        differing_pixels=differing, file_bytes=len(buffer),
-        runtime=f"executorch {mobile.executorch_version() or '?'}", partitions=partitions,
+        input_shape=shape,
+        output_shape=ours.shape,
+        max_abs_diff=difference,
+        differing_pixels=differing,
+        file_bytes=len(buffer),
+        runtime=f"executorch {mobile.executorch_version() or '?'}",
+        partitions=partitions,
         outside_delegate=outside,
-    )  # fmt: skip
+    )
 
 
-def _write_onnx_int8(graph, reference, path, shape, output_name, argmax, metadata, opset,
-                     calibration, calibrate) -> dict:  # fmt: skip
+def _write_onnx_int8(
+    graph, reference, path, shape, output_name, argmax, metadata, opset, calibration, calibrate
+) -> dict:
     """The fp32 file exported and checked in a temporary folder, quantized by onnxruntime on the
     calibration images one at a time (the file's batch is 1), run on the first of them, and
     only then copied to ``path``; the report's fields."""
@@ -339,31 +377,38 @@ def _write_onnx_int8(graph, reference, path, shape, output_name, argmax, metadat
         raise MobileNetsError("calibration= gave no images")
     with tempfile.TemporaryDirectory(prefix="mobilenets-segment-int8-") as folder:
         fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-        written = _write_onnx(graph, reference, fp32_path, shape, output_name, argmax, metadata,
-                              opset)  # fmt: skip
+        written = _write_onnx(
+            graph, reference, fp32_path, shape, output_name, argmax, metadata, opset
+        )
         # onnxruntime prints its entropy and percentile calibration's progress: logged instead
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            quantized = quantize_file(fp32_path, itertools.chain([x], images), int8_path,
-                                      method=calibrate)  # fmt: skip
+            quantized = quantize_file(
+                fp32_path, itertools.chain([x], images), int8_path, method=calibrate
+            )
         if printed.getvalue().strip():
             log.debug("onnxruntime quantization: %s", printed.getvalue().strip())
-        (ours,) = export.onnx_session(int8_path).run([output_name],
-                                                     {export.INPUT_NAME: x.numpy()})  # fmt: skip
+        (ours,) = export.onnx_session(int8_path).run([output_name], {export.INPUT_NAME: x.numpy()})
         difference, differing = _against_fp32(ours, reference, x, argmax, "the int8 ONNX model")
         with atomic_path(path) as temporary:
             shutil.copyfile(int8_path, temporary)
             written["file_bytes"] = os.path.getsize(temporary)
     written["int8"] = SegmentationInt8Report(
-        calibration=calibrate, calibration_images=quantized.calibration_images,
-        quantized_convs=quantized.quantized_convs, float_convs=quantized.float_convs,
-        logits_scale=None, tolerance=None, fp32_max_abs_diff=difference,
-        fp32_differing_pixels=differing, pair_bound=quantized.pair_bound,
-    )  # fmt: skip
+        calibration=calibrate,
+        calibration_images=quantized.calibration_images,
+        quantized_convs=quantized.quantized_convs,
+        float_convs=quantized.float_convs,
+        logits_scale=None,
+        tolerance=None,
+        fp32_max_abs_diff=difference,
+        fp32_differing_pixels=differing,
+        pair_bound=quantized.pair_bound,
+    )
     return written
 
 
-def _single_images(calibration: Iterable[torch.Tensor],
-                   shape: tuple[int, ...]) -> Iterator[torch.Tensor]:  # fmt: skip
+def _single_images(
+    calibration: Iterable[torch.Tensor], shape: tuple[int, ...]
+) -> Iterator[torch.Tensor]:
     """The calibration batches as ``[1, C, R, R]`` images, each batch checked against
     ``shape``."""
     for batch in calibration:
@@ -386,11 +431,18 @@ def _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibratio
     tolerance = INT8_TOLERANCE_STEPS * quantized.logits_scale
     int8_reference = mobile.QuantizedReference(converted)
     graph = ClassMap(int8_reference).eval() if argmax else int8_reference
-    metadata = metadata | {QUANTIZATION_KEY: json.dumps({
-        "method": "ptq", "flow": "pt2e", "quantizer": "XNNPACKQuantizer",
-        "weights": "s8 symmetric per-channel", "activations": "s8 per-tensor",
-        "calibration_images": quantized.calibration_images,
-    })}  # fmt: skip
+    metadata = metadata | {
+        QUANTIZATION_KEY: json.dumps(
+            {
+                "method": "ptq",
+                "flow": "pt2e",
+                "quantizer": "XNNPACKQuantizer",
+                "weights": "s8 symmetric per-channel",
+                "activations": "s8 per-tensor",
+                "calibration_images": quantized.calibration_images,
+            }
+        )
+    }
     buffer, partitions, outside = mobile.lower_to_xnnpack(graph, shape, metadata)
     what = "the int8 ExecuTorch program"
     with atomic_path(path) as temporary:
@@ -399,30 +451,40 @@ def _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibratio
         if argmax:
             with torch.no_grad():
                 logits = int8_reference(x)
-            differing = check_class_map(ours, logits, what, tolerance,
-                                        against="its quantized PyTorch reference")  # fmt: skip
+            differing = check_class_map(
+                ours, logits, what, tolerance, against="its quantized PyTorch reference"
+            )
             difference = None
         else:
             difference = export.check_agreement(ours, int8_reference, x, what, tolerance)
             differing = None
         fp32_difference, fp32_differing = _against_fp32(ours, reference, x, argmax, what)
     int8 = SegmentationInt8Report(
-        calibration="histogram", calibration_images=quantized.calibration_images,
-        quantized_convs=quantized.quantized_layers, float_convs=quantized.float_layers,
-        logits_scale=quantized.logits_scale, tolerance=tolerance,
+        calibration="histogram",
+        calibration_images=quantized.calibration_images,
+        quantized_convs=quantized.quantized_layers,
+        float_convs=quantized.float_layers,
+        logits_scale=quantized.logits_scale,
+        tolerance=tolerance,
         fp32_max_abs_diff=fp32_difference,
         fp32_differing_pixels=fp32_differing,
-    )  # fmt: skip
+    )
     return dict(
-        input_shape=shape, output_shape=ours.shape, max_abs_diff=difference,
-        differing_pixels=differing, file_bytes=len(buffer),
-        runtime=f"executorch {mobile.executorch_version() or '?'}", partitions=partitions,
-        outside_delegate=outside, int8=int8,
-    )  # fmt: skip
+        input_shape=shape,
+        output_shape=ours.shape,
+        max_abs_diff=difference,
+        differing_pixels=differing,
+        file_bytes=len(buffer),
+        runtime=f"executorch {mobile.executorch_version() or '?'}",
+        partitions=partitions,
+        outside_delegate=outside,
+        int8=int8,
+    )
 
 
-def _against_fp32(ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax: bool,
-                  what: str) -> tuple[float | None, int | None]:  # fmt: skip
+def _against_fp32(
+    ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax: bool, what: str
+) -> tuple[float | None, int | None]:
     """How far an int8 file's output on ``x`` is from the fp32 model's: (max abs difference of
     the logits, None), or for ``argmax`` (None, pixels of another class). Raises only for
     output no model gives: NaN or infinite logits, classes out of range."""
@@ -447,8 +509,9 @@ def _check_input(shape: tuple[int, ...]) -> torch.Tensor:
 # --- The check -----------------------------------------------------------------------------------
 
 
-def check_output(ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax: bool,
-                 what: str) -> tuple[float | None, int | None]:  # fmt: skip
+def check_output(
+    ours: np.ndarray, reference: nn.Module, x: torch.Tensor, argmax: bool, what: str
+) -> tuple[float | None, int | None]:
     """Compare an exported program's output on ``x`` with the unfolded ``reference``'s: (max abs
     difference of the logits, None), or for ``argmax`` (None, the pixels whose class differs,
     all of them near a tie). Raises when they disagree; ``what`` names the program."""

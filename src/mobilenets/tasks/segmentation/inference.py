@@ -72,8 +72,14 @@ def load_segmentation_checkpoint(path: str | os.PathLike) -> SegmentationCheckpo
                 )
     model = load_segmenter(path)
     info = read_checkpoint_info(path, model.num_classes, WRITER)
-    return SegmentationCheckpoint(model.eval(), info["classes"], info["preprocessing"], path,
-                                  info.get("train_config"), info.get("metrics"))  # fmt: skip
+    return SegmentationCheckpoint(
+        model.eval(),
+        info["classes"],
+        info["preprocessing"],
+        path,
+        info.get("train_config"),
+        info.get("metrics"),
+    )
 
 
 def with_output_stride(model: DeepLabV3, output_stride: int | None) -> DeepLabV3:
@@ -117,8 +123,15 @@ def evaluate_checkpoint(
     dataset.transform = eval_transform(checkpoint.preprocessing)
     device = pick_device(device)
     model = with_output_stride(checkpoint.model, output_stride).to(device)
-    return evaluate_segmenter(model, dataset, tta=tta, batch_size=batch_size, workers=workers,
-                              device=device, progress=progress)  # fmt: skip
+    return evaluate_segmenter(
+        model,
+        dataset,
+        tta=tta,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
 
 
 def check_data_classes(checkpoint: SegmentationCheckpoint, dataset, data: str) -> None:
@@ -234,8 +247,9 @@ def mask_image(mask: torch.Tensor | np.ndarray) -> Image.Image:
     return image
 
 
-def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray,
-            opacity: float = OVERLAY_OPACITY) -> Image.Image:  # fmt: skip
+def overlay(
+    image: Image.Image, mask: torch.Tensor | np.ndarray, opacity: float = OVERLAY_OPACITY
+) -> Image.Image:
     """The image with each pixel blended with its class colour (``opacity`` of the colour,
     VOC colours, ignored pixels in VOC's border colour); an RGB image of the image's size."""
     if not 0 <= opacity <= 1:
@@ -252,8 +266,9 @@ def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray,
 SEPARATOR = 4  # white pixels between the panels of a comparison
 
 
-def comparison(image: Image.Image, truth: torch.Tensor | np.ndarray,
-               prediction: torch.Tensor | np.ndarray) -> Image.Image:  # fmt: skip
+def comparison(
+    image: Image.Image, truth: torch.Tensor | np.ndarray, prediction: torch.Tensor | np.ndarray
+) -> Image.Image:
     """The ground truth beside the prediction, each as an
     [`overlay`][mobilenets.tasks.segmentation.inference.overlay] of the image, with a white
     gap between them."""
@@ -277,8 +292,9 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_prediction(image: Image.Image, mask: torch.Tensor, folder: str | os.PathLike,
-                    name: str) -> tuple[Path, Path]:  # fmt: skip
+def save_prediction(
+    image: Image.Image, mask: torch.Tensor, folder: str | os.PathLike, name: str
+) -> tuple[Path, Path]:
     """Write ``folder/NAME_mask.png`` (the class indices, a palette PNG) and
     ``folder/NAME_overlay.png`` (the image blended with the class colours), each atomically;
     returns their paths."""

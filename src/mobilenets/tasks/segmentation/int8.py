@@ -79,8 +79,9 @@ def fit_to_square(image: torch.Tensor, side: int) -> tuple[torch.Tensor, tuple[i
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     image = image[None]
     if size != (height, width):
-        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
-                              antialias=True)  # fmt: skip
+        image = F.interpolate(
+            image, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
     return F.pad(image, (0, side - size[1], 0, side - size[0])), size
 
 
@@ -92,8 +93,9 @@ class SquareInputSegmenter(nn.Module):
     [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter]. A class
     map becomes one-hot scores (enlarged by nearest neighbour)."""
 
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], side: int,
-                 num_classes: int) -> None:  # fmt: skip
+    def __init__(
+        self, run: Callable[[torch.Tensor], torch.Tensor], side: int, num_classes: int
+    ) -> None:
         super().__init__()
         self.run, self.side, self.num_classes = run, side, num_classes
 
@@ -201,17 +203,29 @@ def export_segmenter_int8(
     model = checkpoint.model.to("cpu", torch.float32).eval()
     side = model.resolution if resolution is None else resolution
     report = export_segmenter(
-        checkpoint, path, format=format, resolution=side, argmax=argmax, opset=opset, int8=True,
+        checkpoint,
+        path,
+        format=format,
+        resolution=side,
+        argmax=argmax,
+        opset=opset,
+        int8=True,
         calibration=calibration_batches(splits.train, calibration_images, side),
         calibrate=calibrate,
-    )  # fmt: skip
+    )
     classes = len(checkpoint.classes)
-    fp32 = evaluate_segmenter(SquareInputSegmenter(model, side, classes), splits.val,
-                              batch_size=1, progress=progress)  # fmt: skip
-    int8 = evaluate_segmenter(file_segmenter(path, classes), splits.val, batch_size=1,
-                              progress=progress)  # fmt: skip
+    fp32 = evaluate_segmenter(
+        SquareInputSegmenter(model, side, classes), splits.val, batch_size=1, progress=progress
+    )
+    int8 = evaluate_segmenter(
+        file_segmenter(path, classes), splits.val, batch_size=1, progress=progress
+    )
     return SegmentationInt8Result(
-        report=report, data=data, fp32_miou=fp32["mIoU"], int8_miou=int8["mIoU"],
-        fp32_pixel_accuracy=fp32["pixel_accuracy"], int8_pixel_accuracy=int8["pixel_accuracy"],
+        report=report,
+        data=data,
+        fp32_miou=fp32["mIoU"],
+        int8_miou=int8["mIoU"],
+        fp32_pixel_accuracy=fp32["pixel_accuracy"],
+        int8_pixel_accuracy=int8["pixel_accuracy"],
         images=len(splits.val),
-    )  # fmt: skip
+    )

@@ -37,8 +37,9 @@ class ConfusionMatrix:
     [0, 1].
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu"
+    ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise MobileNetsError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = num_classes
@@ -69,8 +70,10 @@ class ConfusionMatrix:
         target_bad = counted & ((target < 0) | (target >= classes))
         prediction_bad = counted & ((prediction < 0) | (prediction >= classes))
         if (target_bad | prediction_bad).any():
-            for name, tensor, bad in (("target", target, target_bad),
-                                      ("prediction", prediction, prediction_bad)):  # fmt: skip
+            for name, tensor, bad in (
+                ("target", target, target_bad),
+                ("prediction", prediction, prediction_bad),
+            ):
                 if bad.any():
                     values = tensor[bad].unique()[:5].tolist()
                     raise MobileNetsError(

@@ -26,8 +26,9 @@ def plot_segmentation_curves(history: list[dict], path: str | Path) -> Path:
         loss_axes.plot(epochs, [row["train_aux_loss"] for row in history], "^--", label="aux")
     loss_axes.set(xlabel="epoch", ylabel="pixel cross-entropy", title="training loss")
     score_axes.plot(epochs, [100 * row["val_mIoU"] for row in history], "o-", label="mIoU")
-    score_axes.plot(epochs, [100 * row["val_pixel_accuracy"] for row in history], "s-",
-                    label="pixel accuracy")  # fmt: skip
+    score_axes.plot(
+        epochs, [100 * row["val_pixel_accuracy"] for row in history], "s-", label="pixel accuracy"
+    )
     score_axes.set(xlabel="epoch", ylabel="%", title="validation")
     for axes in (loss_axes, score_axes):
         axes.grid(alpha=0.3)
@@ -36,8 +37,9 @@ def plot_segmentation_curves(history: list[dict], path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
-def plot_class_iou(iou: list[float | None], classes: list[str], path: str | Path,
-                   title: str = "IoU per class") -> Path:  # fmt: skip
+def plot_class_iou(
+    iou: list[float | None], classes: list[str], path: str | Path, title: str = "IoU per class"
+) -> Path:
     """A horizontal bar per class with its IoU in percent, written beside the bar; a class
     with no IoU (``None`` or NaN: in neither the ground truth nor the predictions) is marked
     "absent". A dashed line marks the mIoU, the mean over the classes that have an IoU."""

@@ -157,16 +157,21 @@ class SegmentationTrainConfig(TrainSettings):
             raise MobileNetsError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def segmentation_config(config: SegmentationTrainConfig,
-                        num_classes: int | None) -> SegmentationConfig:  # fmt: skip
+def segmentation_config(
+    config: SegmentationTrainConfig, num_classes: int | None
+) -> SegmentationConfig:
     """The segmenter a training config asks for, with ``num_classes`` (None: the registered
     model's): its output stride and ASPP, an auxiliary head when ``aux_loss`` > 0, and
     ``resolution`` (default: the crop) as its nominal input side."""
     return resolve_segmentation_config(
-        config.model, num_classes=num_classes, alpha=config.alpha,
-        resolution=config.resolution or config.crop, output_stride=config.output_stride,
-        aspp=config.aspp, aux=config.aux_loss > 0,
-    )  # fmt: skip
+        config.model,
+        num_classes=num_classes,
+        alpha=config.alpha,
+        resolution=config.resolution or config.crop,
+        output_stride=config.output_stride,
+        aspp=config.aspp,
+        aux=config.aux_loss > 0,
+    )
 
 
 # --- The loss -----------------------------------------------------------------------------------
@@ -227,8 +232,9 @@ class Segmentation:
         self.preprocessing: Preprocessing | None = None
         self.context: RunContext | None = None
 
-    def prepare(self, config: SegmentationTrainConfig, saved_run: dict | None,
-                context: RunContext) -> Job:  # fmt: skip
+    def prepare(
+        self, config: SegmentationTrainConfig, saved_run: dict | None, context: RunContext
+    ) -> Job:
         figure_class()  # the run ends with plots: without matplotlib, fail before it starts
         data = load_segmentation_data(config.data)
         model_config = segmentation_config(config, len(data.class_names))
@@ -236,8 +242,10 @@ class Segmentation:
             # The saved config, which has the padding and BN eps of the backbone weights.
             saved = SegmentationConfig.from_dict(saved_run["segmentation_config"])
             if (saved.name, saved.num_classes, saved.aux) != (
-                model_config.name, model_config.num_classes, model_config.aux
-            ):  # fmt: skip
+                model_config.name,
+                model_config.num_classes,
+                model_config.aux,
+            ):
                 raise MobileNetsError(
                     f"resume=True: the data {config.data!r} gives {model_config.name} with "
                     f"{model_config.num_classes} classes; the saved run has {saved.name} with "
@@ -246,9 +254,10 @@ class Segmentation:
             model = DeepLabV3(saved)
         elif config.backbone_weights is not None:
             model = create_segmenter(
-                model_config, backbone_weights=config.backbone_weights,
+                model_config,
+                backbone_weights=config.backbone_weights,
                 progress=context.progress and context.distributed.main,
-            )  # fmt: skip
+            )
             if context.distributed.main:
                 log.info(f"backbone from {config.backbone_weights!r}")
         else:
@@ -263,18 +272,27 @@ class Segmentation:
         def evaluate_model(model: DeepLabV3) -> dict:
             self.shipped = model
             return evaluate_segmenter(
-                model, data.val, batch_size=config.eval_batch_size, workers=config.workers,
-                device=context.device, dtype=context.dtype, channels_last=config.channels_last,
+                model,
+                data.val,
+                batch_size=config.eval_batch_size,
+                workers=config.workers,
+                device=context.device,
+                dtype=context.dtype,
+                channels_last=config.channels_last,
                 distributed=context.distributed,
                 progress=context.progress and context.distributed.main,
-            )  # fmt: skip
+            )
 
         return Job(
-            model, data.train, segmentation_loss(config.aux_loss), evaluate_model,
-            data.class_names, preprocessing,
+            model,
+            data.train,
+            segmentation_loss(config.aux_loss),
+            evaluate_model,
+            data.class_names,
+            preprocessing,
             record={"segmentation_config": model.config.to_dict()},
             collate=collate_segmentation,
-        )  # fmt: skip
+        )
 
     def train_metrics(self, sums: dict[str, float], seen: float) -> dict:
         metrics = {"train_ce_loss": sums["ce_sum"] / seen}
@@ -295,19 +313,38 @@ class Segmentation:
 
     def finish(self, out: Path, evaluation: dict, history: list[dict], run: dict) -> None:
         model = self.shipped
-        write_json(out / "eval.json", {"data": run["train_config"]["data"],
-                                       "model": model.name, **evaluation})  # fmt: skip
+        write_json(
+            out / "eval.json",
+            {"data": run["train_config"]["data"], "model": model.name, **evaluation},
+        )
         plot_segmentation_curves(history, out / "curves.png")
-        plot_class_iou(evaluation["IoU"], evaluation["classes"], out / "iou.png",
-                       title=f"IoU per class ({model.name})")  # fmt: skip
-        save_overlays(model, self.val, self.preprocessing, out / "overlays",
-                      device=self.context.device, dtype=self.context.dtype)  # fmt: skip
+        plot_class_iou(
+            evaluation["IoU"],
+            evaluation["classes"],
+            out / "iou.png",
+            title=f"IoU per class ({model.name})",
+        )
+        save_overlays(
+            model,
+            self.val,
+            self.preprocessing,
+            out / "overlays",
+            device=self.context.device,
+            dtype=self.context.dtype,
+        )
         log.info(f"done in {time.monotonic() - self.started:.0f} s")
 
 
-def save_overlays(model: torch.nn.Module, dataset, preprocessing: Preprocessing,
-                  folder: Path, count: int = OVERLAYS, *, device=None,
-                  dtype: torch.dtype | None = None) -> list[Path]:  # fmt: skip
+def save_overlays(
+    model: torch.nn.Module,
+    dataset,
+    preprocessing: Preprocessing,
+    folder: Path,
+    count: int = OVERLAYS,
+    *,
+    device=None,
+    dtype: torch.dtype | None = None,
+) -> list[Path]:
     """The first ``count`` images of ``dataset`` (a
     [`SegmentationFiles`][mobilenets.data.segmentation.SegmentationFiles]) as
     [`comparison`][mobilenets.tasks.segmentation.inference.comparison] PNGs, ground truth beside
@@ -321,12 +358,18 @@ def save_overlays(model: torch.nn.Module, dataset, preprocessing: Preprocessing,
     return written
 
 
-def fit_segmenter(config: SegmentationTrainConfig | None, out: str | os.PathLike, *,
-                  resume: bool = False, placement: dict | None = None,
-                  progress: bool = True) -> FitResult:  # fmt: skip
+def fit_segmenter(
+    config: SegmentationTrainConfig | None,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    placement: dict | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Train a segmenter with ``config`` into the folder ``out`` (see
     [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
     validation mIoU and ``result.final`` the metrics of the shipped weights (the dict of
     [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter])."""
-    return fit_task(Segmentation(), config, out, resume=resume, placement=placement,
-                    progress=progress)  # fmt: skip
+    return fit_task(
+        Segmentation(), config, out, resume=resume, placement=placement, progress=progress
+    )
