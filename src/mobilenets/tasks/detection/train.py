@@ -1,8 +1,8 @@
 """Training an SSDLite detector: the settings and the task that plugs into the engine.
 
-[`DetectionTrainConfig`][mobilenets.tasks.detection.train.DetectionTrainConfig] holds every setting
+[`TrainConfig`][mobilenets.tasks.detection.train.TrainConfig] holds every setting
 (the shared ones of [`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the detector's
-own); [`fit_detector`][mobilenets.tasks.detection.train.fit_detector] runs a whole job into an
+own); [`fit`][mobilenets.tasks.detection.train.fit] runs a whole job into an
 output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit], with the guarantees
 of every run there (atomic files, exact resume, torchrun). Its metrics rows hold the train losses
 and COCO metrics on the validation split; ``best.safetensors`` is the epoch with the best AP;
@@ -50,7 +50,7 @@ AUGMENTS = ("ssd", "flip")
 
 
 @dataclass(frozen=True)
-class DetectionTrainConfig(TrainSettings):
+class TrainConfig(TrainSettings):
     """Every detection training setting. Stored beside the outputs and in every checkpoint.
 
     AdamW at 0.003 with a cosine schedule is the default because it is what learned fastest from
@@ -125,15 +125,13 @@ class Detection:
     best by AP."""
 
     name = "detection"
-    config_type = DetectionTrainConfig
+    config_type = TrainConfig
     score = "val_AP"
 
     def __init__(self) -> None:
         self.started = time.monotonic()
 
-    def prepare(
-        self, config: DetectionTrainConfig, saved_run: dict | None, context: RunContext
-    ) -> Job:
+    def prepare(self, config: TrainConfig, saved_run: dict | None, context: RunContext) -> Job:
         require("pycocotools.cocoeval", SCORING)  # every epoch is scored: fail before the first
         data = load_detection_data(config.data)
         detection_config = resolve_detection_config(
@@ -212,8 +210,8 @@ class Detection:
         log.info(f"done in {time.monotonic() - self.started:.0f} s")
 
 
-def fit_detector(
-    config: DetectionTrainConfig | None,
+def fit(
+    config: TrainConfig | None,
     out: str | os.PathLike,
     *,
     resume: bool = False,

@@ -1,8 +1,8 @@
 """Training a Mobile DeepLabv3 segmenter: the settings and the task that plugs into the engine.
 
-[`SegmentationTrainConfig`][mobilenets.tasks.segmentation.train.SegmentationTrainConfig] holds
+[`TrainConfig`][mobilenets.tasks.segmentation.train.TrainConfig] holds
 every setting (the shared ones of [`TrainSettings`][mobilenets.engine.settings.TrainSettings] and
-the segmenter's own); [`fit_segmenter`][mobilenets.tasks.segmentation.train.fit_segmenter] runs a
+the segmenter's own); [`fit`][mobilenets.tasks.segmentation.train.fit] runs a
 whole job into an output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit],
 with the guarantees of every run there (atomic files, exact resume, torchrun). Besides the
 engine's files (``train_config.json``, ``metrics.jsonl``, ``best.safetensors`` by validation mIoU,
@@ -64,7 +64,7 @@ OVERLAYS = 4  # validation images drawn at the end of a run
 
 
 @dataclass(frozen=True)
-class SegmentationTrainConfig(TrainSettings):
+class TrainConfig(TrainSettings):
     """Every segmentation training setting. Stored beside the outputs and in every checkpoint.
 
     The recipe is TF DeepLab's for PASCAL VOC, which MobileNetV2's section 6.3 follows: SGD with
@@ -157,9 +157,7 @@ class SegmentationTrainConfig(TrainSettings):
             raise MobileNetsError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def segmentation_config(
-    config: SegmentationTrainConfig, num_classes: int | None
-) -> SegmentationConfig:
+def segmentation_config(config: TrainConfig, num_classes: int | None) -> SegmentationConfig:
     """The segmenter a training config asks for, with ``num_classes`` (None: the registered
     model's): its output stride and ASPP, an auxiliary head when ``aux_loss`` > 0, and
     ``resolution`` (default: the crop) as its nominal input side."""
@@ -222,7 +220,7 @@ class Segmentation:
     mIoU evaluation on full-size validation images, best by mIoU."""
 
     name = "segmentation"
-    config_type = SegmentationTrainConfig
+    config_type = TrainConfig
     score = "val_mIoU"
 
     def __init__(self) -> None:
@@ -232,9 +230,7 @@ class Segmentation:
         self.preprocessing: Preprocessing | None = None
         self.context: RunContext | None = None
 
-    def prepare(
-        self, config: SegmentationTrainConfig, saved_run: dict | None, context: RunContext
-    ) -> Job:
+    def prepare(self, config: TrainConfig, saved_run: dict | None, context: RunContext) -> Job:
         figure_class()  # the run ends with plots: without matplotlib, fail before it starts
         data = load_segmentation_data(config.data)
         model_config = segmentation_config(config, len(data.class_names))
@@ -358,8 +354,8 @@ def save_overlays(
     return written
 
 
-def fit_segmenter(
-    config: SegmentationTrainConfig | None,
+def fit(
+    config: TrainConfig | None,
     out: str | os.PathLike,
     *,
     resume: bool = False,
