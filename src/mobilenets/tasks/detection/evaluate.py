@@ -187,24 +187,13 @@ def evaluate_detections(
 
 
 def evaluate(
-    checkpoint: DetectionCheckpoint,
-    data: str,
-    *,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: str = "auto",
-    progress: bool = False,
+    checkpoint: DetectionCheckpoint, data: str, *, device: str = "auto", **options
 ) -> dict[str, float]:
-    """COCO metrics of a checkpoint on the validation split of ``data``."""
+    """COCO metrics of a checkpoint on the validation split of ``data``, on ``device`` (``"auto"``
+    picks one); ``options`` are
+    [`evaluate_detector`][mobilenets.tasks.detection.evaluate.evaluate_detector]'s
+    (``batch_size``, ``workers``, ``dtype``, ``progress``, ...), with its defaults."""
     dataset = checkpoint_data(checkpoint, data, splits=("val",)).val
     device = pick_device(device)
     model = checkpoint.model.to(device)
-    return evaluate_detector(
-        model,
-        dataset,
-        loss=checkpoint.loss,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        progress=progress,
-    )
+    return evaluate_detector(model, dataset, loss=checkpoint.loss, device=device, **options)

@@ -51,7 +51,7 @@ from mobilenets.data.segmentation_transforms import (
 from mobilenets.engine.device import autocast, to_device
 from mobilenets.engine.loop import Trainer
 from mobilenets.engine.plots import figure_class
-from mobilenets.engine.run import FitResult, Job, RunContext, log
+from mobilenets.engine.run import FitResult, Job, RunContext, check_resumed_model, log
 from mobilenets.engine.run import fit as fit_task
 from mobilenets.engine.settings import TrainSettings
 from mobilenets.tasks.segmentation.evaluate import METRIC_NAMES, evaluate_segmenter
@@ -237,22 +237,11 @@ class Segmentation:
         if saved_run is not None:
             # The saved config, which has the padding and BN eps of the backbone weights.
             saved = SegmentationConfig.from_dict(saved_run["segmentation_config"])
-            if (saved.name, saved.num_classes, saved.aux) != (
-                model_config.name,
-                model_config.num_classes,
-                model_config.aux,
-            ):
-                raise MobileNetsError(
-                    f"resume=True: the data {config.data!r} gives {model_config.name} with "
-                    f"{model_config.num_classes} classes; the saved run has {saved.name} with "
-                    f"{saved.num_classes} classes"
-                )
+            check_resumed_model(saved, model_config, config.data, "aux")
             model = DeepLabV3(saved)
         elif config.backbone_weights is not None:
             model = create_segmenter(
-                model_config,
-                backbone_weights=config.backbone_weights,
-                progress=context.progress and context.distributed.main,
+                model_config, backbone_weights=config.backbone_weights, progress=context.progress
             )
             if context.distributed.main:
                 log.info(f"backbone from {config.backbone_weights!r}")
@@ -272,11 +261,8 @@ class Segmentation:
                 data.val,
                 batch_size=config.eval_batch_size,
                 workers=config.workers,
-                device=context.device,
-                dtype=context.dtype,
-                channels_last=config.channels_last,
-                distributed=context.distributed,
-                progress=context.progress and context.distributed.main,
+                progress=context.progress,
+                **context.evaluation(config),
             )
 
         return Job(
@@ -354,18 +340,10 @@ def save_overlays(
     return written
 
 
-def fit(
-    config: TrainConfig | None,
-    out: str | os.PathLike,
-    *,
-    resume: bool = False,
-    placement: dict | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train a segmenter with ``config`` into the folder ``out`` (see
-    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
-    validation mIoU and ``result.final`` the metrics of the shipped weights (the dict of
+def fit(config: TrainConfig | None, out: str | os.PathLike, **options) -> FitResult:
+    """Train a segmenter with ``config`` into the folder ``out``; ``options`` are
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]'s (``resume``, ``placement``,
+    ``progress``). ``result.best`` is the best validation mIoU and
+    ``result.final`` the metrics of the shipped weights (the dict of
     [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter])."""
-    return fit_task(
-        Segmentation(), config, out, resume=resume, placement=placement, progress=progress
-    )
+    return fit_task(Segmentation(), config, out, **options)
