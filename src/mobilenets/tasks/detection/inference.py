@@ -95,7 +95,7 @@ def checkpoint_data(
     return found
 
 
-# --- Detections ------------------------------------------------------------------------------
+# --- Detections ---------------------------------------------------------------------------------
 
 SCORE_THRESHOLD = 0.01  # COCO evaluation keeps low-scoring detections: they only add recall
 
