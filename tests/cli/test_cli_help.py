@@ -140,7 +140,7 @@ def test_the_train_flags_show_the_configs_defaults():
 
 def test_the_detect_train_flags_show_the_configs_defaults():
     parser = subparser("detect", "train")
-    defaults = field_defaults(detection_train.DetectionTrainConfig)
+    defaults = field_defaults(detection_train.TrainConfig)
     checked = 0
     for action in options(parser):
         value = defaults.get(action.dest)

@@ -25,14 +25,14 @@ from mobilenets.core.segmentation_spec import SEGMENTATION_OUTPUT_STRIDES
 from mobilenets.data.segmentation import load_segmentation_data
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.engine.settings import TrainSettings
-from mobilenets.tasks.segmentation import evaluate as segmentation_evaluate
 from mobilenets.tasks.segmentation import export as segmentation_export
+from mobilenets.tasks.segmentation.evaluate import evaluate
 from mobilenets.tasks.segmentation.inference import (
-    evaluate_checkpoint,
+    TTA_MODES,
     load_segmentation_checkpoint,
-    segment_image,
+    predict,
 )
-from mobilenets.tasks.segmentation.train import SegmentationTrainConfig
+from mobilenets.tasks.segmentation.train import TrainConfig
 
 DATA = "synthetic-shapes:10"
 CLASSES = ["background", "circle", "square", "triangle", "star"]
@@ -103,10 +103,7 @@ def test_train_prints_the_result_and_where_the_files_are(trained):
         assert (out / name).is_file(), name
     assert len(list((out / "overlays").glob("*.png"))) == 2
     config = json.loads((out / "train_config.json").read_text())["train_config"]
-    assert (
-        config
-        == SegmentationTrainConfig(data=DATA, alpha=0.35, crop=64, epochs=1, batch_size=4).to_dict()
-    )
+    assert config == TrainConfig(data=DATA, alpha=0.35, crop=64, epochs=1, batch_size=4).to_dict()
 
 
 def test_eval_at_output_stride_8_with_flips_prints_tables_and_writes_json(
@@ -147,7 +144,7 @@ def test_eval_at_output_stride_8_with_flips_prints_tables_and_writes_json(
     assert "tta flip" in printed and f"wrote {report}" in printed
     record = json.loads(report.read_text())
     assert (record["output_stride"], record["tta"], record["classes"]) == (8, "flip", CLASSES)
-    expected = evaluate_checkpoint(
+    expected = evaluate(
         load_segmentation_checkpoint(out), DATA, output_stride=8, tta="flip", device="cpu"
     )
     assert {key: record[key] for key in expected} == expected
@@ -166,7 +163,7 @@ def test_predict_writes_a_mask_of_class_indices_and_an_overlay_per_image(trained
     for record, image in zip(records, images, strict=True):
         assert record["mask"] == str(tmp_path / "pred" / f"{image.stem}_mask.png")
         mask = np.asarray(Image.open(record["mask"]))
-        assert np.array_equal(mask, segment_image(checkpoint, image).numpy())
+        assert np.array_equal(mask, predict(checkpoint, image).numpy())
         assert set(np.unique(mask).tolist()) <= set(range(5))
         assert set(record["classes"]) <= set(CLASSES)
         assert sum(record["classes"].values()) == pytest.approx(1, abs=1e-3)
@@ -247,7 +244,7 @@ def help_of(parser: argparse.ArgumentParser, dest: str) -> str:
 
 def test_the_train_flags_show_the_configs_defaults():
     parser = subparser("train")
-    defaults = field_defaults(SegmentationTrainConfig)
+    defaults = field_defaults(TrainConfig)
     checked = 0
     for action in parser._actions:
         value = defaults.get(action.dest)
@@ -272,13 +269,13 @@ def test_the_choices_and_defaults_the_cli_repeats_are_the_librarys():
         "backbone_weights": None,
         **segment.SEGMENTATION_DEFAULTS,
     }
-    library = field_defaults(SegmentationTrainConfig)
+    library = field_defaults(TrainConfig)
     assert {**shown, "data": library["data"]} == library
-    assert segment.TTA_MODES == segmentation_evaluate.TTA_MODES
+    assert segment.TTA_MODES == TTA_MODES
     assert segment.OUTPUT_STRIDES == SEGMENTATION_OUTPUT_STRIDES
     assert segment.EXPORT_FORMATS == segmentation_export.FORMATS
     eval_parser = subparser("eval")
-    assert eval_parser.get_default("batch_size") == 1  # as evaluate_checkpoint's
+    assert eval_parser.get_default("batch_size") == 1  # as evaluate's
     assert eval_parser.get_default("tta") == "none"
 
 

@@ -17,7 +17,8 @@ from mobilenets.cli import main
 from mobilenets.data.classification import load_synthetic
 from mobilenets.data.transforms import eval_transform
 from mobilenets.engine.checkpoint import STATE_FILE, load_checkpoint
-from mobilenets.tasks.classification.inference import evaluate_checkpoint, predict
+from mobilenets.tasks.classification.evaluate import evaluate
+from mobilenets.tasks.classification.inference import predict
 
 # The run: a 0.35-wide small-input V2 on 32x32 synthetic images, ten steps of 16.
 TRAIN = [
@@ -184,7 +185,7 @@ def test_eval_with_flip_tta_scores_the_images_and_their_mirrors(run, capsys, tmp
     data = json.loads(record.read_text())
     assert (data["tta"], data["passes"]) == ("flip", 2)
     checkpoint = load_checkpoint(out)
-    expected = evaluate_checkpoint(checkpoint, "synthetic:160", progress=False, tta="flip")
+    expected = evaluate(checkpoint, "synthetic:160", progress=False, tta="flip")
     assert (data["top1"], data["top5"], data["confusion"]) == (
         expected.top1,
         expected.top5,

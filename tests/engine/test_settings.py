@@ -6,10 +6,9 @@ import pytest
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.engine.settings import PLACEMENT, TrainSettings
-from mobilenets.tasks.classification.train import TrainConfig
-from mobilenets.tasks.detection.train import DetectionTrainConfig
+from mobilenets.tasks import classification, detection
 
-TASK_CONFIGS = (TrainConfig, DetectionTrainConfig)
+TASK_CONFIGS = (classification.TrainConfig, detection.TrainConfig)
 
 
 @pytest.mark.parametrize("config_type", TASK_CONFIGS)
@@ -49,7 +48,7 @@ def test_every_task_config_is_the_shared_settings_and_round_trips(config_type):
 
 
 def test_the_tasks_keep_their_own_defaults():
-    classify, detect = TrainConfig(), DetectionTrainConfig()
+    classify, detect = classification.TrainConfig(), detection.TrainConfig()
     assert (classify.optimizer, classify.lr, classify.batch_size) == ("sgd", 0.1, 128)
     assert (detect.optimizer, detect.lr, detect.batch_size) == ("adamw", 3e-3, 32)
     assert (classify.data, detect.data) == ("fashion-mnist", "synthetic-shapes:1000")

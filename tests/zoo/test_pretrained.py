@@ -37,7 +37,7 @@ import mobilenets.zoo.download as download_module
 from mobilenets import create_model
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.engine.checkpoint import STATE_FILE, Checkpoint
-from mobilenets.tasks.classification.inference import evaluate_imagenet
+from mobilenets.tasks.classification.evaluate import evaluate_imagenet
 from mobilenets.tasks.classification.train import fit, train_config
 from mobilenets.zoo.pretrained import (
     OURS,

@@ -16,7 +16,7 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.preprocessing import Preprocessing
 from mobilenets.core.weights import read_info
 from mobilenets.engine.checkpoint import load_checkpoint, pretrained_checkpoint
-from mobilenets.tasks.classification.inference import evaluate_checkpoint
+from mobilenets.tasks.classification.evaluate import evaluate
 from mobilenets.zoo import pretrained
 
 WEIGHTS = "mobilenets:fashion-mnist"
@@ -120,7 +120,7 @@ def test_eval_from_the_command_line_equals_the_checkpoint(record, tmp_path, monk
     printed = capsys.readouterr().out
     assert "mobilenet_v2_1.4_28_small" in printed and "T-shirt/top" in printed
     reported = json.loads(out.read_text())
-    direct = evaluate_checkpoint(
+    direct = evaluate(
         load_checkpoint(pretrained.REPOSITORY / record.url),
         "fashion-mnist",
         device="cpu",

@@ -33,11 +33,8 @@ from mobilenets.data.classification import SPEC_HELP
 from mobilenets.engine.checkpoint import Checkpoint, load_checkpoint, pretrained_checkpoint
 from mobilenets.engine.evaluate import TTA_MODES, TTA_PASSES
 from mobilenets.tasks.classification import train as training
-from mobilenets.tasks.classification.inference import (
-    evaluate_checkpoint,
-    evaluate_imagenet,
-    predict,
-)
+from mobilenets.tasks.classification.evaluate import evaluate, evaluate_imagenet
+from mobilenets.tasks.classification.inference import predict
 from mobilenets.zoo.factory import cost
 from mobilenets.zoo.pretrained import PUBLISHERS
 
@@ -234,7 +231,7 @@ def run_eval(args: argparse.Namespace) -> None:
     if checkpoint.class_ids is not None:
         run_imagenet_eval(args, checkpoint)
         return
-    result = evaluate_checkpoint(
+    result = evaluate(
         checkpoint,
         args.data,
         batch_size=args.batch_size,

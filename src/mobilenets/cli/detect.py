@@ -135,17 +135,17 @@ def add_train(actions) -> None:
 
 
 def detection_config(**settings):
-    from mobilenets.tasks.detection.train import DetectionTrainConfig
+    from mobilenets.tasks.detection.train import TrainConfig
 
     if "data" not in settings:
         raise MobileNetsError(f"--data is required (one of: {DATA_HELP})")
-    return DetectionTrainConfig(**settings)
+    return TrainConfig(**settings)
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from mobilenets.tasks.detection.train import DetectionTrainConfig, fit_detector
+    from mobilenets.tasks.detection.train import TrainConfig, fit
 
-    result = fit_from(args, DetectionTrainConfig, detection_config, fit_detector)
+    result = fit_from(args, TrainConfig, detection_config, fit)
     if result is None:
         return
     final = result.final
@@ -175,10 +175,10 @@ def add_eval(actions) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from mobilenets.tasks.detection import inference as detection
-    from mobilenets.tasks.detection.evaluate import METRIC_NAMES
+    from mobilenets.tasks.detection.evaluate import METRIC_NAMES, evaluate
 
     checkpoint = detection.load_detection_checkpoint(args.checkpoint)
-    metrics = detection.evaluate_checkpoint(
+    metrics = evaluate(
         checkpoint,
         args.data,
         batch_size=args.batch_size,
@@ -245,7 +245,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise MobileNetsError(f"--out must end in .png, .jpg or .jpeg, got {str(out)!r}")
     checkpoint = detection.load_detection_checkpoint(args.checkpoint)
-    image, found = detection.detect_image(
+    image, found = detection.predict(
         checkpoint, args.image, score_threshold=args.score_threshold, device=args.device
     )
     drawn = detection.draw_detections(image, found, checkpoint.classes)

@@ -182,17 +182,17 @@ def add_train(actions) -> None:
 
 
 def segmentation_config(**settings):
-    from mobilenets.tasks.segmentation.train import SegmentationTrainConfig
+    from mobilenets.tasks.segmentation.train import TrainConfig
 
     if "data" not in settings:
         raise MobileNetsError(f"--data is required (one of: {SEGMENTATION_DATA_HELP})")
-    return SegmentationTrainConfig(**settings)
+    return TrainConfig(**settings)
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from mobilenets.tasks.segmentation.train import SegmentationTrainConfig, fit_segmenter
+    from mobilenets.tasks.segmentation.train import TrainConfig, fit
 
-    result = fit_from(args, SegmentationTrainConfig, segmentation_config, fit_segmenter)
+    result = fit_from(args, TrainConfig, segmentation_config, fit)
     if result is None:
         return
     final, out = result.final, result.out
@@ -241,10 +241,10 @@ def add_eval(actions) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from mobilenets.tasks.segmentation import inference as segmentation
-    from mobilenets.tasks.segmentation.evaluate import METRIC_NAMES
+    from mobilenets.tasks.segmentation.evaluate import METRIC_NAMES, evaluate
 
     checkpoint = segmentation.load_segmentation_checkpoint(args.checkpoint)
-    metrics = segmentation.evaluate_checkpoint(
+    metrics = evaluate(
         checkpoint,
         args.data,
         output_stride=args.output_stride,
@@ -338,7 +338,7 @@ def run_predict(args: argparse.Namespace) -> None:
     # Every image is read before anything is written: a bad one leaves no output behind.
     images = [open_image(path).convert("RGB") for path in args.images]
     masks = [
-        segmentation.segment_image(checkpoint, image, tta=args.tta, device=args.device)
+        segmentation.predict(checkpoint, image, tta=args.tta, device=args.device)
         for image in images
     ]
     records = []

@@ -74,7 +74,18 @@ class RunContext:
     device: torch.device
     dtype: torch.dtype | None
     distributed: Distributed
-    progress: bool
+    progress: bool  # progress bars here: asked for, and this is the main process
+
+    def evaluation(self, config: TrainSettings) -> dict[str, Any]:
+        """Where a task's evaluation of the run's model runs, as the keyword arguments that every
+        task's evaluation takes: the run's device, autocast dtype and processes, and the
+        config's memory format."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "channels_last": config.channels_last,
+            "distributed": self.distributed,
+        }
 
 
 @dataclass
@@ -199,6 +210,18 @@ def moved(saved: dict, config: TrainSettings) -> str:
     return f", with {', '.join(changes)}" if changes else ""
 
 
+def check_resumed_model(saved, built, data: str, *fields: str) -> None:
+    """A resumed run rebuilds the model it saved: ``built``, the model config that the data
+    spec ``data`` gives now, must have the ``saved`` config's name, number of classes and any
+    other ``fields`` (detection and segmentation configs)."""
+    names = ("name", "num_classes", *fields)
+    if any(getattr(saved, name) != getattr(built, name) for name in names):
+        raise MobileNetsError(
+            f"resume=True: the data {data!r} gives {built.name} with {built.num_classes} "
+            f"classes; the saved run has {saved.name} with {saved.num_classes} classes"
+        )
+
+
 @dataclass
 class StateSaver:
     """Writes a run's state (``snapshot()``) to ``path``: `write` at an epoch's end, and, as the
@@ -257,7 +280,7 @@ def fit(
         )
     torch.manual_seed(config.seed)
 
-    context = RunContext(device, dtype, distributed, progress)
+    context = RunContext(device, dtype, distributed, progress and distributed.main)
     job = task.prepare(config, saved["run"] if saved is not None else None, context)
     run = {
         "task": task.name,

@@ -215,13 +215,7 @@ class Classification:
 
         def evaluate_model(model: torch.nn.Module) -> Evaluation:
             return evaluate(
-                model,
-                val_loader,
-                model_config.num_classes,
-                device=context.device,
-                dtype=context.dtype,
-                channels_last=config.channels_last,
-                distributed=context.distributed,
+                model, val_loader, model_config.num_classes, **context.evaluation(config)
             )
 
         return Job(
@@ -257,21 +251,13 @@ class Classification:
         plot_confusion(evaluation.confusion, run["classes"], out / "confusion.png")
 
 
-def fit(
-    config: TrainConfig | None,
-    out: str | os.PathLike,
-    *,
-    resume: bool = False,
-    placement: dict | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train a classifier with ``config`` into the folder ``out`` (see
-    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
-    validation top-1 and ``result.final`` the [`Evaluation`][mobilenets.engine.evaluate.Evaluation]
-    of the shipped weights."""
-    return fit_task(
-        Classification(), config, out, resume=resume, placement=placement, progress=progress
-    )
+def fit(config: TrainConfig | None, out: str | os.PathLike, **options) -> FitResult:
+    """Train a classifier with ``config`` into the folder ``out``; ``options`` are
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]'s (``resume``, ``placement``,
+    ``progress``). ``result.best`` is the best validation top-1 and
+    ``result.final`` the [`Evaluation`][mobilenets.engine.evaluate.Evaluation] of the shipped
+    weights."""
+    return fit_task(Classification(), config, out, **options)
 
 
 def uses_device_data(config: TrainConfig, splits: Splits, device: torch.device) -> bool:
@@ -331,7 +317,7 @@ def starting_weights(weights: str, model_config: ModelConfig, context: RunContex
         alpha=model_config.alpha,
         expansion=model_config.expansion,
         resolution=resolution,
-        progress=context.progress and distributed.main,
+        progress=context.progress,
     )
     if not distributed.enabled:
         return load()

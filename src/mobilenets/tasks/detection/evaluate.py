@@ -1,4 +1,4 @@
-"""Scoring a detector: its detections, and COCO box mAP with pycocotools' COCOeval.
+"""Scoring a detector: COCO box mAP with pycocotools' COCOeval, of a model or a checkpoint.
 
 Detections are ours (pixel (x1, y1, x2, y2) boxes, contiguous labels 1..C-1); they become COCO
 results (``[x, y, width, height]``, original category ids) here. The summary keeps COCOeval's
@@ -18,16 +18,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from mobilenets.core.boxes import postprocess
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.data.detection import CocoDetection, VocDetection, collate_detections, load_coco_api
-from mobilenets.engine.device import Distributed, autocast, to_device
+from mobilenets.engine.device import Distributed, pick_device
 from mobilenets.engine.loop import ordered_loader
+from mobilenets.tasks.detection.inference import DetectionCheckpoint, checkpoint_data, detect_batch
+
+# export.py imports these two from here (they are inference.py's, which predict needs).
+from mobilenets.tasks.detection.inference import class_scores as class_scores
+from mobilenets.tasks.detection.inference import score_logits as score_logits
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-SCORE_THRESHOLD = 0.01  # COCO evaluation keeps low-scoring detections: they only add recall
 # COCOeval.stats positions of the metrics reported.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
 SCORING = "scoring COCO mAP"  # what needs pycocotools' COCOeval
@@ -102,77 +105,7 @@ def evaluate_coco(
     return {name: float(evaluator.stats[index]) for name, index in METRICS.items()}
 
 
-# --- Scores -------------------------------------------------------------------------------------
-
-
-def class_scores(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-anchor class probabilities ``[..., C]``, column 0 background.
-
-    Softmax for the softmax loss. The focal loss trains each object class as its own sigmoid
-    and never the background logit, so there: sigmoid of each object class, and background
-    ``max(0, 1 - sum)``.
-    """
-    if loss == "softmax":
-        return torch.softmax(cls_logits.float(), dim=-1)
-    objects = torch.sigmoid(cls_logits[..., 1:].float())
-    background = (1 - objects.sum(dim=-1, keepdim=True)).clamp(min=0)
-    return torch.cat([background, objects], dim=-1)
-
-
-def score_logits(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Logits whose softmax (what [`postprocess`][mobilenets.tasks.detection.evaluate.postprocess]
-    takes) gives [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]: the identity
-    for softmax; for focal, the log of the scores (when their object classes sum to more than 1,
-    softmax renormalizes them, which keeps their order)."""
-    if loss == "softmax":
-        return cls_logits
-    return class_scores(cls_logits, loss).clamp(min=1e-12).log()
-
-
 # --- Evaluation ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def detect_batch(
-    model: SSDLite,
-    images: torch.Tensor,
-    sizes,
-    *,
-    loss: str = "softmax",
-    score_threshold: float = SCORE_THRESHOLD,
-    dtype=None,
-    channels_last: bool = False,
-) -> list[dict]:
-    """Detections of one batch of model inputs, boxes in pixels of each image's ``(height,
-    width)`` in ``sizes``."""
-    device = next(model.parameters()).device
-    images = to_device(images, device, channels_last)
-    with autocast(device, dtype):
-        out = model(images)
-    return output_detections(
-        out, model.anchors(), sizes, loss=loss, score_threshold=score_threshold
-    )
-
-
-def output_detections(
-    out: dict[str, torch.Tensor],
-    anchors: torch.Tensor,
-    sizes,
-    *,
-    loss: str = "softmax",
-    score_threshold: float = SCORE_THRESHOLD,
-) -> list[dict]:
-    """Detections of a detector's forward ``out`` (cls_logits and box_regression, from
-    PyTorch or any runtime) on its default boxes ``anchors``, boxes in pixels of each image's
-    ``(height, width)`` in ``sizes``."""
-    logits = score_logits(out["cls_logits"].float(), loss)
-    return postprocess(
-        logits,
-        out["box_regression"].float(),
-        anchors,
-        score_threshold=score_threshold,
-        image_size=list(sizes),
-    )
 
 
 @torch.no_grad()
@@ -251,3 +184,16 @@ def evaluate_detections(
         dist.all_gather_object(shares, detections)
         detections = {key: value for share in shares for key, value in share.items()}
     return evaluate_coco(dataset.coco, detections, dataset.category_ids)
+
+
+def evaluate(
+    checkpoint: DetectionCheckpoint, data: str, *, device: str = "auto", **options
+) -> dict[str, float]:
+    """COCO metrics of a checkpoint on the validation split of ``data``, on ``device`` (``"auto"``
+    picks one); ``options`` are
+    [`evaluate_detector`][mobilenets.tasks.detection.evaluate.evaluate_detector]'s
+    (``batch_size``, ``workers``, ``dtype``, ``progress``, ...), with its defaults."""
+    dataset = checkpoint_data(checkpoint, data, splits=("val",)).val
+    device = pick_device(device)
+    model = checkpoint.model.to(device)
+    return evaluate_detector(model, dataset, loss=checkpoint.loss, device=device, **options)

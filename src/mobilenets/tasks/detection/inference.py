@@ -1,5 +1,6 @@
-"""Using a detector checkpoint: rebuild it from the file alone, score it on COCO metrics,
-detect the objects of an image and draw them."""
+"""Using a detector checkpoint: rebuild it from the file alone, turn its outputs into detections,
+detect the objects of an image and draw them. Its COCO scores are
+[`evaluate`][mobilenets.tasks.detection.evaluate.evaluate]'s."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import draw_bounding_boxes
 
+from mobilenets.core.boxes import postprocess
 from mobilenets.core.detector import SSDLite, load_detector, saved_detection_config
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.preprocessing import Preprocessing
@@ -22,8 +24,7 @@ from mobilenets.data.common import open_image
 from mobilenets.data.detection import DetectionData, load_detection_data
 from mobilenets.data.detection_transforms import eval_transform
 from mobilenets.engine.checkpoint import checkpoint_path, read_checkpoint_info
-from mobilenets.engine.device import pick_device
-from mobilenets.tasks.detection.evaluate import detect_batch, evaluate_detector
+from mobilenets.engine.device import autocast, pick_device, to_device
 
 # --- Checkpoints --------------------------------------------------------------------------------
 
@@ -77,30 +78,6 @@ def load_detection_checkpoint(path: str | os.PathLike) -> DetectionCheckpoint:
     )
 
 
-def evaluate_checkpoint(
-    checkpoint: DetectionCheckpoint,
-    data: str,
-    *,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: str = "auto",
-    progress: bool = False,
-) -> dict[str, float]:
-    """COCO metrics of a checkpoint on the validation split of ``data``."""
-    dataset = checkpoint_data(checkpoint, data, splits=("val",)).val
-    device = pick_device(device)
-    model = checkpoint.model.to(device)
-    return evaluate_detector(
-        model,
-        dataset,
-        loss=checkpoint.loss,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        progress=progress,
-    )
-
-
 def checkpoint_data(
     checkpoint: DetectionCheckpoint, data: str, splits: tuple[str, ...] = ("train", "val")
 ) -> DetectionData:
@@ -118,7 +95,79 @@ def checkpoint_data(
     return found
 
 
-def detect_image(
+# --- Detections ---------------------------------------------------------------------------------
+
+SCORE_THRESHOLD = 0.01  # COCO evaluation keeps low-scoring detections: they only add recall
+
+
+def class_scores(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-anchor class probabilities ``[..., C]``, column 0 background.
+
+    Softmax for the softmax loss. The focal loss trains each object class as its own sigmoid
+    and never the background logit, so there: sigmoid of each object class, and background
+    ``max(0, 1 - sum)``.
+    """
+    if loss == "softmax":
+        return torch.softmax(cls_logits.float(), dim=-1)
+    objects = torch.sigmoid(cls_logits[..., 1:].float())
+    background = (1 - objects.sum(dim=-1, keepdim=True)).clamp(min=0)
+    return torch.cat([background, objects], dim=-1)
+
+
+def score_logits(cls_logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Logits whose softmax (what [`postprocess`][mobilenets.core.boxes.postprocess]
+    takes) gives [`class_scores`][mobilenets.tasks.detection.inference.class_scores]: the identity
+    for softmax; for focal, the log of the scores (when their object classes sum to more than 1,
+    softmax renormalizes them, which keeps their order)."""
+    if loss == "softmax":
+        return cls_logits
+    return class_scores(cls_logits, loss).clamp(min=1e-12).log()
+
+
+@torch.no_grad()
+def detect_batch(
+    model: SSDLite,
+    images: torch.Tensor,
+    sizes,
+    *,
+    loss: str = "softmax",
+    score_threshold: float = SCORE_THRESHOLD,
+    dtype=None,
+    channels_last: bool = False,
+) -> list[dict]:
+    """Detections of one batch of model inputs, boxes in pixels of each image's ``(height,
+    width)`` in ``sizes``."""
+    device = next(model.parameters()).device
+    images = to_device(images, device, channels_last)
+    with autocast(device, dtype):
+        out = model(images)
+    return output_detections(
+        out, model.anchors(), sizes, loss=loss, score_threshold=score_threshold
+    )
+
+
+def output_detections(
+    out: dict[str, torch.Tensor],
+    anchors: torch.Tensor,
+    sizes,
+    *,
+    loss: str = "softmax",
+    score_threshold: float = SCORE_THRESHOLD,
+) -> list[dict]:
+    """Detections of a detector's forward ``out`` (cls_logits and box_regression, from
+    PyTorch or any runtime) on its default boxes ``anchors``, boxes in pixels of each image's
+    ``(height, width)`` in ``sizes``."""
+    logits = score_logits(out["cls_logits"].float(), loss)
+    return postprocess(
+        logits,
+        out["box_regression"].float(),
+        anchors,
+        score_threshold=score_threshold,
+        image_size=list(sizes),
+    )
+
+
+def predict(
     checkpoint: DetectionCheckpoint,
     path: str | os.PathLike,
     *,

@@ -1,8 +1,8 @@
 """Training an SSDLite detector: the settings and the task that plugs into the engine.
 
-[`DetectionTrainConfig`][mobilenets.tasks.detection.train.DetectionTrainConfig] holds every setting
+[`TrainConfig`][mobilenets.tasks.detection.train.TrainConfig] holds every setting
 (the shared ones of [`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the detector's
-own); [`fit_detector`][mobilenets.tasks.detection.train.fit_detector] runs a whole job into an
+own); [`fit`][mobilenets.tasks.detection.train.fit] runs a whole job into an
 output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit], with the guarantees
 of every run there (atomic files, exact resume, torchrun). Its metrics rows hold the train losses
 and COCO metrics on the validation split; ``best.safetensors`` is the epoch with the best AP;
@@ -25,7 +25,6 @@ import torch
 from mobilenets.core.boxes import assign_batch
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.detector import SSDLite
-from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.core.files import write_json
 from mobilenets.data.detection import (
@@ -38,7 +37,7 @@ from mobilenets.data.detection import (
 from mobilenets.data.detection_transforms import eval_transform, make_train_transform
 from mobilenets.engine.device import autocast, to_device
 from mobilenets.engine.loop import Trainer
-from mobilenets.engine.run import FitResult, Job, RunContext, log
+from mobilenets.engine.run import FitResult, Job, RunContext, check_resumed_model, log
 from mobilenets.engine.run import fit as fit_task
 from mobilenets.engine.settings import TrainSettings
 from mobilenets.tasks.detection.evaluate import METRIC_NAMES, SCORING, evaluate_detector
@@ -50,7 +49,7 @@ AUGMENTS = ("ssd", "flip")
 
 
 @dataclass(frozen=True)
-class DetectionTrainConfig(TrainSettings):
+class TrainConfig(TrainSettings):
     """Every detection training setting. Stored beside the outputs and in every checkpoint.
 
     AdamW at 0.003 with a cosine schedule is the default because it is what learned fastest from
@@ -125,18 +124,16 @@ class Detection:
     best by AP."""
 
     name = "detection"
-    config_type = DetectionTrainConfig
+    config_type = TrainConfig
     score = "val_AP"
 
     def __init__(self) -> None:
         self.started = time.monotonic()
 
-    def prepare(
-        self, config: DetectionTrainConfig, saved_run: dict | None, context: RunContext
-    ) -> Job:
+    def prepare(self, config: TrainConfig, saved_run: dict | None, context: RunContext) -> Job:
         require("pycocotools.cocoeval", SCORING)  # every epoch is scored: fail before the first
         data = load_detection_data(config.data)
-        detection_config = resolve_detection_config(
+        model_config = resolve_detection_config(
             config.model,
             alpha=config.alpha,
             resolution=config.resolution,
@@ -145,41 +142,23 @@ class Detection:
         if saved_run is not None:
             # The saved config, which has the padding and BN eps of the backbone weights.
             saved = DetectionConfig.from_dict(saved_run["detection_config"])
-            if (saved.name, saved.num_classes) != (
-                detection_config.name,
-                detection_config.num_classes,
-            ):
-                raise MobileNetsError(
-                    f"resume=True: the data {config.data!r} gives {detection_config.name} with "
-                    f"{detection_config.num_classes} classes; the saved run has {saved.name} "
-                    f"with {saved.num_classes} classes"
-                )
+            check_resumed_model(saved, model_config, config.data)
             model = SSDLite(saved)
         elif config.backbone_weights is not None:
             model = create_detector(
-                detection_config,
-                backbone_weights=config.backbone_weights,
-                progress=context.progress and context.distributed.main,
+                model_config, backbone_weights=config.backbone_weights, progress=context.progress
             )
         else:
-            model = SSDLite(detection_config)
+            model = SSDLite(model_config)
         preprocessing = detection_preprocessing(model.config.resolution, config.backbone_weights)
         data.train.transform = make_train_transform(preprocessing, config.augment)
         data.val.transform = eval_transform(preprocessing)
         criterion = MultiBoxLoss(neg_pos_ratio=config.neg_pos_ratio, classification=config.loss)
 
+        scoring = dict(loss=config.loss, batch_size=config.batch_size, workers=config.workers)
+
         def evaluate_model(model: SSDLite) -> dict[str, float]:
-            return evaluate_detector(
-                model,
-                data.val,
-                loss=config.loss,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                device=context.device,
-                dtype=context.dtype,
-                channels_last=config.channels_last,
-                distributed=context.distributed,
-            )
+            return evaluate_detector(model, data.val, **scoring, **context.evaluation(config))
 
         category_ids = list(data.category_ids)
         return Job(
@@ -212,15 +191,9 @@ class Detection:
         log.info(f"done in {time.monotonic() - self.started:.0f} s")
 
 
-def fit_detector(
-    config: DetectionTrainConfig | None,
-    out: str | os.PathLike,
-    *,
-    resume: bool = False,
-    placement: dict | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train a detector with ``config`` into the folder ``out`` (see
-    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
-    validation AP and ``result.final`` the COCO metrics of the shipped weights."""
-    return fit_task(Detection(), config, out, resume=resume, placement=placement, progress=progress)
+def fit(config: TrainConfig | None, out: str | os.PathLike, **options) -> FitResult:
+    """Train a detector with ``config`` into the folder ``out``; ``options`` are
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]'s (``resume``, ``placement``,
+    ``progress``). ``result.best`` is the best validation AP and ``result.final``
+    the COCO metrics of the shipped weights."""
+    return fit_task(Detection(), config, out, **options)

@@ -7,8 +7,12 @@ from __future__ import annotations
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.deploy.bench import Forward, RuntimeModel, Validation
 from mobilenets.deploy.quantize import calibration_batches, calibration_indices
-from mobilenets.tasks.detection.evaluate import evaluate_detections, output_detections
-from mobilenets.tasks.detection.inference import checkpoint_data, load_detection_checkpoint
+from mobilenets.tasks.detection.evaluate import evaluate_detections
+from mobilenets.tasks.detection.inference import (
+    checkpoint_data,
+    load_detection_checkpoint,
+    output_detections,
+)
 
 
 def bench_validation(path: str, resolution: int, data: str) -> Validation:

@@ -1,66 +1,27 @@
-"""Scoring a segmenter: mIoU over a dataset, with optional test-time augmentation.
-
-Test-time augmentation follows TF DeepLab's evaluation (``eval_scales``,
-``add_flipped_images``): ``"flip"`` averages the class probabilities of an image and its mirror;
-``"multiscale"`` averages them over the six scales of MobileNetV2 paper Table 7's "MF" row
-(0.5 to 1.75), each scale with its mirror, after resizing every output back to the input size.
-The model maps images ``[N, 3, H, W]`` to logits ``[N, C, H, W]`` at its input size.
+"""Scoring a segmenter, a model or a checkpoint: mIoU over a dataset, with optional test-time
+augmentation (see [`segment_logits`][mobilenets.tasks.segmentation.inference.segment_logits]).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.segmentation_cost import MULTISCALE, scaled_size  # Table 7's MF
-from mobilenets.data.segmentation import IGNORE_INDEX, collate_segmentation
-from mobilenets.engine.device import Distributed, autocast, to_device, unwrap
+from mobilenets.data.segmentation import IGNORE_INDEX, collate_segmentation, load_segmentation_data
+from mobilenets.data.segmentation_transforms import eval_transform
+from mobilenets.engine.device import Distributed, autocast, pick_device, to_device, unwrap
 from mobilenets.engine.loop import ordered_loader
+from mobilenets.tasks.segmentation.inference import (
+    SegmentationCheckpoint,
+    check_data_classes,
+    check_tta,
+    segment_logits,
+    with_output_stride,
+)
 from mobilenets.tasks.segmentation.metrics import ConfusionMatrix
 
-TTA_MODES = ("none", "flip", "multiscale")
 METRIC_NAMES = ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU")
-
-
-def check_tta(tta: str) -> None:
-    if tta not in TTA_MODES:
-        raise MobileNetsError(f"tta {tta!r} is not one of {', '.join(TTA_MODES)}")
-
-
-def resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``[N, C, H, W]`` to ``size`` (no copy when it already has it)."""
-    if tuple(tensor.shape[-2:]) == tuple(size):
-        return tensor
-    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-
-
-def segment_logits(model: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Class scores ``[N, C, H, W]`` (float32) of ``images`` ``[N, 3, H, W]`` at their size,
-    whose argmax over classes is the prediction.
-
-    ``"none"``: the model's logits. ``"flip"``: the mean of the softmax of the image and of its
-    mirror image (flipped back). ``"multiscale"``: for each scale of ``MULTISCALE`` the batch is
-    resized bilinearly to ``scaled_size`` of its height and width, the logits of it and of its
-    mirror are resized back to ``H x W``, and the mean of the softmax over the 12 views is
-    returned. A model output of another size than its input is resized to it.
-    """
-    check_tta(tta)
-    size = tuple(images.shape[-2:])
-    if tta == "none":
-        return resize(model(images).float(), size)
-    scales = MULTISCALE if tta == "multiscale" else (1.0,)
-    total = None
-    for scale in scales:
-        view = resize(images, (scaled_size(size[0], scale), scaled_size(size[1], scale)))
-        for mirrored in (False, True):
-            logits = model(view.flip(-1) if mirrored else view).float()
-            if mirrored:
-                logits = logits.flip(-1)
-            probabilities = resize(logits, size).softmax(1)
-            total = probabilities if total is None else total + probabilities
-    return total / (2 * len(scales))
 
 
 @torch.no_grad()
@@ -137,3 +98,42 @@ def resolve_num_classes(model: torch.nn.Module, dataset, num_classes: int | None
             "num_classes= is needed: neither the model nor the dataset has num_classes"
         )
     return model_classes if model_classes is not None else data_classes
+
+
+def evaluate(
+    checkpoint: SegmentationCheckpoint,
+    data: str,
+    *,
+    output_stride: int | None = None,
+    tta: str = "none",
+    batch_size: int = 1,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """mIoU and the other metrics of
+    [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter] of a
+    checkpoint on the validation split of ``data``, at full image size.
+
+    ``output_stride``: score the same weights rebuilt at another output stride (8 for a model
+    trained at 16; see
+    [`with_output_stride`][mobilenets.tasks.segmentation.inference.with_output_stride]).
+    ``tta``: ``"none"``, ``"flip"`` or ``"multiscale"``. ``batch_size`` 1 scores each image on its
+    own; a larger batch pads its images to the largest, which the model sees near the edges.
+    The data's classes must be the checkpoint's, in the same order.
+    """
+    check_tta(tta)
+    dataset = load_segmentation_data(data, splits=("val",)).val
+    check_data_classes(checkpoint, dataset, data)
+    dataset.transform = eval_transform(checkpoint.preprocessing)
+    device = pick_device(device)
+    model = with_output_stride(checkpoint.model, output_stride).to(device)
+    return evaluate_segmenter(
+        model,
+        dataset,
+        tta=tta,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )

@@ -1,11 +1,19 @@
-"""Using a segmenter checkpoint: rebuild it from the file alone, score it (at its own output stride
-or another one), segment an image, and draw the result.
+"""Using a segmenter checkpoint: rebuild it from the file alone (at its own output stride or
+another one), segment an image, with test-time augmentation or not, and draw the result.
 
 A checkpoint a run writes (``best.safetensors``, ``last.safetensors``) records the segmenter's
 config, its class names and the input normalization; a run folder stands for its
 ``best.safetensors``. Masks are written as palette PNGs (mode ``"P"``): each pixel's value is its
 class index, shown in the PASCAL VOC colours by any image viewer, and read back as class indices
 by [`mobilenets.data.segmentation.read_mask`][mobilenets.data.segmentation.read_mask].
+
+Test-time augmentation follows TF DeepLab's evaluation (``eval_scales``,
+``add_flipped_images``): ``"flip"`` averages the class probabilities of an image and its mirror;
+``"multiscale"`` averages them over the six scales of MobileNetV2 paper Table 7's "MF" row
+(0.5 to 1.75), each scale with its mirror, after resizing every output back to the input size.
+The model maps images ``[N, 3, H, W]`` to logits ``[N, C, H, W]`` at its input size.
+A checkpoint's scores on a dataset are
+[`evaluate`][mobilenets.tasks.segmentation.evaluate.evaluate]'s.
 """
 
 from __future__ import annotations
@@ -16,22 +24,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.files import atomic_path
 from mobilenets.core.preprocessing import Preprocessing
+from mobilenets.core.segmentation_cost import MULTISCALE, scaled_size  # Table 7's MF
 from mobilenets.core.segmentation_spec import SegmentationConfig
 from mobilenets.core.segmenter import DeepLabV3, load_segmenter
 from mobilenets.core.spec import ModelConfig
 from mobilenets.core.weights import saved_config
 from mobilenets.data.common import open_image
-from mobilenets.data.segmentation import IGNORE_INDEX, load_segmentation_data
+from mobilenets.data.segmentation import IGNORE_INDEX
 from mobilenets.data.segmentation_transforms import eval_transform
 from mobilenets.engine.checkpoint import checkpoint_path, read_checkpoint_info
 from mobilenets.engine.device import autocast, pick_device
-from mobilenets.tasks.segmentation.evaluate import check_tta, evaluate_segmenter, segment_logits
 
 WRITER = "mobilenets segment train"
 # The checkpoints of the other tasks, named in the error for one given here: (the config it
@@ -95,45 +104,6 @@ def with_output_stride(model: DeepLabV3, output_stride: int | None) -> DeepLabV3
     return rebuilt.to(parameter.device).train(model.training)
 
 
-def evaluate_checkpoint(
-    checkpoint: SegmentationCheckpoint,
-    data: str,
-    *,
-    output_stride: int | None = None,
-    tta: str = "none",
-    batch_size: int = 1,
-    workers: int = 0,
-    device: str = "auto",
-    progress: bool = False,
-) -> dict:
-    """mIoU and the other metrics of
-    [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter] of a
-    checkpoint on the validation split of ``data``, at full image size.
-
-    ``output_stride``: score the same weights rebuilt at another output stride (8 for a model
-    trained at 16; see
-    [`with_output_stride`][mobilenets.tasks.segmentation.inference.with_output_stride]).
-    ``tta``: ``"none"``, ``"flip"`` or ``"multiscale"``. ``batch_size`` 1 scores each image on its
-    own; a larger batch pads its images to the largest, which the model sees near the edges.
-    The data's classes must be the checkpoint's, in the same order.
-    """
-    check_tta(tta)
-    dataset = load_segmentation_data(data, splits=("val",)).val
-    check_data_classes(checkpoint, dataset, data)
-    dataset.transform = eval_transform(checkpoint.preprocessing)
-    device = pick_device(device)
-    model = with_output_stride(checkpoint.model, output_stride).to(device)
-    return evaluate_segmenter(
-        model,
-        dataset,
-        tta=tta,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        progress=progress,
-    )
-
-
 def check_data_classes(checkpoint: SegmentationCheckpoint, dataset, data: str) -> None:
     """The dataset's classes must be the checkpoint's, in the same order; ``data`` is its spec,
     named in the error."""
@@ -152,6 +122,48 @@ def _shown(names) -> str:
 # --- Segmenting images --------------------------------------------------------------------------
 
 
+TTA_MODES = ("none", "flip", "multiscale")
+
+
+def check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise MobileNetsError(f"tta {tta!r} is not one of {', '.join(TTA_MODES)}")
+
+
+def resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``[N, C, H, W]`` to ``size`` (no copy when it already has it)."""
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+
+
+def segment_logits(model: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Class scores ``[N, C, H, W]`` (float32) of ``images`` ``[N, 3, H, W]`` at their size,
+    whose argmax over classes is the prediction.
+
+    ``"none"``: the model's logits. ``"flip"``: the mean of the softmax of the image and of its
+    mirror image (flipped back). ``"multiscale"``: for each scale of ``MULTISCALE`` the batch is
+    resized bilinearly to ``scaled_size`` of its height and width, the logits of it and of its
+    mirror are resized back to ``H x W``, and the mean of the softmax over the 12 views is
+    returned. A model output of another size than its input is resized to it.
+    """
+    check_tta(tta)
+    size = tuple(images.shape[-2:])
+    if tta == "none":
+        return resize(model(images).float(), size)
+    scales = MULTISCALE if tta == "multiscale" else (1.0,)
+    total = None
+    for scale in scales:
+        view = resize(images, (scaled_size(size[0], scale), scaled_size(size[1], scale)))
+        for mirrored in (False, True):
+            logits = model(view.flip(-1) if mirrored else view).float()
+            if mirrored:
+                logits = logits.flip(-1)
+            probabilities = resize(logits, size).softmax(1)
+            total = probabilities if total is None else total + probabilities
+    return total / (2 * len(scales))
+
+
 @torch.no_grad()
 def predict_mask(
     model: torch.nn.Module,
@@ -164,7 +176,7 @@ def predict_mask(
 ) -> torch.Tensor:
     """The class index of every pixel of a PIL image, int64 ``[H, W]`` on the CPU: the image at
     its own size, normalized as ``preprocessing`` says, through
-    [`segment_logits`][mobilenets.tasks.segmentation.evaluate.segment_logits] with ``tta``.
+    [`segment_logits`][mobilenets.tasks.segmentation.inference.segment_logits] with ``tta``.
     ``device`` defaults to the model's; ``dtype`` runs it under autocast. The model's training
     mode is restored afterwards."""
     check_tta(tta)
@@ -183,7 +195,7 @@ def predict_mask(
     return scores.argmax(1)[0].cpu()
 
 
-def segment_image(
+def predict(
     checkpoint: SegmentationCheckpoint,
     image: str | os.PathLike | Image.Image,
     *,

@@ -1,8 +1,8 @@
 """Training a Mobile DeepLabv3 segmenter: the settings and the task that plugs into the engine.
 
-[`SegmentationTrainConfig`][mobilenets.tasks.segmentation.train.SegmentationTrainConfig] holds
+[`TrainConfig`][mobilenets.tasks.segmentation.train.TrainConfig] holds
 every setting (the shared ones of [`TrainSettings`][mobilenets.engine.settings.TrainSettings] and
-the segmenter's own); [`fit_segmenter`][mobilenets.tasks.segmentation.train.fit_segmenter] runs a
+the segmenter's own); [`fit`][mobilenets.tasks.segmentation.train.fit] runs a
 whole job into an output folder through [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit],
 with the guarantees of every run there (atomic files, exact resume, torchrun). Besides the
 engine's files (``train_config.json``, ``metrics.jsonl``, ``best.safetensors`` by validation mIoU,
@@ -51,7 +51,7 @@ from mobilenets.data.segmentation_transforms import (
 from mobilenets.engine.device import autocast, to_device
 from mobilenets.engine.loop import Trainer
 from mobilenets.engine.plots import figure_class
-from mobilenets.engine.run import FitResult, Job, RunContext, log
+from mobilenets.engine.run import FitResult, Job, RunContext, check_resumed_model, log
 from mobilenets.engine.run import fit as fit_task
 from mobilenets.engine.settings import TrainSettings
 from mobilenets.tasks.segmentation.evaluate import METRIC_NAMES, evaluate_segmenter
@@ -64,7 +64,7 @@ OVERLAYS = 4  # validation images drawn at the end of a run
 
 
 @dataclass(frozen=True)
-class SegmentationTrainConfig(TrainSettings):
+class TrainConfig(TrainSettings):
     """Every segmentation training setting. Stored beside the outputs and in every checkpoint.
 
     The recipe is TF DeepLab's for PASCAL VOC, which MobileNetV2's section 6.3 follows: SGD with
@@ -157,9 +157,7 @@ class SegmentationTrainConfig(TrainSettings):
             raise MobileNetsError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def segmentation_config(
-    config: SegmentationTrainConfig, num_classes: int | None
-) -> SegmentationConfig:
+def segmentation_config(config: TrainConfig, num_classes: int | None) -> SegmentationConfig:
     """The segmenter a training config asks for, with ``num_classes`` (None: the registered
     model's): its output stride and ASPP, an auxiliary head when ``aux_loss`` > 0, and
     ``resolution`` (default: the crop) as its nominal input side."""
@@ -222,7 +220,7 @@ class Segmentation:
     mIoU evaluation on full-size validation images, best by mIoU."""
 
     name = "segmentation"
-    config_type = SegmentationTrainConfig
+    config_type = TrainConfig
     score = "val_mIoU"
 
     def __init__(self) -> None:
@@ -232,31 +230,18 @@ class Segmentation:
         self.preprocessing: Preprocessing | None = None
         self.context: RunContext | None = None
 
-    def prepare(
-        self, config: SegmentationTrainConfig, saved_run: dict | None, context: RunContext
-    ) -> Job:
+    def prepare(self, config: TrainConfig, saved_run: dict | None, context: RunContext) -> Job:
         figure_class()  # the run ends with plots: without matplotlib, fail before it starts
         data = load_segmentation_data(config.data)
         model_config = segmentation_config(config, len(data.class_names))
         if saved_run is not None:
             # The saved config, which has the padding and BN eps of the backbone weights.
             saved = SegmentationConfig.from_dict(saved_run["segmentation_config"])
-            if (saved.name, saved.num_classes, saved.aux) != (
-                model_config.name,
-                model_config.num_classes,
-                model_config.aux,
-            ):
-                raise MobileNetsError(
-                    f"resume=True: the data {config.data!r} gives {model_config.name} with "
-                    f"{model_config.num_classes} classes; the saved run has {saved.name} with "
-                    f"{saved.num_classes} classes"
-                )
+            check_resumed_model(saved, model_config, config.data, "aux")
             model = DeepLabV3(saved)
         elif config.backbone_weights is not None:
             model = create_segmenter(
-                model_config,
-                backbone_weights=config.backbone_weights,
-                progress=context.progress and context.distributed.main,
+                model_config, backbone_weights=config.backbone_weights, progress=context.progress
             )
             if context.distributed.main:
                 log.info(f"backbone from {config.backbone_weights!r}")
@@ -276,11 +261,8 @@ class Segmentation:
                 data.val,
                 batch_size=config.eval_batch_size,
                 workers=config.workers,
-                device=context.device,
-                dtype=context.dtype,
-                channels_last=config.channels_last,
-                distributed=context.distributed,
-                progress=context.progress and context.distributed.main,
+                progress=context.progress,
+                **context.evaluation(config),
             )
 
         return Job(
@@ -358,18 +340,10 @@ def save_overlays(
     return written
 
 
-def fit_segmenter(
-    config: SegmentationTrainConfig | None,
-    out: str | os.PathLike,
-    *,
-    resume: bool = False,
-    placement: dict | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train a segmenter with ``config`` into the folder ``out`` (see
-    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]); ``result.best`` is the best
-    validation mIoU and ``result.final`` the metrics of the shipped weights (the dict of
+def fit(config: TrainConfig | None, out: str | os.PathLike, **options) -> FitResult:
+    """Train a segmenter with ``config`` into the folder ``out``; ``options`` are
+    [`mobilenets.engine.run.fit`][mobilenets.engine.run.fit]'s (``resume``, ``placement``,
+    ``progress``). ``result.best`` is the best validation mIoU and
+    ``result.final`` the metrics of the shipped weights (the dict of
     [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter])."""
-    return fit_task(
-        Segmentation(), config, out, resume=resume, placement=placement, progress=progress
-    )
+    return fit_task(Segmentation(), config, out, **options)

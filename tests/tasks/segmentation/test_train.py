@@ -26,22 +26,20 @@ from mobilenets.engine.device import Distributed
 from mobilenets.engine.loop import EpochState, Trainer, train_epoch
 from mobilenets.engine.optim import make_optimizer
 from mobilenets.engine.run import RunContext
-from mobilenets.tasks.detection.train import fit_detector
-from mobilenets.tasks.segmentation.evaluate import evaluate_segmenter
+from mobilenets.tasks.detection import train as detection_train
+from mobilenets.tasks.segmentation.evaluate import evaluate, evaluate_segmenter
 from mobilenets.tasks.segmentation.inference import (
-    evaluate_checkpoint,
     load_segmentation_checkpoint,
-    mask_image,
     overlay,
     palette,
+    predict,
     save_prediction,
-    segment_image,
     with_output_stride,
 )
 from mobilenets.tasks.segmentation.train import (
     Segmentation,
-    SegmentationTrainConfig,
-    fit_segmenter,
+    TrainConfig,
+    fit,
     pixel_cross_entropy,
     segmentation_config,
     segmentation_loss,
@@ -71,11 +69,11 @@ def data_dir(tmp_path_factory):
 def finished_run(tmp_path_factory, data_dir):
     """A run with the auxiliary head (weight 0.4)."""
     out = tmp_path_factory.mktemp("run")
-    return out, fit_segmenter(tiny_config(aux_loss=0.4), out, progress=False)
+    return out, fit(tiny_config(aux_loss=0.4), out, progress=False)
 
 
-def tiny_config(**changes) -> SegmentationTrainConfig:
-    return SegmentationTrainConfig(**{**TINY, **changes})
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, **changes})
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -194,7 +192,7 @@ def test_the_overlays_show_the_truth_beside_the_prediction(finished_run):
     checkpoint = load_segmentation_checkpoint(out / "last.safetensors")
     data = load_segmentation_data(DATA, splits=("val",)).val
     image, truth = data.load(1)
-    prediction = segment_image(checkpoint, image)
+    prediction = predict(checkpoint, image)
     drawn = np.asarray(Image.open(out / "overlays" / "000001.png"))
     assert np.array_equal(drawn[:, :128], np.asarray(overlay(image, np.asarray(truth))))
     assert np.array_equal(drawn[:, 132:], np.asarray(overlay(image, prediction)))
@@ -204,18 +202,18 @@ def test_the_overlays_show_the_truth_beside_the_prediction(finished_run):
 def test_an_existing_run_is_kept_and_resume_is_refused_as_another_task(finished_run, tmp_path):
     out, _ = finished_run
     with pytest.raises(MobileNetsError, match="already holds a run; pass resume=True"):
-        fit_segmenter(tiny_config(aux_loss=0.4), out, progress=False)
+        fit(tiny_config(aux_loss=0.4), out, progress=False)
     with pytest.raises(MobileNetsError, match=r"other settings: epochs=5 \(saved 2\)"):
-        fit_segmenter(tiny_config(aux_loss=0.4, epochs=5), out, resume=True, progress=False)
+        fit(tiny_config(aux_loss=0.4, epochs=5), out, resume=True, progress=False)
     with pytest.raises(MobileNetsError, match="holds a segmentation run, not a detection run"):
-        fit_detector(None, out, resume=True, progress=False)
+        detection_train.fit(None, out, resume=True, progress=False)
     # A detection run's state (the fields open_run reads) is not resumed as segmentation.
     save_state(tmp_path / STATE_FILE, {"run": {"task": "detection", "train_config": {}}})
     with pytest.raises(
         MobileNetsError,
         match="holds a detection run, not a segmentation run; resume it as detection training",
     ):
-        fit_segmenter(None, tmp_path, resume=True, progress=False)
+        fit(None, tmp_path, resume=True, progress=False)
 
 
 class Interrupted(Exception):
@@ -229,7 +227,7 @@ def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
     # Without the auxiliary head, which the weights then do not hold.
     config = tiny_config(state_every=1)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    fit_segmenter(config, straight, progress=False)
+    fit(config, straight, progress=False)
     original = run.train_epoch
 
     def stop_at_step_3(model, loader, trainer, state, on_step=None, **kw):
@@ -242,12 +240,12 @@ def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
 
     monkeypatch.setattr(run, "train_epoch", stop_at_step_3)
     with pytest.raises(Interrupted):
-        fit_segmenter(config, stopped, progress=False)
+        fit(config, stopped, progress=False)
     state = torch.load(stopped / STATE_FILE, weights_only=True)
     assert (state["epoch"], state["epoch_state"]["batch"], state["step"]) == (1, 1, 3)
     monkeypatch.setattr(run, "train_epoch", original)
     torch.manual_seed(1234)  # the resumed run restores its own RNG state
-    fit_segmenter(None, stopped, resume=True, progress=False)
+    fit(None, stopped, resume=True, progress=False)
     rows = read_metrics(stopped)
     assert without_timing(rows) == without_timing(read_metrics(straight))
     assert "train_aux_loss" not in rows[0]
@@ -299,7 +297,7 @@ def test_backbone_weights_of_another_width_are_refused_with_the_differences(tmp_
         match=r"do not fit deeplabv3_mobilenet_v2_0.35_64_os16: "
         r"alpha 0.5 \(need 0.35\)",
     ):
-        fit_segmenter(tiny_config(backbone_weights=path), tmp_path / "run", progress=False)
+        fit(tiny_config(backbone_weights=path), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
@@ -316,8 +314,8 @@ def test_eval_at_output_stride_8_of_a_model_trained_at_16(finished_run):
     assert weights8.keys() == weights16.keys()
     assert all(torch.equal(weights8[key], weights16[key]) for key in weights16)
     assert with_output_stride(checkpoint.model, 16) is checkpoint.model
-    at8 = evaluate_checkpoint(checkpoint, DATA, output_stride=8, device="cpu")
-    at16 = evaluate_checkpoint(checkpoint, DATA, device="cpu")
+    at8 = evaluate(checkpoint, DATA, output_stride=8, device="cpu")
+    at16 = evaluate(checkpoint, DATA, device="cpu")
     assert at8["classes"] == at16["classes"] == CLASSES and len(at8["IoU"]) == 5
     assert at8["pixels"] == at16["pixels"] == 2 * 128 * 128 and 0 <= at8["mIoU"] <= 1
     assert at16["mIoU"] == json.loads((out / "eval.json").read_text())["mIoU"]
@@ -326,7 +324,7 @@ def test_eval_at_output_stride_8_of_a_model_trained_at_16(finished_run):
 def test_eval_with_flip_tta_is_the_library_evaluation_with_flips(finished_run):
     out, _ = finished_run
     checkpoint = load_segmentation_checkpoint(out)
-    flipped = evaluate_checkpoint(checkpoint, DATA, tta="flip", device="cpu")
+    flipped = evaluate(checkpoint, DATA, tta="flip", device="cpu")
     dataset = load_segmentation_data(DATA, splits=("val",)).val
     dataset.transform = eval_transform(checkpoint.preprocessing)
     expected = evaluate_segmenter(
@@ -334,7 +332,7 @@ def test_eval_with_flip_tta_is_the_library_evaluation_with_flips(finished_run):
     )
     assert flipped == expected
     with pytest.raises(MobileNetsError, match="tta 'mirror' is not one of none, flip, multiscale"):
-        evaluate_checkpoint(checkpoint, DATA, tta="mirror")
+        evaluate(checkpoint, DATA, tta="mirror")
 
 
 def test_eval_refuses_data_with_other_classes(finished_run, tmp_path):
@@ -345,14 +343,14 @@ def test_eval_refuses_data_with_other_classes(finished_run, tmp_path):
         match=r"segments 5 classes \(background, circle, .*"
         r"data='folder:.*' has 3 \(sky, sea, sand\)",
     ):
-        evaluate_checkpoint(load_segmentation_checkpoint(out), f"folder:{tmp_path}")
+        evaluate(load_segmentation_checkpoint(out), f"folder:{tmp_path}")
 
 
 def test_predict_gives_class_indices_and_writes_mask_and_overlay_pngs(finished_run, tmp_path):
     out, _ = finished_run
     checkpoint = load_segmentation_checkpoint(out)
     path = val_image(0)
-    mask = segment_image(checkpoint, path)
+    mask = predict(checkpoint, path)
     image = Image.open(path).convert("RGB")
     assert mask.shape == (128, 128) and mask.dtype == torch.int64
     # The model's argmax on the normalized image, at its own size.
@@ -369,26 +367,11 @@ def test_predict_gives_class_indices_and_writes_mask_and_overlay_pngs(finished_r
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_palette_overlay_and_mask_image():
-    colours = palette()
-    assert len(colours) == 768 and colours[:6] == [0, 0, 0, 128, 0, 0]
-    assert colours[3 * 255 : 3 * 256] == [224, 224, 192]  # VOC's border colour
-    image = Image.new("RGB", (3, 1), (100, 100, 100))
-    mask = torch.tensor([[0, 1, 255]])
-    blended = np.asarray(overlay(image, mask, opacity=0.5)).astype(int)
-    assert blended.tolist() == [[[50, 50, 50], [114, 50, 50], [162, 162, 146]]]
-    assert np.array_equal(np.asarray(overlay(image, mask, opacity=0.0)), np.asarray(image))
-    with pytest.raises(MobileNetsError, match="the mask is 2x1, the image 3x1"):
-        overlay(image, torch.zeros(1, 2, dtype=torch.int64))
-    with pytest.raises(MobileNetsError, match=r"class indices 0..255, got values -1..0"):
-        mask_image(torch.tensor([[-1, 0]]))
-
-
 # --- Settings -----------------------------------------------------------------------------------
 
 
 def test_the_defaults_are_deeplabs_recipe():
-    config = SegmentationTrainConfig()
+    config = TrainConfig()
     assert (config.optimizer, config.lr, config.momentum, config.nesterov) == (
         "sgd",
         0.007,

@@ -32,14 +32,14 @@ from mobilenets.engine.device import unwrap
 from mobilenets.engine.loop import EpochState, Trainer, TrainingDiverged, train_epoch
 from mobilenets.engine.optim import make_optimizer
 from mobilenets.tasks.classification.train import fit as fit_classifier
-from mobilenets.tasks.detection.evaluate import class_scores, score_logits
-from mobilenets.tasks.detection.inference import evaluate_checkpoint, load_detection_checkpoint
+from mobilenets.tasks.detection.evaluate import evaluate
+from mobilenets.tasks.detection.inference import load_detection_checkpoint
 from mobilenets.tasks.detection.loss import MultiBoxLoss
 from mobilenets.tasks.detection.train import (
     AssignTargets,
-    DetectionTrainConfig,
+    TrainConfig,
     detection_loss,
-    fit_detector,
+    fit,
 )
 from mobilenets.zoo.registry import resolve_detection_config
 
@@ -72,12 +72,12 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("run")
-    config = DetectionTrainConfig(**TINY)
-    return out, fit_detector(config, out, progress=False)
+    config = TrainConfig(**TINY)
+    return out, fit(config, out, progress=False)
 
 
-def tiny_config(**changes) -> DetectionTrainConfig:
-    return DetectionTrainConfig(**{**TINY, **changes})
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, **changes})
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -179,11 +179,11 @@ def test_a_run_leaves_config_metrics_checkpoints_and_coco_metrics(finished_run):
 def test_an_existing_run_is_not_overwritten_and_resume_needs_a_run(finished_run, tmp_path):
     out, _ = finished_run
     with pytest.raises(MobileNetsError, match="already holds a run; pass resume=True"):
-        fit_detector(tiny_config(), out, progress=False)
+        fit(tiny_config(), out, progress=False)
     with pytest.raises(MobileNetsError, match="resume=True: no training state"):
-        fit_detector(None, tmp_path, resume=True, progress=False)
+        fit(None, tmp_path, resume=True, progress=False)
     with pytest.raises(MobileNetsError, match=r"other settings: epochs=5 \(saved 2\)"):
-        fit_detector(tiny_config(epochs=5), out, resume=True, progress=False)
+        fit(tiny_config(epochs=5), out, resume=True, progress=False)
     # The one engine resumes a run only as the task that started it.
     with pytest.raises(MobileNetsError, match="holds a detection run, not a classification run"):
         fit_classifier(None, out, resume=True, progress=False)
@@ -199,7 +199,7 @@ def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
     # The SSD augmentation draws random crops, zooms and flips: the resumed run must replay them.
     config = tiny_config(state_every=1, augment="ssd")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    fit_detector(config, straight, progress=False)
+    fit(config, straight, progress=False)
     original = run.train_epoch
 
     def stop_at_step_3(model, loader, trainer, state, on_step=None, **kw):
@@ -212,12 +212,12 @@ def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
 
     monkeypatch.setattr(run, "train_epoch", stop_at_step_3)
     with pytest.raises(Interrupted):
-        fit_detector(config, stopped, progress=False)
+        fit(config, stopped, progress=False)
     state = torch.load(stopped / STATE_FILE, weights_only=True)
     assert (state["epoch"], state["epoch_state"]["batch"], state["step"]) == (1, 1, 3)
     monkeypatch.setattr(run, "train_epoch", original)
     torch.manual_seed(1234)  # the resumed run restores its own RNG state
-    fit_detector(None, stopped, resume=True, progress=False)
+    fit(None, stopped, resume=True, progress=False)
     assert without_timing(read_metrics(stopped)) == without_timing(read_metrics(straight))
     for name in ("last.safetensors", "best.safetensors"):
         ours, theirs = load_file(stopped / name), load_file(straight / name)
@@ -241,7 +241,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(run, "train_epoch", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 2.*last good"):
-        fit_detector(tiny_config(epochs=3), tmp_path, progress=False)
+        fit(tiny_config(epochs=3), tmp_path, progress=False)
     assert len(read_metrics(tmp_path)) == 1
     state = torch.load(tmp_path / STATE_FILE, weights_only=True)
     assert state["step"] == 2 and all(v.isfinite().all() for v in state["model"].values())
@@ -288,7 +288,7 @@ def test_torchrun_trains_on_two_cpu_processes_and_gathers_the_evaluation(tmp_pat
     # Each process detected on one of the two validation images; the gathered detections
     # score as one process scoring both.
     checkpoint = load_detection_checkpoint(out / "last.safetensors")
-    alone = evaluate_checkpoint(checkpoint, DATA, device="cpu")
+    alone = evaluate(checkpoint, DATA, device="cpu")
     assert json.loads((out / "eval.json").read_text()) == {"data": DATA, **alone}
 
 
@@ -305,17 +305,6 @@ def test_torchrun_trains_on_two_cpu_processes_and_gathers_the_evaluation(tmp_pat
 def test_bad_settings_name_the_value_and_what_is_allowed(changes, message):
     with pytest.raises(MobileNetsError, match=message):
         tiny_config(**changes)
-
-
-def test_focal_scores_are_sigmoids_and_postprocess_sees_them():
-    logits = torch.tensor([[[5.0, -2.0, 0.0, 1.0], [0.0, -9.0, -9.0, -9.0]]])
-    scores = class_scores(logits, "focal")
-    assert torch.allclose(scores[..., 1:], torch.sigmoid(logits[..., 1:]))
-    assert scores[0, 1, 0] == pytest.approx(1 - 3 * torch.sigmoid(torch.tensor(-9.0)).item())
-    # Where the object scores sum to at most 1, softmax of score_logits gives them back.
-    recovered = torch.softmax(score_logits(logits, "focal"), -1)
-    assert torch.allclose(recovered[0, 1], scores[0, 1], atol=1e-6)
-    assert torch.equal(score_logits(logits, "softmax"), logits)
 
 
 # --- Data specs ---------------------------------------------------------------------------------
