@@ -80,49 +80,50 @@ def onnx_file_target(path: Path, resolution: int | None, threads: int) -> Target
     session = onnx_session(path, threads)  # the load error names the file first
     (graph_input,) = session.get_inputs()
     shape = graph_input.shape
-    if len(shape) != 4 or not all(isinstance(dim, int) for dim in shape[1:]):
-        raise MobileNetsError(
-            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image model is expected"
-        )
-    _, in_chans, height, width = shape
-    if resolution is not None and resolution != height:
-        raise MobileNetsError(
-            f"{str(path)!r} takes {height}x{width} inputs; resolution={resolution} cannot "
-            "change an ONNX file (export it again at that size)"
-        )
+    height = _input_side(path, shape, resolution, "an ONNX file", square=False)
     model = model_from_config(read_onnx_metadata(path).get("model_config"), height)
     fixed = shape[0] if isinstance(shape[0], int) else None
     files = [(path, onnx_precision(path), f"file {path}", "")]
-    return Target(path.name, model, height, in_chans, files, FILE_EAGER, fixed_batch=fixed)
+    channels = shape[1]
+    return Target(path.name, model, height, channels, files, FILE_EAGER, fixed_batch=fixed)
 
 
 def pte_file_target(path: Path, resolution: int | None) -> Target:
     """A .pte file; its eager reference is rebuilt (random weights) from the model config
     export_executorch (or export_segmenter) stores in it."""
     shape = pte_input_shape(load_pte(path))  # the load error names the file first
-    if len(shape) != 4 or shape[2] != shape[3]:
-        raise MobileNetsError(
-            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image model is expected"
-        )
-    batch, in_chans, height, _ = shape
-    if resolution is not None and resolution != height:
-        raise MobileNetsError(
-            f"{str(path)!r} takes {height}x{height} inputs; resolution={resolution} cannot "
-            "change a .pte file (export it again at that size)"
-        )
+    height = _input_side(path, shape, resolution, "a .pte file", square=True)
     metadata = read_pte_metadata(path)
     model = model_from_config(metadata.get("model_config"), height)
     precision = "int8" if "quantization" in metadata else "fp32"
+    batch, channels = shape[:2]
     return Target(
         path.name,
         model,
         height,
-        in_chans,
+        channels,
         [],
         FILE_EAGER,
         fixed_batch=batch,
         pte_files=[(path, batch, precision, f"file {path}", "")],
     )
+
+
+def _input_side(path: Path, shape, resolution: int | None, kind: str, square: bool) -> int:
+    """The height of a file's (N, C, H, W) input (H == W where ``square``), which ``resolution``
+    must equal when given: the input size of ``kind`` of file is fixed at export."""
+    image = len(shape) == 4 and all(isinstance(dim, int) for dim in shape[1:])
+    if not image or (square and shape[2] != shape[3]):
+        raise MobileNetsError(
+            f"{str(path)!r} takes input {shape}; a (N, C, R, R) image model is expected"
+        )
+    _, _, height, width = shape
+    if resolution is not None and resolution != height:
+        raise MobileNetsError(
+            f"{str(path)!r} takes {height}x{width} inputs; resolution={resolution} cannot "
+            f"change {kind} (export it again at that size)"
+        )
+    return height
 
 
 def model_from_config(config, resolution: int) -> torch.nn.Module | None:
