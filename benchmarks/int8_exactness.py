@@ -124,7 +124,7 @@ def onnx_rows(threads: int) -> list[list[str]]:
             if name.startswith("classifier"):
                 export_onnx(model.eval(), fp32, resolution=RESOLUTION, dynamic_batch=True)
             else:
-                bench._export_dense_onnx(model.eval(), fp32, RESOLUTION)
+                bench.exports.export_dense_onnx(model.eval(), fp32, RESOLUTION)
             for bits in (8, 7):
                 int8 = Path(folder) / f"int8-{bits}.onnx"
                 with weight_bits(bits):

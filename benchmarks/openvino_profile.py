@@ -81,7 +81,7 @@ def export_goal_models(folder: Path) -> list[Path]:
     paths = []
     for item in goal_models().values():
         source = bench.load_source(item, None, output_stride=None, aspp=None)
-        target = bench._model_target(source, folder, int8=True, calibration_images=32)
+        target = bench.exports.model_target(source, folder, int8=True, calibration_images=32)
         paths += [path for path, precision, *_ in target.onnx_files if precision == "int8"]
     return paths
 

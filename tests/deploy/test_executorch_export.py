@@ -309,9 +309,9 @@ def test_bench_exports_one_pte_per_batch_when_asked(monkeypatch):
     ):
         asked.append((model.name, resolution, batch, path.suffix, int8))
 
-    monkeypatch.setattr(bench, "export_executorch", export_executorch)
-    monkeypatch.setattr(bench, "require_executorch", lambda purpose: None)
-    monkeypatch.setattr(bench, "export_onnx", lambda *args, **kwargs: None)
+    monkeypatch.setattr(bench.exports, "export_executorch", export_executorch)
+    monkeypatch.setattr(bench.run, "require_executorch", lambda purpose: None)
+    monkeypatch.setattr(bench.exports, "export_onnx", lambda *args, **kwargs: None)
     model = build_model(ModelConfig(arch="mobilenet_v1", alpha=0.25, resolution=32))
     for pte, expected in ((True, [1, 2]), (False, [])):
         asked.clear()

@@ -311,6 +311,6 @@ def test_a_pte_program_runs_in_executorch_as_pytorch_does(checkpoint, tmp_path, 
         assert report.output_shape == (1, 4, 64, 64) and report.max_abs_diff <= 1e-4
         assert (output - logits).abs().max() <= 1e-4
     if not argmax:  # bench measures a segmenter's .pte file beside eager rebuilt from its config
-        target = bench._pte_file_target(path, None)
+        target = bench.sources.pte_file_target(path, None)
         assert isinstance(target.model, DeepLabV3) and target.model.config == config
         assert (target.resolution, target.fixed_batch) == (64, 1)

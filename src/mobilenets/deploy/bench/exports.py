@@ -1,0 +1,245 @@
+"""The files bench exports from a model to measure: fp32 ONNX (a classifier by
+[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx], a segmenter or detector densely
+here), int8 ONNX, and a .pte program per batch, fp32 or int8, with their int8 calibration.
+
+Every call into deploy's export and quantization writers is in this module."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilenets.core.detector import SSDLite
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.files import atomic_path
+from mobilenets.core.models import MobileNet
+from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.deploy.bench.report import SYNTHETIC_NOTE
+from mobilenets.deploy.bench.runtimes import DETECTOR_OUTPUTS, Outputs
+from mobilenets.deploy.bench.scoring import Validation
+from mobilenets.deploy.bench.sources import Target, in_chans
+from mobilenets.deploy.executorch_export import (
+    QuantizedReference,
+    export_executorch,
+    lower_to_xnnpack,
+    quantize_pt2e,
+    verify_pte,
+)
+from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.deploy.onnx_export import (
+    BATCH_AXIS,
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TOLERANCE,
+    ExportSource,
+    export_onnx,
+    format_shape,
+    onnx_session,
+)
+from mobilenets.deploy.quantize import quantize_file
+
+CALIBRATION_IMAGES = 32  # random normal images for int8: enough for ranges, speed is all we use
+ONNX_CALIBRATION_BATCH = 16  # images per batch of the int8 ONNX calibration
+PTE_CALIBRATION_BATCH = 8  # images per batch of the int8 .pte (PT2E) calibration
+
+# batches of calibration images: calibration(batch) for one int8 export
+Calibration = Callable[[int], object]
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """How a model's int8 files are calibrated, and the note their records carry."""
+
+    images: Calibration
+    note: str
+
+
+def model_target(
+    source: ExportSource,
+    folder: Path,
+    int8: bool,
+    calibration_images: int,
+    pte_batches: tuple[int, ...] = (),
+    validation: Validation | None = None,
+) -> Target:
+    """A model to export to fp32 ONNX (and int8, and a .pte per batch in ``pte_batches``) in
+    ``folder``."""
+    model, resolution = source.model, source.resolution
+    config = model.config.replace(resolution=resolution)
+    channels = in_chans(config)
+    stem = folder / f"{len(list(folder.iterdir()))}-{config.name}"  # two inputs may share a name
+    calibration = int8_calibration((channels, resolution), calibration_images, validation)
+    onnx_files = _onnx_files(source, stem, calibration if int8 else None)
+    pte_files = [
+        file
+        for batch in pte_batches
+        for file in _pte_files(source, stem, batch, calibration if int8 else None)
+    ]
+    return Target(
+        config.name,
+        model,
+        resolution,
+        channels,
+        onnx_files,
+        source.weights,
+        pte_files=pte_files,
+        validation=validation,
+    )
+
+
+def int8_calibration(
+    image: tuple[int, int], count: int, validation: Validation | None
+) -> Int8Calibration:
+    """``count`` training images when a task's ``validation`` gives them, else synthetic ones
+    of ``image`` = (channels, side)."""
+    if validation is None:
+        return Int8Calibration(partial(synthetic_images, image, count), SYNTHETIC_NOTE)
+    return Int8Calibration(
+        partial(validation.calibration, count), f"calibrated on {count} training images"
+    )
+
+
+def synthetic_images(image: tuple[int, int], count: int, batch: int) -> list[torch.Tensor]:
+    """``count`` seeded standard-normal images (what a normalized image roughly looks like) of
+    ``image`` = (channels, side), in batches of at most ``batch``: calibration that gives int8
+    its real speed and a meaningless accuracy."""
+    channels, side = image
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, channels, side, side, generator=generator)
+    return list(images.split(batch))
+
+
+def _onnx_files(source: ExportSource, stem: Path, calibration: Int8Calibration | None):
+    """The fp32 ONNX file, and the int8 one with a ``calibration``: (path, precision, source,
+    note) each."""
+    model, resolution = source.model, source.resolution
+    fp32 = stem.with_name(f"{stem.name}.fp32.onnx")
+    if isinstance(model, (DeepLabV3, SSDLite)):
+        export_dense_onnx(model, fp32, resolution)
+    else:
+        export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
+    files = [(fp32, "fp32", f"export_onnx of {source.weights}", "")]
+    if calibration is not None:
+        path = stem.with_name(f"{stem.name}.int8.onnx")
+        quantize_file(fp32, calibration.images(ONNX_CALIBRATION_BATCH), path)
+        files.append((path, "int8", f"quantize_file of {source.weights}", calibration.note))
+    return files
+
+
+def _pte_files(source: ExportSource, stem: Path, batch: int, calibration: Int8Calibration | None):
+    """The fp32 .pte program at ``batch``, and the int8 one with a ``calibration``: (path,
+    batch, precision, source, note) each."""
+    files = []
+    for precision in ("fp32", "int8") if calibration is not None else ("fp32",):
+        path = stem.with_name(f"{stem.name}.batch{batch}.{precision}.pte")
+        images = calibration.images if precision == "int8" else None
+        export_pte(source.model, path, source.resolution, batch, images)
+        note = calibration.note if precision == "int8" else ""
+        files.append((path, batch, precision, f"ExecuTorch of {source.weights}", note))
+    return files
+
+
+def export_pte(
+    model, path: Path, resolution: int, batch: int, calibration: Calibration | None = None
+) -> None:
+    """``model`` as an ExecuTorch program at ``batch`` (int8 by PT2E when ``calibration`` makes
+    batches): a classifier by export_executorch; a segmenter's logits, or a detector's
+    cls_logits and box_regression concatenated on the last axis (one output, the same
+    computation), through the same lowering, checked against PyTorch before it is kept."""
+    int8 = calibration is not None
+    if isinstance(model, MobileNet):
+        images = calibration(PTE_CALIBRATION_BATCH) if int8 else None
+        export_executorch(
+            model, path, resolution=resolution, batch=batch, int8=int8, calibration=images
+        )
+        return
+    config = model.config.replace(resolution=resolution)
+    shape = (batch, in_chans(config), resolution, resolution)
+    reference = Packed(_nchw(model))
+    graph = Packed(fold_batch_norm(copy.deepcopy(reference.model))[0]).eval()
+    tolerance, x = None, None
+    if int8:
+        graph, x, report = quantize_pt2e(graph, calibration(PTE_CALIBRATION_BATCH), shape)
+        reference, tolerance = QuantizedReference(graph), report.tolerance
+    buffer, _, _ = lower_to_xnnpack(graph, shape, {"model_config": json.dumps(config.to_dict())})
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer)
+        verify_pte(temporary, reference, shape, x=x, tolerance=tolerance)
+
+
+def _nchw(model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode with NCHW weights, whatever the caller's
+    memory format: the XNNPACK lowering expects them."""
+    copied = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    return copied.eval()
+
+
+class Packed(torch.nn.Module):
+    """A segmenter's logits, or a detector's two outputs as one tensor (N, A, C + 4): a .pte
+    method here is checked and run with one output."""
+
+    def __init__(self, model: DeepLabV3 | SSDLite) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)
+        if isinstance(out, dict):
+            return torch.cat([out[name] for name in DETECTOR_OUTPUTS], dim=-1)
+        return out
+
+
+def export_dense_onnx(model: DeepLabV3 | SSDLite, path: Path, resolution: int) -> None:
+    """A segmenter or detector as export_onnx writes a classifier: BN folded, a dynamic batch
+    (traced at batch 2, since torch.export specialises a size-1 axis), the model config in the
+    metadata, every output checked against PyTorch at batch 1 before the file is kept. Its
+    outputs are the forward's: a segmenter's ``logits``, a detector's raw ``cls_logits`` and
+    ``box_regression`` (the boxes are not decoded; mobilenets.tasks.detection.export writes a
+    detector for use). The input side is fixed, as a detector's default boxes are."""
+    config = model.config.replace(resolution=resolution)
+    channels = in_chans(config)
+    reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    folded, _ = fold_batch_norm(reference)
+    names = list(DETECTOR_OUTPUTS) if isinstance(model, SSDLite) else [OUTPUT_NAME]
+    example = torch.zeros(2, channels, resolution, resolution)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            Outputs(folded).eval(),
+            (example,),
+            dynamo=True,
+            opset_version=DEFAULT_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
+            verbose=False,
+        )
+    program.model.metadata_props.update({"model_config": json.dumps(config.to_dict())})
+    with atomic_path(path) as temporary:
+        program.save(temporary, external_data=False)
+        _check_outputs(temporary, Outputs(reference), (1, channels, resolution, resolution))
+
+
+def _check_outputs(path: Path, reference: Outputs, shape: tuple[int, ...]) -> None:
+    """Raise when any output of the ONNX file differs from ``reference``'s by more than
+    TOLERANCE on one random input of ``shape``."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    ours = onnx_session(path).run(None, {INPUT_NAME: x.numpy()})
+    with torch.no_grad():
+        expected = reference(x)
+    difference = max(
+        float(np.abs(mine.astype(np.float64) - theirs.numpy()).max())
+        for mine, theirs in zip(ours, expected, strict=True)
+    )
+    if not difference <= TOLERANCE:  # catches NaN too
+        raise MobileNetsError(
+            f"the ONNX model disagrees with PyTorch: max abs difference {difference:.3g} at "
+            f"input {format_shape(shape)} (allowed {TOLERANCE:g})"
+        )
