@@ -1,7 +1,9 @@
 """The papers' architecture tables as data, and the one function that resolves them into layers.
 
 V1 Table 1 (Howard et al. 2017) and V2 Table 2 (Sandler et al. 2018) appear below as typed rows in
-the papers' notation. [`resolve`][mobilenets.core.spec.resolve] turns a
+the papers' notation, each registered as a [`Family`][mobilenets.core.spec.Family]: its table, its
+channel rule, and the feature taps the task heads read (``register_family`` adds one).
+[`resolve`][mobilenets.core.spec.resolve] turns a
 [`ModelConfig`][mobilenets.core.spec.ModelConfig] (architecture, alpha, resolution, ...) into a
 [`NetSpec`][mobilenets.core.spec.NetSpec]: one record per block and per layer, with channels,
 kernel, stride, groups and spatial sizes. The nn.Module builder (``models.py``) and the analytic
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from mobilenets.core.errors import MobileNetsError
 
-ARCHS = ("mobilenet_v1", "mobilenet_v2")
 PADDINGS = ("symmetric", "same")
 # Five stride-2 stages take 32 pixels to 1x1. Smaller inputs would still run (sizes round up),
 # but the last stages would read mostly padding.
@@ -91,9 +94,6 @@ V2_TABLE = (
     Conv(c=1280, k=1, s=1),  # 7x7x320 in, C5: the head conv
 )
 
-# Classifier dropout as released: TF-slim V1 keeps 0.999 of units; torchvision and TF-slim V2
-# drop 0.2.
-DEFAULT_DROPOUT = {"mobilenet_v1": 0.001, "mobilenet_v2": 0.2}
 DEFAULT_EXPANSION = 6  # V2 section 4: "we use expansion factor of 6 throughout"
 DEPTHWISE_KERNEL = 3  # every depthwise conv of both papers' tables is 3x3
 
@@ -154,6 +154,135 @@ def format_alpha(alpha: float) -> str:
     return text if "." in text else f"{text}.0"
 
 
+# --- Families: a table, a channel rule, and the taps the task heads read ----------------------
+
+# The feature maps the task heads take from a backbone, each a named tap of the plain network
+# (no atrous convolution, no small-input variant). A family names the tap that plays each role;
+# the heads read only these, so a family that names them works in every task.
+HEAD_TAPS = {
+    "ssdlite_stride16": "SSDLite's first feature map, at output stride 16",
+    "ssdlite_stride32": "SSDLite's second feature map, at output stride 32, before the extras",
+    "deeplab_stride8": "the stride-8 features DeepLab's auxiliary head reads",
+    "deeplab_features": "the features DeepLab's head reads; the segmenter's backbone ends there",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A backbone family: its table, how alpha sets its channels, and its head taps.
+
+    ``table`` starts with the stem (a ``Conv`` row), then ``DW`` and ``IR`` rows, and may end
+    with one ``Conv`` row, the 1x1 "head" conv before the pool. ``taps`` maps each role of
+    [`HEAD_TAPS`][mobilenets.core.spec.HEAD_TAPS] that the family fills to one of its tap names
+    (see [`NetSpec.taps`][mobilenets.core.spec.NetSpec]); a head refuses a family without its
+    roles, naming the backbone and the tap.
+    """
+
+    arch: str
+    table: tuple
+    width: Callable[[int, float], int]  # channels of a row for alpha
+    head_width: Callable[[int, float], int] | None = None  # the head conv's; None: width
+    taps: Mapping[str, str] = field(default_factory=dict)
+    dropout: float = 0.2  # the classifier's, as released
+    expansion: int | None = None  # the default t of IR rows (t=1 rows stay 1); None: fixed t
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise MobileNetsError(f"a family's arch is a non-empty string, got {self.arch!r}")
+        table = tuple(self.table) if isinstance(self.table, (list, tuple)) else ()
+        if not table or not isinstance(table[0], Conv):
+            raise MobileNetsError(
+                f"family {self.arch}: the table starts with the stem, a Conv row, got "
+                f"{self.table!r}"
+            )
+        rows = table[1:]
+        if not all(isinstance(row, (DW, IR, Conv)) for row in rows) or any(
+            isinstance(row, Conv) for row in rows[:-1]
+        ):
+            raise MobileNetsError(
+                f"family {self.arch}: after the stem, a table holds DW and IR rows and at most "
+                f"one last Conv row (the head), got {rows!r}"
+            )
+        unknown = sorted(set(self.taps) - set(HEAD_TAPS))
+        if unknown:
+            raise MobileNetsError(
+                f"family {self.arch}: unknown head tap roles {unknown}; allowed: "
+                f"{', '.join(HEAD_TAPS)}"
+            )
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "taps", MappingProxyType(dict(self.taps)))
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family: its arch name then builds, costs and serves in every task."""
+    if not isinstance(family, Family):
+        raise MobileNetsError(f"register_family takes a Family, got {family!r}")
+    if family.arch in _FAMILIES:
+        raise MobileNetsError(f"family {family.arch!r} is already registered")
+    _FAMILIES[family.arch] = family
+    return family
+
+
+def unregister_family(arch: str) -> None:
+    """Remove a family that register_family added (tests register toy ones)."""
+    if arch not in _FAMILIES:
+        raise MobileNetsError(
+            f"no family {arch!r} is registered; registered: {', '.join(_FAMILIES)}"
+        )
+    del _FAMILIES[arch]
+
+
+def families() -> tuple[str, ...]:
+    """The registered families' arch names, in registration order."""
+    return tuple(_FAMILIES)
+
+
+def get_family(arch: str) -> Family:
+    family = _FAMILIES.get(arch) if isinstance(arch, str) else None
+    if family is None:
+        raise MobileNetsError(f"arch must be one of {', '.join(_FAMILIES)}, got {arch!r}")
+    return family
+
+
+# Classifier dropout as released: TF-slim V1 keeps 0.999 of units; torchvision and TF-slim V2
+# drop 0.2. SSDLite on V1 reads Conv2d_11_pointwise and Conv2d_13_pointwise, as TF's
+# ssd_mobilenet_v1 feature extractor does; on V2 the "layer 15" expansion and the 1280 conv.
+# DeepLab reads V1 to its last separable block and V2 to its last inverted residual (MNet V2*).
+register_family(
+    Family(
+        "mobilenet_v1",
+        V1_TABLE,
+        v1_width,
+        taps={
+            "ssdlite_stride16": "C4",
+            "ssdlite_stride32": "C5",
+            "deeplab_stride8": "C3",
+            "deeplab_features": "C5",
+        },
+        dropout=0.001,
+    )
+)
+register_family(
+    Family(
+        "mobilenet_v2",
+        V2_TABLE,
+        v2_width,
+        head_width=v2_head_width,
+        taps={
+            "ssdlite_stride16": "C4_expansion",
+            "ssdlite_stride32": "C5",
+            "deeplab_stride8": "C3",
+            "deeplab_features": "C5_bottleneck",
+        },
+        dropout=0.2,
+        expansion=DEFAULT_EXPANSION,
+    )
+)
+
+
 # --- The configuration a model is built from ---------------------------------------------------
 
 
@@ -187,8 +316,7 @@ class ModelConfig:
     output_stride: int | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise MobileNetsError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        family = get_family(self.arch)
         if not _is_number(self.alpha) or not self.alpha > 0 or not math.isfinite(self.alpha):
             raise MobileNetsError(f"alpha must be a positive number, got {self.alpha!r}")
         if not isinstance(self.small_input, bool):
@@ -207,17 +335,18 @@ class ModelConfig:
         if not _is_int(self.in_chans) or self.in_chans < 1:
             raise MobileNetsError(f"in_chans must be an integer >= 1, got {self.in_chans!r}")
         if self.dropout is None:
-            object.__setattr__(self, "dropout", DEFAULT_DROPOUT[self.arch])
+            object.__setattr__(self, "dropout", family.dropout)
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise MobileNetsError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.arch == "mobilenet_v1" and self.expansion is not None:
+        if family.expansion is None and self.expansion is not None:
+            expanding = [arch for arch in families() if get_family(arch).expansion is not None]
             raise MobileNetsError(
-                f"expansion applies to mobilenet_v2 only, got expansion={self.expansion!r} "
-                "for mobilenet_v1"
+                f"expansion applies to {', '.join(expanding)} only, got "
+                f"expansion={self.expansion!r} for {self.arch}"
             )
-        if self.arch == "mobilenet_v2":
+        if family.expansion is not None:
             if self.expansion is None:
-                object.__setattr__(self, "expansion", DEFAULT_EXPANSION)
+                object.__setattr__(self, "expansion", family.expansion)
             if not _is_int(self.expansion) or self.expansion < 1:
                 raise MobileNetsError(f"expansion must be an integer >= 1, got {self.expansion!r}")
         if self.padding not in PADDINGS:
@@ -451,13 +580,18 @@ def conv_out_size(size: int, stride: int) -> int:
 class _Builder:
     """Walks a table, tracking channels, spatial size and output stride, emitting LayerSpecs."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, family: Family) -> None:
         self.config = config
+        self.family = family
         self.channels = config.in_chans
         self.size = config.resolution
         self.out_stride = 1
         self.rate = 1  # the atrous rate of 3x3 convs once output_stride is reached
         self.blocks: list[BlockSpec] = []
+
+    def width(self, channels: int) -> int:
+        """A row's channels at the config's alpha, by the family's rule."""
+        return self.family.width(channels, self.config.alpha)
 
     def unit_stride(self, stride: int) -> tuple[int, int]:
         """(stride, dilation) of one unit of the table (a conv, a separable block, an inverted
@@ -535,75 +669,78 @@ def _small_input_table(table: tuple, small_input: bool) -> tuple:
     return (dataclasses.replace(stem, s=1), *rows)
 
 
-def _resolve_v1(config: ModelConfig) -> list[BlockSpec]:
-    build = _Builder(config)
-    stem, *rows = _small_input_table(V1_TABLE, config.small_input)
-    build.conv_block("stem", v1_width(stem.c, config.alpha), stem.k, stem.s)
-    index = 0
-    for row in rows:
-        for _ in range(row.n):
-            name = f"blocks.{index}"
-            stride, dilation = build.unit_stride(row.s)
-            depthwise = build.layer(
-                f"{name}.conv_dw",
-                "depthwise",
-                build.channels,
-                DEPTHWISE_KERNEL,
-                stride,
-                depthwise=True,
-                dilation=dilation,
-            )
-            pointwise = build.layer(
-                f"{name}.conv_pw", "pointwise", v1_width(row.c, config.alpha), 1, 1
-            )
-            build.block(name, "depthwise_separable", [depthwise, pointwise])
-            index += 1
-    build.classifier()
-    return build.blocks
+def _separable(build: _Builder, name: str, row: DW) -> None:
+    """V1 Figure 3 (right): 3x3 depthwise at the row's stride, then 1x1 to the row's channels."""
+    stride, dilation = build.unit_stride(row.s)
+    depthwise = build.layer(
+        f"{name}.conv_dw",
+        "depthwise",
+        build.channels,
+        DEPTHWISE_KERNEL,
+        stride,
+        depthwise=True,
+        dilation=dilation,
+    )
+    pointwise = build.layer(f"{name}.conv_pw", "pointwise", build.width(row.c), 1, 1)
+    build.block(name, "depthwise_separable", [depthwise, pointwise])
 
 
-def _resolve_v2(config: ModelConfig) -> list[BlockSpec]:
-    build = _Builder(config)
-    stem, *rows, head = _small_input_table(V2_TABLE, config.small_input)
-    build.conv_block("stem", v2_width(stem.c, config.alpha), stem.k, stem.s)
+def _inverted_residual(build: _Builder, name: str, row: IR, first: bool) -> None:
+    """V2 Table 1: 1x1 expansion (absent when t is 1), 3x3 depthwise, linear 1x1 projection."""
+    # The t=1 row stays t=1: the paper's first bottleneck has no expansion layer.
+    expansion = row.t
+    if row.t != 1 and build.family.expansion is not None:
+        expansion = build.config.expansion
+    out_channels = build.width(row.c)
+    in_channels = build.channels
+    stride, dilation = build.unit_stride(row.s if first else 1)
+    layers = []
+    if expansion != 1:
+        hidden = in_channels * expansion
+        layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
+    layers.append(
+        build.layer(
+            f"{name}.conv_dw",
+            "depthwise",
+            build.channels,
+            DEPTHWISE_KERNEL,
+            stride,
+            depthwise=True,
+            dilation=dilation,
+        )
+    )
+    layers.append(build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False))
+    residual = stride == 1 and in_channels == out_channels
+    build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
+
+
+def _resolve_table(config: ModelConfig, family: Family) -> list[BlockSpec]:
+    """The one decoder of every family's table: the stem, ``blocks.{i}`` for each repeat of each
+    DW or IR row, the optional last Conv row as ``head``, and the classifier."""
+    build = _Builder(config, family)
+    stem, *rows = _small_input_table(family.table, config.small_input)
+    build.conv_block("stem", build.width(stem.c), stem.k, stem.s)
     index = 0
     for row in rows:
-        # The t=1 row stays t=1: the paper's first bottleneck has no expansion layer.
-        expansion = 1 if row.t == 1 else config.expansion
-        out_channels = v2_width(row.c, config.alpha)
+        if isinstance(row, Conv):  # the table's last row: the 1x1 conv before the pool
+            head_width = family.head_width or family.width
+            build.conv_block("head", head_width(row.c, config.alpha), row.k, row.s)
+            continue
         for repeat in range(row.n):
-            name = f"blocks.{index}"
-            in_channels = build.channels
-            stride, dilation = build.unit_stride(row.s if repeat == 0 else 1)
-            layers = []
-            if expansion != 1:
-                hidden = in_channels * expansion
-                layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
-            layers.append(
-                build.layer(
-                    f"{name}.conv_dw",
-                    "depthwise",
-                    build.channels,
-                    DEPTHWISE_KERNEL,
-                    stride,
-                    depthwise=True,
-                    dilation=dilation,
-                )
-            )
-            layers.append(
-                build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False)
-            )
-            residual = stride == 1 and in_channels == out_channels
-            build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
+            if isinstance(row, DW):
+                _separable(build, f"blocks.{index}", row)
+            else:
+                _inverted_residual(build, f"blocks.{index}", row, first=repeat == 0)
             index += 1
-    build.conv_block("head", v2_head_width(head.c, config.alpha), head.k, head.s)
     build.classifier()
     return build.blocks
 
 
 def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
     """C_k: the last block output at output stride 2**k. C_k_expansion: the expansion output of
-    the block that leaves level k (the V2 paper's "layer 15" for k=4, which SSDLite taps)."""
+    the block that leaves level k (the V2 paper's "layer 15" for k=4, which SSDLite taps).
+    C_k_bottleneck: the input of the family's 1x1 head conv, where it has one (V2's last inverted
+    residual, which DeepLab reads: the paper's "MNet V2*")."""
     taps: dict[str, FeatureTap] = {}
     for index, block in enumerate(blocks):
         if block.kind == "classifier":
@@ -616,6 +753,12 @@ def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
             taps[name] = FeatureTap(
                 name, module, index, expand.out_channels, 2**level, expand.out_size
             )
+        if block.name == "head" and index > 0:
+            body = blocks[index - 1]
+            name = f"C{body.level}_bottleneck"
+            taps[name] = FeatureTap(
+                name, body.name, index - 1, body.out_channels, body.out_stride, body.out_size
+            )
         name = f"C{block.level}"
         taps[name] = FeatureTap(
             name, block.name, index, block.out_channels, block.out_stride, block.out_size
@@ -625,5 +768,38 @@ def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
 
 def resolve(config: ModelConfig) -> NetSpec:
     """Resolve a config into one record per block and layer. Pure: same config, same spec."""
-    blocks = _resolve_v1(config) if config.arch == "mobilenet_v1" else _resolve_v2(config)
+    blocks = _resolve_table(config, get_family(config.arch))
     return NetSpec(config=config, blocks=tuple(blocks), taps=_taps(blocks))
+
+
+def head_taps(
+    config: ModelConfig, roles: tuple[str, ...], head: str, *, block_outputs: bool = False
+) -> tuple[FeatureTap, ...]:
+    """The taps a task head reads (roles of [`HEAD_TAPS`][mobilenets.core.spec.HEAD_TAPS]), on
+    the plain network of ``config`` (no atrous convolution: the block indices are the same at any
+    output stride). A backbone without one is refused, naming the backbone, the role and the tap;
+    with ``block_outputs``, so is a tap inside a block (an expansion output)."""
+    family = get_family(config.arch)
+    plain = resolve(config.replace(output_stride=None, num_classes=0))
+    taps = []
+    for role in roles:
+        name = family.taps.get(role)
+        if name is None:
+            raise MobileNetsError(
+                f"{head} reads the backbone tap {role!r} ({HEAD_TAPS[role]}); "
+                f"{config.name} names none (its family {config.arch} names "
+                f"{', '.join(family.taps) or 'no head taps'})"
+            )
+        found = [tap for tap in plain.taps if tap.name == name]
+        if not found:
+            raise MobileNetsError(
+                f"{head} reads the backbone tap {name!r} ({role}: {HEAD_TAPS[role]}); "
+                f"{config.name} has no {name!r}, only {', '.join(t.name for t in plain.taps)}"
+            )
+        if block_outputs and found[0].module != plain.blocks[found[0].block].name:
+            raise MobileNetsError(
+                f"{head} reads whole blocks' outputs; the tap {name!r} ({role}) of {config.name} "
+                f"is {found[0].module}, inside a block"
+            )
+        taps.append(found[0])
+    return tuple(taps)
