@@ -14,19 +14,19 @@ from mobilenets.core.cost import cost_of_spec
 from mobilenets.core.detection_spec import DetectionConfig, resolve_detection
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.models import build_model
-from mobilenets.core.segmentation_spec import SegmentationConfig, resolve_segmentation
-from mobilenets.core.segmenter import DeepLabV3
-from mobilenets.core.spec import (
+from mobilenets.core.families import (
     DW,
     IR,
     Conv,
     Family,
-    ModelConfig,
     families,
     register_family,
     unregister_family,
 )
+from mobilenets.core.models import build_model
+from mobilenets.core.segmentation_spec import SegmentationConfig, resolve_segmentation
+from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.spec import ModelConfig
 from mobilenets.engine import run
 from mobilenets.tasks.classification.train import Classification
 from mobilenets.tasks.detection.train import Detection
@@ -171,8 +171,8 @@ def test_a_family_without_a_heads_taps_is_refused_naming_the_backbone_and_the_ta
             DetectionConfig(backbone, resolution=300)
         with pytest.raises(
             MobileNetsError,
-            match="DeepLabv3 reads the backbone tap 'C9' .*toy_plain_1.0_513_os16 has no 'C9', only "
-            "C1, C2",
+            match="DeepLabv3 reads the backbone tap 'C9' .*toy_plain_1.0_513_os16 has no 'C9', "
+            "only C1, C2",
         ):
             SegmentationConfig(backbone)
     finally:

@@ -11,7 +11,7 @@ channels and default-box shapes. The nn.Module (``model.py``), the cost model
 
 The design is TF object detection API's ``ssdlite_mobilenet_v2_coco``. Maps 0 and 1 are the backbone
 taps its family names for the roles ``ssdlite_stride16`` and ``ssdlite_stride32``
-(``spec.HEAD_TAPS``); nothing here knows a family. For MobileNetV2:
+(``families.HEAD_TAPS``); nothing here knows a family. For MobileNetV2:
 
 - Map 0: the expansion output (after BN and ReLU6) of the first block of the 160-channel stage,
   the block that takes output stride 16 to 32: the paper's "layer 15" (TF
@@ -50,8 +50,8 @@ import torch
 
 from mobilenets.core.anchors import BoxShape, box_shapes, default_boxes
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import DEPTHWISE_KERNEL
 from mobilenets.core.spec import (
-    DEPTHWISE_KERNEL,
     MIN_RESOLUTION,
     BlockSpec,
     LayerSpec,
@@ -76,7 +76,7 @@ TF_RESOLUTION = 300  # TF's ssdlite_mobilenet_v2_coco.config
 COCO_CLASSES = 91  # 90 COCO category ids and background (class 0)
 DETECTION_KINDS = ("extra_layer", "box_head", "class_head")
 BOX_CODE_SIZE = 4  # offsets per default box, in the order boxes.py encodes them
-# The backbone taps of maps 0 and 1 (spec.HEAD_TAPS): each family names its own.
+# The backbone taps of maps 0 and 1 (families.HEAD_TAPS): each family names its own.
 DETECTION_TAPS = ("ssdlite_stride16", "ssdlite_stride32")
 
 

@@ -11,7 +11,7 @@ read it.
 The design is TF DeepLab's (``research/deeplab``, ``model.py``), as the V2 paper used it:
 
 - Backbone: the network up to the block of the tap its family names ``deeplab_features``
-  (``spec.HEAD_TAPS``): MobileNetV1 to its last separable block (1024 channels, TF
+  (``families.HEAD_TAPS``): MobileNetV1 to its last separable block (1024 channels, TF
   ``Conv2d_13_pointwise``), MobileNetV2 to its last inverted residual (320 channels, TF
   ``layer_18``, tap ``C5_bottleneck``): the paper's "MNet V2*". V2's 1280-channel conv is not built.
   Output stride 16 or 8 by atrous convolution, the way TF-slim's
@@ -56,7 +56,7 @@ HEAD_CHANNELS = 256
 PAPER_RESOLUTION = 513  # TF DeepLab's PASCAL crop, the input of Table 7's MAdds
 VOC_CLASSES = 21  # PASCAL VOC 2012: background and 20 classes
 HEAD_DROPOUT = 0.1  # TF DeepLab: keep_prob 0.9 before the logits
-# The backbone taps the auxiliary head and the head read (spec.HEAD_TAPS): each family names its
+# The backbone taps the auxiliary head and the head read (families.HEAD_TAPS): each family names its
 # own, on its plain network; atrous convolution keeps the blocks, so they hold at any output stride.
 SEGMENTATION_TAPS = ("deeplab_stride8", "deeplab_features")
 SEGMENTATION_KINDS = ("image_pool", "aspp", "projection", "classifier", "aux")

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import families
 from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
-from mobilenets.core.spec import ModelConfig, families, format_alpha, pick_resolution
+from mobilenets.core.spec import ModelConfig, format_alpha, pick_resolution
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
