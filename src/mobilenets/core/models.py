@@ -295,7 +295,14 @@ class MobileNet(nn.Module):
         wanted = [self.spec.tap(name) for name in names]
         taps: dict[str, torch.Tensor] = {}
         last = max(tap.block for tap in wanted)
-        for index, module in enumerate(self.feature_modules()[: last + 1]):
+        modules = self.feature_modules()
+        if last >= len(modules):
+            dropped = [tap.name for tap in wanted if tap.block >= len(modules)]
+            raise MobileNetsError(
+                f"feature taps {dropped} of {self.name} come after the blocks this backbone keeps "
+                f"(keep_blocks({len(modules)}))"
+            )
+        for index, module in enumerate(modules[: last + 1]):
             expansion = [t for t in wanted if t.block == index and t.name.endswith("_expansion")]
             if expansion:
                 expanded = module.expand(x)

@@ -420,6 +420,20 @@ class _Builder:
         self.out_stride *= stride
         return spec
 
+    def depthwise(self, name: str, stride: int) -> LayerSpec:
+        """The 3x3 depthwise conv of a unit whose table stride is ``stride`` (atrous once the
+        output stride is reached, see unit_stride)."""
+        stride, dilation = self.unit_stride(stride)
+        return self.layer(
+            name,
+            "depthwise",
+            self.channels,
+            DEPTHWISE_KERNEL,
+            stride,
+            depthwise=True,
+            dilation=dilation,
+        )
+
     def block(self, name, kind, layers, *, residual=False, expansion=1) -> None:
         self.blocks.append(
             BlockSpec(name, kind, tuple(layers), residual, expansion, self.out_stride)
@@ -463,16 +477,7 @@ def _small_input_table(table: tuple, small_input: bool) -> tuple:
 
 def _separable(build: _Builder, name: str, row: DW) -> None:
     """V1 Figure 3 (right): 3x3 depthwise at the row's stride, then 1x1 to the row's channels."""
-    stride, dilation = build.unit_stride(row.s)
-    depthwise = build.layer(
-        f"{name}.conv_dw",
-        "depthwise",
-        build.channels,
-        DEPTHWISE_KERNEL,
-        stride,
-        depthwise=True,
-        dilation=dilation,
-    )
+    depthwise = build.depthwise(f"{name}.conv_dw", row.s)
     pointwise = build.layer(f"{name}.conv_pw", "pointwise", build.width(row.c), 1, 1)
     build.block(name, "depthwise_separable", [depthwise, pointwise])
 
@@ -485,24 +490,14 @@ def _inverted_residual(build: _Builder, name: str, row: IR, first: bool) -> None
         expansion = build.config.expansion
     out_channels = build.width(row.c)
     in_channels = build.channels
-    stride, dilation = build.unit_stride(row.s if first else 1)
     layers = []
     if expansion != 1:
         hidden = in_channels * expansion
         layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
-    layers.append(
-        build.layer(
-            f"{name}.conv_dw",
-            "depthwise",
-            build.channels,
-            DEPTHWISE_KERNEL,
-            stride,
-            depthwise=True,
-            dilation=dilation,
-        )
-    )
+    depthwise = build.depthwise(f"{name}.conv_dw", row.s if first else 1)
+    layers.append(depthwise)
     layers.append(build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False))
-    residual = stride == 1 and in_channels == out_channels
+    residual = depthwise.stride == 1 and in_channels == out_channels
     build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
 
 
