@@ -128,6 +128,9 @@ def check_models(ns: dict) -> None:
     import mobilenets
 
     assert len(mobilenets.list_models("mobilenet_v2_0.35_*")) == 5
+    assert [m.tap for m in ns["tiny_detector"].spec.maps[:2]] == ["C4_expansion", "C5"]
+    assert ns["tiny_segmenter"].spec.feature_channels == 64
+    assert "tiny_net" not in mobilenets.core.families.families()
     assert len(mobilenets.list_models()) == 46
     assert ns["rebuilt"].config == ns["small"].config
 

@@ -195,10 +195,10 @@ def test_module_names_are_the_spec_names_and_params_match():
     assert sum(p.numel() for p in model.parameters()) == cost(model).params
 
 
-def measured(**overrides):
+def measured(name="ssdlite_mobilenet_v2", **overrides):
     """Parameters of the built detector and MACs counted by torch (FLOPs / 2), on meta."""
     with torch.device("meta"):
-        model = create_detector(**overrides).eval()
+        model = create_detector(name, **overrides).eval()
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         side = model.resolution
         with FlopCounterMode(display=False) as counter:
@@ -217,6 +217,22 @@ def measured(**overrides):
 def test_analytic_equals_built_equals_measured(overrides):
     report = cost("ssdlite_mobilenet_v2", **overrides)
     assert (report.params, report.macs) == measured(**overrides)
+
+
+def test_mobilenet_v1_backbone_gives_tf_ssd_mobilenet_v1_maps():
+    """V1's family names C4 and C5 for SSDLite's first two maps (TF's ssd_mobilenet_v1 reads
+    Conv2d_11_pointwise and Conv2d_13_pointwise): the same heads, no V1 code in the detector."""
+    spec = resolve_detection(DetectionConfig(MobileNetV1().config, resolution=300))
+    assert [(m.tap, m.source, m.channels, m.size, m.stride) for m in spec.maps[:2]] == [
+        ("C4", "backbone.blocks.10", 512, 19, 16),
+        ("C5", "backbone.blocks.12", 1024, 10, 32),
+    ]
+    overrides = {"alpha": 0.25, "resolution": 64, "num_classes": 3}
+    report = cost("ssdlite_mobilenet_v1", **overrides)
+    assert (report.params, report.macs) == measured("ssdlite_mobilenet_v1", **overrides)
+    model = create_detector("ssdlite_mobilenet_v1", **overrides)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["cls_logits"].shape == (2, model.spec.num_boxes, 3)
 
 
 def test_golden_totals_against_the_paper():
@@ -354,9 +370,16 @@ def test_bad_configs_and_inputs_are_refused():
         DetectionConfig(backbone, aspect_ratios=((1.0,),) * 5)
     with pytest.raises(
         MobileNetsError,
-        match="backbone must be the standard mobilenet_v2, got mobilenet_v1_1.0_224",
+        match=r"the backbone must be a standard mobilenet_v2 \(no small_input, no output_stride\), "
+        "got mobilenet_v2_1.0_224_small",
     ):
-        DetectionConfig(MobileNetV1().config)
+        DetectionConfig(MobileNetV2(small_input=True).config)
+    with pytest.raises(
+        MobileNetsError,
+        match="SSDLite reads the backbone tap 'C4_expansion' .*mobilenet_v2_1.0_320 has no "
+        "'C4_expansion', only C1, C2, ",
+    ):
+        DetectionConfig(MobileNetV2(expansion=1).config)
     with pytest.raises(MobileNetsError, match="unknown detector 'ssdlite_mobilenet_v3'"):
         create_detector("ssdlite_mobilenet_v3")
     with pytest.raises(

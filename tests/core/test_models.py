@@ -192,6 +192,25 @@ def test_wrong_inputs_are_named():
     assert list(single) == ["C3"]
 
 
+def test_keep_blocks_drops_the_later_blocks_and_their_keys():
+    """A segmenter's backbone ends at its tap: keep_blocks drops what follows, tensors too."""
+    model = MobileNetV2(alpha=0.35, num_classes=0).eval()
+    taps = model.forward_taps(torch.randn(1, 3, 64, 64), ["C3", "C5_bottleneck"])
+    model.keep_blocks(model.spec.tap("C5_bottleneck").block + 1)
+    assert model.head is None and len(model.blocks) == 17
+    assert not [key for key in model.state_dict() if key.startswith("head.")]
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64)
+        kept = model.forward_taps(x, "C5_bottleneck")["C5_bottleneck"]
+    assert kept.shape == taps["C5_bottleneck"].shape == (1, 112, 2, 2)
+    with pytest.raises(MobileNetsError, match=r"feature taps \['C5'\] .*keep_blocks\(18\)"):
+        model.forward_taps(x, ["C3", "C5"])
+    model.keep_blocks(3)  # the stem and blocks.0, blocks.1
+    assert len(model.blocks) == 2
+    with pytest.raises(MobileNetsError, match=r"count must be an integer in \[1, 3\], got 4"):
+        model.keep_blocks(4)
+
+
 def test_same_padding_pads_bottom_right_at_stride_2():
     conv = Conv2dSame(4, 4, 3, stride=2, padding=0, groups=4, bias=False)
     x = torch.randn(1, 4, 8, 8)

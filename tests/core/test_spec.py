@@ -3,13 +3,10 @@
 import pytest
 
 from mobilenets import MobileNetsError, ModelConfig, resolve
+from mobilenets.core.families import make_divisible, v1_width, v2_head_width, v2_width
 from mobilenets.core.spec import (
-    make_divisible,
     pick_resolution,
     resolution_from_rho,
-    v1_width,
-    v2_head_width,
-    v2_width,
 )
 
 

@@ -1,4 +1,4 @@
-"""SSDLite on MobileNetV2 (Sandler et al. 2018, section 6.2) as data, resolved into layers.
+"""SSDLite (Sandler et al. 2018, section 6.2) on any backbone family, as data, resolved into layers.
 
 [`resolve_detection`][mobilenets.core.detection_spec.resolve_detection] turns a
 [`DetectionConfig`][mobilenets.core.detection_spec.DetectionConfig] into a
@@ -9,13 +9,16 @@ channels and default-box shapes. The nn.Module (``model.py``), the cost model
 (``mobilenets.core.cost``) and the default boxes (``anchors.py``) all read it; sizes come from
 ``conv_out_size``, never from a forward pass.
 
-The design is TF object detection API's ``ssdlite_mobilenet_v2_coco``:
+The design is TF object detection API's ``ssdlite_mobilenet_v2_coco``. Maps 0 and 1 are the backbone
+taps its family names for the roles ``ssdlite_stride16`` and ``ssdlite_stride32``
+(``families.HEAD_TAPS``); nothing here knows a family. For MobileNetV2:
 
 - Map 0: the expansion output (after BN and ReLU6) of the first block of the 160-channel stage,
   the block that takes output stride 16 to 32: the paper's "layer 15" (TF
   ``layer_15/expansion_output``), 576 channels at stride 16, 19x19 at 300 px. It is the
   backbone tap ``C4_expansion``.
 - Map 1: the backbone's last 1x1 conv (1280 channels, stride 32, 10x10 at 300 px), tap ``C5``.
+  (MobileNetV1 gives ``C4`` and ``C5``, TF's ``ssd_mobilenet_v1`` layout.)
 - Maps 2-5: four extra layers of depth d = 512, 256, 256, 128, each a 1x1 conv to d/2, then a
   3x3 stride-2 depthwise separable conv to d (TF: ``use_depthwise``), BN and ReLU6 after each
   conv: 5x5, 3x3, 2x2, 1x1 at 300 px.
@@ -47,8 +50,8 @@ import torch
 
 from mobilenets.core.anchors import BoxShape, box_shapes, default_boxes
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import DEPTHWISE_KERNEL
 from mobilenets.core.spec import (
-    DEPTHWISE_KERNEL,
     MIN_RESOLUTION,
     BlockSpec,
     LayerSpec,
@@ -57,6 +60,7 @@ from mobilenets.core.spec import (
     backbone_config_fields,
     conv_out_size,
     format_alpha,
+    head_taps,
     prefixed,
     resolve,
 )
@@ -72,6 +76,8 @@ TF_RESOLUTION = 300  # TF's ssdlite_mobilenet_v2_coco.config
 COCO_CLASSES = 91  # 90 COCO category ids and background (class 0)
 DETECTION_KINDS = ("extra_layer", "box_head", "class_head")
 BOX_CODE_SIZE = 4  # offsets per default box, in the order boxes.py encodes them
+# The backbone taps of maps 0 and 1 (families.HEAD_TAPS): each family names its own.
+DETECTION_TAPS = ("ssdlite_stride16", "ssdlite_stride32")
 
 
 @dataclass(frozen=True)
@@ -96,19 +102,11 @@ class DetectionConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, ModelConfig):
             raise MobileNetsError(f"backbone must be a ModelConfig, got {self.backbone!r}")
-        if (
-            self.backbone.arch != "mobilenet_v2"
-            or self.backbone.small_input
-            or self.backbone.output_stride not in (None, 32)
-        ):
+        if self.backbone.small_input or self.backbone.output_stride not in (None, 32):
             raise MobileNetsError(
-                f"SSDLite reads MobileNetV2's stride-16 expansion and stride-32 outputs; the "
-                f"backbone must be the standard mobilenet_v2, got {self.backbone.name}"
-            )
-        if self.backbone.expansion == 1:
-            raise MobileNetsError(
-                "SSDLite's first map is an expansion output; the backbone needs expansion > 1, "
-                "got expansion=1"
+                f"SSDLite reads the backbone's taps at output stride 16 and 32; the backbone must "
+                f"be a standard {self.backbone.arch} (no small_input, no output_stride), got "
+                f"{self.backbone.name}"
             )
         if not _is_int(self.num_classes) or self.num_classes < 2:
             raise MobileNetsError(
@@ -156,6 +154,7 @@ class DetectionConfig:
                 f"lowest_scale must be None or a number in (0, 1], got {self.lowest_scale!r}"
             )
         backbone = self.backbone.replace(resolution=self.resolution, num_classes=0)
+        head_taps(backbone, DETECTION_TAPS, "SSDLite")  # refuses a backbone without them
         object.__setattr__(self, "backbone", backbone)
 
     @property
@@ -317,11 +316,11 @@ def resolve_detection(config: DetectionConfig) -> DetectionSpec:
     """Resolve a detection config into one record per block, layer and feature map. Pure."""
     backbone = resolve(config.backbone)
     features = backbone.feature_blocks
-    # Map 0: the expansion tap at output stride 16 (the block that leaves level 4); map 1: the
-    # last feature block's output (the 1x1 conv to 1280).
-    first = next(t for t in backbone.taps if t.name.endswith("_expansion") and t.stride == 16)
-    last = len(features) - 1
-    second = next(t for t in backbone.taps if t.block == last and "_expansion" not in t.name)
+    # Maps 0 and 1: the taps the backbone's family names for them (V2: the "layer 15"
+    # expansion at output stride 16 and the 1x1 conv to 1280).
+    first, second = (
+        backbone.tap(tap.name) for tap in head_taps(config.backbone, DETECTION_TAPS, "SSDLite")
+    )
     shapes = box_shapes(
         config.aspect_ratios, config.min_scale, config.max_scale, config.lowest_scale
     )

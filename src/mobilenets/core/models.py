@@ -231,6 +231,21 @@ class MobileNet(nn.Module):
             for t in self.spec.taps
         ]
 
+    def feature_modules(self) -> list[nn.Module]:
+        """The feature blocks' modules in spec order: stem, blocks, head (where built)."""
+        return [self.stem, *self.blocks, *([self.head] if self.head is not None else [])]
+
+    def keep_blocks(self, count: int) -> None:
+        """Keep the first ``count`` feature blocks (stem, ``blocks.i``, head, in spec order) and
+        drop the rest, with their tensors: a segmenter's backbone ends at its tap. The spec (and
+        so ``forward_taps``) still describes the whole network."""
+        built = len(self.feature_modules())
+        if not isinstance(count, int) or not 1 <= count <= built:
+            raise MobileNetsError(f"count must be an integer in [1, {built}], got {count!r}")
+        if count < built and self.head is not None:
+            self.head = None
+        self.blocks = self.blocks[: count - 1]
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier (e.g. to fine-tune on another dataset); 0 removes it."""
         reference = next(self.parameters())
@@ -280,7 +295,13 @@ class MobileNet(nn.Module):
         wanted = [self.spec.tap(name) for name in names]
         taps: dict[str, torch.Tensor] = {}
         last = max(tap.block for tap in wanted)
-        modules = [self.stem, *self.blocks, *([self.head] if self.head is not None else [])]
+        modules = self.feature_modules()
+        if last >= len(modules):
+            dropped = [tap.name for tap in wanted if tap.block >= len(modules)]
+            raise MobileNetsError(
+                f"feature taps {dropped} of {self.name} come after the blocks this backbone keeps "
+                f"(keep_blocks({len(modules)}))"
+            )
         for index, module in enumerate(modules[: last + 1]):
             expansion = [t for t in wanted if t.block == index and t.name.endswith("_expansion")]
             if expansion:
@@ -374,10 +395,13 @@ def _config(arch: str, resolution, rho, parity: dict, fields: dict) -> ModelConf
 
 
 def build_model(config: ModelConfig) -> MobileNet:
-    """The model for a config, as the class a user would construct (MobileNetV1 or V2)."""
+    """The model for a config, as the class a user would construct (MobileNetV1 or V2, and a
+    MobileNet for the other registered families)."""
     kwargs = config.to_dict()
     arch = kwargs.pop("arch")
     if arch == "mobilenet_v1":
         kwargs.pop("expansion")
         return MobileNetV1(**kwargs)
-    return MobileNetV2(**kwargs)
+    if arch == "mobilenet_v2":
+        return MobileNetV2(**kwargs)
+    return MobileNet(config)

@@ -10,16 +10,19 @@ read it.
 
 The design is TF DeepLab's (``research/deeplab``, ``model.py``), as the V2 paper used it:
 
-- Backbone: MobileNetV1 to its last separable block (1024 channels, TF ``Conv2d_13_pointwise``)
-  or MobileNetV2 to its last inverted residual (320 channels, TF ``layer_18``): the paper's
-  "MNet V2*". V2's 1280-channel conv is not built. Output stride 16 or 8 by atrous convolution,
-  the way TF-slim's ``mobilenet_base(output_stride=...)`` does it (``spec._Builder.unit_stride``).
+- Backbone: the network up to the block of the tap its family names ``deeplab_features``
+  (``families.HEAD_TAPS``): MobileNetV1 to its last separable block (1024 channels, TF
+  ``Conv2d_13_pointwise``), MobileNetV2 to its last inverted residual (320 channels, TF
+  ``layer_18``, tap ``C5_bottleneck``): the paper's "MNet V2*". V2's 1280-channel conv is not built.
+  Output stride 16 or 8 by atrous convolution, the way TF-slim's
+  ``mobilenet_base(output_stride=...)`` does it (``spec._Builder.unit_stride``).
 - Head: an image-pooling branch (global average pool, 1x1 conv to 256, BN, ReLU, broadcast back to
   the feature map) and a 1x1 branch (256, BN, ReLU); with ``aspp=True`` three full 3x3 atrous
   branches as well (rates 6, 12, 18 at output stride 16; 12, 24, 36 at 8). Concatenated, projected
   by a 1x1 conv to 256 (BN, ReLU), dropout (TF keeps 0.9), a 1x1 classifier with bias, and bilinear
   upsampling of the logits to the input size (not counted: it has no multiply-adds of weights).
-- ``aux=True`` adds a training-time head on the stride-8 features (3x3 conv, BN, ReLU, 1x1 to the
+- ``aux=True`` adds a training-time head on the stride-8 features, the ``deeplab_stride8`` tap
+  (3x3 conv, BN, ReLU, 1x1 to the
   classes) for an auxiliary loss; it is not part of inference and not in the cost.
 
 The paper's figures (Table 7) are in [`TABLE7`][mobilenets.core.segmentation_spec.TABLE7]; the
@@ -42,6 +45,7 @@ from mobilenets.core.spec import (
     backbone_config_fields,
     conv_out_size,
     format_alpha,
+    head_taps,
     prefixed,
     resolve,
 )
@@ -52,7 +56,9 @@ HEAD_CHANNELS = 256
 PAPER_RESOLUTION = 513  # TF DeepLab's PASCAL crop, the input of Table 7's MAdds
 VOC_CLASSES = 21  # PASCAL VOC 2012: background and 20 classes
 HEAD_DROPOUT = 0.1  # TF DeepLab: keep_prob 0.9 before the logits
-AUX_LEVEL = 3  # the auxiliary head reads the features at output stride 8
+# The backbone taps the auxiliary head and the head read (families.HEAD_TAPS): each family names its
+# own, on its plain network; atrous convolution keeps the blocks, so they hold at any output stride.
+SEGMENTATION_TAPS = ("deeplab_stride8", "deeplab_features")
 SEGMENTATION_KINDS = ("image_pool", "aspp", "projection", "classifier", "aux")
 
 
@@ -147,6 +153,8 @@ class SegmentationConfig:
         backbone = self.backbone.replace(
             resolution=self.resolution, num_classes=0, output_stride=self.output_stride
         )
+        # Refuses a backbone without the taps; the segmenter's backbone ends at a block.
+        head_taps(backbone, SEGMENTATION_TAPS, "DeepLabv3", block_outputs=True)
         object.__setattr__(self, "backbone", backbone)
 
     @property
@@ -250,9 +258,10 @@ def _layer(
 def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
     """Resolve a segmentation config into one record per block and layer. Pure."""
     backbone = resolve(config.backbone)
-    # Everything up to the last separable block or inverted residual: V2's 1x1 conv to 1280
-    # ("head") is not part of MNet V2*.
-    features = [block for block in backbone.feature_blocks if block.name != "head"]
+    stride8, last = head_taps(config.backbone, SEGMENTATION_TAPS, "DeepLabv3", block_outputs=True)
+    # The backbone up to the block of its deeplab_features tap: V1 to its last separable block;
+    # V2 to its last inverted residual, without the 1x1 conv to 1280 (the paper's MNet V2*).
+    features = list(backbone.feature_blocks[: last.block + 1])
     channels, size, stride = features[-1].out_channels, features[-1].out_size, config.output_stride
     width = config.head_channels
     blocks = [prefixed(block, "backbone") for block in features]
@@ -278,10 +287,9 @@ def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
         _layer("classifier", "pointwise", width, classes, 1, size, classifier=True),
     )
 
-    # The auxiliary head reads the last block at output stride 8 of the plain network; atrous
-    # convolution keeps the block structure, so the index is the same at any output stride.
-    plain = resolve(config.backbone.replace(output_stride=None))
-    aux_block = plain.tap(f"C{AUX_LEVEL}").block
+    # The auxiliary head reads the deeplab_stride8 tap's block (an index of the plain network's,
+    # the same at any output stride).
+    aux_block = stride8.block
     aux = None
     if config.aux:
         source = backbone.blocks[aux_block]

@@ -3,8 +3,9 @@
 Module paths are the spec's names and the checkpoint keys:
 
 - ``backbone``: the classification [`MobileNet`][mobilenets.core.models.MobileNet] itself at the
-  config's output stride (dilated 3x3 convs), without its classifier and, for V2, without its last
-  1x1 conv, so a classification checkpoint's tensors copy in under the same names.
+  config's output stride (dilated 3x3 convs), without its classifier and without the blocks after
+  its family's ``deeplab_features`` tap (for V2, its last 1x1 conv), so a classification
+  checkpoint's tensors copy in under the same names.
 - ``head.image_pool``, ``head.aspp0`` (1x1), ``head.aspp1..3`` (3x3 atrous, with ``aspp=True``),
   ``head.project``: each a [`HeadConv`][mobilenets.core.segmenter.HeadConv], conv, BN, ReLU.
 - ``classifier``: the 1x1 conv with bias to the classes; ``aux`` the optional training head.
@@ -81,7 +82,7 @@ class AuxHead(nn.Module):
 
 
 class DeepLabV3(nn.Module):
-    """Mobile DeepLabv3 (Sandler et al. 2018, section 6.3) on MobileNetV1 or MobileNetV2.
+    """Mobile DeepLabv3 (Sandler et al. 2018, section 6.3) on any backbone family.
 
     Takes any input size (the logits are upsampled to it); ``config.resolution`` is the nominal
     size the cost is given at (513, TF DeepLab's PASCAL crop). With ``config.aux``,
@@ -96,8 +97,9 @@ class DeepLabV3(nn.Module):
         self.spec: SegmentationSpec = resolve_segmentation(config)
         parity = config.backbone
         self.backbone = build_model(parity)
-        # MNet V2* reads the last inverted residual (TF layer_18): V2's 1x1 conv to 1280 goes.
-        self.backbone.head = None
+        # The backbone ends at its deeplab_features tap: for MNet V2* the last inverted residual
+        # (TF layer_18), so V2's 1x1 conv to 1280 goes.
+        self.backbone.keep_blocks(len(self.spec.backbone_blocks))
         self.head = DeepLabHead(self.spec, parity)
         self.dropout = nn.Dropout(config.dropout)
         (classifier,) = next(b for b in self.spec.blocks if b.kind == "classifier").layers
@@ -139,11 +141,10 @@ class DeepLabV3(nn.Module):
         """The map the head reads, and the stride-8 map the auxiliary head reads (None without
         it)."""
         self.check_input(images)
-        x = self.backbone.stem(images)
-        aux = None
-        # spec.aux_block counts the stem as block 0, so blocks[i] is spec block i + 1.
-        for index, block in enumerate(self.backbone.blocks, start=1):
-            x = block(x)
+        x, aux = images, None
+        # The modules in spec order (the stem is block 0), as keep_blocks left them.
+        for index, module in enumerate(self.backbone.feature_modules()):
+            x = module(x)
             if self.aux is not None and index == self.spec.aux_block:
                 aux = x
         return x, aux

@@ -1,7 +1,7 @@
-"""The papers' architecture tables as data, and the one function that resolves them into layers.
+"""The one function that resolves a family's table into layers, and the config it reads.
 
-V1 Table 1 (Howard et al. 2017) and V2 Table 2 (Sandler et al. 2018) appear below as typed rows in
-the papers' notation. [`resolve`][mobilenets.core.spec.resolve] turns a
+The tables are data in ``families.py`` (V1 Table 1, V2 Table 2, and any family registered there,
+each with the feature taps the task heads read). [`resolve`][mobilenets.core.spec.resolve] turns a
 [`ModelConfig`][mobilenets.core.spec.ModelConfig] (architecture, alpha, resolution, ...) into a
 [`NetSpec`][mobilenets.core.spec.NetSpec]: one record per block and per layer, with channels,
 kernel, stride, groups and spatial sizes. The nn.Module builder (``models.py``) and the analytic
@@ -19,8 +19,17 @@ import math
 from dataclasses import dataclass
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import (
+    DEPTHWISE_KERNEL,
+    DW,
+    HEAD_TAPS,
+    IR,
+    Conv,
+    Family,
+    families,
+    get_family,
+)
 
-ARCHS = ("mobilenet_v1", "mobilenet_v2")
 PADDINGS = ("symmetric", "same")
 # Five stride-2 stages take 32 pixels to 1x1. Smaller inputs would still run (sizes round up),
 # but the last stages would read mostly padding.
@@ -33,95 +42,7 @@ DEFAULT_RESOLUTION = 224
 OUTPUT_STRIDES = (8, 16, 32)
 
 
-# --- Paper rows --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Conv:
-    """A full convolution with BN and ReLU6: the stem (k=3, s=2) or V2's last 1x1 conv."""
-
-    c: int
-    k: int = 3
-    s: int = 1
-
-
-@dataclass(frozen=True)
-class DW:
-    """V1 Table 1 row pair: 3x3 depthwise conv with stride s, then a 1x1 conv to c; n repeats."""
-
-    s: int
-    c: int
-    n: int = 1
-
-
-@dataclass(frozen=True)
-class IR:
-    """V2 Table 2 row: n inverted residual blocks, expansion t, c outputs, first stride s."""
-
-    t: int
-    c: int
-    n: int
-    s: int
-
-
-# V1 Table 1. The classifier row (avg pool 7x7, FC 1024x1000) is added by resolve().
-V1_TABLE = (
-    Conv(c=32, k=3, s=2),  # 224x224x3 in, stem
-    DW(s=1, c=64),  # 112x112x32 in, C1
-    DW(s=2, c=128),  # 112x112x64 in, C2
-    DW(s=1, c=128),  # 56x56x128 in, C2
-    DW(s=2, c=256),  # 56x56x128 in, C3
-    DW(s=1, c=256),  # 28x28x256 in, C3
-    DW(s=2, c=512),  # 28x28x256 in, C4
-    DW(s=1, c=512, n=5),  # 14x14x512 in, C4: the table's "5x" row
-    DW(s=2, c=1024),  # 14x14x512 in, C5
-    DW(s=1, c=1024),  # 7x7x1024 in, C5: Table 1 prints s2; every released model uses s1
-)
-
-# V2 Table 2. The last row (conv2d 1x1 to k classes after the pool) is added by resolve().
-V2_TABLE = (
-    Conv(c=32, k=3, s=2),  # 224x224x3 in, stem
-    IR(t=1, c=16, n=1, s=1),  # 112x112x32 in, C1
-    IR(t=6, c=24, n=2, s=2),  # 112x112x16 in, C2
-    IR(t=6, c=32, n=3, s=2),  # 56x56x24 in, C3
-    IR(t=6, c=64, n=4, s=2),  # 28x28x32 in, C4
-    IR(t=6, c=96, n=3, s=1),  # 14x14x64 in, C4
-    IR(t=6, c=160, n=3, s=2),  # 14x14x96 in, C5
-    IR(t=6, c=320, n=1, s=1),  # 7x7x160 in, C5
-    Conv(c=1280, k=1, s=1),  # 7x7x320 in, C5: the head conv
-)
-
-# Classifier dropout as released: TF-slim V1 keeps 0.999 of units; torchvision and TF-slim V2
-# drop 0.2.
-DEFAULT_DROPOUT = {"mobilenet_v1": 0.001, "mobilenet_v2": 0.2}
-DEFAULT_EXPANSION = 6  # V2 section 4: "we use expansion factor of 6 throughout"
-DEPTHWISE_KERNEL = 3  # every depthwise conv of both papers' tables is 3x3
-
-
-# --- Width and resolution rules -----------------------------------------------------------------
-
-
-def v1_width(channels: int, alpha: float) -> int:
-    """V1 channel rule as TF-slim and Keras apply it: truncate, never below 8."""
-    return max(int(channels * alpha), 8)
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round to the nearest multiple of divisor, never below 90% of value (TF-slim V2 rule)."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-def v2_width(channels: int, alpha: float) -> int:
-    """V2 channel rule: alpha-scaled channels rounded to a multiple of 8."""
-    return make_divisible(channels * alpha)
-
-
-def v2_head_width(channels: int, alpha: float) -> int:
-    """V2 keeps its last conv at 1280 channels unless alpha > 1 (paper section 6.1)."""
-    return make_divisible(channels * max(1.0, alpha))
+# --- Resolution rules ---------------------------------------------------------------------------
 
 
 def resolution_from_rho(rho: float) -> int:
@@ -187,8 +108,7 @@ class ModelConfig:
     output_stride: int | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise MobileNetsError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        family = get_family(self.arch)
         if not _is_number(self.alpha) or not self.alpha > 0 or not math.isfinite(self.alpha):
             raise MobileNetsError(f"alpha must be a positive number, got {self.alpha!r}")
         if not isinstance(self.small_input, bool):
@@ -207,17 +127,18 @@ class ModelConfig:
         if not _is_int(self.in_chans) or self.in_chans < 1:
             raise MobileNetsError(f"in_chans must be an integer >= 1, got {self.in_chans!r}")
         if self.dropout is None:
-            object.__setattr__(self, "dropout", DEFAULT_DROPOUT[self.arch])
+            object.__setattr__(self, "dropout", family.dropout)
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise MobileNetsError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.arch == "mobilenet_v1" and self.expansion is not None:
+        if family.expansion is None and self.expansion is not None:
+            expanding = [arch for arch in families() if get_family(arch).expansion is not None]
             raise MobileNetsError(
-                f"expansion applies to mobilenet_v2 only, got expansion={self.expansion!r} "
-                "for mobilenet_v1"
+                f"expansion applies to {', '.join(expanding)} only, got "
+                f"expansion={self.expansion!r} for {self.arch}"
             )
-        if self.arch == "mobilenet_v2":
+        if family.expansion is not None:
             if self.expansion is None:
-                object.__setattr__(self, "expansion", DEFAULT_EXPANSION)
+                object.__setattr__(self, "expansion", family.expansion)
             if not _is_int(self.expansion) or self.expansion < 1:
                 raise MobileNetsError(f"expansion must be an integer >= 1, got {self.expansion!r}")
         if self.padding not in PADDINGS:
@@ -451,13 +372,18 @@ def conv_out_size(size: int, stride: int) -> int:
 class _Builder:
     """Walks a table, tracking channels, spatial size and output stride, emitting LayerSpecs."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, family: Family) -> None:
         self.config = config
+        self.family = family
         self.channels = config.in_chans
         self.size = config.resolution
         self.out_stride = 1
         self.rate = 1  # the atrous rate of 3x3 convs once output_stride is reached
         self.blocks: list[BlockSpec] = []
+
+    def width(self, channels: int) -> int:
+        """A row's channels at the config's alpha, by the family's rule."""
+        return self.family.width(channels, self.config.alpha)
 
     def unit_stride(self, stride: int) -> tuple[int, int]:
         """(stride, dilation) of one unit of the table (a conv, a separable block, an inverted
@@ -493,6 +419,20 @@ class _Builder:
         self.channels, self.size = out_channels, out_size
         self.out_stride *= stride
         return spec
+
+    def depthwise(self, name: str, stride: int) -> LayerSpec:
+        """The 3x3 depthwise conv of a unit whose table stride is ``stride`` (atrous once the
+        output stride is reached, see unit_stride)."""
+        stride, dilation = self.unit_stride(stride)
+        return self.layer(
+            name,
+            "depthwise",
+            self.channels,
+            DEPTHWISE_KERNEL,
+            stride,
+            depthwise=True,
+            dilation=dilation,
+        )
 
     def block(self, name, kind, layers, *, residual=False, expansion=1) -> None:
         self.blocks.append(
@@ -535,75 +475,59 @@ def _small_input_table(table: tuple, small_input: bool) -> tuple:
     return (dataclasses.replace(stem, s=1), *rows)
 
 
-def _resolve_v1(config: ModelConfig) -> list[BlockSpec]:
-    build = _Builder(config)
-    stem, *rows = _small_input_table(V1_TABLE, config.small_input)
-    build.conv_block("stem", v1_width(stem.c, config.alpha), stem.k, stem.s)
-    index = 0
-    for row in rows:
-        for _ in range(row.n):
-            name = f"blocks.{index}"
-            stride, dilation = build.unit_stride(row.s)
-            depthwise = build.layer(
-                f"{name}.conv_dw",
-                "depthwise",
-                build.channels,
-                DEPTHWISE_KERNEL,
-                stride,
-                depthwise=True,
-                dilation=dilation,
-            )
-            pointwise = build.layer(
-                f"{name}.conv_pw", "pointwise", v1_width(row.c, config.alpha), 1, 1
-            )
-            build.block(name, "depthwise_separable", [depthwise, pointwise])
-            index += 1
-    build.classifier()
-    return build.blocks
+def _separable(build: _Builder, name: str, row: DW) -> None:
+    """V1 Figure 3 (right): 3x3 depthwise at the row's stride, then 1x1 to the row's channels."""
+    depthwise = build.depthwise(f"{name}.conv_dw", row.s)
+    pointwise = build.layer(f"{name}.conv_pw", "pointwise", build.width(row.c), 1, 1)
+    build.block(name, "depthwise_separable", [depthwise, pointwise])
 
 
-def _resolve_v2(config: ModelConfig) -> list[BlockSpec]:
-    build = _Builder(config)
-    stem, *rows, head = _small_input_table(V2_TABLE, config.small_input)
-    build.conv_block("stem", v2_width(stem.c, config.alpha), stem.k, stem.s)
+def _inverted_residual(build: _Builder, name: str, row: IR, first: bool) -> None:
+    """V2 Table 1: 1x1 expansion (absent when t is 1), 3x3 depthwise, linear 1x1 projection."""
+    # The t=1 row stays t=1: the paper's first bottleneck has no expansion layer.
+    expansion = row.t
+    if row.t != 1 and build.family.expansion is not None:
+        expansion = build.config.expansion
+    out_channels = build.width(row.c)
+    in_channels = build.channels
+    layers = []
+    if expansion != 1:
+        hidden = in_channels * expansion
+        layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
+    depthwise = build.depthwise(f"{name}.conv_dw", row.s if first else 1)
+    layers.append(depthwise)
+    layers.append(build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False))
+    residual = depthwise.stride == 1 and in_channels == out_channels
+    build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
+
+
+def _resolve_table(config: ModelConfig, family: Family) -> list[BlockSpec]:
+    """The one decoder of every family's table: the stem, ``blocks.{i}`` for each repeat of each
+    DW or IR row, the optional last Conv row as ``head``, and the classifier."""
+    build = _Builder(config, family)
+    stem, *rows = _small_input_table(family.table, config.small_input)
+    build.conv_block("stem", build.width(stem.c), stem.k, stem.s)
     index = 0
     for row in rows:
-        # The t=1 row stays t=1: the paper's first bottleneck has no expansion layer.
-        expansion = 1 if row.t == 1 else config.expansion
-        out_channels = v2_width(row.c, config.alpha)
+        if isinstance(row, Conv):  # the table's last row: the 1x1 conv before the pool
+            head_width = family.head_width or family.width
+            build.conv_block("head", head_width(row.c, config.alpha), row.k, row.s)
+            continue
         for repeat in range(row.n):
-            name = f"blocks.{index}"
-            in_channels = build.channels
-            stride, dilation = build.unit_stride(row.s if repeat == 0 else 1)
-            layers = []
-            if expansion != 1:
-                hidden = in_channels * expansion
-                layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
-            layers.append(
-                build.layer(
-                    f"{name}.conv_dw",
-                    "depthwise",
-                    build.channels,
-                    DEPTHWISE_KERNEL,
-                    stride,
-                    depthwise=True,
-                    dilation=dilation,
-                )
-            )
-            layers.append(
-                build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False)
-            )
-            residual = stride == 1 and in_channels == out_channels
-            build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
+            if isinstance(row, DW):
+                _separable(build, f"blocks.{index}", row)
+            else:
+                _inverted_residual(build, f"blocks.{index}", row, first=repeat == 0)
             index += 1
-    build.conv_block("head", v2_head_width(head.c, config.alpha), head.k, head.s)
     build.classifier()
     return build.blocks
 
 
 def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
     """C_k: the last block output at output stride 2**k. C_k_expansion: the expansion output of
-    the block that leaves level k (the V2 paper's "layer 15" for k=4, which SSDLite taps)."""
+    the block that leaves level k (the V2 paper's "layer 15" for k=4, which SSDLite taps).
+    C_k_bottleneck: the input of the family's 1x1 head conv, where it has one (V2's last inverted
+    residual, which DeepLab reads: the paper's "MNet V2*")."""
     taps: dict[str, FeatureTap] = {}
     for index, block in enumerate(blocks):
         if block.kind == "classifier":
@@ -616,6 +540,12 @@ def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
             taps[name] = FeatureTap(
                 name, module, index, expand.out_channels, 2**level, expand.out_size
             )
+        if block.name == "head" and index > 0:
+            body = blocks[index - 1]
+            name = f"C{body.level}_bottleneck"
+            taps[name] = FeatureTap(
+                name, body.name, index - 1, body.out_channels, body.out_stride, body.out_size
+            )
         name = f"C{block.level}"
         taps[name] = FeatureTap(
             name, block.name, index, block.out_channels, block.out_stride, block.out_size
@@ -625,5 +555,38 @@ def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
 
 def resolve(config: ModelConfig) -> NetSpec:
     """Resolve a config into one record per block and layer. Pure: same config, same spec."""
-    blocks = _resolve_v1(config) if config.arch == "mobilenet_v1" else _resolve_v2(config)
+    blocks = _resolve_table(config, get_family(config.arch))
     return NetSpec(config=config, blocks=tuple(blocks), taps=_taps(blocks))
+
+
+def head_taps(
+    config: ModelConfig, roles: tuple[str, ...], head: str, *, block_outputs: bool = False
+) -> tuple[FeatureTap, ...]:
+    """The taps a task head reads (roles of [`HEAD_TAPS`][mobilenets.core.families.HEAD_TAPS]), on
+    the plain network of ``config`` (no atrous convolution: the block indices are the same at any
+    output stride). A backbone without one is refused, naming the backbone, the role and the tap;
+    with ``block_outputs``, so is a tap inside a block (an expansion output)."""
+    family = get_family(config.arch)
+    plain = resolve(config.replace(output_stride=None, num_classes=0))
+    taps = []
+    for role in roles:
+        name = family.taps.get(role)
+        if name is None:
+            raise MobileNetsError(
+                f"{head} reads the backbone tap {role!r} ({HEAD_TAPS[role]}); "
+                f"{config.name} names none (its family {config.arch} names "
+                f"{', '.join(family.taps) or 'no head taps'})"
+            )
+        found = [tap for tap in plain.taps if tap.name == name]
+        if not found:
+            raise MobileNetsError(
+                f"{head} reads the backbone tap {name!r} ({role}: {HEAD_TAPS[role]}); "
+                f"{config.name} has no {name!r}, only {', '.join(t.name for t in plain.taps)}"
+            )
+        if block_outputs and found[0].module != plain.blocks[found[0].block].name:
+            raise MobileNetsError(
+                f"{head} reads whole blocks' outputs; the tap {name!r} ({role}) of {config.name} "
+                f"is {found[0].module}, inside a block"
+            )
+        taps.append(found[0])
+    return tuple(taps)

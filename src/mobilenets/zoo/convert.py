@@ -27,8 +27,9 @@ import torch
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
+from mobilenets.core.families import V1_TABLE, V2_TABLE
 from mobilenets.core.models import build_model
-from mobilenets.core.spec import V1_TABLE, V2_TABLE, BlockSpec, LayerSpec, ModelConfig, resolve
+from mobilenets.core.spec import BlockSpec, LayerSpec, ModelConfig, resolve
 from mobilenets.core.weights import read_state_dict
 
 SOURCES = ("torchvision", "timm", "keras")

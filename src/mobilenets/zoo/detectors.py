@@ -23,9 +23,9 @@ from mobilenets.zoo.transfer import source_model
 
 def copy_backbone(model: SSDLite | DeepLabV3, classifier: MobileNet) -> None:
     """Copy every tensor of a classification model that a detector's or segmenter's backbone has
-    into it: weights, BN statistics. The classifier is left out, and V2's last 1x1 conv where the
-    backbone does not build it (a segmenter's); anything else that does not fit raises, nothing is
-    skipped."""
+    into it: weights, BN statistics. The classifier is left out, and the blocks the backbone does
+    not build (a segmenter's ends at its tap: V2's last 1x1 conv); anything else that does not fit
+    raises, nothing is skipped."""
     if not isinstance(classifier, MobileNet):
         raise MobileNetsError(
             f"backbone weights come from a MobileNet classification model, got "
@@ -41,7 +41,10 @@ def copy_backbone(model: SSDLite | DeepLabV3, classifier: MobileNet) -> None:
         raise MobileNetsError(
             f"backbone weights of {classifier.name} do not fit {model.name}: " + "; ".join(differ)
         )
-    left_out = ("classifier.", *(("head.",) if model.backbone.head is None else ()))
+    # The blocks past the model's backbone (a segmenter's ends at its tap: V2's "head" goes).
+    built = {block.name.removeprefix("backbone.") for block in model.spec.blocks}
+    dropped = [block.name for block in classifier.spec.feature_blocks if block.name not in built]
+    left_out = ("classifier.", *(f"{name}." for name in dropped))
     state = {k: v for k, v in classifier.state_dict().items() if not k.startswith(left_out)}
     problems = mismatch_report(model.backbone, state)
     if problems:

@@ -2,9 +2,11 @@
 
 One dict, filled once at import, that refuses a duplicate name. Classifiers have TF-slim names:
 a grid name such as ``mobilenet_v2_0.75_160`` fixes alpha and resolution; the family names
-``mobilenet_v1`` and ``mobilenet_v2`` take ``alpha=`` and ``resolution=`` or ``rho=``. Detectors
-(``ssdlite_mobilenet_v2``) are registered beside them with their own config and the paper's
-figures; each entry says which task it belongs to.
+``mobilenet_v1`` and ``mobilenet_v2`` (every family of ``mobilenets.core.spec.families()``) take
+``alpha=`` and ``resolution=`` or ``rho=``. Detectors (``ssdlite_mobilenet_v2``) and segmenters are
+registered beside them with their own config and the papers' figures; each entry says which task it
+belongs to. ``ssdlite_<family>`` and ``deeplabv3_<family>`` name any family's detector and
+segmenter, registered or not.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import families
 from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
-from mobilenets.core.spec import ARCHS, ModelConfig, format_alpha, pick_resolution
+from mobilenets.core.spec import ModelConfig, format_alpha, pick_resolution
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
@@ -139,10 +142,17 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(entry: ModelEntry) -> ModelEntry:
-    if entry.name in _REGISTRY or entry.name in ARCHS:
+    if entry.name in _REGISTRY or entry.name in families():
         raise MobileNetsError(f"model name {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
     return entry
+
+
+def unregister(name: str) -> None:
+    """Remove a name that register added (tests register toy models)."""
+    if name not in _REGISTRY:
+        raise MobileNetsError(f"no model {name!r} is registered")
+    del _REGISTRY[name]
 
 
 def _register_grid() -> None:
@@ -222,10 +232,32 @@ def list_models(pattern: str = "*", task: str | None = "classification") -> list
     ]
 
 
+# Every family serves every task: ``ssdlite_<arch>`` and ``deeplabv3_<arch>`` name a family's
+# detector and segmenter with the task's defaults, unless registered above with the papers' figures.
+FAMILY_TASKS = {
+    "detection": ("ssdlite_", DetectionConfig),
+    "segmentation": ("deeplabv3_", SegmentationConfig),
+}
+
+
+def _lookup(name) -> ModelEntry | None:
+    """The registered entry of a name, or the family model it names (see FAMILY_TASKS)."""
+    if not isinstance(name, str):
+        return None
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        return entry
+    for prefix, config_type in FAMILY_TASKS.values():
+        arch = name.removeprefix(prefix)
+        if name.startswith(prefix) and arch in families():
+            return ModelEntry(name, config_type(ModelConfig(arch=arch)))
+    return None
+
+
 def get_entry(name: str, task: str | None = None) -> ModelEntry:
     """The registry entry of a name (of ``task``'s models, when given); an unknown name gets the
     closest names suggested."""
-    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    entry = _lookup(name)
     if entry is not None and task in (None, entry.task):
         return entry
     if entry is not None:
@@ -234,26 +266,26 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
 
 
 def is_detector(name) -> bool:
-    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    entry = _lookup(name)
     return entry is not None and entry.task == "detection"
 
 
 def is_segmenter(name) -> bool:
-    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    entry = _lookup(name)
     return entry is not None and entry.task == "segmentation"
 
 
 def _unknown_name_message(name, task: str | None = None) -> str:
     names = list_models(task=task)
-    families = ARCHS if task in (None, "classification") else ()
-    close = difflib.get_close_matches(str(name), [*families, *names], n=3, cutoff=0.5)
+    family_names = families() if task in (None, "classification") else ()
+    close = difflib.get_close_matches(str(name), [*family_names, *names], n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     if task == "detection":
         return f"unknown detector {name!r}{hint}; registered: {', '.join(names)}"
     if task == "segmentation":
         return f"unknown segmenter {name!r}{hint}; registered: {', '.join(names)}"
     return (
-        f"unknown model {name!r}{hint} (families: {', '.join(ARCHS)}; "
+        f"unknown model {name!r}{hint} (families: {', '.join(families())}; "
         f"{len(list_models())} named variants, see `mobilenets zoo`)"
     )
 
@@ -291,7 +323,7 @@ def resolve_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfi
         raise MobileNetsError(
             f"a model name is a string such as 'mobilenet_v2_1.0_224', got {name_or_config!r}"
         )
-    elif name_or_config in ARCHS:
+    elif name_or_config in families():
         base = ModelConfig(arch=name_or_config)
     else:
         base = get_entry(name_or_config, task="classification").config

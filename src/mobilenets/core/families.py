@@ -1,0 +1,232 @@
+"""The papers' architecture tables as data, and the registry of backbone families.
+
+V1 Table 1 (Howard et al. 2017) and V2 Table 2 (Sandler et al. 2018) appear below as typed rows in
+the papers' notation. A [`Family`][mobilenets.core.families.Family] is a table, its channel rule
+(alpha, V1 section 3.3, is applied through it and nowhere else) and the named feature taps the task
+heads read (``HEAD_TAPS``); [`register_family`][mobilenets.core.families.register_family] adds one,
+and ``mobilenets.core.spec.resolve`` decodes every family's table the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mobilenets.core.errors import MobileNetsError
+
+# --- Paper rows --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A full convolution with BN and ReLU6: the stem (k=3, s=2) or V2's last 1x1 conv."""
+
+    c: int
+    k: int = 3
+    s: int = 1
+
+
+@dataclass(frozen=True)
+class DW:
+    """V1 Table 1 row pair: 3x3 depthwise conv with stride s, then a 1x1 conv to c; n repeats."""
+
+    s: int
+    c: int
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class IR:
+    """V2 Table 2 row: n inverted residual blocks, expansion t, c outputs, first stride s."""
+
+    t: int
+    c: int
+    n: int
+    s: int
+
+
+# V1 Table 1. The classifier row (avg pool 7x7, FC 1024x1000) is added by resolve().
+V1_TABLE = (
+    Conv(c=32, k=3, s=2),  # 224x224x3 in, stem
+    DW(s=1, c=64),  # 112x112x32 in, C1
+    DW(s=2, c=128),  # 112x112x64 in, C2
+    DW(s=1, c=128),  # 56x56x128 in, C2
+    DW(s=2, c=256),  # 56x56x128 in, C3
+    DW(s=1, c=256),  # 28x28x256 in, C3
+    DW(s=2, c=512),  # 28x28x256 in, C4
+    DW(s=1, c=512, n=5),  # 14x14x512 in, C4: the table's "5x" row
+    DW(s=2, c=1024),  # 14x14x512 in, C5
+    DW(s=1, c=1024),  # 7x7x1024 in, C5: Table 1 prints s2; every released model uses s1
+)
+
+# V2 Table 2. The last row (conv2d 1x1 to k classes after the pool) is added by resolve().
+V2_TABLE = (
+    Conv(c=32, k=3, s=2),  # 224x224x3 in, stem
+    IR(t=1, c=16, n=1, s=1),  # 112x112x32 in, C1
+    IR(t=6, c=24, n=2, s=2),  # 112x112x16 in, C2
+    IR(t=6, c=32, n=3, s=2),  # 56x56x24 in, C3
+    IR(t=6, c=64, n=4, s=2),  # 28x28x32 in, C4
+    IR(t=6, c=96, n=3, s=1),  # 14x14x64 in, C4
+    IR(t=6, c=160, n=3, s=2),  # 14x14x96 in, C5
+    IR(t=6, c=320, n=1, s=1),  # 7x7x160 in, C5
+    Conv(c=1280, k=1, s=1),  # 7x7x320 in, C5: the head conv
+)
+
+DEFAULT_EXPANSION = 6  # V2 section 4: "we use expansion factor of 6 throughout"
+DEPTHWISE_KERNEL = 3  # every depthwise conv of both papers' tables is 3x3
+
+
+# --- Width rules: how alpha sets each family's channels -----------------------------------------
+
+
+def v1_width(channels: int, alpha: float) -> int:
+    """V1 channel rule as TF-slim and Keras apply it: truncate, never below 8."""
+    return max(int(channels * alpha), 8)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round to the nearest multiple of divisor, never below 90% of value (TF-slim V2 rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def v2_width(channels: int, alpha: float) -> int:
+    """V2 channel rule: alpha-scaled channels rounded to a multiple of 8."""
+    return make_divisible(channels * alpha)
+
+
+def v2_head_width(channels: int, alpha: float) -> int:
+    """V2 keeps its last conv at 1280 channels unless alpha > 1 (paper section 6.1)."""
+    return make_divisible(channels * max(1.0, alpha))
+
+
+# --- Families: a table, a channel rule, and the taps the task heads read ----------------------
+
+# The feature maps the task heads take from a backbone, each a named tap of the plain network
+# (no atrous convolution, no small-input variant). A family names the tap that plays each role;
+# the heads read only these, so a family that names them works in every task.
+HEAD_TAPS = {
+    "ssdlite_stride16": "SSDLite's first feature map, at output stride 16",
+    "ssdlite_stride32": "SSDLite's second feature map, at output stride 32, before the extras",
+    "deeplab_stride8": "the stride-8 features DeepLab's auxiliary head reads",
+    "deeplab_features": "the features DeepLab's head reads; the segmenter's backbone ends there",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A backbone family: its table, how alpha sets its channels, and its head taps.
+
+    ``table`` starts with the stem (a ``Conv`` row), then ``DW`` and ``IR`` rows, and may end
+    with one ``Conv`` row, the 1x1 "head" conv before the pool. ``taps`` maps each role of
+    [`HEAD_TAPS`][mobilenets.core.families.HEAD_TAPS] that the family fills to one of its tap names
+    (see [`NetSpec.taps`][mobilenets.core.spec.NetSpec]); a head refuses a family without its
+    roles, naming the backbone and the tap.
+    """
+
+    arch: str
+    table: tuple
+    width: Callable[[int, float], int]  # channels of a row for alpha
+    head_width: Callable[[int, float], int] | None = None  # the head conv's; None: width
+    taps: Mapping[str, str] = field(default_factory=dict)
+    dropout: float = 0.2  # the classifier's, as released
+    expansion: int | None = None  # the default t of IR rows (t=1 rows stay 1); None: fixed t
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise MobileNetsError(f"a family's arch is a non-empty string, got {self.arch!r}")
+        table = tuple(self.table) if isinstance(self.table, (list, tuple)) else ()
+        if not table or not isinstance(table[0], Conv):
+            raise MobileNetsError(
+                f"family {self.arch}: the table starts with the stem, a Conv row, got "
+                f"{self.table!r}"
+            )
+        rows = table[1:]
+        if not all(isinstance(row, (DW, IR, Conv)) for row in rows) or any(
+            isinstance(row, Conv) for row in rows[:-1]
+        ):
+            raise MobileNetsError(
+                f"family {self.arch}: after the stem, a table holds DW and IR rows and at most "
+                f"one last Conv row (the head), got {rows!r}"
+            )
+        unknown = sorted(set(self.taps) - set(HEAD_TAPS))
+        if unknown:
+            raise MobileNetsError(
+                f"family {self.arch}: unknown head tap roles {unknown}; allowed: "
+                f"{', '.join(HEAD_TAPS)}"
+            )
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "taps", MappingProxyType(dict(self.taps)))
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family: its arch name then builds, costs and serves in every task."""
+    if not isinstance(family, Family):
+        raise MobileNetsError(f"register_family takes a Family, got {family!r}")
+    if family.arch in _FAMILIES:
+        raise MobileNetsError(f"family {family.arch!r} is already registered")
+    _FAMILIES[family.arch] = family
+    return family
+
+
+def unregister_family(arch: str) -> None:
+    """Remove a family that register_family added (tests register toy ones)."""
+    if arch not in _FAMILIES:
+        raise MobileNetsError(
+            f"no family {arch!r} is registered; registered: {', '.join(_FAMILIES)}"
+        )
+    del _FAMILIES[arch]
+
+
+def families() -> tuple[str, ...]:
+    """The registered families' arch names, in registration order."""
+    return tuple(_FAMILIES)
+
+
+def get_family(arch: str) -> Family:
+    family = _FAMILIES.get(arch) if isinstance(arch, str) else None
+    if family is None:
+        raise MobileNetsError(f"arch must be one of {', '.join(_FAMILIES)}, got {arch!r}")
+    return family
+
+
+# Classifier dropout as released: TF-slim V1 keeps 0.999 of units; torchvision and TF-slim V2
+# drop 0.2. SSDLite on V1 reads Conv2d_11_pointwise and Conv2d_13_pointwise, as TF's
+# ssd_mobilenet_v1 feature extractor does; on V2 the "layer 15" expansion and the 1280 conv.
+# DeepLab reads V1 to its last separable block and V2 to its last inverted residual (MNet V2*).
+register_family(
+    Family(
+        "mobilenet_v1",
+        V1_TABLE,
+        v1_width,
+        taps={
+            "ssdlite_stride16": "C4",
+            "ssdlite_stride32": "C5",
+            "deeplab_stride8": "C3",
+            "deeplab_features": "C5",
+        },
+        dropout=0.001,
+    )
+)
+register_family(
+    Family(
+        "mobilenet_v2",
+        V2_TABLE,
+        v2_width,
+        head_width=v2_head_width,
+        taps={
+            "ssdlite_stride16": "C4_expansion",
+            "ssdlite_stride32": "C5",
+            "deeplab_stride8": "C3",
+            "deeplab_features": "C5_bottleneck",
+        },
+        dropout=0.2,
+        expansion=DEFAULT_EXPANSION,
+    )
+)
