@@ -28,9 +28,12 @@ file is quantized: this module imports without them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -61,6 +64,7 @@ from mobilenets.engine.checkpoint import Checkpoint
 if TYPE_CHECKING:
     import onnx
 
+log = logging.getLogger("mobilenets")
 QUANTIZING = "int8 quantization"
 # our names of onnxruntime.quantization's CalibrationMethod and QuantType members
 CALIBRATE_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -409,14 +413,18 @@ def write_onnx_int8(
     with tempfile.TemporaryDirectory(prefix="mobilenets-int8-") as folder:
         fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         fp32 = write_onnx(graph, fp32_path, check_fp32, opset=opset)
-        quantized = quantize_file(
-            fp32_path,
-            calibration,
-            int8_path,
-            method=method,
-            activation_type=activation_type,
-            recorded=recorded,
-        )
+        # onnxruntime prints its entropy and percentile calibration's progress: logged instead
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            quantized = quantize_file(
+                fp32_path,
+                calibration,
+                int8_path,
+                method=method,
+                activation_type=activation_type,
+                recorded=recorded,
+            )
+        if printed.getvalue().strip():
+            log.debug("onnxruntime quantization: %s", printed.getvalue().strip())
         agreement, file_bytes = write_checked(
             path,
             lambda temporary: shutil.copyfile(int8_path, temporary),
