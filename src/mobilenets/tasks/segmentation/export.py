@@ -268,8 +268,8 @@ def _as_checkpoint(item) -> SegmentationCheckpoint | None:
     if isinstance(item, SegmentationCheckpoint):
         return item
     raise MobileNetsError(
-        "the segmentation export takes a checkpoint (a .safetensors file or run folder), "
-        f"a SegmentationCheckpoint or a DeepLabV3, got {type(item).__name__}"
+        "the segmentation export takes a segmentation checkpoint (a .safetensors file or run "
+        f"folder), a SegmentationCheckpoint or a DeepLabV3, got {type(item).__name__}"
     )
 
 
