@@ -43,16 +43,9 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import installed_version, require
 from mobilenets.core.models import MobileNet
 from mobilenets.core.version import __version__
+from mobilenets.deploy import pipeline
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import check_agreement, format_shape
-from mobilenets.deploy.pipeline import (
-    Agreement,
-    Check,
-    ExportGraph,
-    ExportReport,
-    check_metadata,
-    write_checked,
-)
 from mobilenets.deploy.pt2e import (
     SETTINGS,
     QuantizedReference,
@@ -133,8 +126,8 @@ def lower_to_xnnpack(
 
 
 def write_pte(
-    graph: ExportGraph, path: str | os.PathLike, check: Check, *, int8=None
-) -> ExportReport:
+    graph: pipeline.ExportGraph, path: str | os.PathLike, check: pipeline.Check, *, int8=None
+) -> pipeline.ExportReport:
     """The ``.pte`` writer: ``graph`` (one input, its example's shape fixed) lowered to the
     XNNPACK delegate with its metadata as constant methods (keys must be Python identifiers),
     written under a temporary name, run by ``check`` (ExecuTorch's runtime against the task's
@@ -146,10 +139,10 @@ def write_pte(
     (example,) = graph.examples
     shape = tuple(example.shape)
     buffer, partitions, outside = lower_to_xnnpack(graph.module.eval(), shape, dict(graph.metadata))
-    agreement, file_bytes = write_checked(
+    agreement, file_bytes = pipeline.write_checked(
         path, lambda temporary: Path(temporary).write_bytes(buffer), check
     )
-    return ExportReport(
+    return pipeline.ExportReport(
         Path(path),
         "pte",
         graph.model_name,
@@ -179,7 +172,7 @@ def export_executorch(
     qat: QatConfig | None = None,
     train_dataset=None,
     progress: bool = False,
-) -> ExportReport:
+) -> pipeline.ExportReport:
     """Write ``model`` as an ExecuTorch program with BN folded and its layers lowered to the
     XNNPACK delegate (the report lists any op left outside it), input float32 (batch, C,
     resolution, resolution), output the logits; then run the file with ExecuTorch's runtime
@@ -229,11 +222,11 @@ def export_executorch(
         config = model.config.replace(resolution=resolution)
     except MobileNetsError as error:
         raise MobileNetsError(f"cannot export {model.name} at {resolution!r} px: {error}") from None
-    metadata = check_metadata(metadata, (), "export_executorch")
+    metadata = pipeline.check_metadata(metadata, (), "export_executorch")
     bad = sorted(key for key in metadata if not key.isidentifier())
     if bad:
         raise MobileNetsError(f"metadata keys must be Python identifiers, got {bad}")
-    metadata = check_metadata(metadata, RESERVED_KEYS, "export_executorch")
+    metadata = pipeline.check_metadata(metadata, RESERVED_KEYS, "export_executorch")
     metadata |= {"model_config": json.dumps(config.to_dict()), "mobilenets_version": __version__}
     # NCHW weights whatever the caller's memory format: the XNNPACK lowering expects them
     reference = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
@@ -255,13 +248,13 @@ def export_executorch(
         if qat is not None:
             settings |= {"method": "qat", "qat": dataclasses.asdict(qat)}
         metadata[QUANTIZATION_KEY] = json.dumps(settings)
-    graph = ExportGraph(
+    graph = pipeline.ExportGraph(
         folded, (torch.zeros(shape),), ("input",), ("logits",), metadata, config.name, bn_folded
     )
 
-    def check(written: Path) -> Agreement:
+    def check(written: Path) -> pipeline.Agreement:
         if int8_report is None:
-            return Agreement(verify_pte(written, reference, shape))
+            return pipeline.Agreement(verify_pte(written, reference, shape))
         difference = verify_pte(
             written,
             QuantizedReference(folded),
@@ -271,7 +264,7 @@ def export_executorch(
             what="the int8 ExecuTorch program",
         )
         fp32_difference = verify_pte(written, reference, shape, x=x, tolerance=math.inf)
-        return Agreement(
+        return pipeline.Agreement(
             difference, int8=dataclasses.replace(int8_report, fp32_max_abs_diff=fp32_difference)
         )
 
