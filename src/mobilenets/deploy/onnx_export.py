@@ -1,11 +1,16 @@
-"""Export to ONNX: fold BN into the convs, export with torch.onnx, check with onnxruntime.
+"""Export to ONNX: the one ONNX writer, and onnxruntime to check and run the files.
 
-Export is a transform on our own modules, not a parallel model tree:
+[`write_onnx`][mobilenets.deploy.onnx_export.write_onnx] writes any task's
+[`ExportGraph`][mobilenets.deploy.pipeline.ExportGraph] with the torch.export based exporter
+(``torch.onnx.export(dynamo=True)``, called in
+[`onnx_program`][mobilenets.deploy.onnx_export.onnx_program] alone), its metadata in the file's
+``metadata_props``, atomically, once the task's check has run it with onnxruntime.
+
+[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] writes a MobileNet: a transform on our
+own modules, not a parallel model tree.
 [`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] folds each block's BN into the conv
-before it, found by the parts' names, on a deep copy (the caller's model is never changed).
-[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] exports that copy with the torch.export
-based exporter (``torch.onnx.export(dynamo=True)``), writes the file atomically with the model's
-config, classes and preprocessing in its ``metadata_props``, and runs it with onnxruntime against
+before it, found by the parts' names, on a deep copy (the caller's model is never changed); the
+file records the model's config, classes and preprocessing, and its logits are checked against
 the unfolded PyTorch model before the file takes its final name.
 
 onnx, onnxscript and onnxruntime are the ``onnx`` extra (``pip install 'mobilenets[onnx]'``):

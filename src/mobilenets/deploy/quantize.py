@@ -1,4 +1,6 @@
-"""Post-training static int8 quantization with onnxruntime.
+"""Post-training static int8 quantization with onnxruntime: the int8 path of ONNX files, for every
+task ([`quantize_file`][mobilenets.deploy.quantize.quantize_file] on a written fp32 file,
+[`write_onnx_int8`][mobilenets.deploy.quantize.write_onnx_int8] from a task's graph).
 
 Quantization is a transform on the exported graph, not a parallel model tree: the checkpoint is
 exported with
