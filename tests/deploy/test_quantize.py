@@ -29,6 +29,7 @@ from mobilenets.deploy.onnx_export import onnx_session, read_onnx_metadata
 from mobilenets.engine.checkpoint import load_checkpoint
 from mobilenets.engine.device import cpu_info
 from mobilenets.engine.loop import ordered_loader
+from mobilenets.tasks.classification import quantize as classification_quantize
 from mobilenets.tasks.classification.quantize import evaluate_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,9 +100,9 @@ def quantized(checkpoint):
         read.append((dataset, list(indices)))
         return original(dataset, indices, batch_size)
 
-    original = quantize.calibration_batches
+    original = classification_quantize.calibration_batches
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(quantize, "calibration_batches", calibration_batches)
+        patch.setattr(classification_quantize, "calibration_batches", calibration_batches)
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             argv = [
