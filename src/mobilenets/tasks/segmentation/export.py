@@ -236,7 +236,7 @@ def export(
 
     if int8 and format == "onnx":
         return _write_onnx_int8(
-            graph, reference, path, argmax, check, opset, calibration, calibrate
+            graph, reference, path, argmax, check, opset, calibration, calibrate or "minmax"
         )
     if int8:
         return _write_pte_int8(graph, folded, reference, path, argmax, source, calibration)
