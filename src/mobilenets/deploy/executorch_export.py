@@ -138,7 +138,7 @@ def write_pte(
         raise MobileNetsError(f"metadata keys must be Python identifiers, got {bad}")
     (example,) = graph.examples
     shape = tuple(example.shape)
-    buffer, partitions, outside = lower_to_xnnpack(graph.module.eval(), shape, dict(graph.metadata))
+    buffer, partitions, outside = lower_to_xnnpack(graph.module, shape, dict(graph.metadata))
     agreement, file_bytes = pipeline.write_checked(
         path, lambda temporary: Path(temporary).write_bytes(buffer), check
     )

@@ -218,7 +218,7 @@ def export(
         }
     )
     graph = ExportGraph(
-        ClassMap(folded) if argmax else folded,
+        ClassMap(folded).eval() if argmax else folded,
         (torch.zeros(shape),),
         (onnx_export.INPUT_NAME,),
         (output_name,),
