@@ -537,4 +537,4 @@ def print_int8(result, pte: bool, data: str, calibrate: str) -> None:
         f"AP50 {result.int8_ap50:.3f} (AP50 {drop:+.1f} points, AP "
         f"{100 * (result.int8_ap - result.fp32_ap):+.1f}) on {result.count:,} validation images"
     )
-    print_int8_arithmetic(None if pte else report.quantization.pair_bound)
+    print_int8_arithmetic(None if pte else report.int8.pair_bound)
