@@ -31,9 +31,10 @@ import onnx
 import torch
 
 from mobilenets.core.files import atomic_path
-from mobilenets.deploy import bench, quantize
+from mobilenets.deploy import bench, pt2e, quantize
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy.onnx_export import INPUT_NAME, export_onnx, onnx_session
+from mobilenets.tasks.classification.quantize import evaluate_onnx
 from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.factory import create_model
 from mobilenets.zoo.segmenters import create_segmenter
@@ -158,7 +159,7 @@ def pte_rows() -> list[list[str]]:
             calibration=calibration,
         )
     steps = report.max_abs_diff / report.int8.logits_scale
-    row = ["classifier mobilenet_v2_0.35", f"{steps:.1f}", f"{mobile.INT8_TOLERANCE_STEPS}"]
+    row = ["classifier mobilenet_v2_0.35", f"{steps:.1f}", f"{pt2e.INT8_TOLERANCE_STEPS}"]
     print(" | ".join(row), flush=True)
     return [row]
 
@@ -187,8 +188,8 @@ def fashion_mnist_rows(threads: int) -> list[list[str]]:
             )
             with weight_bits(bits):
                 quantize.quantize_ptq(checkpoint, batches, path)
-            kernels = quantize.evaluate_onnx(path, loader)[0]
-            emulated = quantize.evaluate_onnx(path, loader, optimize=False)[0]
+            kernels = evaluate_onnx(path, loader)[0]
+            emulated = evaluate_onnx(path, loader, optimize=False)[0]
             request = bench.openvino_model(path, threads, precision="int8")
             right = sum(
                 int(

@@ -23,6 +23,7 @@ from mobilenets.core.models import MobileNetV1
 from mobilenets.core.preprocessing import imagenet_preprocessing
 from mobilenets.core.segmentation_spec import SEGMENTATION_OUTPUT_STRIDES
 from mobilenets.data.segmentation import load_segmentation_data
+from mobilenets.deploy.pipeline import ExportReport
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.engine.settings import TrainSettings
 from mobilenets.tasks.segmentation import export as segmentation_export
@@ -173,29 +174,27 @@ def test_predict_writes_a_mask_of_class_indices_and_an_overlay_per_image(trained
     assert no_temporary_files(tmp_path)
 
 
-def test_export_passes_its_flags_to_export_segmenter(trained, capsys, tmp_path, monkeypatch):
+def test_export_passes_its_flags_to_the_segmentation_export(trained, capsys, tmp_path, monkeypatch):
     out, _ = trained
     calls = []
 
     def fake_export(checkpoint, path, **options):
         calls.append((checkpoint, path, options))
-        return segmentation_export.SegmentationExportReport(
+        return ExportReport(
             path=Path(path),
             format=options["format"],
             model_name="deeplabv3_x",
-            source="ckpt",
             input_shape=(1, 3, 96, 96),
-            output_name="labels",
-            output_shape=(1, 96, 96),
+            output_names=("labels",),
             max_abs_diff=None,
-            differing_pixels=0,
             bn_folded=40,
             file_bytes=2_000_000,
             runtime="onnxruntime 1.0",
             opset=19,
+            details={"source": "ckpt", "output_shape": (1, 96, 96), "differing_pixels": 0},
         )
 
-    monkeypatch.setattr(segmentation_export, "export_segmenter", fake_export)
+    monkeypatch.setattr(segmentation_export, "export", fake_export)
     path = tmp_path / "model.onnx"
     code, printed, err = run_cli(
         capsys,

@@ -26,7 +26,9 @@ from mobilenets.core.weights import save_weights
 from mobilenets.data.classification import load_splits
 from mobilenets.data.transforms import eval_transform
 from mobilenets.deploy import executorch_export as mobile
+from mobilenets.deploy import pt2e
 from mobilenets.engine.device import cpu_info
+from mobilenets.tasks.classification.quantize import PteClassifier
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -139,7 +141,7 @@ def test_the_program_agrees_with_its_quantized_reference(exported):
         f"({report.max_abs_diff / int8.logits_scale:.1f} steps of {int8.logits_scale:.3g}); "
         f"vs fp32: {int8.fp32_max_abs_diff:.3g}"
     )
-    assert int8.tolerance == pytest.approx(mobile.INT8_TOLERANCE_STEPS * int8.logits_scale)
+    assert int8.tolerance == pytest.approx(pt2e.INT8_TOLERANCE_STEPS * int8.logits_scale)
     assert report.max_abs_diff <= int8.tolerance
     assert 0 < int8.fp32_max_abs_diff < 2.0  # logits of size about 10
 
@@ -149,7 +151,7 @@ def test_predictions_agree_with_the_fp32_model(exported, model, splits):
     path, _, _ = exported
     images = torch.stack([splits.val[(i, 0)][0] for i in range(32)])
     with torch.no_grad():
-        ours, theirs = mobile.PteClassifier(path)(images), model(images)
+        ours, theirs = PteClassifier(path)(images), model(images)
     agree = int((ours.argmax(1) == theirs.argmax(1)).sum())
     print(f"\nargmax agreement with fp32: {agree} of 32")
     assert agree >= 24  # 27 measured; XNNPACK kernels differ by CPU
@@ -173,7 +175,7 @@ def test_metadata_records_the_quantization(exported):
 
 @pytest.mark.slow
 def test_a_failed_check_leaves_no_file(exported, model, splits, tmp_path, monkeypatch):
-    monkeypatch.setattr(mobile, "INT8_TOLERANCE_STEPS", 0)  # the program never matches exactly
+    monkeypatch.setattr(pt2e, "INT8_TOLERANCE_STEPS", 0)  # the program never matches exactly
     # the command's program (the same model, other calibration images) stands in for a second
     # lowering (a minute on a slow CPU); the quantization and the check run for real
     _, report, _ = exported

@@ -24,9 +24,11 @@ from mobilenets.core.spec import ModelConfig
 from mobilenets.core.weights import save_weights
 from mobilenets.data.classification import load_splits
 from mobilenets.deploy import executorch_export as mobile
+from mobilenets.deploy import pt2e
 from mobilenets.deploy.qat import QatConfig
 from mobilenets.engine.checkpoint import load_checkpoint
 from mobilenets.engine.device import cpu_info
+from mobilenets.tasks.classification.quantize import PteClassifier
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -76,7 +78,7 @@ def quantized(checkpoint):
     recorded before and after the fine-tuning: the file, what was printed, (before, after)."""
     out = checkpoint.parent / "qat.pte"
     trained = []
-    original = mobile.train_steps
+    original = pt2e.train_steps
 
     def train_steps(net, *args, **kwargs):
         before = {
@@ -109,7 +111,7 @@ def quantized(checkpoint):
     ]
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mobile, "train_steps", train_steps)
+        patch.setattr(pt2e, "train_steps", train_steps)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             code = main([str(arg) for arg in argv])
     assert code == 0, stderr.getvalue()
@@ -136,7 +138,7 @@ def test_cli_fine_tunes_then_prints_the_program_and_both_accuracies(quantized, c
     )
     assert match, agreement
     print(f"\nQAT .pte vs its PT2E reference: {match.group(1)} steps; {accuracy}")
-    assert float(match.group(1)) <= mobile.INT8_TOLERANCE_STEPS
+    assert float(match.group(1)) <= pt2e.INT8_TOLERANCE_STEPS
     assert re.fullmatch(
         r"fp32 top-1 \d+\.\d\d%, int8 top-1 \d+\.\d\d% \([-+]\d+\.\d\d points\) on 64 "
         r"validation images",
@@ -149,7 +151,7 @@ def test_the_program_runs_and_records_the_fine_tuning(quantized):
     out, _, _ = quantized
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logits = mobile.PteClassifier(out)(images)
+        logits = PteClassifier(out)(images)
     assert logits.shape == (3, 10) and torch.isfinite(logits).all()
     # a live network: its logits differ between classes and between images (a collapsed one
     # would agree with its reference trivially)

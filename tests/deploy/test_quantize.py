@@ -29,6 +29,8 @@ from mobilenets.deploy.onnx_export import onnx_session, read_onnx_metadata
 from mobilenets.engine.checkpoint import load_checkpoint
 from mobilenets.engine.device import cpu_info
 from mobilenets.engine.loop import ordered_loader
+from mobilenets.tasks.classification import quantize as classification_quantize
+from mobilenets.tasks.classification.quantize import evaluate_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,9 +100,9 @@ def quantized(checkpoint):
         read.append((dataset, list(indices)))
         return original(dataset, indices, batch_size)
 
-    original = quantize.calibration_batches
+    original = classification_quantize.calibration_batches
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(quantize, "calibration_batches", calibration_batches)
+        patch.setattr(classification_quantize, "calibration_batches", calibration_batches)
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             argv = [
@@ -305,7 +307,7 @@ def test_percentile_from_a_tensor_keeps_the_accuracy(checkpoint, tmp_path):
     assert read_onnx_metadata(out)["quantization"]["calibrate"] == "percentile"
     splits.val.transform = transform
     loader = ordered_loader(splits.val, 32)
-    int8_top1, int8_top5, count = quantize.evaluate_onnx(out, loader)
+    int8_top1, int8_top5, count = evaluate_onnx(out, loader)
     with torch.no_grad():
         x = torch.stack([transform(image) for image in splits.val.images])
         fp32_top1 = (ours.model(x).argmax(1) == splits.val.labels).float().mean().item()

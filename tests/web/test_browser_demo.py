@@ -1,7 +1,7 @@
 """`mobilenets demo web`: the page in headless Chromium gives onnxruntime's results in Python.
 
 One export is shared: a one-channel classifier and an SSDLite detector, both 96 px with random
-weights (the detector's heads tuned as in tests/deploy/test_detection_export_nms.py so that tens
+weights (the detector's heads tuned as in tests/tasks/detection/test_export.py so that tens
 of boxes pass the score threshold), quantized to int8 by the command on a few synthetic training
 images. The page is served on a free port and driven by Selenium through Debian's chromium and
 chromedriver (`.ci/run` installs them; `make test` installs onnxruntime-web with `npm ci
@@ -50,7 +50,7 @@ from mobilenets.data.transforms import eval_transform
 from mobilenets.deploy import web_demo
 from mobilenets.deploy.quantize import conv_weight_sources, int16_pair_bound
 from mobilenets.engine.checkpoint import save_checkpoint
-from mobilenets.tasks.detection.export import NMS_OUTPUT_NAMES
+from mobilenets.tasks.detection.graphs import NMS_OUTPUT_NAMES
 from mobilenets.zoo.segmenters import create_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")

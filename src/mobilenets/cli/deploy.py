@@ -115,6 +115,7 @@ def add_export(commands) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     from mobilenets.deploy import onnx_export as export
+    from mobilenets.tasks.classification.export import export as classification_export
 
     if args.format == "pte":
         run_export_pte(args)
@@ -127,21 +128,20 @@ def run_export(args: argparse.Namespace) -> None:
         )
     opset = export.DEFAULT_OPSET if args.opset is None else args.opset
     export.check_options(args.out, opset)  # before loading or downloading anything
-    source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
-    report = export.export_onnx(
-        source.model,
+    report = classification_export(
+        args.model,
         args.out,
-        resolution=source.resolution,
+        weights=args.weights,
+        resolution=args.resolution,
         opset=opset,
         dynamic_batch=args.dynamic_batch,
-        metadata=source.metadata,
     )
     print(
-        f"wrote {report.path} ({report.model_name} with {source.weights}; opset {report.opset}, "
+        f"wrote {report.path} ({report.model_name} with {report.source}; opset {report.opset}, "
         f"input {export.format_shape(report.input_shape)}, {report.file_bytes / 1e6:.1f} MB, "
         f"{report.bn_folded} BN folded)"
     )
-    for shape, difference in report.max_abs_diff.items():
+    for shape, difference in report.checks.items():
         print(
             f"onnxruntime {report.onnxruntime_version} vs PyTorch: max abs diff "
             f"{difference:.2g} at {export.format_shape(shape)}"
@@ -151,6 +151,7 @@ def run_export(args: argparse.Namespace) -> None:
 def run_export_pte(args: argparse.Namespace) -> None:
     from mobilenets.deploy import executorch_export as mobile
     from mobilenets.deploy import onnx_export as export
+    from mobilenets.tasks.classification.export import export as classification_export
 
     if args.opset is not None or args.dynamic_batch:
         option = "--opset" if args.opset is not None else "--dynamic-batch"
@@ -163,11 +164,10 @@ def run_export_pte(args: argparse.Namespace) -> None:
     if args.int8:
         run_export_pte_int8(args, mobile, export)
         return
-    source = export.export_source(args.model, weights=args.weights, resolution=args.resolution)
-    report = mobile.export_executorch(
-        source.model, args.out, resolution=source.resolution, metadata=source.metadata
+    report = classification_export(
+        args.model, args.out, weights=args.weights, resolution=args.resolution
     )
-    print_pte_report(report, source.weights, export.format_shape)
+    print_pte_report(report, report.source, export.format_shape)
     print(
         f"ExecuTorch {report.executorch_version} vs PyTorch: max abs diff "
         f"{report.max_abs_diff:.2g} at {export.format_shape(report.input_shape)}"
@@ -176,6 +176,8 @@ def run_export_pte(args: argparse.Namespace) -> None:
 
 def run_export_pte_int8(args: argparse.Namespace, mobile, export) -> None:
     from pathlib import Path
+
+    from mobilenets.tasks.classification.quantize import quantize as classification_quantize
 
     if args.weights is not None or not Path(args.model).exists():
         raise MobileNetsError(
@@ -190,7 +192,7 @@ def run_export_pte_int8(args: argparse.Namespace, mobile, export) -> None:
             f"no dataset: give --data SPEC ({SPEC_HELP})"
         )
     source = export.export_source(args.model, resolution=args.resolution)
-    result = mobile.export_checkpoint_int8(
+    result = classification_quantize(
         checkpoint,
         data,
         args.out,
@@ -205,6 +207,8 @@ def run_export_pte_int8(args: argparse.Namespace, mobile, export) -> None:
 
 def print_pte_int8(result, weights: str, data: str, mobile, export) -> None:
     """The report of an int8 program written from a checkpoint: file, layers, check, top-1."""
+    from mobilenets.deploy.pt2e import INT8_TOLERANCE_STEPS
+
     report, int8 = result.report, result.report.int8
     print_pte_report(report, weights, export.format_shape)
     layers = int8.quantized_layers + len(int8.float_layers)
@@ -218,7 +222,7 @@ def print_pte_int8(result, weights: str, data: str, mobile, export) -> None:
     print(
         f"ExecuTorch {report.executorch_version} int8 vs its PyTorch reference: max abs diff "
         f"{report.max_abs_diff:.2g} ({steps:.1f} quantization steps of the logits, allowed "
-        f"{mobile.INT8_TOLERANCE_STEPS}); vs the fp32 model: {int8.fp32_max_abs_diff:.2g}"
+        f"{INT8_TOLERANCE_STEPS}); vs the fp32 model: {int8.fp32_max_abs_diff:.2g}"
     )
     drop = 100 * (result.int8_top1 - result.fp32_top1)
     print(
@@ -328,6 +332,7 @@ def add_quantize(commands) -> None:
 
 def run_quantize(args: argparse.Namespace) -> None:
     from mobilenets.deploy import quantize
+    from mobilenets.tasks.classification.quantize import quantize as classification_quantize
 
     if args.format == "pte":
         run_quantize_pte(args)
@@ -335,7 +340,7 @@ def run_quantize(args: argparse.Namespace) -> None:
     quantize.check_options(args.out, args.calibrate, args.activations)
     qat = quantize_qat_config(args)
     checkpoint = load_checkpoint(args.checkpoint)
-    result = quantize.quantize_checkpoint(
+    result = classification_quantize(
         checkpoint,
         args.data,
         args.out,
@@ -374,6 +379,7 @@ def run_quantize_pte(args: argparse.Namespace) -> None:
     quantization-aware training first."""
     from mobilenets.deploy import executorch_export as mobile
     from mobilenets.deploy import onnx_export as export
+    from mobilenets.tasks.classification.quantize import quantize as classification_quantize
 
     # the XNNPACK quantizer sets its own ranges (histogram for PTQ, moving min/max for QAT)
     # and runs s8 activations; these two choices belong to onnxruntime
@@ -392,7 +398,7 @@ def run_quantize_pte(args: argparse.Namespace) -> None:
     mobile.require_executorch("--format pte")
     checkpoint = load_checkpoint(args.checkpoint)
     source = export.export_source(args.checkpoint)
-    result = mobile.export_checkpoint_int8(
+    result = classification_quantize(
         checkpoint,
         args.data,
         args.out,

@@ -410,7 +410,7 @@ def run_export(args: argparse.Namespace) -> None:
     }
     checkpoint = load_detection_checkpoint(args.checkpoint)
     if args.int8:
-        from mobilenets.tasks.detection.quantize import quantize_detector_checkpoint
+        from mobilenets.tasks.detection.quantize import quantize
 
         onnx_options = (
             {}
@@ -423,7 +423,7 @@ def run_export(args: argparse.Namespace) -> None:
                 **settings,
             )
         )
-        result = quantize_detector_checkpoint(
+        result = quantize(
             checkpoint,
             args.data,
             args.out,
@@ -434,14 +434,14 @@ def run_export(args: argparse.Namespace) -> None:
         print_int8(result, pte, args.data, calibrate)
         return
     if pte:
-        report = detection_export.export_detector_pte(checkpoint, args.out)
+        report = detection_export.export(checkpoint, args.out)
         print_pte_report(report)
         print(
             f"ExecuTorch {report.executorch_version} vs PyTorch: max abs diff "
             f"{report.max_abs_diff:.2g}\n{NMS_OUTSIDE}"
         )
         return
-    report = detection_export.export_detector(
+    report = detection_export.export(
         checkpoint,
         args.out,
         opset=opset,
@@ -507,7 +507,7 @@ def print_int8(result, pte: bool, data: str, calibrate: str) -> None:
     report = result.report
     if not pte:
         print_onnx_report(report)
-        quantization = report.quantization
+        quantization = report.int8
         convs = quantization.quantized_convs + len(quantization.float_convs)
         print(
             f"int8: {quantization.quantized_convs} of {convs} convs with int8 weights (QDQ, "
@@ -537,4 +537,4 @@ def print_int8(result, pte: bool, data: str, calibrate: str) -> None:
         f"AP50 {result.int8_ap50:.3f} (AP50 {drop:+.1f} points, AP "
         f"{100 * (result.int8_ap - result.fp32_ap):+.1f}) on {result.count:,} validation images"
     )
-    print_int8_arithmetic(None if pte else report.quantization.pair_bound)
+    print_int8_arithmetic(None if pte else report.int8.pair_bound)

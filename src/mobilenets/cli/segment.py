@@ -453,11 +453,11 @@ def run_export(args: argparse.Namespace) -> None:
     if args.int8:
         run_export_int8(args)
         return
-    from mobilenets.tasks.segmentation.export import export_segmenter
+    from mobilenets.tasks.segmentation.export import export
     from mobilenets.tasks.segmentation.inference import load_segmentation_checkpoint
 
     checkpoint = load_segmentation_checkpoint(args.checkpoint)
-    report = export_segmenter(
+    report = export(
         checkpoint,
         args.out,
         format=args.format,
@@ -469,9 +469,9 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_export_int8(args: argparse.Namespace) -> None:
-    from mobilenets.tasks.segmentation.int8 import export_segmenter_int8
+    from mobilenets.tasks.segmentation.quantize import quantize
 
-    result = export_segmenter_int8(
+    result = quantize(
         args.checkpoint,
         args.data,
         args.out,
@@ -497,7 +497,7 @@ def run_export_int8(args: argparse.Namespace) -> None:
 
 def describe_export(report) -> str:
     """The lines ``segment export`` prints for a
-    [`SegmentationExportReport`][mobilenets.tasks.segmentation.export.SegmentationExportReport]."""
+    segmenter's [`ExportReport`][mobilenets.deploy.pipeline.ExportReport]."""
     shape = "x".join(str(dim) for dim in report.input_shape)
     output = f"{report.output_name} [{', '.join(str(dim) for dim in report.output_shape)}]"
     kind = f"opset {report.opset}" if report.format == "onnx" else "ExecuTorch, XNNPACK"

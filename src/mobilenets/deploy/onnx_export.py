@@ -1,11 +1,16 @@
-"""Export to ONNX: fold BN into the convs, export with torch.onnx, check with onnxruntime.
+"""Export to ONNX: the one ONNX writer, and onnxruntime to check and run the files.
 
-Export is a transform on our own modules, not a parallel model tree:
+[`write_onnx`][mobilenets.deploy.onnx_export.write_onnx] writes any task's
+[`ExportGraph`][mobilenets.deploy.pipeline.ExportGraph] with the torch.export based exporter
+(``torch.onnx.export(dynamo=True)``, called in
+[`onnx_program`][mobilenets.deploy.onnx_export.onnx_program] alone), its metadata in the file's
+``metadata_props``, atomically, once the task's check has run it with onnxruntime.
+
+[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] writes a MobileNet: a transform on our
+own modules, not a parallel model tree.
 [`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm] folds each block's BN into the conv
-before it, found by the parts' names, on a deep copy (the caller's model is never changed).
-[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx] exports that copy with the torch.export
-based exporter (``torch.onnx.export(dynamo=True)``), writes the file atomically with the model's
-config, classes and preprocessing in its ``metadata_props``, and runs it with onnxruntime against
+before it, found by the parts' names, on a deep copy (the caller's model is never changed); the
+file records the model's config, classes and preprocessing, and its logits are checked against
 the unfolded PyTorch model before the file takes its final name.
 
 onnx, onnxscript and onnxruntime are the ``onnx`` extra (``pip install 'mobilenets[onnx]'``):
@@ -27,14 +32,20 @@ from torch import nn
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
-from mobilenets.core.files import atomic_path
 from mobilenets.core.models import (
     MobileNet,
     build_model,
 )
-from mobilenets.core.spec import ModelConfig
 from mobilenets.core.version import __version__
 from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.deploy.pipeline import (
+    Agreement,
+    Check,
+    ExportGraph,
+    ExportReport,
+    check_metadata,
+    write_checked,
+)
 from mobilenets.engine.checkpoint import load_checkpoint, pretrained_checkpoint
 from mobilenets.zoo import pretrained
 from mobilenets.zoo.registry import resolve_config
@@ -63,18 +74,6 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # metadata_props keys export_onnx writes itself; values that are JSON lists or objects are
 # decoded by read_onnx_metadata, the others are plain strings.
 RESERVED_KEYS = ("model_config", "mobilenets_version")
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    path: Path
-    model_name: str  # the config's name at the export resolution
-    opset: int
-    input_shape: tuple[int | str, ...]  # as the graph declares it: "batch" for a dynamic axis
-    file_bytes: int
-    max_abs_diff: dict[tuple[int, ...], float]  # onnxruntime vs PyTorch, per checked input shape
-    bn_folded: int
-    onnxruntime_version: str
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,8 @@ def export_onnx(
     ``check_sizes`` are the batch sizes run through onnxruntime and the unfolded PyTorch model
     (default: 1 and 3 with a dynamic batch, else 1); a max abs difference above 1e-4 raises and
     leaves no file. ``metadata`` adds string entries to the file's metadata_props, beside the
-    model config (at the export resolution) and the mobilenets version.
+    model config (at the export resolution) and the mobilenets version. ``report.checks`` holds
+    the difference per checked input shape.
     """
     check_options(path, opset)
     try:
@@ -155,62 +155,113 @@ def export_onnx(
             f"a fixed-shape export takes batch 1 only; check_sizes {tuple(check_sizes)} needs "
             "dynamic_batch=True"
         )
-    metadata = dict(metadata or {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise MobileNetsError("metadata must map strings to strings (JSON-encode other values)")
-    reserved = sorted(set(metadata) & set(RESERVED_KEYS))
-    if reserved:
-        raise MobileNetsError(f"metadata keys {reserved} are written by export_onnx itself")
+    metadata = check_metadata(metadata, RESERVED_KEYS, "export_onnx")
     metadata |= {
         "model_config": json.dumps(config.to_dict()),
         "mobilenets_version": __version__,
     }
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     folded, bn_folded = fold_batch_norm(reference)
-    program = _torch_export(folded, config, opset, dynamic_batch)
-    program.model.metadata_props.update(metadata)
-    path = Path(path)
-    with atomic_path(path) as temporary:
+    # torch.export specialises a size-1 axis to the constant 1: a dynamic batch is traced at 2
+    example = torch.zeros(2 if dynamic_batch else 1, config.in_chans, resolution, resolution)
+    graph = ExportGraph(
+        folded,
+        (example,),
+        (INPUT_NAME,),
+        (OUTPUT_NAME,),
+        metadata,
+        config.name,
+        bn_folded,
+        dynamic_batch,
+    )
+    shapes = [(batch, config.in_chans, resolution, resolution) for batch in check_sizes]
+
+    def check(written: Path) -> Agreement:
+        differences = verify_onnx(written, reference, shapes)
+        return Agreement(max(differences.values()), differences)
+
+    return write_onnx(graph, path, check, opset=opset)
+
+
+def onnx_program(graph: ExportGraph, opset: int = DEFAULT_OPSET):
+    """The ``torch.onnx.export`` (dynamo) program of ``graph`` with its metadata: the one place
+    this package calls the ONNX exporter."""
+    dynamic_shapes = None
+    if graph.dynamic_batch:
+        batch = torch.export.Dim(BATCH_AXIS)
+        dynamic_shapes = tuple({0: batch} for _ in graph.examples)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph.module.eval(),
+            tuple(graph.examples),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(graph.input_names),
+            output_names=list(graph.output_names),
+            dynamic_shapes=dynamic_shapes,
+            custom_translation_table=dict(graph.onnx_translations) or None,
+            verbose=False,
+        )
+    program.model.metadata_props.update(graph.metadata)
+    return program
+
+
+def write_onnx(
+    graph: ExportGraph,
+    path: str | os.PathLike,
+    check: Check,
+    *,
+    opset: int = DEFAULT_OPSET,
+    int8=None,
+) -> ExportReport:
+    """The ONNX writer: ``graph`` exported (opset ``opset``), written under a temporary name,
+    refused if torch.onnx wrote another opset, run by ``check`` (onnxruntime against the task's
+    reference), and only then renamed to ``path``."""
+    check_options(path, opset)
+    program = onnx_program(graph, opset)
+    written = []
+
+    def write(temporary: str) -> None:
         program.save(temporary, external_data=False)
-        written = _read_model(temporary)
-        found = {entry.domain: entry.version for entry in written.opset_import}.get("")
+        model = _read_model(temporary)
+        found = {entry.domain: entry.version for entry in model.opset_import}.get("")
         if found != opset:
             raise MobileNetsError(
                 f"torch.onnx wrote opset {found} where {opset} was asked for (its version "
                 f"converter gave up); the default, {DEFAULT_OPSET}, needs no conversion"
             )
-        shapes = [(batch, config.in_chans, resolution, resolution) for batch in check_sizes]
-        differences = verify_onnx(temporary, reference, shapes)
-        file_bytes = os.path.getsize(temporary)
+        written.append(model)
+
+    agreement, file_bytes = write_checked(path, write, check)
+    return onnx_report(graph, Path(path), written[0], file_bytes, agreement, opset, int8)
+
+
+def onnx_report(
+    graph: ExportGraph,
+    path: Path,
+    model: onnx.ModelProto,
+    file_bytes: int,
+    agreement: Agreement,
+    opset: int,
+    int8=None,
+) -> ExportReport:
+    """The report of an ONNX file written from ``graph`` (``model``, as written)."""
+    version = require("onnxruntime", "exporting to ONNX").__version__
     return ExportReport(
         path,
-        config.name,
-        opset,
-        graph_input_shape(written),
+        "onnx",
+        graph.model_name,
+        graph_input_shape(model),
+        tuple(graph.output_names),
         file_bytes,
-        differences,
-        bn_folded,
-        require("onnxruntime", "exporting to ONNX").__version__,
+        agreement.max_abs_diff,
+        graph.bn_folded,
+        f"onnxruntime {version}",
+        opset=opset,
+        checks=dict(agreement.checks),
+        int8=agreement.int8 if agreement.int8 is not None else int8,
+        details=dict(agreement.details),
     )
-
-
-def _torch_export(model: MobileNet, config: ModelConfig, opset: int, dynamic_batch: bool):
-    """The ONNXProgram of the dynamo exporter. A dynamic batch is traced at batch 2: torch.export
-    specialises a size-1 axis to the constant 1."""
-    batch = 2 if dynamic_batch else 1
-    example = torch.zeros(batch, config.in_chans, config.resolution, config.resolution)
-    dynamic_shapes = ({0: torch.export.Dim(BATCH_AXIS)},) if dynamic_batch else None
-    with torch.no_grad():
-        return torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=dynamic_shapes,
-            verbose=False,
-        )
 
 
 def verify_onnx(

@@ -1,4 +1,6 @@
-"""Post-training static int8 quantization with onnxruntime.
+"""Post-training static int8 quantization with onnxruntime: the int8 path of ONNX files, for every
+task ([`quantize_file`][mobilenets.deploy.quantize.quantize_file] on a written fp32 file,
+[`write_onnx_int8`][mobilenets.deploy.quantize.write_onnx_int8] from a task's graph).
 
 Quantization is a transform on the exported graph, not a parallel model tree: the checkpoint is
 exported with
@@ -28,44 +30,43 @@ file is quantized: this module imports without them.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
+import io
 import itertools
 import json
+import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.core.files import atomic_path
-from mobilenets.data.classification import load_splits
-from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.deploy import qat
 from mobilenets.deploy.onnx_export import (
+    DEFAULT_OPSET,
     INPUT_NAME,
-    OUTPUT_NAME,
     export_onnx,
     metadata_props,
     onnx_session,
     require_onnx,
+    write_onnx,
 )
-from mobilenets.deploy.qat import QatConfig, fine_tune
-from mobilenets.engine.checkpoint import Checkpoint, check_classes
-from mobilenets.engine.device import cpu_info
-from mobilenets.engine.evaluate import evaluate
-from mobilenets.engine.loop import ordered_loader
+from mobilenets.deploy.pipeline import Agreement, Check, ExportGraph, ExportReport, write_checked
+from mobilenets.engine.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     import onnx
 
+log = logging.getLogger("mobilenets")
 QUANTIZING = "int8 quantization"
 # our names of onnxruntime.quantization's CalibrationMethod and QuantType members
 CALIBRATE_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -109,22 +110,6 @@ class PairBound:
     @property
     def fits_int16(self) -> bool:
         return self.value <= INT16_MAX
-
-
-@dataclass(frozen=True)
-class QuantizeResult:
-    """What ``mobilenets quantize`` reports: the file and both models' accuracy on one split.
-    ``reference_top1`` is the same int8 file run with onnxruntime's graph optimizations off,
-    which evaluates its QuantizeLinear/DequantizeLinear pairs in float: the file's arithmetic
-    with no int8 kernel involved, so any CPU's int8 kernels should give the same top-1."""
-
-    report: QuantizeReport
-    fp32_top1: float
-    int8_top1: float
-    int8_top5: float
-    count: int
-    reference_top1: float
-    cpu: str  # the CPU the int8 file was run on (engine.device.CpuInfo.describe)
 
 
 class ImageBatches:
@@ -408,87 +393,49 @@ def calibration_batches(dataset, indices: list[int], batch_size: int) -> Iterato
         yield torch.stack([dataset[(index, 0)][0] for index in chunk])
 
 
-def evaluate_onnx(
-    path: str | os.PathLike, loader, *, progress: bool = False, optimize: bool = True
-) -> tuple[float, float, int]:
-    """Top-1 and top-5 (fractions) and the image count of an ONNX classifier over ``loader``
-    (batches of (images, labels)), run by onnxruntime on the CPU; ``optimize=False`` runs an
-    int8 file's QDQ arithmetic in float (see
-    [`onnx_session`][mobilenets.deploy.onnx_export.onnx_session])."""
-    session = onnx_session(path, optimize=optimize)
-    top1 = top5 = count = 0
-    desc = "int8 eval" if optimize else "int8 reference"
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy().astype(np.float32)})
-        ranked = torch.from_numpy(logits).topk(min(5, logits.shape[1]), 1).indices
-        top1 += int((ranked[:, 0] == labels).sum())
-        top5 += int((ranked == labels[:, None]).any(1).sum())
-        count += len(labels)
-    if count == 0:
-        raise MobileNetsError("evaluation data is empty")
-    return top1 / count, top5 / count, count
-
-
-def quantize_checkpoint(
-    checkpoint: Checkpoint,
-    data: str,
-    out_path: str | os.PathLike,
+def write_onnx_int8(
+    graph: ExportGraph,
+    path: str | os.PathLike,
+    calibration: Iterable[torch.Tensor],
+    check_fp32: Check,
+    check_int8: Callable[[Path, QuantizeReport], Agreement],
     *,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    opset: int = DEFAULT_OPSET,
     method: str = "minmax",
     activation_type: str = "u8",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    qat: QatConfig | None = None,
-    progress: bool = False,
-) -> QuantizeResult:
-    """Quantize ``checkpoint`` with ``calibration_images`` training images of ``data``, then
-    measure the fp32 checkpoint (PyTorch) and the int8 file (onnxruntime) on the validation
-    split, both with the checkpoint's evaluation preprocessing. The int8 file is scored twice:
-    by this CPU's int8 kernels, and with its QDQ arithmetic in float (``reference_top1``), which
-    any CPU's kernels should match.
-
-    With ``qat``, the model is first fine-tuned through simulated int8
-    ([`mobilenets.deploy.qat`][mobilenets.deploy.qat]) on the training split with the basic
-    augmentation (crop and flip), and activation ranges are then calibrated with minmax, the range
-    the fine-tuning simulated.
-    """
-    check_options(out_path, method, activation_type)
-    if qat is not None and method != "minmax":
-        raise MobileNetsError(
-            f"quantization-aware training simulates minmax ranges; got calibration {method!r}"
+    recorded: dict | None = None,
+) -> ExportReport:
+    """``graph`` as a static int8 ONNX file: written and checked in fp32 (``check_fp32``) in a
+    temporary folder, quantized by [`quantize_file`][mobilenets.deploy.quantize.quantize_file]
+    on the ``calibration`` batches, and the int8 file copied to ``path`` once ``check_int8``
+    (given its path and what quantize_file reported) passes. The report is the fp32 file's
+    (its check) with the int8 file's path and size, and the int8 check's ``int8`` entry (or
+    quantize_file's report)."""
+    check_options(path, method, activation_type)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-int8-") as folder:
+        fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        fp32 = write_onnx(graph, fp32_path, check_fp32, opset=opset)
+        # onnxruntime prints its entropy and percentile calibration's progress: logged instead
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            quantized = quantize_file(
+                fp32_path,
+                calibration,
+                int8_path,
+                method=method,
+                activation_type=activation_type,
+                recorded=recorded,
+            )
+        if printed.getvalue().strip():
+            log.debug("onnxruntime quantization: %s", printed.getvalue().strip())
+        agreement, file_bytes = write_checked(
+            path,
+            lambda temporary: shutil.copyfile(int8_path, temporary),
+            lambda written: check_int8(written, quantized),
         )
-    preprocessing = checkpoint.preprocessing
-    splits = load_splits(data, preprocessing.resolution)
-    check_classes(checkpoint, splits.classes, data)
-    indices = calibration_indices(len(splits.train), calibration_images)
-    transform = eval_transform(preprocessing)
-    train_set = copy.copy(splits.train)  # the same images, with the training augmentation
-    splits.train.transform = splits.val.transform = transform
-    quantized, recorded = checkpoint, None
-    if qat is not None:
-        train_set.transform = train_transform(preprocessing, "basic", 0.0, splits.small)
-        tuned = fine_tune(
-            checkpoint.model.cpu(),
-            train_set,
-            qat,
-            calibration_batches(splits.train, indices, batch_size),
-            progress=progress,
-        )
-        quantized = dataclasses.replace(checkpoint, model=tuned)
-        recorded = {"method": "qat", "qat": dataclasses.asdict(qat)}
-    report = quantize_ptq(
-        quantized,
-        calibration_batches(splits.train, indices, batch_size),
-        out_path,
-        method=method,
-        activation_type=activation_type,
-        batch_size=batch_size,
-        recorded=recorded,
-    )
-    loader = ordered_loader(splits.val, batch_size)
-    fp32 = evaluate(checkpoint.model.cpu(), loader, len(checkpoint.classes), progress=progress)
-    int8_top1, int8_top5, count = evaluate_onnx(out_path, loader, progress=progress)
-    reference_top1, _, _ = evaluate_onnx(out_path, loader, progress=progress, optimize=False)
-    return QuantizeResult(
-        report, fp32.top1, int8_top1, int8_top5, count, reference_top1, cpu_info().describe()
+    return dataclasses.replace(
+        fp32,
+        path=Path(path),
+        file_bytes=file_bytes,
+        int8=agreement.int8 if agreement.int8 is not None else quantized,
+        details={**fp32.details, **agreement.details},
     )

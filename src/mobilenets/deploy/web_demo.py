@@ -65,7 +65,7 @@ log = logging.getLogger("mobilenets")
 CLASSIFIER, DETECTOR = "classifier", "detector"
 MANIFEST = "manifest.json"
 CLASSIFIER_OUTPUTS = (export.OUTPUT_NAME,)
-# tasks.detection.export.NMS_OUTPUT_NAMES, which this layer may not import (a test checks)
+# tasks.detection.graphs.NMS_OUTPUT_NAMES, which this layer may not import (a test checks)
 DETECTOR_OUTPUTS = ("boxes", "scores", "classes", "count")
 DETECTOR_WITHOUT_NMS = ("boxes", "scores")
 # The detector's int8 ops: the convolutions hold all the arithmetic; decoding and NMS stay float.

@@ -307,7 +307,7 @@ def check_int8_sizes(records) -> None:
 
 def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
     # onnxruntime only: bench's .pte export and scoring of dense outputs is the detector's above,
-    # and a segmenter's int8 .pte is tests/deploy/test_segmentation_int8.py's
+    # and a segmenter's int8 .pte is tests/tasks/segmentation/test_quantize.py's
     from random_weights import randomize_torch
 
     from mobilenets.cli.deploy import bench_validation
@@ -316,7 +316,7 @@ def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
     from mobilenets.data.segmentation_transforms import eval_transform
     from mobilenets.engine.checkpoint import save_checkpoint
     from mobilenets.tasks.segmentation.evaluate import evaluate_segmenter
-    from mobilenets.tasks.segmentation.int8 import SquareInputSegmenter
+    from mobilenets.tasks.segmentation.quantize import SquareInputSegmenter
     from mobilenets.zoo.segmenters import create_segmenter
 
     classes = ("background", "circle", "square", "triangle", "star")

@@ -1,66 +1,17 @@
-"""Export of a trained detector to ONNX or to an ExecuTorch program: box decoding inside, and
-for ONNX with ``nms=True`` NMS too. int8 files are written by
-[`mobilenets.tasks.detection.quantize`][mobilenets.tasks.detection.quantize] (and by
-``export_detector_pte(..., int8=True)``).
-
-The file takes ``input`` ``[N, 3, R, R]`` (normalized as the checkpoint's ``preprocessing``
-metadata says). By default it returns, per default box,
-
-- ``boxes`` ``[N, A, 4]``: decoded (x1, y1, x2, y2), normalized to [0, 1] (multiply by the
-  image's width and height for pixels);
-- ``scores`` ``[N, A, C]``: class probabilities, column 0 background (softmax, or for a
-  focal-loss model the per-class sigmoids, see
-  [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]).
-
-and leaves NMS to the caller: keep (box, class) pairs above a score threshold and run class-wise
-NMS (``torchvision.ops.batched_nms``, IoU 0.6, as [`postprocess`][mobilenets.core.boxes.postprocess]
-does).
-
-With ``nms=True`` ([`DetectionsWithNMS`][mobilenets.tasks.detection.export.DetectionsWithNMS])
-the file does what [`postprocess`][mobilenets.core.boxes.postprocess] does and returns at most
-K = ``max_detections`` detections per image, best first:
-
-- ``boxes`` ``[N, K, 4]`` (x1, y1, x2, y2) normalized to [0, 1], ``scores`` ``[N, K]``,
-  ``classes`` int64 ``[N, K]`` in 1..C-1;
-- ``count`` int64 ``[N]``: how many rows of each image are detections; the rows after them are
-  zeros.
-
-How the graph matches ``postprocess``:
-
-- scores are the softmax of [`score_logits`][mobilenets.tasks.detection.evaluate.score_logits],
-  as evaluation feeds ``postprocess``; the ``pre_nms_top_k`` best (anchor, class) scores are
-  kept and every other score is set to 0 (a score must be above ``score_threshold`` >= 0 to
-  count, in both), then anchors whose clamped box has no area are zeroed, after the top-k as
-  there;
-- NMS is ONNX ``NonMaxSuppression``, which is per class, as ``batched_nms``: boxes
-  ``[N, A, 4]``, scores ``[N, C-1, A]``, ``center_point_box=0``. That mode reads corners as
-  (y1, x1, y2, x2), but it takes min and max of each pair and IoU is symmetric in x and y, so
-  (x1, y1, x2, y2) gives the same overlaps. onnxruntime, like torchvision, suppresses a box when
-  its IoU is *above* the threshold (equal is kept), keeps scores *above* ``score_threshold``,
-  and among equal scores takes the lower anchor index first, which is the order of
-  ``postprocess``'s candidates. Each class keeps at most ``max_detections`` (greedy NMS picks
-  best first, so the first K of a class are the same whatever the cap past K);
-- the selections of all classes are ranked by score with one TopK per image (K best).
-
-NonMaxSuppression's output has a data-dependent length, which torch.export cannot trace
-through the rest of the graph; so the graph calls our operator ``mobilenets::class_nms``
-(PyTorch implementation: torchvision's ``nms`` per class), whose output has the fixed length
-N * (C-1) * K, padded with rows of -1, and ``torch.onnx.export``'s ``custom_translation_table``
-maps it to ``NonMaxSuppression`` followed by a ``Pad`` to that length.
-
-Where the two can differ: ``batched_nms`` shifts each class's boxes by ``class * (max
-coordinate + 1)`` in float32 before one NMS, which moves their coordinates by up to ~1e-5 with
-90 classes and can flip a pair whose IoU is that close to the threshold; exactly equal scores
-of different (anchor, class) pairs come out of the final TopK class by class, and equal scores
-at the pre-NMS top-k's cut may be picked differently. The export check therefore matches
-detections by class, box and score (1e-4), not by position.
+"""The detector's export adapter: an ONNX file or an ExecuTorch program with the box decoding
+inside, and for ONNX with ``nms=True`` NMS too (the graphs, and how they match
+[`postprocess`][mobilenets.core.boxes.postprocess]:
+[`mobilenets.tasks.detection.graphs`][mobilenets.tasks.detection.graphs]), written and checked by
+the deploy pipeline ([`mobilenets.deploy.export`][mobilenets.deploy.export]). int8 ONNX files
+are written by [`mobilenets.tasks.detection.quantize`][mobilenets.tasks.detection.quantize],
+int8 programs by ``export(..., int8=True)``.
 
 BN is folded into the convs first
 ([`mobilenets.deploy.folding.fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the
 parts' names), and the written file is run with onnxruntime against the unfolded PyTorch model
 (``postprocess`` with the same settings, for ``nms=True``); a disagreement leaves no file.
 
-**ExecuTorch** ([`export_detector_pte`][mobilenets.tasks.detection.export.export_detector_pte]):
+**ExecuTorch** (``export`` to a ``.pte`` path):
 a ``.pte`` program of batch 1 whose outputs are the ONNX file's ``boxes`` and ``scores``, the
 decoding inside and the whole graph in one XNNPACK partition (the decoding works on slices, not
 ``unbind``, whose squeeze ops XNNPACK would leave outside). NMS stays outside the program, and
@@ -77,38 +28,46 @@ platform's NMS).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
-from mobilenets.core.boxes import decode, postprocess
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.extras import require
-from mobilenets.core.files import atomic_path
 from mobilenets.core.version import __version__
 from mobilenets.deploy import executorch_export as mobile
-from mobilenets.deploy import onnx_export as export
-from mobilenets.deploy.executorch_export import Int8Report
+from mobilenets.deploy import onnx_export, pt2e
+from mobilenets.deploy.export import file_format, write
 from mobilenets.deploy.folding import fold_batch_norm
-from mobilenets.deploy.quantize import QuantizeReport
+from mobilenets.deploy.pipeline import Agreement, ExportGraph, ExportReport
 from mobilenets.engine.checkpoint import checkpoint_info
-from mobilenets.tasks.detection.evaluate import class_scores, score_logits
+from mobilenets.tasks.detection.graphs import (
+    NMS_OUTPUT_NAMES,
+    ONNX_TRANSLATIONS,
+    OUTPUT_NAMES,
+    TOLERANCE,
+    DecodedDetector,
+    Decoding,
+    DetectionsWithNMS,
+    HeadOutputs,
+    NetworkWithTail,
+    NMSSettings,
+    compare_detections,
+    head_scales,
+    head_steps,
+    reference_detections,
+)
 from mobilenets.tasks.detection.inference import DetectionCheckpoint
 
-OUTPUT_NAMES = ("boxes", "scores")
-NMS_OUTPUT_NAMES = ("boxes", "scores", "classes", "count")
-TOLERANCE = 1e-4  # max abs difference of boxes and scores, the runtime against PyTorch
 # An int8 program against its PT2E reference, in quantization steps of the head outputs seen
-# through the float decoding (head_steps). As for a classifier's logits (executorch_export's
+# through the float decoding (head_steps). As for a classifier's logits (pt2e's
 # INT8_TOLERANCE_STEPS), XNNPACK requantizes with its own rounding, an activation now and then
 # lands one step apart, and the layers after carry that step on as they carry quantization
 # noise. Measured with executorch 1.5.1: the demo SSDLite 0.35 at 128 px (trained on synthetic
@@ -118,325 +77,126 @@ TOLERANCE = 1e-4  # max abs difference of boxes and scores, the runtime against 
 INT8_TOLERANCE_STEPS = 48
 
 
-class HeadOutputs(nn.Module):
-    """An SSDLite's outputs as a tuple ``(cls_logits, box_regression)``: the part of every file
-    that int8 quantizes, and what the tails below read."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(images)
-        return out["cls_logits"], out["box_regression"]
-
-
-class Decoding(nn.Module):
-    """Decoded boxes ``[N, A, 4]`` (clamped to [0, 1]) and class scores ``[N, A, C]`` from the
-    head outputs: the float end of a file without NMS."""
-
-    def __init__(self, anchors: torch.Tensor, loss: str = "softmax") -> None:
-        super().__init__()
-        self.loss = loss
-        self.register_buffer("anchors", anchors.detach().clone())
-
-    def forward(
-        self, cls_logits: torch.Tensor, box_regression: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        boxes = decode(box_regression, self.anchors).clamp(0, 1)
-        return boxes, class_scores(cls_logits, self.loss)
-
-
-class NetworkWithTail(nn.Module):
-    """A network whose outputs are ``(cls_logits, box_regression)``, then a ``tail`` that turns
-    them into a file's outputs. The network is an SSDLite's
-    [`HeadOutputs`][mobilenets.tasks.detection.export.HeadOutputs], or the int8 graph PT2E made
-    of it; the tail stays float."""
-
-    def __init__(self, network: nn.Module, tail: nn.Module) -> None:
-        super().__init__()
-        self.network, self.tail = network, tail
-
-    def forward(self, images: torch.Tensor):
-        return self.tail(*self.network(images))
-
-
-class DecodedDetector(NetworkWithTail):
-    """An SSDLite whose outputs are decoded boxes and class scores per default box."""
-
-    def __init__(self, model: nn.Module, loss: str = "softmax") -> None:
-        super().__init__(HeadOutputs(model), Decoding(model.anchors(), loss))
-
-
-# --- NMS in the graph ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NMSSettings:
-    """What [`postprocess`][mobilenets.core.boxes.postprocess] takes, with its defaults."""
-
-    score_threshold: float = 0.01
-    nms_iou: float = 0.6
-    max_detections: int = 100
-    pre_nms_top_k: int = 1000
-
-    def __post_init__(self) -> None:
-        def whole(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-        if not 0 <= self.score_threshold < 1:
-            raise MobileNetsError(
-                f"score_threshold must be in [0, 1), got {self.score_threshold!r}"
-            )
-        if not 0 < self.nms_iou <= 1:
-            raise MobileNetsError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}")
-        for name in ("max_detections", "pre_nms_top_k"):
-            if not whole(getattr(self, name)):
-                raise MobileNetsError(
-                    f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-                )
-
-
-@torch.library.custom_op("mobilenets::class_nms", mutates_args=())
-def class_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    max_per_class: int,
-    iou_threshold: float,
-    score_threshold: float,
-) -> torch.Tensor:
-    """ONNX NonMaxSuppression with a fixed-length output. ``boxes`` ``[N, A, 4]`` (x1, y1, x2,
-    y2), ``scores`` ``[N, C, A]``: per image and class, the boxes scoring above
-    ``score_threshold``, greedy NMS at ``iou_threshold``, the first ``max_per_class`` kept. Rows
-    (image, class, box) int64, class by class, each class best first, then rows of -1 up to
-    N * C * max_per_class."""
-    rows = []
-    for image in range(scores.shape[0]):
-        for klass in range(scores.shape[1]):
-            (candidates,) = torch.nonzero(scores[image, klass] > score_threshold, as_tuple=True)
-            keep = torchvision.ops.nms(
-                boxes[image, candidates], scores[image, klass, candidates], iou_threshold
-            )[:max_per_class]
-            found = candidates[keep]
-            rows.append(
-                torch.stack(
-                    [torch.full_like(found, image), torch.full_like(found, klass), found], dim=1
-                )
-            )
-    selected = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long)
-    padded = torch.full(
-        (scores.shape[0] * scores.shape[1] * max_per_class, 3),
-        -1,
-        dtype=torch.long,
-        device=boxes.device,
-    )
-    padded[: selected.shape[0]] = selected
-    return padded
-
-
-@class_nms.register_fake
-def _(boxes, scores, max_per_class, iou_threshold, score_threshold):
-    return boxes.new_empty((scores.shape[0] * scores.shape[1] * max_per_class, 3), dtype=torch.long)
-
-
-def _class_nms_onnx(
-    boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float
-):
-    """``mobilenets::class_nms`` in ONNX: NonMaxSuppression, then -1 rows up to the length of
-    the PyTorch operator's output (the translation ``torch.onnx.export`` is given)."""
-    from onnxscript import opset18 as op
-
-    selected = op.NonMaxSuppression(
-        boxes,
-        scores,
-        op.Constant(value_ints=[max_per_class]),
-        op.Constant(value_floats=[iou_threshold]),
-        op.Constant(value_floats=[score_threshold]),
-        center_point_box=0,
-    )
-    images = op.Shape(scores, start=0, end=1)
-    classes = op.Shape(scores, start=1, end=2)
-    length = op.Mul(op.Mul(images, classes), op.Constant(value_ints=[max_per_class]))
-    missing = op.Sub(length, op.Shape(selected, start=0, end=1))
-    zero = op.Constant(value_ints=[0])
-    pads = op.Concat(zero, zero, missing, zero, axis=0)  # (begin rows, begin cols, end ...)
-    return op.Pad(selected, pads, op.Constant(value_int=-1))
-
-
-class DecodingWithNMS(nn.Module):
-    """The detections [`postprocess`][mobilenets.core.boxes.postprocess] gives (normalized
-    boxes) from the head outputs: ``boxes`` ``[N, K, 4]``, ``scores`` ``[N, K]``, ``classes``
-    ``[N, K]``, ``count`` ``[N]`` (see the module docstring); the float end of an ``nms=True``
-    file."""
-
-    def __init__(
-        self, anchors: torch.Tensor, loss: str = "softmax", settings: NMSSettings = NMSSettings()
-    ) -> None:
-        super().__init__()
-        self.loss, self.settings = loss, settings
-        self.register_buffer("anchors", anchors.detach().clone())
-
-    def forward(self, cls_logits: torch.Tensor, box_regression: torch.Tensor):
-        settings = self.settings
-        boxes = decode(box_regression.float(), self.anchors.float()).clamp(0, 1)
-        scores = torch.softmax(score_logits(cls_logits.float(), self.loss), dim=-1)
-        scores = scores[..., 1:]  # [N, A, C-1], object classes only
-        batch, num_anchors, num_classes = scores.shape
-        flat = scores.reshape(batch, num_anchors * num_classes)
-        top, index = flat.topk(min(settings.pre_nms_top_k, flat.shape[1]), dim=1)
-        kept = torch.zeros_like(flat).scatter(1, index, top).reshape(scores.shape)
-        proper = (boxes[..., 2:] > boxes[..., :2]).all(dim=-1, keepdim=True)
-        kept = torch.where(proper, kept, torch.zeros_like(kept))
-        selected = class_nms(
-            boxes,
-            kept.transpose(1, 2).contiguous(),
-            settings.max_detections,
-            settings.nms_iou,
-            settings.score_threshold,
-        )
-        valid = selected[:, 0] >= 0
-        image, klass, anchor = selected.clamp(min=0).unbind(dim=1)
-        owned = (image == torch.arange(batch, device=image.device)[:, None]) & valid  # [N, M]
-        ranked = torch.where(
-            owned, kept[image, anchor, klass], torch.full_like(owned, -1.0, dtype=kept.dtype)
-        )
-        best, order = ranked.topk(settings.max_detections, dim=1)  # [N, K]
-        found = owned.gather(1, order)
-        rows = torch.arange(batch, device=image.device)[:, None]
-        detected_boxes = boxes[rows, anchor[order]] * found[..., None]
-        return (detected_boxes, best * found, (klass[order] + 1) * found, found.sum(dim=1))
-
-
-class DetectionsWithNMS(NetworkWithTail):
-    """An SSDLite whose outputs are its final detections, as
-    [`postprocess`][mobilenets.core.boxes.postprocess] gives them (normalized boxes): ``boxes``
-    ``[N, K, 4]``, ``scores`` ``[N, K]``, ``classes`` ``[N, K]``, ``count`` ``[N]`` (see the
-    module docstring)."""
-
-    def __init__(
-        self, model: nn.Module, loss: str = "softmax", settings: NMSSettings = NMSSettings()
-    ) -> None:
-        super().__init__(HeadOutputs(model), DecodingWithNMS(model.anchors(), loss, settings))
-
-
-# --- ONNX export --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DetectionExportReport:
-    path: Path
-    model_name: str
-    opset: int
-    input_shape: tuple[int | str, ...]
-    num_boxes: int
-    num_classes: int
-    file_bytes: int
-    # fp32: onnxruntime vs PyTorch, boxes and scores, over the checked batches; int8: the file vs
-    # its float end on its int8 network's outputs (see tasks.detection.quantize)
-    max_abs_diff: float
-    bn_folded: int
-    onnxruntime_version: str
-    nms: NMSSettings | None = None  # the NMS in the graph, None when it is left outside
-    quantization: QuantizeReport | None = None  # an int8 file: what quantize_file reported
-
-
-def export_detector(
+def export(
     checkpoint: DetectionCheckpoint,
     path: str | os.PathLike,
     *,
-    opset: int = export.DEFAULT_OPSET,
+    opset: int | None = None,
     dynamic_batch: bool = False,
     nms: bool = False,
     score_threshold: float = 0.01,
     nms_iou: float = 0.6,
     max_detections: int = 100,
     pre_nms_top_k: int = 1000,
-) -> DetectionExportReport:
-    """Write the checkpoint's detector as ONNX (see the module docstring), check it with
-    onnxruntime (batches 1 and 3 with ``dynamic_batch``, else 1; a difference above 1e-4
-    raises and leaves no file) and record classes, category ids, preprocessing and the
-    detection config in its metadata_props.
+    int8: bool = False,
+    calibration: Iterable[torch.Tensor] | None = None,
+) -> ExportReport:
+    """Write the checkpoint's detector as an ONNX file or an ExecuTorch program, by ``path``'s
+    suffix (see the module docstring), check it against PyTorch (a disagreement raises and
+    leaves no file) and record classes, category ids, preprocessing and the detection config in
+    its metadata. ``report.num_boxes``, ``report.num_classes`` and ``report.nms`` (the settings
+    in the graph, or None) are the detector's entries.
 
-    ``nms=True`` puts the score threshold, class-wise NMS and the top ``max_detections`` in the
-    graph; ``score_threshold``, ``nms_iou``, ``max_detections`` and ``pre_nms_top_k`` are
-    [`postprocess`][mobilenets.core.boxes.postprocess]'s, with its defaults, and apply only
-    then."""
-    export.check_options(path, opset)  # the onnx extra too
+    ONNX: checked with onnxruntime at batches 1 and 3 with ``dynamic_batch``, else 1, boxes and
+    scores within 1e-4. ``nms=True`` puts the score threshold, class-wise NMS and the top
+    ``max_detections`` in the graph; ``score_threshold``, ``nms_iou``, ``max_detections`` and
+    ``pre_nms_top_k`` are [`postprocess`][mobilenets.core.boxes.postprocess]'s, with its
+    defaults, and apply only then. ``opset``: 18 (default) to 23.
+
+    ``.pte``: one ``[1, 3, R, R]`` input, outputs ``boxes`` and ``scores`` as the ONNX file's,
+    NMS left outside; run by ExecuTorch's runtime on a seeded random input against the unfolded
+    model, boxes and scores within 1e-4. ``int8=True`` quantizes the network by PT2E with the
+    XNNPACK quantizer ([`mobilenets.deploy.pt2e`][mobilenets.deploy.pt2e]), activation ranges
+    calibrated on ``calibration`` (float ``(N, 3, R, R)`` batches preprocessed as the model's
+    inputs); the decoding stays float. The program is then checked against its quantized
+    PyTorch reference on the first calibration image: its boxes and scores must be what the
+    reference's head outputs moved by at most INT8_TOLERANCE_STEPS (48) quantization steps give
+    ([`head_steps`][mobilenets.tasks.detection.graphs.head_steps]); ``report.steps`` is how
+    many, ``report.head_scales`` the steps of ``cls_logits`` and ``box_regression``.
+    """
     settings = NMSSettings(score_threshold, nms_iou, max_detections, pre_nms_top_k)
+    if file_format(path) == "pte":
+        onnx_only = {"opset": opset is not None, "dynamic_batch": dynamic_batch, "nms": nms}
+        given = [name for name, changed in onnx_only.items() if changed]
+        if given:
+            raise MobileNetsError(
+                f"{given[0]}= applies to an ONNX file only, not to a {mobile.SUFFIX} program"
+                + (" (NMS runs outside the program, see tasks.detection.export)" if nms else "")
+            )
+        return _export_pte(checkpoint, path, int8=int8, calibration=calibration)
+    if int8 or calibration is not None:
+        raise MobileNetsError(
+            "int8= and calibration= apply to a .pte program; an int8 ONNX file is written by "
+            "mobilenets.tasks.detection.quantize.quantize_detector_onnx"
+        )
+    opset = onnx_export.DEFAULT_OPSET if opset is None else opset
+    onnx_export.check_options(path, opset)  # the onnx extra too
     model = checkpoint.model.to("cpu", torch.float32)
     folded, bn_folded = fold_batch_norm(model)
-    graph = (
+    module = (
         DetectionsWithNMS(folded, checkpoint.loss, settings)
         if nms
         else DecodedDetector(folded, checkpoint.loss)
     )
-    config = model.config
-    example = image_example(config, dynamic_batch)
-    program = onnx_program(
-        graph.eval(), [example], [export.INPUT_NAME], output_names(nms), opset, dynamic_batch
+    graph = detection_graph(
+        checkpoint, module, output_names(nms), settings if nms else None, dynamic_batch, bn_folded
     )
-    program.model.metadata_props.update(
-        detection_metadata(checkpoint, settings if nms else None, "onnx")
-    )
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        program.save(temporary, external_data=False)
-        written = export._read_model(temporary)
-        shapes = check_shapes(config, dynamic_batch)
-        reference = copy.deepcopy(model).eval()
+    shapes = check_shapes(model.config, dynamic_batch)
+    reference = copy.deepcopy(model).eval()
+
+    def check(written: Path) -> Agreement:
         if nms:
-            difference = verify_nms_onnx(temporary, reference, checkpoint.loss, settings, shapes)
+            difference = verify_nms_onnx(written, reference, checkpoint.loss, settings, shapes)
         else:
             difference = verify_detector_onnx(
-                temporary, DecodedDetector(reference, checkpoint.loss), shapes
+                written, DecodedDetector(reference, checkpoint.loss), shapes
             )
-        file_bytes = os.path.getsize(temporary)
-    return DetectionExportReport(
-        path,
+        return Agreement(difference, details=detector_details(model, settings if nms else None))
+
+    return write(graph, path, check, opset=opset)
+
+
+def detection_graph(
+    checkpoint: DetectionCheckpoint,
+    module: nn.Module,
+    names: tuple[str, ...],
+    settings: NMSSettings | None,
+    dynamic_batch: bool,
+    bn_folded: int,
+    format: str = "onnx",
+    example: torch.Tensor | None = None,
+    input_names: tuple[str, ...] = (onnx_export.INPUT_NAME,),
+) -> ExportGraph:
+    """What a detector file is written from: ``module`` (eval mode) on an image example (or
+    ``example``), its outputs ``names``, the detector's metadata."""
+    config = checkpoint.model.config
+    example = image_example(config, dynamic_batch) if example is None else example
+    return ExportGraph(
+        module.eval(),
+        (example,) if isinstance(example, torch.Tensor) else tuple(example),
+        input_names,
+        names,
+        detection_metadata(checkpoint, settings, format),
         config.name,
-        opset,
-        export.graph_input_shape(written),
-        model.anchors().shape[0],
-        config.num_classes,
-        file_bytes,
-        difference,
         bn_folded,
-        require("onnxruntime", "exporting to ONNX").__version__,
-        settings if nms else None,
+        dynamic_batch,
+        ONNX_TRANSLATIONS,
     )
+
+
+def detector_details(model: nn.Module, settings: NMSSettings | None, **more) -> dict:
+    """A detector report's own entries: default boxes, classes, the NMS in the graph."""
+    return {
+        "num_boxes": model.anchors().shape[0],
+        "num_classes": model.config.num_classes,
+        "nms": settings,
+        **more,
+    }
 
 
 def output_names(nms: bool) -> tuple[str, ...]:
     """The outputs of a file with NMS inside, or without."""
     return NMS_OUTPUT_NAMES if nms else OUTPUT_NAMES
-
-
-def onnx_program(
-    graph: nn.Module,
-    examples: list[torch.Tensor],
-    input_names: list[str],
-    names: tuple[str, ...],
-    opset: int,
-    dynamic_batch: bool,
-):
-    """``torch.onnx.export`` of ``graph`` (its NMS as ONNX NonMaxSuppression), the first axis of
-    every input dynamic with ``dynamic_batch``."""
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim(export.BATCH_AXIS)
-        dynamic_shapes = tuple({0: batch} for _ in examples)
-    with torch.no_grad():
-        return torch.onnx.export(
-            graph,
-            tuple(examples),
-            dynamo=True,
-            opset_version=opset,
-            input_names=input_names,
-            output_names=list(names),
-            dynamic_shapes=dynamic_shapes,
-            custom_translation_table={torch.ops.mobilenets.class_nms.default: _class_nms_onnx},
-            verbose=False,
-        )
 
 
 def image_example(config, dynamic_batch: bool) -> torch.Tensor:
@@ -449,7 +209,7 @@ def check_shapes(config, dynamic_batch: bool) -> list[tuple[int, ...]]:
     side = config.resolution
     return [
         (batch, config.backbone.in_chans, side, side)
-        for batch in (export.DYNAMIC_CHECK_BATCHES if dynamic_batch else (1,))
+        for batch in (onnx_export.DYNAMIC_CHECK_BATCHES if dynamic_batch else (1,))
     ]
 
 
@@ -483,7 +243,7 @@ def detection_metadata(
         source=f"checkpoint {checkpoint.path.name}",
         mobilenets_version=__version__,
     )
-    return export.metadata_props(info)
+    return onnx_export.metadata_props(info)
 
 
 def verify_detector_onnx(
@@ -494,12 +254,12 @@ def verify_detector_onnx(
 ) -> float:
     """The max abs difference of onnxruntime's outputs ``names`` (boxes and scores) and
     ``reference``'s on the same random inputs; raises when it exceeds TOLERANCE."""
-    session = export.onnx_session(path)
+    session = onnx_export.onnx_session(path)
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for shape in shapes:
         x = torch.randn(shape, generator=generator)
-        ours = session.run(list(names), {export.INPUT_NAME: x.numpy()})
+        ours = session.run(list(names), {onnx_export.INPUT_NAME: x.numpy()})
         with torch.no_grad():
             expected = reference(x)
         worst = max(worst, compare_outputs(ours, expected, names, "the ONNX model", shape))
@@ -517,71 +277,9 @@ def compare_outputs(
         if not difference <= TOLERANCE:  # catches NaN too
             raise MobileNetsError(
                 f"{what}'s {name} disagree with PyTorch: max abs difference {difference:.3g} at "
-                f"input {export.format_shape(shape)} (allowed {TOLERANCE:g})"
+                f"input {onnx_export.format_shape(shape)} (allowed {TOLERANCE:g})"
             )
         worst = max(worst, difference)
-    return worst
-
-
-def reference_detections(
-    model: SSDLite, loss: str, settings: NMSSettings, images: torch.Tensor, image_size=(1, 1)
-) -> list[dict[str, torch.Tensor]]:
-    """[`postprocess`][mobilenets.core.boxes.postprocess] of ``model`` (eval mode) on
-    ``images`` with ``settings``, boxes normalized (or in pixels of ``image_size``, as
-    postprocess takes it): what an ``nms=True`` file must return."""
-    with torch.no_grad():
-        out = model.eval()(images)
-    return postprocess(
-        score_logits(out["cls_logits"].float(), loss),
-        out["box_regression"],
-        model.anchors(),
-        image_size=image_size,
-        **asdict(settings),
-    )
-
-
-def compare_detections(
-    ours: list[np.ndarray], expected: list[dict[str, torch.Tensor]], tolerance: float = TOLERANCE
-) -> float:
-    """The max abs difference of an ``nms=True`` file's outputs ``(boxes, scores, classes,
-    count)`` and ``expected`` (postprocess's detections), each detection matched by class, box
-    and score within ``tolerance`` (in any order: near-equal scores may swap); raises naming
-    the first image that disagrees."""
-    boxes, scores, classes, count = ours
-    worst = 0.0
-    for image, want in enumerate(expected):
-        found = int(count[image])
-        problem = None
-        if found != len(want["scores"]):
-            problem = f"{found} detections where PyTorch has {len(want['scores'])}"
-        elif (
-            np.any(boxes[image, found:])
-            or np.any(scores[image, found:])
-            or np.any(classes[image, found:])
-        ):
-            problem = "non-zero rows after its count"
-        elif np.any(np.diff(scores[image, :found]) > 0):
-            problem = "scores out of order"
-        unused = list(range(found))
-        for row in range(found) if problem is None else ():
-            box_difference = np.abs(
-                boxes[image, row].astype(np.float64) - want["boxes"][unused].numpy()
-            ).max(axis=1)
-            score_difference = np.abs(float(scores[image, row]) - want["scores"][unused].numpy())
-            same = (want["labels"][unused].numpy() == classes[image, row]) & (
-                np.maximum(box_difference, score_difference) <= tolerance
-            )
-            if not same.any():
-                problem = f"detection {row} has no counterpart in PyTorch's within {tolerance:g}"
-                break
-            match = int(np.flatnonzero(same)[0])
-            worst = max(worst, float(box_difference[match]), float(score_difference[match]))
-            unused.pop(match)
-        if problem is not None:
-            raise MobileNetsError(
-                f"the ONNX model's detections disagree with PyTorch's postprocess on image "
-                f"{image}: {problem}"
-            )
     return worst
 
 
@@ -595,12 +293,12 @@ def verify_nms_onnx(
     """The max abs difference of an ``nms=True`` file's detections and ``postprocess``'s on
     ``reference`` (see compare_detections) on the same random inputs; raises when they
     disagree."""
-    session = export.onnx_session(path)
+    session = onnx_export.onnx_session(path)
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for shape in shapes:
         x = torch.randn(shape, generator=generator)
-        ours = session.run(list(NMS_OUTPUT_NAMES), {export.INPUT_NAME: x.numpy()})
+        ours = session.run(list(NMS_OUTPUT_NAMES), {onnx_export.INPUT_NAME: x.numpy()})
         expected = reference_detections(reference, loss, settings, x)
         worst = max(worst, compare_detections(ours, expected))
     return worst
@@ -609,51 +307,14 @@ def verify_nms_onnx(
 # --- ExecuTorch ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DetectionPteReport:
-    path: Path
-    model_name: str
-    input_shape: tuple[int, ...]
-    num_boxes: int
-    num_classes: int
-    file_bytes: int
-    max_abs_diff: float  # boxes and scores, ExecuTorch vs the fp32 PyTorch model
-    bn_folded: int
-    partitions: int  # XNNPACK delegate calls in the program
-    outside_delegate: tuple[str, ...]  # ops left to ExecuTorch's portable kernels (none expected)
-    executorch_version: str
-    # int8 only: what PT2E quantized (its logits_scale and tolerance are NaN: the outputs are
-    # decoded in float), the steps of cls_logits and box_regression, and how many of those steps
-    # the program is from its quantized reference (head_steps)
-    int8: Int8Report | None = None
-    head_scales: tuple[float, float] | None = None
-    steps: float | None = None
-
-
-def export_detector_pte(
+def _export_pte(
     checkpoint: DetectionCheckpoint,
     path: str | os.PathLike,
     *,
     int8: bool = False,
     calibration: Iterable[torch.Tensor] | None = None,
-) -> DetectionPteReport:
-    """Write the checkpoint's detector as an ExecuTorch program (XNNPACK delegate, BN folded)
-    for one ``[1, 3, R, R]`` input, with the box decoding inside: outputs ``boxes``
-    ``[1, A, 4]`` and ``scores`` ``[1, A, C]`` as the ONNX file's; NMS stays outside (see the
-    module docstring). The metadata is the ONNX file's, as constant methods
-    ([`read_pte_metadata`][mobilenets.deploy.executorch_export.read_pte_metadata]).
-
-    The program is run by ExecuTorch's runtime on a seeded random input against the unfolded
-    PyTorch model: boxes and scores within 1e-4, or it raises and leaves no file.
-
-    ``int8=True`` quantizes the network by PT2E with the XNNPACK quantizer (int8 weights per
-    channel, int8 activations), activation ranges calibrated on ``calibration``: float
-    ``(N, 3, R, R)`` batches preprocessed as the model's inputs (training images through the
-    evaluation transform). The decoding stays float. The program is then checked against its
-    quantized PyTorch reference on the first calibration image: its boxes and scores must be
-    what the reference's head outputs moved by at most INT8_TOLERANCE_STEPS (48) quantization
-    steps give ([`head_steps`][mobilenets.tasks.detection.export.head_steps]).
-    """
+) -> ExportReport:
+    """The ``.pte`` half of [`export`][mobilenets.tasks.detection.export.export]."""
     mobile.check_pte_options(path)
     if int8 != (calibration is not None):
         raise MobileNetsError(
@@ -665,153 +326,50 @@ def export_detector_pte(
     model = checkpoint.model.to("cpu", torch.float32)
     reference = copy.deepcopy(model).eval()
     folded, bn_folded = fold_batch_norm(reference)
-    config, anchors = model.config, model.anchors()
-    shape = image_example(config, dynamic_batch=False).shape
-    metadata = detection_metadata(checkpoint, None, "pte")
-    quantization = scales = None
+    anchors = model.anchors()
+    shape = image_example(model.config, dynamic_batch=False).shape
+    quantization = scales = converted = None
     if int8:
-        converted, x, quantization = mobile.quantize_pt2e(HeadOutputs(folded), calibration, shape)
+        converted, x, quantization = pt2e.quantize_pt2e(HeadOutputs(folded), calibration, shape)
         scales = head_scales(converted)
-        converted = mobile.QuantizedReference(converted)
-        graph = NetworkWithTail(converted, Decoding(anchors, checkpoint.loss))
-        metadata[mobile.QUANTIZATION_KEY] = json.dumps(
-            {
-                "method": "ptq",
-                "flow": "pt2e",
-                "quantizer": "XNNPACKQuantizer",
-                "weights": "s8 symmetric per-channel",
-                "activations": "s8 per-tensor",
-                "decoding": "float",
-                "calibration_images": quantization.calibration_images,
-            }
-        )
+        converted = pt2e.QuantizedReference(converted)
+        module = NetworkWithTail(converted, Decoding(anchors, checkpoint.loss))
     else:
-        graph = DecodedDetector(folded, checkpoint.loss)
+        module = DecodedDetector(folded, checkpoint.loss)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    buffer, partitions, outside = mobile.lower_to_xnnpack(graph.eval(), shape, metadata)
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        Path(temporary).write_bytes(buffer)
-        ours = mobile.run_pte_outputs(mobile.load_method(mobile.load_pte(temporary)), x)
+    graph = detection_graph(checkpoint, module, OUTPUT_NAMES, None, False, bn_folded, "pte")
+    if int8:
+        settings = pt2e.SETTINGS | {
+            "decoding": "float",
+            "calibration_images": quantization.calibration_images,
+        }
+        metadata = {**graph.metadata, mobile.QUANTIZATION_KEY: json.dumps(settings)}
+        graph = dataclasses.replace(graph, metadata=metadata)
+
+    def check(written: Path) -> Agreement:
+        ours = mobile.run_pte_outputs(mobile.load_method(mobile.load_pte(written)), x)
         with torch.no_grad():
             expected = DecodedDetector(reference, checkpoint.loss)(x)
-        steps = None
-        if int8:
-            with torch.no_grad():
-                heads = converted(x)
-            steps = head_steps(
-                ours, heads, anchors, checkpoint.loss, scales, limit=INT8_TOLERANCE_STEPS
-            )
-            if not steps <= INT8_TOLERANCE_STEPS:
-                raise MobileNetsError(
-                    "the int8 ExecuTorch program disagrees with its PyTorch reference: its boxes "
-                    f"and scores are more than {INT8_TOLERANCE_STEPS} quantization steps of the "
-                    "head outputs away"
-                )
-            difference = max(
-                float((got - want).abs().max()) for got, want in zip(ours, expected, strict=True)
-            )
-        else:
+        if not int8:
             difference = compare_outputs(
                 ours, expected, OUTPUT_NAMES, "the ExecuTorch program", tuple(shape)
             )
-    return DetectionPteReport(
-        path,
-        config.name,
-        tuple(shape),
-        anchors.shape[0],
-        config.num_classes,
-        len(buffer),
-        difference,
-        bn_folded,
-        partitions,
-        outside,
-        mobile.executorch_version() or "?",
-        quantization,
-        scales,
-        steps,
-    )
-
-
-def head_scales(converted: nn.Module) -> tuple[float, float]:
-    """The quantization steps of a converted PT2E graph's two outputs, ``cls_logits`` and
-    ``box_regression``: the scales of the dequantize ops they come from."""
-    (output,) = (node for node in converted.graph.nodes if node.op == "output")
-    leaves = []
-    torch.fx.node.map_arg(output.args, leaves.append)
-    if len(leaves) != 2 or not all(
-        str(leaf.target).startswith("quantized_decomposed.dequantize_per_tensor") for leaf in leaves
-    ):
-        raise MobileNetsError("the head outputs of the int8 graph are not quantized")
-    cls_scale, box_scale = (float(leaf.args[1]) for leaf in leaves)
-    return cls_scale, box_scale
-
-
-def head_steps(
-    outputs,
-    heads: tuple[torch.Tensor, torch.Tensor],
-    anchors: torch.Tensor,
-    loss: str,
-    scales: tuple[float, float],
-    limit: float,
-) -> float:
-    """How far an int8 program's decoded ``outputs`` (boxes, scores) are from its quantized
-    reference, in quantization steps of the head outputs: the fewest s such that each of the
-    program's values is within TOLERANCE of the range the float decoding gives when every one
-    of the reference's ``heads`` (``cls_logits``, ``box_regression``) moves by up to s of its
-    own steps (``scales``); math.inf beyond ``limit``.
-
-    The decoding is monotone in each input, so the range has a closed form: x1 and y1 are
-    lowest with the center moved back and the size grown, x2 and y2 with both moved back; a
-    softmax score p is at most p e^(2d) / (p e^(2d) + 1 - p) when its logit gains d and the
-    others lose d (sigmoid scores: their own logit +- d, the focal background 1 minus their
-    sum); boxes are clamped to [0, 1] after. In float64, so that a score near 1 keeps its 1 - p.
-    """
-    boxes, scores = (torch.as_tensor(value).double() for value in outputs)
-    cls_logits, box_regression = (head.double() for head in heads)
-    anchors = anchors.double()
-    if loss == "softmax":
-        probabilities = torch.softmax(cls_logits, dim=-1)
-    else:
-        probabilities = torch.sigmoid(cls_logits[..., 1:])
-
-    def within(steps: float) -> bool:
-        move = steps * scales[1]
-        grow = box_regression.new_tensor([-1.0, -1.0, 1.0, 1.0]) * move
-        low = torch.cat(
-            [
-                decode(box_regression + grow, anchors)[..., :2],
-                decode(box_regression - move, anchors)[..., 2:],
-            ],
-            dim=-1,
+            return Agreement(difference, details=detector_details(model, None))
+        with torch.no_grad():
+            heads = converted(x)
+        steps = head_steps(
+            ours, heads, anchors, checkpoint.loss, scales, limit=INT8_TOLERANCE_STEPS
         )
-        high = torch.cat(
-            [
-                decode(box_regression - grow, anchors)[..., :2],
-                decode(box_regression + move, anchors)[..., 2:],
-            ],
-            dim=-1,
-        )
-        factor = math.exp((2 if loss == "softmax" else 1) * steps * scales[0])
-        p, q = probabilities, 1 - probabilities
-        least, most = p / (p + q * factor), p * factor / (p * factor + q)
-        if loss != "softmax":  # the background column: 1 - the objects' sum, at least 0
-            least, most = (
-                torch.cat([(1 - most.sum(-1, keepdim=True)).clamp(min=0), least], dim=-1),
-                torch.cat([(1 - least.sum(-1, keepdim=True)).clamp(min=0), most], dim=-1),
+        if not steps <= INT8_TOLERANCE_STEPS:
+            raise MobileNetsError(
+                "the int8 ExecuTorch program disagrees with its PyTorch reference: its boxes "
+                f"and scores are more than {INT8_TOLERANCE_STEPS} quantization steps of the "
+                "head outputs away"
             )
-        return all(
-            bool(((value >= lower - TOLERANCE) & (value <= upper + TOLERANCE)).all())
-            for value, lower, upper in (
-                (boxes, low.clamp(0, 1), high.clamp(0, 1)),
-                (scores, least, most),
-            )
+        difference = max(
+            float((got - want).abs().max()) for got, want in zip(ours, expected, strict=True)
         )
+        details = detector_details(model, None, head_scales=scales, steps=steps)
+        return Agreement(difference, details=details)
 
-    if not within(limit):
-        return math.inf
-    below, above = 0.0, float(limit)
-    for _ in range(24):  # steps to within limit / 2**24
-        middle = (below + above) / 2
-        below, above = (below, middle) if within(middle) else (middle, above)
-    return above
+    return write(graph, path, check, int8=quantization)

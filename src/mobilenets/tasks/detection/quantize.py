@@ -21,13 +21,13 @@ metadata, plus a ``quantization`` entry. The joined file is run by onnxruntime a
 end (PyTorch) on the int8 network's outputs (onnxruntime): boxes and scores within 1e-4, or the
 same detections for ``nms=True``; a disagreement leaves no file.
 
-**ExecuTorch**: ``export_detector_pte(..., int8=True)``, see
+**ExecuTorch**: ``export(checkpoint, "file.pte", int8=True, calibration=...)``, see
 [`mobilenets.tasks.detection.export`][mobilenets.tasks.detection.export].
 
-**Accuracy** (``quantize_detector_checkpoint``): the file is run by its runtime (onnxruntime or
-ExecuTorch's) on the validation split through the checkpoint's evaluation preprocessing and scored
-by the same COCO evaluation as the fp32 model in PyTorch, both with the same post-processing
-settings (those in the file for ``nms=True``).
+**Accuracy** ([`quantize`][mobilenets.tasks.detection.quantize.quantize]): the file is run by
+its runtime (onnxruntime or ExecuTorch's) on the validation split through the checkpoint's
+evaluation preprocessing and scored by the same COCO evaluation as the fp32 model in PyTorch,
+both with the same post-processing settings (those in the file for ``nms=True``).
 """
 
 from __future__ import annotations
@@ -47,32 +47,32 @@ from torch import nn
 from mobilenets.core.boxes import select_detections
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
-from mobilenets.core.files import atomic_path
 from mobilenets.deploy import executorch_export as mobile
-from mobilenets.deploy import onnx_export as export
+from mobilenets.deploy import onnx_export
 from mobilenets.deploy import quantize as int8_onnx
 from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.deploy.onnx_export import onnx_program, onnx_report, write_onnx
+from mobilenets.deploy.pipeline import Agreement, ExportReport, write_checked
 from mobilenets.deploy.quantize import calibration_batches, calibration_indices
 from mobilenets.tasks.detection.evaluate import evaluate_detections
 from mobilenets.tasks.detection.export import (
+    check_shapes,
+    detection_graph,
+    detector_details,
+    export,
+    output_names,
+    verify_detector_onnx,
+    verify_nms_onnx,
+)
+from mobilenets.tasks.detection.graphs import (
     NMS_OUTPUT_NAMES,
     OUTPUT_NAMES,
     Decoding,
     DecodingWithNMS,
-    DetectionExportReport,
-    DetectionPteReport,
     HeadOutputs,
     NetworkWithTail,
     NMSSettings,
-    check_shapes,
-    detection_metadata,
-    export_detector_pte,
-    image_example,
-    onnx_program,
-    output_names,
     reference_detections,
-    verify_detector_onnx,
-    verify_nms_onnx,
 )
 from mobilenets.tasks.detection.inference import DetectionCheckpoint, checkpoint_data
 
@@ -93,7 +93,7 @@ def quantize_detector_onnx(
     path: str | os.PathLike,
     calibration: Iterable[torch.Tensor],
     *,
-    opset: int = export.DEFAULT_OPSET,
+    opset: int = onnx_export.DEFAULT_OPSET,
     dynamic_batch: bool = False,
     nms: bool = False,
     method: str = "minmax",
@@ -102,17 +102,17 @@ def quantize_detector_onnx(
     nms_iou: float = 0.6,
     max_detections: int = 100,
     pre_nms_top_k: int = 1000,
-) -> DetectionExportReport:
+) -> ExportReport:
     """Write the checkpoint's detector as an int8 ONNX file: the fp32 file's inputs, outputs and
-    metadata (see [`export_detector`][mobilenets.tasks.detection.export.export_detector], whose
-    other arguments these are), the network quantized (QDQ, see the module's docstring) with
-    activation ranges calibrated on ``calibration``: float ``(N, 3, R, R)`` batches of
-    preprocessed images, of batch 1 unless ``dynamic_batch``. ``method`` (minmax, entropy,
-    percentile) and ``activation_type`` (u8, s8) are
-    [`quantize_file`][mobilenets.deploy.quantize.quantize_file]'s. ``report.quantization`` is its
-    report (its ``fp32_bytes`` the fp32 network's), ``report.max_abs_diff`` the file against its
-    float end run by PyTorch on the int8 network's outputs."""
-    export.check_options(path, opset)
+    metadata (see [`export`][mobilenets.tasks.detection.export.export], whose other arguments
+    these are), the network quantized (QDQ, see the module's docstring) with activation ranges
+    calibrated on ``calibration``: float ``(N, 3, R, R)`` batches of preprocessed images, of
+    batch 1 unless ``dynamic_batch``. ``method`` (minmax, entropy, percentile) and
+    ``activation_type`` (u8, s8) are
+    [`quantize_file`][mobilenets.deploy.quantize.quantize_file]'s. ``report.int8`` is its report
+    (its ``fp32_bytes`` the fp32 network's), ``report.max_abs_diff`` the file against its float
+    end run by PyTorch on the int8 network's outputs."""
+    onnx_export.check_options(path, opset)
     int8_onnx.check_options(path, method, activation_type)
     settings = NMSSettings(score_threshold, nms_iou, max_detections, pre_nms_top_k)
     onnx = require("onnx", int8_onnx.QUANTIZING)
@@ -126,24 +126,20 @@ def quantize_detector_onnx(
         if nms
         else Decoding(anchors, checkpoint.loss)
     ).eval()
+    in_graph = settings if nms else None
+    network = detection_graph(
+        checkpoint, HeadOutputs(folded), HEAD_NAMES, in_graph, dynamic_batch, bn_folded
+    )
     with tempfile.TemporaryDirectory(prefix="mobilenets-detector-int8-") as folder:
         network_path, int8_path, tail_path = (
             Path(folder) / name for name in ("network.onnx", "network.int8.onnx", "tail.onnx")
         )
-        example = image_example(config, dynamic_batch)
-        program = onnx_program(
-            HeadOutputs(folded).eval(),
-            [example],
-            [export.INPUT_NAME],
-            HEAD_NAMES,
-            opset,
-            dynamic_batch,
-        )
-        program.model.metadata_props.update(
-            detection_metadata(checkpoint, settings if nms else None, "onnx")
-        )
-        program.save(network_path, external_data=False)
-        verify_detector_onnx(network_path, HeadOutputs(reference).eval(), shapes, HEAD_NAMES)
+
+        def check_network(written: Path) -> Agreement:
+            heads = HeadOutputs(reference).eval()
+            return Agreement(verify_detector_onnx(written, heads, shapes, HEAD_NAMES))
+
+        write_onnx(network, network_path, check_network, opset=opset)
         quantization = int8_onnx.quantize_file(
             network_path,
             calibration,
@@ -153,39 +149,34 @@ def quantize_detector_onnx(
             recorded={"float": "box decoding, scores" + (", NMS" if nms else "")},
         )
         with torch.no_grad():
-            heads = HeadOutputs(reference)(example)
-        onnx_program(
-            tail, list(heads), list(HEAD_NAMES), output_names(nms), opset, dynamic_batch
-        ).save(tail_path, external_data=False)
+            heads = HeadOutputs(reference)(network.examples[0])
+        tail_graph = dataclasses.replace(
+            network,
+            module=tail,
+            examples=tuple(heads),
+            input_names=HEAD_NAMES,
+            output_names=output_names(nms),
+            metadata={},
+        )
+        onnx_program(tail_graph, opset).save(tail_path, external_data=False)
         joined = join_graphs(onnx.load(str(int8_path)), onnx.load(str(tail_path)))
         int8_heads = OnnxHeads(int8_path, anchors)
-        path = Path(path)
-        with atomic_path(path) as temporary:
-            onnx.save(joined, temporary)
+
+        def check(written: Path) -> Agreement:
             if nms:
-                difference = verify_nms_onnx(
-                    temporary, int8_heads, checkpoint.loss, settings, shapes
-                )
+                difference = verify_nms_onnx(written, int8_heads, checkpoint.loss, settings, shapes)
             else:
                 difference = verify_detector_onnx(
-                    temporary, NetworkWithTail(HeadOutputs(int8_heads), tail), shapes
+                    written, NetworkWithTail(HeadOutputs(int8_heads), tail), shapes
                 )
-            file_bytes = os.path.getsize(temporary)
-    quantization = dataclasses.replace(quantization, path=path, int8_bytes=file_bytes)
-    return DetectionExportReport(
-        path,
-        config.name,
-        opset,
-        export.graph_input_shape(joined),
-        anchors.shape[0],
-        config.num_classes,
-        file_bytes,
-        difference,
-        bn_folded,
-        quantization.onnxruntime_version,
-        settings if nms else None,
-        quantization,
-    )
+            return Agreement(difference, details=detector_details(model, in_graph))
+
+        agreement, file_bytes = write_checked(
+            path, lambda temporary: onnx.save(joined, temporary), check
+        )
+    quantization = dataclasses.replace(quantization, path=Path(path), int8_bytes=file_bytes)
+    written = dataclasses.replace(network, output_names=output_names(nms))
+    return onnx_report(written, Path(path), joined, file_bytes, agreement, opset, quantization)
 
 
 def join_graphs(network: onnx.ModelProto, tail: onnx.ModelProto) -> onnx.ModelProto:
@@ -207,14 +198,14 @@ class OnnxHeads(nn.Module):
 
     def __init__(self, path: str | os.PathLike, anchors: torch.Tensor) -> None:
         super().__init__()
-        self.session = export.onnx_session(path)
+        self.session = onnx_export.onnx_session(path)
         self.register_buffer("default_boxes", anchors.detach().clone())
 
     def anchors(self) -> torch.Tensor:
         return self.default_boxes
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.session.run(list(HEAD_NAMES), {export.INPUT_NAME: images.numpy()})
+        outputs = self.session.run(list(HEAD_NAMES), {onnx_export.INPUT_NAME: images.numpy()})
         return {
             name: torch.from_numpy(value) for name, value in zip(HEAD_NAMES, outputs, strict=True)
         }
@@ -241,7 +232,7 @@ class ExportedDetector:
             self.method = mobile.load_method(program)
             self.session, self.names = None, OUTPUT_NAMES
         else:
-            self.session = export.onnx_session(path)
+            self.session = onnx_export.onnx_session(path)
             self.names = tuple(output.name for output in self.session.get_outputs())
             batch = self.session.get_inputs()[0].shape[0]
             self.batch = batch if isinstance(batch, int) else None
@@ -278,7 +269,7 @@ class ExportedDetector:
     def _run(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self.session is None:
             return mobile.run_pte_outputs(self.method, images)
-        values = self.session.run(list(self.names), {export.INPUT_NAME: images.numpy()})
+        values = self.session.run(list(self.names), {onnx_export.INPUT_NAME: images.numpy()})
         return [torch.from_numpy(value) for value in values]
 
     def _outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -299,7 +290,7 @@ class DetectionQuantizeResult:
     """An int8 file and the COCO AP and AP50 of it and of the fp32 model on the validation
     split."""
 
-    report: DetectionExportReport | DetectionPteReport
+    report: ExportReport
     fp32_ap: float
     fp32_ap50: float
     int8_ap: float
@@ -307,14 +298,14 @@ class DetectionQuantizeResult:
     count: int  # validation images
 
 
-def quantize_detector_checkpoint(
+def quantize(
     checkpoint: DetectionCheckpoint,
     data: str,
     path: str | os.PathLike,
     *,
     calibration_images: int | None = None,
     method: str = "minmax",
-    opset: int = export.DEFAULT_OPSET,
+    opset: int = onnx_export.DEFAULT_OPSET,
     dynamic_batch: bool = False,
     nms: bool = False,
     score_threshold: float = 0.01,
@@ -327,7 +318,7 @@ def quantize_detector_checkpoint(
     """``checkpoint`` as an int8 ``.onnx`` file
     ([`quantize_detector_onnx`][mobilenets.tasks.detection.quantize.quantize_detector_onnx]) or
     ``.pte`` program
-    ([`export_detector_pte`][mobilenets.tasks.detection.export.export_detector_pte]), by
+    ([`export`][mobilenets.tasks.detection.export.export]), by
     ``path``'s suffix, calibrated on ``calibration_images`` training images of ``data``
     (default 256, or the whole split if smaller: the seeded sample of
     [`calibration_indices`][mobilenets.deploy.quantize.calibration_indices], through the
@@ -341,7 +332,7 @@ def quantize_detector_checkpoint(
     if pte:
         onnx_only = {
             "method": method != "minmax",
-            "opset": opset != export.DEFAULT_OPSET,
+            "opset": opset != onnx_export.DEFAULT_OPSET,
             "dynamic_batch": dynamic_batch,
             "nms": nms,
         }
@@ -354,7 +345,7 @@ def quantize_detector_checkpoint(
         mobile.check_pte_options(path)
         mobile.require_executorch("the ExecuTorch export")
     else:
-        export.check_options(path, opset)
+        onnx_export.check_options(path, opset)
         int8_onnx.check_options(path, method, "u8")
     settings = NMSSettings(score_threshold, nms_iou, max_detections, pre_nms_top_k)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -366,7 +357,7 @@ def quantize_detector_checkpoint(
     # a file of a fixed batch (1) is calibrated one image at a time
     batches = calibration_batches(found.train, indices, batch_size if pte or dynamic_batch else 1)
     if pte:
-        report = export_detector_pte(checkpoint, path, int8=True, calibration=batches)
+        report = export(checkpoint, path, int8=True, calibration=batches)
     else:
         report = quantize_detector_onnx(
             checkpoint,

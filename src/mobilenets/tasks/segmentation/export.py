@@ -1,6 +1,7 @@
 """Export of a trained segmenter to ONNX or to an ExecuTorch program, checked against PyTorch.
 
-[`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter] writes a Mobile
+[`export`][mobilenets.tasks.segmentation.export.export], the segmenter's export adapter, writes a
+Mobile
 DeepLabv3 with BN folded into the convs
 ([`fold_batch_norm`][mobilenets.deploy.folding.fold_batch_norm], by the parts' names). The file
 takes ``input`` ``[1, 3, R, R]``, normalized as its ``preprocessing`` metadata says, and returns
@@ -17,13 +18,14 @@ and that arithmetic does not survive the symbolic export (the graph ran, and was
 the logits, when tried with torch 2.14), while a check at one size says nothing about the others.
 Export once per input size you serve; resize or pad images to it.
 
-Each file is written under a temporary name, run (onnxruntime on the CPU, or ExecuTorch's own
-runtime with the XNNPACK delegate) on a seeded random input against the unfolded PyTorch model,
-and only renamed into place when it agrees: logits within 1e-4, or for ``argmax`` the same class
-on every pixel where PyTorch's two best logits are more than 1e-4 apart (a closer pair may flip
-by float rounding). A failed check raises and leaves no file, and a previous file at the path
-stays. The file records the model's name and config, its class names, preprocessing and source
-(ONNX ``metadata_props``, or constant methods of the .pte program), as the classifier exports do.
+Each file is written by the deploy pipeline ([`mobilenets.deploy.export`][mobilenets.deploy.export])
+under a temporary name, run (onnxruntime on the CPU, or ExecuTorch's own runtime with the XNNPACK
+delegate) on a seeded random input against the unfolded PyTorch model, and only renamed into place
+when it agrees: logits within 1e-4, or for ``argmax`` the same class on every pixel where PyTorch's
+two best logits are more than 1e-4 apart (a closer pair may flip by float rounding). A failed check
+raises and leaves no file, and a previous file at the path stays. The file records the model's name
+and config, its class names, preprocessing and source (ONNX ``metadata_props``, or constant methods
+of the .pte program), as the classifier exports do.
 
 **int8** (``int8=True``, with ``calibration``: batches of preprocessed images at the export size)
 quantizes the same folded graph, weights s8 per output channel and activations per tensor:
@@ -35,28 +37,24 @@ quantizes the same folded graph, weights s8 per output channel and activations p
   against: it is run on the first calibration image and must give finite logits (or classes
   in range); how far it is from the fp32 model there goes in the report.
 - .pte: PT2E with ExecuTorch's XNNPACK quantizer
-  ([`quantize_pt2e`][mobilenets.deploy.executorch_export.quantize_pt2e], histogram observers on
+  ([`quantize_pt2e`][mobilenets.deploy.pt2e.quantize_pt2e], histogram observers on
   the activations) quantizes the logits graph; the argmax, if any, is added after. The program
   is checked against that quantized PyTorch reference on the first calibration image: logits
   within ``INT8_TOLERANCE_STEPS`` quantization steps of the output, or the same class on every
   pixel where the reference's two best logits are further apart than that.
 
 How much mIoU int8 costs is measured by
-[`export_segmenter_int8`][mobilenets.tasks.segmentation.int8.export_segmenter_int8].
+[`quantize`][mobilenets.tasks.segmentation.quantize.quantize].
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
+import dataclasses
 import itertools
 import json
-import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,18 +64,18 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.extras import require
-from mobilenets.core.files import atomic_path
 from mobilenets.core.segmenter import DeepLabV3
 from mobilenets.core.version import __version__
 from mobilenets.deploy import executorch_export as mobile
-from mobilenets.deploy import onnx_export as export
+from mobilenets.deploy import onnx_export, pt2e
+from mobilenets.deploy.export import write
 from mobilenets.deploy.folding import fold_batch_norm
+from mobilenets.deploy.pipeline import Agreement, ExportGraph, ExportReport
 from mobilenets.deploy.quantize import (
     CALIBRATE_METHODS,
     QUANTIZATION_KEY,
     PairBound,
-    quantize_file,
+    write_onnx_int8,
 )
 from mobilenets.engine.checkpoint import checkpoint_info
 from mobilenets.tasks.segmentation.inference import (
@@ -85,7 +83,6 @@ from mobilenets.tasks.segmentation.inference import (
     load_segmentation_checkpoint,
 )
 
-log = logging.getLogger("mobilenets")
 FORMATS = ("onnx", "pte")
 LOGITS = "logits"
 LABELS = "labels"
@@ -96,7 +93,7 @@ TOLERANCE = 1e-4  # logits: max abs difference; labels: the top-2 margin above w
 # to 37 steps measured on V2 0.35 with random weights and BN statistics at 64 px, on random
 # inputs (its reference itself 41 steps from the fp32 model there). A wrong scale, a dropped or
 # misplaced op moves the logits by a large part of their range (about 255 steps).
-INT8_TOLERANCE_STEPS = 2 * mobile.INT8_TOLERANCE_STEPS
+INT8_TOLERANCE_STEPS = 2 * pt2e.INT8_TOLERANCE_STEPS
 OUTPUTS = {
     LOGITS: "logits [N, C, H, W] float32 at the input size; the argmax over C is each pixel's "
     "class",
@@ -105,32 +102,9 @@ OUTPUTS = {
 
 
 @dataclass(frozen=True)
-class SegmentationExportReport:
-    """What [`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter] wrote and
-    how well it agrees with PyTorch."""
-
-    path: Path
-    format: str  # "onnx" or "pte"
-    model_name: str  # the config's name at the export resolution
-    source: str  # a phrase naming where the weights came from
-    input_shape: tuple[int, ...]
-    output_name: str  # "logits", or "labels" for an argmax export
-    output_shape: tuple[int, ...]
-    max_abs_diff: float | None  # logits against PyTorch's; None for an argmax export
-    differing_pixels: int | None  # argmax: pixels of another class, all near a tie; else None
-    bn_folded: int
-    file_bytes: int
-    runtime: str  # what ran the check: "onnxruntime 1.23.2", "executorch 1.5.1"
-    opset: int | None = None  # ONNX only
-    partitions: int | None = None  # .pte only: XNNPACK delegate calls in the program
-    outside_delegate: tuple[str, ...] = ()  # .pte only: ops left to ExecuTorch's portable kernels
-    int8: SegmentationInt8Report | None = None  # an int8 file: what was quantized (see there)
-
-
-@dataclass(frozen=True)
 class SegmentationInt8Report:
     """What int8 quantization did in
-    [`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter]. The export
+    [`export`][mobilenets.tasks.segmentation.export.export]. The export
     report's ``max_abs_diff`` / ``differing_pixels`` are, for an int8 .pte program, its check
     against the quantized PyTorch reference, and for an int8 ONNX file the check of the fp32 file
     it was quantized from against PyTorch."""
@@ -159,7 +133,7 @@ class ClassMap(nn.Module):
         return self.model(images).argmax(dim=1)
 
 
-def export_segmenter(
+def export(
     checkpoint_or_model: str | os.PathLike | SegmentationCheckpoint | DeepLabV3,
     path: str | os.PathLike,
     *,
@@ -170,7 +144,7 @@ def export_segmenter(
     int8: bool = False,
     calibration: Iterable[torch.Tensor] | None = None,
     calibrate: str | None = None,
-) -> SegmentationExportReport:
+) -> ExportReport:
     """Write a segmenter as a ``.onnx`` file or a ``.pte`` ExecuTorch program (XNNPACK delegate)
     for a fixed ``[1, 3, resolution, resolution]`` input, BN folded, and check it against PyTorch
     (see the module's docstring); a check that fails raises and leaves no file.
@@ -188,7 +162,7 @@ def export_segmenter(
     - ``int8``: quantize the file (see the module's docstring), with activation ranges from
       ``calibration``: float ``[N, C, resolution, resolution]`` batches, normalized as the model's
       inputs (training images through the evaluation preprocessing, fitted to the input as
-      [`fit_to_square`][mobilenets.tasks.segmentation.int8.fit_to_square] does).
+      [`fit_to_square`][mobilenets.tasks.segmentation.quantize.fit_to_square] does).
     - ``calibrate``: ONNX int8 only, onnxruntime's calibration method: ``"minmax"`` (the
       default), ``"entropy"`` or ``"percentile"``; the latter two hold every activation of every
       calibration image in memory.
@@ -223,10 +197,9 @@ def export_segmenter(
 
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     folded, bn_folded = fold_batch_norm(reference)
-    graph = ClassMap(folded).eval() if argmax else folded
     output_name = LABELS if argmax else LOGITS
     shape = (1, config.backbone.in_chans, resolution, resolution)
-    known, source = {}, "a DeepLabV3 given to export_segmenter"
+    known, source = {}, "a DeepLabV3 given to tasks.segmentation.export"
     if checkpoint is not None:
         known = checkpoint_info(
             checkpoint.classes,
@@ -234,7 +207,7 @@ def export_segmenter(
             metrics=checkpoint.metrics or None,
         )
         source = f"checkpoint {checkpoint.path.name}"
-    metadata = export.metadata_props(
+    metadata = onnx_export.metadata_props(
         {
             "model_name": config.name,
             "model_config": config.to_dict(),
@@ -244,35 +217,30 @@ def export_segmenter(
             "mobilenets_version": __version__,
         }
     )
-    path = Path(path)
-    if int8 and format == "onnx":
-        written = _write_onnx_int8(
-            graph,
-            reference,
-            path,
-            shape,
-            output_name,
-            argmax,
-            metadata,
-            opset,
-            calibration,
-            calibrate or "minmax",
-        )
-    elif int8:
-        written = _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibration)
-    elif format == "onnx":
-        written = _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, opset)
-    else:
-        written = _write_pte(graph, reference, path, shape, argmax, metadata)
-    return SegmentationExportReport(
-        path=path,
-        format=format,
-        model_name=config.name,
-        source=source,
-        output_name=output_name,
-        bn_folded=bn_folded,
-        **written,
+    graph = ExportGraph(
+        ClassMap(folded).eval() if argmax else folded,
+        (torch.zeros(shape),),
+        (onnx_export.INPUT_NAME,),
+        (output_name,),
+        metadata,
+        config.name,
+        bn_folded,
     )
+    x = _check_input(shape)
+    what = "the ONNX model" if format == "onnx" else "the ExecuTorch program"
+
+    def check(written: Path) -> Agreement:
+        ours = _run_file(written, format, output_name, x)
+        difference, differing = check_output(ours, reference, x, argmax, what)
+        return Agreement(difference, details=_details(source, ours, differing))
+
+    if int8 and format == "onnx":
+        return _write_onnx_int8(
+            graph, reference, path, argmax, check, opset, calibration, calibrate or "minmax"
+        )
+    if int8:
+        return _write_pte_int8(graph, folded, reference, path, argmax, source, calibration)
+    return write(graph, path, check, opset=opset)
 
 
 def check_export_options(path: str | os.PathLike, format: str, opset: int | None) -> int | None:
@@ -281,8 +249,8 @@ def check_export_options(path: str | os.PathLike, format: str, opset: int | None
     if format not in FORMATS:
         raise MobileNetsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format == "onnx":
-        opset = export.DEFAULT_OPSET if opset is None else opset
-        export.check_options(path, opset)  # the suffix, the opset and the onnx extra
+        opset = onnx_export.DEFAULT_OPSET if opset is None else opset
+        onnx_export.check_options(path, opset)  # the suffix, the opset and the onnx extra
         return opset
     if opset is not None:
         raise MobileNetsError(f"opset={opset!r} applies to format='onnx' only, not to 'pte'")
@@ -292,7 +260,7 @@ def check_export_options(path: str | os.PathLike, format: str, opset: int | None
 
 
 def _as_checkpoint(item) -> SegmentationCheckpoint | None:
-    """The checkpoint export_segmenter was given (loaded from a path), or None for a model."""
+    """The checkpoint export was given (loaded from a path), or None for a model."""
     if isinstance(item, DeepLabV3):
         return None
     if isinstance(item, (str, os.PathLike)):
@@ -300,110 +268,62 @@ def _as_checkpoint(item) -> SegmentationCheckpoint | None:
     if isinstance(item, SegmentationCheckpoint):
         return item
     raise MobileNetsError(
-        "export_segmenter takes a segmentation checkpoint (a .safetensors file or run folder), "
-        f"a SegmentationCheckpoint or a DeepLabV3, got {type(item).__name__}"
+        "the segmentation export takes a segmentation checkpoint (a .safetensors file or run "
+        f"folder), a SegmentationCheckpoint or a DeepLabV3, got {type(item).__name__}"
     )
 
 
-def _write_onnx(graph, reference, path, shape, output_name, argmax, metadata, opset) -> dict:
-    """Export ``graph`` with torch.onnx, write it atomically, check it with onnxruntime; the
-    report's fields of the file and the check."""
-    with torch.no_grad():
-        program = torch.onnx.export(
-            graph,
-            (torch.zeros(shape),),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[export.INPUT_NAME],
-            output_names=[output_name],
-            verbose=False,
-        )
-    program.model.metadata_props.update(metadata)
-    with atomic_path(path) as temporary:
-        program.save(temporary, external_data=False)
-        written = export._read_model(temporary)
-        found = {entry.domain: entry.version for entry in written.opset_import}.get("")
-        if found != opset:
-            raise MobileNetsError(
-                f"torch.onnx wrote opset {found} where {opset} was asked for (its version "
-                f"converter gave up); the default, {export.DEFAULT_OPSET}, needs no conversion"
-            )
-        x = _check_input(shape)
-        session = export.onnx_session(temporary)
-        (ours,) = session.run([output_name], {export.INPUT_NAME: x.numpy()})
-        difference, differing = check_output(ours, reference, x, argmax, "the ONNX model")
-        file_bytes = os.path.getsize(temporary)
-    return dict(
-        input_shape=export.graph_input_shape(written),
-        output_shape=ours.shape,
-        max_abs_diff=difference,
-        differing_pixels=differing,
-        file_bytes=file_bytes,
-        runtime=f"onnxruntime {require('onnxruntime', 'exporting to ONNX').__version__}",
-        opset=opset,
-    )
+def _details(source: str, ours: np.ndarray, differing: int | None) -> dict:
+    """A segmenter report's own entries."""
+    return {"source": source, "output_shape": ours.shape, "differing_pixels": differing}
 
 
-def _write_pte(graph, reference, path, shape, argmax, metadata) -> dict:
-    """Lower ``graph`` to an ExecuTorch program with the XNNPACK delegate, write it atomically,
-    check it with ExecuTorch's runtime; the report's fields of the file and the check."""
-    buffer, partitions, outside = mobile.lower_to_xnnpack(graph, shape, metadata)
-    with atomic_path(path) as temporary:
-        Path(temporary).write_bytes(buffer)
-        x = _check_input(shape)
-        ours = mobile.run_pte(mobile.load_method(mobile.load_pte(temporary)), x).numpy()
-        difference, differing = check_output(ours, reference, x, argmax, "the ExecuTorch program")
-    return dict(
-        input_shape=shape,
-        output_shape=ours.shape,
-        max_abs_diff=difference,
-        differing_pixels=differing,
-        file_bytes=len(buffer),
-        runtime=f"executorch {mobile.executorch_version() or '?'}",
-        partitions=partitions,
-        outside_delegate=outside,
-    )
+def _run_file(path: Path, format: str, output_name: str, x: torch.Tensor) -> np.ndarray:
+    """The output of the written file at ``path`` on ``x``, run by its ``format``'s runtime."""
+    if format == "pte":
+        return mobile.run_pte(mobile.load_method(mobile.load_pte(path)), x).numpy()
+    session = onnx_export.onnx_session(path)
+    (ours,) = session.run([output_name], {onnx_export.INPUT_NAME: x.numpy()})
+    return ours
 
 
-def _write_onnx_int8(
-    graph, reference, path, shape, output_name, argmax, metadata, opset, calibration, calibrate
-) -> dict:
+def _write_onnx_int8(graph, reference, path, argmax, check, opset, calibration, calibrate):
     """The fp32 file exported and checked in a temporary folder, quantized by onnxruntime on the
     calibration images one at a time (the file's batch is 1), run on the first of them, and
-    only then copied to ``path``; the report's fields."""
+    only then written to ``path``
+    ([`write_onnx_int8`][mobilenets.deploy.quantize.write_onnx_int8])."""
+    shape = tuple(graph.examples[0].shape)
     images = _single_images(calibration, shape)
     x = next(images, None)
     if x is None:
         raise MobileNetsError("calibration= gave no images")
-    with tempfile.TemporaryDirectory(prefix="mobilenets-segment-int8-") as folder:
-        fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-        written = _write_onnx(
-            graph, reference, fp32_path, shape, output_name, argmax, metadata, opset
-        )
-        # onnxruntime prints its entropy and percentile calibration's progress: logged instead
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            quantized = quantize_file(
-                fp32_path, itertools.chain([x], images), int8_path, method=calibrate
-            )
-        if printed.getvalue().strip():
-            log.debug("onnxruntime quantization: %s", printed.getvalue().strip())
-        (ours,) = export.onnx_session(int8_path).run([output_name], {export.INPUT_NAME: x.numpy()})
+    output_name = graph.output_names[0]
+
+    def check_int8(written: Path, quantized) -> Agreement:
+        ours = _run_file(written, "onnx", output_name, x)
         difference, differing = _against_fp32(ours, reference, x, argmax, "the int8 ONNX model")
-        with atomic_path(path) as temporary:
-            shutil.copyfile(int8_path, temporary)
-            written["file_bytes"] = os.path.getsize(temporary)
-    written["int8"] = SegmentationInt8Report(
-        calibration=calibrate,
-        calibration_images=quantized.calibration_images,
-        quantized_convs=quantized.quantized_convs,
-        float_convs=quantized.float_convs,
-        logits_scale=None,
-        tolerance=None,
-        fp32_max_abs_diff=difference,
-        fp32_differing_pixels=differing,
-        pair_bound=quantized.pair_bound,
+        int8 = SegmentationInt8Report(
+            calibration=calibrate,
+            calibration_images=quantized.calibration_images,
+            quantized_convs=quantized.quantized_convs,
+            float_convs=quantized.float_convs,
+            logits_scale=None,
+            tolerance=None,
+            fp32_max_abs_diff=difference,
+            fp32_differing_pixels=differing,
+            pair_bound=quantized.pair_bound,
+        )
+        return Agreement(None, int8=int8)
+
+    return write_onnx_int8(
+        graph,
+        path,
+        itertools.chain([x], images),
+        check,
+        check_int8,
+        opset=opset,
+        method=calibrate,
     )
-    return written
 
 
 def _single_images(
@@ -421,33 +341,26 @@ def _single_images(
         yield from batch.to("cpu", torch.float32).split(1)
 
 
-def _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibration) -> dict:
+def _write_pte_int8(graph, folded, reference, path, argmax, source, calibration):
     """The folded logits graph quantized by PT2E (the argmax, if asked for, goes on after it),
-    lowered to XNNPACK, written atomically once it agrees with the quantized reference on the
-    first calibration image; the report's fields."""
-    converted, x, quantized = mobile.quantize_pt2e(folded, calibration, shape)
+    lowered to XNNPACK, written once it agrees with the quantized reference on the first
+    calibration image."""
+    shape = tuple(graph.examples[0].shape)
+    converted, x, quantized = pt2e.quantize_pt2e(folded, calibration, shape)
     if not math.isfinite(quantized.logits_scale):
         raise MobileNetsError("the logits of the int8 graph are not quantized")
     tolerance = INT8_TOLERANCE_STEPS * quantized.logits_scale
-    int8_reference = mobile.QuantizedReference(converted)
-    graph = ClassMap(int8_reference).eval() if argmax else int8_reference
-    metadata = metadata | {
-        QUANTIZATION_KEY: json.dumps(
-            {
-                "method": "ptq",
-                "flow": "pt2e",
-                "quantizer": "XNNPACKQuantizer",
-                "weights": "s8 symmetric per-channel",
-                "activations": "s8 per-tensor",
-                "calibration_images": quantized.calibration_images,
-            }
-        )
-    }
-    buffer, partitions, outside = mobile.lower_to_xnnpack(graph, shape, metadata)
+    int8_reference = pt2e.QuantizedReference(converted)
+    settings = pt2e.SETTINGS | {"calibration_images": quantized.calibration_images}
+    graph = dataclasses.replace(
+        graph,
+        module=ClassMap(int8_reference).eval() if argmax else int8_reference,
+        metadata={**graph.metadata, QUANTIZATION_KEY: json.dumps(settings)},
+    )
     what = "the int8 ExecuTorch program"
-    with atomic_path(path) as temporary:
-        Path(temporary).write_bytes(buffer)
-        ours = mobile.run_pte(mobile.load_method(mobile.load_pte(temporary)), x).numpy()
+
+    def check(written: Path) -> Agreement:
+        ours = _run_file(written, "pte", graph.output_names[0], x)
         if argmax:
             with torch.no_grad():
                 logits = int8_reference(x)
@@ -456,30 +369,22 @@ def _write_pte_int8(folded, reference, path, shape, argmax, metadata, calibratio
             )
             difference = None
         else:
-            difference = export.check_agreement(ours, int8_reference, x, what, tolerance)
+            difference = onnx_export.check_agreement(ours, int8_reference, x, what, tolerance)
             differing = None
         fp32_difference, fp32_differing = _against_fp32(ours, reference, x, argmax, what)
-    int8 = SegmentationInt8Report(
-        calibration="histogram",
-        calibration_images=quantized.calibration_images,
-        quantized_convs=quantized.quantized_layers,
-        float_convs=quantized.float_layers,
-        logits_scale=quantized.logits_scale,
-        tolerance=tolerance,
-        fp32_max_abs_diff=fp32_difference,
-        fp32_differing_pixels=fp32_differing,
-    )
-    return dict(
-        input_shape=shape,
-        output_shape=ours.shape,
-        max_abs_diff=difference,
-        differing_pixels=differing,
-        file_bytes=len(buffer),
-        runtime=f"executorch {mobile.executorch_version() or '?'}",
-        partitions=partitions,
-        outside_delegate=outside,
-        int8=int8,
-    )
+        int8 = SegmentationInt8Report(
+            calibration="histogram",
+            calibration_images=quantized.calibration_images,
+            quantized_convs=quantized.quantized_layers,
+            float_convs=quantized.float_layers,
+            logits_scale=quantized.logits_scale,
+            tolerance=tolerance,
+            fp32_max_abs_diff=fp32_difference,
+            fp32_differing_pixels=fp32_differing,
+        )
+        return Agreement(difference, details=_details(source, ours, differing), int8=int8)
+
+    return write(graph, path, check)
 
 
 def _against_fp32(
@@ -516,7 +421,7 @@ def check_output(
     difference of the logits, None), or for ``argmax`` (None, the pixels whose class differs,
     all of them near a tie). Raises when they disagree; ``what`` names the program."""
     if not argmax:
-        return export.check_agreement(ours, reference, x, what, TOLERANCE), None
+        return onnx_export.check_agreement(ours, reference, x, what, TOLERANCE), None
     with torch.no_grad():
         logits = reference(x)
     return None, check_class_map(ours, logits, what)

@@ -12,7 +12,7 @@ from mobilenets.tasks.segmentation.inference import (
     check_data_classes,
     load_segmentation_checkpoint,
 )
-from mobilenets.tasks.segmentation.int8 import SquareInputSegmenter, calibration_batches
+from mobilenets.tasks.segmentation.quantize import SquareInputSegmenter, calibration_batches
 
 
 def bench_validation(path: str, resolution: int, data: str) -> Validation:

@@ -31,15 +31,13 @@ from mobilenets.deploy.onnx_export import onnx_session, read_onnx_metadata
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.engine.device import cpu_info
 from mobilenets.tasks.segmentation import export as segmentation_export
-from mobilenets.tasks.segmentation import int8 as segmentation_int8
-from mobilenets.tasks.segmentation.export import export_segmenter
+from mobilenets.tasks.segmentation import quantize as segmentation_quantize
 from mobilenets.tasks.segmentation.inference import (
     evaluate_checkpoint,
     load_segmentation_checkpoint,
 )
-from mobilenets.tasks.segmentation.int8 import (
+from mobilenets.tasks.segmentation.quantize import (
     SquareInputSegmenter,
-    export_segmenter_int8,
     file_segmenter,
     fit_to_square,
 )
@@ -150,7 +148,7 @@ def test_scores_come_back_at_the_image_size():
 def onnx_int8(checkpoint):
     """Logits at 128 px, the images' own size: the fp32 scores are segment eval's."""
     path = checkpoint.parent / "int8.onnx"
-    return export_segmenter_int8(
+    return segmentation_quantize.quantize(
         checkpoint.parent, DATA, path, resolution=128, calibration_images=CALIBRATION
     )
 
@@ -224,7 +222,7 @@ def test_the_miou_of_both_is_measured_on_the_validation_split(onnx_int8, checkpo
 
 
 def test_an_argmax_file_scores_as_the_logits_file_does(onnx_int8, checkpoint, tmp_path):
-    result = export_segmenter_int8(
+    result = segmentation_quantize.quantize(
         checkpoint,
         DATA,
         tmp_path / "labels.onnx",
@@ -243,7 +241,7 @@ def test_an_argmax_file_scores_as_the_logits_file_does(onnx_int8, checkpoint, tm
 
 
 def test_images_larger_than_the_file_are_shrunk_to_it(checkpoint, tmp_path, val_set):
-    result = export_segmenter_int8(
+    result = segmentation_quantize.quantize(
         checkpoint,
         DATA,
         tmp_path / "int8.onnx",
@@ -265,7 +263,7 @@ def test_images_larger_than_the_file_are_shrunk_to_it(checkpoint, tmp_path, val_
 @pytest.fixture(scope="module")
 def pte_int8(checkpoint):
     path = checkpoint.parent / "int8.pte"
-    return export_segmenter_int8(
+    return segmentation_quantize.quantize(
         checkpoint, DATA, path, format="pte", calibration_images=CALIBRATION
     )
 
@@ -321,7 +319,9 @@ def test_a_pte_program_that_fails_its_check_leaves_the_previous_file(
     path = tmp_path / "int8.pte"
     path.write_bytes(b"previous export")
     with pytest.raises(MobileNetsError, match="the int8 ExecuTorch program disagrees"):
-        export_segmenter_int8(checkpoint, DATA, path, format="pte", calibration_images=CALIBRATION)
+        segmentation_quantize.quantize(
+            checkpoint, DATA, path, format="pte", calibration_images=CALIBRATION
+        )
     assert path.read_bytes() == b"previous export" and list(tmp_path.iterdir()) == [path]
 
 
@@ -366,7 +366,7 @@ def test_int8_errors_name_the_argument_and_write_nothing(
     checkpoint, tmp_path, name, options, message
 ):
     with pytest.raises(MobileNetsError, match=message):
-        export_segmenter(checkpoint, tmp_path / name, **options)
+        segmentation_export.export(checkpoint, tmp_path / name, **options)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -379,9 +379,9 @@ def test_int8_errors_name_the_argument_and_write_nothing(
         (dict(resolution=16), "cannot export deeplabv3_mobilenet_v2_0.35_64_os16 at 16 px"),
     ],
 )
-def test_export_segmenter_int8_checks_before_it_writes(checkpoint, tmp_path, options, message):
+def test_quantize_checks_before_it_writes(checkpoint, tmp_path, options, message):
     with pytest.raises(MobileNetsError, match=message):
-        export_segmenter_int8(checkpoint, DATA, tmp_path / "m.onnx", **options)
+        segmentation_quantize.quantize(checkpoint, DATA, tmp_path / "m.onnx", **options)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -394,7 +394,7 @@ def test_data_of_other_classes_is_refused_before_anything_is_written(tmp_path):
         match=r"segments 3 classes \(background, cat, dog\); "
         r"data='synthetic-shapes:10' has 5",
     ):
-        export_segmenter_int8(path, DATA, tmp_path / "m.onnx")
+        segmentation_quantize.quantize(path, DATA, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -566,4 +566,4 @@ def test_cli_refuses_another_tasks_checkpoint_in_one_line(tmp_path, capsys, name
 
 def test_the_cli_repeats_the_librarys_choices():
     assert segment.CALIBRATE_METHODS == tuple(quantize.CALIBRATE_METHODS)
-    assert segment.CALIBRATION_IMAGES == segmentation_int8.DEFAULT_CALIBRATION_IMAGES
+    assert segment.CALIBRATION_IMAGES == segmentation_quantize.DEFAULT_CALIBRATION_IMAGES

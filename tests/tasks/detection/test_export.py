@@ -30,7 +30,7 @@ from mobilenets.deploy.onnx_export import read_onnx_metadata
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.tasks.detection import export as detection_export
 from mobilenets.tasks.detection.evaluate import class_scores, score_logits
-from mobilenets.tasks.detection.export import NMSSettings, export_detector
+from mobilenets.tasks.detection.graphs import NMSSettings
 from mobilenets.tasks.detection.inference import DetectionCheckpoint, load_detection_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,7 +92,7 @@ def assert_same_detections(ours: list[np.ndarray], want: dict, max_detections: i
 def exported(tmp_path_factory):
     checkpoint = random_detector()
     path = tmp_path_factory.mktemp("nms") / "detector.onnx"
-    report = export_detector(checkpoint, path, nms=True)
+    report = detection_export.export(checkpoint, path, nms=True)
     return checkpoint, path, report
 
 
@@ -136,7 +136,7 @@ def test_dynamic_batch_focal_loss_and_an_overflowing_top_k(tmp_path):
     checkpoint = random_detector(loss="focal")
     settings = dict(score_threshold=0.02, nms_iou=0.45, max_detections=10, pre_nms_top_k=40)
     path = tmp_path / "detector.onnx"
-    report = export_detector(checkpoint, path, nms=True, dynamic_batch=True, **settings)
+    report = detection_export.export(checkpoint, path, nms=True, dynamic_batch=True, **settings)
     assert report.input_shape == ("batch", 3, RESOLUTION, RESOLUTION)
     images = torch.randn(3, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(1))
     wanted = expected(checkpoint, images, **settings)
@@ -159,7 +159,7 @@ def test_a_failed_check_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(detection_export, "reference_detections", shifted)
     path = tmp_path / "detector.onnx"
     with pytest.raises(MobileNetsError, match="disagree with PyTorch's postprocess on image 0"):
-        export_detector(random_detector(), path, nms=True, max_detections=5)
+        detection_export.export(random_detector(), path, nms=True, max_detections=5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -174,12 +174,12 @@ def test_a_failed_check_leaves_no_file(tmp_path, monkeypatch):
 )
 def test_settings_errors_name_the_value(tmp_path, settings, message):
     with pytest.raises(MobileNetsError, match=re.escape(message)):
-        export_detector(random_detector(), tmp_path / "x.onnx", nms=True, **settings)
+        detection_export.export(random_detector(), tmp_path / "x.onnx", nms=True, **settings)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_defaults_are_postprocess_defaults():
-    ours = inspect.signature(export_detector).parameters
+    ours = inspect.signature(detection_export.export).parameters
     theirs = inspect.signature(postprocess).parameters
     names = ("score_threshold", "nms_iou", "max_detections", "pre_nms_top_k")
     for name in names:

@@ -11,7 +11,7 @@ right with zeros (the mean pixel after normalization, as DeepLab and
 [`collate_segmentation`][mobilenets.data.segmentation.collate_segmentation] pad) to ``R x R``,
 and the top-left ``H x W`` of the output is its prediction. An image larger than ``R`` on a side
 is first shrunk (bilinear, aspect kept) to fit, and its scores are enlarged back to its size
-([`fit_to_square`][mobilenets.tasks.segmentation.int8.fit_to_square]). Calibration images go
+([`fit_to_square`][mobilenets.tasks.segmentation.quantize.fit_to_square]). Calibration images go
 through the same fitting, and so does the fp32 PyTorch model when it is scored beside the file:
 the mIoU drop is that of quantization alone, at the file's input size. At an ``R`` no smaller
 than the images, the fp32 scores are those of ``segment eval`` but for the padding the model
@@ -34,13 +34,10 @@ from mobilenets.data.segmentation import load_segmentation_data
 from mobilenets.data.segmentation_transforms import eval_transform
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import onnx_export
+from mobilenets.deploy.pipeline import ExportReport
 from mobilenets.deploy.quantize import calibration_indices
 from mobilenets.tasks.segmentation.evaluate import evaluate_segmenter
-from mobilenets.tasks.segmentation.export import (
-    SegmentationExportReport,
-    check_export_options,
-    export_segmenter,
-)
+from mobilenets.tasks.segmentation.export import check_export_options, export
 from mobilenets.tasks.segmentation.inference import (
     SegmentationCheckpoint,
     check_data_classes,
@@ -61,7 +58,7 @@ class SegmentationInt8Result:
     (fractions) of the fp32 PyTorch model and of the int8 file (onnxruntime or ExecuTorch's
     runtime) on the validation split, both fed as the file is (see the module's docstring)."""
 
-    report: SegmentationExportReport
+    report: ExportReport
     data: str
     fp32_miou: float
     int8_miou: float
@@ -89,7 +86,7 @@ class SquareInputSegmenter(nn.Module):
     """A segmenter that takes only ``[1, C, side, side]`` inputs (``run``: a file's runtime or a
     PyTorch model; its output is logits ``[1, K, side, side]`` or a class map ``[1, side,
     side]``), as a module that maps images ``[N, C, H, W]`` of any size to class scores ``[N, K,
-    H, W]`` through [`fit_to_square`][mobilenets.tasks.segmentation.int8.fit_to_square], for
+    H, W]`` through [`fit_to_square`][mobilenets.tasks.segmentation.quantize.fit_to_square], for
     [`evaluate_segmenter`][mobilenets.tasks.segmentation.evaluate.evaluate_segmenter]. A class
     map becomes one-hot scores (enlarged by nearest neighbour)."""
 
@@ -127,7 +124,7 @@ class SquareInputSegmenter(nn.Module):
 def file_segmenter(path: str | os.PathLike, num_classes: int) -> SquareInputSegmenter:
     """An exported segmenter file, ``.onnx`` (run by onnxruntime on the CPU) or ``.pte``
     (ExecuTorch's runtime), logits or class map, fp32 or int8, as a
-    [`SquareInputSegmenter`][mobilenets.tasks.segmentation.int8.SquareInputSegmenter]."""
+    [`SquareInputSegmenter`][mobilenets.tasks.segmentation.quantize.SquareInputSegmenter]."""
     path = Path(path)
     if path.suffix == ".onnx":
         session = onnx_export.onnx_session(path)
@@ -160,14 +157,14 @@ def calibration_batches(
 ) -> Iterator[torch.Tensor]:
     """``count`` images of ``dataset`` (its transform the evaluation one), the seeded sample
     that ``mobilenets quantize`` draws, each fitted to ``side``
-    ([`fit_to_square`][mobilenets.tasks.segmentation.int8.fit_to_square]), in batches."""
+    ([`fit_to_square`][mobilenets.tasks.segmentation.quantize.fit_to_square]), in batches."""
     indices = calibration_indices(len(dataset), count)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         yield torch.cat([fit_to_square(dataset[index][0], side)[0] for index in chunk])
 
 
-def export_segmenter_int8(
+def quantize(
     checkpoint: str | os.PathLike | SegmentationCheckpoint,
     data: str,
     path: str | os.PathLike,
@@ -181,14 +178,14 @@ def export_segmenter_int8(
     progress: bool = False,
 ) -> SegmentationInt8Result:
     """Export ``checkpoint`` as an int8 ``.onnx`` file or ``.pte`` program
-    ([`export_segmenter`][mobilenets.tasks.segmentation.export.export_segmenter] with
+    ([`export`][mobilenets.tasks.segmentation.export.export] with
     ``int8=True``), calibrated on ``calibration_images`` training images of ``data`` (default
     100, or the whole split if smaller), then score the fp32 model (PyTorch) and the file on the
     validation split of ``data`` (see the module's docstring for how images meet the file's one
     input size). ``data``'s classes must be the checkpoint's; that and the options are checked
     before anything is written.
 
-    ``format``, ``resolution``, ``argmax``, ``calibrate`` and ``opset`` are export_segmenter's.
+    ``format``, ``resolution``, ``argmax``, ``calibrate`` and ``opset`` are export's.
     """
     check_export_options(path, format, opset)
     if not isinstance(checkpoint, SegmentationCheckpoint):
@@ -202,7 +199,7 @@ def export_segmenter_int8(
     calibration_indices(len(splits.train), calibration_images)  # a bad count, before any export
     model = checkpoint.model.to("cpu", torch.float32).eval()
     side = model.resolution if resolution is None else resolution
-    report = export_segmenter(
+    report = export(
         checkpoint,
         path,
         format=format,

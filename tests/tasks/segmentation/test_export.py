@@ -28,7 +28,7 @@ from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import read_onnx_metadata
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.tasks.segmentation import export as segmentation_export
-from mobilenets.tasks.segmentation.export import check_class_map, export_segmenter
+from mobilenets.tasks.segmentation.export import check_class_map
 from mobilenets.tasks.segmentation.inference import load_segmentation_checkpoint
 from mobilenets.zoo.segmenters import create_segmenter
 
@@ -115,7 +115,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint):
     path = checkpoint.parent / "segmenter.onnx"
-    return export_segmenter(checkpoint.parent, path, opset=20)  # the run folder: its best
+    return segmentation_export.export(checkpoint.parent, path, opset=20)  # the run folder: its best
 
 
 def test_the_report_says_what_was_written_and_how_close_it_is(exported):
@@ -185,14 +185,14 @@ def test_bench_measures_the_file_beside_eager_rebuilt_from_its_config(exported):
 
 def test_an_argmax_export_returns_each_pixels_class(tmp_path):
     model = random_segmenter()
-    report = export_segmenter(model, tmp_path / "labels.onnx", argmax=True, resolution=81)
+    report = segmentation_export.export(model, tmp_path / "labels.onnx", argmax=True, resolution=81)
     assert (report.output_name, report.output_shape, report.input_shape) == (
         "labels",
         (1, 81, 81),
         (1, 3, 81, 81),
     )
     assert report.max_abs_diff is None and report.differing_pixels == 0
-    assert report.source == "a DeepLabV3 given to export_segmenter"
+    assert report.source == "a DeepLabV3 given to tasks.segmentation.export"
     metadata = read_onnx_metadata(report.path)
     assert metadata["model_name"] == "deeplabv3_mobilenet_v2_0.35_81_os16"
     assert "classes" not in metadata and "preprocessing" not in metadata  # a bare model has none
@@ -244,7 +244,7 @@ def test_a_failed_check_keeps_the_previous_file_and_the_model(tmp_path, monkeypa
         match=r"the ONNX model disagrees with PyTorch: max abs "
         r"difference \S+ at input 1x3x65x65",
     ):
-        export_segmenter(model, path)
+        segmentation_export.export(model, path)
     assert path.read_bytes() == b"previous export" and list(tmp_path.iterdir()) == [path]
     assert all(module.training for module in model.modules()) and batch_norms(model) == 54
     assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
@@ -269,15 +269,17 @@ def test_a_failed_check_keeps_the_previous_file_and_the_model(tmp_path, monkeypa
 )
 def test_user_errors_name_the_value_and_write_nothing(tmp_path, name, options, message):
     with pytest.raises(MobileNetsError, match=message):
-        export_segmenter(random_segmenter(), tmp_path / name, **options)
+        segmentation_export.export(random_segmenter(), tmp_path / name, **options)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_classifier_is_refused(tmp_path):
     with pytest.raises(MobileNetsError, match="takes a segmentation checkpoint .* got MobileNet"):
-        export_segmenter(build_model(ModelConfig("mobilenet_v1", 0.25, 32)), tmp_path / "m.onnx")
+        segmentation_export.export(
+            build_model(ModelConfig("mobilenet_v1", 0.25, 32)), tmp_path / "m.onnx"
+        )
     with pytest.raises(MobileNetsError, match="does not exist|no segmentation config"):
-        export_segmenter(tmp_path / "missing.safetensors", tmp_path / "m.onnx")
+        segmentation_export.export(tmp_path / "missing.safetensors", tmp_path / "m.onnx")
 
 
 # --- ExecuTorch ----------------------------------------------------------------------------------
@@ -288,7 +290,7 @@ def test_a_classifier_is_refused(tmp_path):
 @pytest.mark.parametrize("argmax", [False, True], ids=["logits", "labels"])
 def test_a_pte_program_runs_in_executorch_as_pytorch_does(checkpoint, tmp_path, argmax):
     path = tmp_path / "segmenter.pte"
-    report = export_segmenter(checkpoint, path, format="pte", argmax=argmax)
+    report = segmentation_export.export(checkpoint, path, format="pte", argmax=argmax)
     assert (report.format, report.input_shape, report.opset) == ("pte", (1, 3, 64, 64), None)
     assert report.runtime == f"executorch {mobile.executorch_version()}"
     assert report.partitions >= 1 and report.file_bytes == path.stat().st_size

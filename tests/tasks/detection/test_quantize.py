@@ -6,7 +6,7 @@ errors as one line; no file left by a failed check. ``head_steps`` itself is che
 known size.
 
 The detector is SSDLite 0.35 at 64 px with random weights and BN statistics, its class heads
-tuned (as in tests/deploy/test_detection_export_nms.py) so that tens of detections pass the
+tuned (as in tests/tasks/detection/test_export.py) so that tens of detections pass the
 score threshold; the data are 20 training and 4 validation synthetic-shapes images. Its AP is
 about 0 and is not asserted beyond being a finite fraction: these tests hold the mechanics, the
 demo checkpoint's measured drop is in docs/detection.md. Lowering to ExecuTorch takes tens of
@@ -51,12 +51,7 @@ from mobilenets.engine.device import cpu_info
 from mobilenets.tasks.detection import export as detection_export
 from mobilenets.tasks.detection import quantize as detection_int8
 from mobilenets.tasks.detection.evaluate import class_scores, score_logits
-from mobilenets.tasks.detection.export import (
-    Decoding,
-    compare_detections,
-    export_detector_pte,
-    head_steps,
-)
+from mobilenets.tasks.detection.graphs import Decoding, compare_detections, head_steps
 from mobilenets.tasks.detection.inference import load_detection_checkpoint
 from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.segmenters import create_segmenter
@@ -293,7 +288,7 @@ def test_int8_onnx_with_nms_inside_keeps_nms_float(checkpoint, tmp_path):
         node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in tail_nodes(model)
     )
     assert report.input_shape == ("batch", 3, RESOLUTION, RESOLUTION)
-    assert report.quantization.calibration_images == CALIBRATION
+    assert report.int8.calibration_images == CALIBRATION
 
     # the file's detections are postprocess's on its own int8 network's outputs
     images = val_images(checkpoint, 3)
@@ -422,10 +417,10 @@ def test_a_program_that_disagrees_leaves_no_file(
     lowered = iter([(int8_program, 1, ()), (fp32_program, 1, ())])
     monkeypatch.setattr(mobile, "lower_to_xnnpack", lambda *args: next(lowered))
     with pytest.raises(MobileNetsError, match="the ExecuTorch program's (boxes|scores) disagree"):
-        export_detector_pte(checkpoint, tmp_path / "fp32.pte")
+        detection_export.export(checkpoint, tmp_path / "fp32.pte")
     monkeypatch.setattr(detection_export, "INT8_TOLERANCE_STEPS", 0)
     with pytest.raises(MobileNetsError, match="int8 ExecuTorch program disagrees with its"):
-        export_detector_pte(
+        detection_export.export(
             checkpoint,
             tmp_path / "int8.pte",
             int8=True,
