@@ -29,9 +29,13 @@ from mobilenets.data.shapes import make_synthetic_coco
 from mobilenets.deploy.onnx_export import read_onnx_metadata
 from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.tasks.detection import export as detection_export
-from mobilenets.tasks.detection.evaluate import class_scores, score_logits
 from mobilenets.tasks.detection.graphs import NMSSettings
-from mobilenets.tasks.detection.inference import DetectionCheckpoint, load_detection_checkpoint
+from mobilenets.tasks.detection.inference import (
+    DetectionCheckpoint,
+    class_scores,
+    load_detection_checkpoint,
+    score_logits,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -50,9 +50,12 @@ from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.engine.device import cpu_info
 from mobilenets.tasks.detection import export as detection_export
 from mobilenets.tasks.detection import quantize as detection_int8
-from mobilenets.tasks.detection.evaluate import class_scores, score_logits
 from mobilenets.tasks.detection.graphs import Decoding, compare_detections, head_steps
-from mobilenets.tasks.detection.inference import load_detection_checkpoint
+from mobilenets.tasks.detection.inference import (
+    class_scores,
+    load_detection_checkpoint,
+    score_logits,
+)
 from mobilenets.zoo.detectors import create_detector
 from mobilenets.zoo.segmenters import create_segmenter
 

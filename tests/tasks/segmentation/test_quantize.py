@@ -32,10 +32,8 @@ from mobilenets.engine.checkpoint import save_checkpoint
 from mobilenets.engine.device import cpu_info
 from mobilenets.tasks.segmentation import export as segmentation_export
 from mobilenets.tasks.segmentation import quantize as segmentation_quantize
-from mobilenets.tasks.segmentation.inference import (
-    evaluate_checkpoint,
-    load_segmentation_checkpoint,
-)
+from mobilenets.tasks.segmentation.evaluate import evaluate
+from mobilenets.tasks.segmentation.inference import load_segmentation_checkpoint
 from mobilenets.tasks.segmentation.quantize import (
     SquareInputSegmenter,
     file_segmenter,
@@ -211,7 +209,7 @@ def test_the_miou_of_both_is_measured_on_the_validation_split(onnx_int8, checkpo
     assert result.images == 2 and result.data == DATA
     # at the images' own size nothing is padded: the fp32 figure is segment eval's
     loaded = load_segmentation_checkpoint(checkpoint)
-    expected = evaluate_checkpoint(loaded, DATA)
+    expected = evaluate(loaded, DATA)
     assert result.fp32_miou == pytest.approx(expected["mIoU"], abs=1e-12)
     assert result.fp32_pixel_accuracy == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
     file = file_segmenter(result.report.path, len(CLASSES))

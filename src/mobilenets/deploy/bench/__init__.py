@@ -17,7 +17,8 @@ is calibrated on random normal inputs: its speed is real, its accuracy means not
 (and for any ``.pte`` file given) ExecuTorch runs a program whose layers are in the XNNPACK delegate
 ([`export_executorch`][mobilenets.deploy.executorch_export.export_executorch]): a .pte program has a
 fixed batch, so one is exported per batch size. int8 and ``pte`` export classifiers only; a
-segmenter's ``.pte`` file (``export_segmenter``) is measured as any ``.pte`` file is.
+segmenter's ``.pte`` file (from ``tasks.segmentation.export.export``) is measured as any ``.pte``
+file is.
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
 ones; median and 90th percentile are reported. The record with the smallest median of each model

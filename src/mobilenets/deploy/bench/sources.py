@@ -76,7 +76,7 @@ def file_target(path: Path, resolution: int | None, threads: int) -> Target:
 
 def onnx_file_target(path: Path, resolution: int | None, threads: int) -> Target:
     """An .onnx file; its eager reference is rebuilt (random weights) from the model config
-    export_onnx (or export_segmenter) writes into its metadata."""
+    export_onnx (or tasks.segmentation.export.export) writes into its metadata."""
     session = onnx_session(path, threads)  # the load error names the file first
     (graph_input,) = session.get_inputs()
     shape = graph_input.shape
@@ -90,7 +90,7 @@ def onnx_file_target(path: Path, resolution: int | None, threads: int) -> Target
 
 def pte_file_target(path: Path, resolution: int | None) -> Target:
     """A .pte file; its eager reference is rebuilt (random weights) from the model config
-    export_executorch (or export_segmenter) stores in it."""
+    export_executorch (or tasks.segmentation.export.export) stores in it."""
     shape = pte_input_shape(load_pte(path))  # the load error names the file first
     height = _input_side(path, shape, resolution, "a .pte file", square=True)
     metadata = read_pte_metadata(path)

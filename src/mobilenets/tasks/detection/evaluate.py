@@ -26,10 +26,6 @@ from mobilenets.engine.device import Distributed, pick_device
 from mobilenets.engine.loop import ordered_loader
 from mobilenets.tasks.detection.inference import DetectionCheckpoint, checkpoint_data, detect_batch
 
-# export.py imports these two from here (they are inference.py's, which predict needs).
-from mobilenets.tasks.detection.inference import class_scores as class_scores
-from mobilenets.tasks.detection.inference import score_logits as score_logits
-
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 # COCOeval.stats positions of the metrics reported.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}

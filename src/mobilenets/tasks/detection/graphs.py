@@ -68,7 +68,7 @@ from torch import nn
 from mobilenets.core.boxes import decode, postprocess
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.tasks.detection.evaluate import class_scores, score_logits
+from mobilenets.tasks.detection.inference import class_scores, score_logits
 
 OUTPUT_NAMES = ("boxes", "scores")
 NMS_OUTPUT_NAMES = ("boxes", "scores", "classes", "count")
