@@ -38,9 +38,18 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
 
 
-def add_data_argument(parser: argparse.ArgumentParser, data_help: str) -> None:
-    """--data of a command that scores a checkpoint on a dataset's validation split."""
+def add_eval_arguments(parser: argparse.ArgumentParser, data_help: str, *, batch_size: int) -> None:
+    """The flags of a task's ``eval``, before the task's own: the checkpoint, the dataset whose
+    validation split scores it, the loader (see ``loader_options``) and --json FILE."""
+    add_checkpoint_argument(parser)
     parser.add_argument("--data", required=True, metavar="SPEC", help=data_help)
+    add_loader_arguments(parser, batch_size=batch_size)
+    add_json_file_argument(parser)
+
+
+def loader_options(args: argparse.Namespace) -> dict:
+    """The keywords of a library evaluation that the loader flags set."""
+    return dict(batch_size=args.batch_size, workers=args.workers, device=args.device)
 
 
 def add_loader_arguments(parser: argparse.ArgumentParser, *, batch_size: int) -> None:

@@ -15,6 +15,7 @@ from mobilenets.cli.arguments import (
     add_json_file_argument,
     add_json_switch,
     add_loader_arguments,
+    loader_options,
 )
 from mobilenets.cli.common import (
     COST_HEADERS,
@@ -230,9 +231,7 @@ def run_eval(args: argparse.Namespace) -> None:
     result = evaluate_checkpoint(
         checkpoint,
         args.data,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        **loader_options(args),
         tta=args.tta,
     )
     report = cost(checkpoint.model)
@@ -272,9 +271,7 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
     result = evaluate_imagenet(
         checkpoint,
         args.data,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        **loader_options(args),
         tta=args.tta,
     )
     report = cost(checkpoint.model)

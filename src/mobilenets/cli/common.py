@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import re
 import sys
@@ -56,6 +57,31 @@ class Command:
         parser = add_command(commands, self.name, self.run, self.help, self.description)
         self.add_arguments(parser)
         return parser
+
+
+def export_commands(
+    word: str,
+    *,
+    help: str,
+    description: str,
+    int8_description: str,
+    add_arguments: Callable[..., None],
+    run: Callable[[argparse.Namespace], None],
+) -> tuple[Command, Command]:
+    """A task's ``export``, fp32 or with --int8, and its ``quantize``, which is ``export --int8``
+    under the name the classifier's int8 command has: ``add_arguments(parser, int8_only=True)``
+    adds the flags of the second, without --int8 and with --data required."""
+    export = Command(
+        "export", help, f"{description} With --int8 {int8_description}", add_arguments, run
+    )
+    quantize = Command(
+        "quantize",
+        "int8 ONNX or ExecuTorch: the same as export --int8",
+        f"{description} This is `{word} export --int8`: {int8_description}",
+        functools.partial(add_arguments, int8_only=True),
+        run,
+    )
+    return export, quantize
 
 
 # --- output -------------------------------------------------------------------------------------

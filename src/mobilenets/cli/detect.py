@@ -14,40 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from mobilenets.cli.arguments import (
-    CALIBRATE_METHODS,
-    add_checkpoint_argument,
-    add_data_argument,
-    add_device_argument,
-    add_json_file_argument,
-    add_json_switch,
-    add_loader_arguments,
-)
-from mobilenets.cli.common import (
-    COST_HEADERS,
-    Command,
-    cost_cells,
-    eval_record,
-    format_table,
-    output_file,
-    save_json,
-)
-from mobilenets.cli.training import (
-    BACKBONE_WEIGHTS_SETTING,
-    CONV_WEIGHT_DECAY_SETTING,
-    EMA_SETTING,
-    OPTIMIZER_SETTINGS,
-    RUN_SETTINGS,
-    SCHEDULE_SETTING,
-    WARMUP_SETTING,
-    Setting,
-    data_required,
-    data_setting,
-    fit_from,
-    run_files,
-    task_defaults,
-    train_command,
-)
+from mobilenets.cli import arguments, common, training
+from mobilenets.cli.training import Setting
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.data.detection import DATA_HELP
 from mobilenets.zoo.factory import cost
@@ -68,18 +36,18 @@ DETECTION_DEFAULTS = dict(
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CALIBRATION_IMAGES = 256  # tasks.detection.quantize's default
-CALIBRATE = CALIBRATE_METHODS  # tests/tasks check that these are the library's
+CALIBRATE = arguments.CALIBRATE_METHODS  # tests/tasks check that these are the library's
 
 TRAIN_SETTINGS = (
-    data_setting(DATA_HELP),
+    training.data_setting(DATA_HELP),
     Setting("--model", str, "a registered detector", "NAME"),
     Setting("--alpha", float, "backbone width multiplier (default: the detector's)", "A"),
     Setting("--resolution", int, "square input side in pixels (default: the detector's, 320)", "N"),
-    *OPTIMIZER_SETTINGS,
-    CONV_WEIGHT_DECAY_SETTING,
-    SCHEDULE_SETTING,
-    WARMUP_SETTING,
-    EMA_SETTING,
+    *training.OPTIMIZER_SETTINGS,
+    training.CONV_WEIGHT_DECAY_SETTING,
+    training.SCHEDULE_SETTING,
+    training.WARMUP_SETTING,
+    training.EMA_SETTING,
     Setting(
         "--loss",
         str,
@@ -92,8 +60,8 @@ TRAIN_SETTINGS = (
         str,
         f"{' or '.join(AUGMENTS)}: SSD's (paper section 2.2), or horizontal flips only",
     ),
-    BACKBONE_WEIGHTS_SETTING,
-    *RUN_SETTINGS,
+    training.BACKBONE_WEIGHTS_SETTING,
+    *training.RUN_SETTINGS,
 )
 
 
@@ -103,25 +71,25 @@ TRAIN_SETTINGS = (
 def run_train(args: argparse.Namespace) -> None:
     from mobilenets.tasks.detection.train import DetectionTrainConfig, fit_detector
 
-    make_config = data_required(DetectionTrainConfig, DATA_HELP)
-    result = fit_from(args, DetectionTrainConfig, make_config, fit_detector)
+    make_config = training.data_required(DetectionTrainConfig, DATA_HELP)
+    result = training.fit_from(args, DetectionTrainConfig, make_config, fit_detector)
     if result is None:
         return
     final = result.final
     print(
         f"\nval AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} after "
-        f"{result.epochs} epochs (best AP {result.best:.3f})\n" + run_files(result.out)
+        f"{result.epochs} epochs (best AP {result.best:.3f})\n" + training.run_files(result.out)
     )
 
 
-TRAIN = train_command(
+TRAIN = training.train_command(
     run_train,
     help="train an SSDLite detector",
     description="Train an SSDLite detector into a run folder: checkpoints (best by val AP, "
     "and last), metrics and the final COCO evaluation. An interrupted run continues with "
     "--resume; torchrun runs it on several GPUs.",
     settings=TRAIN_SETTINGS,
-    defaults=task_defaults(DETECTION_DEFAULTS),
+    defaults=training.task_defaults(DETECTION_DEFAULTS),
     out_help="the run folder for checkpoints and metrics",
 )
 
@@ -130,10 +98,7 @@ TRAIN = train_command(
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser)
-    add_data_argument(parser, DATA_HELP)
-    add_loader_arguments(parser, batch_size=32)
-    add_json_file_argument(parser)
+    arguments.add_eval_arguments(parser, DATA_HELP, batch_size=32)
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -141,30 +106,24 @@ def run_eval(args: argparse.Namespace) -> None:
     from mobilenets.tasks.detection.evaluate import METRIC_NAMES
 
     checkpoint = detection.load_detection_checkpoint(args.checkpoint)
-    metrics = detection.evaluate_checkpoint(
-        checkpoint,
-        args.data,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-    )
+    metrics = detection.evaluate_checkpoint(checkpoint, args.data, **arguments.loader_options(args))
     report = cost(checkpoint.model)
     row = [
-        *cost_cells(checkpoint.model.name, report),
+        *common.cost_cells(checkpoint.model.name, report),
         *(f"{metrics[name]:.3f}" for name in METRIC_NAMES),
     ]
-    print(format_table([*COST_HEADERS, *METRIC_NAMES], [row]))
+    print(common.format_table([*common.COST_HEADERS, *METRIC_NAMES], [row]))
     print(
         "\nCOCO box metrics (pycocotools): AP at IoU 0.50:0.95, 0.50 and 0.75; AP of small,"
         "\nmedium and large objects (-1: none of that size); AR100: recall at 100 detections"
     )
     if args.json:
-        record = eval_record(checkpoint, args.data, checkpoint.model.name, report)
+        record = common.eval_record(checkpoint, args.data, checkpoint.model.name, report)
         print()
-        save_json(args.json, {**record, **metrics})
+        common.save_json(args.json, {**record, **metrics})
 
 
-EVAL = Command(
+EVAL = common.Command(
     "eval",
     help="COCO AP, AP50, AP75, APs, APm, APl on val",
     description="COCO box metrics (pycocotools) of a detector checkpoint on the validation "
@@ -175,7 +134,7 @@ EVAL = Command(
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser)
+    arguments.add_checkpoint_argument(parser)
     parser.add_argument("image", metavar="IMAGE", help="an image file")
     parser.add_argument(
         "--out",
@@ -190,8 +149,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="lowest score drawn and printed, in [0, 1) (default %(default)s)",
     )
-    add_device_argument(parser, "cpu")
-    add_json_switch(parser, "the detections as JSON")
+    arguments.add_device_argument(parser, "cpu")
+    arguments.add_json_switch(parser, "the detections as JSON")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -205,7 +164,7 @@ def run_predict(args: argparse.Namespace) -> None:
         checkpoint, args.image, score_threshold=args.score_threshold, device=args.device
     )
     drawn = detection.draw_detections(image, found, checkpoint.classes)
-    with output_file(out) as path:
+    with common.output_file(out) as path:
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
     records = [
         {
@@ -227,7 +186,7 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-PREDICT = Command(
+PREDICT = common.Command(
     "predict",
     help="draw the detections of an image and save it",
     description="Detect the objects in one image, print them and save the image with its "

@@ -8,21 +8,9 @@ when it runs (see the package's docstring).
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
-from mobilenets.cli.arguments import (
-    add_checkpoint_argument,
-    add_dynamic_batch_argument,
-    add_format_argument,
-    add_int8_arguments,
-    add_opset_argument,
-    add_out_file_argument,
-    check_int8_flags,
-    check_unused,
-    dest,
-)
-from mobilenets.cli.common import Command, print_int8_arithmetic
+from mobilenets.cli import arguments, common
 from mobilenets.cli.detect import CALIBRATION_IMAGES
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.data.detection import DATA_HELP
@@ -57,16 +45,16 @@ INT8_DESCRIPTION = (
 def add_export_arguments(parser: argparse.ArgumentParser, *, int8_only: bool = False) -> None:
     """The flags of ``detect export``; ``int8_only``: of ``detect quantize``, which is ``detect
     export --int8``."""
-    add_checkpoint_argument(parser)
-    add_format_argument(
+    arguments.add_checkpoint_argument(parser)
+    arguments.add_format_argument(
         parser,
         "onnx, or pte: an ExecuTorch program of batch 1 with the XNNPACK delegate (needs "
         "mobilenets[mobile]); default: by the suffix of --out",
         required=False,
     )
-    add_out_file_argument(parser)
-    add_opset_argument(parser)
-    add_dynamic_batch_argument(parser)
+    arguments.add_out_file_argument(parser)
+    arguments.add_opset_argument(parser)
+    arguments.add_dynamic_batch_argument(parser)
     parser.add_argument(
         "--nms",
         action="store_true",
@@ -77,7 +65,7 @@ def add_export_arguments(parser: argparse.ArgumentParser, *, int8_only: bool = F
         parser.add_argument(
             flag, type=kind, metavar=metavar, help=f"with --nms: {text} (default {default})"
         )
-    add_int8_arguments(
+    arguments.add_int8_arguments(
         parser,
         int8_help="an int8 network (onnx: onnxruntime QDQ; pte: PT2E with the XNNPACK quantizer), "
         "calibrated on training images of --data, with its COCO AP beside the fp32 model's",
@@ -93,19 +81,19 @@ def run_export(args: argparse.Namespace) -> None:
 
     pte = (args.format or ("pte" if Path(args.out).suffix == ".pte" else "onnx")) == "pte"
     if not args.nms:
-        check_unused(args, NMS_FLAGS, "applies with --nms only")
+        arguments.check_unused(args, NMS_FLAGS, "applies with --nms only")
     if pte:
         if args.nms:
             raise MobileNetsError(
                 "--nms applies to --format onnx only: a .pte program leaves NMS to its caller, "
                 "which runs it on the program's boxes and scores (ExecuTorch has no NMS kernel)"
             )
-        check_unused(
+        arguments.check_unused(
             args,
             ("--opset", "--dynamic-batch", "--calibrate"),
             "applies to --format onnx only, not to pte",
         )
-    check_int8_flags(
+    arguments.check_int8_flags(
         args,
         "--int8 needs --data SPEC, the checkpoint's dataset: its training images calibrate the "
         f"int8 ranges and its validation split measures the AP ({DATA_HELP})",
@@ -128,7 +116,7 @@ def run_export(args: argparse.Namespace) -> None:
     from mobilenets.tasks.detection import export as detection_export
     from mobilenets.tasks.detection.inference import load_detection_checkpoint
 
-    given = {dest(flag): getattr(args, dest(flag)) for flag in NMS_FLAGS}
+    given = {arguments.dest(flag): getattr(args, arguments.dest(flag)) for flag in NMS_FLAGS}
     settings = {name: value for name, value in given.items() if value is not None}
     checkpoint = load_detection_checkpoint(args.checkpoint)
     if args.int8:
@@ -253,21 +241,15 @@ def print_int8(result, pte: bool, data: str, calibrate: str) -> None:
         f"AP50 {result.int8_ap50:.3f} (AP50 {drop:+.1f} points, AP "
         f"{100 * (result.int8_ap - result.fp32_ap):+.1f}) on {result.count:,} validation images"
     )
-    print_int8_arithmetic(None if pte else report.quantization.pair_bound)
+    common.print_int8_arithmetic(None if pte else report.quantization.pair_bound)
 
 
-EXPORT = Command(
-    "export",
+EXPORT, QUANTIZE = common.export_commands(
+    "detect",
     help="ONNX or ExecuTorch with BN folded and the box decoding inside (NMS too with --nms), "
     "fp32 or int8",
-    description=f"{DESCRIPTION} With --int8 {INT8_DESCRIPTION}",
+    description=DESCRIPTION,
+    int8_description=INT8_DESCRIPTION,
     add_arguments=add_export_arguments,
-    run=run_export,
-)
-QUANTIZE = Command(
-    "quantize",
-    help="int8 ONNX or ExecuTorch: the same as export --int8",
-    description=f"{DESCRIPTION} This is `detect export --int8`: {INT8_DESCRIPTION}",
-    add_arguments=functools.partial(add_export_arguments, int8_only=True),
     run=run_export,
 )

@@ -12,42 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mobilenets.cli.arguments import CALIBRATE_METHODS as CALIBRATE_METHODS  # tests/deploy check
-from mobilenets.cli.arguments import (
-    add_checkpoint_argument,
-    add_data_argument,
-    add_device_argument,
-    add_images_argument,
-    add_json_file_argument,
-    add_json_switch,
-    add_loader_arguments,
-)
-from mobilenets.cli.common import (
-    COST_HEADERS,
-    Command,
-    cost_cells,
-    eval_record,
-    format_table,
-    save_json,
-)
-from mobilenets.cli.training import (
-    BACKBONE_WEIGHTS_SETTING,
-    CONV_WEIGHT_DECAY_SETTING,
-    EMA_SETTING,
-    LR_DECAY_SETTING,
-    NESTEROV_SETTING,
-    OPTIMIZER_SETTINGS,
-    RUN_SETTINGS,
-    SCHEDULE_SETTING,
-    WARMUP_SETTING,
-    Setting,
-    data_required,
-    data_setting,
-    fit_from,
-    run_files,
-    task_defaults,
-    train_command,
-)
+from mobilenets.cli import arguments, common, training
+from mobilenets.cli.training import Setting
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.data.segmentation import SEGMENTATION_DATA_HELP
 from mobilenets.zoo.factory import cost
@@ -76,9 +42,10 @@ SEGMENTATION_DEFAULTS = dict(
 OUTPUT_STRIDES = (8, 16)
 TTA_MODES = ("none", "flip", "multiscale")
 CALIBRATION_IMAGES = 100  # tasks.segmentation.int8's default
+CALIBRATE_METHODS = arguments.CALIBRATE_METHODS  # tests/deploy check that these are the library's
 
 TRAIN_SETTINGS = (
-    data_setting(SEGMENTATION_DATA_HELP),
+    training.data_setting(SEGMENTATION_DATA_HELP),
     Setting(
         "--model",
         str,
@@ -125,14 +92,14 @@ TRAIN_SETTINGS = (
         "stride-8 features; 0: no auxiliary head",
         "W",
     ),
-    BACKBONE_WEIGHTS_SETTING,
-    *OPTIMIZER_SETTINGS,
-    NESTEROV_SETTING,
-    CONV_WEIGHT_DECAY_SETTING,
-    SCHEDULE_SETTING,
-    LR_DECAY_SETTING,
-    WARMUP_SETTING,
-    EMA_SETTING,
+    training.BACKBONE_WEIGHTS_SETTING,
+    *training.OPTIMIZER_SETTINGS,
+    training.NESTEROV_SETTING,
+    training.CONV_WEIGHT_DECAY_SETTING,
+    training.SCHEDULE_SETTING,
+    training.LR_DECAY_SETTING,
+    training.WARMUP_SETTING,
+    training.EMA_SETTING,
     Setting(
         "--eval-batch-size",
         int,
@@ -140,7 +107,7 @@ TRAIN_SETTINGS = (
         "size, a larger batch pads them to the largest",
         "B",
     ),
-    *RUN_SETTINGS,
+    *training.RUN_SETTINGS,
 )
 
 
@@ -150,8 +117,8 @@ TRAIN_SETTINGS = (
 def run_train(args: argparse.Namespace) -> None:
     from mobilenets.tasks.segmentation.train import SegmentationTrainConfig, fit_segmenter
 
-    make_config = data_required(SegmentationTrainConfig, SEGMENTATION_DATA_HELP)
-    result = fit_from(args, SegmentationTrainConfig, make_config, fit_segmenter)
+    make_config = training.data_required(SegmentationTrainConfig, SEGMENTATION_DATA_HELP)
+    result = training.fit_from(args, SegmentationTrainConfig, make_config, fit_segmenter)
     if result is None:
         return
     final, out = result.final, result.out
@@ -159,11 +126,13 @@ def run_train(args: argparse.Namespace) -> None:
         f"\nval mIoU {100 * final['mIoU']:.2f}%, pixel accuracy "
         f"{100 * final['pixel_accuracy']:.2f}% after {result.epochs} epochs (best mIoU "
         f"{100 * result.best:.2f}%)\n"
-        + run_files(out, f"plots: {out / 'curves.png'}, {out / 'iou.png'}, {out / 'overlays'}")
+        + training.run_files(
+            out, f"plots: {out / 'curves.png'}, {out / 'iou.png'}, {out / 'overlays'}"
+        )
     )
 
 
-TRAIN = train_command(
+TRAIN = training.train_command(
     run_train,
     help="train a Mobile DeepLabv3 segmenter",
     description="Train a Mobile DeepLabv3 segmenter into a run folder: checkpoints (best by "
@@ -171,7 +140,7 @@ TRAIN = train_command(
     "an IoU chart and validation overlays. An interrupted run continues with --resume; "
     "torchrun runs it on several GPUs.",
     settings=TRAIN_SETTINGS,
-    defaults=task_defaults(SEGMENTATION_DEFAULTS),
+    defaults=training.task_defaults(SEGMENTATION_DEFAULTS),
 )
 
 
@@ -179,8 +148,7 @@ TRAIN = train_command(
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser)
-    add_data_argument(parser, SEGMENTATION_DATA_HELP)
+    arguments.add_eval_arguments(parser, SEGMENTATION_DATA_HELP, batch_size=1)
     parser.add_argument(
         "--output-stride",
         type=int,
@@ -197,8 +165,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "(scales 0.5 to 1.75, each with its mirror: V2 paper Table 7's MF) (default "
         "%(default)s)",
     )
-    add_loader_arguments(parser, batch_size=1)
-    add_json_file_argument(parser)
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -211,24 +177,22 @@ def run_eval(args: argparse.Namespace) -> None:
         args.data,
         output_stride=args.output_stride,
         tta=args.tta,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        **arguments.loader_options(args),
     )
     model = segmentation.with_output_stride(checkpoint.model, args.output_stride)
     report = cost(model)
     names = ["mIoU", "pixel acc", "mean acc", "fwIoU"]
     row = [
-        *cost_cells(model.name, report),
+        *common.cost_cells(model.name, report),
         *(f"{100 * metrics[name]:.2f}" for name in METRIC_NAMES),
     ]
-    print(format_table([*COST_HEADERS, *names], [row]))
+    print(common.format_table([*common.COST_HEADERS, *names], [row]))
     rows = [
         [name, "-" if iou is None else f"{100 * iou:.2f}"]
         for name, iou in zip(metrics["classes"], metrics["IoU"], strict=True)
     ]
     print()
-    print(format_table(["class", "IoU"], rows))
+    print(common.format_table(["class", "IoU"], rows))
     resolution = model.config.resolution
     print(
         f"\n{metrics['pixels']:,} pixels scored at full image size, tta {args.tta}; metrics in %; "
@@ -237,16 +201,16 @@ def run_eval(args: argparse.Namespace) -> None:
     )
     if args.json:
         record = {
-            **eval_record(checkpoint, args.data, model.name, report),
+            **common.eval_record(checkpoint, args.data, model.name, report),
             "output_stride": model.config.output_stride,
             "tta": args.tta,
             **metrics,
         }
         print()
-        save_json(args.json, record)
+        common.save_json(args.json, record)
 
 
-EVAL = Command(
+EVAL = common.Command(
     "eval",
     help="mIoU, pixel accuracy and the IoU of each class on val",
     description="Score a segmenter checkpoint on the validation split of a dataset at full "
@@ -261,8 +225,8 @@ EVAL = Command(
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser)
-    add_images_argument(parser)
+    arguments.add_checkpoint_argument(parser)
+    arguments.add_images_argument(parser)
     parser.add_argument(
         "--out",
         default=".",
@@ -275,8 +239,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="test-time augmentation: none, flip or multiscale (default %(default)s)",
     )
-    add_device_argument(parser, "cpu")
-    add_json_switch(parser, "the files written and the share of each class as JSON")
+    arguments.add_device_argument(parser, "cpu")
+    arguments.add_json_switch(parser, "the files written and the share of each class as JSON")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -323,7 +287,7 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"{record['image']}: {shares}\n  wrote {record['mask']}, {record['overlay']}")
 
 
-PREDICT = Command(
+PREDICT = common.Command(
     "predict",
     help="segment images: a mask PNG and a colour overlay PNG per image",
     description="Segment images at their own size and write, for each IMAGE, "

@@ -8,19 +8,9 @@ the package's docstring).
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 
-from mobilenets.cli.arguments import (
-    add_checkpoint_argument,
-    add_format_argument,
-    add_int8_arguments,
-    add_opset_argument,
-    add_out_file_argument,
-    check_int8_flags,
-    check_unused,
-)
-from mobilenets.cli.common import Command, print_int8_arithmetic
+from mobilenets.cli import arguments, common
 from mobilenets.cli.segment import CALIBRATION_IMAGES
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.data.segmentation import SEGMENTATION_DATA_HELP
@@ -42,9 +32,9 @@ INT8_DESCRIPTION = (
 def add_export_arguments(parser: argparse.ArgumentParser, *, int8_only: bool = False) -> None:
     """The flags of ``segment export``; ``int8_only``: of ``segment quantize``, which is
     ``segment export --int8``."""
-    add_checkpoint_argument(parser)
-    add_format_argument(parser)
-    add_out_file_argument(parser)
+    arguments.add_checkpoint_argument(parser)
+    arguments.add_format_argument(parser)
+    arguments.add_out_file_argument(parser)
     parser.add_argument(
         "--argmax", action="store_true", help="output class indices [N, H, W] instead of logits"
     )
@@ -55,8 +45,8 @@ def add_export_arguments(parser: argparse.ArgumentParser, *, int8_only: bool = F
         help="square input side in pixels; the file takes only that size (default: the "
         "model's resolution, which a run sets to its --crop)",
     )
-    add_opset_argument(parser)
-    add_int8_arguments(
+    arguments.add_opset_argument(parser)
+    arguments.add_int8_arguments(
         parser,
         int8_help="an int8 file: weights s8 per channel, activations calibrated on training "
         "images of --data; prints the validation mIoU of the fp32 model and of the int8 file",
@@ -70,8 +60,10 @@ def add_export_arguments(parser: argparse.ArgumentParser, *, int8_only: bool = F
 
 def run_export(args: argparse.Namespace) -> None:
     if args.format == "pte":
-        check_unused(args, ("--opset",), "applies to --format onnx only, not to --format pte")
-    check_int8_flags(
+        arguments.check_unused(
+            args, ("--opset",), "applies to --format onnx only, not to --format pte"
+        )
+    arguments.check_int8_flags(
         args,
         "--int8 needs --data SPEC: the dataset whose training images calibrate the file and "
         "whose validation images score it",
@@ -123,21 +115,15 @@ def run_export_int8(args: argparse.Namespace) -> None:
         f"{100 * result.int8_pixel_accuracy:.2f}%; {result.images:,} validation images of "
         f"{result.data}, each fed at {side}x{side}"
     )
-    print_int8_arithmetic(result.report.int8.pair_bound)
+    common.print_int8_arithmetic(result.report.int8.pair_bound)
 
 
-EXPORT = Command(
-    "export",
+EXPORT, QUANTIZE = common.export_commands(
+    "segment",
     help="ONNX or ExecuTorch with BN folded, fp32 or int8: logits, or class indices with --argmax",
-    description=f"{DESCRIPTION} With --int8 {INT8_DESCRIPTION}",
+    description=DESCRIPTION,
+    int8_description=INT8_DESCRIPTION,
     add_arguments=add_export_arguments,
-    run=run_export,
-)
-QUANTIZE = Command(
-    "quantize",
-    help="int8 ONNX or ExecuTorch: the same as export --int8",
-    description=f"{DESCRIPTION} This is `segment export --int8`: {INT8_DESCRIPTION}",
-    add_arguments=functools.partial(add_export_arguments, int8_only=True),
     run=run_export,
 )
 
