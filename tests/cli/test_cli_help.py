@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from mobilenets.cli import arguments, bench, build_parser, deploy, detect, main
+from mobilenets.cli import arguments, bench, build_parser, classify_export, detect, main
 from mobilenets.cli.arguments import PUBLISHED_WEIGHTS
 from mobilenets.cli.common import as_flags, one_line, save_json
 from mobilenets.cli.training import default_text, field_defaults
@@ -157,10 +157,10 @@ def test_the_detect_train_flags_show_the_configs_defaults():
 def test_the_choices_and_defaults_the_cli_repeats_are_the_librarys():
     assert detect.LOSSES == detection_loss.CLASSIFICATION_LOSSES
     assert detect.AUGMENTS == detection_train.AUGMENTS
-    assert deploy.QUANTIZE_CALIBRATE == tuple(quantize.CALIBRATE_METHODS)
-    assert deploy.QUANTIZE_ACTIVATIONS == tuple(quantize.ACTIVATION_TYPES)
-    assert deploy.QUANTIZE_CALIBRATION_IMAGES == quantize.DEFAULT_CALIBRATION_IMAGES
-    assert deploy.QUANTIZE_BATCH_SIZE == quantize.DEFAULT_BATCH_SIZE
+    assert classify_export.QUANTIZE_CALIBRATE == tuple(quantize.CALIBRATE_METHODS)
+    assert classify_export.QUANTIZE_ACTIVATIONS == tuple(quantize.ACTIVATION_TYPES)
+    assert classify_export.QUANTIZE_CALIBRATION_IMAGES == quantize.DEFAULT_CALIBRATION_IMAGES
+    assert classify_export.QUANTIZE_BATCH_SIZE == quantize.DEFAULT_BATCH_SIZE
     assert arguments.CALIBRATE_METHODS == tuple(quantize.CALIBRATE_METHODS)
     assert (bench.BENCH_BATCHES, bench.BENCH_WARMUP, bench.BENCH_ITERATIONS) == (
         library_bench.DEFAULT_BATCHES,

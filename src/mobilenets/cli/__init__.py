@@ -1,9 +1,9 @@
 """The ``mobilenets`` command line: argument parsing and printing only.
 
 One module per group of commands, each adding its sub-parsers or defining its commands as data:
-models and cost; each task's train, eval, predict, export and quantize, from one table (tasks:
-classify and deploy, detect and detect_export, segment and segment_export); bench; demo. Every
-command calls library functions and prints what they return. Errors a user can cause
+models and cost; each task's train, eval, predict, export and quantize, from one table (tasks;
+the modules classify, detect and segment, each with its _export); bench; demo. Every command
+calls library functions and prints what they return. Errors a user can cause
 ([`MobileNetsError`][mobilenets.core.errors.MobileNetsError]) become one line on stderr and exit
 status 2, never a traceback.
 
@@ -20,10 +20,10 @@ import argparse
 import sys
 
 from mobilenets.cli import bench, demo, models
-from mobilenets.cli.common import Parser, as_flags, log_handlers, one_line
 
 # re-exported: tests/deploy/test_quantize.py checks them against the library's under these names
-from mobilenets.cli.deploy import QUANTIZE_ACTIVATIONS, QUANTIZE_CALIBRATE
+from mobilenets.cli.classify_export import QUANTIZE_ACTIVATIONS, QUANTIZE_CALIBRATE
+from mobilenets.cli.common import Parser, as_flags, log_handlers, one_line
 from mobilenets.cli.tasks import CLASSIFICATION, DETECTION, SEGMENTATION, add_task_commands
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.version import __version__

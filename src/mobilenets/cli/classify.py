@@ -1,5 +1,5 @@
 """``train``, ``eval`` and ``predict``: image classification (its ``export`` and ``quantize`` are
-in [`deploy`][mobilenets.cli.deploy])."""
+in [`classify_export`][mobilenets.cli.classify_export])."""
 
 from __future__ import annotations
 

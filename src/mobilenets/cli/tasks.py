@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mobilenets.cli import classify, deploy, detect, detect_export, segment, segment_export
+from mobilenets.cli import (
+    classify,
+    classify_export,
+    detect,
+    detect_export,
+    segment,
+    segment_export,
+)
 from mobilenets.cli.common import Command, Parser
 
 
@@ -39,8 +46,8 @@ CLASSIFICATION = TaskCommands(
     train=classify.TRAIN,
     eval=classify.EVAL,
     predict=classify.PREDICT,
-    export=deploy.EXPORT,
-    quantize=deploy.QUANTIZE,
+    export=classify_export.EXPORT,
+    quantize=classify_export.QUANTIZE,
 )
 DETECTION = TaskCommands(
     word="detect",
