@@ -1,5 +1,5 @@
-"""``detect train``, ``eval`` and ``predict``: SSDLite object detection (``detect export`` is in
-[`detect_export`][mobilenets.cli.detect_export]).
+"""``detect train``, ``eval`` and ``predict``: SSDLite object detection (``detect export`` and
+``quantize`` are in [`detect_export`][mobilenets.cli.detect_export]).
 
 mobilenets.tasks.detection needs the detection extra (pycocotools), and its export the onnx
 extra, so each command imports it when it runs (see the package's docstring); the defaults and

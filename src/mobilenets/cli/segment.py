@@ -1,5 +1,5 @@
 """``segment train``, ``eval`` and ``predict``: Mobile DeepLabv3 semantic segmentation
-(``segment export`` is in [`segment_export`][mobilenets.cli.segment_export]).
+(``segment export`` and ``quantize`` are in [`segment_export`][mobilenets.cli.segment_export]).
 
 Each command imports mobilenets.tasks.segmentation when it runs (its export needs the onnx or
 mobile extra), so the defaults and choices the flags show are repeated here; tests check that
@@ -41,7 +41,7 @@ SEGMENTATION_DEFAULTS = dict(
 )
 OUTPUT_STRIDES = (8, 16)
 TTA_MODES = ("none", "flip", "multiscale")
-CALIBRATION_IMAGES = 100  # tasks.segmentation.int8's default
+CALIBRATION_IMAGES = 100  # the segmentation task's int8 default
 CALIBRATE_METHODS = arguments.CALIBRATE_METHODS  # tests/deploy check that these are the library's
 
 TRAIN_SETTINGS = (
