@@ -11,11 +11,13 @@ import textwrap
 
 import pytest
 
-from mobilenets.cli import build_parser, deploy, detect, main
-from mobilenets.cli.common import PUBLISHED_WEIGHTS, as_flags, one_line, save_json
+from mobilenets.cli import arguments, bench, build_parser, classify_export, detect, main
+from mobilenets.cli.arguments import PUBLISHED_WEIGHTS
+from mobilenets.cli.common import as_flags, one_line, save_json
 from mobilenets.cli.training import default_text, field_defaults
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.deploy import bench, quantize
+from mobilenets.deploy import bench as library_bench
+from mobilenets.deploy import quantize
 from mobilenets.deploy.onnx_export import DEFAULT_OPSET
 from mobilenets.tasks.classification.train import PRESETS, TrainConfig
 from mobilenets.tasks.detection import loss as detection_loss
@@ -155,16 +157,17 @@ def test_the_detect_train_flags_show_the_configs_defaults():
 def test_the_choices_and_defaults_the_cli_repeats_are_the_librarys():
     assert detect.LOSSES == detection_loss.CLASSIFICATION_LOSSES
     assert detect.AUGMENTS == detection_train.AUGMENTS
-    assert deploy.QUANTIZE_CALIBRATE == tuple(quantize.CALIBRATE_METHODS)
-    assert deploy.QUANTIZE_ACTIVATIONS == tuple(quantize.ACTIVATION_TYPES)
-    assert deploy.QUANTIZE_CALIBRATION_IMAGES == quantize.DEFAULT_CALIBRATION_IMAGES
-    assert deploy.QUANTIZE_BATCH_SIZE == quantize.DEFAULT_BATCH_SIZE
-    assert (deploy.BENCH_BATCHES, deploy.BENCH_WARMUP, deploy.BENCH_ITERATIONS) == (
-        bench.DEFAULT_BATCHES,
-        bench.DEFAULT_WARMUP,
-        bench.DEFAULT_ITERATIONS,
+    assert classify_export.QUANTIZE_CALIBRATE == tuple(quantize.CALIBRATE_METHODS)
+    assert classify_export.QUANTIZE_ACTIVATIONS == tuple(quantize.ACTIVATION_TYPES)
+    assert classify_export.QUANTIZE_CALIBRATION_IMAGES == quantize.DEFAULT_CALIBRATION_IMAGES
+    assert classify_export.QUANTIZE_BATCH_SIZE == quantize.DEFAULT_BATCH_SIZE
+    assert arguments.CALIBRATE_METHODS == tuple(quantize.CALIBRATE_METHODS)
+    assert (bench.BENCH_BATCHES, bench.BENCH_WARMUP, bench.BENCH_ITERATIONS) == (
+        library_bench.DEFAULT_BATCHES,
+        library_bench.DEFAULT_WARMUP,
+        library_bench.DEFAULT_ITERATIONS,
     )
-    assert f"(default {DEFAULT_OPSET})" in deploy.OPSET_HELP
+    assert f"(default {DEFAULT_OPSET})" in arguments.OPSET_HELP
     assert PUBLISHED_WEIGHTS.startswith(", ".join(PUBLISHERS))
 
 

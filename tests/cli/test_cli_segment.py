@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from segmentation_files import write_folder, write_voc
 
-from mobilenets.cli import build_parser, main, segment
+from mobilenets.cli import arguments, build_parser, main, segment
 from mobilenets.cli.training import default_text, field_defaults
 from mobilenets.core.models import MobileNetV1
 from mobilenets.core.preprocessing import imagenet_preprocessing
@@ -272,7 +272,7 @@ def test_the_choices_and_defaults_the_cli_repeats_are_the_librarys():
     assert {**shown, "data": library["data"]} == library
     assert segment.TTA_MODES == TTA_MODES
     assert segment.OUTPUT_STRIDES == SEGMENTATION_OUTPUT_STRIDES
-    assert segment.EXPORT_FORMATS == segmentation_export.FORMATS
+    assert arguments.EXPORT_FORMATS == segmentation_export.FORMATS
     eval_parser = subparser("eval")
     assert eval_parser.get_default("batch_size") == 1  # as evaluate's
     assert eval_parser.get_default("tta") == "none"

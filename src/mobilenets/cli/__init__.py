@@ -1,9 +1,11 @@
 """The ``mobilenets`` command line: argument parsing and printing only.
 
-One module per group of commands (models, classify, deploy, detect, segment, demo), each adding its
-sub-parsers; every command calls library functions and prints what they return. Errors a user
-can cause ([`MobileNetsError`][mobilenets.core.errors.MobileNetsError]) become one line on stderr
-and exit status 2, never a traceback.
+One module per group of commands, each adding its sub-parsers or defining its commands as data:
+models and cost; each task's train, eval, predict, export and quantize, from one table (tasks;
+the modules classify, detect and segment, each with its _export); bench; demo. Every command
+calls library functions and prints what they return. Errors a user can cause
+([`MobileNetsError`][mobilenets.core.errors.MobileNetsError]) become one line on stderr and exit
+status 2, never a traceback.
 
 Commands that need an optional dependency (onnx and onnxruntime for export, quantize and bench;
 executorch; pycocotools for detect; scipy for segmentation data) import their library modules
@@ -17,11 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mobilenets.cli import classify, demo, deploy, detect, models, segment
-from mobilenets.cli.common import Parser, as_flags, log_handlers, one_line
+from mobilenets.cli import bench, demo, models
 
 # re-exported: tests/deploy/test_quantize.py checks them against the library's under these names
-from mobilenets.cli.deploy import QUANTIZE_ACTIVATIONS, QUANTIZE_CALIBRATE
+from mobilenets.cli.classify_export import QUANTIZE_ACTIVATIONS, QUANTIZE_CALIBRATE
+from mobilenets.cli.common import Parser, as_flags, log_handlers, one_line
+from mobilenets.cli.tasks import CLASSIFICATION, DETECTION, SEGMENTATION, add_task_commands
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.version import __version__
 
@@ -59,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, title="commands", metavar="COMMAND"
     )
-    for group in (models, classify, deploy, detect, segment, demo):
-        group.add_commands(commands)
+    models.add_commands(commands)
+    add_task_commands(commands, CLASSIFICATION)
+    bench.add_commands(commands)
+    add_task_commands(commands, DETECTION)
+    add_task_commands(commands, SEGMENTATION)
+    demo.add_commands(commands)
     return parser
 
 

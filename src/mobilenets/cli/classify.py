@@ -1,4 +1,5 @@
-"""``train``, ``eval`` and ``predict``: image classification."""
+"""``train``, ``eval`` and ``predict``: image classification (its ``export`` and ``quantize`` are
+in [`classify_export`][mobilenets.cli.classify_export])."""
 
 from __future__ import annotations
 
@@ -6,27 +7,38 @@ import argparse
 import dataclasses
 import json
 
-from mobilenets.cli.common import (
+from mobilenets.cli.arguments import (
     CHECKPOINT_HELP,
     PUBLISHED_WEIGHTS,
-    add_command,
     add_device_argument,
+    add_images_argument,
     add_json_file_argument,
     add_json_switch,
     add_loader_arguments,
+    loader_options,
+)
+from mobilenets.cli.common import (
+    COST_HEADERS,
+    Command,
+    cost_cells,
+    eval_record,
     format_table,
     save_json,
 )
 from mobilenets.cli.training import (
+    EMA_SETTING,
+    LR_DECAY_SETTING,
+    NESTEROV_SETTING,
     OPTIMIZER_SETTINGS,
     RUN_SETTINGS,
     SCHEDULE_SETTING,
+    WARMUP_SETTING,
     Setting,
-    add_training_arguments,
     default_text,
     field_defaults,
     fit_from,
     run_files,
+    train_command,
 )
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.data.classification import SPEC_HELP
@@ -59,13 +71,13 @@ TRAIN_SETTINGS = (
         "SRC",
     ),
     *OPTIMIZER_SETTINGS,
-    Setting("--nesterov", argparse.BooleanOptionalAction, "nesterov momentum for SGD"),
+    NESTEROV_SETTING,
     Setting("--weight-decay", float, "L2 on conv and linear weights", "WD"),
     SCHEDULE_SETTING,
-    Setting("--lr-decay", float, "per-epoch factor of the exponential schedule", "F"),
-    Setting("--warmup-epochs", float, "linear warmup length", "E"),
+    LR_DECAY_SETTING,
+    WARMUP_SETTING,
     Setting("--label-smoothing", float, "label smoothing in [0, 1)", "S"),
-    Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D"),
+    EMA_SETTING,
     Setting("--augment", str, f"one of {', '.join(training.AUGMENTS)}"),
     Setting("--random-erasing", float, "random erasing probability", "P"),
     Setting(
@@ -102,12 +114,6 @@ TRAIN_SETTINGS = (
 )
 
 
-def add_commands(commands) -> None:
-    add_train(commands)
-    add_eval(commands)
-    add_predict(commands)
-
-
 # --- train --------------------------------------------------------------------------------------
 
 
@@ -129,20 +135,6 @@ def train_defaults() -> dict[str, str]:
     return texts
 
 
-def add_train(commands) -> None:
-    parser = add_command(
-        commands,
-        "train",
-        run_train,
-        help="train a MobileNet classifier on a dataset",
-        description="Train a MobileNet on a dataset into a run folder: checkpoints (best and "
-        "last), metrics, curves and the confusion matrix. An interrupted run continues with "
-        "--resume; torchrun runs it on several GPUs.",
-    )
-    out_help = "the run folder for checkpoints, metrics and plots"
-    add_training_arguments(parser, TRAIN_SETTINGS, train_defaults(), out_help=out_help)
-
-
 def run_train(args: argparse.Namespace) -> None:
     result = fit_from(args, training.TrainConfig, training.train_config, training.fit)
     if result is None:
@@ -153,6 +145,17 @@ def run_train(args: argparse.Namespace) -> None:
         f"after {result.epochs} epochs\n"
         + run_files(out, f"plots: {out / 'curves.png'}, {out / 'confusion.png'}")
     )
+
+
+TRAIN = train_command(
+    run_train,
+    help="train a MobileNet classifier on a dataset",
+    description="Train a MobileNet on a dataset into a run folder: checkpoints (best and "
+    "last), metrics, curves and the confusion matrix. An interrupted run continues with "
+    "--resume; torchrun runs it on several GPUs.",
+    settings=TRAIN_SETTINGS,
+    defaults=train_defaults(),
+)
 
 
 # --- eval and predict ---------------------------------------------------------------------------
@@ -193,16 +196,7 @@ def checkpoint_from(args: argparse.Namespace) -> Checkpoint:
     return pretrained_checkpoint(args.model, args.weights)
 
 
-def add_eval(commands) -> None:
-    parser = add_command(
-        commands,
-        "eval",
-        run_eval,
-        help="top-1, top-5 and per-class accuracy of a checkpoint",
-        description="Evaluate a checkpoint on the validation split of a dataset (top-1, top-5, "
-        "per class), or published ImageNet weights on an ImageNet validation folder beside the "
-        "accuracy they were published with.",
-    )
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument(
         "--data",
@@ -234,23 +228,21 @@ def run_eval(args: argparse.Namespace) -> None:
     result = evaluate(
         checkpoint,
         args.data,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        **loader_options(args),
         tta=args.tta,
     )
     report = cost(checkpoint.model)
     summary = [
         [
-            checkpoint.model.name + tta_label(args.tta),
-            f"{report.params:,}",
-            tta_passes_label(args.tta) + f"{report.macs / 1e6:.1f}M",
+            *cost_cells(
+                checkpoint.model.name + tta_label(args.tta), report, tta_passes_label(args.tta)
+            ),
             f"{100 * result.top1:.2f}",
             f"{100 * result.top5:.2f}",
             f"{result.count:,}",
         ]
     ]
-    print(format_table(["model", "params", "MACs", "top-1 %", "top-5 %", "images"], summary))
+    print(format_table([*COST_HEADERS, "top-1 %", "top-5 %", "images"], summary))
     rows = [
         [name, f"{100 * accuracy:.2f}", f"{int(total):,}"]
         for name, accuracy, total in zip(
@@ -261,11 +253,7 @@ def run_eval(args: argparse.Namespace) -> None:
     print(format_table(["class", "top-1 %", "images"], rows))
     if args.json:
         record = {
-            "checkpoint": str(checkpoint.path),
-            "data": args.data,
-            "model": checkpoint.model.name,
-            "params": report.params,
-            "macs": report.macs,
+            **eval_record(checkpoint, args.data, checkpoint.model.name, report),
             "tta": args.tta,
             "passes": TTA_PASSES[args.tta],
             **result.to_dict(list(checkpoint.classes)),
@@ -280,9 +268,7 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
     result = evaluate_imagenet(
         checkpoint,
         args.data,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        **loader_options(args),
         tta=args.tta,
     )
     report = cost(checkpoint.model)
@@ -319,16 +305,19 @@ def run_imagenet_eval(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
         save_json(args.json, values)
 
 
-def add_predict(commands) -> None:
-    parser = add_command(
-        commands,
-        "predict",
-        run_predict,
-        help="the top classes of image files, with their probabilities",
-        description="The most probable classes of each image, by a checkpoint or by published "
-        "weights, each image preprocessed as the model was evaluated.",
-    )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+EVAL = Command(
+    "eval",
+    help="top-1, top-5 and per-class accuracy of a checkpoint",
+    description="Evaluate a checkpoint on the validation split of a dataset (top-1, top-5, "
+    "per class), or published ImageNet weights on an ImageNet validation folder beside the "
+    "accuracy they were published with.",
+    add_arguments=add_eval_arguments,
+    run=run_eval,
+)
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    add_images_argument(parser)
     add_model_arguments(parser)
     parser.add_argument(
         "--topk",
@@ -352,3 +341,13 @@ def run_predict(args: argparse.Namespace) -> None:
         print(prediction.path)
         for name, probability in zip(prediction.classes, prediction.probabilities, strict=True):
             print(f"  {probability:7.2%}  {name}")
+
+
+PREDICT = Command(
+    "predict",
+    help="the top classes of image files, with their probabilities",
+    description="The most probable classes of each image, by a checkpoint or by published "
+    "weights, each image preprocessed as the model was evaluated.",
+    add_arguments=add_predict_arguments,
+    run=run_predict,
+)

@@ -1,27 +1,23 @@
-"""What every command shares: the parser, tables, error lines, the library's log as output, and
-the arguments several commands take."""
+"""What every command shares: the parser and the record of a command, tables, error lines, and
+the library's log as output. The flags several commands take are in
+[`arguments`][mobilenets.cli.arguments]."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.files import write_json
-from mobilenets.zoo.pretrained import PUBLISHERS
 
 NUMBER = re.compile(r"^(-|[-+]?[\d,.]+[%MKx]?)$")  # a cell to right-align
-PUBLISHED_WEIGHTS = (
-    f"{', '.join(PUBLISHERS)} (or SOURCE:TAG, e.g. torchvision:IMAGENET1K_V2, "
-    "mobilenets:fashion-mnist)"
-)
-DEVICE_HELP = "auto (a GPU if there is one), cpu or cuda[:N]"
-CHECKPOINT_HELP = "a .safetensors checkpoint, or a run folder (its best.safetensors)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,42 +41,47 @@ def add_command(commands, name: str, run, help: str, description: str | None = N
     return parser
 
 
-# --- arguments several commands take ------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """A command as data: its word, its line in the list of commands, the heading of its --help,
+    the function that adds its flags and the one that carries it out, ``run(args)``. A task's
+    actions are these (see [`tasks`][mobilenets.cli.tasks])."""
+
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+    def add_to(self, commands) -> Parser:
+        parser = add_command(commands, self.name, self.run, self.help, self.description)
+        self.add_arguments(parser)
+        return parser
 
 
-def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
-
-
-def add_loader_arguments(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
-    """--batch-size, --workers and --device of a command that evaluates on a dataset."""
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=batch_size,
-        metavar="B",
-        help="images per batch (default %(default)s)",
+def export_commands(
+    word: str,
+    *,
+    help: str,
+    description: str,
+    int8_description: str,
+    add_arguments: Callable[..., None],
+    run: Callable[[argparse.Namespace], None],
+) -> tuple[Command, Command]:
+    """A task's ``export``, fp32 or with --int8, and its ``quantize``, which is ``export --int8``
+    under the name the classifier's int8 command has: ``add_arguments(parser, int8_only=True)``
+    adds the flags of the second, without --int8 and with --data required."""
+    export = Command(
+        "export", help, f"{description} With --int8 {int8_description}", add_arguments, run
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        metavar="W",
-        help="data loader processes (default %(default)s: none)",
+    quantize = Command(
+        "quantize",
+        "int8 ONNX or ExecuTorch: the same as export --int8",
+        f"{description} This is `{word} export --int8`: {int8_description}",
+        functools.partial(add_arguments, int8_only=True),
+        run,
     )
-    add_device_argument(parser, "auto")
-
-
-def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default %(default)s)")
-
-
-def add_json_file_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
-
-
-def add_json_switch(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--json", action="store_true", help=f"print {what}")
+    return export, quantize
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -118,6 +119,28 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def cost_cells(name: str, report, passes: str = "") -> list[str]:
+    """The first cells of an eval's table, under ``COST_HEADERS``: the model scored and its cost
+    (a [`CostReport`][mobilenets.core.cost.CostReport]); ``passes`` ("2 x ") where each image
+    costs several forward passes."""
+    return [name, f"{report.params:,}", f"{passes}{report.macs / 1e6:.1f}M"]
+
+
+COST_HEADERS = ["model", "params", "MACs"]
+
+
+def eval_record(checkpoint, data: str, name: str, report) -> dict:
+    """The head of an eval's --json record: the checkpoint and data scored, the model and its
+    cost; the task's metrics follow."""
+    return {
+        "checkpoint": str(checkpoint.path),
+        "data": data,
+        "model": name,
+        "params": report.params,
+        "macs": report.macs,
+    }
 
 
 def millions(value: float | None, digits: int = 2) -> str:

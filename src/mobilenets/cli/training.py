@@ -1,5 +1,6 @@
-"""What ``train`` and ``detect train`` share: the flags that set a training config's fields, the
-run folder and ``--resume``, and the call of the task's fit."""
+"""What every task's ``train`` shares: the flags that set a training config's fields (those of
+[`TrainSettings`][mobilenets.engine.settings.TrainSettings] and the ones several tasks have),
+the run folder and ``--resume``, the defaults the help states, and the call of the task's fit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mobilenets.cli.common import DEVICE_HELP
+from mobilenets.cli.arguments import DEVICE_HELP
+from mobilenets.cli.common import Command
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.engine.checkpoint import BEST, LAST, STATE_FILE
 from mobilenets.engine.run import FitResult
@@ -66,6 +68,27 @@ RUN_SETTINGS = (
     ),
 )
 SCHEDULE_SETTING = Setting("--schedule", str, f"learning rate schedule: {', '.join(SCHEDULES)}")
+# Settings of more than one task, each placed among its task's where it reads best.
+NESTEROV_SETTING = Setting(
+    "--nesterov", argparse.BooleanOptionalAction, "nesterov momentum for SGD"
+)
+CONV_WEIGHT_DECAY_SETTING = Setting("--weight-decay", float, "L2 on conv weights", "WD")
+LR_DECAY_SETTING = Setting("--lr-decay", float, "per-epoch factor of the exponential schedule", "F")
+WARMUP_SETTING = Setting("--warmup-epochs", float, "linear warmup length", "E")
+EMA_SETTING = Setting("--ema-decay", float, "weight EMA decay; 0: no EMA", "D")
+BACKBONE_WEIGHTS_SETTING = Setting(
+    "--backbone-weights",
+    str,
+    "start the backbone from torchvision, timm or keras "
+    "ImageNet weights, or from a classification checkpoint (default: from scratch)",
+    "SRC",
+)
+
+
+def data_setting(data_help: str) -> Setting:
+    """--data of a task whose config has no default dataset (see
+    [`data_required`][mobilenets.cli.training.data_required])."""
+    return Setting("--data", str, f"required unless --resume: {data_help}", "SPEC")
 
 
 def field_name(flag: str) -> str:
@@ -84,6 +107,31 @@ def default_text(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def task_defaults(task_defaults: dict[str, Any]) -> dict[str, str]:
+    """The defaults a task's train flags state: TrainSettings' with ``task_defaults``, the task
+    config's where they differ, on top."""
+    values = {**field_defaults(TrainSettings), **task_defaults}
+    return {name: default_text(value) for name, value in values.items() if value not in (None, "")}
+
+
+def train_command(
+    run: Callable[[argparse.Namespace], None],
+    help: str,
+    description: str,
+    settings: Iterable[Setting],
+    defaults: dict[str, str],
+    *,
+    out_help: str = "the run folder for checkpoints, metrics and plots",
+) -> Command:
+    """A task's ``train``: the flags of ``settings`` around the run folder's (see
+    [`add_training_arguments`][mobilenets.cli.training.add_training_arguments])."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_training_arguments(parser, settings, defaults, out_help=out_help)
+
+    return Command("train", help, description, add_arguments, run)
 
 
 def add_training_arguments(
@@ -131,6 +179,18 @@ def resume_placement(given: dict) -> dict:
             f"{', '.join(other)} (it may change only {allowed})"
         )
     return given
+
+
+def data_required(config_type: type[TrainSettings], data_help: str) -> Callable[..., TrainSettings]:
+    """``config_type`` made from the settings given, which must name --data: a new run of a task
+    whose config has no default dataset (a resumed run has its own)."""
+
+    def make_config(**settings) -> TrainSettings:
+        if "data" not in settings:
+            raise MobileNetsError(f"--data is required (one of: {data_help})")
+        return config_type(**settings)
+
+    return make_config
 
 
 def fit_from(

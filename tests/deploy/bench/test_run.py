@@ -242,7 +242,7 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
     pytest.importorskip("executorch")
     from random_weights import randomize_torch
 
-    from mobilenets.cli.deploy import bench_validation
+    from mobilenets.cli.bench import bench_validation
     from mobilenets.data.detection import detection_preprocessing, load_detection_data
     from mobilenets.engine.checkpoint import save_checkpoint
     from mobilenets.tasks.detection.evaluate import evaluate_detector
@@ -310,7 +310,7 @@ def test_data_scores_a_segmenter_by_its_miou(shapes_data, tmp_path):
     # and a segmenter's int8 .pte is tests/tasks/segmentation/test_quantize.py's
     from random_weights import randomize_torch
 
-    from mobilenets.cli.deploy import bench_validation
+    from mobilenets.cli.bench import bench_validation
     from mobilenets.core.preprocessing import Preprocessing
     from mobilenets.data.segmentation import load_segmentation_data
     from mobilenets.data.segmentation_transforms import eval_transform
