@@ -9,7 +9,7 @@ metadata says). By default it returns, per default box,
   image's width and height for pixels);
 - ``scores`` ``[N, A, C]``: class probabilities, column 0 background (softmax, or for a
   focal-loss model the per-class sigmoids, see
-  [`class_scores`][mobilenets.tasks.detection.evaluate.class_scores]).
+  [`class_scores`][mobilenets.tasks.detection.inference.class_scores]).
 
 and leaves NMS to the caller: keep (box, class) pairs above a score threshold and run class-wise
 NMS (``torchvision.ops.batched_nms``, IoU 0.6, as [`postprocess`][mobilenets.core.boxes.postprocess]
@@ -26,7 +26,7 @@ K = ``max_detections`` detections per image, best first:
 
 How the graph matches ``postprocess``:
 
-- scores are the softmax of [`score_logits`][mobilenets.tasks.detection.evaluate.score_logits],
+- scores are the softmax of [`score_logits`][mobilenets.tasks.detection.inference.score_logits],
   as evaluation feeds ``postprocess``; the ``pre_nms_top_k`` best (anchor, class) scores are
   kept and every other score is set to 0 (a score must be above ``score_threshold`` >= 0 to
   count, in both), then anchors whose clamped box has no area are zeroed, after the top-k as
