@@ -30,6 +30,12 @@ from mobilenets.core.families import (
     get_family,
 )
 
+# the records resolve writes, named here too: this module is where a spec's types are looked up
+from mobilenets.core.records import LAYER_KINDS as LAYER_KINDS
+from mobilenets.core.records import BlockSpec as BlockSpec
+from mobilenets.core.records import FeatureTap as FeatureTap
+from mobilenets.core.records import LayerSpec as LayerSpec
+
 PADDINGS = ("symmetric", "same")
 # Five stride-2 stages take 32 pixels to 1x1. Smaller inputs would still run (sizes round up),
 # but the last stages would read mostly padding.
@@ -214,106 +220,6 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# --- Resolved records ---------------------------------------------------------------------------
-
-LAYER_KINDS = ("conv", "depthwise", "pointwise", "linear")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One convolution or linear layer, with its BN and activation.
-
-    ``name`` is the module path, so ``f"{name}.weight"`` is the checkpoint key. Sizes are the
-    side of the square feature map at the config's nominal resolution (1 for the classifier).
-    """
-
-    name: str
-    kind: str  # one of LAYER_KINDS
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    groups: int
-    in_size: int
-    out_size: int
-    bias: bool
-    norm: bool  # followed by BatchNorm (affine)
-    act: bool  # followed by ReLU6; False for V2's linear bottleneck and for the classifier
-    dilation: int = 1  # atrous rate (output_stride); the size and the MACs do not change
-
-    @property
-    def weights(self) -> int:
-        """Elements of the weight tensor alone (what V1 Table 2 counts)."""
-        return self.out_channels * (self.in_channels // self.groups) * self.kernel * self.kernel
-
-    @property
-    def params(self) -> int:
-        """Trainable parameters: weight, bias, and the BN scale and shift."""
-        return self.weights + self.bias * self.out_channels + self.norm * 2 * self.out_channels
-
-    @property
-    def macs(self) -> int:
-        """Multiply-adds: one per weight per output position (bias, BN and ReLU not counted)."""
-        return self.weights * self.out_size * self.out_size
-
-    @property
-    def out_elements(self) -> int:
-        return self.out_channels * self.out_size * self.out_size
-
-
-BLOCK_KINDS = ("conv", "depthwise_separable", "inverted_residual", "classifier")
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One block: the stem, a V1 separable block, a V2 inverted residual, the head, or the
-    classifier."""
-
-    name: str  # module path: "stem", "blocks.3", "head", "classifier"
-    kind: str  # one of BLOCK_KINDS
-    layers: tuple[LayerSpec, ...]
-    residual: bool  # V2: stride 1 and equal channels in and out (section 3.3)
-    expansion: int  # t for an inverted residual, else 1
-    out_stride: int  # output stride of this block's output relative to the input image
-
-    @property
-    def in_channels(self) -> int:
-        return self.layers[0].in_channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.layers[-1].out_channels
-
-    @property
-    def stride(self) -> int:
-        return math.prod(layer.stride for layer in self.layers)
-
-    @property
-    def in_size(self) -> int:
-        return self.layers[0].in_size
-
-    @property
-    def out_size(self) -> int:
-        return self.layers[-1].out_size
-
-    @property
-    def level(self) -> int:
-        """Feature level k of the output (output stride 2**k), the C_k of detection papers."""
-        return int(math.log2(self.out_stride))
-
-
-@dataclass(frozen=True)
-class FeatureTap:
-    """A named intermediate output: where it is, and its channels and stride."""
-
-    name: str  # "C1".."C5", or "C4_expansion" for the expansion inside the next stage's first block
-    module: str  # module path that produces it, e.g. "blocks.12" or "blocks.13.act1"
-    block: int  # index into NetSpec.blocks
-    channels: int
-    stride: int
-    size: int  # spatial side at the nominal resolution
 
 
 @dataclass(frozen=True)
