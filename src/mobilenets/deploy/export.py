@@ -41,7 +41,8 @@ def write(
     """``graph`` written to ``path`` by the writer of its suffix and checked by ``check`` (see
     [`write_checked`][mobilenets.deploy.pipeline.write_checked]). ``opset`` applies to ONNX only
     (default 18); ``int8`` is what the file's quantization reported, for the report."""
-    format, writer = WRITERS[Path(path).suffix] if file_format(path) else (None, None)
+    format = file_format(path)  # refuses a suffix no writer has
+    writer = WRITERS[Path(path).suffix][1]
     if opset is not None and format != "onnx":
         raise MobileNetsError(f"opset={opset!r} applies to an ONNX file only, not to {str(path)!r}")
     options = {} if opset is None else {"opset": opset}
