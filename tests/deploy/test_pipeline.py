@@ -16,10 +16,6 @@ from mobilenets.deploy import export as pipeline_export
 from mobilenets.deploy.pipeline import Agreement, ExportReport, check_metadata, write_checked
 
 SOURCE = Path(mobilenets.__file__).parent
-# deploy/bench writes its own two-output ONNX and .pte files for timing; it moves onto
-# deploy.onnx_export.write_onnx / deploy.executorch_export.write_pte with its split into a package
-# (issue 44), and this entry goes then
-NOT_YET = ("deploy/bench",)
 
 
 def callers(*dotted: str) -> set[str]:
@@ -30,7 +26,7 @@ def callers(*dotted: str) -> set[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and _ends_with(node.func, dotted):
                 found.add(path.relative_to(SOURCE).with_suffix("").as_posix())
-    return {name for name in found if not name.startswith(NOT_YET)}
+    return found
 
 
 def _ends_with(node: ast.expr, dotted: tuple[str, ...]) -> bool:

@@ -53,7 +53,6 @@ from mobilenets.deploy.pt2e import (
     quantize_qat_pt2e,
     quiet_imports,
 )
-from mobilenets.deploy.pt2e import require_pt2e as require_pt2e  # deploy.bench imports it here
 from mobilenets.deploy.qat import QatConfig
 
 SUFFIX = ".pte"

@@ -6,19 +6,21 @@ classifier, a Mobile DeepLabv3 segmenter (a registered name such as ``deeplabv3_
 its ``output_stride`` and ``aspp`` when given, or a segmentation checkpoint) or an SSDLite detector
 (``ssdlite_mobilenet_v2`` or a detection checkpoint), measured at its input size (513 for a
 registered segmenter and 320 for a registered detector unless ``resolution`` says otherwise).
-Beside it onnxruntime runs the fp32 export
-([`mobilenets.deploy.onnx_export.export_onnx`][mobilenets.deploy.onnx_export.export_onnx], dynamic
-batch, written to a temporary folder; a detector's file returns the raw head outputs
-``cls_logits`` and ``box_regression``, as its forward does, without box decoding), optionally an
-int8 file made on the fly by
-[`mobilenets.deploy.quantize.quantize_ptq`][mobilenets.deploy.quantize.quantize_ptq], and any
-``.onnx`` file given (an int8 file written by ``mobilenets quantize``, say). The int8 file made here
-is calibrated on random normal inputs: its speed is real, its accuracy means nothing. With ``pte``
-(and for any ``.pte`` file given) ExecuTorch runs a program whose layers are in the XNNPACK delegate
-([`export_executorch`][mobilenets.deploy.executorch_export.export_executorch]): a .pte program has a
-fixed batch, so one is exported per batch size. int8 and ``pte`` export classifiers only; a
-segmenter's ``.pte`` file (from ``tasks.segmentation.export.export``) is measured as any ``.pte``
-file is.
+Beside it onnxruntime runs the fp32 export (dynamic batch, written to a temporary folder by the
+export pipeline: a classifier by
+[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx], a segmenter or detector by
+[`write_onnx`][mobilenets.deploy.onnx_export.write_onnx], a detector's file returning the raw head
+outputs ``cls_logits`` and ``box_regression``, as its forward does, without box decoding),
+optionally an int8 file made on the fly from it by
+[`quantize_file`][mobilenets.deploy.quantize.quantize_file], and any ``.onnx`` file given (an int8
+file written by ``mobilenets quantize``, say). The int8 file made here is calibrated on random
+normal inputs (or a checkpoint's training images, given a validation): its speed is real, its
+accuracy means nothing on random inputs. With ``pte`` (and for any ``.pte`` file given) ExecuTorch
+runs a program whose layers are in the XNNPACK delegate
+([`write_pte`][mobilenets.deploy.executorch_export.write_pte]; int8 by
+[`quantize_pt2e`][mobilenets.deploy.pt2e.quantize_pt2e]): a .pte program has a fixed batch, so one
+is exported per batch size; a segmenter's or detector's program returns one tensor (a detector's
+two outputs concatenated on the last axis).
 
 Timings are wall-clock (``time.perf_counter``) per call: W untimed warm-up calls, then K timed
 ones; median and 90th percentile are reported. The record with the smallest median of each model

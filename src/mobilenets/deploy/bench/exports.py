@@ -1,8 +1,15 @@
 """The files bench exports from a model to measure: fp32 ONNX (a classifier by
-[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx], a segmenter or detector densely
-here), int8 ONNX, and a .pte program per batch, fp32 or int8, with their int8 calibration.
+[`export_onnx`][mobilenets.deploy.onnx_export.export_onnx], a segmenter or detector with its
+dense outputs by [`write_onnx`][mobilenets.deploy.onnx_export.write_onnx]), int8 ONNX (by
+[`quantize_file`][mobilenets.deploy.quantize.quantize_file] from the fp32 file), and a .pte
+program per batch, fp32 or int8 (a classifier by
+[`export_executorch`][mobilenets.deploy.executorch_export.export_executorch], a segmenter or
+detector by [`write_pte`][mobilenets.deploy.executorch_export.write_pte], int8 by
+[`quantize_pt2e`][mobilenets.deploy.pt2e.quantize_pt2e]), with their int8 calibration.
 
-Every call into deploy's export and quantization writers is in this module."""
+Every file is written by the export pipeline's writers (an
+[`ExportGraph`][mobilenets.deploy.pipeline.ExportGraph] and a check: atomic, kept only when the
+check passes); every call into them from bench is in this module."""
 
 from __future__ import annotations
 
@@ -18,24 +25,15 @@ import torch
 
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.files import atomic_path
 from mobilenets.core.models import MobileNet
 from mobilenets.core.segmenter import DeepLabV3
 from mobilenets.deploy.bench.report import SYNTHETIC_NOTE
 from mobilenets.deploy.bench.runtimes import DETECTOR_OUTPUTS, Outputs
 from mobilenets.deploy.bench.scoring import Validation
 from mobilenets.deploy.bench.sources import Target, in_chans
-from mobilenets.deploy.executorch_export import (
-    QuantizedReference,
-    export_executorch,
-    lower_to_xnnpack,
-    quantize_pt2e,
-    verify_pte,
-)
+from mobilenets.deploy.executorch_export import export_executorch, verify_pte, write_pte
 from mobilenets.deploy.folding import fold_batch_norm
 from mobilenets.deploy.onnx_export import (
-    BATCH_AXIS,
-    DEFAULT_OPSET,
     INPUT_NAME,
     OUTPUT_NAME,
     TOLERANCE,
@@ -43,12 +41,16 @@ from mobilenets.deploy.onnx_export import (
     export_onnx,
     format_shape,
     onnx_session,
+    write_onnx,
 )
+from mobilenets.deploy.pipeline import Agreement, ExportGraph, ExportReport
+from mobilenets.deploy.pt2e import QuantizedReference, quantize_pt2e
 from mobilenets.deploy.quantize import quantize_file
 
 CALIBRATION_IMAGES = 32  # random normal images for int8: enough for ranges, speed is all we use
 ONNX_CALIBRATION_BATCH = 16  # images per batch of the int8 ONNX calibration
 PTE_CALIBRATION_BATCH = 8  # images per batch of the int8 .pte (PT2E) calibration
+PACKED_OUTPUT = "outputs"  # a dense .pte program's one output: Packed's
 
 # batches of calibration images: calibration(batch) for one int8 export
 Calibration = Callable[[int], object]
@@ -149,30 +151,41 @@ def _pte_files(source: ExportSource, stem: Path, batch: int, calibration: Int8Ca
 
 def export_pte(
     model, path: Path, resolution: int, batch: int, calibration: Calibration | None = None
-) -> None:
+) -> ExportReport:
     """``model`` as an ExecuTorch program at ``batch`` (int8 by PT2E when ``calibration`` makes
     batches): a classifier by export_executorch; a segmenter's logits, or a detector's
     cls_logits and box_regression concatenated on the last axis (one output, the same
-    computation), through the same lowering, checked against PyTorch before it is kept."""
+    computation), by [`write_pte`][mobilenets.deploy.executorch_export.write_pte], checked
+    against PyTorch (int8: against its quantized reference) before it is kept."""
     int8 = calibration is not None
     if isinstance(model, MobileNet):
         images = calibration(PTE_CALIBRATION_BATCH) if int8 else None
-        export_executorch(
+        return export_executorch(
             model, path, resolution=resolution, batch=batch, int8=int8, calibration=images
         )
-        return
     config = model.config.replace(resolution=resolution)
     shape = (batch, in_chans(config), resolution, resolution)
     reference = Packed(_nchw(model))
-    graph = Packed(fold_batch_norm(copy.deepcopy(reference.model))[0]).eval()
-    tolerance, x = None, None
+    folded, bn_folded = fold_batch_norm(copy.deepcopy(reference.model))
+    module = Packed(folded).eval()
+    tolerance, x, int8_report = None, None, None
     if int8:
-        graph, x, report = quantize_pt2e(graph, calibration(PTE_CALIBRATION_BATCH), shape)
-        reference, tolerance = QuantizedReference(graph), report.tolerance
-    buffer, _, _ = lower_to_xnnpack(graph, shape, {"model_config": json.dumps(config.to_dict())})
-    with atomic_path(path) as temporary:
-        Path(temporary).write_bytes(buffer)
-        verify_pte(temporary, reference, shape, x=x, tolerance=tolerance)
+        module, x, int8_report = quantize_pt2e(module, calibration(PTE_CALIBRATION_BATCH), shape)
+        reference, tolerance = QuantizedReference(module), int8_report.tolerance
+    graph = ExportGraph(
+        module,
+        (torch.zeros(shape),),
+        (INPUT_NAME,),
+        (PACKED_OUTPUT,),
+        {"model_config": json.dumps(config.to_dict())},
+        config.name,
+        bn_folded,
+    )
+
+    def check(written: Path) -> Agreement:
+        return Agreement(verify_pte(written, reference, shape, x=x, tolerance=tolerance))
+
+    return write_pte(graph, path, check, int8=int8_report)
 
 
 def _nchw(model: torch.nn.Module) -> torch.nn.Module:
@@ -197,39 +210,40 @@ class Packed(torch.nn.Module):
         return out
 
 
-def export_dense_onnx(model: DeepLabV3 | SSDLite, path: Path, resolution: int) -> None:
-    """A segmenter or detector as export_onnx writes a classifier: BN folded, a dynamic batch
-    (traced at batch 2, since torch.export specialises a size-1 axis), the model config in the
-    metadata, every output checked against PyTorch at batch 1 before the file is kept. Its
-    outputs are the forward's: a segmenter's ``logits``, a detector's raw ``cls_logits`` and
-    ``box_regression`` (the boxes are not decoded; mobilenets.tasks.detection.export writes a
-    detector for use). The input side is fixed, as a detector's default boxes are."""
+def export_dense_onnx(model: DeepLabV3 | SSDLite, path: Path, resolution: int) -> ExportReport:
+    """A segmenter or detector as export_onnx writes a classifier, by
+    [`write_onnx`][mobilenets.deploy.onnx_export.write_onnx]: BN folded, a dynamic batch (traced
+    at batch 2, since torch.export specialises a size-1 axis), the model config in the metadata,
+    every output checked against PyTorch at batch 1 before the file is kept. Its outputs are the
+    forward's: a segmenter's ``logits``, a detector's raw ``cls_logits`` and ``box_regression``
+    (the boxes are not decoded; mobilenets.tasks.detection.export writes a detector for use).
+    The input side is fixed, as a detector's default boxes are."""
     config = model.config.replace(resolution=resolution)
     channels = in_chans(config)
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    folded, _ = fold_batch_norm(reference)
-    names = list(DETECTOR_OUTPUTS) if isinstance(model, SSDLite) else [OUTPUT_NAME]
-    example = torch.zeros(2, channels, resolution, resolution)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            Outputs(folded).eval(),
-            (example,),
-            dynamo=True,
-            opset_version=DEFAULT_OPSET,
-            input_names=[INPUT_NAME],
-            output_names=names,
-            dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
-            verbose=False,
-        )
-    program.model.metadata_props.update({"model_config": json.dumps(config.to_dict())})
-    with atomic_path(path) as temporary:
-        program.save(temporary, external_data=False)
-        _check_outputs(temporary, Outputs(reference), (1, channels, resolution, resolution))
+    folded, bn_folded = fold_batch_norm(reference)
+    names = DETECTOR_OUTPUTS if isinstance(model, SSDLite) else (OUTPUT_NAME,)
+    graph = ExportGraph(
+        Outputs(folded),
+        (torch.zeros(2, channels, resolution, resolution),),
+        (INPUT_NAME,),
+        tuple(names),
+        {"model_config": json.dumps(config.to_dict())},
+        config.name,
+        bn_folded,
+        dynamic_batch=True,
+    )
+    shape = (1, channels, resolution, resolution)
+
+    def check(written: Path) -> Agreement:
+        return Agreement(_check_outputs(written, Outputs(reference), shape))
+
+    return write_onnx(graph, path, check)
 
 
-def _check_outputs(path: Path, reference: Outputs, shape: tuple[int, ...]) -> None:
-    """Raise when any output of the ONNX file differs from ``reference``'s by more than
-    TOLERANCE on one random input of ``shape``."""
+def _check_outputs(path: Path, reference: Outputs, shape: tuple[int, ...]) -> float:
+    """The largest difference of any output of the ONNX file from ``reference``'s on one random
+    input of ``shape``; raises above TOLERANCE."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     ours = onnx_session(path).run(None, {INPUT_NAME: x.numpy()})
     with torch.no_grad():
@@ -243,3 +257,4 @@ def _check_outputs(path: Path, reference: Outputs, shape: tuple[int, ...]) -> No
             f"the ONNX model disagrees with PyTorch: max abs difference {difference:.3g} at "
             f"input {format_shape(shape)} (allowed {TOLERANCE:g})"
         )
+    return difference

@@ -34,8 +34,9 @@ from mobilenets.deploy.bench.timing import (
     DEFAULT_WARMUP,
     check_count,
 )
-from mobilenets.deploy.executorch_export import require_executorch, require_pt2e
+from mobilenets.deploy.executorch_export import require_executorch
 from mobilenets.deploy.onnx_export import ExportSource, require_onnx
+from mobilenets.deploy.pt2e import require_pt2e
 
 MODELS = (MobileNet, DeepLabV3, SSDLite)
 
@@ -62,9 +63,10 @@ def run_benchmarks(
     An input is a model, a registered name or a checkpoint (a .safetensors file or run folder),
     classifier, segmenter or detector ([`load_source`][mobilenets.deploy.bench.sources.load_source];
     ``output_stride`` and ``aspp`` set a registered segmenter's), exported to fp32 ONNX with a
-    dynamic batch (and, for a classifier with ``int8``, quantized on synthetic calibration), or
+    dynamic batch (and with ``int8`` quantized, on synthetic calibration unless a validation gives
+    training images), or
     an ``.onnx`` file, whose eager reference is built from the model config in its metadata.
-    With ``pte`` each classifier is also exported to an ExecuTorch program (XNNPACK delegate),
+    With ``pte`` each model is also exported to an ExecuTorch program (XNNPACK delegate),
     one per batch size; a ``.pte`` file is run with ExecuTorch at its own batch, beside eager
     built from the model config stored in it. With ``openvino`` every ONNX file (fp32 and QDQ
     int8 alike) is also run by OpenVINO's CPU plugin (the ``openvino`` extra).
