@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_files import read_metrics, without_timing
 from safetensors.torch import load_file
 
 from mobilenets import create_model, save_weights
@@ -46,7 +47,6 @@ TINY = dict(
     random_erasing=0.0,
     workers=0,
 )
-TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -58,14 +58,6 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     result = fit(tiny_config(epochs=3), out, progress=False)
     return out, result
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 # --- Configuration ------------------------------------------------------------------------------

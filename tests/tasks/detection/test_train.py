@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_files import interrupted_and_resumed, read_metrics
 from safetensors.torch import load_file
 
 from mobilenets.cli import main
@@ -57,7 +58,6 @@ TINY = dict(
     warmup_epochs=0.0,
     augment="flip",
 )
-TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -78,14 +78,6 @@ def finished_run(tmp_path_factory, data_dir):
 
 def tiny_config(**changes) -> TrainConfig:
     return TrainConfig(**{**TINY, **changes})
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 # --- Training -----------------------------------------------------------------------------------
@@ -189,40 +181,13 @@ def test_an_existing_run_is_not_overwritten_and_resume_needs_a_run(finished_run,
         fit_classifier(None, out, resume=True, progress=False)
 
 
-class Interrupted(Exception):
-    pass
-
-
 def test_interrupted_then_resumed_run_finishes_exactly_as_an_uninterrupted_one(
     tmp_path, monkeypatch
 ):
     # The SSD augmentation draws random crops, zooms and flips: the resumed run must replay them.
     config = tiny_config(state_every=1, augment="ssd")
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    fit(config, straight, progress=False)
-    original = run.train_epoch
-
-    def stop_at_step_3(model, loader, trainer, state, on_step=None, **kw):
-        def hook(epoch_state):
-            on_step(epoch_state)  # saves the state after every step
-            if trainer.step == 3:
-                raise Interrupted
-
-        return original(model, loader, trainer, state, on_step=hook, **kw)
-
-    monkeypatch.setattr(run, "train_epoch", stop_at_step_3)
-    with pytest.raises(Interrupted):
-        fit(config, stopped, progress=False)
-    state = torch.load(stopped / STATE_FILE, weights_only=True)
+    _, _, state = interrupted_and_resumed(fit, config, tmp_path, monkeypatch)
     assert (state["epoch"], state["epoch_state"]["batch"], state["step"]) == (1, 1, 3)
-    monkeypatch.setattr(run, "train_epoch", original)
-    torch.manual_seed(1234)  # the resumed run restores its own RNG state
-    fit(None, stopped, resume=True, progress=False)
-    assert without_timing(read_metrics(stopped)) == without_timing(read_metrics(straight))
-    for name in ("last.safetensors", "best.safetensors"):
-        ours, theirs = load_file(stopped / name), load_file(straight / name)
-        assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
