@@ -17,6 +17,7 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.families import (
     DW,
     IR,
+    Bneck,
     Conv,
     Family,
     families,
@@ -182,9 +183,18 @@ def test_a_family_without_a_heads_taps_is_refused_naming_the_backbone_and_the_ta
 
 def test_family_registration_errors():
     with pytest.raises(MobileNetsError, match="family 'mobilenet_v2' is already registered"):
-        register_family(Family("mobilenet_v2", (Conv(c=8, s=2),), toy_width))
+        register_family(Family("mobilenet_v2", (Conv(c=8, s=2), DW(s=1, c=8)), toy_width))
+    with pytest.raises(MobileNetsError, match="after the stem, a table holds DW, IR or Bneck"):
+        Family("toy_bad", (Conv(c=8, s=2),), toy_width)
+    bneck = Bneck(k=3, exp=16, c=8, se=True, nl="HS", s=2)
+    with pytest.raises(MobileNetsError, match="a table of Bneck rows names its width rules"):
+        Family("toy_bad", (Conv(c=8, s=2), bneck), toy_width)
+    with pytest.raises(MobileNetsError, match="a table of Bneck rows names its width rules"):
+        Family("toy_bad", (Conv(c=8, s=2), DW(s=1, c=8)), toy_width, width_rules=("tf",))
+    with pytest.raises(MobileNetsError, match="NL is one of RE6, RE, HS, got \\['SW'\\]"):
+        Family("toy_bad", (Conv(c=8, s=2, nl="SW"), DW(s=1, c=8)), toy_width)
     with pytest.raises(MobileNetsError, match="unknown head tap roles \\['fpn'\\]"):
-        Family("toy_bad", (Conv(c=8, s=2),), toy_width, taps={"fpn": "C3"})
+        Family("toy_bad", (Conv(c=8, s=2), DW(s=1, c=8)), toy_width, taps={"fpn": "C3"})
     with pytest.raises(MobileNetsError, match="the table starts with the stem, a Conv row"):
         Family("toy_bad", (DW(s=2, c=16),), toy_width)
     with pytest.raises(MobileNetsError, match="no family 'toy_bad' is registered"):

@@ -28,6 +28,7 @@ KIND_LABELS = {  # V1 Table 2's names for the layer kinds
     "pointwise": "Conv 1x1",
     "depthwise": "Conv DW 3x3",
     "conv": "Conv 3x3",
+    "squeeze_excite": "SE 1x1",
     "linear": "Fully Connected",
 }
 
@@ -122,8 +123,9 @@ class CostReport:
 
 def separable_pairs(spec: NetSpec) -> list[tuple[LayerSpec, LayerSpec]]:
     """Each depthwise conv with the 1x1 conv that follows it: the depthwise separable
-    convolutions that V1 section 3.1 factorizes a standard convolution into."""
-    layers = spec.layers
+    convolutions that V1 section 3.1 factorizes a standard convolution into (V3's SE between the
+    two is not part of the pair)."""
+    layers = [layer for layer in spec.layers if layer.kind != "squeeze_excite"]
     return [
         (layer, layers[i + 1])
         for i, layer in enumerate(layers[:-1])

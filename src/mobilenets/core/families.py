@@ -1,10 +1,11 @@
 """The papers' architecture tables as data, and the registry of backbone families.
 
-V1 Table 1 (Howard et al. 2017) and V2 Table 2 (Sandler et al. 2018) appear below as typed rows in
-the papers' notation. A [`Family`][mobilenets.core.families.Family] is a table, its channel rule
-(alpha, V1 section 3.3, is applied through it and nowhere else) and the named feature taps the task
-heads read (``HEAD_TAPS``); [`register_family`][mobilenets.core.families.register_family] adds one,
-and ``mobilenets.core.spec.resolve`` decodes every family's table the same way.
+V1 Table 1 (Howard et al. 2017), V2 Table 2 (Sandler et al. 2018) and V3 Tables 1 and 2 (Howard et
+al. 2019, "Searching for MobileNetV3") appear below as typed rows in the papers' notation. A
+[`Family`][mobilenets.core.families.Family] is a table, its channel rule (alpha, V1 section 3.3, is
+applied through it and nowhere else) and the named feature taps the task heads read (``HEAD_TAPS``);
+[`register_family`][mobilenets.core.families.register_family] adds one, and
+``mobilenets.core.spec.resolve`` decodes every family's table the same way.
 """
 
 from __future__ import annotations
@@ -18,13 +19,45 @@ from mobilenets.core.errors import MobileNetsError
 # --- Paper rows --------------------------------------------------------------------------------
 
 
+# The nonlinearities of V3 Tables 1 and 2 (column NL), and ReLU6 of V1 and V2.
+NONLINEARITIES = {"RE6": "relu6", "RE": "relu", "HS": "hardswish"}
+
+
 @dataclass(frozen=True)
 class Conv:
-    """A full convolution with BN and ReLU6: the stem (k=3, s=2) or V2's last 1x1 conv."""
+    """A full convolution with BN and a nonlinearity: the stem (k=3, s=2) or the last 1x1 conv
+    before the pool (V2's 1280, V3's 960 and 576)."""
 
     c: int
     k: int = 3
     s: int = 1
+    nl: str = "RE6"
+
+
+@dataclass(frozen=True)
+class Bneck:
+    """V3 Tables 1 and 2 row: "bneck, k x k" with exp size, #out, SE, NL and s, one block.
+
+    ``exp`` is the paper's absolute expansion width at alpha 1; how alpha scales it is the
+    family's width rule (see ``v3_expanded_width``). The expansion layer is absent when ``exp``
+    equals the block's input channels (the first row of both tables).
+    """
+
+    k: int
+    exp: int
+    c: int
+    se: bool
+    nl: str
+    s: int
+
+
+@dataclass(frozen=True)
+class ConvNBN:
+    """V3's "conv2d 1x1, NBN" row after the pool: a 1x1 conv with bias and no BN (the pre-logits
+    layer, 1280 or 1024 wide). The classifier row after it is added by resolve()."""
+
+    c: int
+    nl: str = "HS"
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,47 @@ V2_TABLE = (
     Conv(c=1280, k=1, s=1),  # 7x7x320 in, C5: the head conv
 )
 
+# V3 Table 1: MobileNetV3-Large. SE: squeeze-and-excite; NL: RE = ReLU, HS = h-swish.
+V3_LARGE_TABLE = (
+    Conv(c=16, k=3, s=2, nl="HS"),  # 224x224x3 in, stem
+    Bneck(k=3, exp=16, c=16, se=False, nl="RE", s=1),  # 112x112x16 in, C1
+    Bneck(k=3, exp=64, c=24, se=False, nl="RE", s=2),  # 112x112x16 in, C2
+    Bneck(k=3, exp=72, c=24, se=False, nl="RE", s=1),  # 56x56x24 in, C2
+    Bneck(k=5, exp=72, c=40, se=True, nl="RE", s=2),  # 56x56x24 in, C3
+    Bneck(k=5, exp=120, c=40, se=True, nl="RE", s=1),  # 28x28x40 in, C3
+    Bneck(k=5, exp=120, c=40, se=True, nl="RE", s=1),  # 28x28x40 in, C3
+    Bneck(k=3, exp=240, c=80, se=False, nl="HS", s=2),  # 28x28x40 in, C4
+    Bneck(k=3, exp=200, c=80, se=False, nl="HS", s=1),  # 14x14x80 in, C4
+    Bneck(k=3, exp=184, c=80, se=False, nl="HS", s=1),  # 14x14x80 in, C4
+    Bneck(k=3, exp=184, c=80, se=False, nl="HS", s=1),  # 14x14x80 in, C4
+    Bneck(k=3, exp=480, c=112, se=True, nl="HS", s=1),  # 14x14x80 in, C4
+    Bneck(k=3, exp=672, c=112, se=True, nl="HS", s=1),  # 14x14x112 in, C4
+    Bneck(k=5, exp=672, c=160, se=True, nl="HS", s=2),  # 14x14x112 in, C5
+    Bneck(k=5, exp=960, c=160, se=True, nl="HS", s=1),  # 7x7x160 in, C5
+    Bneck(k=5, exp=960, c=160, se=True, nl="HS", s=1),  # 7x7x160 in, C5
+    Conv(c=960, k=1, s=1, nl="HS"),  # 7x7x160 in, C5: the head conv
+    ConvNBN(c=1280, nl="HS"),  # 1x1x960 in, after the 7x7 pool
+)
+
+# V3 Table 2: MobileNetV3-Small. The table marks SE on the last 1x1 conv (576); no released
+# model (TF-slim, Keras, torchvision, timm) has it, and the weights need it absent.
+V3_SMALL_TABLE = (
+    Conv(c=16, k=3, s=2, nl="HS"),  # 224x224x3 in, stem
+    Bneck(k=3, exp=16, c=16, se=True, nl="RE", s=2),  # 112x112x16 in, C2
+    Bneck(k=3, exp=72, c=24, se=False, nl="RE", s=2),  # 56x56x16 in, C3
+    Bneck(k=3, exp=88, c=24, se=False, nl="RE", s=1),  # 28x28x24 in, C3
+    Bneck(k=5, exp=96, c=40, se=True, nl="HS", s=2),  # 28x28x24 in, C4
+    Bneck(k=5, exp=240, c=40, se=True, nl="HS", s=1),  # 14x14x40 in, C4
+    Bneck(k=5, exp=240, c=40, se=True, nl="HS", s=1),  # 14x14x40 in, C4
+    Bneck(k=5, exp=120, c=48, se=True, nl="HS", s=1),  # 14x14x40 in, C4
+    Bneck(k=5, exp=144, c=48, se=True, nl="HS", s=1),  # 14x14x48 in, C4
+    Bneck(k=5, exp=288, c=96, se=True, nl="HS", s=2),  # 14x14x48 in, C5
+    Bneck(k=5, exp=576, c=96, se=True, nl="HS", s=1),  # 7x7x96 in, C5
+    Bneck(k=5, exp=576, c=96, se=True, nl="HS", s=1),  # 7x7x96 in, C5
+    Conv(c=576, k=1, s=1, nl="HS"),  # 7x7x96 in, C5: the head conv (no SE, see above)
+    ConvNBN(c=1024, nl="HS"),  # 1x1x576 in, after the 7x7 pool
+)
+
 DEFAULT_EXPANSION = 6  # V2 section 4: "we use expansion factor of 6 throughout"
 DEPTHWISE_KERNEL = 3  # every depthwise conv of both papers' tables is 3x3
 
@@ -99,8 +173,51 @@ def v2_width(channels: int, alpha: float) -> int:
 
 
 def v2_head_width(channels: int, alpha: float) -> int:
-    """V2 keeps its last conv at 1280 channels unless alpha > 1 (paper section 6.1)."""
+    """V2 keeps its last conv at 1280 channels unless alpha > 1 (paper section 6.1); so do the
+    TF stacks for V3's pre-logits layer (1280 or 1024)."""
     return make_divisible(channels * max(1.0, alpha))
+
+
+# V3 was released by two stacks that apply alpha differently; at alpha 1 they agree, at 0.75 they
+# are different networks (torchvision's mobilenet_v3_large(width_mult=0.75) has 3,377,576
+# parameters, TF-slim's, Keras's and timm's large 0.75 3,993,528):
+# - "tf" (TF-slim, Keras, timm): a block's expansion is its input's scaled channels times the
+#   table's ratio exp / input; the stem stays 16 and the pre-logits layer stays 1280 (1024)
+#   unless alpha > 1; the head conv is the table's 960 (576) times alpha.
+# - "torchvision": every width of the table times alpha (expansion, stem, pre-logits), and the
+#   head conv six times the last block's output.
+V3_WIDTH_RULES = ("tf", "torchvision")
+
+
+def v3_stem_width(channels: int, alpha: float, rule: str) -> int:
+    if rule == "torchvision":
+        return make_divisible(channels * alpha)
+    return make_divisible(channels * max(1.0, alpha))
+
+
+def v3_expanded_width(row: Bneck, in_channels: int, in_scaled: int, alpha: float, rule: str) -> int:
+    """The expansion of a bneck row whose unscaled input has ``in_channels``, now ``in_scaled``."""
+    if rule == "torchvision":
+        return make_divisible(row.exp * alpha)
+    return make_divisible(in_scaled * row.exp / in_channels)
+
+
+def v3_head_width(row: Conv, in_channels: int, in_scaled: int, alpha: float, rule: str) -> int:
+    """The 1x1 head conv (960 or 576 at alpha 1) after the last block."""
+    if rule == "torchvision":
+        return in_scaled * row.c // in_channels
+    return make_divisible(row.c * alpha)
+
+
+def v3_pre_logits_width(row: ConvNBN, alpha: float, rule: str) -> int:
+    if rule == "torchvision":
+        return make_divisible(row.c * alpha)
+    return v2_head_width(row.c, alpha)
+
+
+def squeeze_width(expanded: int) -> int:
+    """The SE bottleneck: a quarter of the expansion, to a multiple of 8 (V3 section 5.3)."""
+    return make_divisible(expanded / 4)
 
 
 # --- Families: a table, a channel rule, and the taps the task heads read ----------------------
@@ -120,11 +237,13 @@ HEAD_TAPS = {
 class Family:
     """A backbone family: its table, how alpha sets its channels, and its head taps.
 
-    ``table`` starts with the stem (a ``Conv`` row), then ``DW`` and ``IR`` rows, and may end
-    with one ``Conv`` row, the 1x1 "head" conv before the pool. ``taps`` maps each role of
-    [`HEAD_TAPS`][mobilenets.core.families.HEAD_TAPS] that the family fills to one of its tap names
-    (see [`NetSpec.taps`][mobilenets.core.spec.NetSpec]); a head refuses a family without its
-    roles, naming the backbone and the tap.
+    ``table`` starts with the stem (a ``Conv`` row), then ``DW``, ``IR`` or ``Bneck`` rows, and may
+    end with one ``Conv`` row, the 1x1 "head" conv before the pool, and one ``ConvNBN`` row, the
+    pre-logits layer after it. ``width_rules`` names the stacks' width conventions a family of
+    ``Bneck`` rows accepts (the first is the default, see ``V3_WIDTH_RULES``). ``taps`` maps each
+    role of [`HEAD_TAPS`][mobilenets.core.families.HEAD_TAPS] that the family fills to one of its
+    tap names (see [`NetSpec.taps`][mobilenets.core.spec.NetSpec]); a head refuses a family without
+    its roles, naming the backbone and the tap.
     """
 
     arch: str
@@ -134,6 +253,7 @@ class Family:
     taps: Mapping[str, str] = field(default_factory=dict)
     dropout: float = 0.2  # the classifier's, as released
     expansion: int | None = None  # the default t of IR rows (t=1 rows stay 1); None: fixed t
+    width_rules: tuple[str, ...] = ()  # for Bneck rows: V3_WIDTH_RULES; the first is the default
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch:
@@ -144,13 +264,26 @@ class Family:
                 f"family {self.arch}: the table starts with the stem, a Conv row, got "
                 f"{self.table!r}"
             )
-        rows = table[1:]
-        if not all(isinstance(row, (DW, IR, Conv)) for row in rows) or any(
-            isinstance(row, Conv) for row in rows[:-1]
-        ):
+        rows = list(table[1:])
+        tail = [rows.pop()] if rows and isinstance(rows[-1], ConvNBN) else []
+        tail[:0] = [rows.pop()] if rows and isinstance(rows[-1], Conv) else []
+        if not rows or not all(isinstance(row, (DW, IR, Bneck)) for row in rows):
             raise MobileNetsError(
-                f"family {self.arch}: after the stem, a table holds DW and IR rows and at most "
-                f"one last Conv row (the head), got {rows!r}"
+                f"family {self.arch}: after the stem, a table holds DW, IR or Bneck rows, then "
+                f"at most one Conv row (the head) and one ConvNBN row (pre-logits), got "
+                f"{rows + tail!r}"
+            )
+        has_bneck = any(isinstance(row, Bneck) for row in rows)
+        if has_bneck != bool(self.width_rules) or not set(self.width_rules) <= set(V3_WIDTH_RULES):
+            raise MobileNetsError(
+                f"family {self.arch}: a table of Bneck rows names its width rules (some of "
+                f"{', '.join(V3_WIDTH_RULES)}), any other names none; got {self.width_rules!r}"
+            )
+        nonlinearities = {row.nl for row in table if isinstance(row, (Conv, Bneck, ConvNBN))}
+        if not nonlinearities <= set(NONLINEARITIES):
+            raise MobileNetsError(
+                f"family {self.arch}: NL is one of {', '.join(NONLINEARITIES)}, got "
+                f"{sorted(nonlinearities - set(NONLINEARITIES))}"
             )
         unknown = sorted(set(self.taps) - set(HEAD_TAPS))
         if unknown:
@@ -159,6 +292,7 @@ class Family:
                 f"{', '.join(HEAD_TAPS)}"
             )
         object.__setattr__(self, "table", table)
+        object.__setattr__(self, "width_rules", tuple(self.width_rules))
         object.__setattr__(self, "taps", MappingProxyType(dict(self.taps)))
 
 
@@ -230,3 +364,28 @@ register_family(
         expansion=DEFAULT_EXPANSION,
     )
 )
+
+# V3 section 6.2: SSDLite's first layer is the expansion of the 13th bottleneck of Large (the 9th
+# of Small), the first block that leaves output stride 16, and its second the last layer of the
+# backbone (the head conv), as in torchvision's ssdlite320_mobilenet_v3_large. DeepLab reads C3
+# and the head conv, as torchvision's deeplabv3_mobilenet_v3_large.
+V3_TAPS = {
+    "ssdlite_stride16": "C4_expansion",
+    "ssdlite_stride32": "C5",
+    "deeplab_stride8": "C3",
+    "deeplab_features": "C5",
+}
+for _arch, _v3_table in (
+    ("mobilenet_v3_large", V3_LARGE_TABLE),
+    ("mobilenet_v3_small", V3_SMALL_TABLE),
+):
+    register_family(
+        Family(
+            _arch,
+            _v3_table,
+            v2_width,
+            taps=V3_TAPS,
+            dropout=0.2,
+            width_rules=V3_WIDTH_RULES,
+        )
+    )

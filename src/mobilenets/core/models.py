@@ -1,175 +1,39 @@
-"""MobileNetV1 and MobileNetV2 as nn.Modules, built from a resolved NetSpec.
+"""MobileNetV1, V2 and V3 as nn.Modules, built from a resolved NetSpec.
 
-One block class per paper figure, with named parts that read as the figure and become the
-checkpoint keys (``blocks.3.conv_dw.weight``, ``blocks.3.bn1.running_var``):
-
-- [`ConvBNAct`][mobilenets.core.models.ConvBNAct]: a full conv, BN, ReLU6 (the stem, and V2's last
-  1x1 "head" conv).
-- [`DepthwiseSeparable`][mobilenets.core.models.DepthwiseSeparable]: V1 Figure 3 (right): 3x3
-  depthwise, BN, ReLU6, 1x1, BN, ReLU6.
-- [`InvertedResidual`][mobilenets.core.models.InvertedResidual]: V2 Table 1 / Figure 3b: 1x1
-  expansion with ReLU6, 3x3 depthwise with ReLU6, 1x1 linear projection, and a residual when stride
-  is 1 and channels match.
+[`MobileNet`][mobilenets.core.models.MobileNet] builds any registered family from its spec with the
+block classes of ``blocks.py`` (one per paper figure); ``MobileNetV1``, ``MobileNetV2``,
+``MobileNetV3Large`` and ``MobileNetV3Small`` fix the architecture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+# the block classes, named here too: models are where users look them up
+from mobilenets.core.blocks import BLOCK_CLASSES, PreLogits
+from mobilenets.core.blocks import Conv2dSame as Conv2dSame
+from mobilenets.core.blocks import ConvBNAct as ConvBNAct
+from mobilenets.core.blocks import DepthwiseSeparable as DepthwiseSeparable
+from mobilenets.core.blocks import InvertedResidual as InvertedResidual
+from mobilenets.core.blocks import SqueezeExcite as SqueezeExcite
+from mobilenets.core.blocks import init_weights as init_weights
+from mobilenets.core.blocks import make_bn as make_bn
+from mobilenets.core.blocks import make_conv as make_conv
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.spec import (
-    BlockSpec,
-    LayerSpec,
-    ModelConfig,
-    NetSpec,
-    pick_resolution,
-    resolve,
-)
-
-
-class Conv2dSame(nn.Conv2d):
-    """A conv with TensorFlow "SAME" padding: total padding max((ceil(n/s)-1)*s + k - n, 0),
-    the odd pixel going to the bottom/right. At stride 2 on an even input that pads only the
-    bottom/right, which symmetric padding cannot express; weights trained in TF/Keras need it.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, kernel, stride in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
-        ):
-            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-            pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, 1, self.groups)
-
-
-def make_conv(layer: LayerSpec, padding: str) -> nn.Conv2d:
-    """The conv for one LayerSpec. Stride-1 convs with odd kernels pad the same either way, dilated
-    ones too (dilation * (k - 1) / 2 each side keeps the size: atrous layers run at stride 1)."""
-    same = padding == "same" and layer.stride > 1
-    conv_class = Conv2dSame if same else nn.Conv2d
-    return conv_class(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel,
-        stride=layer.stride,
-        padding=0 if same else layer.dilation * (layer.kernel // 2),
-        dilation=layer.dilation,
-        groups=layer.groups,
-        bias=layer.bias,
-    )
-
-
-def make_bn(layer: LayerSpec, config: ModelConfig) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(layer.out_channels, eps=config.bn_eps, momentum=config.bn_momentum)
-
-
-class ConvBNAct(nn.Module):
-    """Full conv, BN, ReLU6: the stem (3x3 s2) and V2's head (1x1 to 1280). ``activation`` is
-    another class for the heads that use one (DeepLab's ReLU)."""
-
-    def __init__(
-        self, spec: BlockSpec, config: ModelConfig, activation: type[nn.Module] = nn.ReLU6
-    ) -> None:
-        super().__init__()
-        (layer,) = spec.layers
-        self.conv = make_conv(layer, config.padding)
-        self.bn = make_bn(layer, config)
-        self.act = activation(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-class DepthwiseSeparable(nn.Module):
-    """V1 Figure 3 (right): 3x3 depthwise, BN, ReLU6, then 1x1 pointwise, BN, ReLU6."""
-
-    def __init__(self, spec: BlockSpec, config: ModelConfig) -> None:
-        super().__init__()
-        depthwise, pointwise = spec.layers
-        self.conv_dw = make_conv(depthwise, config.padding)
-        self.bn1 = make_bn(depthwise, config)
-        self.act1 = nn.ReLU6(inplace=True)
-        self.conv_pw = make_conv(pointwise, config.padding)
-        self.bn2 = make_bn(pointwise, config)
-        self.act2 = nn.ReLU6(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv_dw(x)))
-        return self.act2(self.bn2(self.conv_pw(x)))
-
-
-class InvertedResidual(nn.Module):
-    """V2 Table 1: expand 1x1 + ReLU6, depthwise 3x3 + ReLU6, project 1x1 (linear), residual.
-
-    With expansion t == 1 (the first bottleneck) the expansion layer is absent: ``conv_pw``,
-    ``bn1`` and ``act1`` are None, and the checkpoint has no keys for them.
-    """
-
-    def __init__(self, spec: BlockSpec, config: ModelConfig) -> None:
-        super().__init__()
-        *expand, depthwise, project = spec.layers
-        self.conv_pw = self.bn1 = self.act1 = None
-        if expand:
-            self.conv_pw = make_conv(expand[0], config.padding)
-            self.bn1 = make_bn(expand[0], config)
-            self.act1 = nn.ReLU6(inplace=True)
-        self.conv_dw = make_conv(depthwise, config.padding)
-        self.bn2 = make_bn(depthwise, config)
-        self.act2 = nn.ReLU6(inplace=True)
-        self.conv_pwl = make_conv(project, config.padding)
-        self.bn3 = make_bn(project, config)
-        self.use_residual = spec.residual
-
-    def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """The expansion output (the tensor SSDLite taps); the input itself when t == 1."""
-        if self.conv_pw is None:
-            return x
-        return self.act1(self.bn1(self.conv_pw(x)))
-
-    def project(self, expanded: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        x = self.act2(self.bn2(self.conv_dw(expanded)))
-        x = self.bn3(self.conv_pwl(x))
-        return x + shortcut if self.use_residual else x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.expand(x), x)
-
-
-BLOCK_CLASSES = {
-    "conv": ConvBNAct,
-    "depthwise_separable": DepthwiseSeparable,
-    "inverted_residual": InvertedResidual,
-}
-
-
-def init_weights(modules: Iterable[nn.Module]) -> None:
-    """He init (fan out) for convs, BN as identity, N(0, 0.01) for linear layers; zero biases."""
-    for module in modules:
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
+from mobilenets.core.spec import ModelConfig, NetSpec, pick_resolution, resolve
 
 
 class MobileNet(nn.Module):
-    """A MobileNet built from a ModelConfig; MobileNetV1 and MobileNetV2 fix the architecture.
+    """A MobileNet built from a ModelConfig; MobileNetV1, V2, V3Large and V3Small fix the
+    architecture.
 
     Structure: ``stem``, ``blocks`` (one entry per unrolled paper row: ``blocks.i`` is TF-slim's
-    ``Conv2d_{i+1}`` for V1 and ``expanded_conv_{i}`` for V2), ``head`` (V2 only), global average
-    pool, dropout, ``classifier`` (absent with ``num_classes=0``, where forward returns the
-    pooled features). The model is fully convolutional; ``config.resolution`` is the nominal
-    input size that the cost model and the weights' preprocessing use.
+    ``Conv2d_{i+1}`` for V1 and ``expanded_conv_{i}`` for V2), ``head`` (V2 and V3), global average
+    pool, ``pre_logits`` (V3), dropout, ``classifier`` (absent with ``num_classes=0``, where forward
+    returns the pooled features, V3's pre-logits layer dropped too). The model is fully
+    convolutional; ``config.resolution`` is the nominal input size that the cost model and the
+    weights' preprocessing use.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -192,13 +56,19 @@ class MobileNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = modules.get("head")
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pre_logits = self._make_pre_logits()
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = self._make_classifier()
+
+    def _make_pre_logits(self) -> nn.Module | None:
+        block = self.spec.pre_logits
+        return None if block is None else PreLogits(block)
 
     def _make_classifier(self) -> nn.Module:
         if self.config.num_classes == 0:
             return nn.Identity()
-        return nn.Linear(self.spec.num_features, self.config.num_classes)
+        (layer,) = self.spec.blocks[-1].layers
+        return nn.Linear(layer.in_channels, self.config.num_classes)
 
     def _init_weights(self) -> None:
         init_weights(self.modules())
@@ -251,6 +121,11 @@ class MobileNet(nn.Module):
         reference = next(self.parameters())
         self.config = self.config.replace(num_classes=num_classes)
         self.spec = resolve(self.config)
+        if (self.pre_logits is None) != (self.spec.pre_logits is None):  # V3, to or from 0
+            self.pre_logits = self._make_pre_logits()
+            if self.pre_logits is not None:
+                init_weights(self.pre_logits.modules())
+                self.pre_logits.to(reference.device, reference.dtype)
         self.classifier = self._make_classifier().to(reference.device, reference.dtype)
         if isinstance(self.classifier, nn.Linear):
             nn.init.normal_(self.classifier.weight, 0, 0.01)
@@ -272,7 +147,12 @@ class MobileNet(nn.Module):
         return x if self.head is None else self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.pool(x), 1))
+        """Pool, V3's pre-logits layer, dropout and the classifier; ``pre_logits`` stops before
+        the classifier (timm's convention: 1280 features for V3-Large)."""
+        x = torch.flatten(self.pool(x), 1)
+        if self.pre_logits is not None:
+            x = self.pre_logits(x)
+        x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -380,6 +260,56 @@ class MobileNetV2(MobileNet):
         super().__init__(_config("mobilenet_v2", resolution, rho, parity, fields))
 
 
+class _MobileNetV3(MobileNet):
+    ARCH = ""
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout: float | None = None,
+        resolution: int | None = None,
+        rho: float | None = None,
+        minimalistic: bool = False,
+        reduced_tail: bool = False,
+        width_rule: str | None = None,
+        small_input: bool = False,
+        output_stride: int | None = None,
+        **parity,
+    ) -> None:
+        fields = dict(
+            alpha=alpha,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            minimalistic=minimalistic,
+            reduced_tail=reduced_tail,
+            width_rule=width_rule,
+            small_input=small_input,
+            output_stride=output_stride,
+        )
+        super().__init__(_config(self.ARCH, resolution, rho, parity, fields))
+
+
+class MobileNetV3Large(_MobileNetV3):
+    """MobileNetV3-Large (Howard et al. 2019, Table 1) with width multiplier alpha.
+
+    ``minimalistic`` (no SE, ReLU, 3x3 depthwise), ``reduced_tail`` (the last stage at half
+    width), ``width_rule`` ("tf" or "torchvision": how alpha scales the expansions, see
+    ``families.V3_WIDTH_RULES``), and ``small_input``, ``output_stride`` and the parity settings
+    as for V1 and V2.
+    """
+
+    ARCH = "mobilenet_v3_large"
+
+
+class MobileNetV3Small(_MobileNetV3):
+    """MobileNetV3-Small (Howard et al. 2019, Table 2); the arguments of ``MobileNetV3Large``."""
+
+    ARCH = "mobilenet_v3_small"
+
+
 PARITY_ARGUMENTS = ("padding", "bn_eps", "bn_momentum")
 
 
@@ -395,13 +325,17 @@ def _config(arch: str, resolution, rho, parity: dict, fields: dict) -> ModelConf
 
 
 def build_model(config: ModelConfig) -> MobileNet:
-    """The model for a config, as the class a user would construct (MobileNetV1 or V2, and a
-    MobileNet for the other registered families)."""
-    kwargs = config.to_dict()
-    arch = kwargs.pop("arch")
-    if arch == "mobilenet_v1":
-        kwargs.pop("expansion")
-        return MobileNetV1(**kwargs)
-    if arch == "mobilenet_v2":
-        return MobileNetV2(**kwargs)
-    return MobileNet(config)
+    """The model for a config, as the class a user would construct (MobileNetV1, V2, V3Large or
+    V3Small, and a MobileNet for the other registered families)."""
+    classes = {
+        "mobilenet_v1": MobileNetV1,
+        "mobilenet_v2": MobileNetV2,
+        "mobilenet_v3_large": MobileNetV3Large,
+        "mobilenet_v3_small": MobileNetV3Small,
+    }
+    if config.arch not in classes:
+        return MobileNet(config)
+    # the user's class, built from the whole config (its __init__ would take the fields one by one)
+    model = classes[config.arch].__new__(classes[config.arch])
+    MobileNet.__init__(model, config)
+    return model

@@ -7,7 +7,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LAYER_KINDS = ("conv", "depthwise", "pointwise", "linear")
+# squeeze_excite: the two 1x1 convs of a V3 SE module, on the pooled (1x1) tensor
+LAYER_KINDS = ("conv", "depthwise", "pointwise", "squeeze_excite", "linear")
+# what follows a layer whose ``act`` is True: V1/V2's ReLU6, V3's ReLU and h-swish, and the hard
+# sigmoid gate of V3's SE (relu6(x + 3) / 6)
+ACTIVATIONS = ("relu6", "relu", "hardswish", "hardsigmoid")
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ class LayerSpec:
     out_size: int
     bias: bool
     norm: bool  # followed by BatchNorm (affine)
-    act: bool  # followed by ReLU6; False for V2's linear bottleneck and for the classifier
+    act: bool  # followed by its activation; False for V2's linear bottleneck and the classifier
     dilation: int = 1  # atrous rate (output_stride); the size and the MACs do not change
+    activation: str = "relu6"  # one of ACTIVATIONS, when act
 
     @property
     def weights(self) -> int:
@@ -52,19 +57,19 @@ class LayerSpec:
         return self.out_channels * self.out_size * self.out_size
 
 
-BLOCK_KINDS = ("conv", "depthwise_separable", "inverted_residual", "classifier")
+BLOCK_KINDS = ("conv", "depthwise_separable", "inverted_residual", "pre_logits", "classifier")
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """One block: the stem, a V1 separable block, a V2 inverted residual, the head, or the
-    classifier."""
+    """One block: the stem, a V1 separable block, a V2 inverted residual or V3 bneck, the head,
+    V3's pre-logits layer, or the classifier."""
 
     name: str  # module path: "stem", "blocks.3", "head", "classifier"
     kind: str  # one of BLOCK_KINDS
     layers: tuple[LayerSpec, ...]
     residual: bool  # V2: stride 1 and equal channels in and out (section 3.3)
-    expansion: int  # t for an inverted residual, else 1
+    expansion: float  # expanded over input width (V2's t, V3's exp / in); 1 without expansion
     out_stride: int  # output stride of this block's output relative to the input image
 
     @property

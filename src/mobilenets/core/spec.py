@@ -1,11 +1,12 @@
 """The one function that resolves a family's table into layers, and the config it reads.
 
-The tables are data in ``families.py`` (V1 Table 1, V2 Table 2, and any family registered there,
-each with the feature taps the task heads read). [`resolve`][mobilenets.core.spec.resolve] turns a
-[`ModelConfig`][mobilenets.core.spec.ModelConfig] (architecture, alpha, resolution, ...) into a
-[`NetSpec`][mobilenets.core.spec.NetSpec]: one record per block and per layer, with channels,
-kernel, stride, groups and spatial sizes. The nn.Module builder (``models.py``) and the analytic
-cost model (``cost.py``) both read that record; nothing discovers a shape by running a forward pass.
+The tables are data in ``families.py`` (V1 Table 1, V2 Table 2, V3 Tables 1 and 2, and any family
+registered there, each with the feature taps the task heads read); ``decode.py`` walks them.
+[`resolve`][mobilenets.core.spec.resolve] turns a [`ModelConfig`][mobilenets.core.spec.ModelConfig]
+(architecture, alpha, resolution, ...) into a [`NetSpec`][mobilenets.core.spec.NetSpec]: one record
+per block and per layer, with channels, kernel, stride, groups and spatial sizes. The nn.Module
+builder (``models.py``) and the analytic cost model (``cost.py``) both read that record; nothing
+discovers a shape by running a forward pass.
 
 alpha (the width multiplier, V1 section 3.3) and rho (the resolution multiplier, section 3.4) are
 applied here and nowhere else: alpha through each architecture's channel-rounding rule, rho only
@@ -18,17 +19,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from mobilenets.core.decode import conv_out_size as conv_out_size
+from mobilenets.core.decode import decode_table, feature_taps
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.families import (
-    DEPTHWISE_KERNEL,
-    DW,
-    HEAD_TAPS,
-    IR,
-    Conv,
-    Family,
-    families,
-    get_family,
-)
+from mobilenets.core.families import HEAD_TAPS, families, get_family
 
 # the records resolve writes, named here too: this module is where a spec's types are looked up
 from mobilenets.core.records import LAYER_KINDS as LAYER_KINDS
@@ -112,6 +106,14 @@ class ModelConfig:
     # would pass it runs at stride 1, and every later 3x3 conv is dilated by the strides skipped.
     # Same parameters, more MACs; the segmentation backbones use it.
     output_stride: int | None = None
+    # V3 only. How alpha sets the widths: "tf" (TF-slim, Keras, timm) or "torchvision"; None: the
+    # family's first ("tf"). See families.V3_WIDTH_RULES; at alpha 1 both give the same network.
+    width_rule: str | None = None
+    # V3 only: TF-slim's and Keras's minimalistic variant (no SE, ReLU everywhere, 3x3 depthwise).
+    minimalistic: bool = False
+    # V3 only: the last stage, head conv and pre-logits at half width (paper section 6.3, the
+    # detection and segmentation backbones; torchvision's reduced_tail).
+    reduced_tail: bool = False
 
     def __post_init__(self) -> None:
         family = get_family(self.arch)
@@ -164,19 +166,52 @@ class ModelConfig:
                 f"output_stride must be None or one of {', '.join(map(str, OUTPUT_STRIDES))}, "
                 f"got {self.output_stride!r}"
             )
+        self._check_v3_fields(family)
         if self.output_stride is not None and self.small_input:
             raise MobileNetsError(
                 f"output_stride applies to the standard network; small_input=True already "
                 f"stops at output stride 8 (got output_stride={self.output_stride!r})"
             )
 
+    def _check_v3_fields(self, family) -> None:
+        v3 = [arch for arch in families() if get_family(arch).width_rules]
+        for flag in ("minimalistic", "reduced_tail"):
+            value = getattr(self, flag)
+            if not isinstance(value, bool):
+                raise MobileNetsError(f"{flag} must be True or False, got {value!r}")
+            if value and not family.width_rules:
+                raise MobileNetsError(
+                    f"{flag} applies to {', '.join(v3)} only, got {flag}=True for {self.arch}"
+                )
+        if not family.width_rules:
+            if self.width_rule is not None:
+                raise MobileNetsError(
+                    f"width_rule applies to {', '.join(v3)} only, got "
+                    f"width_rule={self.width_rule!r} for {self.arch}"
+                )
+            return
+        if self.width_rule is None:
+            object.__setattr__(self, "width_rule", family.width_rules[0])
+        if self.width_rule not in family.width_rules:
+            raise MobileNetsError(
+                f"width_rule must be one of {', '.join(family.width_rules)} for {self.arch}, "
+                f"got {self.width_rule!r}"
+            )
+
     @property
     def name(self) -> str:
-        """The TF-slim style name of this width and resolution, e.g. ``mobilenet_v2_1.0_224``."""
+        """The TF-slim style name of this width and resolution, e.g. ``mobilenet_v2_1.0_224``,
+        ``mobilenet_v3_large_minimalistic_1.0_224``. torchvision's V3 widths, where they differ
+        from TF's (alpha other than 1), add ``_tv``."""
+        arch = f"{self.arch}_minimalistic" if self.minimalistic else self.arch
         suffix = "_small" if self.small_input else ""
         if self.output_stride is not None:
             suffix += f"_os{self.output_stride}"
-        return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}{suffix}"
+        if self.reduced_tail:
+            suffix += "_reduced_tail"
+        if self.width_rule == "torchvision" and self.alpha != 1:
+            suffix += "_tv"
+        return f"{arch}_{format_alpha(self.alpha)}_{self.resolution}{suffix}"
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -237,7 +272,15 @@ class NetSpec:
     @property
     def feature_blocks(self) -> tuple[BlockSpec, ...]:
         """Every block before the pool: what forward_features runs."""
-        return tuple(block for block in self.blocks if block.kind != "classifier")
+        return tuple(
+            block for block in self.blocks if block.kind not in ("pre_logits", "classifier")
+        )
+
+    @property
+    def pre_logits(self) -> BlockSpec | None:
+        """V3's 1x1 layer with bias between the pool and the classifier; None for V1 and V2
+        and without a classifier."""
+        return next((block for block in self.blocks if block.kind == "pre_logits"), None)
 
     @property
     def num_features(self) -> int:
@@ -266,203 +309,10 @@ def prefixed(block: BlockSpec, prefix: str) -> BlockSpec:
     return dataclasses.replace(block, name=f"{prefix}.{block.name}", layers=layers)
 
 
-def conv_out_size(size: int, stride: int) -> int:
-    """Output side of a conv with odd kernel and "same"-style padding: ceil(size / stride).
-
-    Symmetric padding of kernel // 2 and TF "SAME" padding give the same output size; they
-    differ only in where the zeros go.
-    """
-    return -(-size // stride)
-
-
-class _Builder:
-    """Walks a table, tracking channels, spatial size and output stride, emitting LayerSpecs."""
-
-    def __init__(self, config: ModelConfig, family: Family) -> None:
-        self.config = config
-        self.family = family
-        self.channels = config.in_chans
-        self.size = config.resolution
-        self.out_stride = 1
-        self.rate = 1  # the atrous rate of 3x3 convs once output_stride is reached
-        self.blocks: list[BlockSpec] = []
-
-    def width(self, channels: int) -> int:
-        """A row's channels at the config's alpha, by the family's rule."""
-        return self.family.width(channels, self.config.alpha)
-
-    def unit_stride(self, stride: int) -> tuple[int, int]:
-        """(stride, dilation) of one unit of the table (a conv, a separable block, an inverted
-        residual) whose 3x3 conv has ``stride``: TF-slim's mobilenet_base. Once the output stride
-        reaches ``config.output_stride``, a unit runs at stride 1 with the current rate, and the
-        rate grows by the stride it skipped, for the units after it."""
-        if self.config.output_stride is not None and self.out_stride == self.config.output_stride:
-            rate = self.rate
-            self.rate *= stride
-            return 1, rate
-        return stride, 1
-
-    def layer(
-        self, name, kind, out_channels, kernel, stride, *, depthwise=False, act=True, dilation=1
-    ):
-        groups = self.channels if depthwise else 1
-        out_size = conv_out_size(self.size, stride)
-        spec = LayerSpec(
-            name=name,
-            kind=kind,
-            in_channels=self.channels,
-            out_channels=out_channels,
-            kernel=kernel,
-            stride=stride,
-            groups=groups,
-            in_size=self.size,
-            out_size=out_size,
-            bias=False,
-            norm=True,
-            act=act,
-            dilation=dilation if kernel > 1 else 1,
-        )
-        self.channels, self.size = out_channels, out_size
-        self.out_stride *= stride
-        return spec
-
-    def depthwise(self, name: str, stride: int) -> LayerSpec:
-        """The 3x3 depthwise conv of a unit whose table stride is ``stride`` (atrous once the
-        output stride is reached, see unit_stride)."""
-        stride, dilation = self.unit_stride(stride)
-        return self.layer(
-            name,
-            "depthwise",
-            self.channels,
-            DEPTHWISE_KERNEL,
-            stride,
-            depthwise=True,
-            dilation=dilation,
-        )
-
-    def block(self, name, kind, layers, *, residual=False, expansion=1) -> None:
-        self.blocks.append(
-            BlockSpec(name, kind, tuple(layers), residual, expansion, self.out_stride)
-        )
-
-    def conv_block(self, name: str, out_channels: int, kernel: int, stride: int) -> None:
-        kind = "pointwise" if kernel == 1 else "conv"
-        stride, dilation = self.unit_stride(stride)
-        layer = self.layer(f"{name}.conv", kind, out_channels, kernel, stride, dilation=dilation)
-        self.block(name, "conv", [layer])
-
-    def classifier(self) -> None:
-        if self.config.num_classes == 0:
-            return
-        fc = LayerSpec(
-            name="classifier",
-            kind="linear",
-            in_channels=self.channels,
-            out_channels=self.config.num_classes,
-            kernel=1,
-            stride=1,
-            groups=1,
-            in_size=1,
-            out_size=1,
-            bias=True,
-            norm=False,
-            act=False,
-        )
-        self.block("classifier", "classifier", [fc])
-
-
-def _small_input_table(table: tuple, small_input: bool) -> tuple:
-    """The small-input variant: stride 1 in the stem and in the first stride-2 row after it."""
-    if not small_input:
-        return table
-    stem, *rows = table
-    first = next(i for i, row in enumerate(rows) if row.s == 2)
-    rows[first] = dataclasses.replace(rows[first], s=1)
-    return (dataclasses.replace(stem, s=1), *rows)
-
-
-def _separable(build: _Builder, name: str, row: DW) -> None:
-    """V1 Figure 3 (right): 3x3 depthwise at the row's stride, then 1x1 to the row's channels."""
-    depthwise = build.depthwise(f"{name}.conv_dw", row.s)
-    pointwise = build.layer(f"{name}.conv_pw", "pointwise", build.width(row.c), 1, 1)
-    build.block(name, "depthwise_separable", [depthwise, pointwise])
-
-
-def _inverted_residual(build: _Builder, name: str, row: IR, first: bool) -> None:
-    """V2 Table 1: 1x1 expansion (absent when t is 1), 3x3 depthwise, linear 1x1 projection."""
-    # The t=1 row stays t=1: the paper's first bottleneck has no expansion layer.
-    expansion = row.t
-    if row.t != 1 and build.family.expansion is not None:
-        expansion = build.config.expansion
-    out_channels = build.width(row.c)
-    in_channels = build.channels
-    layers = []
-    if expansion != 1:
-        hidden = in_channels * expansion
-        layers.append(build.layer(f"{name}.conv_pw", "pointwise", hidden, 1, 1))
-    depthwise = build.depthwise(f"{name}.conv_dw", row.s if first else 1)
-    layers.append(depthwise)
-    layers.append(build.layer(f"{name}.conv_pwl", "pointwise", out_channels, 1, 1, act=False))
-    residual = depthwise.stride == 1 and in_channels == out_channels
-    build.block(name, "inverted_residual", layers, residual=residual, expansion=expansion)
-
-
-def _resolve_table(config: ModelConfig, family: Family) -> list[BlockSpec]:
-    """The one decoder of every family's table: the stem, ``blocks.{i}`` for each repeat of each
-    DW or IR row, the optional last Conv row as ``head``, and the classifier."""
-    build = _Builder(config, family)
-    stem, *rows = _small_input_table(family.table, config.small_input)
-    build.conv_block("stem", build.width(stem.c), stem.k, stem.s)
-    index = 0
-    for row in rows:
-        if isinstance(row, Conv):  # the table's last row: the 1x1 conv before the pool
-            head_width = family.head_width or family.width
-            build.conv_block("head", head_width(row.c, config.alpha), row.k, row.s)
-            continue
-        for repeat in range(row.n):
-            if isinstance(row, DW):
-                _separable(build, f"blocks.{index}", row)
-            else:
-                _inverted_residual(build, f"blocks.{index}", row, first=repeat == 0)
-            index += 1
-    build.classifier()
-    return build.blocks
-
-
-def _taps(blocks: list[BlockSpec]) -> tuple[FeatureTap, ...]:
-    """C_k: the last block output at output stride 2**k. C_k_expansion: the expansion output of
-    the block that leaves level k (the V2 paper's "layer 15" for k=4, which SSDLite taps).
-    C_k_bottleneck: the input of the family's 1x1 head conv, where it has one (V2's last inverted
-    residual, which DeepLab reads: the paper's "MNet V2*")."""
-    taps: dict[str, FeatureTap] = {}
-    for index, block in enumerate(blocks):
-        if block.kind == "classifier":
-            continue
-        if block.kind == "inverted_residual" and block.expansion != 1 and block.stride > 1:
-            expand = block.layers[0]
-            level = block.level - int(math.log2(block.stride))
-            name = f"C{level}_expansion"
-            module = f"{block.name}.act1"  # after the expansion's BN and ReLU6
-            taps[name] = FeatureTap(
-                name, module, index, expand.out_channels, 2**level, expand.out_size
-            )
-        if block.name == "head" and index > 0:
-            body = blocks[index - 1]
-            name = f"C{body.level}_bottleneck"
-            taps[name] = FeatureTap(
-                name, body.name, index - 1, body.out_channels, body.out_stride, body.out_size
-            )
-        name = f"C{block.level}"
-        taps[name] = FeatureTap(
-            name, block.name, index, block.out_channels, block.out_stride, block.out_size
-        )
-    return tuple(sorted(taps.values(), key=lambda tap: (tap.block, "expansion" not in tap.name)))
-
-
 def resolve(config: ModelConfig) -> NetSpec:
     """Resolve a config into one record per block and layer. Pure: same config, same spec."""
-    blocks = _resolve_table(config, get_family(config.arch))
-    return NetSpec(config=config, blocks=tuple(blocks), taps=_taps(blocks))
+    blocks = decode_table(config, get_family(config.arch))
+    return NetSpec(config=config, blocks=tuple(blocks), taps=feature_taps(blocks))
 
 
 def head_taps(
