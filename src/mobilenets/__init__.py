@@ -16,7 +16,14 @@ This module gathers the everyday entry points; ``import mobilenets`` loads ``cor
 
 from mobilenets.core.cost import CostReport
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.models import InvertedResidual, MobileNet, MobileNetV1, MobileNetV2
+from mobilenets.core.models import (
+    InvertedResidual,
+    MobileNet,
+    MobileNetV1,
+    MobileNetV2,
+    MobileNetV3Large,
+    MobileNetV3Small,
+)
 from mobilenets.core.spec import ModelConfig, NetSpec, resolve
 from mobilenets.core.version import __version__
 from mobilenets.core.weights import load_model, load_weights, save_weights
@@ -31,6 +38,8 @@ __all__ = [
     "MobileNet",
     "MobileNetV1",
     "MobileNetV2",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
     "MobileNetsError",
     "ModelConfig",
     "NetSpec",

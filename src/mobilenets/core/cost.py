@@ -157,18 +157,26 @@ def peak_activation(spec: NetSpec) -> tuple[int, str]:
     """The largest tensor that inference must materialize, in bytes at 16 bits (V2 Table 3).
 
     V1 runs layer by layer, so every layer output counts. V2 (a network with inverted residuals)
-    counts only its bottleneck
-    tensors, the block outputs between inverted residuals: section 5.1 shows that the expanded
-    tensor inside a block can be computed in slices and never held whole. The stem output does
-    not count either, which is how the paper arrives at 400K.
+    counts only its bottleneck tensors, the block outputs between inverted residuals: section 5.1
+    shows that the expanded tensor inside a block can be computed in slices and never held whole.
+    The stem output does not count either, which is how the paper arrives at 400K. A V3 block with
+    squeeze-and-excite cannot slice: its gate is the pool of the whole depthwise output, which
+    is held until the gate scales it, so that tensor counts too (the peak only where it is larger
+    than every bottleneck: Large with small_input, not Large or Small at 224).
     """
     bottlenecks = [
         (block.out_channels * block.out_size**2, block.name)
         for block in spec.blocks
         if block.kind == "inverted_residual"
     ]
-    candidates = bottlenecks or [(layer.out_elements, layer.name) for layer in spec.layers]
-    elements, name = max(candidates)
+    if not bottlenecks:
+        elements, name = max((layer.out_elements, layer.name) for layer in spec.layers)
+        return elements * ACTIVATION_BYTES, name
+    elements, name = max(bottlenecks)
+    for block in spec.blocks:
+        kinds = {layer.kind: layer for layer in block.layers}
+        if "squeeze_excite" in kinds and kinds["depthwise"].out_elements > elements:
+            elements, name = kinds["depthwise"].out_elements, kinds["depthwise"].name
     return elements * ACTIVATION_BYTES, name
 
 
