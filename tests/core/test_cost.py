@@ -4,9 +4,19 @@ import math
 
 import pytest
 import torch
+import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobilenets import cost, create_model, get_entry, list_models
+from mobilenets import ModelConfig, cost, create_model, get_entry, list_models
+from mobilenets.core.models import build_model
+from mobilenets.core.published_v3 import (
+    SOURCE_TFSLIM_V3,
+    SOURCE_V3_PAPER,
+    TFSLIM_V3,
+    V3_TABLE3,
+    v3_table,
+    wide_pre_logits_params,
+)
 from mobilenets.zoo.registry import PAPER_ROWS, TFSLIM_V1, TFSLIM_V2
 
 
@@ -178,3 +188,128 @@ def test_cost_of_a_model_equals_cost_of_its_name():
         (24, 80, 80),
     )
     assert layer.activation_bytes == 24 * 80 * 80 * 2
+
+
+# --- MobileNetV3 ---------------------------------------------------------------------------------
+
+
+def measured_config(config: ModelConfig) -> tuple[int, int]:
+    """``measured`` for a config that no registered name gives (the V3 variants' fields)."""
+    with torch.device("meta"):
+        model = build_model(config).eval()
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        x = torch.empty(1, config.in_chans, config.resolution, config.resolution)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    return params, counter.get_total_flops() // 2
+
+
+LARGE, SMALL = "mobilenet_v3_large", "mobilenet_v3_small"
+# (config fields, params, MACs at 224 and 1000 classes), SE convs counted. torchvision's
+# mobilenet_v3_large and _small have 5,483,032 and 2,542,856 parameters; at 0.75 the "tf" rule is
+# TF-slim's, Keras's and timm's network, "torchvision" torchvision's (test_v3 compares them).
+V3_GOLDEN = [
+    ({"arch": LARGE}, 5_483_032, 216_589_760),
+    ({"arch": LARGE, "alpha": 0.75}, 3_993_528, 154_560_624),
+    ({"arch": LARGE, "alpha": 0.75, "width_rule": "torchvision"}, 3_377_576, 140_033_816),
+    ({"arch": LARGE, "minimalistic": True}, 3_924_288, 209_136_704),
+    ({"arch": LARGE, "reduced_tail": True}, 2_569_352, 182_302_720),
+    ({"arch": SMALL}, 2_542_856, 56_510_400),
+    ({"arch": SMALL, "alpha": 0.75}, 2_041_872, 43_399_344),
+    ({"arch": SMALL, "alpha": 0.75, "width_rule": "torchvision"}, 1_653_920, 39_115_576),
+    ({"arch": SMALL, "minimalistic": True}, 2_044_736, 52_288_448),
+    ({"arch": SMALL, "reduced_tail": True}, 1_099_672, 43_763_584),
+]
+
+
+@pytest.mark.parametrize(
+    "fields, params, macs",
+    V3_GOLDEN,
+    ids=lambda v: ModelConfig(**v).name if isinstance(v, dict) else "",
+)
+def test_v3_golden_analytic_equals_built_equals_measured(fields, params, macs):
+    config = ModelConfig(**fields)
+    report = cost(config)
+    assert (report.params, report.macs) == (params, macs)
+    assert measured_config(config) == (params, macs)
+
+
+@pytest.mark.parametrize(
+    "arch, kwargs, fields",
+    [
+        (LARGE, {}, {}),
+        (SMALL, {}, {}),
+        (LARGE, {"width_mult": 0.75}, {"alpha": 0.75, "width_rule": "torchvision"}),
+        (SMALL, {"reduced_tail": True}, {"reduced_tail": True}),
+    ],
+)
+def test_v3_macs_equal_torchvision_measured(arch, kwargs, fields):
+    """torch's FLOP counter on torchvision's own model gives our analytic count."""
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, arch)(**kwargs).eval()
+        with FlopCounterMode(display=False) as counter:
+            reference(torch.empty(1, 3, 224, 224))
+    assert counter.get_total_flops() // 2 == cost(ModelConfig(arch, **fields)).macs
+
+
+def test_v3_paper_table_3_and_the_conventions_that_give_it():
+    """The paper's MAdds follow no one count: Large 0.75 and Small 1.0 are ours (155 rounded, 56
+    truncated); Large 1.0 (219) and Small 0.75 (44) are ours plus the SE scale and h-swish
+    multiplies, which would make the other two 156 and 58. Params round to the printed 0.1M but
+    Large 1.0's 5.48M, printed 5.4 (truncated; the README prints 5.4 too)."""
+    rows = {(row.published.arch, row.published.alpha): row for row in v3_table()[:4]}
+    assert [row.source for row in V3_TABLE3] == [SOURCE_V3_PAPER] * 4
+    large, large_075 = rows[LARGE, 1.0], rows[LARGE, 0.75]
+    small, small_075 = rows[SMALL, 1.0], rows[SMALL, 0.75]
+    with_elementwise = {key: round((row.macs + row.elementwise) / 1e6) for key, row in rows.items()}
+    assert with_elementwise == {
+        (LARGE, 1.0): 219,
+        (LARGE, 0.75): 156,
+        (SMALL, 1.0): 58,
+        (SMALL, 0.75): 44,
+    }
+    # by hand for Large: SE scale 597,408 (72x28x28 + 2x120x28x28 + ...), h-swish 1,511,264
+    assert (large.elementwise, small_075.elementwise) == (2_108_672, 936_336)
+    assert round(large_075.macs / 1e6) == 155 and math.floor(small.macs / 1e6) == 56
+    assert round(large.macs / 1e6) == 217 and round(small_075.macs / 1e6) == 43
+    for key, row in rows.items():
+        expected = math.floor if key == (LARGE, 1.0) else round
+        assert expected(row.params / 1e5) / 10 == row.published.params_m, key
+
+
+def test_v3_tfslim_readme_rows():
+    """TF-slim's README: Large's rows are our count; Small's are not (66M and 65M match no count
+    we found, 10M and 13M above ours), and its Small params (2.9M, 2.4M) are those of a Small
+    with a 1280-wide pre-logits layer at 1001 classes: the released Small has 1024."""
+    rows = {
+        (row.published.arch, row.published.alpha, row.published.minimalistic): row
+        for row in v3_table()[4:]
+    }
+    assert [row.source for row in TFSLIM_V3] == [SOURCE_TFSLIM_V3] * 6
+    for key in [(LARGE, 1.0, False), (LARGE, 0.75, False), (LARGE, 1.0, True)]:
+        assert round(rows[key].macs / 1e6) == rows[key].published.macs_m, key
+    assert round(rows[LARGE, 1.0, True].params / 1e6, 1) == 3.9
+    small, small_075, small_min = (
+        rows[SMALL, 1.0, False],
+        rows[SMALL, 0.75, False],
+        rows[SMALL, 1.0, True],
+    )
+    assert round((small_075.macs + small_075.elementwise) / 1e6) == 44
+    for row in (small, small_min):
+        assert row.published.macs_m * 1e6 - (row.macs + row.elementwise) > 8e6
+    assert round(small_min.params / 1e6, 1) == 2.0
+    assert wide_pre_logits_params(small.published.config) == 2_947_849
+    assert wide_pre_logits_params(small_075.published.config) == 2_410_001
+    assert round(2_947_849 / 1e6, 1) == 2.9 and round(2_410_001 / 1e6, 1) == 2.4
+
+
+def test_v3_peak_activation():
+    """Large's peak is V2's (the 16 x 112 x 112 output of the first bottleneck); Small strides in
+    its first bneck, so its peak is a quarter. With small_input an SE block's depthwise output,
+    held whole for the gate, is the largest tensor."""
+    large, small = cost(ModelConfig(LARGE)), cost(ModelConfig(SMALL))
+    assert (large.peak_activation_bytes, large.peak_activation_tensor) == (401_408, "blocks.0")
+    assert (small.peak_activation_bytes, small.peak_activation_tensor) == (100_352, "blocks.0")
+    small_input = cost(ModelConfig(LARGE, resolution=32, small_input=True))
+    assert small_input.peak_activation_tensor == "blocks.11.conv_dw"
+    assert small_input.peak_activation_bytes == 672 * 8 * 8 * 2

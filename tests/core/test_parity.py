@@ -8,7 +8,7 @@ import torchvision
 from random_weights import randomize_torch
 from torch import nn
 
-from mobilenets import MobileNetV1, MobileNetV2
+from mobilenets import MobileNetV1, MobileNetV2, MobileNetV3Large, MobileNetV3Small
 
 
 def copy_by_position(source: nn.Module, target: nn.Module) -> None:
@@ -39,6 +39,32 @@ def assert_same_logits(reference: nn.Module, ours: nn.Module, resolution: int = 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.4])
 def test_torchvision_mobilenet_v2(alpha):
     assert_same_logits(torchvision.models.mobilenet_v2(width_mult=alpha), MobileNetV2(alpha=alpha))
+
+
+@pytest.mark.parametrize(
+    "builder, ours",
+    [
+        ("mobilenet_v3_large", {}),
+        ("mobilenet_v3_small", {}),
+        ("mobilenet_v3_large", {"width_mult": 0.75}),
+        ("mobilenet_v3_small", {"reduced_tail": True}),
+    ],
+    ids=["large", "small", "large-0.75", "small-reduced-tail"],
+)
+def test_torchvision_mobilenet_v3(builder, ours):
+    """h-swish, the SE gate and the pre-logits layer compute what torchvision's do; its V3 uses
+    BN eps 1e-3, and its width_mult is our torchvision width rule."""
+    reference = getattr(torchvision.models, builder)(**ours)
+    alpha = ours.get("width_mult", 1.0)
+    model = {"mobilenet_v3_large": MobileNetV3Large, "mobilenet_v3_small": MobileNetV3Small}[
+        builder
+    ](
+        alpha=alpha,
+        width_rule="torchvision",
+        reduced_tail=ours.get("reduced_tail", False),
+        bn_eps=1e-3,
+    )
+    assert_same_logits(reference, model, resolution=160)
 
 
 @pytest.mark.parametrize(
