@@ -1,5 +1,5 @@
 """``cost``: a model's exact params, MACs and activation memory layer by layer, beside the papers'
-tables (V1 Tables 2 and 4, V2 Tables 3, 6 and 7)."""
+tables (V1 Tables 2 and 4, V2 Tables 3, 6 and 7, V3 Table 3)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from mobilenets.cli.arguments import add_json_switch
 from mobilenets.cli.common import add_command, format_table
 from mobilenets.core.cost import CostReport
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import V3_WIDTH_RULES, families, get_family
+from mobilenets.core.published_v3 import V3Comparison, v3_table
 from mobilenets.core.segmentation_cost import MULTISCALE, Table7Comparison, inference_macs, table7
 from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
 from mobilenets.core.spec import ModelConfig, format_alpha
@@ -20,8 +22,16 @@ from mobilenets.zoo.registry import (
     is_detector,
     is_segmenter,
     list_models,
+    resolve_config,
     resolve_segmentation_config,
 )
+
+# The flags of V3's variants, and the config fields they set.
+V3_FLAGS = {
+    "--width-rule": "width_rule",
+    "--minimalistic": "minimalistic",
+    "--reduced-tail": "reduced_tail",
+}
 
 
 def add_cost(commands) -> None:
@@ -32,7 +42,8 @@ def add_cost(commands) -> None:
         help="per-layer params, MACs and activation memory of a model",
         description="The analytic cost of a model, layer by layer, from its resolved spec (no "
         "model is built): params, multiply-adds, activation memory, and the papers' breakdowns; "
-        "with --table7, the V2 paper's segmentation Table 7 beside our counts.",
+        "with --table7, the V2 paper's segmentation Table 7 beside our counts; with --table v3, "
+        "the V3 paper's Table 3 and TF-slim's V3 rows beside ours.",
     )
     parser.add_argument(
         "name",
@@ -47,6 +58,12 @@ def add_cost(commands) -> None:
         action="store_true",
         help="instead of NAME: the six MobileNet rows of V2 Table 7 (Mobile DeepLabv3), the "
         "paper's params and MAdds beside ours",
+    )
+    parser.add_argument(
+        "--table",
+        choices=("v3",),
+        help="instead of NAME: v3, the V3 paper's Table 3 and the TF-slim README's V3 rows "
+        "(minimalistic too), the published MAdds and params beside ours",
     )
     parser.add_argument(
         "--alpha", type=float, metavar="A", help="width multiplier (default: the name's)"
@@ -77,6 +94,7 @@ def add_cost(commands) -> None:
     parser.add_argument(
         "--in-chans", type=int, metavar="C", help="input channels (default 3; 1 for grayscale)"
     )
+    add_v3_arguments(parser)
     parser.add_argument(
         "--by-kind", action="store_true", help="add V1 Table 2: MACs and weights by layer kind"
     )
@@ -107,18 +125,58 @@ def add_cost(commands) -> None:
     add_json_switch(parser, "one JSON object instead of the tables")
 
 
+def add_v3_arguments(parser: argparse.ArgumentParser) -> None:
+    """--width-rule, --minimalistic and --reduced-tail: V3's variants (ModelConfig's fields)."""
+    v3 = ", ".join(arch for arch in families() if get_family(arch).width_rules)
+    parser.add_argument(
+        "--width-rule",
+        choices=V3_WIDTH_RULES,
+        help=f"{v3}: how alpha sets the widths, tf (TF-slim, Keras, timm) or torchvision; at "
+        "alpha 1 the same network (default tf)",
+    )
+    parser.add_argument(
+        "--minimalistic",
+        action="store_true",
+        default=None,
+        help=f"{v3}: no SE, ReLU everywhere, 3x3 depthwise convs (TF-slim's and Keras's variant)",
+    )
+    parser.add_argument(
+        "--reduced-tail",
+        action="store_true",
+        default=None,
+        help=f"{v3}: the last stage, head conv and pre-logits layer at half width (torchvision's "
+        "reduced_tail, the paper's detection and segmentation backbone)",
+    )
+
+
+def v3_fields(args: argparse.Namespace) -> dict:
+    """The V3 config fields the flags set (none when no flag is given)."""
+    values = {field: getattr(args, field) for field in V3_FLAGS.values()}
+    return {field: value for field, value in values.items() if value is not None}
+
+
 def run_cost(args: argparse.Namespace) -> None:
     if args.table7:
         run_table7(args)
         return
+    if args.table == "v3":
+        run_table_v3(args)
+        return
     if args.name is None:
-        raise MobileNetsError("give a model NAME, or --table7 for V2 Table 7 beside our counts")
+        raise MobileNetsError(
+            "give a model NAME, or --table7 for V2 Table 7 or --table v3 for V3 Table 3 beside "
+            "our counts"
+        )
     segmenter = is_segmenter(args.name)
     if args.aspp is not None and not segmenter:
         raise MobileNetsError(
             f"--aspp applies to a segmenter ({', '.join(list_models(task='segmentation'))}), not "
             f"to {args.name!r}"
         )
+    v3 = v3_fields(args)
+    if v3 and (segmenter or is_detector(args.name)):
+        given = ", ".join(flag for flag, field in V3_FLAGS.items() if field in v3)
+        raise MobileNetsError(f"{given} applies to a classifier name, not to {args.name!r}")
     overrides = dict(
         resolution=args.resolution,
         rho=args.rho,
@@ -133,6 +191,8 @@ def run_cost(args: argparse.Namespace) -> None:
     if segmenter:
         # resolved here rather than inside cost(): its Table 7 row is printed beside the report
         config = resolve_segmentation_config(args.name, aspp=args.aspp, **overrides)
+    elif v3:
+        config = resolve_config(args.name, **overrides).replace(**v3)
     report = cost(args.name, **overrides) if config is None else cost(config)
     if args.json:
         print(json.dumps(report.to_dict(by_kind=args.by_kind), indent=2))
@@ -274,7 +334,8 @@ TABLE7_HEADERS = [
 ]
 
 
-def run_table7(args: argparse.Namespace) -> None:
+def check_table_only(args: argparse.Namespace, table: str, what: str) -> None:
+    """A table of published configurations takes none of the flags that size a model."""
     given = [
         flag
         for flag, value in (
@@ -290,14 +351,20 @@ def run_table7(args: argparse.Namespace) -> None:
             ("--small-input", args.small_input),
             ("--output-stride", args.output_stride),
             ("--aspp", args.aspp),
+            *((flag, getattr(args, field)) for flag, field in V3_FLAGS.items()),
+            # the other table
+            ("--table", args.table) if table == "--table7" else ("--table7", args.table7 or None),
         )
         if value is not None
     ]
     if given:
         raise MobileNetsError(
-            f"--table7 prints the paper's six configurations as published; it takes no "
-            f"{', '.join(given)} (--json only)"
+            f"{table} prints {what}; it takes no {', '.join(given)} (--json only)"
         )
+
+
+def run_table7(args: argparse.Namespace) -> None:
+    check_table_only(args, "--table7", "the paper's six configurations as published")
     rows = table7()
     if args.json:
         print(json.dumps([table7_record(row) for row in rows], indent=2))
@@ -348,4 +415,65 @@ def table7_record(row: Table7Comparison) -> dict:
         "params_error": row.params_error,
         "macs_error": row.macs_error,
         "space_to_batch_error": row.space_to_batch_error,
+    }
+
+
+# --- V3 Table 3 -----------------------------------------------------------------------------------
+
+TABLE_V3_HEADERS = [
+    "source",
+    "model",
+    "paper MAdds M",
+    "ours",
+    "diff",
+    "+SE/h-swish",
+    "paper params M",
+    "ours",
+    "what gives the published figure",
+]
+
+
+def run_table_v3(args: argparse.Namespace) -> None:
+    check_table_only(args, "--table v3", "V3 Table 3 and TF-slim's V3 rows as published")
+    rows = v3_table()
+    if args.json:
+        print(json.dumps([table_v3_record(row) for row in rows], indent=2))
+        return
+    print(
+        "MobileNetV3 (224x224, 1000 classes): V3 Table 3 and the TF-slim README's rows as "
+        "published, beside our exact counts\n"
+    )
+    print(format_table(TABLE_V3_HEADERS, [table_v3_cells(row) for row in rows]))
+    print(
+        "\nours: one multiply-add per weight per output position of every conv and linear layer, "
+        "the SE convs included.\n+SE/h-swish: ours plus the SE scale (one multiply per gated "
+        "element) and one multiply per h-swish output.\ndiff: ours over the published figure, "
+        "minus 1. No one convention gives every row: see docs/cost.md."
+    )
+
+
+def table_v3_cells(row: V3Comparison) -> list[str]:
+    published = row.published
+    return [
+        published.source,
+        published.config.name,
+        f"{published.macs_m}",
+        f"{row.macs / 1e6:.2f}",
+        f"{100 * row.macs_error:+.1f}%",
+        f"{(row.macs + row.elementwise) / 1e6:.2f}",
+        f"{published.params_m:.1f}",
+        f"{row.params / 1e6:.3f}",
+        published.note,
+    ]
+
+
+def table_v3_record(row: V3Comparison) -> dict:
+    return {
+        "published": vars(row.published),
+        "config": row.published.config.name,
+        "params": row.params,
+        "macs": row.macs,
+        "elementwise_multiplies": row.elementwise,
+        "params_error": row.params_error,
+        "macs_error": row.macs_error,
     }
