@@ -116,6 +116,21 @@ def test_train_prints_where_the_checkpoint_and_plots_are(run):
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_a_v3_variant(capsys, tmp_path):
+    """The V3 flags reach the model that is trained and stored."""
+    out = tmp_path / "run"
+    argv = [arg if arg != "mobilenet_v2" else "mobilenet_v3_small" for arg in TRAIN]
+    flags = ["--minimalistic", "--width-rule", "torchvision"]
+    code, printed, err = run_cli(capsys, *argv, *flags, "--out", out)
+    assert code == 0, err
+    assert "best val top-1" in printed
+    model = load_checkpoint(out / "best.safetensors").model
+    assert model.name == "mobilenet_v3_small_minimalistic_0.35_32_small_tv"
+    assert (model.config.minimalistic, model.config.width_rule) == (True, "torchvision")
+    assert model.spec.pre_logits is not None and model.config.num_classes == 10
+    assert sum(p.numel() for p in model.parameters()) == cost(model).params
+
+
 # --- eval -----------------------------------------------------------------------------------------
 
 
@@ -335,6 +350,15 @@ def test_training_state_is_not_a_checkpoint(run, images, capsys, command):
         (
             ["--data", "synthetic:160", "--model", "mobilenet_v9"],
             "unknown model 'mobilenet_v9'; did you mean mobilenet_v2, mobilenet_v1",
+        ),
+        (
+            ["--data", "synthetic:160", "--model", "mobilenet_v2", "--minimalistic"],
+            "minimalistic applies to mobilenet_v3_large, mobilenet_v3_small only, got "
+            "--minimalistic for mobilenet_v2",
+        ),
+        (
+            ["--data", "synthetic:160", "--model", "mobilenet_v3_large", "--width-rule", "keras"],
+            "width_rule must be one of tf, torchvision for mobilenet_v3_large, got 'keras'",
         ),
     ],
 )

@@ -41,6 +41,7 @@ from mobilenets.cli.training import (
     train_command,
 )
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import V3_WIDTH_RULES
 from mobilenets.data.classification import SPEC_HELP
 from mobilenets.engine.checkpoint import Checkpoint, load_checkpoint, pretrained_checkpoint
 from mobilenets.engine.evaluate import TTA_MODES, TTA_PASSES
@@ -54,8 +55,8 @@ TRAIN_SETTINGS = (
     Setting(
         "--model",
         str,
-        "a registered variant, or a family (mobilenet_v1, mobilenet_v2) "
-        "sized by --alpha and --resolution",
+        "a registered variant, or a family (mobilenet_v1, mobilenet_v2, mobilenet_v3_large, "
+        "mobilenet_v3_small) sized by --alpha and --resolution",
         "NAME",
     ),
     Setting("--data", str, SPEC_HELP, "SPEC"),
@@ -105,6 +106,18 @@ TRAIN_SETTINGS = (
         "the output-stride-8 variant (default: on for images of at most 64 px)",
     ),
     Setting("--dropout", float, "classifier dropout (default: the architecture's)", "P"),
+    Setting(
+        "--width-rule",
+        str,
+        f"V3: how --alpha sets the widths, {' or '.join(V3_WIDTH_RULES)} (default tf)",
+        "RULE",
+    ),
+    Setting("--minimalistic", "store_true", "V3: no SE, ReLU everywhere, 3x3 depthwise convs"),
+    Setting(
+        "--reduced-tail",
+        "store_true",
+        "V3: the last stage, head conv and pre-logits layer at half width",
+    ),
     Setting(
         "--skip-bad-images",
         "store_true",

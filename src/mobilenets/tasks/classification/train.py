@@ -56,6 +56,10 @@ class TrainConfig(TrainSettings):
     preset: str = "modern"
     small_input: bool | None = None  # None: on for images of at most 64 px
     dropout: float | None = None
+    # V3's variants (ModelConfig's fields of the same names); None: the model's
+    width_rule: str | None = None
+    minimalistic: bool | None = None
+    reduced_tail: bool | None = None
     # Start from these weights (fine-tuning): keras, torchvision, timm (SOURCE:TAG) or a file;
     # None: from scratch. See mobilenets.zoo.transfer.
     weights: str | None = None
@@ -73,6 +77,13 @@ class TrainConfig(TrainSettings):
         self.check_unit_interval("label_smoothing", "random_erasing")
         allowed = "'keras', 'torchvision', 'timm' (or SOURCE:TAG) or a file path"
         object.__setattr__(self, "weights", self.path_or_name(self.weights, "weights", allowed))
+        if self.variant_fields():  # a V3 field on another model is refused before the run starts
+            resolve_config(self.model).replace(**self.variant_fields())
+
+    def variant_fields(self) -> dict:
+        """The V3 variant fields that are set, as ModelConfig takes them."""
+        fields = ("width_rule", "minimalistic", "reduced_tail")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
 PRESETS: dict[str, dict] = {
@@ -300,7 +311,8 @@ def model_config_for(config: TrainConfig, splits: Splits) -> ModelConfig:
         dropout=config.dropout,
         resolution=resolution,
     )
-    return resolve_config(config.model, **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return resolve_config(config.model, **overrides).replace(**config.variant_fields())
 
 
 def starting_weights(weights: str, model_config: ModelConfig, context: RunContext):
