@@ -133,6 +133,14 @@ def check_models(ns: dict) -> None:
     assert "tiny_net" not in mobilenets.core.families.families()
     assert len(mobilenets.list_models()) == 46
     assert ns["rebuilt"].config == ns["small"].config
+    assert sum(p.numel() for p in ns["large"].parameters()) == 5_483_032
+    assert (ns["large"].config.name, ns["tv"].config.name) == (
+        "mobilenet_v3_large_1.0_224",
+        "mobilenet_v3_large_0.75_224_tv",
+    )
+    assert (ns["pre_logits"].shape, ns["pooled"].shape) == ((1, 1280), (1, 480))
+    assert ns["minimal"].config.name == "mobilenet_v3_small_minimalistic_1.0_224"
+    assert ns["small_v3"].pre_logits.fc.out_features == 1024
 
 
 def check_cost(ns: dict) -> None:
