@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from test_cli_cost_segmentation import run_cli, totals  # main's code and output; the totals line
 
 from mobilenets import ModelConfig, cost
 from mobilenets.cli import main
@@ -24,17 +25,6 @@ PUBLISHED = [
     ("mobilenet_v3_small_0.75_224", "44", "2.4"),
     ("mobilenet_v3_small_minimalistic_1.0_224", "65", "2.0"),
 ]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def totals(out: str) -> tuple[int, int]:
-    match = re.search(r"^total: ([\d,]+) params, ([\d,]+) MACs", out, re.M)
-    return int(match.group(1).replace(",", "")), int(match.group(2).replace(",", ""))
 
 
 @pytest.mark.parametrize(

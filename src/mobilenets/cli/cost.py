@@ -365,23 +365,32 @@ def check_table_only(args: argparse.Namespace, table: str, what: str) -> None:
 
 def run_table7(args: argparse.Namespace) -> None:
     check_table_only(args, "--table7", "the paper's six configurations as published")
-    rows = table7()
-    if args.json:
-        print(json.dumps([table7_record(row) for row in rows], indent=2))
-        return
-    print(
-        "V2 Table 7 (Mobile DeepLabv3, PASCAL VOC 2012 val, 513x513 inputs, 21 classes): the "
-        "paper's figures\nbeside our exact counts\n"
-    )
-    print(format_table(TABLE7_HEADERS, [table7_cells(row) for row in rows]))
-    print(
-        f"\nMF: multi-scale and mirrored inputs, {2 * len(MULTISCALE)} inferences at scales "
+    print_published(
+        args,
+        table7(),
+        record=table7_record,
+        title="V2 Table 7 (Mobile DeepLabv3, PASCAL VOC 2012 val, 513x513 inputs, 21 classes): "
+        "the paper's figures\nbeside our exact counts",
+        headers=TABLE7_HEADERS,
+        cells=table7_cells,
+        notes=f"MF: multi-scale and mirrored inputs, {2 * len(MULTISCALE)} inferences at scales "
         f"{', '.join(f'{s:g}' for s in MULTISCALE)}, MAdds summed."
         "\nours: one multiply-add per weight per output position (a dilated conv costs what an "
         "undilated one does).\nTF s2b: dilated convs counted as TensorFlow's space_to_batch "
         "computes them, on a padded grid\n(see mobilenets.core.segmentation_cost). diff: ours "
-        "over the paper's, minus 1."
+        "over the paper's, minus 1.",
     )
+
+
+def print_published(args, rows, *, record, title, headers, cells, notes) -> None:
+    """A published table beside ours: ``record`` of each row as JSON with --json, else the
+    title, one line per row of ``cells`` under ``headers``, and the notes."""
+    if args.json:
+        print(json.dumps([record(row) for row in rows], indent=2))
+        return
+    print(f"{title}\n")
+    print(format_table(headers, [cells(row) for row in rows]))
+    print(f"\n{notes}")
 
 
 def table7_cells(row: Table7Comparison) -> list[str]:
@@ -435,20 +444,18 @@ TABLE_V3_HEADERS = [
 
 def run_table_v3(args: argparse.Namespace) -> None:
     check_table_only(args, "--table v3", "V3 Table 3 and TF-slim's V3 rows as published")
-    rows = v3_table()
-    if args.json:
-        print(json.dumps([table_v3_record(row) for row in rows], indent=2))
-        return
-    print(
-        "MobileNetV3 (224x224, 1000 classes): V3 Table 3 and the TF-slim README's rows as "
-        "published, beside our exact counts\n"
-    )
-    print(format_table(TABLE_V3_HEADERS, [table_v3_cells(row) for row in rows]))
-    print(
-        "\nours: one multiply-add per weight per output position of every conv and linear layer, "
-        "the SE convs included.\n+SE/h-swish: ours plus the SE scale (one multiply per gated "
-        "element) and one multiply per h-swish output.\ndiff: ours over the published figure, "
-        "minus 1. No one convention gives every row: see docs/cost.md."
+    print_published(
+        args,
+        v3_table(),
+        record=table_v3_record,
+        title="MobileNetV3 (224x224, 1000 classes): V3 Table 3 and the TF-slim README's rows as "
+        "published, beside our exact counts",
+        headers=TABLE_V3_HEADERS,
+        cells=table_v3_cells,
+        notes="ours: one multiply-add per weight per output position of every conv and linear "
+        "layer, the SE convs included.\n+SE/h-swish: ours plus the SE scale (one multiply per "
+        "gated element) and one multiply per h-swish output.\ndiff: ours over the published "
+        "figure, minus 1. No one convention gives every row: see docs/cost.md.",
     )
 
 
