@@ -49,9 +49,9 @@ def add_cost(commands) -> None:
         "name",
         metavar="NAME",
         nargs="?",
-        help="a variant (mobilenet_v2_1.0_224), a family (mobilenet_v1, alpha 1.0 at 224 unless "
-        "given), a detector (ssdlite_mobilenet_v2) or a segmenter (deeplabv3_mobilenet_v2, "
-        "513x513 unless given)",
+        help="a variant (mobilenet_v2_1.0_224), a family (mobilenet_v1, mobilenet_v2, "
+        "mobilenet_v3_large, mobilenet_v3_small: alpha 1.0 at 224 unless given), a detector "
+        "(ssdlite_mobilenet_v2) or a segmenter (deeplabv3_mobilenet_v2, 513x513 unless given)",
     )
     parser.add_argument(
         "--table7",
