@@ -91,13 +91,17 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
         and (tag is None or record.tag == tag)
     ]
     if not candidates:
+        # the same architecture's files first: for "an alpha no stack defines"
         available = list_weights(source)
-        # the same architecture's files when there are any: "an alpha no stack defines"
-        available = [r for r in available if r.arch == config.arch] or available
         if source != "keras":
-            names = sorted({f"{r.model_name} [{r.tag}]" for r in available})
+            names = [
+                f"{r.arch}{' minimalistic' if r.minimalistic else ''} alpha {r.alpha:g} [{r.tag}]"
+                for r in available
+            ]
         else:
-            names = sorted({r.model_name for r in available})
+            names = [r.model_name for r in available]
+        # the same architecture's files first: for "an alpha no stack defines"
+        names = sorted(set(names), key=lambda name: (not name.startswith(config.arch), name))
         wanted = f"{config.name}" + ("" if tag is None else f" with tag {tag!r}")
         raise MobileNetsError(
             f"{source} publishes no weights for {wanted}; it has {', '.join(names)}"
