@@ -19,8 +19,10 @@ import numpy as np
 KERAS2_VERSION = b"2.2.4"
 
 
-def keras_mobilenet(arch: str, alpha: float, resolution: int, seed: int):
-    """A Keras applications MobileNet (V1) or MobileNetV2 with every weight drawn from ``seed``.
+def keras_mobilenet(arch: str, alpha: float, resolution: int, seed: int, **options):
+    """A Keras applications MobileNet (V1), MobileNetV2 or MobileNetV3Large/Small with every
+    weight drawn from ``seed``; ``options`` go to the application (V3: ``minimalistic``,
+    ``include_preprocessing``, which adds a Rescaling layer that reads [0, 255] pixels).
 
     Keras's own initializers are not used: they draw from Keras's global seed (so the file would
     change from run to run), and glorot on a depthwise kernel ``(3, 3, C, 1)`` counts a fan-in of
@@ -32,41 +34,15 @@ def keras_mobilenet(arch: str, alpha: float, resolution: int, seed: int):
     application = {
         "mobilenet_v1": keras.applications.MobileNet,
         "mobilenet_v2": keras.applications.MobileNetV2,
-    }[arch]
-    model = application(
-        alpha=alpha,
-        weights=None,
-        input_shape=(resolution, resolution, 3),
-        classifier_activation=None,
-    )
-    randomize_keras(model, np.random.default_rng(seed))
-    return model
-
-
-def keras_mobilenet_v3(
-    arch: str,
-    alpha: float,
-    resolution: int,
-    seed: int,
-    minimalistic: bool = False,
-    include_preprocessing: bool = False,
-):
-    """A Keras applications MobileNetV3Large or MobileNetV3Small with every weight drawn from
-    ``seed`` (see keras_mobilenet). With ``include_preprocessing`` the model starts with a
-    Rescaling layer and reads [0, 255] pixels."""
-    import keras
-
-    application = {
         "mobilenet_v3_large": keras.applications.MobileNetV3Large,
         "mobilenet_v3_small": keras.applications.MobileNetV3Small,
     }[arch]
     model = application(
         alpha=alpha,
-        minimalistic=minimalistic,
-        include_preprocessing=include_preprocessing,
         weights=None,
         input_shape=(resolution, resolution, 3),
         classifier_activation=None,
+        **options,
     )
     randomize_keras(model, np.random.default_rng(seed))
     return model

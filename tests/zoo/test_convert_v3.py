@@ -16,7 +16,7 @@ import torchvision
 from keras_files import (
     keras2_v3_layer_name,
     keras_logits,
-    keras_mobilenet_v3,
+    keras_mobilenet,
     write_keras2_weights,
 )
 from random_weights import randomize_torch
@@ -172,8 +172,13 @@ class KerasReference:
 
     def __init__(self, arch, alpha, minimalistic=False, include_preprocessing=False) -> None:
         self.config = config_for(arch, alpha, minimalistic=minimalistic)
-        self.model = keras_mobilenet_v3(
-            arch, alpha, RESOLUTION, 0, minimalistic, include_preprocessing
+        self.model = keras_mobilenet(
+            arch,
+            alpha,
+            RESOLUTION,
+            0,
+            minimalistic=minimalistic,
+            include_preprocessing=include_preprocessing,
         )
         self.images = images()
         # include_preprocessing: Keras reads [0, 255] pixels, ours the [-1, 1] tensor
