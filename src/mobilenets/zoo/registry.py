@@ -23,9 +23,8 @@ from mobilenets.core.spec import ModelConfig, format_alpha, pick_resolution
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
-SOURCE_TFSLIM_V3 = (
-    "TF-slim research/slim/nets/mobilenet/README.md (V3 table, as keras.applications quotes it)"
-)
+# The V3 table of the same README (keras.applications' MobileNetV3 docstring quotes it).
+SOURCE_TFSLIM_V3 = "TF-slim research/slim/nets/mobilenet/README.md, V3"
 
 
 @dataclass(frozen=True)
