@@ -33,7 +33,7 @@ from mobilenets.zoo.registry import TFSLIM_V2
 
 WEIGHTS_KEYS = set(
     "model source tag url sha256 license preprocessing padding bn_eps top1 top5 reference "
-    "num_classes in_chans small_input".split()
+    "num_classes in_chans small_input bn_momentum width_rule source_inputs".split()
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,7 +114,8 @@ def test_weights_json_for_one_source(capsys):
     code, out, _ = run(capsys, "weights --source keras --json")
     assert code == 0
     records = json.loads(out)
-    assert len(records) == len([r for r in RECORDS if r.source == "keras"]) == 38
+    # TF-slim's V1 and V2 grids (16 + 22) and Keras's six MobileNetV3 files
+    assert len(records) == len([r for r in RECORDS if r.source == "keras"]) == 38 + 6
     for record in records:
         assert set(record) == WEIGHTS_KEYS
         assert record["source"] == "keras" and record["sha256"] is None

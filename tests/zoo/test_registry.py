@@ -19,16 +19,31 @@ from mobilenets.core.weights import CONFIG_METADATA_KEY
 from mobilenets.zoo.registry import ModelEntry, register
 
 
-def test_the_tfslim_grid_is_registered():
-    expected = {
-        f"mobilenet_v1_{a}_{r}"
-        for a in ("1.0", "0.75", "0.5", "0.25")
-        for r in (224, 192, 160, 128)
-    } | {
-        f"mobilenet_v2_{a}_{r}"
-        for a in ("1.4", "1.3", "1.0", "0.75", "0.5", "0.35")
-        for r in (224, 192, 160, 128, 96)
-    }
+def test_the_tfslim_grid_and_the_v3_releases_are_registered():
+    expected = (
+        {
+            f"mobilenet_v1_{a}_{r}"
+            for a in ("1.0", "0.75", "0.5", "0.25")
+            for r in (224, 192, 160, 128)
+        }
+        | {
+            f"mobilenet_v2_{a}_{r}"
+            for a in ("1.4", "1.3", "1.0", "0.75", "0.5", "0.35")
+            for r in (224, 192, 160, 128, 96)
+        }
+        | {
+            f"mobilenet_v3_{variant}_224"
+            for variant in (
+                "large_1.0",
+                "large_0.75",
+                "large_minimalistic_1.0",
+                "small_1.0",
+                "small_0.75",
+                "small_minimalistic_1.0",
+                "small_0.5",
+            )
+        }
+    )
     assert set(list_models()) == expected
     assert len(list_models()) == len(expected)
     assert list_models("mobilenet_v2_1.0_*") == [

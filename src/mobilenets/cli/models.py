@@ -202,10 +202,16 @@ def add_convert(commands) -> None:
         "--model",
         required=True,
         metavar="NAME",
-        help="the variant of the weights, e.g. mobilenet_v2_1.0_224",
+        help="the variant of the weights, e.g. mobilenet_v2_1.0_224, mobilenet_v3_large_1.0_224",
     )
     parser.add_argument(
         "--out", required=True, metavar="FILE.safetensors", help="the checkpoint to write"
+    )
+    parser.add_argument(
+        "--tf-port",
+        action="store_true",
+        help="SRC is a timm port of TensorFlow weights (tf_mobilenetv3_*): read it with TF "
+        "'SAME' padding and BN epsilon 1e-3",
     )
 
 
@@ -213,5 +219,7 @@ def run_convert(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise MobileNetsError(f"--out must be a .safetensors file, got {args.out!r}")
-    config, report = convert_to_checkpoint(args.source_file, args.source, args.model, out)
+    config, report = convert_to_checkpoint(
+        args.source_file, args.source, args.model, out, tf_port=args.tf_port
+    )
     print(f"{report.summary()}\nwrote {out} (padding {config.padding}, bn_eps {config.bn_eps:g})")

@@ -162,15 +162,21 @@ def pretrained_checkpoint(name: str, weights: str, progress: bool = True) -> Che
 
 
 def convert_to_checkpoint(
-    source_file: str | os.PathLike, source: str, name: str, out: str | os.PathLike
+    source_file: str | os.PathLike,
+    source: str,
+    name: str,
+    out: str | os.PathLike,
+    *,
+    tf_port: bool = False,
 ) -> tuple[ModelConfig, ConversionReport]:
     """Convert a torchvision, timm or Keras weights file into our weights file ``out`` for the
     registered model ``name``; an ImageNet classifier (1000 classes) becomes a checkpoint with
     the ImageNet class names and WordNet ids and the preprocessing of the publisher's record
     (or the publisher's usual one). Returns the model config (with the file's numerics) and
-    the conversion report."""
+    the conversion report. ``tf_port``: a timm port of TF weights (``tf_mobilenetv3_*``), read
+    with TF's padding and BN epsilon."""
     config = resolve_config(name)
-    state, config, report = convert_file(source_file, source, config)
+    state, config, report = convert_file(source_file, source, config, tf_port=tf_port)
     model = build_model(config)
     model.load_state_dict(state, strict=True)
     info = {"source": source, "source_file": Path(source_file).name}

@@ -8,8 +8,16 @@ change lives in [`LAYOUTS`][mobilenets.zoo.convert.LAYOUTS]:
 - Keras/TF conv kernels are HWIO ``(kh, kw, in, out)``; ours are OIHW ``(out, in, kh, kw)``.
 - Keras depthwise kernels are ``(kh, kw, channels, 1)``; ours ``(channels, 1, kh, kw)``.
 - A Keras Dense kernel is ``(in, out)``; a Linear weight ``(out, in)``.
-- Keras MobileNet V1 ends in a 1x1 conv classifier ``(1, 1, 1024, classes)``: a Linear.
+- Keras MobileNet V1 ends in a 1x1 conv classifier ``(1, 1, 1024, classes)``: a Linear; so
+  do Keras V3's pre-logits layer and classifier (``conv_2``, ``logits``).
+- timm's V3 pre-logits layer (``conv_head``) is a 1x1 conv ``(out, in, 1, 1)``: a Linear.
 - A classifier with one row too many is TF-slim's 1001-class layout; row 0 (background) goes.
+
+The key maps themselves are generated from the spec in [`mobilenets.zoo.keymaps`][]. The numerics
+come with the source: torchvision's V3 trained with BN eps 1e-3 (momentum 0.01), timm's ``tf_``
+ports (``tf_port=True``) and Keras with TF "SAME" padding and eps 1e-3. V3's width rule comes
+with the source too (torchvision's, or TF-slim's for timm and Keras): weights of one rule at an
+alpha other than 1 are refused for a model of the other.
 
 Every tensor is shape-checked, and a foreign key that maps nowhere or a tensor of ours that
 nothing fills fails the conversion with the full list: nothing is loaded with ``strict=False``.
@@ -27,18 +35,26 @@ import torch
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
-from mobilenets.core.families import V1_TABLE, V2_TABLE
+from mobilenets.core.families import families
 from mobilenets.core.models import build_model
-from mobilenets.core.spec import BlockSpec, LayerSpec, ModelConfig, resolve
+from mobilenets.core.spec import ModelConfig
 from mobilenets.core.weights import read_state_dict
+from mobilenets.zoo.keymaps import SOURCES as SOURCES  # the key maps are read from here too
+from mobilenets.zoo.keymaps import check_source, is_v3, keras3_v3_name
+from mobilenets.zoo.keymaps import key_map as key_map
 
-SOURCES = ("torchvision", "timm", "keras")
 # The numerics each ecosystem trained with (STYLE.md: part of the spec and the weights record).
 SOURCE_NUMERICS = {
     "torchvision": {"padding": "symmetric", "bn_eps": 1e-5},
     "timm": {"padding": "symmetric", "bn_eps": 1e-5},
     "keras": {"padding": "same", "bn_eps": 1e-3},
 }
+# torchvision.models.mobilenetv3 builds its BN as BatchNorm2d(eps=0.001, momentum=0.01).
+TORCHVISION_V3_NUMERICS = {"padding": "symmetric", "bn_eps": 1e-3, "bn_momentum": 0.01}
+# TF-trained weights in timm's layout (timm's tf_mobilenetv3_*): TF "SAME" padding, eps 1e-3.
+TF_PORT_NUMERICS = {"padding": "same", "bn_eps": 1e-3}
+# V3's width rule of each source's files (core.families.V3_WIDTH_RULES).
+SOURCE_WIDTH_RULES = {"torchvision": "torchvision", "timm": "tf", "keras": "tf"}
 SHOWN = 8  # keys listed per category in an error
 
 
@@ -62,22 +78,20 @@ def _conv1x1_linear(array: torch.Tensor) -> torch.Tensor:
     return array[0, 0].t()
 
 
+def _conv1x1_oihw_linear(array: torch.Tensor) -> torch.Tensor:
+    if array.dim() != 4 or array.shape[2:] != (1, 1):
+        raise MobileNetsError(f"a 1x1 conv kernel is (out, in, 1, 1), got {tuple(array.shape)}")
+    return array[:, :, 0, 0]
+
+
 LAYOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "same": lambda array: array,
     "conv_hwio": _conv_hwio,  # Keras Conv2D kernel -> OIHW
     "depthwise_hwc1": _depthwise_hwc1,  # Keras DepthwiseConv2D kernel -> (C, 1, kh, kw)
     "dense": _dense,  # Keras Dense kernel (in, out) -> Linear (out, in)
-    "conv1x1_linear": _conv1x1_linear,  # Keras V1 conv_preds (1, 1, in, out) -> Linear
+    "conv1x1_linear": _conv1x1_linear,  # Keras 1x1 conv (1, 1, in, out) -> Linear
+    "conv1x1_oihw_linear": _conv1x1_oihw_linear,  # timm V3 conv_head (out, in, 1, 1) -> Linear
 }
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of ours and where it comes from."""
-
-    ours: str
-    theirs: str
-    layout: str = "same"
 
 
 @dataclass
@@ -98,198 +112,60 @@ class ConversionReport:
         return "; ".join([text, *self.notes])
 
 
-# --- Where each of our tensors lives in each ecosystem ----------------------------------------
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A conv (or the classifier) of ours, with what a foreign naming needs to know about it."""
-
-    block: BlockSpec
-    layer: LayerSpec
-    role: str  # stem, dw, pw, pwl, head, classifier
-    index: int  # block index (0-based), -1 for stem, head and classifier
-    stage: int  # timm's stage (a paper row for V2; V1 starts one at each stride-2 row)
-    repeat: int  # position inside the stage
-
-
-ROLE_OF_LAYER = {"conv_dw": "dw", "conv_pw": "pw", "conv_pwl": "pwl"}
-OUR_BN = {
-    ("depthwise_separable", "dw"): "bn1",
-    ("depthwise_separable", "pw"): "bn2",
-    ("inverted_residual", "pw"): "bn1",
-    ("inverted_residual", "dw"): "bn2",
-    ("inverted_residual", "pwl"): "bn3",
-}
-
-
-def _stages(config: ModelConfig) -> list[tuple[int, int]]:
-    """(stage, repeat) of every block, from the paper table (not from the resolved strides, so
-    the small-input variant keys like the standard net)."""
-    positions = []
-    if config.arch == "mobilenet_v2":
-        for stage, row in enumerate(V2_TABLE[1:-1]):
-            positions += [(stage, repeat) for repeat in range(row.n)]
-        return positions
-    stage, repeat = -1, 0
-    for row in V1_TABLE[1:]:
-        for _ in range(row.n):
-            if row.s == 2 or stage < 0:  # timm's V1 stages begin at each stride-2 row
-                stage, repeat = stage + 1, 0
-            positions.append((stage, repeat))
-            repeat += 1
-    return positions
-
-
-def slots(config: ModelConfig) -> list[Slot]:
-    """Every conv and the classifier of the resolved spec, in order, with naming facts."""
-    positions = iter(_stages(config))
-    result = []
-    for block in resolve(config).blocks:
-        if block.name.startswith("blocks."):
-            index = int(block.name.split(".")[1])
-            stage, repeat = next(positions)
-            for layer in block.layers:
-                role = ROLE_OF_LAYER[layer.name.rsplit(".", 1)[1]]
-                result.append(Slot(block, layer, role, index, stage, repeat))
-        else:
-            (layer,) = block.layers
-            result.append(Slot(block, layer, block.name, -1, -1, -1))
-    return result
-
-
-def _our_bn(slot: Slot) -> str:
-    if slot.role in ("stem", "head"):
-        return f"{slot.block.name}.bn"
-    return f"{slot.block.name}.{OUR_BN[slot.block.kind, slot.role]}"
-
-
-def _torch_bn(ours: str, theirs: str) -> list[Entry]:
-    names = ("weight", "bias", "running_mean", "running_var")
-    return [Entry(f"{ours}.{name}", f"{theirs}.{name}") for name in names]
-
-
-def _keras_bn(ours: str, theirs: str) -> list[Entry]:
-    names = (
-        ("weight", "gamma"),
-        ("bias", "beta"),
-        ("running_mean", "moving_mean"),
-        ("running_var", "moving_variance"),
-    )
-    return [Entry(f"{ours}.{a}", f"{theirs}/{b}") for a, b in names]
-
-
-def _torchvision_names(slot: Slot, config: ModelConfig) -> tuple[str, str | None]:
-    """torchvision's mobilenet_v2: features.0 stem, features.1..17 blocks, features.18 head."""
-    if slot.role == "stem":
-        return "features.0.0", "features.0.1"
-    if slot.role == "head":
-        last = len(_stages(config)) + 1
-        return f"features.{last}.0", f"features.{last}.1"
-    if slot.role == "classifier":
-        return "classifier.1", None
-    prefix = f"features.{slot.index + 1}.conv"
-    if slot.block.expansion == 1:  # [dw conv+bn], pwl conv, bn
-        return {"dw": (f"{prefix}.0.0", f"{prefix}.0.1"), "pwl": (f"{prefix}.1", f"{prefix}.2")}[
-            slot.role
-        ]
-    return {
-        "pw": (f"{prefix}.0.0", f"{prefix}.0.1"),
-        "dw": (f"{prefix}.1.0", f"{prefix}.1.1"),
-        "pwl": (f"{prefix}.2", f"{prefix}.3"),
-    }[slot.role]
-
-
-def _timm_names(slot: Slot, config: ModelConfig) -> tuple[str, str | None]:
-    """timm's efficientnet-builder MobileNets: conv_stem/bn1, blocks.STAGE.I, conv_head/bn2."""
-    if slot.role == "stem":
-        return "conv_stem", "bn1"
-    if slot.role == "head":
-        return "conv_head", "bn2"
-    if slot.role == "classifier":
-        return "classifier", None
-    prefix = f"blocks.{slot.stage}.{slot.repeat}"
-    if slot.block.kind == "depthwise_separable" or slot.block.expansion == 1:
-        # timm's DepthwiseSeparableConv: conv_dw/bn1 then conv_pw/bn2 (V2's first block too).
-        names = {"dw": ("conv_dw", "bn1"), "pw": ("conv_pw", "bn2"), "pwl": ("conv_pw", "bn2")}
-    else:
-        names = {"pw": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "pwl": ("conv_pwl", "bn3")}
-    conv, bn = names[slot.role]
-    return f"{prefix}.{conv}", f"{prefix}.{bn}"
-
-
-def _keras_names(slot: Slot, config: ModelConfig) -> tuple[str, str | None]:
-    """Keras applications layer names (mobilenet.py and mobilenet_v2.py)."""
-    if config.arch == "mobilenet_v1":
-        if slot.role == "stem":
-            return "conv1", "conv1_bn"
-        if slot.role == "classifier":
-            return "conv_preds", None
-        layer = f"conv_{slot.role}_{slot.index + 1}"
-        return layer, f"{layer}_bn"
-    if slot.role == "stem":
-        return "Conv1", "bn_Conv1"
-    if slot.role == "head":
-        return "Conv_1", "Conv_1_bn"
-    if slot.role == "classifier":
-        return "predictions", None
-    prefix = "expanded_conv" if slot.index == 0 else f"block_{slot.index}"
-    suffix = {"pw": "expand", "dw": "depthwise", "pwl": "project"}[slot.role]
-    return f"{prefix}_{suffix}", f"{prefix}_{suffix}_BN"
-
-
-NAMERS = {"torchvision": _torchvision_names, "timm": _timm_names, "keras": _keras_names}
-
-
-def key_map(config: ModelConfig, source: str) -> list[Entry]:
-    """Every tensor of the model for ``config`` and the foreign key it is read from."""
-    check_source(source)
-    if source == "torchvision" and config.arch != "mobilenet_v2":
-        raise MobileNetsError(
-            f"torchvision has no {config.arch}; it ships mobilenet_v2 (and V3) only"
-        )
-    entries = []
-    for slot in slots(config):
-        conv, bn = NAMERS[source](slot, config)
-        if source == "keras":
-            if slot.role == "classifier":
-                layout = "conv1x1_linear" if config.arch == "mobilenet_v1" else "dense"
-                entries += [Entry(f"{slot.layer.name}.weight", f"{conv}/kernel", layout)]
-                entries += [Entry(f"{slot.layer.name}.bias", f"{conv}/bias")]
-                continue
-            layout = "depthwise_hwc1" if slot.role == "dw" else "conv_hwio"
-            entries.append(Entry(f"{slot.layer.name}.weight", f"{conv}/kernel", layout))
-            entries += _keras_bn(_our_bn(slot), bn)
-            continue
-        entries.append(Entry(f"{slot.layer.name}.weight", f"{conv}.weight"))
-        if slot.role == "classifier":
-            entries.append(Entry(f"{slot.layer.name}.bias", f"{conv}.bias"))
-        else:
-            entries += _torch_bn(_our_bn(slot), bn)
-    return entries
-
-
-def check_source(source: str) -> None:
-    if source not in SOURCES:
-        raise MobileNetsError(f"weights source must be one of {', '.join(SOURCES)}, got {source!r}")
-
-
 # --- Conversion -------------------------------------------------------------------------------
 
 
+def source_numerics(source: str, arch: str, tf_port: bool = False) -> dict:
+    """The padding and BN settings the weights of ``source`` for ``arch`` were trained with;
+    ``tf_port``: TF-trained weights in timm's layout (timm's ``tf_*`` models)."""
+    check_source(source)
+    if tf_port:
+        if source != "timm":
+            raise MobileNetsError(
+                f"tf_port=True is for timm's TF ports (tf_mobilenetv3_*); source is {source!r}"
+            )
+        return TF_PORT_NUMERICS
+    if source == "torchvision" and is_v3(arch):
+        return TORCHVISION_V3_NUMERICS
+    return SOURCE_NUMERICS[source]
+
+
+def source_width_config(config: ModelConfig, source: str) -> ModelConfig:
+    """``config`` with the V3 width rule of ``source``'s files; refused where the two rules give
+    different networks (alpha other than 1) and ``config`` asks for the other one."""
+    if not is_v3(config.arch):
+        return config
+    rule = SOURCE_WIDTH_RULES[source]
+    if config.width_rule != rule and config.alpha != 1:
+        allowed = config.replace(width_rule=rule)
+        raise MobileNetsError(
+            f"{source} weights have {rule!r} widths; {config.name} has "
+            f"width_rule={config.width_rule!r}, which at alpha {config.alpha:g} is another "
+            f"network; allowed: width_rule={rule!r} ({allowed.name})"
+        )
+    return config.replace(width_rule=rule)
+
+
 def convert_state_dict(
-    foreign: dict[str, torch.Tensor | np.ndarray], config: ModelConfig, source: str
+    foreign: dict[str, torch.Tensor | np.ndarray],
+    config: ModelConfig,
+    source: str,
+    *,
+    tf_port: bool = False,
 ) -> tuple[dict[str, torch.Tensor], ModelConfig, ConversionReport]:
-    """Our state dict from a foreign one, the config with the source's numerics, and a report.
+    """Our state dict from a foreign one, the config with the source's numerics (and V3 width
+    rule), and a report. ``tf_port``: timm's ports of TF weights (``tf_mobilenetv3_*``).
 
     Raises MobileNetsError listing every missing foreign key, unused foreign key and tensor of
     the wrong shape (a file for another architecture or alpha fails here).
     """
-    check_source(source)
-    config = config.replace(**SOURCE_NUMERICS[source])
+    numerics = source_numerics(source, config.arch, tf_port)
+    config = source_width_config(config, source).replace(**numerics)
     expected = build_model(config).state_dict()
     entries = key_map(config, source)
     report = ConversionReport(source, config.name)
+    if source == "keras" and is_v3(config.arch):  # the official files have Keras 2's names
+        foreign = {keras3_v3_name(key): value for key, value in foreign.items()}
     tensors = {key: torch.as_tensor(np.asarray(value)) for key, value in foreign.items()}
     counters = [key for key in tensors if key.endswith("num_batches_tracked")]
     report.ignored = counters
@@ -328,12 +204,30 @@ def convert_state_dict(
         if items
     ]
     if problems:
-        raise MobileNetsError(f"{source} weights do not fit {config.name}: " + ", ".join(problems))
+        held = _other_v3_variant(set(tensors) - set(counters), config, source)
+        raise MobileNetsError(
+            f"{source} weights do not fit {config.name}: {held}" + ", ".join(problems)
+        )
     for key, value in expected.items():  # BN step counters: not weights, start at zero
         if key.endswith("num_batches_tracked"):
             state[key] = torch.zeros_like(value)
     report.converted = len(entries)
     return state, config, report
+
+
+def _other_v3_variant(keys: set[str], config: ModelConfig, source: str) -> str:
+    """ "the file holds mobilenet_v3_small weights, not mobilenet_v3_large's; " when the foreign
+    keys are exactly another V3 variant's (a Small file for a Large model), else ""."""
+    if not is_v3(config.arch):
+        return ""
+    for arch in (arch for arch in families() if is_v3(arch)):
+        for minimalistic in (False, True):
+            other = config.replace(arch=arch, minimalistic=minimalistic)
+            if other != config and keys == {entry.theirs for entry in key_map(other, source)}:
+                held = f"{arch}{' minimalistic' if minimalistic else ''}"
+                wanted = f"{config.arch}{' minimalistic' if config.minimalistic else ''}"
+                return f"the file holds {held} weights, not {wanted}'s; "
+    return ""
 
 
 # --- Reading foreign files ----------------------------------------------------------------------
@@ -428,7 +322,7 @@ def detect_source(path: str | os.PathLike) -> str | None:
 
 
 def convert_file(
-    path: str | os.PathLike, source: str, config: ModelConfig
+    path: str | os.PathLike, source: str, config: ModelConfig, *, tf_port: bool = False
 ) -> tuple[dict[str, torch.Tensor], ModelConfig, ConversionReport]:
     """Read and convert one foreign weights file for the model ``config`` describes."""
-    return convert_state_dict(read_foreign(path, source), config, source)
+    return convert_state_dict(read_foreign(path, source), config, source, tf_port=tf_port)

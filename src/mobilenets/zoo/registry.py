@@ -23,6 +23,8 @@ from mobilenets.core.spec import ModelConfig, format_alpha, pick_resolution
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
+# The V3 table of the same README (keras.applications' MobileNetV3 docstring quotes it).
+SOURCE_TFSLIM_V3 = "TF-slim research/slim/nets/mobilenet/README.md, V3"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,20 @@ TFSLIM_V2 = (
     (0.35, 96, 11, 1.66, 45.5, 70.4),
 )
 
+# TF-slim's V3 checkpoint table, the widths TF-slim, Keras and timm (tf_*) released, all at 224:
+# arch, minimalistic, alpha, MMACs, Mparams, top-1. Its params count 1001 classes.
+TFSLIM_V3 = (
+    ("mobilenet_v3_large", False, 1.0, 217, 5.4, 75.6),
+    ("mobilenet_v3_large", False, 0.75, 155, 4.0, 73.3),
+    ("mobilenet_v3_large", True, 1.0, 209, 3.9, 72.3),
+    ("mobilenet_v3_small", False, 1.0, 66, 2.9, 68.1),
+    ("mobilenet_v3_small", False, 0.75, 44, 2.4, 65.4),
+    ("mobilenet_v3_small", True, 1.0, 65, 2.0, 61.9),
+)
+# Widths only timm released: mobilenetv3_small_050. timm's mobilenetv3_large_150d (a depth
+# multiplier of 1.2) and mobilenetv3_rw (its own early variant) are not the paper's nets.
+V3_TIMM_ONLY = (("mobilenet_v3_small", False, 0.5),)
+
 # The papers' tables: (arch, alpha, resolution, source, MMACs, Mparams, top-1).
 PAPER_ROWS = (
     ("mobilenet_v1", 1.0, 224, "Howard et al. 2017, Table 6", 569, 4.2, 70.6),
@@ -176,6 +192,20 @@ def _register_grid() -> None:
 
 
 _register_grid()
+
+
+def _register_v3() -> None:
+    """Every V3 width a stack released, at 224 (every V3 checkpoint was trained at 224), with
+    TF-slim's figures where TF-slim released it."""
+    published = {(arch, mini, alpha): figures for arch, mini, alpha, *figures in TFSLIM_V3}
+    for arch, minimalistic, alpha in (*published, *V3_TIMM_ONLY):
+        config = ModelConfig(arch=arch, alpha=alpha, minimalistic=minimalistic)
+        figures = published.get((arch, minimalistic, alpha))
+        reference = Reference(SOURCE_TFSLIM_V3, *figures) if figures else None
+        register(ModelEntry(config.name, config, reference))
+
+
+_register_v3()
 
 
 SOURCE_SSDLITE_PAPER = "Sandler et al. 2018, Table 6, SSDLite at 320x320"
@@ -303,6 +333,9 @@ CONFIG_OVERRIDES = (
     "bn_momentum",
     "small_input",
     "output_stride",
+    "width_rule",
+    "minimalistic",
+    "reduced_tail",
 )
 
 

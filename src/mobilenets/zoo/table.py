@@ -15,11 +15,11 @@ from mobilenets.core.spec import format_alpha
 from mobilenets.zoo.factory import cost
 from mobilenets.zoo.registry import get_entry, list_models
 
-FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
+FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3"}
 
 
 def zoo_rows(family: str | None = None) -> list[dict]:
-    """One record per registered classifier (of ``family``, ``"v1"`` or ``"v2"``, when given):
+    """One record per registered classifier (of ``family``, ``"v1"``, ``"v2"`` or ``"v3"``):
     name, arch, alpha, resolution, our exact params and MACs for 1000 classes, the published
     checkpoint's figures (``reference``, None where none was published) and the papers' rows."""
     if family is not None and family not in FAMILIES:
@@ -52,7 +52,8 @@ def plot_zoo(rows: list[dict], path: str | os.PathLike) -> Path:
     lines: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
         if row["reference"] and row["reference"]["top1"] is not None:
-            lines.setdefault((row["arch"], row["alpha"]), []).append(row)
+            # by name without width and size: V3's minimalistic variants are lines of their own
+            lines.setdefault((row["name"].rsplit("_", 2)[0], row["alpha"]), []).append(row)
     if not lines:
         raise MobileNetsError("no variant in this selection has a published top-1 to plot")
     figure = Figure(figsize=(8, 5.5))
