@@ -78,3 +78,14 @@ def test_segment_train_and_onnx_export_of_lraspp_on_v3_small(capsys, tmp_path):
     )
     assert path.is_file() and f"wrote {path}" in printed
     assert "onnxruntime" in printed and "vs PyTorch" in printed
+
+
+def test_cost_sets_lraspp_beside_v3_table7_and_ssdlite_beside_table6(capsys):
+    printed = run(capsys, "cost", "lraspp_mobilenet_v3_small")
+    assert "Howard et al. 2019, Table 7, LR-ASPP, Cityscapes at 1024x2048): 0.47M params" in printed
+    assert (
+        "with 19 classes at 1024x2048: 515,614 params (506,414 without BN), 2.83B MACs" in printed
+    )
+    printed = run(capsys, "cost", "ssdlite_mobilenet_v3_large")
+    assert "total: 3,248,255 params, 506,563,904 MACs" in printed
+    assert "Howard et al. 2019, Table 6, SSDLite at 320x320 (COCO)): 3.22M params" in printed
