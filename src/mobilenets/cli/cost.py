@@ -122,9 +122,9 @@ def run_cost(args: argparse.Namespace) -> None:
         raise MobileNetsError("give a model NAME, or --table7 for V2 Table 7 beside our counts")
     segmenter = is_segmenter(args.name)
     if args.aspp is not None and not segmenter:
+        deeplab = list_models("deeplabv3_*", task="segmentation")  # LR-ASPP has no ASPP
         raise MobileNetsError(
-            f"--aspp applies to a segmenter ({', '.join(list_models(task='segmentation'))}), not "
-            f"to {args.name!r}"
+            f"--aspp applies to a segmenter ({', '.join(deeplab)}), not to {args.name!r}"
         )
     overrides = dict(
         resolution=args.resolution,
