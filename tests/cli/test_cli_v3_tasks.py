@@ -1,6 +1,7 @@
 """Detection and segmentation on a MobileNetV3 through the same commands as V1 and V2: a tiny
-``detect train`` of SSDLite-V3-Small and ``segment train`` of LR-ASPP-V3-Small, then their eval,
-predict and export (LR-ASPP's ONNX file checked against PyTorch by the export pipeline)."""
+``detect train`` of SSDLite-V3-Small and its ``detect eval``; a tiny ``segment train`` of
+LR-ASPP-V3-Small and its ``segment export`` to ONNX (checked against PyTorch by the export
+pipeline); ``cost`` beside the V3 paper's tables."""
 
 from __future__ import annotations
 
@@ -8,20 +9,13 @@ import json
 import math
 
 import pytest
-import torch
 
 from mobilenets.cli import main
 
 DATA = "synthetic-shapes:6"
 COMMON = ["--data", DATA, "--epochs", "1", "--batch-size", "4", "--no-progress"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets: threads contend
 
 
 @pytest.fixture(scope="module", autouse=True)
