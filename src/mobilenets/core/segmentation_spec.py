@@ -137,6 +137,10 @@ class SegmentationConfig:
     settings (padding, BN eps and momentum, which the head shares). Its resolution, output stride
     and classifier are this config's: the backbone has no classifier (num_classes 0). The model is
     fully convolutional: ``resolution`` is the nominal input side the cost is given at.
+
+    ``head`` picks DeepLabv3 (``aspp``, ``atrous_rates``, ``aux`` and ``dropout`` are its) or
+    LR-ASPP; ``head_channels`` (256 and V3 Table 7's F = 128) and ``dropout`` (0.1 and none)
+    default to the head's.
     """
 
     backbone: ModelConfig

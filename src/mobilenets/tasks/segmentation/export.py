@@ -199,7 +199,7 @@ def export(
     folded, bn_folded = fold_batch_norm(reference)
     output_name = LABELS if argmax else LOGITS
     shape = (1, config.backbone.in_chans, resolution, resolution)
-    known, source = {}, "a segmenter given to tasks.segmentation.export"
+    known, source = {}, f"a {type(model).__name__} given to tasks.segmentation.export"
     if checkpoint is not None:
         known = checkpoint_info(
             checkpoint.classes,
