@@ -8,7 +8,7 @@ during the run (``steal`` in /proc/stat), so a time measured on a shared VM can 
 Prints markdown; the result is kept in benchmarks/results/detection_synthetic.md.
 
     .venv/bin/python benchmarks/detection_synthetic.py [--out runs/detection-synthetic]
-        [--markdown benchmarks/results/detection_synthetic.md] [--threads 2]
+        [--model NAME] [--markdown benchmarks/results/detection_synthetic.md] [--threads 2]
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/detection-synthetic"))
     parser.add_argument("--markdown", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--model",
+        default="ssdlite_mobilenet_v2",
+        help="the registered model to train (default %(default)s; a V3 one such as "
+        "ssdlite_mobilenet_v3_small runs the same recipe)",
+    )
     # One thread for the model and one data worker: on a 2-core VM shared with other jobs, two
     # intra-op threads mostly wait for each other.
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -78,6 +84,8 @@ def main() -> None:
         "mobilenets",
         "detect",
         "train",
+        "--model",
+        args.model,
         *RECIPE,
         "--out",
         str(args.out / "run"),

@@ -8,7 +8,7 @@ command and how much of the machine's CPU time the hypervisor took for other gue
 result is kept in benchmarks/results/segmentation_synthetic.md.
 
     .venv/bin/python benchmarks/segmentation_synthetic.py [--out runs/segmentation-synthetic]
-        [--markdown benchmarks/results/segmentation_synthetic.md] [--threads 2]
+        [--model NAME] [--markdown benchmarks/results/segmentation_synthetic.md] [--threads 2]
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/segmentation-synthetic"))
     parser.add_argument("--markdown", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--model",
+        default="deeplabv3_mobilenet_v2",
+        help="the registered model to train (default %(default)s; a V3 one such as "
+        "lraspp_mobilenet_v3_small runs the same recipe)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
     if args.out.exists():
@@ -95,6 +101,8 @@ def main() -> None:
         "mobilenets",
         "segment",
         "train",
+        "--model",
+        args.model,
         *RECIPE,
         "--out",
         str(args.out / "run"),

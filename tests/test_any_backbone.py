@@ -1,6 +1,6 @@
 """Any registered backbone in every head: a toy family declared here, with its own feature taps,
 trains one step of classification, SSDLite detection and DeepLab segmentation through the tasks'
-own training code, which has no line about it."""
+own training code, which has no line about it; so do MobileNetV3's SSDLite and LR-ASPP."""
 
 from __future__ import annotations
 
@@ -203,3 +203,30 @@ def test_family_registration_errors():
         MobileNetsError, match="arch must be one of mobilenet_v1, mobilenet_v2.*got .toy_bad."
     ):
         ModelConfig(arch="toy_bad")
+
+
+# MobileNetV3's task models, registered with the reduced tail, at the smallest input: one step
+# through the same training code.
+V3_TASKS = {
+    "ssdlite_mobilenet_v3_small": (
+        Detection,
+        dict(data="synthetic-shapes:4", resolution=64, batch_size=4, warmup_epochs=0.0),
+        "detection_config",
+    ),
+    "lraspp_mobilenet_v3_small": (
+        Segmentation,
+        dict(data="synthetic-shapes:4", crop=32, batch_size=4),
+        "segmentation_config",
+    ),
+}
+
+
+@pytest.mark.parametrize("model", list(V3_TASKS))
+def test_one_training_step_of_the_v3_task_models(model, tmp_path):
+    task_class, settings, record = V3_TASKS[model]
+    config = task_class.config_type(model=model, **settings, epochs=1, workers=0, device="cpu")
+    result = run.fit(task_class(), config, tmp_path, progress=False)
+    ((row,),) = [result.history]
+    assert (result.epochs, row["step"]) == (1, 1) and math.isfinite(row["train_loss"])
+    backbone = json.loads((tmp_path / "train_config.json").read_text())[record]["backbone"]
+    assert (backbone["arch"], backbone["reduced_tail"]) == ("mobilenet_v3_small", True)

@@ -189,11 +189,13 @@ def check_detection(ns: dict) -> None:
     assert ns["out"]["cls_logits"].shape == (1, 2034, 91)
     assert ns["out"]["box_regression"].shape == (1, 2034, 4)
     assert ns["model"].anchors().shape == (2034, 4)
+    assert ns["v3_detector"].name == "ssdlite_mobilenet_v3_large_1.0_320_reduced_tail"
 
 
 def check_segmentation(ns: dict) -> None:
     assert ns["logits"].shape == (1, 21, 129, 97)
     assert (ns["report"].params, ns["report"].macs) == (2_113_557, 2_740_709_056)
+    assert ns["lraspp"].name == "lraspp_mobilenet_v3_large_1.0_513_os16_reduced_tail"
 
 
 CHECKS = {

@@ -26,6 +26,7 @@ from mobilenets.zoo.registry import (
 from mobilenets.zoo.segmenters import create_segmenter
 
 NAMES = ("deeplabv3_mobilenet_v1", "deeplabv3_mobilenet_v2")
+LRASPP_NAMES = ("lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small")  # V3 Table 7
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +53,10 @@ def backbone_tensors(segmenter) -> dict[str, torch.Tensor]:
 
 
 def test_segmenters_are_registered_under_their_task():
-    assert list_models(task="segmentation") == list(NAMES)
+    assert list_models(task="segmentation") == [*NAMES, *LRASPP_NAMES]
+    for name in LRASPP_NAMES:
+        config = get_entry(name).config
+        assert (config.head, config.backbone.reduced_tail) == ("lraspp", True)
     assert not set(NAMES) & set(list_models())  # the default lists classifiers
     assert set(NAMES) <= set(list_models(task=None))
     for name in NAMES:

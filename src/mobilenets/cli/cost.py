@@ -12,12 +12,19 @@ from mobilenets.core.cost import CostReport
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.families import V3_WIDTH_RULES, families, get_family
 from mobilenets.core.published_v3 import V3Comparison, v3_table
-from mobilenets.core.segmentation_cost import MULTISCALE, Table7Comparison, inference_macs, table7
+from mobilenets.core.segmentation_cost import (
+    MULTISCALE,
+    Table7Comparison,
+    inference_macs,
+    table7,
+    v3_table7,
+)
 from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
 from mobilenets.core.spec import ModelConfig, format_alpha
 from mobilenets.zoo.factory import cost
 from mobilenets.zoo.registry import (
     SOURCE_DEEPLAB_PAPER,
+    SOURCE_V3_LRASPP_PAPER,
     get_entry,
     is_detector,
     is_segmenter,
@@ -169,9 +176,9 @@ def run_cost(args: argparse.Namespace) -> None:
         )
     segmenter = is_segmenter(args.name)
     if args.aspp is not None and not segmenter:
+        deeplab = list_models("deeplabv3_*", task="segmentation")  # LR-ASPP has no ASPP
         raise MobileNetsError(
-            f"--aspp applies to a segmenter ({', '.join(list_models(task='segmentation'))}), not "
-            f"to {args.name!r}"
+            f"--aspp applies to a segmenter ({', '.join(deeplab)}), not to {args.name!r}"
         )
     v3 = v3_fields(args)
     if v3 and (segmenter or is_detector(args.name)):
@@ -280,6 +287,9 @@ def print_segmenter_paper(config: SegmentationConfig, report: CostReport) -> Non
     ASPP. The paper's output stride 8 rows are multi-scale ("MF": six scales, each with its
     mirror), so their MAdds are set beside ours summed over the same twelve inferences."""
     arch, stride, aspp = config.backbone.arch, config.output_stride, config.aspp
+    if config.head == "lraspp":
+        print_lraspp_paper(config)
+        return
     key = (arch, stride, aspp)
     rows = [row for row in TABLE7 if (row.arch, row.output_stride, row.aspp) == key]
     if not rows:
@@ -313,6 +323,23 @@ def print_segmenter_paper(config: SegmentationConfig, report: CostReport) -> Non
             f"(the paper's row is {paper_config.name} with {paper_config.num_classes} classes, "
             f"this is {config.name} with {config.num_classes}: different networks)"
         )
+
+
+def print_lraspp_paper(config: SegmentationConfig) -> None:
+    """An LR-ASPP beside V3 Table 7's row of its backbone, which counts 19 classes at 1024x2048
+    with the reduced tail: ours for that network, which may not be this one."""
+    rows = [row for row in v3_table7() if row.paper.arch == config.backbone.arch]
+    if not rows:
+        print(f"\nV3 Table 7 has no LR-ASPP row for {config.backbone.arch}")
+        return
+    (row,) = rows
+    print(
+        f"\npaper ({SOURCE_V3_LRASPP_PAPER}): {row.paper.params_m:g}M params, "
+        f"{row.paper.madds_b:g}B MAdds"
+        f"\nours for {row.config.name} with {row.config.num_classes} classes at 1024x2048: "
+        f"{row.params:,} params ({row.params_without_bn:,} without BN), "
+        f"{row.macs / 1e9:.2f}B MACs"
+    )
 
 
 # --- table 7 ------------------------------------------------------------------------------------

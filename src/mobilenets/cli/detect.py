@@ -40,7 +40,13 @@ CALIBRATE = arguments.CALIBRATE_METHODS  # tests/tasks check that these are the 
 
 TRAIN_SETTINGS = (
     training.data_setting(DATA_HELP),
-    Setting("--model", str, "a registered detector", "NAME"),
+    Setting(
+        "--model",
+        str,
+        "a registered detector: ssdlite_mobilenet_v2, or ssdlite_mobilenet_v3_large or "
+        "_small (the reduced tail, V3 section 6.2); ssdlite_<family> for any backbone family",
+        "NAME",
+    ),
     Setting("--alpha", float, "backbone width multiplier (default: the detector's)", "A"),
     Setting("--resolution", int, "square input side in pixels (default: the detector's, 320)", "N"),
     *training.OPTIMIZER_SETTINGS,

@@ -1,4 +1,4 @@
-"""``segment train``, ``eval`` and ``predict``: Mobile DeepLabv3 semantic segmentation
+"""``segment train``, ``eval`` and ``predict``: Mobile DeepLabv3 and LR-ASPP semantic segmentation
 (``segment export`` and ``quantize`` are in [`segment_export`][mobilenets.cli.segment_export]).
 
 Each command imports mobilenets.tasks.segmentation when it runs (its export needs the onnx or
@@ -50,7 +50,8 @@ TRAIN_SETTINGS = (
         "--model",
         str,
         "a registered segmenter: deeplabv3_mobilenet_v2 (MNet V2*, no "
-        "ASPP) or deeplabv3_mobilenet_v1 (with ASPP)",
+        "ASPP), deeplabv3_mobilenet_v1 (with ASPP), lraspp_mobilenet_v3_large or _small "
+        "(LR-ASPP on the reduced tail, V3 section 6.4); deeplabv3_<family> for any backbone",
         "NAME",
     ),
     Setting("--alpha", float, "backbone width multiplier (default: the segmenter's, 1.0)", "A"),

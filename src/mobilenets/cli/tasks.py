@@ -52,8 +52,8 @@ CLASSIFICATION = TaskCommands(
 DETECTION = TaskCommands(
     word="detect",
     help="SSDLite object detection: train, eval (COCO mAP), predict, export, quantize",
-    description="SSDLite with a MobileNetV2 backbone (V2 paper section 6.2): train it, measure "
-    "COCO mAP, draw its detections, export it to ONNX or ExecuTorch, fp32 or int8.",
+    description="SSDLite on a MobileNet backbone (V2 paper section 6.2, V3 section 6.2): train "
+    "it, measure COCO mAP, draw its detections, export it to ONNX or ExecuTorch, fp32 or int8.",
     train=detect.TRAIN,
     eval=detect.EVAL,
     predict=detect.PREDICT,
@@ -62,9 +62,11 @@ DETECTION = TaskCommands(
 )
 SEGMENTATION = TaskCommands(
     word="segment",
-    help="Mobile DeepLabv3 semantic segmentation: train, eval (mIoU), predict, export, quantize",
-    description="Mobile DeepLabv3 on a MobileNetV2 or V1 backbone (V2 paper section 6.3): train "
-    "it, measure mIoU, draw its masks, export it to ONNX or ExecuTorch, fp32 or int8.",
+    help="DeepLabv3 and LR-ASPP semantic segmentation: train, eval (mIoU), predict, export, "
+    "quantize",
+    description="Mobile DeepLabv3 (V2 paper section 6.3) or LR-ASPP (V3 section 6.4) on a "
+    "MobileNet backbone: train it, measure mIoU, draw its masks, export it to ONNX or "
+    "ExecuTorch, fp32 or int8.",
     train=segment.TRAIN,
     eval=segment.EVAL,
     predict=segment.PREDICT,

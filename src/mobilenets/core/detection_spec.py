@@ -167,8 +167,10 @@ class DetectionConfig:
 
     @property
     def name(self) -> str:
-        """``ssdlite_mobilenet_v2_1.0_300``: the TF-slim style name with the detector prefix."""
-        return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}"
+        """``ssdlite_mobilenet_v2_1.0_300``: the TF-slim style name with the detector prefix, and
+        ``_reduced_tail`` for a V3 backbone with the reduced tail (V3 section 6.2)."""
+        suffix = "_reduced_tail" if self.backbone.reduced_tail else ""
+        return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}{suffix}"
 
     def replace(self, **changes) -> DetectionConfig:
         return dataclasses.replace(self, **changes)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 # squeeze_excite: the two 1x1 convs of a V3 SE module, on the pooled (1x1) tensor
 LAYER_KINDS = ("conv", "depthwise", "pointwise", "squeeze_excite", "linear")
 # what follows a layer whose ``act`` is True: V1/V2's ReLU6, V3's ReLU and h-swish, and the hard
-# sigmoid gate of V3's SE (relu6(x + 3) / 6)
-ACTIVATIONS = ("relu6", "relu", "hardswish", "hardsigmoid")
+# sigmoid gate of V3's SE (relu6(x + 3) / 6); the sigmoid of LR-ASPP's gate (V3 Figure 10)
+ACTIVATIONS = ("relu6", "relu", "hardswish", "hardsigmoid", "sigmoid")
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,15 @@ from dataclasses import dataclass
 
 from mobilenets.core.cost import cost_of_spec
 from mobilenets.core.segmentation_spec import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_SIZE,
     PAPER_RESOLUTION,
     TABLE7,
+    V3_TABLE7,
     SegmentationConfig,
     SegmentationSpec,
     Table7Row,
+    V3Table7Row,
     resolve_segmentation,
 )
 from mobilenets.core.spec import LayerSpec, ModelConfig
@@ -121,6 +125,53 @@ def table7(resolution: int = PAPER_RESOLUTION) -> list[Table7Comparison]:
                 space_to_batch_macs=inference_macs(
                     config, multiscale=row.multiscale, space_to_batch=True
                 ),
+            )
+        )
+    return rows
+
+
+def rectangular_macs(config: SegmentationConfig, height: int, width: int) -> int:
+    """Multiply-adds of one ``height x width`` inference: each layer's weights times its output
+    rows (the spec resolved at ``height``) times its output columns (the spec at ``width``). The
+    spec's sizes are square; every layer computes its rows and its columns alike, and a layer on a
+    pooled map has one of each."""
+    rows = resolve_segmentation(config.replace(resolution=height)).layers
+    columns = resolve_segmentation(config.replace(resolution=width)).layers
+    return sum(a.weights * a.out_size * b.out_size for a, b in zip(rows, columns, strict=True))
+
+
+@dataclass(frozen=True)
+class V3Table7Comparison:
+    """One V3 Table 7 row: the paper's figures and ours (19 classes, 1024 x 2048)."""
+
+    paper: V3Table7Row
+    config: SegmentationConfig
+    params: int  # everything trainable, BN scale and shift included
+    params_without_bn: int
+    macs: int  # one 1024 x 2048 image
+
+
+def v3_table7() -> list[V3Table7Comparison]:
+    """V3 Table 7's LR-ASPP rows beside ours: the backbone with the reduced tail at output
+    stride 16, the head with F filters, 19 Cityscapes classes, one 1024 x 2048 image."""
+    rows = []
+    height, width = CITYSCAPES_SIZE
+    for row in V3_TABLE7:
+        config = SegmentationConfig(
+            ModelConfig(arch=row.arch, reduced_tail=True),
+            num_classes=CITYSCAPES_CLASSES,
+            resolution=height,
+            head="lraspp",
+            head_channels=row.head_channels,
+        )
+        report = cost_of_spec(resolve_segmentation(config))
+        rows.append(
+            V3Table7Comparison(
+                paper=row,
+                config=config,
+                params=report.params,
+                params_without_bn=report.params - report.bn_params,
+                macs=rectangular_macs(config, height, width),
             )
         )
     return rows

@@ -25,8 +25,20 @@ The design is TF DeepLab's (``research/deeplab``, ``model.py``), as the V2 paper
   (3x3 conv, BN, ReLU, 1x1 to the
   classes) for an auxiliary loss; it is not part of inference and not in the cost.
 
-The paper's figures (Table 7) are in [`TABLE7`][mobilenets.core.segmentation_spec.TABLE7]; the
-segmentation docs page sets ours beside them.
+``head="lraspp"`` puts the V3 paper's Lite R-ASPP (Howard et al. 2019, section 6.4, Figure 10) on
+the same backbone and taps in place of the DeepLabv3 head:
+
+- a 1x1 branch on the ``deeplab_features`` map (128 channels, BN, ReLU), gated channel by channel
+  by a global branch (global average pool, 1x1 conv to 128 without bias or BN, sigmoid);
+- the gated map upsampled bilinearly to the stride-8 ``deeplab_stride8`` map, a 1x1 conv with bias
+  to the classes on each (``classifier`` on the gated map, ``low_classifier`` on the stride-8
+  features), added, and upsampled to the input size (torchvision's ``LRASPPHead``). The classifier
+  runs at stride 8, so its multiply-adds are counted there.
+
+The paper's figures (V2 Table 7 and V3 Table 7) are in
+[`TABLE7`][mobilenets.core.segmentation_spec.TABLE7] and
+[`V3_TABLE7`][mobilenets.core.segmentation_spec.V3_TABLE7]; the segmentation docs page sets ours
+beside them.
 """
 
 from __future__ import annotations
@@ -50,16 +62,26 @@ from mobilenets.core.spec import (
     resolve,
 )
 
+SEGMENTATION_HEADS = ("deeplabv3", "lraspp")
 SEGMENTATION_OUTPUT_STRIDES = (8, 16)
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}  # DeepLabv3 section 3.3: rates double at OS 8
-HEAD_CHANNELS = 256
+HEAD_CHANNELS = {"deeplabv3": 256, "lraspp": 128}  # LR-ASPP: V3 Table 7's F = 128
 PAPER_RESOLUTION = 513  # TF DeepLab's PASCAL crop, the input of Table 7's MAdds
 VOC_CLASSES = 21  # PASCAL VOC 2012: background and 20 classes
-HEAD_DROPOUT = 0.1  # TF DeepLab: keep_prob 0.9 before the logits
+HEAD_DROPOUT = {"deeplabv3": 0.1, "lraspp": 0.0}  # TF DeepLab: keep_prob 0.9; LR-ASPP has none
 # The backbone taps the auxiliary head and the head read (families.HEAD_TAPS): each family names its
 # own, on its plain network; atrous convolution keeps the blocks, so they hold at any output stride.
 SEGMENTATION_TAPS = ("deeplab_stride8", "deeplab_features")
-SEGMENTATION_KINDS = ("image_pool", "aspp", "projection", "classifier", "aux")
+SEGMENTATION_KINDS = (
+    "image_pool",
+    "aspp",
+    "projection",
+    "classifier",
+    "aux",
+    "lraspp_branch",
+    "lraspp_gate",
+    "low_classifier",
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,27 @@ TABLE7 = (
     Table7Row("mobilenet_v2", 8, False, True, 77.33, 2.11, 152.6),
 )
 
+CITYSCAPES_CLASSES = 19
+CITYSCAPES_SIZE = (1024, 2048)  # V3 Table 7's MAdds: a full Cityscapes image, height x width
+
+
+@dataclass(frozen=True)
+class V3Table7Row:
+    """A row of V3 Table 7: LR-ASPP on Cityscapes val, 19 classes, MAdds at 1024 x 2048, output
+    stride 16, with the reduced tail (the table's RF2) and F head filters."""
+
+    arch: str
+    head_channels: int
+    params_m: float
+    madds_b: float
+
+
+# V3 Table 7, the two rows of the released design (RF2, LR-ASPP, F = 128).
+V3_TABLE7 = (
+    V3Table7Row("mobilenet_v3_large", 128, 1.51, 9.74),
+    V3Table7Row("mobilenet_v3_small", 128, 0.47, 2.90),
+)
+
 
 @dataclass(frozen=True)
 class SegmentationConfig:
@@ -94,6 +137,10 @@ class SegmentationConfig:
     settings (padding, BN eps and momentum, which the head shares). Its resolution, output stride
     and classifier are this config's: the backbone has no classifier (num_classes 0). The model is
     fully convolutional: ``resolution`` is the nominal input side the cost is given at.
+
+    ``head`` picks DeepLabv3 (``aspp``, ``atrous_rates``, ``aux`` and ``dropout`` are its) or
+    LR-ASPP; ``head_channels`` (256 and V3 Table 7's F = 128) and ``dropout`` (0.1 and none)
+    default to the head's.
     """
 
     backbone: ModelConfig
@@ -102,17 +149,22 @@ class SegmentationConfig:
     output_stride: int = 16
     aspp: bool = False
     atrous_rates: tuple[int, ...] | None = None  # None: ASPP_RATES[output_stride]
-    head_channels: int = HEAD_CHANNELS
-    dropout: float = HEAD_DROPOUT
+    head_channels: int | None = None  # None: HEAD_CHANNELS[head]
+    dropout: float | None = None  # None: HEAD_DROPOUT[head]
     aux: bool = False
+    head: str = "deeplabv3"  # one of SEGMENTATION_HEADS: DeepLabv3, or V3's LR-ASPP
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, ModelConfig):
             raise MobileNetsError(f"backbone must be a ModelConfig, got {self.backbone!r}")
+        if self.head not in SEGMENTATION_HEADS:
+            raise MobileNetsError(
+                f"head must be one of {', '.join(SEGMENTATION_HEADS)}, got {self.head!r}"
+            )
         if self.backbone.small_input:
             raise MobileNetsError(
-                f"DeepLabv3 sets the backbone's output stride itself; the backbone must be a "
-                f"standard MobileNet, got {self.backbone.name}"
+                f"{self.head_title} sets the backbone's output stride itself; the backbone must "
+                f"be a standard MobileNet, got {self.backbone.name}"
             )
         if not _is_int(self.num_classes) or self.num_classes < 2:
             raise MobileNetsError(
@@ -144,22 +196,41 @@ class SegmentationConfig:
                 f"got {self.atrous_rates!r}"
             )
         object.__setattr__(self, "atrous_rates", tuple(rates))
+        if self.head == "lraspp" and (self.aspp or self.aux):
+            raise MobileNetsError(
+                f"aspp and aux belong to the DeepLabv3 head; LR-ASPP has neither, got "
+                f"aspp={self.aspp!r}, aux={self.aux!r}"
+            )
+        if self.head_channels is None:
+            object.__setattr__(self, "head_channels", HEAD_CHANNELS[self.head])
+        if self.dropout is None:
+            object.__setattr__(self, "dropout", HEAD_DROPOUT[self.head])
         if not _is_int(self.head_channels) or self.head_channels < 1:
             raise MobileNetsError(
                 f"head_channels must be an integer >= 1, got {self.head_channels!r}"
             )
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise MobileNetsError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.head == "lraspp" and self.dropout != 0:
+            raise MobileNetsError(
+                f"LR-ASPP has no dropout (V3 Figure 10); dropout must be 0, got {self.dropout!r}"
+            )
         backbone = self.backbone.replace(
             resolution=self.resolution, num_classes=0, output_stride=self.output_stride
         )
         # Refuses a backbone without the taps; the segmenter's backbone ends at a block.
-        head_taps(backbone, SEGMENTATION_TAPS, "DeepLabv3", block_outputs=True)
+        head_taps(backbone, SEGMENTATION_TAPS, self.head_title, block_outputs=True)
         object.__setattr__(self, "backbone", backbone)
 
     @property
+    def head_title(self) -> str:
+        """The head's name as the papers write it, for messages."""
+        return {"deeplabv3": "DeepLabv3", "lraspp": "LR-ASPP"}[self.head]
+
+    @property
     def arch(self) -> str:
-        return f"deeplabv3_{self.backbone.arch}"
+        """``deeplabv3_mobilenet_v2``, ``lraspp_mobilenet_v3_large``."""
+        return f"{self.head}_{self.backbone.arch}"
 
     @property
     def alpha(self) -> float:
@@ -167,10 +238,14 @@ class SegmentationConfig:
 
     @property
     def name(self) -> str:
-        """``deeplabv3_mobilenet_v2_1.0_513_os16``, with ``_aspp`` when the head has ASPP."""
-        aspp = "_aspp" if self.aspp else ""
+        """``deeplabv3_mobilenet_v2_1.0_513_os16``, with ``_aspp`` when the head has ASPP and
+        ``_reduced_tail`` for a V3 backbone with the reduced tail
+        (``lraspp_mobilenet_v3_large_1.0_513_os16_reduced_tail``)."""
+        suffix = "_aspp" if self.aspp else ""
+        suffix += "_reduced_tail" if self.backbone.reduced_tail else ""
         return (
-            f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}_os{self.output_stride}{aspp}"
+            f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}_os{self.output_stride}"
+            f"{suffix}"
         )
 
     def replace(self, **changes) -> SegmentationConfig:
@@ -178,6 +253,11 @@ class SegmentationConfig:
             # Default rates follow the output stride; rates given explicitly are kept.
             if self.atrous_rates == ASPP_RATES[self.output_stride]:
                 changes["atrous_rates"] = None
+        # The head's defaults follow the head; values given explicitly are kept.
+        for key, defaults in (("head_channels", HEAD_CHANNELS), ("dropout", HEAD_DROPOUT)):
+            follows = getattr(self, key) == defaults[self.head]
+            if "head" in changes and key not in changes and follows:
+                changes[key] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -210,7 +290,9 @@ class SegmentationSpec:
     backbone: NetSpec
     blocks: tuple[BlockSpec, ...]
     aux: BlockSpec | None
-    aux_block: int  # index of the backbone block the auxiliary head reads (output stride 8)
+    # index of the backbone block at output stride 8 (its deeplab_stride8 tap), which the
+    # auxiliary head and LR-ASPP's low-level skip read
+    aux_block: int
 
     @property
     def layers(self) -> tuple[LayerSpec, ...]:
@@ -258,9 +340,12 @@ def _layer(
 def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
     """Resolve a segmentation config into one record per block and layer. Pure."""
     backbone = resolve(config.backbone)
-    stride8, last = head_taps(config.backbone, SEGMENTATION_TAPS, "DeepLabv3", block_outputs=True)
+    stride8, last = head_taps(
+        config.backbone, SEGMENTATION_TAPS, config.head_title, block_outputs=True
+    )
     # The backbone up to the block of its deeplab_features tap: V1 to its last separable block;
-    # V2 to its last inverted residual, without the 1x1 conv to 1280 (the paper's MNet V2*).
+    # V2 to its last inverted residual, without the 1x1 conv to 1280 (the paper's MNet V2*); V3
+    # to its head conv (960, or 480 with the reduced tail).
     features = list(backbone.feature_blocks[: last.block + 1])
     channels, size, stride = features[-1].out_channels, features[-1].out_size, config.output_stride
     width = config.head_channels
@@ -268,6 +353,30 @@ def resolve_segmentation(config: SegmentationConfig) -> SegmentationSpec:
 
     def block(name, kind, *layers):
         blocks.append(BlockSpec(name, kind, tuple(layers), False, 1, stride))
+
+    if config.head == "lraspp":
+        low = backbone.blocks[stride8.block]
+        # V3 Figure 10: the 1x1 branch (BN, ReLU) and the gate, a 1x1 conv on the pooled map,
+        # without bias or BN, then a sigmoid; the gated map is upsampled to the stride-8 map,
+        # where both 1x1 classifiers (with bias) run and are added.
+        branch = dataclasses.replace(
+            _layer("head.branch.conv", "pointwise", channels, width, 1, size), activation="relu"
+        )
+        block("head.branch", "lraspp_branch", branch)
+        gate = dataclasses.replace(
+            _layer("head.gate.conv", "pointwise", channels, width, 1, 1),
+            norm=False,
+            activation="sigmoid",
+        )
+        block("head.gate", "lraspp_gate", gate)
+        classes, low_size = config.num_classes, low.out_size
+        low_classifier = _layer(
+            "low_classifier", "pointwise", low.out_channels, classes, 1, low_size, classifier=True
+        )
+        blocks.append(BlockSpec("low_classifier", "low_classifier", (low_classifier,), False, 1, 8))
+        classifier = _layer("classifier", "pointwise", width, classes, 1, low_size, classifier=True)
+        blocks.append(BlockSpec("classifier", "classifier", (classifier,), False, 1, 8))
+        return SegmentationSpec(config, backbone, tuple(blocks), None, stride8.block)
 
     # The image-pooling branch runs on the pooled 1x1 map: its conv costs channels * width.
     pool = _layer("head.image_pool.conv", "pointwise", channels, width, 1, 1)

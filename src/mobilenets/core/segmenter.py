@@ -1,4 +1,4 @@
-"""Mobile DeepLabv3 as an nn.Module, built from a resolved SegmentationSpec.
+"""Mobile DeepLabv3 and V3's LR-ASPP as nn.Modules, built from a resolved SegmentationSpec.
 
 Module paths are the spec's names and the checkpoint keys:
 
@@ -9,6 +9,9 @@ Module paths are the spec's names and the checkpoint keys:
 - ``head.image_pool``, ``head.aspp0`` (1x1), ``head.aspp1..3`` (3x3 atrous, with ``aspp=True``),
   ``head.project``: each a [`HeadConv`][mobilenets.core.segmenter.HeadConv], conv, BN, ReLU.
 - ``classifier``: the 1x1 conv with bias to the classes; ``aux`` the optional training head.
+- LR-ASPP ([`LRASPP`][mobilenets.core.segmenter.LRASPP]): ``head.branch`` (conv, BN, ReLU) and
+  ``head.gate.conv`` (the global branch's 1x1 conv), ``classifier`` on the gated map upsampled to
+  stride 8, and ``low_classifier`` on the stride-8 features.
 
 ``forward(images)`` returns logits ``[N, num_classes, H, W]`` at the input's size, any size.
 """
@@ -81,41 +84,32 @@ class AuxHead(nn.Module):
         return self.classifier(self.act(self.bn(self.conv(x))))
 
 
-class DeepLabV3(nn.Module):
-    """Mobile DeepLabv3 (Sandler et al. 2018, section 6.3) on any backbone family.
+class Segmenter(nn.Module):
+    """What every segmentation head shares: the config, its resolved spec, the backbone at the
+    config's output stride ending at its ``deeplab_features`` tap, and the input check.
 
     Takes any input size (the logits are upsampled to it); ``config.resolution`` is the nominal
-    size the cost is given at (513, TF DeepLab's PASCAL crop). With ``config.aux``,
-    ``forward(images, with_aux=True)`` also returns the auxiliary head's logits.
+    size the cost is given at (513, TF DeepLab's PASCAL crop).
     """
+
+    head_name = ""  # the SegmentationConfig.head a subclass builds
 
     def __init__(self, config: SegmentationConfig) -> None:
         super().__init__()
+        name = type(self).__name__
         if not isinstance(config, SegmentationConfig):
-            raise MobileNetsError(f"DeepLabV3 takes a SegmentationConfig, got {config!r}")
+            raise MobileNetsError(f"{name} takes a SegmentationConfig, got {config!r}")
+        if config.head != self.head_name:
+            raise MobileNetsError(
+                f"{name} builds head={self.head_name!r}, got a config with head={config.head!r} "
+                f"(build_segmenter picks the class)"
+            )
         self.config = config
         self.spec: SegmentationSpec = resolve_segmentation(config)
-        parity = config.backbone
-        self.backbone = build_model(parity)
+        self.backbone = build_model(config.backbone)
         # The backbone ends at its deeplab_features tap: for MNet V2* the last inverted residual
         # (TF layer_18), so V2's 1x1 conv to 1280 goes.
         self.backbone.keep_blocks(len(self.spec.backbone_blocks))
-        self.head = DeepLabHead(self.spec, parity)
-        self.dropout = nn.Dropout(config.dropout)
-        (classifier,) = next(b for b in self.spec.blocks if b.kind == "classifier").layers
-        self.classifier = make_conv(classifier, parity.padding)
-        self.aux = AuxHead(self.spec.aux, parity) if self.spec.aux is not None else None
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """The backbone keeps MobileNet's initialization; the head gets He init, and the
-        classifiers N(0, 0.01) with zero bias, so training starts from near-equal class scores."""
-        heads = [self.head, self.classifier, *([self.aux] if self.aux is not None else [])]
-        init_weights(module for head in heads for module in head.modules())
-        classifiers = [self.classifier, *([self.aux.classifier] if self.aux is not None else [])]
-        for conv in classifiers:
-            nn.init.normal_(conv.weight, 0, 0.01)
-            nn.init.zeros_(conv.bias)
 
     @property
     def name(self) -> str:
@@ -137,17 +131,54 @@ class DeepLabV3(nn.Module):
                 f"{tuple(images.shape)}"
             )
 
-    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The map the head reads, and the stride-8 map the auxiliary head reads (None without
-        it)."""
+    def backbone_features(
+        self, images: torch.Tensor, with_stride8: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The map the head reads, and with ``with_stride8`` the stride-8 map (the
+        ``deeplab_stride8`` tap's block), else None."""
         self.check_input(images)
-        x, aux = images, None
+        x, stride8 = images, None
         # The modules in spec order (the stem is block 0), as keep_blocks left them.
         for index, module in enumerate(self.backbone.feature_modules()):
             x = module(x)
-            if self.aux is not None and index == self.spec.aux_block:
-                aux = x
-        return x, aux
+            if with_stride8 and index == self.spec.aux_block:
+                stride8 = x
+        return x, stride8
+
+
+class DeepLabV3(Segmenter):
+    """Mobile DeepLabv3 (Sandler et al. 2018, section 6.3) on any backbone family.
+
+    With ``config.aux``, ``forward(images, with_aux=True)`` also returns the auxiliary head's
+    logits.
+    """
+
+    head_name = "deeplabv3"
+
+    def __init__(self, config: SegmentationConfig) -> None:
+        super().__init__(config)
+        parity = config.backbone
+        self.head = DeepLabHead(self.spec, parity)
+        self.dropout = nn.Dropout(config.dropout)
+        (classifier,) = next(b for b in self.spec.blocks if b.kind == "classifier").layers
+        self.classifier = make_conv(classifier, parity.padding)
+        self.aux = AuxHead(self.spec.aux, parity) if self.spec.aux is not None else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The backbone keeps MobileNet's initialization; the head gets He init, and the
+        classifiers N(0, 0.01) with zero bias, so training starts from near-equal class scores."""
+        heads = [self.head, self.classifier, *([self.aux] if self.aux is not None else [])]
+        init_weights(module for head in heads for module in head.modules())
+        classifiers = [self.classifier, *([self.aux.classifier] if self.aux is not None else [])]
+        for conv in classifiers:
+            nn.init.normal_(conv.weight, 0, 0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The map the head reads, and the stride-8 map the auxiliary head reads (None without
+        it)."""
+        return self.backbone_features(images, with_stride8=self.aux is not None)
 
     def forward(
         self, images: torch.Tensor, with_aux: bool = False
@@ -165,21 +196,86 @@ class DeepLabV3(nn.Module):
         return logits, aux
 
 
+class LRASPPHead(nn.Module):
+    """V3 Figure 10 before its classifiers: a 1x1 branch (conv, BN, ReLU) on the last features,
+    multiplied channel by channel by the global branch (average pool, 1x1 conv, sigmoid)."""
+
+    def __init__(self, spec: SegmentationSpec, config: ModelConfig) -> None:
+        super().__init__()
+        blocks = {block.name.removeprefix("head."): block for block in spec.head_blocks}
+        self.branch = ConvBNAct(blocks["branch"], config, activation=nn.ReLU)
+        (gate,) = blocks["gate"].layers
+        self.gate = nn.Sequential()  # a container, so that the key reads head.gate.conv.weight
+        self.gate.add_module("conv", make_conv(gate, config.padding))
+        self.gate.add_module("act", nn.Sigmoid())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # torchvision's LRASPPHead pools the whole map; the paper's 49x49 pool with stride
+        # (16, 20) at 1024x2048 gives a 1x4 map, a difference of a few positions of one 1x1 conv.
+        gate = self.gate(features.mean((2, 3), keepdim=True))
+        return self.branch(features) * gate
+
+
+class LRASPP(Segmenter):
+    """Lite R-ASPP (Howard et al. 2019, section 6.4, Figure 10) on any backbone family: the gated
+    branch upsampled to the stride-8 features, a 1x1 classifier on each, added, and the sum
+    upsampled to the input size."""
+
+    head_name = "lraspp"
+
+    def __init__(self, config: SegmentationConfig) -> None:
+        super().__init__(config)
+        parity = config.backbone
+        self.head = LRASPPHead(self.spec, parity)
+        layers = {block.name: block.layers[0] for block in self.spec.head_blocks}
+        self.classifier = make_conv(layers["classifier"], parity.padding)
+        self.low_classifier = make_conv(layers["low_classifier"], parity.padding)
+        self.aux = None  # no auxiliary head (SegmentationConfig refuses aux for LR-ASPP)
+        init_weights(self.head.modules())
+        for conv in (self.classifier, self.low_classifier):
+            nn.init.normal_(conv.weight, 0, 0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map the head reads and the stride-8 map of the low-level skip."""
+        return self.backbone_features(images, with_stride8=True)
+
+    def forward(self, images: torch.Tensor, with_aux: bool = False) -> torch.Tensor:
+        if with_aux:
+            raise MobileNetsError(f"{self.name} has no auxiliary head (LR-ASPP has none)")
+        features, low = self.forward_features(images)
+        gated = F.interpolate(
+            self.head(features), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
+        logits = self.low_classifier(low) + self.classifier(gated)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+SEGMENTERS: dict[str, type[Segmenter]] = {"deeplabv3": DeepLabV3, "lraspp": LRASPP}
+
+
+def build_segmenter(config: SegmentationConfig) -> Segmenter:
+    """The segmenter of ``config``: its head's class (DeepLabV3 or LRASPP)."""
+    if not isinstance(config, SegmentationConfig):
+        raise MobileNetsError(f"build_segmenter takes a SegmentationConfig, got {config!r}")
+    return SEGMENTERS[config.head](config)
+
+
 # --- Reading a saved segmenter ----------------------------------------------------------------
 
 
 def saved_segmentation_config(path: str | os.PathLike) -> SegmentationConfig | None:
     """The segmentation config recorded in a safetensors file that save_weights wrote from a
-    DeepLabV3; None for other files."""
+    segmenter; None for other files."""
     return saved_config(path, SegmentationConfig)
 
 
-def load_segmenter(path: str | os.PathLike) -> DeepLabV3:
+def load_segmenter(path: str | os.PathLike) -> Segmenter:
     """Rebuild a segmenter from a safetensors file that save_weights wrote: config and weights."""
     return load_saved(
         path,
         SegmentationConfig,
-        DeepLabV3,
+        build_segmenter,
         record="segmentation",
         factory="create_segmenter",
         what="segmenter",

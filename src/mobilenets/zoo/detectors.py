@@ -15,13 +15,13 @@ from mobilenets.core.detector import BACKBONE_FIELDS, SSDLite, saved_detection_c
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import MobileNet
 from mobilenets.core.segmentation_spec import SegmentationConfig
-from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.segmenter import Segmenter
 from mobilenets.core.weights import PARITY_FIELDS, load_weights, mismatch_report
 from mobilenets.zoo.registry import resolve_detection_config
 from mobilenets.zoo.transfer import source_model
 
 
-def copy_backbone(model: SSDLite | DeepLabV3, classifier: MobileNet) -> None:
+def copy_backbone(model: SSDLite | Segmenter, classifier: MobileNet) -> None:
     """Copy every tensor of a classification model that a detector's or segmenter's backbone has
     into it: weights, BN statistics. The classifier is left out, and the blocks the backbone does
     not build (a segmenter's ends at its tap: V2's last 1x1 conv); anything else that does not fit

@@ -86,7 +86,7 @@ def cost(name_or_model, resolution: int | None = None, **overrides) -> CostRepor
 
     A detector name (``cost("ssdlite_mobilenet_v2", resolution=300)``) or an SSDLite model gets
     the cost of the whole detector: backbone, extra layers and heads. A segmenter name
-    (``cost("deeplabv3_mobilenet_v2", output_stride=8, aspp=True)``) or a DeepLabV3 gets the cost
+    (``cost("deeplabv3_mobilenet_v2", output_stride=8, aspp=True)``) or a segmenter gets the cost
     of its inference network at ``resolution`` (513 by default), single scale.
     """
     base = name_or_model.config if isinstance(name_or_model, nn.Module) else name_or_model

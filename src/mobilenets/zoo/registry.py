@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.families import families
-from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
+from mobilenets.core.segmentation_spec import TABLE7, V3_TABLE7, SegmentationConfig
 from mobilenets.core.spec import ModelConfig, format_alpha, pick_resolution
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
@@ -243,6 +243,35 @@ for _arch, _aspp in (("mobilenet_v1", True), ("mobilenet_v2", False)):
             f"deeplabv3_{_arch}",
             SegmentationConfig(ModelConfig(arch=_arch), aspp=_aspp),
             paper=_table7_references(_arch, _aspp),
+        )
+    )
+
+
+# V3's task models (Howard et al. 2019, sections 6.2 and 6.4), on the reduced tail as the paper
+# builds them: SSDLite (Table 6, at 320) and LR-ASPP (Table 7, Cityscapes at 1024x2048).
+SOURCE_V3_SSDLITE_PAPER = "Howard et al. 2019, Table 6, SSDLite at 320x320 (COCO)"
+SOURCE_V3_LRASPP_PAPER = "Howard et al. 2019, Table 7, LR-ASPP, Cityscapes at 1024x2048"
+for _arch, _macs_m, _params_m in (
+    ("mobilenet_v3_large", 510, 3.22),
+    ("mobilenet_v3_small", 160, 1.77),
+):
+    register(
+        ModelEntry(
+            f"ssdlite_{_arch}",
+            DetectionConfig(ModelConfig(arch=_arch, reduced_tail=True)),
+            paper=(Reference(SOURCE_V3_SSDLITE_PAPER, macs_m=_macs_m, params_m=_params_m),),
+        )
+    )
+for _row in V3_TABLE7:
+    register(
+        ModelEntry(
+            f"lraspp_{_row.arch}",
+            SegmentationConfig(ModelConfig(arch=_row.arch, reduced_tail=True), head="lraspp"),
+            paper=(
+                Reference(
+                    SOURCE_V3_LRASPP_PAPER, macs_m=_row.madds_b * 1000, params_m=_row.params_m
+                ),
+            ),
         )
     )
 

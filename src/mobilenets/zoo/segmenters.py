@@ -14,7 +14,7 @@ import os
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.segmentation_spec import SegmentationConfig
-from mobilenets.core.segmenter import DeepLabV3, saved_segmentation_config
+from mobilenets.core.segmenter import Segmenter, build_segmenter, saved_segmentation_config
 from mobilenets.core.weights import PARITY_FIELDS, load_weights
 from mobilenets.zoo.detectors import copy_backbone, load_classifier
 from mobilenets.zoo.registry import resolve_segmentation_config
@@ -32,7 +32,7 @@ def create_segmenter(
     weights: str | os.PathLike | None = None,
     progress: bool = True,
     **overrides,
-) -> DeepLabV3:
+) -> Segmenter:
     """Build a registered segmenter: ``create_segmenter("deeplabv3_mobilenet_v2", num_classes=21,
     output_stride=16, aspp=False, backbone_weights="torchvision")``.
 
@@ -60,17 +60,17 @@ def create_segmenter(
     if backbone_weights is not None:
         classifier = load_classifier(config, backbone_weights, progress=progress)
         config = _with_parity(config, classifier.config, overrides)
-        model = DeepLabV3(config)
+        model = build_segmenter(config)
         copy_backbone(model, classifier)
         return model
     if weights is not None:
         saved = saved_segmentation_config(weights)
         if saved is not None:
             config = _with_parity(config, saved.backbone, overrides)
-        model = DeepLabV3(config)
+        model = build_segmenter(config)
         load_weights(model, weights)
         return model
-    return DeepLabV3(config)
+    return build_segmenter(config)
 
 
 def _with_parity(config: SegmentationConfig, source, overrides: dict) -> SegmentationConfig:

@@ -26,7 +26,7 @@ import torch
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import MobileNet
-from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.segmenter import Segmenter
 from mobilenets.deploy.bench.report import SYNTHETIC_NOTE
 from mobilenets.deploy.bench.runtimes import DETECTOR_OUTPUTS, Outputs
 from mobilenets.deploy.bench.scoring import Validation
@@ -124,7 +124,7 @@ def _onnx_files(source: ExportSource, stem: Path, calibration: Int8Calibration |
     note) each."""
     model, resolution = source.model, source.resolution
     fp32 = stem.with_name(f"{stem.name}.fp32.onnx")
-    if isinstance(model, (DeepLabV3, SSDLite)):
+    if isinstance(model, (Segmenter, SSDLite)):
         export_dense_onnx(model, fp32, resolution)
     else:
         export_onnx(model, fp32, resolution=resolution, dynamic_batch=True, check_sizes=(1,))
@@ -199,7 +199,7 @@ class Packed(torch.nn.Module):
     """A segmenter's logits, or a detector's two outputs as one tensor (N, A, C + 4): a .pte
     method here is checked and run with one output."""
 
-    def __init__(self, model: DeepLabV3 | SSDLite) -> None:
+    def __init__(self, model: Segmenter | SSDLite) -> None:
         super().__init__()
         self.model = model
 
@@ -210,7 +210,7 @@ class Packed(torch.nn.Module):
         return out
 
 
-def export_dense_onnx(model: DeepLabV3 | SSDLite, path: Path, resolution: int) -> ExportReport:
+def export_dense_onnx(model: Segmenter | SSDLite, path: Path, resolution: int) -> ExportReport:
     """A segmenter or detector as export_onnx writes a classifier, by
     [`write_onnx`][mobilenets.deploy.onnx_export.write_onnx]: BN folded, a dynamic batch (traced
     at batch 2, since torch.export specialises a size-1 axis), the model config in the metadata,

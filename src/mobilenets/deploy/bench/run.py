@@ -15,7 +15,7 @@ from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.core.models import MobileNet
-from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.segmenter import Segmenter
 from mobilenets.deploy.bench.exports import CALIBRATION_IMAGES, model_target
 from mobilenets.deploy.bench.report import BenchRecord, make_record, mark_fastest
 from mobilenets.deploy.bench.runtimes import (
@@ -38,11 +38,11 @@ from mobilenets.deploy.executorch_export import require_executorch
 from mobilenets.deploy.onnx_export import ExportSource, require_onnx
 from mobilenets.deploy.pt2e import require_pt2e
 
-MODELS = (MobileNet, DeepLabV3, SSDLite)
+MODELS = (MobileNet, Segmenter, SSDLite)
 
 
 def run_benchmarks(
-    inputs: Iterable[str | os.PathLike | MobileNet | DeepLabV3 | SSDLite],
+    inputs: Iterable[str | os.PathLike | MobileNet | Segmenter | SSDLite],
     *,
     batches: Iterable[int] = DEFAULT_BATCHES,
     threads: int | None = None,

@@ -22,7 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 from mobilenets.core.detector import SSDLite
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
-from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.segmenter import Segmenter
 from mobilenets.deploy.bench.timing import Timing, measure
 from mobilenets.deploy.executorch_export import load_method, load_pte, pte_threads, run_pte
 from mobilenets.deploy.onnx_export import onnx_session
@@ -60,7 +60,7 @@ class Outputs(torch.nn.Module):
     """A segmenter's or detector's forward as a tuple of tensors, in the ONNX outputs' order:
     ONNX outputs are positional, a detector's forward returns a dict."""
 
-    def __init__(self, model: DeepLabV3 | SSDLite) -> None:
+    def __init__(self, model: Segmenter | SSDLite) -> None:
         super().__init__()
         self.model = model
 

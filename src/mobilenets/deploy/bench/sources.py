@@ -15,7 +15,12 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.core.models import MobileNet, build_model
 from mobilenets.core.segmentation_spec import SegmentationConfig
-from mobilenets.core.segmenter import DeepLabV3, load_segmenter, saved_segmentation_config
+from mobilenets.core.segmenter import (
+    Segmenter,
+    build_segmenter,
+    load_segmenter,
+    saved_segmentation_config,
+)
 from mobilenets.core.spec import ModelConfig
 from mobilenets.deploy.bench.scoring import Validation
 from mobilenets.deploy.executorch_export import load_pte, pte_input_shape, read_pte_metadata
@@ -135,12 +140,12 @@ def model_from_config(config, resolution: int) -> torch.nn.Module | None:
     if "backbone" in config and "extra_depths" in config:
         return SSDLite(DetectionConfig.from_dict(config).replace(resolution=resolution))
     if "backbone" in config:
-        return DeepLabV3(SegmentationConfig.from_dict(config).replace(resolution=resolution))
+        return build_segmenter(SegmentationConfig.from_dict(config).replace(resolution=resolution))
     return build_model(ModelConfig.from_dict(config).replace(resolution=resolution))
 
 
 def load_source(
-    item: str | MobileNet | DeepLabV3 | SSDLite,
+    item: str | MobileNet | Segmenter | SSDLite,
     resolution: int | None = None,
     *,
     output_stride: int | None = None,
@@ -149,7 +154,7 @@ def load_source(
     """The model a bench input names, in eval mode, and the resolution to measure it at (default:
     its own). A classifier (a MobileNet, a registered name or a checkpoint) comes as
     [`export_source`][mobilenets.deploy.onnx_export.export_source] reads it; a segmenter is a
-    DeepLabV3, a registered segmenter name (random weights, at ``output_stride`` and with
+    Segmenter, a registered segmenter name (random weights, at ``output_stride`` and with
     ``aspp`` when given) or a checkpoint that records a segmentation config; a detector is an
     SSDLite, a registered detector name (random weights) or a checkpoint that records a
     detection config. A detector's default boxes are laid out for one input size, so at another
@@ -159,7 +164,7 @@ def load_source(
             f"output_stride and aspp apply to a registered segmenter name (such as "
             f"deeplabv3_mobilenet_v2), not to {label(item)!r}"
         )
-    if isinstance(item, (MobileNet, DeepLabV3, SSDLite)):
+    if isinstance(item, (MobileNet, Segmenter, SSDLite)):
         return _given_model(item, resolution)
     if is_segmenter(item):
         model = create_segmenter(
@@ -172,7 +177,7 @@ def load_source(
     return _checkpoint(item, resolution)
 
 
-def _given_model(model: MobileNet | DeepLabV3 | SSDLite, resolution: int | None) -> ExportSource:
+def _given_model(model: MobileNet | Segmenter | SSDLite, resolution: int | None) -> ExportSource:
     if isinstance(model, SSDLite):
         model = _detector_at(model, resolution)
         return ExportSource(model.eval(), model.resolution, "the given model's weights")
@@ -204,7 +209,7 @@ def _detector_at(model: SSDLite, resolution: int | None) -> SSDLite:
 
 
 def label(item) -> str:
-    return item.name if isinstance(item, (MobileNet, DeepLabV3, SSDLite)) else str(item)
+    return item.name if isinstance(item, (MobileNet, Segmenter, SSDLite)) else str(item)
 
 
 def in_chans(config: ModelConfig | SegmentationConfig | DetectionConfig) -> int:

@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.segmenter import Segmenter
 from mobilenets.core.version import __version__
 from mobilenets.deploy import executorch_export as mobile
 from mobilenets.deploy import onnx_export, pt2e
@@ -134,7 +134,7 @@ class ClassMap(nn.Module):
 
 
 def export(
-    checkpoint_or_model: str | os.PathLike | SegmentationCheckpoint | DeepLabV3,
+    checkpoint_or_model: str | os.PathLike | SegmentationCheckpoint | Segmenter,
     path: str | os.PathLike,
     *,
     format: str = "onnx",
@@ -152,7 +152,7 @@ def export(
     - ``checkpoint_or_model``: a checkpoint written by a segmentation run (a ``.safetensors`` file
       or the run folder: its best), a loaded
       [`SegmentationCheckpoint`][mobilenets.tasks.segmentation.inference.SegmentationCheckpoint],
-      or a [`DeepLabV3`][mobilenets.core.segmenter.DeepLabV3] (whose file then records no class
+      or a [`Segmenter`][mobilenets.core.segmenter.Segmenter] (whose file then records no class
       names or preprocessing). The model is not changed.
     - ``format``: ``"onnx"`` (the ``onnx`` extra) or ``"pte"`` (the ``mobile`` extra); the path's
       suffix must match.
@@ -199,7 +199,7 @@ def export(
     folded, bn_folded = fold_batch_norm(reference)
     output_name = LABELS if argmax else LOGITS
     shape = (1, config.backbone.in_chans, resolution, resolution)
-    known, source = {}, "a DeepLabV3 given to tasks.segmentation.export"
+    known, source = {}, f"a {type(model).__name__} given to tasks.segmentation.export"
     if checkpoint is not None:
         known = checkpoint_info(
             checkpoint.classes,
@@ -261,7 +261,7 @@ def check_export_options(path: str | os.PathLike, format: str, opset: int | None
 
 def _as_checkpoint(item) -> SegmentationCheckpoint | None:
     """The checkpoint export was given (loaded from a path), or None for a model."""
-    if isinstance(item, DeepLabV3):
+    if isinstance(item, Segmenter):
         return None
     if isinstance(item, (str, os.PathLike)):
         return load_segmentation_checkpoint(item)
@@ -269,7 +269,7 @@ def _as_checkpoint(item) -> SegmentationCheckpoint | None:
         return item
     raise MobileNetsError(
         "the segmentation export takes a segmentation checkpoint (a .safetensors file or run "
-        f"folder), a SegmentationCheckpoint or a DeepLabV3, got {type(item).__name__}"
+        f"folder), a SegmentationCheckpoint or a Segmenter, got {type(item).__name__}"
     )
 
 

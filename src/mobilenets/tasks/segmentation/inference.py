@@ -33,7 +33,7 @@ from mobilenets.core.files import atomic_path
 from mobilenets.core.preprocessing import Preprocessing
 from mobilenets.core.segmentation_cost import MULTISCALE, scaled_size  # Table 7's MF
 from mobilenets.core.segmentation_spec import SegmentationConfig
-from mobilenets.core.segmenter import DeepLabV3, load_segmenter
+from mobilenets.core.segmenter import Segmenter, build_segmenter, load_segmenter
 from mobilenets.core.spec import ModelConfig
 from mobilenets.core.weights import saved_config
 from mobilenets.data.common import open_image
@@ -58,7 +58,7 @@ OVERLAY_OPACITY = 0.5  # weight of the class colour over the image
 class SegmentationCheckpoint:
     """A trained segmenter with what reading its inputs and naming its outputs needs."""
 
-    model: DeepLabV3
+    model: Segmenter
     classes: tuple[str, ...]  # the name of each class index of the masks
     preprocessing: Preprocessing  # the input normalization (resolution: the training crop)
     path: Path
@@ -91,14 +91,14 @@ def load_segmentation_checkpoint(path: str | os.PathLike) -> SegmentationCheckpo
     )
 
 
-def with_output_stride(model: DeepLabV3, output_stride: int | None) -> DeepLabV3:
+def with_output_stride(model: Segmenter, output_stride: int | None) -> Segmenter:
     """``model`` at another output stride, with the same weights: atrous convolution changes no
     tensor, only the strides and dilations (DeepLabv3 section 3.3 trains at 16 and evaluates at
     8). The ASPP rates follow the output stride unless the config fixed them. ``None`` or the
     model's own output stride returns ``model`` itself."""
     if output_stride is None or output_stride == model.config.output_stride:
         return model
-    rebuilt = DeepLabV3(model.config.replace(output_stride=output_stride))
+    rebuilt = build_segmenter(model.config.replace(output_stride=output_stride))
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     parameter = next(model.parameters())
     return rebuilt.to(parameter.device).train(model.training)

@@ -38,7 +38,7 @@ from mobilenets.core.segmentation_spec import (
     SEGMENTATION_OUTPUT_STRIDES,
     SegmentationConfig,
 )
-from mobilenets.core.segmenter import DeepLabV3
+from mobilenets.core.segmenter import Segmenter, build_segmenter
 from mobilenets.core.spec import MIN_RESOLUTION
 from mobilenets.data.detection import SYNTHETIC_SHAPES
 from mobilenets.data.segmentation import IGNORE_INDEX, collate_segmentation, load_segmentation_data
@@ -238,7 +238,7 @@ class Segmentation:
             # The saved config, which has the padding and BN eps of the backbone weights.
             saved = SegmentationConfig.from_dict(saved_run["segmentation_config"])
             check_resumed_model(saved, model_config, config.data, "aux")
-            model = DeepLabV3(saved)
+            model = build_segmenter(saved)
         elif config.backbone_weights is not None:
             model = create_segmenter(
                 model_config, backbone_weights=config.backbone_weights, progress=context.progress
@@ -246,7 +246,7 @@ class Segmentation:
             if context.distributed.main:
                 log.info(f"backbone from {config.backbone_weights!r}")
         else:
-            model = DeepLabV3(model_config)
+            model = build_segmenter(model_config)
         preprocessing = segmentation_preprocessing(config.backbone_weights, config.crop)
         data.train.transform = train_transform(
             preprocessing, config.crop, (config.min_scale, config.max_scale), config.flip
@@ -254,7 +254,7 @@ class Segmentation:
         data.val.transform = eval_transform(preprocessing)
         self.val, self.preprocessing, self.context = data.val, preprocessing, context
 
-        def evaluate_model(model: DeepLabV3) -> dict:
+        def evaluate_model(model: Segmenter) -> dict:
             self.shipped = model
             return evaluate_segmenter(
                 model,
