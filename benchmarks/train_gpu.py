@@ -140,6 +140,24 @@ def step_table(args, device, dtype) -> list[str]:
                     cl(create_model("mobilenet_v2")), device, dtype, args.batch, args.amp
                 ),
             }
+        if arch == "v3":
+            return {
+                "torchvision mobilenet_v3_large, eager": BareStep(
+                    cl(torchvision.models.mobilenet_v3_large()), device, dtype
+                ),
+                "torchvision mobilenet_v3_large + torch.compile": BareStep(
+                    torch.compile(cl(torchvision.models.mobilenet_v3_large())), device, dtype
+                ),
+                "timm mobilenetv3_large_100, eager": BareStep(
+                    cl(timm.create_model("mobilenetv3_large_100")), device, dtype
+                ),
+                "ours mobilenet_v3_large 1.0, eager": BareStep(
+                    cl(create_model("mobilenet_v3_large")), device, dtype
+                ),
+                "ours mobilenet_v3_large 1.0, fast path": FastPath(
+                    cl(create_model("mobilenet_v3_large")), device, dtype, args.batch, args.amp
+                ),
+            }
         return {
             "timm mobilenetv1_100, eager": BareStep(
                 cl(timm.create_model("mobilenetv1_100")), device, dtype
@@ -160,8 +178,10 @@ def step_table(args, device, dtype) -> list[str]:
         "|---|---:|---:|",
     ]
     x, y = ready_batch(args.batch, 3, args.resolution, 1000, device)
-    for arch in ("v2", "v1"):
-        reference = None  # the first row: torchvision's V2 eager; timm's V1 (torchvision has none)
+    for arch in ("v2", "v3", "v1"):
+        # the first row is the reference: torchvision's V2 and V3 eager; timm's V1 (torchvision
+        # has none)
+        reference = None
         steps = contenders(arch)
         for step in steps.values():
             step.rate(x, y, max(3, args.steps // 2))  # warm-up: compile, capture, cudnn search
