@@ -70,7 +70,7 @@ def quantized(checkpoint):
         results.append(original(*args, **kwargs))
         return results[-1]
 
-    argv = ["quantize", checkpoint, "--data", DATA, "--out", out]
+    argv = ["quantize", checkpoint, "--data", DATA, "--method", "ptq", "--out", out]
     argv += ["--calibration-images", CALIBRATION, "--batch-size", 32]
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
