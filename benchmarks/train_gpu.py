@@ -121,25 +121,28 @@ def step_table(args, device, dtype) -> list[str]:
     def cl(model):
         return model.to(device, memory_format=torch.channels_last)
 
+    def torchvision_family(torchvision_name: str, timm_name: str, ours: str) -> dict:
+        """torchvision eager and compiled (the reference), timm, ours eager and fast path."""
+        builder = getattr(torchvision.models, torchvision_name)
+        return {
+            f"torchvision {torchvision_name}, eager": BareStep(cl(builder()), device, dtype),
+            f"torchvision {torchvision_name} + torch.compile": BareStep(
+                torch.compile(cl(builder())), device, dtype
+            ),
+            f"timm {timm_name}, eager": BareStep(cl(timm.create_model(timm_name)), device, dtype),
+            f"ours {ours} 1.0, eager": BareStep(cl(create_model(ours)), device, dtype),
+            f"ours {ours} 1.0, fast path": FastPath(
+                cl(create_model(ours)), device, dtype, args.batch, args.amp
+            ),
+        }
+
     def contenders(arch: str) -> dict:
         if arch == "v2":
-            return {
-                "torchvision mobilenet_v2, eager": BareStep(
-                    cl(torchvision.models.mobilenet_v2()), device, dtype
-                ),
-                "torchvision mobilenet_v2 + torch.compile": BareStep(
-                    torch.compile(cl(torchvision.models.mobilenet_v2())), device, dtype
-                ),
-                "timm mobilenetv2_100, eager": BareStep(
-                    cl(timm.create_model("mobilenetv2_100")), device, dtype
-                ),
-                "ours mobilenet_v2 1.0, eager": BareStep(
-                    cl(create_model("mobilenet_v2")), device, dtype
-                ),
-                "ours mobilenet_v2 1.0, fast path": FastPath(
-                    cl(create_model("mobilenet_v2")), device, dtype, args.batch, args.amp
-                ),
-            }
+            return torchvision_family("mobilenet_v2", "mobilenetv2_100", "mobilenet_v2")
+        if arch == "v3":
+            return torchvision_family(
+                "mobilenet_v3_large", "mobilenetv3_large_100", "mobilenet_v3_large"
+            )
         return {
             "timm mobilenetv1_100, eager": BareStep(
                 cl(timm.create_model("mobilenetv1_100")), device, dtype
@@ -160,8 +163,10 @@ def step_table(args, device, dtype) -> list[str]:
         "|---|---:|---:|",
     ]
     x, y = ready_batch(args.batch, 3, args.resolution, 1000, device)
-    for arch in ("v2", "v1"):
-        reference = None  # the first row: torchvision's V2 eager; timm's V1 (torchvision has none)
+    for arch in ("v2", "v3", "v1"):
+        # the first row is the reference: torchvision's V2 and V3 eager; timm's V1 (torchvision
+        # has none)
+        reference = None
         steps = contenders(arch)
         for step in steps.values():
             step.rate(x, y, max(3, args.steps // 2))  # warm-up: compile, capture, cudnn search

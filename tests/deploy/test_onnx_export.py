@@ -74,8 +74,27 @@ def ort_session(path) -> onnxruntime.InferenceSession:
             padding="same",
             bn_eps=1e-3,
         ),
+        # V3: h-swish, the SE block (its 1x1 convs have a bias and no BN) and the pre-logits layer
+        dict(arch="mobilenet_v3_small", alpha=0.75, resolution=32, num_classes=10),
+        dict(
+            arch="mobilenet_v3_large",
+            alpha=1.0,
+            resolution=32,
+            num_classes=10,
+            small_input=True,
+            padding="same",
+            bn_eps=1e-3,
+        ),
     ],
-    ids=["v1_0.25", "v1_0.5_same", "v2_0.35", "v2_0.5_same", "v2_1.0_small_same"],
+    ids=[
+        "v1_0.25",
+        "v1_0.5_same",
+        "v2_0.35",
+        "v2_0.5_same",
+        "v2_1.0_small_same",
+        "v3_small_0.75",
+        "v3_large_1.0_small_same",
+    ],
 )
 def test_folding_batch_norm_keeps_the_logits(fields):
     # float64, so that what is measured is the folding and not float32 rounding (which alone
@@ -106,6 +125,23 @@ def test_folding_a_v2_counts_every_conv_bn_pair():
     # stem 1, first bottleneck (t = 1) 2, sixteen more 3 each, head 1: the 52 of V2 1.0
     _, count = fold_batch_norm(build_model(ModelConfig(arch="mobilenet_v2", resolution=32)))
     assert count == 52
+
+
+@pytest.mark.parametrize(
+    ("arch", "count"),
+    # stem 1, bnecks (the first, t == 1, has 2; the others 3), head 1; the SE convs and the
+    # pre-logits layer have no BN: Large 1 + 2 + 14 * 3 + 1, Small 1 + 2 + 10 * 3 + 1
+    [("mobilenet_v3_large", 46), ("mobilenet_v3_small", 34)],
+)
+def test_folding_a_v3_counts_every_conv_bn_pair_and_leaves_se_as_it_is(arch, count):
+    model = build_model(ModelConfig(arch=arch, resolution=32))
+    folded, folded_count = fold_batch_norm(model)
+    assert folded_count == count
+    # SE's convs have a bias and no BN: the folded copy has them with the same tensors
+    se_keys = [key for key in model.state_dict() if ".se." in key]
+    assert se_keys
+    folded_state = folded.state_dict()
+    assert all(torch.equal(folded_state[key], model.state_dict()[key]) for key in se_keys)
 
 
 # --- A checkpoint through `mobilenets export` -----------------------------------------------------

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from ridge import fit_ridge_classifier, save_checkpoint
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
@@ -21,7 +22,6 @@ from mobilenets.cli import main
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import build_model
 from mobilenets.core.spec import ModelConfig
-from mobilenets.core.weights import save_weights
 from mobilenets.data.classification import load_splits
 from mobilenets.data.transforms import eval_transform, train_transform
 from mobilenets.deploy import qat, quantize
@@ -39,22 +39,6 @@ CALIBRATION = 128
 MAX_DROP = 0.10  # top-1, as a fraction: 6 of the 64 validation images
 
 
-def features(model, images: torch.Tensor) -> torch.Tensor:
-    """The pooled features the classifier reads."""
-    seen = []
-    hook = model.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    with torch.no_grad():
-        model(images)
-    hook.remove()
-    return seen[0]
-
-
-def save_checkpoint(model, path, classes, preprocessing):
-    metadata = {"classes": list(classes), "preprocessing": preprocessing.to_dict()}
-    save_weights(model, path, metadata)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small-input V2 0.35 whose classifier is a ridge regression on the random features of
@@ -67,18 +51,7 @@ def checkpoint(tmp_path_factory):
         )
     ).eval()
     splits = load_splits(DATA, 32)
-    transform = eval_transform(splits.preprocessing)
-    train = splits.train
-    x = features(model, torch.stack([transform(image) for image in train.images]))
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    design = torch.cat([(x - mean) / std, torch.ones(len(x), 1)], 1)
-    targets = F.one_hot(train.labels, 10).float()
-    eye = torch.eye(design.shape[1])
-    solution = torch.linalg.solve(design.T @ design + 0.1 * eye, design.T @ targets)
-    weight = solution[:-1].T / std
-    with torch.no_grad():
-        model.classifier.weight.copy_(weight)
-        model.classifier.bias.copy_(solution[-1] - weight @ mean)
+    fit_ridge_classifier(model, splits)
     path = tmp_path_factory.mktemp("quantize") / "model.safetensors"
     return save_checkpoint(model, path, splits.classes, splits.preprocessing)
 

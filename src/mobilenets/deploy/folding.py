@@ -1,4 +1,5 @@
-"""BN folding: each BatchNorm merged into the conv before it, for export and quantization.
+"""BN folding: each BatchNorm merged into the conv before it, for export and quantization, and
+the affine part of V3's squeeze-and-excite gate merged into the conv before it.
 
 The (conv, BN) pairs are found by the part names the blocks give them
 ([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in classifiers, detectors and segmenters
@@ -10,12 +11,13 @@ from __future__ import annotations
 import copy
 from typing import TypeVar
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mobilenets.core.detector import ExtraLayer, PredictionHead
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.models import ConvBNAct, DepthwiseSeparable, InvertedResidual
+from mobilenets.core.models import ConvBNAct, DepthwiseSeparable, InvertedResidual, SqueezeExcite
 from mobilenets.core.segmenter import AuxHead, HeadConv
 
 M = TypeVar("M", bound=nn.Module)
@@ -39,7 +41,9 @@ def fold_batch_norm(model: M) -> tuple[M, int]:
     Per output channel, with s = gamma / sqrt(running_var + eps): w' = w * s and
     b' = beta + (b - running_mean) * s, b = 0 for our bias-free convs (torch's
     fuse_conv_bn_eval); the BN becomes an identity. A Conv2dSame stays a Conv2dSame, so TF
-    "SAME" padding is kept. ``model`` itself is not changed, not even switched to eval mode.
+    "SAME" padding is kept. The hard-sigmoid gate of each V3 squeeze-and-excite block is folded
+    too (see [`fold_se_gates`][mobilenets.deploy.folding.fold_se_gates]); the count is of BN
+    layers. ``model`` itself is not changed, not even switched to eval mode.
     """
     folded = copy.deepcopy(model).eval()
     count = 0
@@ -59,4 +63,30 @@ def fold_batch_norm(model: M) -> tuple[M, int]:
             f"cannot fold BN layers outside {', '.join(c.__name__ for c in FOLD_PAIRS)}: "
             f"{', '.join(left[:5])}{', ...' if len(left) > 5 else ''}"
         )
+    fold_se_gates(folded)
     return folded, count
+
+
+def fold_se_gates(model: nn.Module) -> int:
+    """Fold the affine part of every squeeze-and-excite gate of ``model`` (in place) into the conv
+    before it, and the number folded.
+
+    The gate is ReLU6(y + 3) / 6 (V3 section 5.2) of y = W s + b, which equals
+    clamp(W' s + b', 0, 1) with W' = W / 6 and b' = (b + 3) / 6: ``conv_expand`` takes W' and b'
+    and the gate becomes a Hardtanh(0, 1). The arithmetic is the same, but the graph is not:
+    onnxruntime's QDQ quantizer and runtime have no int8 HardSigmoid (it would run in float on
+    dequantized values) while a Clip after a Conv is absorbed in the QLinearConv's output range;
+    ExecuTorch's XNNPACK quantizer does not annotate hardsigmoid (float in the delegate, its
+    decomposition's constants left outside it) while a hardtanh after a conv shares the conv's
+    int8 output. A gate folded already (a Hardtanh) is left as it is."""
+    count = 0
+    for block in model.modules():
+        if not isinstance(block, SqueezeExcite) or not isinstance(block.gate, nn.Hardsigmoid):
+            continue
+        conv = block.conv_expand
+        with torch.no_grad():
+            conv.weight.div_(6)
+            conv.bias.add_(3).div_(6)
+        block.gate = nn.Hardtanh(0.0, 1.0)
+        count += 1
+    return count
