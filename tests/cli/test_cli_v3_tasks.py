@@ -33,18 +33,17 @@ def run(capsys, *argv) -> str:
     return out
 
 
-def trained_config(out, record: str) -> dict:
+def train(capsys, word: str, model: str, size: list[str], out, record: str) -> dict:
+    """Train ``model`` for one epoch with ``mobilenets WORD train``; the config it recorded."""
+    printed = run(capsys, word, "train", "--model", model, *size, *COMMON, "--out", out)
+    assert "checkpoint:" in printed
     return json.loads((out / "train_config.json").read_text())[record]
 
 
 def test_detect_train_and_eval_ssdlite_on_v3_small(capsys, tmp_path):
     out = tmp_path / "run"
-    model = "ssdlite_mobilenet_v3_small"
-    printed = run(
-        capsys, "detect", "train", "--model", model, "--resolution", "64", *COMMON, "--out", out
-    )
-    assert "checkpoint:" in printed
-    saved = trained_config(out, "detection_config")
+    size = ["--resolution", "64"]
+    saved = train(capsys, "detect", "ssdlite_mobilenet_v3_small", size, out, "detection_config")
     assert saved["backbone"]["arch"] == "mobilenet_v3_small" and saved["backbone"]["reduced_tail"]
     assert saved["resolution"] == 64
     run(capsys, "detect", "eval", out, "--data", DATA, "--json", tmp_path / "eval.json")
@@ -55,12 +54,8 @@ def test_detect_train_and_eval_ssdlite_on_v3_small(capsys, tmp_path):
 def test_segment_train_and_onnx_export_of_lraspp_on_v3_small(capsys, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "run"
-    model = "lraspp_mobilenet_v3_small"
-    printed = run(
-        capsys, "segment", "train", "--model", model, "--crop", "64", *COMMON, "--out", out
-    )
-    assert "checkpoint:" in printed
-    saved = trained_config(out, "segmentation_config")
+    size = ["--crop", "64"]
+    saved = train(capsys, "segment", "lraspp_mobilenet_v3_small", size, out, "segmentation_config")
     assert (saved["head"], saved["head_channels"], saved["backbone"]["reduced_tail"]) == (
         "lraspp",
         128,
