@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import V3_WIDTH_RULES, families, get_family
 from mobilenets.zoo.pretrained import PUBLISHERS
 
 PUBLISHED_WEIGHTS = (
@@ -172,3 +173,41 @@ def check_unused(args: argparse.Namespace, flags: tuple[str, ...], reason: str) 
         value = getattr(args, dest(flag), None)
         if value is not None and value is not False:
             raise MobileNetsError(f"{flag} {reason}")
+
+
+# The flags of V3's variants, and the config fields they set.
+V3_FLAGS = {
+    "--width-rule": "width_rule",
+    "--minimalistic": "minimalistic",
+    "--reduced-tail": "reduced_tail",
+}
+
+
+def add_v3_arguments(parser: argparse.ArgumentParser) -> None:
+    """--width-rule, --minimalistic and --reduced-tail: V3's variants (ModelConfig's fields)."""
+    v3 = ", ".join(arch for arch in families() if get_family(arch).width_rules)
+    parser.add_argument(
+        "--width-rule",
+        choices=V3_WIDTH_RULES,
+        help=f"{v3}: how alpha sets the widths, tf (TF-slim, Keras, timm) or torchvision; at "
+        "alpha 1 the same network (default tf)",
+    )
+    parser.add_argument(
+        "--minimalistic",
+        action="store_true",
+        default=None,
+        help=f"{v3}: no SE, ReLU everywhere, 3x3 depthwise convs (TF-slim's and Keras's variant)",
+    )
+    parser.add_argument(
+        "--reduced-tail",
+        action="store_true",
+        default=None,
+        help=f"{v3}: the last stage, head conv and pre-logits layer at half width (torchvision's "
+        "reduced_tail, the paper's detection and segmentation backbone)",
+    )
+
+
+def v3_fields(args: argparse.Namespace) -> dict:
+    """The V3 config fields the flags set (none when no flag is given)."""
+    values = {field: getattr(args, field) for field in V3_FLAGS.values()}
+    return {field: value for field, value in values.items() if value is not None}

@@ -6,17 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from mobilenets.cli.arguments import add_json_switch
+from mobilenets.cli.arguments import V3_FLAGS, add_json_switch, add_v3_arguments, v3_fields
 from mobilenets.cli.common import add_command, format_table
+from mobilenets.cli.cost_tables import run_table7, run_table_v3
 from mobilenets.core.cost import CostReport
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.families import V3_WIDTH_RULES, families, get_family
-from mobilenets.core.published_v3 import V3Comparison, v3_table
 from mobilenets.core.segmentation_cost import (
     MULTISCALE,
-    Table7Comparison,
     inference_macs,
-    table7,
     v3_table7,
 )
 from mobilenets.core.segmentation_spec import TABLE7, SegmentationConfig
@@ -32,13 +29,6 @@ from mobilenets.zoo.registry import (
     resolve_config,
     resolve_segmentation_config,
 )
-
-# The flags of V3's variants, and the config fields they set.
-V3_FLAGS = {
-    "--width-rule": "width_rule",
-    "--minimalistic": "minimalistic",
-    "--reduced-tail": "reduced_tail",
-}
 
 
 def add_cost(commands) -> None:
@@ -130,36 +120,6 @@ def add_cost(commands) -> None:
         "(default: the name's; deeplabv3_mobilenet_v2 has none, deeplabv3_mobilenet_v1 has them)",
     )
     add_json_switch(parser, "one JSON object instead of the tables")
-
-
-def add_v3_arguments(parser: argparse.ArgumentParser) -> None:
-    """--width-rule, --minimalistic and --reduced-tail: V3's variants (ModelConfig's fields)."""
-    v3 = ", ".join(arch for arch in families() if get_family(arch).width_rules)
-    parser.add_argument(
-        "--width-rule",
-        choices=V3_WIDTH_RULES,
-        help=f"{v3}: how alpha sets the widths, tf (TF-slim, Keras, timm) or torchvision; at "
-        "alpha 1 the same network (default tf)",
-    )
-    parser.add_argument(
-        "--minimalistic",
-        action="store_true",
-        default=None,
-        help=f"{v3}: no SE, ReLU everywhere, 3x3 depthwise convs (TF-slim's and Keras's variant)",
-    )
-    parser.add_argument(
-        "--reduced-tail",
-        action="store_true",
-        default=None,
-        help=f"{v3}: the last stage, head conv and pre-logits layer at half width (torchvision's "
-        "reduced_tail, the paper's detection and segmentation backbone)",
-    )
-
-
-def v3_fields(args: argparse.Namespace) -> dict:
-    """The V3 config fields the flags set (none when no flag is given)."""
-    values = {field: getattr(args, field) for field in V3_FLAGS.values()}
-    return {field: value for field, value in values.items() if value is not None}
 
 
 def run_cost(args: argparse.Namespace) -> None:
@@ -340,174 +300,3 @@ def print_lraspp_paper(config: SegmentationConfig) -> None:
         f"{row.params:,} params ({row.params_without_bn:,} without BN), "
         f"{row.macs / 1e9:.2f}B MACs"
     )
-
-
-# --- table 7 ------------------------------------------------------------------------------------
-
-TABLE7_HEADERS = [
-    "backbone",
-    "OS",
-    "ASPP",
-    "MF",
-    "mIoU",
-    "paper params M",
-    "ours",
-    "diff",
-    "paper MAdds B",
-    "ours",
-    "diff",
-    "ours TF s2b",
-    "diff",
-]
-
-
-def check_table_only(args: argparse.Namespace, table: str, what: str) -> None:
-    """A table of published configurations takes none of the flags that size a model."""
-    given = [
-        flag
-        for flag, value in (
-            ("NAME", args.name),
-            ("--alpha", args.alpha),
-            ("--resolution", args.resolution),
-            ("--rho", args.rho),
-            ("--num-classes", args.num_classes),
-            ("--expansion", args.expansion),
-            ("--in-chans", args.in_chans),
-            ("--by-kind", args.by_kind or None),
-            ("--standard", args.standard or None),
-            ("--small-input", args.small_input),
-            ("--output-stride", args.output_stride),
-            ("--aspp", args.aspp),
-            *((flag, getattr(args, field)) for flag, field in V3_FLAGS.items()),
-            # the other table
-            ("--table", args.table) if table == "--table7" else ("--table7", args.table7 or None),
-        )
-        if value is not None
-    ]
-    if given:
-        raise MobileNetsError(
-            f"{table} prints {what}; it takes no {', '.join(given)} (--json only)"
-        )
-
-
-def run_table7(args: argparse.Namespace) -> None:
-    check_table_only(args, "--table7", "the paper's six configurations as published")
-    print_published(
-        args,
-        table7(),
-        record=table7_record,
-        title="V2 Table 7 (Mobile DeepLabv3, PASCAL VOC 2012 val, 513x513 inputs, 21 classes): "
-        "the paper's figures\nbeside our exact counts",
-        headers=TABLE7_HEADERS,
-        cells=table7_cells,
-        notes=f"MF: multi-scale and mirrored inputs, {2 * len(MULTISCALE)} inferences at scales "
-        f"{', '.join(f'{s:g}' for s in MULTISCALE)}, MAdds summed."
-        "\nours: one multiply-add per weight per output position (a dilated conv costs what an "
-        "undilated one does).\nTF s2b: dilated convs counted as TensorFlow's space_to_batch "
-        "computes them, on a padded grid\n(see mobilenets.core.segmentation_cost). diff: ours "
-        "over the paper's, minus 1.",
-    )
-
-
-def print_published(args, rows, *, record, title, headers, cells, notes) -> None:
-    """A published table beside ours: ``record`` of each row as JSON with --json, else the
-    title, one line per row of ``cells`` under ``headers``, and the notes."""
-    if args.json:
-        print(json.dumps([record(row) for row in rows], indent=2))
-        return
-    print(f"{title}\n")
-    print(format_table(headers, [cells(row) for row in rows]))
-    print(f"\n{notes}")
-
-
-def table7_cells(row: Table7Comparison) -> list[str]:
-    """One printed row of ``mobilenets cost --table7``: the paper's figures as published, ours in
-    millions of params and billions of MAdds, and each relative difference in percent."""
-    paper = row.paper
-    return [
-        paper.arch,
-        str(paper.output_stride),
-        "yes" if paper.aspp else "no",
-        "yes" if paper.multiscale else "no",
-        f"{paper.miou:.2f}",
-        f"{paper.params_m:g}",
-        f"{row.params / 1e6:.3f}",
-        f"{100 * row.params_error:+.2f}%",
-        f"{paper.madds_b:g}",
-        f"{row.macs / 1e9:.2f}",
-        f"{100 * row.macs_error:+.1f}%",
-        f"{row.space_to_batch_macs / 1e9:.2f}",
-        f"{100 * row.space_to_batch_error:+.1f}%",
-    ]
-
-
-def table7_record(row: Table7Comparison) -> dict:
-    return {
-        "paper": vars(row.paper),
-        "config": row.config.name,
-        "params": row.params,
-        "macs": row.macs,
-        "space_to_batch_macs": row.space_to_batch_macs,
-        "params_error": row.params_error,
-        "macs_error": row.macs_error,
-        "space_to_batch_error": row.space_to_batch_error,
-    }
-
-
-# --- V3 Table 3 -----------------------------------------------------------------------------------
-
-TABLE_V3_HEADERS = [
-    "source",
-    "model",
-    "paper MAdds M",
-    "ours",
-    "diff",
-    "+SE/h-swish",
-    "paper params M",
-    "ours",
-    "what gives the published figure",
-]
-
-
-def run_table_v3(args: argparse.Namespace) -> None:
-    check_table_only(args, "--table v3", "V3 Table 3 and TF-slim's V3 rows as published")
-    print_published(
-        args,
-        v3_table(),
-        record=table_v3_record,
-        title="MobileNetV3 (224x224, 1000 classes): V3 Table 3 and the TF-slim README's rows as "
-        "published, beside our exact counts",
-        headers=TABLE_V3_HEADERS,
-        cells=table_v3_cells,
-        notes="ours: one multiply-add per weight per output position of every conv and linear "
-        "layer, the SE convs included.\n+SE/h-swish: ours plus the SE scale (one multiply per "
-        "gated element) and one multiply per h-swish output.\ndiff: ours over the published "
-        "figure, minus 1. No one convention gives every row: see docs/cost.md.",
-    )
-
-
-def table_v3_cells(row: V3Comparison) -> list[str]:
-    published = row.published
-    return [
-        published.source,
-        published.config.name,
-        f"{published.macs_m}",
-        f"{row.macs / 1e6:.2f}",
-        f"{100 * row.macs_error:+.1f}%",
-        f"{(row.macs + row.elementwise) / 1e6:.2f}",
-        f"{published.params_m:.1f}",
-        f"{row.params / 1e6:.3f}",
-        published.note,
-    ]
-
-
-def table_v3_record(row: V3Comparison) -> dict:
-    return {
-        "published": vars(row.published),
-        "config": row.published.config.name,
-        "params": row.params,
-        "macs": row.macs,
-        "elementwise_multiplies": row.elementwise,
-        "params_error": row.params_error,
-        "macs_error": row.macs_error,
-    }
