@@ -1,11 +1,17 @@
 """MobileNetV3's weights records (preprocessing, numerics, width rule of each source), the named
 variants, the V3 weights a stack does not publish, and one V3 conversion through the CLI."""
 
+import hashlib
+import io
+
 import pytest
 import timm
 import torch
+import torchvision
+from published_files import serve, use_records
+from random_weights import randomize_torch
 
-from mobilenets import load_model
+from mobilenets import create_model, load_model
 from mobilenets.cli import main
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
@@ -115,6 +121,42 @@ def test_the_other_width_rule_is_refused():
         find_record(config, "timm")
     with pytest.raises(MobileNetsError, match="torchvision publishes no weights for .*0.75_224_tv"):
         find_record(config, "torchvision")
+
+
+# --- Loading published V3 weights, end to end (served locally) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, name, reference",
+    [
+        ("timm", "mobilenet_v3_small_minimalistic_1.0_224", "tf_mobilenetv3_small_minimal_100"),
+        ("torchvision", "mobilenet_v3_small_1.0_224", "mobilenet_v3_small"),
+    ],
+)
+def test_published_v3_weights_load_with_their_numerics(
+    server, monkeypatch, source, name, reference
+):
+    torch.manual_seed(0)
+    if source == "timm":
+        model = randomize_torch(timm.create_model(reference))
+    else:
+        model = randomize_torch(getattr(torchvision.models, reference)())
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    body = buffer.getvalue()
+    published = record(source, name)
+    digest = hashlib.sha256(body).hexdigest()[:8]
+    local = serve(server, published, published.file_name, body, digest)
+    use_records(monkeypatch, local)
+    ours = create_model(name, weights=source, progress=False)
+    assert ours.weights_record == local and not ours.training
+    expected = ("same", 1e-3, "tf") if source == "timm" else ("symmetric", 1e-3, "torchvision")
+    assert (ours.config.padding, ours.config.bn_eps, ours.config.width_rule) == expected
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        theirs = model(x)
+        assert (theirs[0] - theirs[1]).abs().max() > 1e-2
+        assert (ours(x) - theirs).abs().max() <= 1e-4
 
 
 # --- the CLI ------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ change lives in [`LAYOUTS`][mobilenets.zoo.convert.LAYOUTS]:
 - timm's V3 pre-logits layer (``conv_head``) is a 1x1 conv ``(out, in, 1, 1)``: a Linear.
 - A classifier with one row too many is TF-slim's 1001-class layout; row 0 (background) goes.
 
-The key maps themselves are generated from the spec in [`mobilenets.zoo.keymaps`][]. The numerics
-come with the source: torchvision's V3 trained with BN eps 1e-3 (momentum 0.01), timm's ``tf_``
-ports (``tf_port=True``) and Keras with TF "SAME" padding and eps 1e-3. V3's width rule comes
-with the source too (torchvision's, or TF-slim's for timm and Keras): weights of one rule at an
-alpha other than 1 are refused for a model of the other.
+The key maps are generated from the spec in [`mobilenets.zoo.keymaps`][mobilenets.zoo.keymaps].
+The numerics come with the source: torchvision's V3 trained with BN eps 1e-3 (momentum 0.01),
+timm's ``tf_`` ports (``tf_port=True``) and Keras with TF "SAME" padding and eps 1e-3. V3's width
+rule comes with the source too (torchvision's, or TF-slim's for timm and Keras): weights of one
+rule at an alpha other than 1 are refused for a model of the other.
 
 Every tensor is shape-checked, and a foreign key that maps nowhere or a tensor of ours that
 nothing fills fails the conversion with the full list: nothing is loaded with ``strict=False``.

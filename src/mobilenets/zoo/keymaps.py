@@ -97,6 +97,11 @@ def _stages(config: ModelConfig) -> list[tuple[int, int]]:
     return positions
 
 
+def _role(block: BlockSpec, layer: LayerSpec) -> str:
+    """``blocks.3.se.conv_reduce`` in ``blocks.3`` -> ``se_reduce``."""
+    return ROLE_OF_LAYER[layer.name.removeprefix(f"{block.name}.")]
+
+
 def slots(config: ModelConfig) -> list[Slot]:
     """Every layer with a weight of the resolved spec, in order, with naming facts."""
     positions = iter(_stages(config))
@@ -106,8 +111,7 @@ def slots(config: ModelConfig) -> list[Slot]:
             index = int(block.name.split(".")[1])
             stage, repeat = next(positions)
             for layer in block.layers:
-                role = ROLE_OF_LAYER[layer.name.removeprefix(f"{block.name}.")]
-                result.append(Slot(block, layer, role, index, stage, repeat))
+                result.append(Slot(block, layer, _role(block, layer), index, stage, repeat))
         else:
             (layer,) = block.layers
             result.append(Slot(block, layer, block.name, -1, -1, -1))
@@ -142,11 +146,9 @@ def _torchvision_names(slot: Slot, config: ModelConfig) -> tuple[str, str | None
         return ("classifier.3" if is_v3(config.arch) else "classifier.1"), None
     if is_v3(config.arch):
         # InvertedResidual.block: [expand], depthwise, [SqueezeExcitation fc1/fc2], project.
-        roles = [
-            ROLE_OF_LAYER[layer.name.removeprefix(f"{slot.block.name}.")]
-            for layer in slot.block.layers
-        ]
-        parts = [role for role in roles if role != "se_expand"]
+        # SE's two convs are one module of the block: its index is conv_reduce's
+        parts = [_role(slot.block, layer) for layer in slot.block.layers]
+        parts = [part for part in parts if part != "se_expand"]
         part = parts.index("se_reduce" if slot.role == "se_expand" else slot.role)
         prefix = f"features.{slot.index + 1}.block.{part}"
         if slot.role in ("se_reduce", "se_expand"):
