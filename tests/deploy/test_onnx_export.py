@@ -133,15 +133,25 @@ def test_folding_a_v2_counts_every_conv_bn_pair():
     # pre-logits layer have no BN: Large 1 + 2 + 14 * 3 + 1, Small 1 + 2 + 10 * 3 + 1
     [("mobilenet_v3_large", 46), ("mobilenet_v3_small", 34)],
 )
-def test_folding_a_v3_counts_every_conv_bn_pair_and_leaves_se_as_it_is(arch, count):
+def test_folding_a_v3_counts_every_conv_bn_pair_and_folds_the_se_gates(arch, count):
     model = build_model(ModelConfig(arch=arch, resolution=32))
     folded, folded_count = fold_batch_norm(model)
     assert folded_count == count
-    # SE's convs have a bias and no BN: the folded copy has them with the same tensors
-    se_keys = [key for key in model.state_dict() if ".se." in key]
-    assert se_keys
-    folded_state = folded.state_dict()
-    assert all(torch.equal(folded_state[key], model.state_dict()[key]) for key in se_keys)
+    # SE's convs have a bias and no BN; the gate's ReLU6(y + 3) / 6 moves into conv_expand
+    # (w / 6, (b + 3) / 6) and leaves a Hardtanh(0, 1)
+    state, folded_state = model.state_dict(), folded.state_dict()
+    reduce_keys = [key for key in state if ".se.conv_reduce." in key]
+    assert reduce_keys and all(torch.equal(folded_state[key], state[key]) for key in reduce_keys)
+    expand = [key.removesuffix(".weight") for key in state if key.endswith("se.conv_expand.weight")]
+    assert len(expand) == len(reduce_keys) // 2
+    for key in expand:
+        torch.testing.assert_close(folded_state[f"{key}.weight"], state[f"{key}.weight"] / 6)
+        torch.testing.assert_close(folded_state[f"{key}.bias"], (state[f"{key}.bias"] + 3) / 6)
+    gates = [block.se.gate for block in folded.blocks if block.se is not None]
+    assert len(gates) == len(expand)
+    assert all(
+        isinstance(gate, nn.Hardtanh) and (gate.min_val, gate.max_val) == (0, 1) for gate in gates
+    )
 
 
 # --- A checkpoint through `mobilenets export` -----------------------------------------------------
