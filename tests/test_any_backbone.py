@@ -191,7 +191,7 @@ def test_family_registration_errors():
         Family("toy_bad", (Conv(c=8, s=2), bneck), toy_width)
     with pytest.raises(MobileNetsError, match="a table of Bneck rows names its width rules"):
         Family("toy_bad", (Conv(c=8, s=2), DW(s=1, c=8)), toy_width, width_rules=("tf",))
-    with pytest.raises(MobileNetsError, match="NL is one of RE6, RE, HS, got \\['SW'\\]"):
+    with pytest.raises(MobileNetsError, match="NL is one of RE6, RE, HS, GE, got \\['SW'\\]"):
         Family("toy_bad", (Conv(c=8, s=2, nl="SW"), DW(s=1, c=8)), toy_width)
     with pytest.raises(MobileNetsError, match="unknown head tap roles \\['fpn'\\]"):
         Family("toy_bad", (Conv(c=8, s=2), DW(s=1, c=8)), toy_width, taps={"fpn": "C3"})

@@ -70,10 +70,13 @@ ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "hardswish": nn.Hardswish,
     "hardsigmoid": nn.Hardsigmoid,
+    "gelu": nn.GELU,  # exact (erf), as V4-Hybrid-L's reference code
 }
 
 
 def make_act(layer: LayerSpec) -> nn.Module:
+    if layer.activation == "gelu":
+        return nn.GELU()
     return ACTIVATION_MODULES[layer.activation](inplace=layer.activation != "hardsigmoid")
 
 
@@ -194,7 +197,10 @@ BLOCK_CLASSES = {
 
 
 def init_weights(modules: Iterable[nn.Module]) -> None:
-    """He init (fan out) for convs, BN as identity, N(0, 0.01) for linear layers; zero biases."""
+    """He init (fan out) for convs, BN as identity, N(0, 0.01) for linear layers; zero biases.
+    Then a block with its own rule (``OWN_INIT`` set and a ``reset_parameters``, V4's Mobile
+    MQA) applies it."""
+    modules = list(modules)
     for module in modules:
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -205,4 +211,8 @@ def init_weights(modules: Iterable[nn.Module]) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for module in modules:
+        if getattr(module, "OWN_INIT", False):
+            module.reset_parameters()

@@ -162,22 +162,39 @@ def peak_activation(spec: NetSpec) -> tuple[int, str]:
     The stem output does not count either, which is how the paper arrives at 400K. A V3 block with
     squeeze-and-excite cannot slice: its gate is the pool of the whole depthwise output, which
     is held until the gate scales it, so that tensor counts too (the peak only where it is larger
-    than every bottleneck: Large with small_input, not Large or Small at 224).
+    than every bottleneck: Large with small_input, not Large or Small at 224). V4's blocks
+    count as V2's; a Mobile MQA's attention weights (heads x queries x keys) are held whole.
     """
-    bottlenecks = [
-        (block.out_channels * block.out_size**2, block.name)
-        for block in spec.blocks
-        if block.kind == "inverted_residual"
-    ]
-    if not bottlenecks:
+    if not any(block.kind in BOTTLENECK_BLOCKS for block in spec.blocks):
         elements, name = max((layer.out_elements, layer.name) for layer in spec.layers)
         return elements * ACTIVATION_BYTES, name
-    elements, name = max(bottlenecks)
+    elements, name = max(
+        (block.out_channels * block.out_size**2, block.name)
+        for block in spec.blocks
+        if block.kind in BOTTLENECK_BLOCKS or block.name.startswith("blocks.")
+    )
     for block in spec.blocks:
         kinds = {layer.kind: layer for layer in block.layers}
-        if "squeeze_excite" in kinds and kinds["depthwise"].out_elements > elements:
-            elements, name = kinds["depthwise"].out_elements, kinds["depthwise"].name
+        held = None
+        if "squeeze_excite" in kinds:
+            held = (kinds["depthwise"].out_elements, kinds["depthwise"].name)
+        if "attention" in kinds:
+            held = (attention_elements(kinds["attention"]), kinds["attention"].name)
+        if held is not None and held[0] > elements:
+            elements, name = held
     return elements * ACTIVATION_BYTES, name
+
+
+# Blocks whose expanded tensor can be computed in slices (V2 section 5.1): only the tensors
+# between them count. V4's UIB and fused IB slice the same way (each expanded channel feeds the
+# projection on its own); a Mobile MQA's output is a block output too.
+BOTTLENECK_BLOCKS = ("inverted_residual", "universal_ib", "fused_ib", "mobile_mqa")
+
+
+def attention_elements(layer: LayerSpec) -> int:
+    """The attention weights of a Mobile MQA, every head's queries by keys: held whole, since
+    each row's softmax needs all its keys."""
+    return layer.heads * layer.out_size**2 * layer.kv_size**2
 
 
 def _total_params(spec: NetSpec) -> int:

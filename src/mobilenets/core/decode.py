@@ -12,15 +12,20 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from mobilenets.core.decode_v4 import fused_ib, mobile_mqa, universal_ib
 from mobilenets.core.families import (
     DEPTHWISE_KERNEL,
     DW,
     IR,
+    MQA,
     NONLINEARITIES,
+    UIB,
     Bneck,
     Conv,
+    ConvBN,
     ConvNBN,
     Family,
+    FusedIB,
     squeeze_width,
     v3_expanded_width,
     v3_head_width,
@@ -150,15 +155,20 @@ class _Builder:
         self.block(name, "conv", [layer])
         self.table_channels = row.c
 
-    def pre_logits(self, row: ConvNBN) -> None:
-        """V3's "conv2d 1x1, NBN" after the pool: a linear layer with bias and h-swish. Without
-        a classifier (num_classes=0) the network ends at the pooled features, as V1 and V2."""
+    def pre_logits(self, row: ConvNBN | ConvBN) -> None:
+        """V3's "conv2d 1x1, NBN" after the pool: a linear layer with bias and h-swish; V4's: no
+        bias, BN and ReLU (GELU), 1280 wide at every alpha. Without a classifier
+        (num_classes=0) the network ends at the pooled features, as V1 and V2."""
         if self.config.num_classes == 0:
             return
-        width = v3_pre_logits_width(row, self.config.alpha, self.config.width_rule)
         activation = NONLINEARITIES[row.nl]
-        fc = self.pooled("pre_logits.fc", "linear", width, bias=True, activation=activation)
-        self.channels = width
+        if isinstance(row, ConvBN):
+            fc = self.pooled("pre_logits.fc", "linear", row.c, bias=False, activation=activation)
+            fc = dataclasses.replace(fc, norm=True)
+        else:
+            width = v3_pre_logits_width(row, self.config.alpha, self.config.width_rule)
+            fc = self.pooled("pre_logits.fc", "linear", width, bias=True, activation=activation)
+        self.channels = fc.out_channels
         self.block("pre_logits", "pre_logits", [fc])
 
     def classifier(self) -> None:
@@ -300,23 +310,39 @@ def decode_table(config, family: Family) -> list[BlockSpec]:
     if family.width_rules:
         stem_width = v3_stem_width(stem.c, config.alpha, config.width_rule)
     else:
-        stem_width = build.width(stem.c)
+        stem_width = (family.stem_width or family.width)(stem.c, config.alpha)
     build.conv_block("stem", stem_width, stem)
+    # the last Conv row is the 1x1 head conv before the pool; V4's earlier ones are blocks
+    heads = [i for i, row in enumerate(rows) if isinstance(row, Conv)]
+    head = (
+        heads[-1]
+        if heads and all(isinstance(r, (ConvNBN, ConvBN)) for r in rows[heads[-1] + 1 :])
+        else None
+    )
     index = 0
-    for row in rows:
-        if isinstance(row, Conv):  # the 1x1 conv before the pool
+    for position, row in enumerate(rows):
+        if position == head:
             build.conv_block("head", _head_width(build, row), row)
             continue
-        if isinstance(row, ConvNBN):
+        if isinstance(row, (ConvNBN, ConvBN)):
             build.pre_logits(row)
             continue
         for repeat in range(getattr(row, "n", 1)):
+            name = f"blocks.{index}"
             if isinstance(row, DW):
-                _separable(build, f"blocks.{index}", row)
+                _separable(build, name, row)
             elif isinstance(row, IR):
-                _inverted_residual(build, f"blocks.{index}", row, first=repeat == 0)
-            else:
-                _bneck(build, f"blocks.{index}", row)
+                _inverted_residual(build, name, row, first=repeat == 0)
+            elif isinstance(row, Bneck):
+                _bneck(build, name, row)
+            elif isinstance(row, Conv):
+                build.conv_block(name, build.width(row.c), row)
+            elif isinstance(row, FusedIB):
+                fused_ib(build, name, row)
+            elif isinstance(row, UIB):
+                universal_ib(build, name, row, first=repeat == 0)
+            elif isinstance(row, MQA):
+                mobile_mqa(build, name, row)
             index += 1
     build.classifier()
     return build.blocks

@@ -1,7 +1,8 @@
 """The papers' architecture tables as data, and the registry of backbone families.
 
-V1 Table 1 (Howard et al. 2017), V2 Table 2 (Sandler et al. 2018) and V3 Tables 1 and 2 (Howard et
-al. 2019, "Searching for MobileNetV3") appear below as typed rows in the papers' notation. A
+V1 Table 1 (Howard et al. 2017), V2 Table 2 (Sandler et al. 2018), V3 Tables 1 and 2 (Howard et
+al. 2019, "Searching for MobileNetV3") and the five MobileNetV4 models (Qin et al. 2024, Tables
+11-15 as the reference code builds them) appear below as typed rows in the papers' notation. A
 [`Family`][mobilenets.core.families.Family] is a table, its channel rule (alpha, V1 section 3.3, is
 applied through it and nowhere else) and the named feature taps the task heads read (``HEAD_TAPS``);
 [`register_family`][mobilenets.core.families.register_family] adds one, and
@@ -10,6 +11,7 @@ applied through it and nowhere else) and the named feature taps the task heads r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,8 +21,9 @@ from mobilenets.core.errors import MobileNetsError
 # --- Paper rows --------------------------------------------------------------------------------
 
 
-# The nonlinearities of V3 Tables 1 and 2 (column NL), and ReLU6 of V1 and V2.
-NONLINEARITIES = {"RE6": "relu6", "RE": "relu", "HS": "hardswish"}
+# The nonlinearities of V3 Tables 1 and 2 (column NL), ReLU6 of V1 and V2, and the GELU of
+# MobileNetV4-Hybrid-L.
+NONLINEARITIES = {"RE6": "relu6", "RE": "relu", "HS": "hardswish", "GE": "gelu"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,65 @@ class ConvNBN:
 
     c: int
     nl: str = "HS"
+
+
+@dataclass(frozen=True)
+class ConvBN:
+    """V4's 1x1 conv after the pool (1280 wide): no bias, BN and the nonlinearity, where V3's
+    ``ConvNBN`` has a bias and no BN. Its width does not scale with alpha."""
+
+    c: int
+    nl: str = "RE"
+
+
+@dataclass(frozen=True)
+class FusedIB:
+    """V4's fused inverted bottleneck (the "FusedIB" rows): a full k x k conv at stride s to
+    ``e`` times the input width with BN and the nonlinearity, then a linear 1x1 projection to c."""
+
+    k: int
+    e: float
+    c: int
+    s: int
+    nl: str = "RE"
+
+
+@dataclass(frozen=True)
+class UIB:
+    """V4's Universal Inverted Bottleneck row (paper Figure 4), ``n`` blocks: an optional
+    depthwise conv of kernel ``start`` before the expansion (BN, no nonlinearity), the 1x1
+    expansion to ``e`` times the input width, an optional depthwise conv of kernel ``mid`` after
+    it, the linear 1x1 projection to c. 0 means absent. The first block's stride s is on the
+    middle depthwise conv where there is one, else on the start one. The four instantiations:
+    IB (start 0, mid k), ConvNext-like (start k, mid 0), ExtraDW (both), FFN (neither)."""
+
+    start: int
+    mid: int
+    e: float
+    c: int
+    s: int = 1
+    n: int = 1
+    nl: str = "RE"
+
+    @property
+    def instantiation(self) -> str:
+        names = {(False, True): "IB", (True, False): "ConvNext", (True, True): "ExtraDW"}
+        return names.get((bool(self.start), bool(self.mid)), "FFN")
+
+
+@dataclass(frozen=True)
+class MQA:
+    """V4's Mobile MQA row (section 4.1): multi-query attention with ``heads`` query heads of
+    ``key_dim`` channels and one shared key and value head of ``key_dim``; where ``kv_stride`` is
+    2, keys and values are first reduced by a stride-2 k x k depthwise conv with BN. BN on the
+    input, layer scale on the output, a residual around it all. The output has c channels."""
+
+    heads: int
+    key_dim: int
+    c: int
+    kv_stride: int = 1
+    k: int = 3
+    s: int = 1
 
 
 @dataclass(frozen=True)
@@ -147,9 +209,161 @@ V3_SMALL_TABLE = (
     ConvNBN(c=1024, nl="HS"),  # 1x1x576 in, after the 7x7 pool
 )
 
+# MobileNetV4, as the reference code (TF Model Garden, official/vision/modeling/backbones/
+# mobilenet.py) builds it; timm's mobilenetv4_* match it and hold the only public weights. The
+# paper's appendix tables (Tables 11-15) list the same rows. Every row's nonlinearity is ReLU
+# (GELU for Hybrid-L, see _with_nl); the last Conv row (960) is the head conv, the ConvBN row the
+# 1280 layer after the pool.
+V4_CONV_SMALL_TABLE = (
+    Conv(c=32, k=3, s=2, nl="RE"),  # 224x224x3 in, stem
+    Conv(c=32, k=3, s=2, nl="RE"),  # 112x112x32 in, C2
+    Conv(c=32, k=1, s=1, nl="RE"),  # 56x56x32 in, C2
+    Conv(c=96, k=3, s=2, nl="RE"),  # 56x56x32 in, C3
+    Conv(c=64, k=1, s=1, nl="RE"),  # 28x28x96 in, C3
+    UIB(start=5, mid=5, e=3, c=96, s=2),  # 28x28x64 in, C4: ExtraDW
+    UIB(start=0, mid=3, e=2, c=96, n=4),  # 14x14x96 in, C4: IB
+    UIB(start=3, mid=0, e=4, c=96),  # 14x14x96 in, C4: ConvNext
+    UIB(start=3, mid=3, e=6, c=128, s=2),  # 14x14x96 in, C5: ExtraDW
+    UIB(start=5, mid=5, e=4, c=128),  # 7x7x128 in, C5: ExtraDW
+    UIB(start=0, mid=5, e=4, c=128),  # 7x7x128 in, C5: IB
+    UIB(start=0, mid=5, e=3, c=128),  # 7x7x128 in, C5: IB
+    UIB(start=0, mid=3, e=4, c=128, n=2),  # 7x7x128 in, C5: IB
+    Conv(c=960, k=1, s=1, nl="RE"),  # 7x7x128 in, C5: the head conv
+    ConvBN(c=1280),  # 1x1x960 in, after the pool
+)
+
+V4_CONV_MEDIUM_TABLE = (
+    Conv(c=32, k=3, s=2, nl="RE"),  # 256x256x3 in, stem
+    FusedIB(k=3, e=4, c=48, s=2),  # 128x128x32 in, C2
+    UIB(start=3, mid=5, e=4, c=80, s=2),  # 64x64x48 in, C3: ExtraDW
+    UIB(start=3, mid=3, e=2, c=80),  # 32x32x80 in, C3: ExtraDW
+    UIB(start=3, mid=5, e=6, c=160, s=2),  # 32x32x80 in, C4: ExtraDW
+    UIB(start=3, mid=3, e=4, c=160, n=2),  # 16x16x160 in, C4: ExtraDW
+    UIB(start=3, mid=5, e=4, c=160),  # 16x16x160 in, C4: ExtraDW
+    UIB(start=3, mid=3, e=4, c=160),  # 16x16x160 in, C4: ExtraDW
+    UIB(start=3, mid=0, e=4, c=160),  # 16x16x160 in, C4: ConvNext
+    UIB(start=0, mid=0, e=2, c=160),  # 16x16x160 in, C4: FFN
+    UIB(start=3, mid=0, e=4, c=160),  # 16x16x160 in, C4: ConvNext
+    UIB(start=5, mid=5, e=6, c=256, s=2),  # 16x16x160 in, C5: ExtraDW
+    UIB(start=5, mid=5, e=4, c=256),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=3, mid=5, e=4, c=256, n=2),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=0, mid=0, e=4, c=256),  # 8x8x256 in, C5: FFN
+    UIB(start=3, mid=0, e=4, c=256),  # 8x8x256 in, C5: ConvNext
+    UIB(start=3, mid=5, e=2, c=256),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=5, mid=5, e=4, c=256),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=0, mid=0, e=4, c=256, n=2),  # 8x8x256 in, C5: FFN
+    UIB(start=5, mid=0, e=2, c=256),  # 8x8x256 in, C5: ConvNext
+    Conv(c=960, k=1, s=1, nl="RE"),  # 8x8x256 in, C5: the head conv
+    ConvBN(c=1280),  # 1x1x960 in, after the pool
+)
+
+V4_CONV_LARGE_TABLE = (
+    Conv(c=24, k=3, s=2, nl="RE"),  # 384x384x3 in, stem
+    FusedIB(k=3, e=4, c=48, s=2),  # 192x192x24 in, C2
+    UIB(start=3, mid=5, e=4, c=96, s=2),  # 96x96x48 in, C3: ExtraDW
+    UIB(start=3, mid=3, e=4, c=96),  # 48x48x96 in, C3: ExtraDW
+    UIB(start=3, mid=5, e=4, c=192, s=2),  # 48x48x96 in, C4: ExtraDW
+    UIB(start=3, mid=3, e=4, c=192, n=3),  # 24x24x192 in, C4: ExtraDW
+    UIB(start=3, mid=5, e=4, c=192),  # 24x24x192 in, C4: ExtraDW
+    UIB(start=5, mid=3, e=4, c=192, n=5),  # 24x24x192 in, C4: ExtraDW
+    UIB(start=3, mid=0, e=4, c=192),  # 24x24x192 in, C4: ConvNext
+    UIB(start=5, mid=5, e=4, c=512, s=2, n=4),  # 24x24x192 in, C5: ExtraDW
+    UIB(start=5, mid=0, e=4, c=512),  # 12x12x512 in, C5: ConvNext
+    UIB(start=5, mid=3, e=4, c=512),  # 12x12x512 in, C5: ExtraDW
+    UIB(start=5, mid=0, e=4, c=512, n=2),  # 12x12x512 in, C5: ConvNext
+    UIB(start=5, mid=3, e=4, c=512),  # 12x12x512 in, C5: ExtraDW
+    UIB(start=5, mid=5, e=4, c=512),  # 12x12x512 in, C5: ExtraDW
+    UIB(start=5, mid=0, e=4, c=512, n=3),  # 12x12x512 in, C5: ConvNext
+    Conv(c=960, k=1, s=1, nl="RE"),  # 12x12x512 in, C5: the head conv
+    ConvBN(c=1280),  # 1x1x960 in, after the pool
+)
+
+V4_HYBRID_MEDIUM_TABLE = (
+    Conv(c=32, k=3, s=2, nl="RE"),  # 256x256x3 in, stem
+    FusedIB(k=3, e=4, c=48, s=2),  # 128x128x32 in, C2
+    UIB(start=3, mid=5, e=4, c=80, s=2),  # 64x64x48 in, C3: ExtraDW
+    UIB(start=3, mid=3, e=2, c=80),  # 32x32x80 in, C3: ExtraDW
+    UIB(start=3, mid=5, e=6, c=160, s=2),  # 32x32x80 in, C4: ExtraDW
+    UIB(start=0, mid=0, e=2, c=160),  # 16x16x160 in, C4: FFN
+    UIB(start=3, mid=3, e=4, c=160),  # 16x16x160 in, C4: ExtraDW
+    UIB(start=3, mid=5, e=4, c=160),  # 16x16x160 in, C4: ExtraDW
+    MQA(heads=4, key_dim=64, c=160, kv_stride=2),  # 16x16x160 in, C4
+    UIB(start=3, mid=3, e=4, c=160),  # 16x16x160 in, C4: ExtraDW
+    MQA(heads=4, key_dim=64, c=160, kv_stride=2),  # 16x16x160 in, C4
+    UIB(start=3, mid=0, e=4, c=160),  # 16x16x160 in, C4: ConvNext
+    MQA(heads=4, key_dim=64, c=160, kv_stride=2),  # 16x16x160 in, C4
+    UIB(start=3, mid=3, e=4, c=160),  # 16x16x160 in, C4: ExtraDW
+    MQA(heads=4, key_dim=64, c=160, kv_stride=2),  # 16x16x160 in, C4
+    UIB(start=3, mid=0, e=4, c=160),  # 16x16x160 in, C4: ConvNext
+    UIB(start=5, mid=5, e=6, c=256, s=2),  # 16x16x160 in, C5: ExtraDW
+    UIB(start=5, mid=5, e=4, c=256),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=3, mid=5, e=4, c=256, n=2),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=0, mid=0, e=2, c=256),  # 8x8x256 in, C5: FFN
+    UIB(start=3, mid=5, e=2, c=256),  # 8x8x256 in, C5: ExtraDW
+    UIB(start=0, mid=0, e=2, c=256),  # 8x8x256 in, C5: FFN
+    UIB(start=0, mid=0, e=4, c=256),  # 8x8x256 in, C5: FFN
+    MQA(heads=4, key_dim=64, c=256),  # 8x8x256 in, C5
+    UIB(start=3, mid=0, e=4, c=256),  # 8x8x256 in, C5: ConvNext
+    MQA(heads=4, key_dim=64, c=256),  # 8x8x256 in, C5
+    UIB(start=5, mid=5, e=4, c=256),  # 8x8x256 in, C5: ExtraDW
+    MQA(heads=4, key_dim=64, c=256),  # 8x8x256 in, C5
+    UIB(start=5, mid=0, e=4, c=256),  # 8x8x256 in, C5: ConvNext
+    MQA(heads=4, key_dim=64, c=256),  # 8x8x256 in, C5
+    UIB(start=5, mid=0, e=4, c=256),  # 8x8x256 in, C5: ConvNext
+    Conv(c=960, k=1, s=1, nl="RE"),  # 8x8x256 in, C5: the head conv
+    ConvBN(c=1280),  # 1x1x960 in, after the pool
+)
+
+
+def _with_nl(table: tuple, nl: str) -> tuple:
+    """A table with every row's nonlinearity replaced (Hybrid-L's GELU)."""
+    return tuple(dataclasses.replace(row, nl=nl) if hasattr(row, "nl") else row for row in table)
+
+
+V4_HYBRID_LARGE_TABLE = _with_nl(
+    (
+        Conv(c=24, k=3, s=2),  # 384x384x3 in, stem
+        FusedIB(k=3, e=4, c=48, s=2),  # 192x192x24 in, C2
+        UIB(start=3, mid=5, e=4, c=96, s=2),  # 96x96x48 in, C3: ExtraDW
+        UIB(start=3, mid=3, e=4, c=96),  # 48x48x96 in, C3: ExtraDW
+        UIB(start=3, mid=5, e=4, c=192, s=2),  # 48x48x96 in, C4: ExtraDW
+        UIB(start=3, mid=3, e=4, c=192, n=3),  # 24x24x192 in, C4: ExtraDW
+        UIB(start=3, mid=5, e=4, c=192),  # 24x24x192 in, C4: ExtraDW
+        UIB(start=5, mid=3, e=4, c=192, n=2),  # 24x24x192 in, C4: ExtraDW
+        MQA(heads=8, key_dim=48, c=192, kv_stride=2),  # 24x24x192 in, C4
+        UIB(start=5, mid=3, e=4, c=192),  # 24x24x192 in, C4: ExtraDW
+        MQA(heads=8, key_dim=48, c=192, kv_stride=2),  # 24x24x192 in, C4
+        UIB(start=5, mid=3, e=4, c=192),  # 24x24x192 in, C4: ExtraDW
+        MQA(heads=8, key_dim=48, c=192, kv_stride=2),  # 24x24x192 in, C4
+        UIB(start=5, mid=3, e=4, c=192),  # 24x24x192 in, C4: ExtraDW
+        MQA(heads=8, key_dim=48, c=192, kv_stride=2),  # 24x24x192 in, C4
+        UIB(start=3, mid=0, e=4, c=192),  # 24x24x192 in, C4: ConvNext
+        UIB(start=5, mid=5, e=4, c=512, s=2, n=4),  # 24x24x192 in, C5: ExtraDW
+        UIB(start=5, mid=0, e=4, c=512),  # 12x12x512 in, C5: ConvNext
+        UIB(start=5, mid=3, e=4, c=512),  # 12x12x512 in, C5: ExtraDW
+        UIB(start=5, mid=0, e=4, c=512, n=2),  # 12x12x512 in, C5: ConvNext
+        UIB(start=5, mid=3, e=4, c=512),  # 12x12x512 in, C5: ExtraDW
+        UIB(start=5, mid=5, e=4, c=512),  # 12x12x512 in, C5: ExtraDW
+        MQA(heads=8, key_dim=64, c=512),  # 12x12x512 in, C5
+        UIB(start=5, mid=0, e=4, c=512),  # 12x12x512 in, C5: ConvNext
+        MQA(heads=8, key_dim=64, c=512),  # 12x12x512 in, C5
+        UIB(start=5, mid=0, e=4, c=512),  # 12x12x512 in, C5: ConvNext
+        MQA(heads=8, key_dim=64, c=512),  # 12x12x512 in, C5
+        UIB(start=5, mid=0, e=4, c=512),  # 12x12x512 in, C5: ConvNext
+        MQA(heads=8, key_dim=64, c=512),  # 12x12x512 in, C5
+        UIB(start=5, mid=0, e=4, c=512),  # 12x12x512 in, C5: ConvNext
+        Conv(c=960, k=1, s=1),  # 12x12x512 in, C5: the head conv
+        ConvBN(c=1280),  # 1x1x960 in, after the pool
+    ),
+    "GE",
+)
+
 DEFAULT_EXPANSION = 6  # V2 section 4: "we use expansion factor of 6 throughout"
 DEPTHWISE_KERNEL = 3  # every depthwise conv of both papers' tables is 3x3
 
+
+V4_ROWS = (FusedIB, UIB, MQA)  # a table with one of these is a V4 table
+V4_BODY = (Conv, FusedIB, UIB, MQA)  # the rows a V4 table's body may hold
 
 # --- Width rules: how alpha sets each family's channels -----------------------------------------
 
@@ -237,13 +451,17 @@ HEAD_TAPS = {
 class Family:
     """A backbone family: its table, how alpha sets its channels, and its head taps.
 
-    ``table`` starts with the stem (a ``Conv`` row), then ``DW``, ``IR`` or ``Bneck`` rows, and may
-    end with one ``Conv`` row, the 1x1 "head" conv before the pool, and one ``ConvNBN`` row, the
-    pre-logits layer after it. ``width_rules`` names the stacks' width conventions a family of
-    ``Bneck`` rows accepts (the first is the default, see ``V3_WIDTH_RULES``). ``taps`` maps each
-    role of [`HEAD_TAPS`][mobilenets.core.families.HEAD_TAPS] that the family fills to one of its
-    tap names (see [`NetSpec.taps`][mobilenets.core.spec.NetSpec]); a head refuses a family without
-    its roles, naming the backbone and the tap.
+    ``table`` starts with the stem (a ``Conv`` row), then ``DW``, ``IR`` or ``Bneck`` rows, or V4's
+    ``Conv``, ``FusedIB``, ``UIB`` and ``MQA`` rows, and may end with one ``Conv`` row, the 1x1
+    "head" conv before the pool, and one ``ConvNBN`` (V3) or ``ConvBN`` (V4) row, the pre-logits
+    layer after it. ``stem_width`` sets the stem's channels where the family's rule differs from
+    ``width`` (V4 keeps the stem below alpha 1); ``resolution`` is the native input side;
+    ``layer_scale`` the initial value of the per-channel output scale of V4-Hybrid's blocks.
+    ``width_rules`` names the stacks' width conventions a family of ``Bneck`` rows accepts (the
+    first is the default, see ``V3_WIDTH_RULES``). ``taps`` maps each role of
+    [`HEAD_TAPS`][mobilenets.core.families.HEAD_TAPS] that the family fills to one of its tap names
+    (see [`NetSpec.taps`][mobilenets.core.spec.NetSpec]); a head refuses a family without its roles,
+    naming the backbone and the tap.
     """
 
     arch: str
@@ -254,6 +472,9 @@ class Family:
     dropout: float = 0.2  # the classifier's, as released
     expansion: int | None = None  # the default t of IR rows (t=1 rows stay 1); None: fixed t
     width_rules: tuple[str, ...] = ()  # for Bneck rows: V3_WIDTH_RULES; the first is the default
+    stem_width: Callable[[int, float], int] | None = None  # None: width
+    resolution: int = 224
+    layer_scale: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch:
@@ -265,13 +486,14 @@ class Family:
                 f"{self.table!r}"
             )
         rows = list(table[1:])
-        tail = [rows.pop()] if rows and isinstance(rows[-1], ConvNBN) else []
+        tail = [rows.pop()] if rows and isinstance(rows[-1], (ConvNBN, ConvBN)) else []
         tail[:0] = [rows.pop()] if rows and isinstance(rows[-1], Conv) else []
-        if not rows or not all(isinstance(row, (DW, IR, Bneck)) for row in rows):
+        body = (DW, IR, Bneck) if not any(isinstance(row, V4_ROWS) for row in rows) else V4_BODY
+        if not rows or not all(isinstance(row, body) for row in rows):
             raise MobileNetsError(
-                f"family {self.arch}: after the stem, a table holds DW, IR or Bneck rows, then "
-                f"at most one Conv row (the head) and one ConvNBN row (pre-logits), got "
-                f"{rows + tail!r}"
+                f"family {self.arch}: after the stem, a table holds DW, IR or Bneck rows (or "
+                f"V4's Conv, FusedIB, UIB and MQA rows), then at most one Conv row (the head) "
+                f"and one ConvNBN or ConvBN row (pre-logits), got {rows + tail!r}"
             )
         has_bneck = any(isinstance(row, Bneck) for row in rows)
         if has_bneck != bool(self.width_rules) or not set(self.width_rules) <= set(V3_WIDTH_RULES):
@@ -279,7 +501,7 @@ class Family:
                 f"family {self.arch}: a table of Bneck rows names its width rules (some of "
                 f"{', '.join(V3_WIDTH_RULES)}), any other names none; got {self.width_rules!r}"
             )
-        nonlinearities = {row.nl for row in table if isinstance(row, (Conv, Bneck, ConvNBN))}
+        nonlinearities = {row.nl for row in table if hasattr(row, "nl")}
         if not nonlinearities <= set(NONLINEARITIES):
             raise MobileNetsError(
                 f"family {self.arch}: NL is one of {', '.join(NONLINEARITIES)}, got "
@@ -387,5 +609,43 @@ for _arch, _v3_table in (
             taps=V3_TAPS,
             dropout=0.2,
             width_rules=V3_WIDTH_RULES,
+        )
+    )
+
+
+def v4_stem_width(channels: int, alpha: float) -> int:
+    """V4's stem, as timm builds the width multipliers (and TF-slim V3's): unscaled below
+    alpha 1, scaled above."""
+    return make_divisible(channels * max(1.0, alpha))
+
+
+# The task heads read V4 as V3: SSDLite the last block at output stride 16 and the 960 head conv,
+# DeepLab the stride-8 features and the head conv (a V4 block has no expansion output to tap on
+# its own: its stride is on a depthwise conv between two 1x1 convs, or on a start one).
+V4_TAPS = {
+    "ssdlite_stride16": "C4",
+    "ssdlite_stride32": "C5",
+    "deeplab_stride8": "C3",
+    "deeplab_features": "C5",
+}
+# (arch, table, native resolution, layer scale): the five models of the paper's Table 6.
+V4_MODELS = (
+    ("mobilenet_v4_conv_small", V4_CONV_SMALL_TABLE, 224, None),
+    ("mobilenet_v4_conv_medium", V4_CONV_MEDIUM_TABLE, 256, None),
+    ("mobilenet_v4_conv_large", V4_CONV_LARGE_TABLE, 384, None),
+    ("mobilenet_v4_hybrid_medium", V4_HYBRID_MEDIUM_TABLE, 256, 1e-5),
+    ("mobilenet_v4_hybrid_large", V4_HYBRID_LARGE_TABLE, 384, 1e-5),
+)
+for _arch, _v4_table, _resolution, _layer_scale in V4_MODELS:
+    register_family(
+        Family(
+            _arch,
+            _v4_table,
+            v2_width,
+            stem_width=v4_stem_width,
+            taps=V4_TAPS,
+            dropout=0.2,
+            resolution=_resolution,
+            layer_scale=_layer_scale,
         )
     )

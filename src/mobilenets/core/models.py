@@ -1,8 +1,9 @@
-"""MobileNetV1, V2 and V3 as nn.Modules, built from a resolved NetSpec.
+"""MobileNetV1, V2, V3 and V4 as nn.Modules, built from a resolved NetSpec.
 
 [`MobileNet`][mobilenets.core.models.MobileNet] builds any registered family from its spec with the
 block classes of ``blocks.py`` (one per paper figure); ``MobileNetV1``, ``MobileNetV2``,
-``MobileNetV3Large`` and ``MobileNetV3Small`` fix the architecture.
+``MobileNetV3Large``, ``MobileNetV3Small`` and ``MobileNetV4`` (one of its five models) fix the
+architecture.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from mobilenets.core.blocks import SqueezeExcite as SqueezeExcite
 from mobilenets.core.blocks import init_weights as init_weights
 from mobilenets.core.blocks import make_bn as make_bn
 from mobilenets.core.blocks import make_conv as make_conv
+from mobilenets.core.blocks_v4 import V4_BLOCK_CLASSES, PreLogitsBN
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.core.families import get_family
 from mobilenets.core.spec import ModelConfig, NetSpec, pick_resolution, resolve
 
 
@@ -47,7 +50,7 @@ class MobileNet(nn.Module):
         modules: dict[str, nn.Module] = {}
         blocks = []
         for block in self.spec.feature_blocks:
-            module = BLOCK_CLASSES[block.kind](block, config)
+            module = {**BLOCK_CLASSES, **V4_BLOCK_CLASSES}[block.kind](block, config)
             if block.name.startswith("blocks."):
                 blocks.append(module)
             else:
@@ -62,7 +65,9 @@ class MobileNet(nn.Module):
 
     def _make_pre_logits(self) -> nn.Module | None:
         block = self.spec.pre_logits
-        return None if block is None else PreLogits(block)
+        if block is None:
+            return None
+        return PreLogitsBN(block, self.config) if block.layers[0].norm else PreLogits(block)
 
     def _make_classifier(self) -> nn.Module:
         if self.config.num_classes == 0:
@@ -310,6 +315,48 @@ class MobileNetV3Small(_MobileNetV3):
     ARCH = "mobilenet_v3_small"
 
 
+# the five MobileNetV4 models (Qin et al. 2024, Table 6), by the name MobileNetV4 takes
+V4_MODELS = {
+    "conv_small": "mobilenet_v4_conv_small",
+    "conv_medium": "mobilenet_v4_conv_medium",
+    "conv_large": "mobilenet_v4_conv_large",
+    "hybrid_medium": "mobilenet_v4_hybrid_medium",
+    "hybrid_large": "mobilenet_v4_hybrid_large",
+}
+
+
+class MobileNetV4(MobileNet):
+    """MobileNetV4 (Qin et al. 2024): ``model`` one of conv_small, conv_medium, conv_large,
+    hybrid_medium, hybrid_large, at its native resolution (224, 256, 384) unless ``resolution``
+    or ``rho`` is given, with width multiplier alpha. ``small_input``, ``output_stride`` (16 or 8;
+    the hybrids 16 only) and the parity settings as for the other families."""
+
+    def __init__(
+        self,
+        model: str = "conv_small",
+        alpha: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout: float | None = None,
+        resolution: int | None = None,
+        rho: float | None = None,
+        small_input: bool = False,
+        output_stride: int | None = None,
+        **parity,
+    ) -> None:
+        if model not in V4_MODELS:
+            raise MobileNetsError(f"model must be one of {', '.join(V4_MODELS)}, got {model!r}")
+        fields = dict(
+            alpha=alpha,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            small_input=small_input,
+            output_stride=output_stride,
+        )
+        super().__init__(_config(V4_MODELS[model], resolution, rho, parity, fields))
+
+
 PARITY_ARGUMENTS = ("padding", "bn_eps", "bn_momentum")
 
 
@@ -321,6 +368,8 @@ def _config(arch: str, resolution, rho, parity: dict, fields: dict) -> ModelConf
             f"unknown argument(s) {unknown} for {arch}; "
             f"allowed extras: {', '.join(PARITY_ARGUMENTS)}"
         )
+    if resolution is None and rho is None:
+        resolution = get_family(arch).resolution
     return ModelConfig(arch=arch, resolution=pick_resolution(resolution, rho), **fields, **parity)
 
 
@@ -333,6 +382,7 @@ def build_model(config: ModelConfig) -> MobileNet:
         "mobilenet_v3_large": MobileNetV3Large,
         "mobilenet_v3_small": MobileNetV3Small,
     }
+    classes.update(dict.fromkeys(V4_MODELS.values(), MobileNetV4))
     if config.arch not in classes:
         return MobileNet(config)
     # the user's class, built from the whole config (its __init__ would take the fields one by one)
