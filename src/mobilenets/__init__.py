@@ -23,6 +23,7 @@ from mobilenets.core.models import (
     MobileNetV2,
     MobileNetV3Large,
     MobileNetV3Small,
+    MobileNetV4,
 )
 from mobilenets.core.spec import ModelConfig, NetSpec, resolve
 from mobilenets.core.version import __version__
@@ -40,6 +41,7 @@ __all__ = [
     "MobileNetV2",
     "MobileNetV3Large",
     "MobileNetV3Small",
+    "MobileNetV4",
     "MobileNetsError",
     "ModelConfig",
     "NetSpec",

@@ -41,7 +41,7 @@ from mobilenets.cli.training import (
     train_command,
 )
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.families import V3_WIDTH_RULES
+from mobilenets.core.families import V3_WIDTH_RULES, families
 from mobilenets.data.classification import SPEC_HELP
 from mobilenets.engine.checkpoint import Checkpoint, load_checkpoint, pretrained_checkpoint
 from mobilenets.engine.evaluate import TTA_MODES, TTA_PASSES
@@ -55,8 +55,8 @@ TRAIN_SETTINGS = (
     Setting(
         "--model",
         str,
-        "a registered variant, or a family (mobilenet_v1, mobilenet_v2, mobilenet_v3_large, "
-        "mobilenet_v3_small) sized by --alpha and --resolution",
+        f"a registered variant, or a family ({', '.join(families())}) sized by --alpha and "
+        "--resolution",
         "NAME",
     ),
     Setting("--data", str, SPEC_HELP, "SPEC"),
