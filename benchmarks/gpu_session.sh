@@ -5,7 +5,7 @@
 #   pipeline  benchmarks/input_pipeline.py: JPEG input pipeline alone, CPU DataLoader against
 #             decoding on the GPU, on generated ImageNet-sized JPEGs (about a minute)
 #   step      benchmarks/train_gpu.py: the training-step table (torchvision eager and compiled,
-#             timm, ours eager and fast path; V1, V2 and V3-Large at 224, bf16, batch 256), the
+#             timm, ours eager and fast path; V1, V2, V3-Large and V4-Conv-S at 224, bf16, batch 256), the
 #             Fashion-MNIST model end to end against its bare compiled step, and the profile
 #             (several minutes, most of it compiling)
 #   recipe    the README's 95.5% recipe (width 1.4, 120 epochs, batch 256) on the fast path,

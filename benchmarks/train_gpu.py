@@ -137,6 +137,18 @@ def step_table(args, device, dtype) -> list[str]:
         }
 
     def contenders(arch: str) -> dict:
+        if arch == "v4":  # timm's is the reference implementation; torchvision has no V4
+            return {
+                "timm mobilenetv4_conv_small, eager": BareStep(
+                    cl(timm.create_model("mobilenetv4_conv_small")), device, dtype
+                ),
+                "ours mobilenet_v4_conv_small 1.0, eager": BareStep(
+                    cl(create_model("mobilenet_v4_conv_small")), device, dtype
+                ),
+                "ours mobilenet_v4_conv_small 1.0, fast path": FastPath(
+                    cl(create_model("mobilenet_v4_conv_small")), device, dtype, args.batch, args.amp
+                ),
+            }
         if arch == "v2":
             return torchvision_family("mobilenet_v2", "mobilenetv2_100", "mobilenet_v2")
         if arch == "v3":
@@ -163,9 +175,9 @@ def step_table(args, device, dtype) -> list[str]:
         "|---|---:|---:|",
     ]
     x, y = ready_batch(args.batch, 3, args.resolution, 1000, device)
-    for arch in ("v2", "v3", "v1"):
-        # the first row is the reference: torchvision's V2 and V3 eager; timm's V1 (torchvision
-        # has none)
+    for arch in ("v2", "v3", "v1", "v4"):
+        # the first row is the reference: torchvision's V2 and V3 eager; timm's V1 and V4
+        # (torchvision has neither)
         reference = None
         steps = contenders(arch)
         for step in steps.values():
