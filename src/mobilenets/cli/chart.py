@@ -42,7 +42,15 @@ TRAINED_HEADERS = [
     "int8 ms",
     "runtime fp32 / int8",
 ]
-CHART_ONLY = ("chart_json", "chart_from", "chart_markdown", "trained", "threads", "iterations")
+CHART_ONLY = (
+    "chart_json",
+    "chart_from",
+    "chart_markdown",
+    "trained",
+    "models",
+    "threads",
+    "iterations",
+)
 
 
 def add_chart_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +83,13 @@ def add_chart_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw 'trained here' instead: test accuracy (fp32 and int8) against params, MACs "
         "and latency, from the JSON of 'mobilenets bench RUN... --data D --int8 --batch 1 "
         "--json BENCH_JSON' (the run folders where bench found them)",
+    )
+    group.add_argument(
+        "--models",
+        nargs="+",
+        metavar="PATTERN",
+        help="only the variants whose name matches one of these shell patterns, e.g. '*_224' "
+        "(default: every variant of the families)",
     )
     group.add_argument(
         "--threads", type=int, metavar="N", help="threads of every runtime (default: torch's)"
@@ -152,6 +167,7 @@ def run_chart(args: argparse.Namespace) -> None:
         _check_writable(args.chart, args.chart_json, args.chart_markdown)
         chart = family.measure_family(
             args.family,
+            models=args.models,
             threads=args.threads,
             warmup=args.warmup,
             iterations=args.iterations,

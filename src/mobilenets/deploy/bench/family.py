@@ -14,6 +14,7 @@ and takes accuracy from the published records.
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import os
 import subprocess
@@ -59,6 +60,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def measure_family(
     families: Sequence[str] | None = None,
     *,
+    models: Sequence[str] | None = None,
     threads: int | None = None,
     warmup: int = CHART_WARMUP,
     iterations: int = CHART_ITERATIONS,
@@ -68,12 +70,21 @@ def measure_family(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """The chart of every registered classifier of ``families`` (keys such as ``"v2"``; default
-    all): each timed at batch 1 and its native resolution by
+    all; ``models``, shell-style patterns such as ``"*_224"``, keeps the variants whose name
+    matches one): each timed at batch 1 and its native resolution by
     [`run_benchmarks`][mobilenets.deploy.bench.run.run_benchmarks] in every deployment runtime
     it supports (onnxruntime; OpenVINO when ``openvino``, by default when installed;
     ExecuTorch with ``pte``), one variant at a time, its fastest fp32 and (with ``int8``) int8
     median kept."""
     rows = zoo_rows(families)
+    for pattern in models or ():
+        if not any(fnmatch.fnmatchcase(row["name"], pattern) for row in rows):
+            raise MobileNetsError(
+                f"models: {pattern!r} matches no registered classifier of the chosen families "
+                "(see mobilenets zoo)"
+            )
+    if models:
+        rows = [row for row in rows if any(fnmatch.fnmatchcase(row["name"], p) for p in models)]
     threads = torch.get_num_threads() if threads is None else threads
     check_count("threads", threads)
     openvino = installed_version("openvino") is not None if openvino is None else openvino

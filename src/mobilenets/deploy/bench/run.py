@@ -237,9 +237,9 @@ def _check_fixed_batch(target: Target, batches) -> None:
 
 
 def open_runners(target: Target, threads: int, openvino: bool, eager: bool = True) -> list[Runner]:
-    """Eager (when the target has a model and ``eager``), then onnxruntime and OpenVINO on each ONNX file and
-    ExecuTorch on each .pte; every file is loaded before anything is timed, so that a broken one
-    stops the run first."""
+    """Eager (when the target has a model and ``eager``), then onnxruntime and OpenVINO on each
+    ONNX file and ExecuTorch on each .pte; every file is loaded before anything is timed, so that
+    a broken one stops the run first."""
     sessions = [
         onnxruntime_runner(path, precision, source, note, threads)
         for path, precision, source, note in target.onnx_files
