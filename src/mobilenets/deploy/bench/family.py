@@ -201,13 +201,13 @@ def trained_rows(path: str | os.PathLike) -> list[dict]:
     for record in records:
         if record.get("batch") == 1:
             grouped.setdefault(record["model"], []).append(record)
-    rows = [_trained_row(model, group, Path(path)) for model, group in grouped.items()]
-    if not rows or any(row["fp32_accuracy"] is None for row in rows):
+    scored = [any(r.get("accuracy") is not None for r in group) for group in grouped.values()]
+    if not grouped or not all(scored):
         raise MobileNetsError(
             f"{str(path)!r} has no accuracy at batch 1 for every model: bench the checkpoints "
             "with --data and --batch 1"
         )
-    return rows
+    return [_trained_row(model, group, Path(path)) for model, group in grouped.items()]
 
 
 def _trained_row(model: str, records: list[dict], json_path: Path) -> dict:
