@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mobilenets.cli.common import format_table, millions, output_file, published
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.files import write_json
+from mobilenets.core.files import atomic_path, write_json
 
 CHART_SUFFIXES = (".png", ".pdf", ".svg")
 CHART_ITERATIONS = 20
@@ -154,10 +154,8 @@ def run_chart(args: argparse.Namespace) -> None:
 
     if args.trained is not None:
         rows = family.trained_rows(args.trained)
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        else:
-            print(format_table(TRAINED_HEADERS, trained_cells(rows)))
+        print(json.dumps(rows, indent=1) if args.json else trained_text(rows))
+        _write_outputs(args, rows, trained_markdown(rows))
         plot_trained(rows, args.chart)
         print(f"wrote {args.chart}", file=sys.stderr if args.json else sys.stdout)
         return
@@ -176,21 +174,24 @@ def run_chart(args: argparse.Namespace) -> None:
             pte=args.pte,
             progress=lambda line: print(line, file=sys.stderr),
         )
+    print(json.dumps(chart, indent=1) if args.json else chart_text(chart))
+    _write_outputs(args, chart, chart_markdown(chart))
+    plot_family_chart(chart, args.chart)
+    print(f"wrote {args.chart}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _write_outputs(args: argparse.Namespace, numbers, markdown: str) -> None:
+    """--chart-json and --chart-markdown, each written atomically; "wrote" goes to stderr when
+    stdout is JSON."""
     out = sys.stderr if args.json else sys.stdout
-    if args.json:
-        print(json.dumps(chart, indent=1))
-    else:
-        print(chart_text(chart))
     if args.chart_json:
         with output_file(args.chart_json) as path:
-            write_json(path, chart)
+            write_json(path, numbers)
         print(f"wrote {args.chart_json}", file=out)
     if args.chart_markdown:
-        with output_file(args.chart_markdown) as path:
-            path.write_text(chart_markdown(chart) + "\n")
+        with output_file(args.chart_markdown) as path, atomic_path(path) as temporary:
+            Path(temporary).write_text(markdown + "\n")
         print(f"wrote {args.chart_markdown}", file=out)
-    plot_family_chart(chart, args.chart)
-    print(f"wrote {args.chart}", file=out)
 
 
 def _check_writable(*paths: str | None) -> None:
@@ -265,10 +266,30 @@ def chart_text(chart: dict) -> str:
     )
 
 
+def _markdown_table(headers: list[str], cells: list[list[str]]) -> str:
+    """Name and family left-aligned, the numbers right-aligned, the runtime and front left."""
+    align = ["---", "---"] + ["---:"] * (len(headers) - 4) + ["---", "---"]
+    if headers is TRAINED_HEADERS:
+        align = ["---", "---"] + ["---:"] * (len(headers) - 3) + ["---"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def chart_markdown(chart: dict) -> str:
-    lines = [
-        "| " + " | ".join(CHART_HEADERS) + " |",
-        "|---|---|" + "---:|" * 5 + "---|---|",
-    ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in chart_cells(chart)]
-    return "\n".join(lines) + "\n\n" + "\n\n".join(chart_notes(chart))
+    table = _markdown_table(CHART_HEADERS, chart_cells(chart))
+    return table + "\n\n" + "\n\n".join(chart_notes(chart))
+
+
+TRAINED_NOTE = (
+    "acc: test accuracy of the checkpoint in PyTorch/onnxruntime fp32 and onnxruntime int8; "
+    "ms: the fastest batch-1 median of each precision; params and MACs of the trained model at "
+    "its input size."
+)
+
+
+def trained_text(rows: list[dict]) -> str:
+    return format_table(TRAINED_HEADERS, trained_cells(rows)) + "\n\n" + TRAINED_NOTE
+
+
+def trained_markdown(rows: list[dict]) -> str:
+    return _markdown_table(TRAINED_HEADERS, trained_cells(rows)) + "\n\n" + TRAINED_NOTE
