@@ -121,6 +121,7 @@ def test_the_trained_chart_from_a_bench_json(capsys, tmp_path, monkeypatch):
             "--chart-json draws or measures the family chart: add --chart",
         ),
         (["--threads", "2"], "--threads draws or measures the family chart: add --chart FILE"),
+        (["--no-int8"], "--int8 draws or measures the family chart"),
         (["--chart", "x.png", "--plot", "y.png"], "--plot and --chart draw different pictures"),
         (["--chart", "x.png", "--trained", "a", "--chart-from", "b"], "--trained and --chart-from"),
         (["--chart", "/no/such/folder/x.png"], "cannot write '/no/such/folder/x.png': its folder"),

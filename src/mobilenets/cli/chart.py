@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from mobilenets.cli.arguments import add_timing_arguments
 from mobilenets.cli.common import format_table, millions, output_file, published
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.files import atomic_path, write_json
@@ -42,15 +43,20 @@ TRAINED_HEADERS = [
     "int8 ms",
     "runtime fp32 / int8",
 ]
-CHART_ONLY = (
-    "chart_json",
-    "chart_from",
-    "chart_markdown",
-    "trained",
-    "models",
-    "threads",
-    "iterations",
-)
+# the chart's flags and their defaults: given without --chart, they are an error
+CHART_ONLY = {
+    "chart_json": None,
+    "chart_markdown": None,
+    "chart_from": None,
+    "trained": None,
+    "models": None,
+    "threads": None,
+    "warmup": CHART_WARMUP,
+    "iterations": CHART_ITERATIONS,
+    "int8": True,
+    "openvino": None,
+    "pte": False,
+}
 
 
 def add_chart_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,23 +97,7 @@ def add_chart_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the variants whose name matches one of these shell patterns, e.g. '*_224' "
         "(default: every variant of the families)",
     )
-    group.add_argument(
-        "--threads", type=int, metavar="N", help="threads of every runtime (default: torch's)"
-    )
-    group.add_argument(
-        "--iterations",
-        type=int,
-        default=CHART_ITERATIONS,
-        metavar="K",
-        help="timed runs per model and runtime (default %(default)s)",
-    )
-    group.add_argument(
-        "--warmup",
-        type=int,
-        default=CHART_WARMUP,
-        metavar="W",
-        help="untimed runs first (default %(default)s)",
-    )
+    add_timing_arguments(group, warmup=CHART_WARMUP, iterations=CHART_ITERATIONS)
     group.add_argument(
         "--int8",
         action=argparse.BooleanOptionalAction,
@@ -144,8 +134,7 @@ def check_chart_arguments(args: argparse.Namespace) -> None:
 
 
 def _given(args: argparse.Namespace, flag: str) -> bool:
-    default = {"iterations": CHART_ITERATIONS}.get(flag)
-    return getattr(args, flag) not in (None, default)
+    return getattr(args, flag) != CHART_ONLY[flag]
 
 
 def run_chart(args: argparse.Namespace) -> None:
