@@ -256,10 +256,9 @@ def chart_text(chart: dict) -> str:
 
 
 def _markdown_table(headers: list[str], cells: list[list[str]]) -> str:
-    """Name and family left-aligned, the numbers right-aligned, the runtime and front left."""
-    align = ["---", "---"] + ["---:"] * (len(headers) - 4) + ["---", "---"]
-    if headers is TRAINED_HEADERS:
-        align = ["---", "---"] + ["---:"] * (len(headers) - 3) + ["---"]
+    """The name, family, runtime and front columns left-aligned, the numbers right-aligned."""
+    left = {"variant", "model", "family", "runtime fp32 / int8", "front"}
+    align = ["---" if header in left else "---:" for header in headers]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
