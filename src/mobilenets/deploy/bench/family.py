@@ -89,6 +89,7 @@ def measure_family(
     check_count("threads", threads)
     openvino = installed_version("openvino") is not None if openvino is None else openvino
     say = progress or (lambda line: None)
+    commit, started = source_commit(), datetime.datetime.now(datetime.timezone.utc)
     for number, row in enumerate(rows, 1):
         say(f"[{number}/{len(rows)}] {row['name']}")
         records = run_benchmarks(
@@ -115,8 +116,8 @@ def measure_family(
         "int8": int8,
         "runtimes": runtimes,
         "versions": {"mobilenets": __version__, "torch": torch.__version__},
-        "commit": source_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,  # of the code that measured, taken when it started
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "rows": rows,
     }
 
