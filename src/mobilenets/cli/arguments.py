@@ -88,6 +88,27 @@ def add_json_switch(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what}")
 
 
+def add_timing_arguments(parser, *, warmup: int, iterations: int) -> None:
+    """--threads, --warmup and --iterations of a latency measurement (bench, zoo --chart)."""
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="threads of every runtime (default: torch's)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=warmup,
+        metavar="W",
+        help="untimed runs first (default %(default)s)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=iterations,
+        metavar="K",
+        help="timed runs (default %(default)s)",
+    )
+
+
 # --- an export's file ---------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import functools
 import sys
 from pathlib import Path
 
+from mobilenets.cli.arguments import add_timing_arguments
 from mobilenets.cli.common import add_command, format_table, output_file, save_json
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.segmentation_spec import SEGMENTATION_OUTPUT_STRIDES
@@ -55,23 +56,7 @@ def add_bench(commands) -> None:
         metavar="B",
         help=f"batch sizes (default {' '.join(map(str, BENCH_BATCHES))})",
     )
-    parser.add_argument(
-        "--threads", type=int, metavar="N", help="threads of every runtime (default: torch's)"
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=BENCH_WARMUP,
-        metavar="W",
-        help="untimed runs first (default %(default)s)",
-    )
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        default=BENCH_ITERATIONS,
-        metavar="K",
-        help="timed runs (default %(default)s)",
-    )
+    add_timing_arguments(parser, warmup=BENCH_WARMUP, iterations=BENCH_ITERATIONS)
     parser.add_argument(
         "--resolution",
         type=int,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mobilenets.cli.arguments import add_json_switch
+from mobilenets.cli.chart import add_chart_arguments, check_chart_arguments, run_chart
 from mobilenets.cli.common import add_command, format_table, millions, published
 from mobilenets.cli.cost import add_cost
 from mobilenets.core.errors import MobileNetsError
@@ -17,7 +18,7 @@ from mobilenets.core.spec import format_alpha
 from mobilenets.engine.checkpoint import convert_to_checkpoint
 from mobilenets.zoo.convert import SOURCES
 from mobilenets.zoo.pretrained import PUBLISHERS, list_weights
-from mobilenets.zoo.table import FAMILIES, plot_zoo, zoo_rows
+from mobilenets.zoo.table import plot_zoo, registered_families, zoo_rows
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -38,25 +39,35 @@ def add_zoo(commands) -> None:
         "zoo",
         run_zoo,
         help="the named variants with their exact cost and published figures",
-        description="Every registered classifier (V1 and V2 at each width and resolution the "
-        "papers give) with our exact params and MACs beside the published checkpoint's "
-        "figures and ImageNet accuracy.",
+        description="Every registered classifier (each family at each width and resolution "
+        "published) with our exact params and MACs beside the published checkpoint's "
+        "figures and ImageNet accuracy; with --chart, the family chart: their latency "
+        "measured on this CPU against their published top-1.",
     )
     parser.add_argument(
         "--family",
-        choices=sorted(FAMILIES),
-        help="only V1 (v1) or only V2 (v2) variants (default: both)",
+        nargs="+",
+        choices=registered_families(),
+        metavar="FAMILY",
+        help=f"only these families' variants: {', '.join(registered_families())} (default: all)",
     )
-    add_json_switch(parser, "the rows as JSON instead of a table")
+    add_json_switch(parser, "the rows (or the chart) as JSON instead of a table")
     parser.add_argument(
         "--plot",
         metavar="FILE",
         help="also draw published top-1 against MACs (V1 Figure 4) into FILE, which ends in "
         f"{', '.join(PLOT_SUFFIXES)}",
     )
+    add_chart_arguments(parser)
 
 
 def run_zoo(args: argparse.Namespace) -> None:
+    check_chart_arguments(args)
+    if args.chart is not None:
+        if args.plot is not None:
+            raise MobileNetsError("--plot and --chart draw different pictures: give one")
+        run_chart(args)
+        return
     if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
         raise MobileNetsError(
             f"--plot takes a file ending in {', '.join(PLOT_SUFFIXES)}, got {args.plot!r}"

@@ -1,5 +1,6 @@
 """The zoo as a table: every registered classifier with its exact cost beside the published
-figures, and the V1 Figure 4 style plot of published top-1 against MACs.
+figures, its family and best published ImageNet top-1 (what the family chart plots), and the V1
+Figure 4 style plot of published top-1 against MACs.
 
 The plot needs matplotlib (the ``plots`` extra), imported only when a plot is drawn.
 """
@@ -7,42 +8,91 @@ The plot needs matplotlib (the ``plots`` extra), imported only when a plot is dr
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.extras import require
 from mobilenets.core.spec import format_alpha
 from mobilenets.zoo.factory import cost
-from mobilenets.zoo.registry import get_entry, list_models
+from mobilenets.zoo.pretrained import list_weights
+from mobilenets.zoo.published import OURS
+from mobilenets.zoo.registry import ModelEntry, get_entry, list_models
 
-FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3"}
+FAMILY_PATTERN = re.compile(r"mobilenet_(v\d+)")  # the family of an arch: mobilenet_v3_small: v3
 
 
-def zoo_rows(family: str | None = None) -> list[dict]:
-    """One record per registered classifier (of ``family``, ``"v1"``, ``"v2"`` or ``"v3"``):
-    name, arch, alpha, resolution, our exact params and MACs for 1000 classes, the published
-    checkpoint's figures (``reference``, None where none was published) and the papers' rows."""
-    if family is not None and family not in FAMILIES:
-        raise MobileNetsError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    pattern = f"{FAMILIES[family]}_*" if family else "*"
+def family_of(arch: str) -> str:
+    """The family key of an arch name, ``"v1"`` ... ``"v4"``: what ``--family`` takes."""
+    match = FAMILY_PATTERN.match(arch)
+    if match is None:
+        raise MobileNetsError(f"arch {arch!r} is not named mobilenet_vN[_...]: no family")
+    return match.group(1)
+
+
+def registered_families() -> list[str]:
+    """The family keys of the registered classifiers, in order: a family registered later (its
+    named variants) is listed without a change here."""
+    keys = {family_of(get_entry(name).arch) for name in list_models()}
+    return sorted(keys, key=lambda key: int(key[1:]))
+
+
+def zoo_rows(family: str | Sequence[str] | None = None) -> list[dict]:
+    """One record per registered classifier (of ``family``, one key of
+    [`registered_families`][mobilenets.zoo.table.registered_families] such as ``"v2"``, or a
+    list of them): name, arch, family, alpha, resolution, our exact params and MACs for 1000
+    classes, the published checkpoint's figures (``reference``, None where none was published),
+    the papers' rows, and the best published ImageNet top-1 of a weights file for this exact
+    variant (``top1``, with ``top1_source``; None where no file or table publishes one)."""
+    chosen = [family] if isinstance(family, str) else family
+    known = registered_families()
+    for key in chosen or ():
+        if key not in known:
+            raise MobileNetsError(f"family must be one of {', '.join(known)}, got {key!r}")
     rows = []
-    for name in list_models(pattern):
+    for name in list_models():
         entry = get_entry(name)
+        if chosen and family_of(entry.arch) not in chosen:
+            continue
         report = cost(name)
         reference = entry.reference
         rows.append(
             {
                 "name": name,
                 "arch": entry.arch,
+                "family": family_of(entry.arch),
                 "alpha": entry.alpha,
                 "resolution": entry.resolution,
                 "params": report.params,
                 "macs": report.macs,
                 "reference": None if reference is None else vars(reference),
                 "paper": [vars(row) for row in entry.paper],
+                **published_top1(entry),
             }
         )
     return rows
+
+
+def published_top1(entry: ModelEntry) -> dict:
+    """``top1`` and ``top1_source`` of a named variant: the best ImageNet top-1 of the published
+    weights records of this exact variant (arch, alpha, V3's minimalistic, input size), else its
+    registry reference's (TF-slim's tables); None where neither publishes one."""
+    config = entry.backbone
+    candidates = [
+        (record.top1, f"{record.source} {record.tag}")
+        for record in list_weights()
+        if record.source != OURS
+        and record.num_classes == 1000
+        and record.top1 is not None
+        and (record.arch, record.alpha, record.resolution)
+        == (entry.arch, entry.alpha, entry.resolution)
+        and record.minimalistic == getattr(config, "minimalistic", False)
+    ]
+    if not candidates and entry.reference is not None and entry.reference.top1 is not None:
+        candidates = [(entry.reference.top1, entry.reference.source)]
+    top1, source = max(candidates, default=(None, None))
+    return {"top1": top1, "top1_source": source}
 
 
 def plot_zoo(rows: list[dict], path: str | os.PathLike) -> Path:

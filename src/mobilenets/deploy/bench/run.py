@@ -53,6 +53,7 @@ def run_benchmarks(
     calibration_images: int = CALIBRATION_IMAGES,
     pte: bool = False,
     openvino: bool = False,
+    eager: bool = True,
     output_stride: int | None = None,
     aspp: bool | None = None,
     validation: Callable[[str, int], Validation] | None = None,
@@ -111,7 +112,9 @@ def run_benchmarks(
         return [
             record
             for target in targets
-            for record in bench_target(target, batches, threads, warmup, iterations, say, openvino)
+            for record in bench_target(
+                target, batches, threads, warmup, iterations, say, openvino, eager
+            )
         ]
 
 
@@ -194,12 +197,19 @@ def _target(
 
 
 def bench_target(
-    target: Target, batches, threads, warmup, iterations, say, openvino: bool = False
+    target: Target,
+    batches,
+    threads,
+    warmup,
+    iterations,
+    say,
+    openvino: bool = False,
+    eager: bool = True,
 ) -> list[BenchRecord]:
     """The records of ``target``'s runtimes at each batch, the fastest of each batch marked,
     scored when the target has a validation."""
     _check_fixed_batch(target, batches)
-    runners = open_runners(target, threads, openvino)
+    runners = open_runners(target, threads, openvino, eager)
     generator = torch.Generator().manual_seed(0)
     records = []
     for batch in batches:
@@ -226,10 +236,10 @@ def _check_fixed_batch(target: Target, batches) -> None:
     )
 
 
-def open_runners(target: Target, threads: int, openvino: bool) -> list[Runner]:
-    """Eager (when the target has a model), then onnxruntime and OpenVINO on each ONNX file and
-    ExecuTorch on each .pte; every file is loaded before anything is timed, so that a broken one
-    stops the run first."""
+def open_runners(target: Target, threads: int, openvino: bool, eager: bool = True) -> list[Runner]:
+    """Eager (when the target has a model and ``eager``), then onnxruntime and OpenVINO on each
+    ONNX file and ExecuTorch on each .pte; every file is loaded before anything is timed, so that
+    a broken one stops the run first."""
     sessions = [
         onnxruntime_runner(path, precision, source, note, threads)
         for path, precision, source, note in target.onnx_files
@@ -242,8 +252,12 @@ def open_runners(target: Target, threads: int, openvino: bool) -> list[Runner]:
         pte_runner(path, batch, precision, source, note, threads, target.model)
         for path, batch, precision, source, note in target.pte_files
     ]
-    eager = [] if target.model is None else [eager_runner(target.model, target.eager_source)]
-    return eager + sessions + compiled + programs
+    reference = (
+        [eager_runner(target.model, target.eager_source)]
+        if eager and target.model is not None
+        else []
+    )
+    return reference + sessions + compiled + programs
 
 
 def _time_batch(target, runners, images, threads, warmup, iterations, say) -> list[BenchRecord]:
