@@ -254,7 +254,7 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
     data = load_detection_data(shapes_data, splits=("val",))
     torch.manual_seed(0)
     # SSDLite on V1 0.25 (63 convs to V2 0.35's 88): the two .pte programs' lowering takes most
-    # of this test's time, in proportion to the graph's nodes, and bench treats every backbone
+    # of this test's time, which grows with the graph's size, and bench treats every backbone
     # alike (the registered V2 detector is benched above and in tests/tasks/detection)
     backbone = ModelConfig(arch="mobilenet_v1", alpha=0.25)
     model = randomize_torch(

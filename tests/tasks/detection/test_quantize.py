@@ -12,7 +12,7 @@ about 0 and is not asserted beyond being a finite fraction: these tests hold the
 demo checkpoint's measured drop is in docs/detection.md. Lowering to ExecuTorch takes tens of
 seconds, so the module lowers twice (fp32 and int8), and the checks that refuse a program reuse
 those programs. The programs are of the same detector on V1 0.25 (63 convs to V2 0.35's 88):
-XNNPACK's lowering takes time in proportion to the graph's nodes, and the .pte path treats every
+XNNPACK's lowering takes time that grows with the graph's size, and the .pte path treats every
 backbone alike.
 """
 

@@ -10,7 +10,7 @@ pixel as a trained model's do; its two best logits are often close, so int8 keep
 of only 80 to 90% of the pixels (a trained model's decided pixels keep theirs), where a broken
 file keeps about one in five. The .pte tests lower twice (a minute each on a slow CPU; the failing
 check reuses the first program; the command's class-map program is a V1 0.25's, whose graph
-lowers in about half the time) and are slow.
+lowers in about two thirds of the time) and are slow.
 """
 
 import onnx
@@ -445,8 +445,9 @@ def test_cli_prints_the_checks_and_the_miou_of_both(checkpoint, tmp_path, capsys
 @pytest.fixture(scope="module")
 def v1_checkpoint(tmp_path_factory):
     """As ``checkpoint``, on V1 0.25 without ASPP: 31 convs to V2 0.35's 55. XNNPACK's lowering
-    takes time in proportion to the graph's nodes, and the command's class-map program does not
-    depend on the backbone (the V2 program's agreement is the pte_int8 tests')."""
+    takes time that grows with the graph's size (this one lowered in two thirds of the V2 one's
+    time), and the command's class-map program does not depend on the backbone (the V2
+    program's agreement is the pte_int8 tests')."""
     torch.manual_seed(0)
     model = randomize_torch(
         create_segmenter(
