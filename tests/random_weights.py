@@ -28,22 +28,26 @@ def randomize_torch(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def background_leaning_detector(num_classes: int, resolution: int) -> nn.Module:
-    """SSDLite 0.35 with random weights and BN statistics (seed 0) whose heads give logits of
-    about 1 and favour the background: tens of (anchor, class) pairs per image pass
-    postprocess's 0.01 score threshold and NMS has overlapping boxes of one class to suppress.
-    ``num_classes`` counts the background and must be 5 (the class bias is written out)."""
+def background_leaning_detector(
+    num_classes: int, resolution: int, backbone: str = "mobilenet_v2", alpha: float = 0.35
+) -> nn.Module:
+    """SSDLite (on V2 0.35 unless ``backbone`` and ``alpha`` say otherwise) with random weights
+    and BN statistics (seed 0) whose heads give logits of about 1 and favour the background: tens
+    of (anchor, class) pairs per image pass postprocess's 0.01 score threshold and NMS has
+    overlapping boxes of one class to suppress. ``num_classes`` counts the background and must
+    be 5 (the class bias is written out)."""
     import torch
 
+    from mobilenets.core.detection_spec import DetectionConfig
+    from mobilenets.core.spec import ModelConfig
     from mobilenets.zoo.detectors import create_detector
 
     class_bias = torch.tensor([3.0, 0.0, -0.5, -1.0, -1.5])
     if num_classes != len(class_bias):
         raise ValueError(f"num_classes must be {len(class_bias)}, got {num_classes}")
     torch.manual_seed(0)
-    model = create_detector(
-        "ssdlite_mobilenet_v2", num_classes=num_classes, alpha=0.35, resolution=resolution
-    )
+    config = DetectionConfig(ModelConfig(arch=backbone, alpha=alpha))
+    model = create_detector(config, num_classes=num_classes, resolution=resolution)
     randomize_torch(model)
     with torch.no_grad():
         for head in (*model.class_heads, *model.box_heads):

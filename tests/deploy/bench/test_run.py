@@ -243,6 +243,8 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
     from random_weights import randomize_torch
 
     from mobilenets.cli.bench import bench_validation
+    from mobilenets.core.detection_spec import DetectionConfig
+    from mobilenets.core.spec import ModelConfig
     from mobilenets.data.detection import detection_preprocessing, load_detection_data
     from mobilenets.engine.checkpoint import save_checkpoint
     from mobilenets.tasks.detection.evaluate import evaluate_detector
@@ -251,10 +253,12 @@ def test_data_scores_a_detector_with_the_coco_evaluation_in_every_runtime(shapes
 
     data = load_detection_data(shapes_data, splits=("val",))
     torch.manual_seed(0)
+    # SSDLite on V1 0.25 (63 convs to V2 0.35's 88): the two .pte programs' lowering takes most
+    # of this test's time, which grows with the graph's size, and bench treats every backbone
+    # alike (the registered V2 detector is benched above and in tests/tasks/detection)
+    backbone = ModelConfig(arch="mobilenet_v1", alpha=0.25)
     model = randomize_torch(
-        create_detector(
-            "ssdlite_mobilenet_v2", alpha=0.35, resolution=64, num_classes=len(data.class_names)
-        )
+        create_detector(DetectionConfig(backbone), resolution=64, num_classes=len(data.class_names))
     )
     path = tmp_path / "best.safetensors"
     save_checkpoint(

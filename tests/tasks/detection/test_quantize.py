@@ -11,7 +11,9 @@ score threshold; the data are 20 training and 4 validation synthetic-shapes imag
 about 0 and is not asserted beyond being a finite fraction: these tests hold the mechanics, the
 demo checkpoint's measured drop is in docs/detection.md. Lowering to ExecuTorch takes tens of
 seconds, so the module lowers twice (fp32 and int8), and the checks that refuse a program reuse
-those programs.
+those programs. The programs are of the same detector on V1 0.25 (63 convs to V2 0.35's 88):
+XNNPACK's lowering takes time that grows with the graph's size, and the .pte path treats every
+backbone alike.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ DATA = "synthetic-shapes:20"  # 20 training and 4 validation images
 RESOLUTION = 64
 CALIBRATION = 8
 SIZES = [(96, 128), (128, 128), (64, 80)]  # (height, width) of the images detections scale to
+PTE_MODEL = "ssdlite_mobilenet_v1_0.25_64"  # the .pte programs' detector
+PTE_CONVS = 63  # V1's 27, the extra layers' 12 and the heads' 24
+PTE_BN_FOLDED = 51  # all but the heads' 12 1x1 convs, which have a bias
 needs_executorch = pytest.mark.skipif(
     mobile.executorch_version() is None,
     reason="executorch is not installed (pip install 'mobilenets[mobile]')",
@@ -103,6 +108,29 @@ def checkpoint_file(data_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(checkpoint_file):
     return load_detection_checkpoint(checkpoint_file)
+
+
+@pytest.fixture(scope="module")
+def pte_checkpoint_file(data_dir, tmp_path_factory) -> Path:
+    """As ``checkpoint_file``, on V1 0.25: the .pte programs' detector."""
+    data = load_detection_data(DATA, splits=("val",))
+    model = background_leaning_detector(
+        len(data.class_names), RESOLUTION, backbone="mobilenet_v1", alpha=0.25
+    )
+    path = tmp_path_factory.mktemp("pte-checkpoint") / "best.safetensors"
+    save_checkpoint(
+        model,
+        path,
+        data.class_names,
+        detection_preprocessing(RESOLUTION, None),
+        category_ids=list(data.category_ids),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pte_checkpoint(pte_checkpoint_file):
+    return load_detection_checkpoint(pte_checkpoint_file)
 
 
 def val_images(checkpoint, count: int = 2) -> torch.Tensor:
@@ -326,20 +354,20 @@ def test_a_failed_int8_onnx_check_leaves_no_file(checkpoint, tmp_path, monkeypat
 
 
 @pytest.fixture(scope="module")
-def fp32_pte(checkpoint_file, tmp_path_factory):
+def fp32_pte(pte_checkpoint_file, tmp_path_factory):
     """The fp32 program written by the command, its exit status and what it printed."""
     path = tmp_path_factory.mktemp("pte") / "detector.pte"
-    return path, *run_captured("detect", "export", checkpoint_file, "--out", path)
+    return path, *run_captured("detect", "export", pte_checkpoint_file, "--out", path)
 
 
 @pytest.fixture(scope="module")
-def int8_pte(checkpoint_file, tmp_path_factory):
+def int8_pte(pte_checkpoint_file, tmp_path_factory):
     """The int8 program written by the command, its exit status and what it printed."""
     path = tmp_path_factory.mktemp("pte-int8") / "detector.int8.pte"
     return path, *run_captured(
         "detect",
         "export",
-        checkpoint_file,
+        pte_checkpoint_file,
         "--out",
         path,
         "--int8",
@@ -352,14 +380,15 @@ def int8_pte(checkpoint_file, tmp_path_factory):
 
 @pytest.mark.slow
 @needs_executorch
-def test_fp32_pte_decodes_inside_and_matches_pytorch(fp32_pte, checkpoint):
+def test_fp32_pte_decodes_inside_and_matches_pytorch(fp32_pte, pte_checkpoint):
+    checkpoint = pte_checkpoint
     path, code, out = fp32_pte
     assert code == 0, out
     wrote, check, nms = out.splitlines()
-    assert wrote.startswith(f"wrote {path} (ssdlite_mobilenet_v2_0.35_64; ExecuTorch ")
+    assert wrote.startswith(f"wrote {path} ({PTE_MODEL}; ExecuTorch ")
     anchors = len(checkpoint.model.anchors())
     assert f"input 1x3x64x64, outputs boxes [1, {anchors}, 4] and scores [1, {anchors}, 5]" in wrote
-    assert wrote.endswith("76 BN folded, 1 XNNPACK partition, ops outside it: none)")
+    assert wrote.endswith(f"{PTE_BN_FOLDED} BN folded, 1 XNNPACK partition, ops outside it: none)")
     match = re.fullmatch(r"ExecuTorch \S+ vs PyTorch: max abs diff (\S+)", check)
     assert match and float(match.group(1)) <= 1e-4, check
     assert nms.startswith("NMS is left to the caller")
@@ -392,12 +421,12 @@ def test_int8_pte_from_the_command_line(int8_pte, fp32_pte):
     assert path.stat().st_size < 0.5 * fp32_pte[0].stat().st_size  # int8 weights
     wrote, int8, check, accuracy, cpu = out.splitlines()
     assert cpu == f"int8 measured on {cpu_info().describe()}"
-    assert wrote.startswith(f"wrote {path} (ssdlite_mobilenet_v2_0.35_64; ExecuTorch ")
+    assert wrote.startswith(f"wrote {path} ({PTE_MODEL}; ExecuTorch ")
     assert "1 XNNPACK partition, ops outside it: none" in wrote
     assert int8 == (
-        f"int8: 88 of 88 convs with int8 weights, {int8.split(', ')[1].split()[0]} activation "
-        f"quantize ops, calibrated on {CALIBRATION} training images of {DATA}; decoding and "
-        "scores float"
+        f"int8: {PTE_CONVS} of {PTE_CONVS} convs with int8 weights, "
+        f"{int8.split(', ')[1].split()[0]} activation quantize ops, calibrated on "
+        f"{CALIBRATION} training images of {DATA}; decoding and scores float"
     )
     match = re.fullmatch(
         r"ExecuTorch \S+ int8 vs its PyTorch reference: within (\d+\.\d) quantization steps "
@@ -412,7 +441,7 @@ def test_int8_pte_from_the_command_line(int8_pte, fp32_pte):
 @pytest.mark.slow
 @needs_executorch
 def test_a_program_that_disagrees_leaves_no_file(
-    checkpoint, fp32_pte, int8_pte, tmp_path, monkeypatch
+    pte_checkpoint, fp32_pte, int8_pte, tmp_path, monkeypatch
 ):
     """The fp32 check refuses the int8 program, the int8 check one beyond its steps (the fp32
     program, allowed 0 steps); neither leaves a file."""
@@ -420,14 +449,14 @@ def test_a_program_that_disagrees_leaves_no_file(
     lowered = iter([(int8_program, 1, ()), (fp32_program, 1, ())])
     monkeypatch.setattr(mobile, "lower_to_xnnpack", lambda *args: next(lowered))
     with pytest.raises(MobileNetsError, match="the ExecuTorch program's (boxes|scores) disagree"):
-        detection_export.export(checkpoint, tmp_path / "fp32.pte")
+        detection_export.export(pte_checkpoint, tmp_path / "fp32.pte")
     monkeypatch.setattr(detection_export, "INT8_TOLERANCE_STEPS", 0)
     with pytest.raises(MobileNetsError, match="int8 ExecuTorch program disagrees with its"):
         detection_export.export(
-            checkpoint,
+            pte_checkpoint,
             tmp_path / "int8.pte",
             int8=True,
-            calibration=calibration(checkpoint, batch=4),
+            calibration=calibration(pte_checkpoint, batch=4),
         )
     assert list(tmp_path.iterdir()) == []
 
