@@ -221,10 +221,10 @@ def table_v4_cells(row: V4Comparison) -> list[str]:
     published = row.published
     return [
         published.config.name,
-        f"{published.params_m:g}",
+        f"{published.params_m:.1f}",
         f"{row.params / 1e6:.3f}",
         f"{100 * row.params_error:+.1f}%",
-        f"{published.macs_g:g}",
+        f"{published.macs_g:.1f}",
         f"{row.macs / 1e9:.3f}",
         f"{100 * row.macs_error:+.1f}%",
         f"{row.attention_macs / 1e9:.3f}",

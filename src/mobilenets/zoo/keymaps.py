@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mobilenets.core.errors import MobileNetsError
 import torch
 
+from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.families import V1_TABLE, V2_TABLE, V4_ROWS, Bneck, get_family
 from mobilenets.core.models import build_model
 from mobilenets.core.spec import BlockSpec, LayerSpec, ModelConfig, resolve

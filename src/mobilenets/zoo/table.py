@@ -15,11 +15,16 @@ from mobilenets.core.spec import format_alpha
 from mobilenets.zoo.factory import cost
 from mobilenets.zoo.registry import get_entry, list_models
 
-FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3"}
+FAMILIES = {
+    "v1": "mobilenet_v1",
+    "v2": "mobilenet_v2",
+    "v3": "mobilenet_v3",
+    "v4": "mobilenet_v4",
+}
 
 
 def zoo_rows(family: str | None = None) -> list[dict]:
-    """One record per registered classifier (of ``family``, ``"v1"``, ``"v2"`` or ``"v3"``):
+    """One record per registered classifier (of ``family``, ``"v1"`` to ``"v4"``):
     name, arch, alpha, resolution, our exact params and MACs for 1000 classes, the published
     checkpoint's figures (``reference``, None where none was published) and the papers' rows."""
     if family is not None and family not in FAMILIES:
