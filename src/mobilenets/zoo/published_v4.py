@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from mobilenets.core.published_v4 import V4_TABLE6, PublishedV4
 
 # timm's IMAGENET_INCEPTION_MEAN/STD: the [-1, 1] range of TF models.
 INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -123,3 +124,14 @@ TIMM_V4_FILES = (
         "mobilenet_v4_hybrid_large", "mobilenetv4_hybrid_large.e600_r384_in1k", 384, 0.95, 448, 1.0
     ),
 )
+
+
+def named_sizes() -> list[tuple[PublishedV4, int, bool]]:
+    """(Table 6 row, resolution, native) of every V4 size the registry names: each model at its
+    native size (Table 6's), then at each other size timm trained an ImageNet-1k file at."""
+    sizes = []
+    for row in V4_TABLE6:
+        trained = [file.resolution for file in TIMM_V4_FILES if file.arch == row.arch]
+        native = row.config.resolution
+        sizes += [(row, size, size == native) for size in dict.fromkeys([native, *trained])]
+    return sizes
