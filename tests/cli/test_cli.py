@@ -105,7 +105,7 @@ def test_errors_are_one_line_and_exit_2(capsys, argv, message):
     [
         (["cost", "mobilenet_v1", "--alpha", "abc"], "invalid float value: 'abc'"),
         (["cost", "mobilenet_v1", "--resolution", "160", "--rho", "0.5"], "not allowed with"),
-        (["zoo", "--family", "v4"], "invalid choice: 'v4'"),
+        (["zoo", "--family", "v5"], "invalid choice: 'v5'"),
         (["deploy"], "invalid choice: 'deploy'"),
         (["train"], "the following arguments are required: --out"),
     ],

@@ -124,7 +124,11 @@ def test_table_v3_json(capsys):
             ["--table7", "--table", "v3"],
             "--table7 prints the paper's six configurations as published; it takes no --table",
         ),
-        ([], "give a model NAME, or --table7 for V2 Table 7 or --table v3 for V3 Table 3"),
+        (
+            [],
+            "give a model NAME, or --table7 for V2 Table 7, --table v3 for V3 Table 3 or "
+            "--table v4 for V4 Table 6",
+        ),
     ],
 )
 def test_errors_are_one_line(capsys, argv, message):
@@ -138,7 +142,7 @@ def test_errors_are_one_line(capsys, argv, message):
     "argv, message",
     [
         (["--width-rule", "keras"], "invalid choice: 'keras' (choose from 'tf', 'torchvision')"),
-        (["--table", "v4"], "invalid choice: 'v4' (choose from 'v3')"),
+        (["--table", "v5"], "invalid choice: 'v5' (choose from 'v3', 'v4')"),
     ],
 )
 def test_bad_choices_are_one_line(capsys, argv, message):

@@ -19,7 +19,7 @@ from mobilenets.core.weights import CONFIG_METADATA_KEY
 from mobilenets.zoo.registry import ModelEntry, register
 
 
-def test_the_tfslim_grid_and_the_v3_releases_are_registered():
+def test_the_tfslim_grid_the_v3_releases_and_the_v4_sizes_are_registered():
     expected = (
         {
             f"mobilenet_v1_{a}_{r}"
@@ -42,6 +42,17 @@ def test_the_tfslim_grid_and_the_v3_releases_are_registered():
                 "small_minimalistic_1.0",
                 "small_0.5",
             )
+        }
+        | {  # V4 at each size timm published weights for
+            f"mobilenet_v4_{model}_1.0_{r}"
+            for model, sizes in (
+                ("conv_small", (224, 256)),
+                ("conv_medium", (256, 224, 384)),
+                ("conv_large", (384, 256)),
+                ("hybrid_medium", (256, 384, 224)),
+                ("hybrid_large", (384,)),
+            )
+            for r in sizes
         }
     )
     assert set(list_models()) == expected

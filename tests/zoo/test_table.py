@@ -34,10 +34,12 @@ def test_one_row_per_registered_classifier_with_its_exact_cost(rows):
 def test_a_family_selects_its_rows(rows):
     v1 = zoo_rows("v1")
     assert [row["name"] for row in v1] == list_models("mobilenet_v1_*")
-    assert len(v1) + len(zoo_rows("v2")) + len(zoo_rows("v3")) == len(rows)
+    families = ("v2", "v3", "v4")
+    assert len(v1) + sum(len(zoo_rows(family)) for family in families) == len(rows)
     assert [row["name"] for row in zoo_rows("v3")] == list_models("mobilenet_v3_*")
-    with pytest.raises(MobileNetsError, match="family must be one of v1, v2, v3, got 'v4'"):
-        zoo_rows("v4")
+    assert [row["name"] for row in zoo_rows("v4")] == list_models("mobilenet_v4_*")
+    with pytest.raises(MobileNetsError, match="family must be one of v1, v2, v3, v4, got 'v5'"):
+        zoo_rows("v5")
 
 
 @pytest.mark.parametrize("suffix, magic", [(".png", PNG), (".svg", b"<?xml"), (".pdf", b"%PDF")])

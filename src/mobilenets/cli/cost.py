@@ -8,7 +8,7 @@ import json
 
 from mobilenets.cli.arguments import V3_FLAGS, add_json_switch, add_v3_arguments, v3_fields
 from mobilenets.cli.common import add_command, format_table
-from mobilenets.cli.cost_tables import run_table7, run_table_v3
+from mobilenets.cli.cost_tables import run_table7, run_table_v3, run_table_v4
 from mobilenets.core.cost import CostReport
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.segmentation_cost import (
@@ -40,7 +40,8 @@ def add_cost(commands) -> None:
         description="The analytic cost of a model, layer by layer, from its resolved spec (no "
         "model is built): params, multiply-adds, activation memory, and the papers' breakdowns; "
         "with --table7, the V2 paper's segmentation Table 7 beside our counts; with --table v3, "
-        "the V3 paper's Table 3 and TF-slim's V3 rows beside ours.",
+        "the V3 paper's Table 3 and TF-slim's V3 rows beside ours; with --table v4, the V4 paper's "
+        "Table 6 beside ours.",
     )
     parser.add_argument(
         "name",
@@ -58,9 +59,10 @@ def add_cost(commands) -> None:
     )
     parser.add_argument(
         "--table",
-        choices=("v3",),
+        choices=("v3", "v4"),
         help="instead of NAME: v3, the V3 paper's Table 3 and the TF-slim README's V3 rows "
-        "(minimalistic too), the published MAdds and params beside ours",
+        "(minimalistic too); v4, the V4 paper's Table 6 (the five models at their native "
+        "resolution): the published MACs and params beside ours",
     )
     parser.add_argument(
         "--alpha", type=float, metavar="A", help="width multiplier (default: the name's)"
@@ -129,10 +131,13 @@ def run_cost(args: argparse.Namespace) -> None:
     if args.table == "v3":
         run_table_v3(args)
         return
+    if args.table == "v4":
+        run_table_v4(args)
+        return
     if args.name is None:
         raise MobileNetsError(
-            "give a model NAME, or --table7 for V2 Table 7 or --table v3 for V3 Table 3 beside "
-            "our counts"
+            "give a model NAME, or --table7 for V2 Table 7, --table v3 for V3 Table 3 or "
+            "--table v4 for V4 Table 6 beside our counts"
         )
     segmenter = is_segmenter(args.name)
     if args.aspp is not None and not segmenter:

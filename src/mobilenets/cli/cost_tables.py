@@ -1,5 +1,5 @@
-"""``cost --table7`` and ``cost --table v3``: the papers' published tables (V2 Table 7, V3 Table 3
-and TF-slim's V3 rows) beside our exact counts, as text or JSON."""
+"""``cost --table7``, ``cost --table v3`` and ``cost --table v4``: the papers' published tables (V2
+Table 7, V3 Table 3 and TF-slim's V3 rows, V4 Table 6) beside our exact counts, as text or JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from mobilenets.cli.arguments import V3_FLAGS
 from mobilenets.cli.common import format_table
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.published_v3 import V3Comparison, v3_table
+from mobilenets.core.published_v4 import QUOTED, SOURCE_V4_PAPER, V4Comparison, v4_table
 from mobilenets.core.segmentation_cost import MULTISCALE, Table7Comparison, table7
 
 # --- table 7 ------------------------------------------------------------------------------------
@@ -178,6 +179,67 @@ def table_v3_record(row: V3Comparison) -> dict:
         "params": row.params,
         "macs": row.macs,
         "elementwise_multiplies": row.elementwise,
+        "params_error": row.params_error,
+        "macs_error": row.macs_error,
+    }
+
+
+# --- V4 Table 6 -----------------------------------------------------------------------------------
+
+TABLE_V4_HEADERS = [
+    "model",
+    "paper params M",
+    "ours",
+    "diff",
+    "paper MACs G",
+    "ours",
+    "diff",
+    "of which attention",
+    "why they differ",
+]
+
+
+def run_table_v4(args: argparse.Namespace) -> None:
+    check_table_only(args, "--table v4", "V4 Table 6 as published")
+    print_published(
+        args,
+        v4_table(),
+        record=table_v4_record,
+        title=f"MobileNetV4 at each model's native resolution, 1000 classes: {SOURCE_V4_PAPER} as "
+        "published, beside our exact counts",
+        headers=TABLE_V4_HEADERS,
+        cells=table_v4_cells,
+        notes="ours: one multiply-add per weight per output position of every conv and linear "
+        "layer, plus Mobile MQA's q.k and attn.v matmuls\n(the attention column); our params "
+        "equal timm's mobilenetv4_* for every model.\ndiff: ours over the published figure, "
+        f"minus 1. *: {QUOTED}.\nSee docs/models.md, MobileNetV4, for the paper's appendix "
+        "against its code.",
+    )
+
+
+def table_v4_cells(row: V4Comparison) -> list[str]:
+    published = row.published
+    return [
+        published.config.name,
+        f"{published.params_m:.1f}",
+        f"{row.params / 1e6:.3f}",
+        f"{100 * row.params_error:+.1f}%",
+        f"{published.macs_g:.1f}",
+        f"{row.macs / 1e9:.3f}",
+        f"{100 * row.macs_error:+.1f}%",
+        f"{row.attention_macs / 1e9:.3f}",
+        published.note,
+    ]
+
+
+def table_v4_record(row: V4Comparison) -> dict:
+    return {
+        "published": vars(row.published),
+        "source": SOURCE_V4_PAPER,
+        "config": row.published.config.name,
+        "params": row.params,
+        "macs": row.macs,
+        "attention_macs": row.attention_macs,
         "params_error": row.params_error,
         "macs_error": row.macs_error,
     }

@@ -17,6 +17,7 @@ from mobilenets.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preproces
 from mobilenets.core.spec import format_alpha
 from mobilenets.engine.checkpoint import convert_to_checkpoint
 from mobilenets.zoo.convert import SOURCES
+from mobilenets.zoo.keymaps import is_v4
 from mobilenets.zoo.pretrained import PUBLISHERS, list_weights
 from mobilenets.zoo.table import plot_zoo, registered_families, zoo_rows
 
@@ -97,7 +98,8 @@ def print_zoo(rows: list[dict]) -> None:
     ]
     table = []
     for row in rows:
-        ref = row["reference"] or {}
+        # V4 has no figures of a released checkpoint: its native rows show the paper's Table 6
+        ref = row["reference"] or next(iter(row["paper"]), None) or {}
         table.append(
             [
                 row["name"],
@@ -109,7 +111,10 @@ def print_zoo(rows: list[dict]) -> None:
                 published(ref.get("macs_m")),
                 published(ref.get("top1"), ".1f"),
                 published(ref.get("top5"), ".1f"),
-                ref.get("source", "no published checkpoint"),
+                # every V4 size registered has timm weights (zoo/published_v4.py), no figures
+                ref.get(
+                    "source", "timm weights" if is_v4(row["arch"]) else "no published checkpoint"
+                ),
             ]
         )
     print(format_table(headers, table))

@@ -1,4 +1,4 @@
-"""Weights from torchvision, timm and Keras, converted into our state dicts.
+"""Weights from torchvision, timm and Keras, converted into our state dicts (MobileNetV4: timm's).
 
 A conversion is a pure function from a foreign mapping of tensors to our state dict plus a
 report. The key map is generated from the resolved spec (one entry per conv, BN and classifier
@@ -10,7 +10,7 @@ change lives in [`LAYOUTS`][mobilenets.zoo.convert.LAYOUTS]:
 - A Keras Dense kernel is ``(in, out)``; a Linear weight ``(out, in)``.
 - Keras MobileNet V1 ends in a 1x1 conv classifier ``(1, 1, 1024, classes)``: a Linear; so
   do Keras V3's pre-logits layer and classifier (``conv_2``, ``logits``).
-- timm's V3 pre-logits layer (``conv_head``) is a 1x1 conv ``(out, in, 1, 1)``: a Linear.
+- timm's V3 and V4 pre-logits layer (``conv_head``) is a 1x1 conv ``(out, in, 1, 1)``: a Linear.
 - A classifier with one row too many is TF-slim's 1001-class layout; row 0 (background) goes.
 
 The key maps are generated from the spec in [`mobilenets.zoo.keymaps`][mobilenets.zoo.keymaps].
@@ -40,7 +40,7 @@ from mobilenets.core.models import build_model
 from mobilenets.core.spec import ModelConfig
 from mobilenets.core.weights import read_state_dict
 from mobilenets.zoo.keymaps import SOURCES as SOURCES  # the key maps are read from here too
-from mobilenets.zoo.keymaps import check_source, is_v3, keras3_v3_name
+from mobilenets.zoo.keymaps import check_source, is_v3, is_v4, keras3_v3_name
 from mobilenets.zoo.keymaps import key_map as key_map
 
 # The numerics each ecosystem trained with (STYLE.md: part of the spec and the weights record).
@@ -204,7 +204,7 @@ def convert_state_dict(
         if items
     ]
     if problems:
-        held = _other_v3_variant(set(tensors) - set(counters), config, source)
+        held = _other_variant(set(tensors) - set(counters), config, source)
         raise MobileNetsError(
             f"{source} weights do not fit {config.name}: {held}" + ", ".join(problems)
         )
@@ -215,18 +215,34 @@ def convert_state_dict(
     return state, config, report
 
 
-def _other_v3_variant(keys: set[str], config: ModelConfig, source: str) -> str:
+def _variants(source: str) -> list[tuple[str, bool]]:
+    """(arch, minimalistic) of every variant whose files share a layout: V3's (Large, Small, each
+    minimalistic or not) and, in timm's layout, V4's five."""
+    variants = [(arch, mini) for arch in families() if is_v3(arch) for mini in (False, True)]
+    if source == "timm":
+        variants += [(arch, False) for arch in families() if is_v4(arch)]
+    return variants
+
+
+def _other_variant(keys: set[str], config: ModelConfig, source: str) -> str:
     """ "the file holds mobilenet_v3_small weights, not mobilenet_v3_large's; " when the foreign
-    keys are exactly another V3 variant's (a Small file for a Large model), else ""."""
-    if not is_v3(config.arch):
+    keys are exactly another V3 or V4 variant's (a Small file for a Large model, a Conv-M file
+    for a Conv-S model, a V3 file for a V4 model), else ""."""
+    ours = (config.arch, config.minimalistic)
+    if ours not in _variants(source):
         return ""
-    for arch in (arch for arch in families() if is_v3(arch)):
-        for minimalistic in (False, True):
-            other = config.replace(arch=arch, minimalistic=minimalistic)
-            if other != config and keys == {entry.theirs for entry in key_map(other, source)}:
-                held = f"{arch}{' minimalistic' if minimalistic else ''}"
-                wanted = f"{config.arch}{' minimalistic' if config.minimalistic else ''}"
-                return f"the file holds {held} weights, not {wanted}'s; "
+    for arch, minimalistic in _variants(source):
+        if (arch, minimalistic) == ours:
+            continue
+        rule = SOURCE_WIDTH_RULES[source] if is_v3(arch) else None
+        try:
+            other = config.replace(arch=arch, minimalistic=minimalistic, width_rule=rule)
+        except MobileNetsError:  # a setting the other family lacks (V4's hybrids at OS 8)
+            continue
+        if keys == {entry.theirs for entry in key_map(other, source)}:
+            held = f"{arch}{' minimalistic' if minimalistic else ''}"
+            wanted = f"{config.arch}{' minimalistic' if config.minimalistic else ''}"
+            return f"the file holds {held} weights, not {wanted}'s; "
     return ""
 
 

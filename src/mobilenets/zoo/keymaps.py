@@ -12,8 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
+
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.core.families import V1_TABLE, V2_TABLE, Bneck, get_family
+from mobilenets.core.families import V1_TABLE, V2_TABLE, V4_ROWS, Bneck, get_family
+from mobilenets.core.models import build_model
 from mobilenets.core.spec import BlockSpec, LayerSpec, ModelConfig, resolve
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -27,6 +30,11 @@ def check_source(source: str) -> None:
 def is_v3(arch: str) -> bool:
     """A family of ``Bneck`` rows (MobileNetV3 Large and Small): the families with width rules."""
     return bool(get_family(arch).width_rules)
+
+
+def is_v4(arch: str) -> bool:
+    """A family of V4 rows (FusedIB, UIB, MQA): the five MobileNetV4 models."""
+    return any(isinstance(row, V4_ROWS) for row in get_family(arch).table)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,17 @@ def _stages(config: ModelConfig) -> list[tuple[int, int]]:
     """(stage, repeat) of every block, from the paper table (not from the resolved strides, so
     the small-input and reduced-tail variants key like the standard net)."""
     positions = []
+    if is_v4(config.arch):
+        # timm's V4 tables start a stage at each stride-2 row (the stem is no stage; the 960
+        # head conv is one more); the body rows lie between the stem and the head conv.
+        stage, repeat = -1, 0
+        for row in get_family(config.arch).table[1:-2]:
+            for first in [True] + [False] * (getattr(row, "n", 1) - 1):
+                if first and row.s == 2:
+                    stage, repeat = stage + 1, 0
+                positions.append((stage, repeat))
+                repeat += 1
+        return positions
     if config.arch == "mobilenet_v2":
         for stage, row in enumerate(V2_TABLE[1:-1]):
             positions += [(stage, repeat) for repeat in range(row.n)]
@@ -311,9 +330,88 @@ def _layout(slot: Slot, config: ModelConfig, source: str) -> str:
     return "same"
 
 
+# --- MobileNetV4 (timm's mobilenetv4_*, the only published V4 weights) --------------------------
+
+# Our module of each V4 block kind (core/blocks_v4.py) -> timm's (timm _efficientnet_blocks.py:
+# ConvBnAct, EdgeResidual, UniversalInvertedResidual, MobileAttention with MultiQueryAttention2d).
+V4_TIMM_MODULES = {
+    "conv": {"conv": "conv", "bn": "bn1"},
+    "fused_ib": {"conv_exp": "conv_exp", "bn1": "bn1", "conv_pwl": "conv_pwl", "bn2": "bn2"},
+    "universal_ib": {
+        "conv_dw_start": "dw_start.conv",
+        "bn_start": "dw_start.bn",
+        "conv_pw": "pw_exp.conv",
+        "bn1": "pw_exp.bn",
+        "conv_dw": "dw_mid.conv",
+        "bn2": "dw_mid.bn",
+        "conv_pwl": "pw_proj.conv",
+        "bn3": "pw_proj.bn",
+        "layer_scale": "layer_scale",
+    },
+    "mobile_mqa": {
+        "norm": "norm",
+        "query": "attn.query.proj",
+        "key_down": "attn.key.down_conv",
+        "key_norm": "attn.key.norm",
+        "key": "attn.key.proj",
+        "value_down": "attn.value.down_conv",
+        "value_norm": "attn.value.norm",
+        "value": "attn.value.proj",
+        "output": "attn.output.proj",
+        "layer_scale": "layer_scale",
+    },
+}
+# Outside the blocks; timm's V4 pre-logits layer is a bias-free 1x1 conv (conv_head) + norm_head.
+V4_TIMM_TOP = {
+    "stem.conv": "conv_stem",
+    "stem.bn": "bn1",
+    "pre_logits.fc": "conv_head",
+    "pre_logits.bn": "norm_head",
+    "classifier": "classifier",
+}
+
+
+def _v4_timm_name(ours: str, kinds: dict[str, str], config: ModelConfig) -> str:
+    """``blocks.7.bn_start.weight`` -> ``blocks.2.1.dw_start.bn.weight``."""
+    module, _, tensor = ours.rpartition(".")
+    tensor = "gamma" if module.endswith("layer_scale") else tensor  # timm's LayerScale2d
+    if module in V4_TIMM_TOP:
+        return f"{V4_TIMM_TOP[module]}.{tensor}"
+    if module.startswith("head."):  # the 960 conv: a last stage of its own, as in V3
+        part = {"conv": "conv", "bn": "bn1"}[module.removeprefix("head.")]
+        return f"blocks.{_last_stage(config) + 1}.0.{part}.{tensor}"
+    _, index, part = module.split(".", 2)
+    stage, repeat = _stages(config)[int(index)]
+    theirs = V4_TIMM_MODULES[kinds[f"blocks.{index}"]][part]
+    return f"blocks.{stage}.{repeat}.{theirs}.{tensor}"
+
+
+def _v4_key_map(config: ModelConfig) -> list[Entry]:
+    """The V4 map, read off our module names (the built model's, on the meta device: no
+    memory), since its BN, layer-scale and K/V reduction modules have no layer of their own in
+    the spec."""
+    kinds = {block.name: block.kind for block in resolve(config).blocks}
+    with torch.device("meta"):
+        ours = [key for key in build_model(config).state_dict() if "num_batches_tracked" not in key]
+    return [
+        Entry(
+            key,
+            _v4_timm_name(key, kinds, config),
+            "conv1x1_oihw_linear" if key == "pre_logits.fc.weight" else "same",
+        )
+        for key in ours
+    ]
+
+
 def key_map(config: ModelConfig, source: str) -> list[Entry]:
     """Every tensor of the model for ``config`` and the foreign key it is read from."""
     check_source(source)
+    if is_v4(config.arch):
+        if source != "timm":
+            raise MobileNetsError(
+                f"{source} has no {config.arch}; MobileNetV4 weights are published by timm only"
+            )
+        return _v4_key_map(config)
     if source == "torchvision" and config.arch == "mobilenet_v1":
         raise MobileNetsError(
             f"torchvision has no {config.arch}; it ships mobilenet_v2 and mobilenet_v3 only"

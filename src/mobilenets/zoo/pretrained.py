@@ -106,7 +106,8 @@ def find_record(config: ModelConfig, weights: str) -> WeightsRecord:
         raise MobileNetsError(
             f"{source} publishes no weights for {wanted}; it has {', '.join(names)}"
         )
-    record = candidates[0]
+    # a file trained at the model's size first (timm's V4 files come at several), else the default
+    record = min(candidates, key=lambda record: record.resolution != config.resolution)
     if record.width_rule not in (None, config.width_rule) and config.alpha != 1:
         raise MobileNetsError(
             f"{source} weights for {record.model_name} have {record.width_rule!r} widths; "

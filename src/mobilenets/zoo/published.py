@@ -20,6 +20,7 @@ from mobilenets.zoo.convert import (
     is_v3,
     source_numerics,
 )
+from mobilenets.zoo.published_v4 import TIMM_V4_FILES, TIMM_V4_REFERENCE
 from mobilenets.zoo.registry import TFSLIM_V1, TFSLIM_V2, TFSLIM_V3, list_models
 
 # Who publishes weights: the three ecosystems whose files we convert, and this project.
@@ -60,6 +61,8 @@ class WeightsRecord:
     # How the publisher's own model takes its input, where it differs from our tensor (Keras
     # V3 rescales [0, 255] pixels itself); our model reads ``preprocessing``'s tensor.
     source_inputs: str | None = None
+    # timm's test_input_size: the larger input its accuracy is reported at, where it has one
+    test_preprocessing: Preprocessing | None = None
 
     @property
     def numerics(self) -> dict:
@@ -129,6 +132,9 @@ class WeightsRecord:
             "bn_momentum": self.numerics.get("bn_momentum"),
             "width_rule": self.width_rule,
             "source_inputs": self.source_inputs,
+            "test_preprocessing": (
+                None if self.test_preprocessing is None else self.test_preprocessing.to_dict()
+            ),
             "top1": self.top1,
             "top5": self.top5,
             "reference": self.reference,
@@ -349,7 +355,28 @@ def _timm_records() -> list[WeightsRecord]:
                 arch, alpha, tag, url, crop_pct, mean_std, interpolation, None, None, **fields
             )
         )
-    return records
+    return records + [_timm_v4_record(file) for file in TIMM_V4_FILES]
+
+
+def _timm_v4_record(file) -> WeightsRecord:
+    """A timm MobileNetV4 file (zoo/published_v4.py) at its training size, with its test size."""
+    return WeightsRecord(
+        file.arch,
+        1.0,
+        file.resolution,
+        "timm",
+        file.tag,
+        TIMM_HUB.format(file.tag),
+        None,
+        LICENSES["timm"],
+        eval_preprocessing(file.resolution, *file.mean_std, file.crop_pct, file.interpolation),
+        None,
+        None,
+        TIMM_V4_REFERENCE,
+        test_preprocessing=eval_preprocessing(
+            file.test_resolution, *file.mean_std, file.test_crop_pct, file.interpolation
+        ),
+    )
 
 
 KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"

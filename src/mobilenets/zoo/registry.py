@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from mobilenets.core.detection_spec import DetectionConfig
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.families import families
+from mobilenets.core.published_v4 import SOURCE_V4_PAPER
 from mobilenets.core.segmentation_spec import TABLE7, V3_TABLE7, SegmentationConfig
 from mobilenets.core.spec import ModelConfig, format_alpha, pick_resolution
+from mobilenets.zoo.published_v4 import named_sizes
 
 SOURCE_TFSLIM_V1 = "TF-slim research/slim/nets/mobilenet_v1.md"
 SOURCE_TFSLIM_V2 = "TF-slim research/slim/nets/mobilenet/README.md"
@@ -206,6 +208,12 @@ def _register_v3() -> None:
 
 
 _register_v3()
+
+
+for _row, _resolution, _native in named_sizes():
+    _config = ModelConfig(arch=_row.arch, resolution=_resolution)
+    _paper = (Reference(SOURCE_V4_PAPER, _row.macs_g * 1000, _row.params_m),) if _native else ()
+    register(ModelEntry(_config.name, _config, paper=_paper))
 
 
 SOURCE_SSDLITE_PAPER = "Sandler et al. 2018, Table 6, SSDLite at 320x320"
