@@ -145,15 +145,16 @@ class MobileMQA(nn.Module):
             keys = self.key_norm(self.key_down(y))
             values = self.value_norm(self.value_down(y))
         # One key/value head serves every query head, so the heads' queries stack into one
-        # (batch, heads * queries, d) matrix against (batch, d, keys): two plain batched matmuls,
+        # (batch, heads * queries, d) matrix against (batch, d, keys): two plain bmm calls (torch.matmul
+        # would add expands of its own),
         # with no head axis broadcast (XNNPACK has no broadcasting matmul: an expand of K and V
         # to every head would run outside the delegate and split the program).
         q = self.query(y).reshape(batch, self.heads, self.key_dim, -1).transpose(-1, -2)
         q = q.reshape(batch, -1, self.key_dim)
         k = self.key(keys).flatten(2)
         v = self.value(values).flatten(2).transpose(-1, -2)
-        weights = torch.softmax((q * self.scale) @ k, dim=-1)
-        out = (weights @ v).reshape(batch, self.heads, -1, self.key_dim)
+        weights = torch.softmax(torch.bmm(q * self.scale, k), dim=-1)
+        out = torch.bmm(weights, v).reshape(batch, self.heads, -1, self.key_dim)
         out = out.transpose(-1, -2).reshape(batch, -1, height, width)
         out = self.output(out)
         if self.layer_scale is not None:
