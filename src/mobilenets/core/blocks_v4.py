@@ -145,10 +145,9 @@ class MobileMQA(nn.Module):
             keys = self.key_norm(self.key_down(y))
             values = self.value_norm(self.value_down(y))
         # One key/value head serves every query head, so the heads' queries stack into one
-        # (batch, heads * queries, d) matrix against (batch, d, keys): two plain bmm calls (torch.matmul
-        # would add expands of its own),
-        # with no head axis broadcast (XNNPACK has no broadcasting matmul: an expand of K and V
-        # to every head would run outside the delegate and split the program).
+        # (batch, heads * queries, d) matrix against (batch, d, keys): two plain bmm calls with no
+        # head axis to broadcast. XNNPACK has no broadcasting matmul: an expand of K and V to every
+        # head (or torch.matmul's own expands) would run outside the delegate and split the program.
         q = self.query(y).reshape(batch, self.heads, self.key_dim, -1).transpose(-1, -2)
         q = q.reshape(batch, -1, self.key_dim)
         k = self.key(keys).flatten(2)
