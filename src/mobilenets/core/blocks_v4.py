@@ -144,12 +144,17 @@ class MobileMQA(nn.Module):
         if self.key_down is not None:
             keys = self.key_norm(self.key_down(y))
             values = self.value_norm(self.value_down(y))
-        # (batch, heads, queries, d) against (batch, 1, d, keys): one key head for every query head
+        # One key/value head serves every query head, so the heads' queries stack into one
+        # (batch, heads * queries, d) matrix against (batch, d, keys): two plain bmm calls with no
+        # head axis to broadcast. XNNPACK has no broadcasting matmul: an expand of K and V to every
+        # head (or torch.matmul's own expands) would run outside the delegate and split the program.
         q = self.query(y).reshape(batch, self.heads, self.key_dim, -1).transpose(-1, -2)
-        k = self.key(keys).flatten(2).unsqueeze(1)
-        v = self.value(values).flatten(2).transpose(-1, -2).unsqueeze(1)
-        weights = torch.softmax((q * self.scale) @ k, dim=-1)
-        out = (weights @ v).transpose(-1, -2).reshape(batch, -1, height, width)
+        q = q.reshape(batch, -1, self.key_dim)
+        k = self.key(keys).flatten(2)
+        v = self.value(values).flatten(2).transpose(-1, -2)
+        weights = torch.softmax(torch.bmm(q * self.scale, k), dim=-1)
+        out = torch.bmm(weights, v).reshape(batch, self.heads, -1, self.key_dim)
+        out = out.transpose(-1, -2).reshape(batch, -1, height, width)
         out = self.output(out)
         if self.layer_scale is not None:
             out = self.layer_scale(out)

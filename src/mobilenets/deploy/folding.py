@@ -1,5 +1,6 @@
-"""BN folding: each BatchNorm merged into the conv before it, for export and quantization, and
-the affine part of V3's squeeze-and-excite gate merged into the conv before it.
+"""BN folding: each BatchNorm merged into the conv before it, for export and quantization, the
+affine part of V3's squeeze-and-excite gate merged into the conv before it, and V4's layer scale
+merged into the projection before it.
 
 The (conv, BN) pairs are found by the part names the blocks give them
 ([`FOLD_PAIRS`][mobilenets.deploy.folding.FOLD_PAIRS]), in classifiers, detectors and segmenters
@@ -13,8 +14,9 @@ from typing import TypeVar
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from mobilenets.core.blocks_v4 import FusedIB, MobileMQA, PreLogitsBN, UniversalInvertedBottleneck
 from mobilenets.core.detector import ExtraLayer, PredictionHead
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.core.models import ConvBNAct, DepthwiseSeparable, InvertedResidual, SqueezeExcite
@@ -31,6 +33,16 @@ FOLD_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     PredictionHead: (("conv_dw", "bn"),),
     HeadConv: (("conv", "bn"),),  # DeepLabv3's image pooling, ASPP branches and projection
     AuxHead: (("conv", "bn"),),  # its training-time head; its classifier has a bias, no BN
+    FusedIB: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+    UniversalInvertedBottleneck: (
+        ("conv_dw_start", "bn_start"),
+        ("conv_pw", "bn1"),
+        ("conv_dw", "bn2"),
+        ("conv_pwl", "bn3"),
+    ),
+    # the input norm comes before the convs it feeds: see fold_attention_norms
+    MobileMQA: (("key_down", "key_norm"), ("value_down", "value_norm")),
+    PreLogitsBN: (("fc", "bn"),),  # a Linear and a BatchNorm1d
 }
 
 
@@ -54,16 +66,23 @@ def fold_batch_norm(model: M) -> tuple[M, int]:
             # already (quantization-aware training fine-tunes the folded model)
             if conv is None or isinstance(bn, nn.Identity):
                 continue
-            setattr(block, conv_name, fuse_conv_bn_eval(conv, bn))
+            fuse = fuse_linear_bn_eval if isinstance(conv, nn.Linear) else fuse_conv_bn_eval
+            setattr(block, conv_name, fuse(conv, bn))
             setattr(block, bn_name, nn.Identity())
             count += 1
-    left = [name for name, module in folded.named_modules() if isinstance(module, nn.BatchNorm2d)]
+    count += fold_attention_norms(folded)
+    left = [
+        name
+        for name, module in folded.named_modules()
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))
+    ]
     if left:
         raise MobileNetsError(
             f"cannot fold BN layers outside {', '.join(c.__name__ for c in FOLD_PAIRS)}: "
             f"{', '.join(left[:5])}{', ...' if len(left) > 5 else ''}"
         )
     fold_se_gates(folded)
+    fold_layer_scales(folded)
     return folded, count
 
 
@@ -88,5 +107,57 @@ def fold_se_gates(model: nn.Module) -> int:
             conv.weight.div_(6)
             conv.bias.add_(3).div_(6)
         block.gate = nn.Hardtanh(0.0, 1.0)
+        count += 1
+    return count
+
+
+def fold_attention_norms(model: nn.Module) -> int:
+    """Turn the input BN of every Mobile MQA block of ``model`` (in place) into a per-channel
+    affine 1x1 depthwise conv with bias, and the number turned.
+
+    This BN comes before the convs it feeds (query, and the key/value reductions or projections),
+    so it cannot merge into a conv's output channels. Merging it into their inputs would be exact
+    for the 1x1 projections but not for the padded 3x3 reductions, whose zero padding would then
+    see the BN's shift; a depthwise 1x1 conv computes the same y = x * s + (beta - mean * s) on
+    every pixel and lowers and quantizes as every other conv does. One already turned (not a
+    BatchNorm2d) is left as it is."""
+    count = 0
+    for block in model.modules():
+        if not isinstance(block, MobileMQA) or not isinstance(block.norm, nn.BatchNorm2d):
+            continue
+        bn = block.norm
+        channels = bn.num_features
+        conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
+        conv = conv.to(bn.running_mean.device, bn.running_mean.dtype)
+        with torch.no_grad():
+            scale = (bn.running_var + bn.eps).rsqrt() * bn.weight
+            conv.weight.copy_(scale.view(-1, 1, 1, 1))
+            conv.bias.copy_(bn.bias - bn.running_mean * scale)
+        block.norm = conv
+        count += 1
+    return count
+
+
+def fold_layer_scales(model: nn.Module) -> int:
+    """Fold every layer scale of ``model`` (V4's UIB and Mobile MQA blocks, in place) into the 1x1
+    conv before it, and the number folded.
+
+    gamma * (W x + b) = (gamma W) x + gamma b per output channel: ``conv_pwl`` (UIB, its BN
+    folded first) or ``output`` (Mobile MQA) takes the product and the layer scale is removed.
+    Besides saving a multiplication, the int8 graph then quantizes the block's output once,
+    at its real range, instead of quantizing the projection's ~1e5 times larger range and then
+    multiplying by gamma ~1e-5. A block without one is left as it is."""
+    count = 0
+    for block in model.modules():
+        scale = getattr(block, "layer_scale", None)
+        if not isinstance(block, (UniversalInvertedBottleneck, MobileMQA)) or scale is None:
+            continue
+        conv = block.conv_pwl if isinstance(block, UniversalInvertedBottleneck) else block.output
+        with torch.no_grad():
+            gamma = scale.weight.detach()
+            conv.weight.mul_(gamma.view(-1, 1, 1, 1))
+            if conv.bias is not None:
+                conv.bias.mul_(gamma)
+        block.layer_scale = None
         count += 1
     return count
