@@ -1,15 +1,15 @@
 """MobileNetV4-Conv-S against MobileNetV2 1.0/224 at batch 1 in every runtime, fp32 and int8.
 
-The paper (Qin et al. 2024, Table 6) puts Conv-S at 2.4 ms against V2's 5.0 ms on a Pixel 6 CPU
-in int8 through XNNPACK. This runs both models in one process, on the same inputs and threads:
-PyTorch eager fp32, onnxruntime, OpenVINO and ExecuTorch (XNNPACK), fp32 and int8. Random weights
-and int8 calibrated on random normal inputs: the speed is real, the accuracy meaningless (the
-int8 accuracy of V4 is measured on trained checkpoints, docs/results/mobilenet-v4.md).
+The paper (Qin et al. 2024, Table 6) puts Conv-S at 2.4 ms against V2's 5.0 ms on a Pixel 6 CPU in
+int8 through XNNPACK. This runs both models in one process, on the same inputs and threads: PyTorch
+eager fp32, onnxruntime and OpenVINO (and with --pte ExecuTorch XNNPACK), fp32 and int8. Random
+weights and int8 calibrated on random normal inputs: the speed is real, the accuracy meaningless
+(the int8 accuracy of V4 is measured on trained checkpoints, docs/results/mobilenet-v4.md).
 
 Goal: Conv-S int8 faster than V2 int8, compared runtime by runtime and fastest against fastest.
 Hybrid-M at 256 (Mobile MQA) is timed beside them with --hybrid.
 
-    .venv/bin/python benchmarks/v4_goals.py [--threads 2] [--hybrid] [--markdown FILE]
+    .venv/bin/python benchmarks/v4_goals.py [--threads 2] [--hybrid] [--pte] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=bench.DEFAULT_WARMUP)
     parser.add_argument("--iterations", type=int, default=bench.DEFAULT_ITERATIONS)
     parser.add_argument("--hybrid", action="store_true", help=f"also {HYBRID}")
+    parser.add_argument(
+        "--pte", action="store_true", help="also ExecuTorch (XNNPACK): minutes per export"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -72,7 +75,7 @@ def main() -> None:
         warmup=args.warmup,
         iterations=args.iterations,
         int8=True,
-        pte=True,
+        pte=args.pte,
         openvino=True,
         progress=print,
     )
@@ -87,6 +90,7 @@ def main() -> None:
         or "?"
     )
     command = f"benchmarks/v4_goals.py --threads {args.threads}" + " --hybrid" * args.hybrid
+    command += " --pte" * args.pte
     report = "\n\n".join(
         [
             f"commit `{commit}`, {date.today().isoformat()}: `.venv/bin/python {command}`",
