@@ -4,7 +4,7 @@
 # the six checkpoints: test top-1 in PyTorch, onnxruntime float and int8 (calibrated on 256
 # training images), and the batch-1 latency of each, 2 threads. The "trained here" picture of the
 # family chart (docs/results/family.md) is drawn from the bench's JSON:
-#   mobilenets zoo --chart-trained RUNS/bench.json --out docs/results/family_trained.png
+#   mobilenets zoo --chart docs/results/family_trained.png --trained RUNS/bench.json
 #
 # The schedule (the same as benchmarks/fashion_mnist_v3.sh): small-input variant at 28x28, one
 # input channel, --preset modern --augment basic, ONE epoch at batch 128 (469 steps), lr 0.1, no

@@ -172,8 +172,8 @@ def test_the_v4_records_carry_timms_preprocessing():
             assert preprocessing.mean == pytest.approx(cfg["mean"])
             assert preprocessing.std == pytest.approx(cfg["std"])
             assert preprocessing.interpolation == cfg["interpolation"] == "bicubic"
-        assert record.resolution == size and record.top1 is None  # not available offline
-        assert "not pinned" in record.reference
+        assert record.resolution == size and 60 < record.top1 < record.top5 < 100
+        assert "results-imagenet.csv" in record.reference
         assert (
             record.url == f"https://huggingface.co/timm/{record.tag}/resolve/main/model.safetensors"
         )

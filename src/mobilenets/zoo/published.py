@@ -370,8 +370,8 @@ def _timm_v4_record(file) -> WeightsRecord:
         None,
         LICENSES["timm"],
         eval_preprocessing(file.resolution, *file.mean_std, file.crop_pct, file.interpolation),
-        None,
-        None,
+        file.top1,
+        file.top5,
         TIMM_V4_REFERENCE,
         test_preprocessing=eval_preprocessing(
             file.test_resolution, *file.mean_std, file.test_crop_pct, file.interpolation
