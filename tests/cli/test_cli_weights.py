@@ -33,7 +33,8 @@ from mobilenets.zoo.registry import TFSLIM_V2
 
 WEIGHTS_KEYS = set(
     "model source tag url sha256 license preprocessing padding bn_eps top1 top5 reference "
-    "num_classes in_chans small_input bn_momentum width_rule source_inputs".split()
+    "num_classes in_chans small_input bn_momentum width_rule source_inputs "
+    "test_preprocessing".split()
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -87,7 +87,7 @@ def test_the_chart_round_trips_through_json(chart, tmp_path):
 
 
 def test_unknown_names_and_families_are_refused():
-    with pytest.raises(MobileNetsError, match="family must be one of v1, v2, v3, got 'v9'"):
+    with pytest.raises(MobileNetsError, match="family must be one of v1, v2, v3, v4, got 'v9'"):
         measure_family(["v9"])
     with pytest.raises(MobileNetsError, match="models: 'mobilenet_v1_\\*' matches no registered"):
         measure_family(["v2"], models=["mobilenet_v2_*_224", "mobilenet_v1_*"])
