@@ -9,35 +9,10 @@ import json
 import math
 
 import pytest
-
-from mobilenets.cli import main
-
-DATA = "synthetic-shapes:6"
-COMMON = ["--data", DATA, "--epochs", "1", "--batch-size", "4", "--no-progress"]
+from task_runs import DATA, own_data_dir, run, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small nets: threads contend
-
-
-@pytest.fixture(scope="module", autouse=True)
-def data_dir(tmp_path_factory):
-    """Synthetic data is generated into $MOBILENETS_DATA: a folder of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MOBILENETS_DATA", str(tmp_path_factory.mktemp("data")))
-        yield
-
-
-def run(capsys, *argv) -> str:
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return out
-
-
-def train(capsys, word: str, model: str, size: list[str], out, record: str) -> dict:
-    """Train ``model`` for one epoch with ``mobilenets WORD train``; the config it recorded."""
-    printed = run(capsys, word, "train", "--model", model, *size, *COMMON, "--out", out)
-    assert "checkpoint:" in printed
-    return json.loads((out / "train_config.json").read_text())[record]
+data_dir = pytest.fixture(scope="module", autouse=True)(own_data_dir)
 
 
 def test_detect_train_and_eval_ssdlite_on_v3_small(capsys, tmp_path):
