@@ -85,6 +85,13 @@ def main() -> None:
         openvino=True,
         progress=print,
     )
+    command = f"benchmarks/deploy_goals.py --threads {args.threads}"
+    write_report(command, args, records, summary(records, names))
+
+
+def write_report(command: str, args, records: list, lines: list[str]) -> None:
+    """Print the report of a goals run (the command, commit and date, the environment, the table,
+    its notes and the goal lines) and write it to ``args.markdown`` when given."""
     head = (
         f"{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
         f"{args.warmup} warm-up"
@@ -97,12 +104,11 @@ def main() -> None:
     )
     report = "\n\n".join(
         [
-            f"commit `{commit}`, {date.today().isoformat()}: `.venv/bin/python "
-            f"benchmarks/deploy_goals.py --threads {args.threads}`",
+            f"commit `{commit}`, {date.today().isoformat()}: `.venv/bin/python {command}`",
             head,
             bench.markdown_table(records),
             "\n".join(bench.notes(records)),
-            "\n".join(f"- {line}" for line in summary(records, names)),
+            "\n".join(f"- {line}" for line in lines),
         ]
     )
     print("\n" + report)

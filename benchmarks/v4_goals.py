@@ -15,13 +15,11 @@ Hybrid-M at 256 (Mobile MQA) is timed beside them with --hybrid.
 from __future__ import annotations
 
 import argparse
-import subprocess
-from datetime import date
 from pathlib import Path
 
 import torch
+from deploy_goals import write_report
 
-from mobilenets.core.files import atomic_path
 from mobilenets.deploy import bench
 
 V4, V2 = "mobilenet_v4_conv_small_1.0_224", "mobilenet_v2_1.0_224"
@@ -79,31 +77,11 @@ def main() -> None:
         openvino=True,
         progress=print,
     )
-    head = (
-        f"{bench.environment(args.threads)}; median and p90 of {args.iterations} runs after "
-        f"{args.warmup} warm-up"
-    )
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        or "?"
-    )
     command = f"benchmarks/v4_goals.py --threads {args.threads}" + " --hybrid" * args.hybrid
     command += " --pte" * args.pte
-    report = "\n\n".join(
-        [
-            f"commit `{commit}`, {date.today().isoformat()}: `.venv/bin/python {command}`",
-            head,
-            bench.markdown_table(records),
-            "\n".join(bench.notes(records)),
-            "\n".join(f"- {line}" for line in summary(records)),
-        ]
-    )
-    print("\n" + report)
-    if args.markdown:
-        with atomic_path(args.markdown) as temporary:
-            Path(temporary).write_text(report + "\n")
+    if args.iterations != bench.DEFAULT_ITERATIONS:
+        command += f" --iterations {args.iterations}"
+    write_report(command, args, records, summary(records))
 
 
 if __name__ == "__main__":
