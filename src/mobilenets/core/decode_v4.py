@@ -97,20 +97,7 @@ def mobile_mqa(build, name: str, row: MQA) -> None:
             f"(32)"
         )
     channels, size = build.channels, build.size
-    norm = LayerSpec(
-        name=f"{name}.norm",
-        kind="norm",
-        in_channels=channels,
-        out_channels=channels,
-        kernel=1,
-        stride=1,
-        groups=channels,
-        in_size=size,
-        out_size=size,
-        bias=False,
-        norm=True,
-        act=False,
-    )
+    norm = _channelwise(f"{name}.norm", "norm", channels, size)
     projection = dataclasses.replace(norm, kind="pointwise", groups=1, norm=False)
     inner = row.heads * row.key_dim
     layers = [norm, dataclasses.replace(projection, name=f"{name}.query", out_channels=inner)]
@@ -158,10 +145,14 @@ def _layer_scale(build, name: str) -> list[LayerSpec]:
     """The hybrids' per-channel scale of a block's output (before the residual add)."""
     if build.family.layer_scale is None:
         return []
-    channels, size = build.channels, build.size
-    scale = LayerSpec(
-        name=f"{name}.layer_scale",
-        kind="scale",
+    return [_channelwise(f"{name}.layer_scale", "scale", build.channels, build.size)]
+
+
+def _channelwise(name: str, kind: str, channels: int, size: int) -> LayerSpec:
+    """A layer that acts on each channel alone: a BN on its own ("norm") or a layer scale."""
+    return LayerSpec(
+        name=name,
+        kind=kind,
         in_channels=channels,
         out_channels=channels,
         kernel=1,
@@ -170,7 +161,6 @@ def _layer_scale(build, name: str) -> list[LayerSpec]:
         in_size=size,
         out_size=size,
         bias=False,
-        norm=False,
+        norm=kind == "norm",
         act=False,
     )
-    return [scale]
